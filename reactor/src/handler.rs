@@ -1,0 +1,195 @@
+//! The `Handler` trait the server implements, and the contexts the engine lends it.
+//!
+//! One handler lives on each event loop, made there by the factory given to
+//! [`crate::EngineBuilder::start`], so it can keep per-loop state without locks. Every
+//! callback runs on that loop's thread and must not block (R1): no SQLite, DNS, file I/O,
+//! sleeping or blocking channel sends. Hand such work to another thread and answer later
+//! through a [`crate::LoopHandle`].
+
+use crate::conn::{ConnIo, Flags};
+use crate::conn_id::ConnId;
+use crate::event_loop::Core;
+use crate::stats::CloseReason;
+use crate::ListenerId;
+use bytes::Bytes;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The server's side of the engine. See the module docs for the threading rules.
+pub trait Handler: 'static {
+    /// Per-connection state, stored inline in the loop's slab next to the socket.
+    type State;
+    /// Messages other threads send to this loop with [`crate::LoopHandle::post`].
+    type Message: Send + 'static;
+
+    /// A connection was accepted and registered. Returns its state. The context can
+    /// already queue output and set the idle timeout.
+    fn on_open(&mut self, conn: &mut ConnCtx<'_>) -> Self::State;
+
+    /// Bytes arrived. `input` is everything the connection has that the handler has not
+    /// consumed yet; return how many leading bytes were consumed (whole frames). The engine
+    /// keeps the rest and offers it again, with more bytes, later.
+    ///
+    /// To apply backpressure, call [`ConnCtx::pause_reading`] and return what was consumed;
+    /// the rest is offered again after [`ConnCtx::resume_reading`].
+    fn on_data(&mut self, conn: &mut ConnCtx<'_>, state: &mut Self::State, input: &[u8]) -> usize;
+
+    /// A message posted to this loop. Use [`LoopCtx::conn`] to reach connections; it checks
+    /// the generation, so a message for a closed connection finds nothing.
+    fn on_message(&mut self, lp: &mut LoopCtx<'_, Self::State>, msg: Self::Message) {
+        let _ = (lp, msg);
+    }
+
+    /// The connection has closed; its socket is already gone. `state` is handed back so
+    /// the handler can unregister it.
+    fn on_close(&mut self, id: ConnId, state: Self::State, reason: CloseReason) {
+        let _ = (id, state, reason);
+    }
+
+    /// Called once per `EngineConfig::tick` (default 100 ms) for periodic work such as
+    /// retries and resuming paused connections.
+    fn on_tick(&mut self, lp: &mut LoopCtx<'_, Self::State>) {
+        let _ = lp;
+    }
+}
+
+/// One connection, lent to a handler callback.
+#[derive(Debug)]
+pub struct ConnCtx<'a> {
+    pub(crate) id: ConnId,
+    pub(crate) io: &'a mut ConnIo,
+    pub(crate) core: &'a mut Core,
+}
+
+impl ConnCtx<'_> {
+    /// This connection's id, valid on any thread.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// The listener this connection was accepted on.
+    pub fn listener(&self) -> ListenerId {
+        self.io.listener
+    }
+
+    /// The peer's address (a `getpeername` call; not kept per connection to save memory).
+    ///
+    /// # Errors
+    /// When the socket is no longer connected.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.io.stream.peer_addr()
+    }
+
+    /// The loop's clock, read once per turn.
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    /// Queues a frame for this connection. No syscall: the loop writes it at the end of the
+    /// turn, coalesced with everything else queued. Frames are written in queue order.
+    ///
+    /// Past `max_outbound_bytes` the connection is closed as a slow consumer. Once the
+    /// connection is closing, further frames are dropped.
+    pub fn queue(&mut self, frame: Bytes) {
+        if self.io.flags.contains(Flags::CLOSING) {
+            return;
+        }
+        self.io.outbound.queue(frame);
+        self.core.after_queue(self.id, self.io);
+    }
+
+    /// Like [`ConnCtx::queue`], copying the bytes into the connection's queue.
+    pub fn queue_slice(&mut self, bytes: &[u8]) {
+        if self.io.flags.contains(Flags::CLOSING) {
+            return;
+        }
+        self.io.outbound.queue_slice(bytes);
+        self.core.after_queue(self.id, self.io);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.io.outbound.queued_bytes()
+    }
+
+    /// Closes the connection at the end of this turn. Output queued before the close gets
+    /// one last non-blocking write attempt.
+    pub fn close(&mut self) {
+        self.core.mark_close(self.id, self.io, CloseReason::Handler);
+    }
+
+    /// True once the connection is marked for close.
+    pub fn is_closing(&self) -> bool {
+        self.io.flags.contains(Flags::CLOSING)
+    }
+
+    /// Stops reading from this connection: TCP flow control then pushes back on the peer.
+    /// Input already buffered stays buffered.
+    pub fn pause_reading(&mut self) {
+        self.io.flags.insert(Flags::READ_PAUSED);
+    }
+
+    /// Resumes reading. Buffered input is offered to `on_data` again in this turn's backlog
+    /// pass, then the socket is read if it may hold more.
+    pub fn resume_reading(&mut self) {
+        if self.io.flags.contains(Flags::READ_PAUSED) {
+            self.io.flags.remove(Flags::READ_PAUSED);
+            self.io.flags.insert(Flags::REDELIVER);
+            self.core.mark_backlog(self.id, self.io);
+        }
+    }
+
+    /// True while reading is paused.
+    pub fn is_reading_paused(&self) -> bool {
+        self.io.flags.contains(Flags::READ_PAUSED)
+    }
+
+    /// Sets this connection's idle timeout, counted from its last inbound bytes. `None`
+    /// disables it.
+    pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
+        self.core.set_idle_timeout(self.id, self.io, timeout);
+    }
+}
+
+/// The loop, lent to `on_message` and `on_tick`: reach any of its connections by id.
+#[derive(Debug)]
+pub struct LoopCtx<'a, S> {
+    pub(crate) slab: &'a mut slab::Slab<crate::conn::Conn<S>>,
+    pub(crate) core: &'a mut Core,
+}
+
+impl<S> LoopCtx<'_, S> {
+    /// This loop's index.
+    pub fn loop_index(&self) -> usize {
+        self.core.loop_index
+    }
+
+    /// The loop's clock, read once per turn.
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    /// Connections open on this loop.
+    pub fn connections(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// The live connection named by `id`, or `None` when it has closed or its slot now
+    /// holds a newer connection (the generation check of R8), or it is closing.
+    pub fn conn(&mut self, id: ConnId) -> Option<(ConnCtx<'_>, &mut S)> {
+        if id.loop_index() != self.core.loop_index {
+            return None;
+        }
+        let conn = self.slab.get_mut(id.slot())?;
+        if !id.matches(conn.io.generation) || conn.io.flags.contains(Flags::CLOSING) {
+            return None;
+        }
+        let ctx = ConnCtx {
+            id,
+            io: &mut conn.io,
+            core: self.core,
+        };
+        Some((ctx, &mut conn.state))
+    }
+}

@@ -1,0 +1,146 @@
+//! Helpers shared by the engine's integration tests (mio's `tests/util` is the model).
+
+#![allow(dead_code)]
+
+use crossbeam_channel::{Receiver, Sender};
+use ruyi_reactor::{CloseReason, ConnCtx, ConnId, Engine, EngineConfig, Handler, ListenerId};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Installs the logger once; `RUST_LOG=debug cargo test` shows the engine's lines.
+pub fn init() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// A blocking client socket with timeouts, so a broken engine fails a test instead of
+/// hanging it.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect to the test engine");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set read timeout");
+    s.set_write_timeout(Some(Duration::from_secs(10)))
+        .expect("set write timeout");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+/// Reads exactly `n` bytes or panics with what went wrong.
+pub fn expect_bytes(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    stream
+        .read_exact(&mut buf)
+        .expect("read the expected bytes");
+    buf
+}
+
+/// Sends `msg` and expects it echoed back.
+pub fn round_trip(stream: &mut TcpStream, msg: &[u8]) {
+    stream.write_all(msg).expect("write");
+    assert_eq!(expect_bytes(stream, msg.len()), msg);
+}
+
+/// True when the peer closed (EOF or reset) within the read timeout.
+pub fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// What the probe handler reports to the test.
+#[derive(Debug)]
+pub enum Seen {
+    Opened(ConnId, ListenerId),
+    Closed(ConnId, CloseReason),
+}
+
+/// A test handler: echoes on listener 0, swallows input on any other listener, and
+/// reports opens and closes.
+pub struct Probe {
+    events: Sender<Seen>,
+}
+
+impl Handler for Probe {
+    type State = ();
+    type Message = ();
+
+    fn on_open(&mut self, conn: &mut ConnCtx<'_>) {
+        let _ = self.events.send(Seen::Opened(conn.id(), conn.listener()));
+    }
+
+    fn on_data(&mut self, conn: &mut ConnCtx<'_>, _: &mut (), input: &[u8]) -> usize {
+        if conn.listener().index() == 0 {
+            conn.queue_slice(input);
+        }
+        input.len()
+    }
+
+    fn on_close(&mut self, id: ConnId, _: (), reason: CloseReason) {
+        let _ = self.events.send(Seen::Closed(id, reason));
+    }
+}
+
+/// A started probe engine with `listeners` loopback listeners.
+pub struct TestEngine {
+    pub engine: Engine<()>,
+    pub addrs: Vec<SocketAddr>,
+    pub events: Receiver<Seen>,
+}
+
+impl TestEngine {
+    pub fn start(config: EngineConfig, listeners: usize) -> TestEngine {
+        init();
+        let mut builder = Engine::builder(config);
+        let ids: Vec<ListenerId> = (0..listeners)
+            .map(|_| {
+                builder
+                    .listen("127.0.0.1:0".parse().unwrap())
+                    .expect("bind")
+            })
+            .collect();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let engine = builder
+            .start(move |_, _| Probe { events: tx.clone() })
+            .expect("start engine");
+        let addrs = ids.iter().map(|&id| engine.local_addr(id)).collect();
+        TestEngine {
+            engine,
+            addrs,
+            events: rx,
+        }
+    }
+
+    /// Waits for the next open and returns the connection's id.
+    pub fn next_open(&self) -> ConnId {
+        loop {
+            match self
+                .events
+                .recv_timeout(Duration::from_secs(10))
+                .expect("an open")
+            {
+                Seen::Opened(id, _) => return id,
+                Seen::Closed(..) => continue,
+            }
+        }
+    }
+
+    /// Waits for the close of `id` and returns its reason.
+    pub fn close_of(&self, id: ConnId) -> CloseReason {
+        loop {
+            match self
+                .events
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a close")
+            {
+                Seen::Closed(c, reason) if c == id => return reason,
+                _ => continue,
+            }
+        }
+    }
+}
