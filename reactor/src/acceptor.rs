@@ -46,6 +46,9 @@ pub(crate) struct Acceptor<M> {
     pub global: Arc<Global>,
     pub max_connections: usize,
     pub stop: Arc<AtomicBool>,
+    /// Sockets handed to each loop so far; compared with the loop's `accepted` counter to
+    /// know how many are still in its inbox.
+    pub handed_over: Vec<u64>,
 }
 
 impl<M: Send> Acceptor<M> {
@@ -152,12 +155,21 @@ impl<M: Send> Acceptor<M> {
             if let Err(e) = socket2::SockRef::from(&stream).set_nodelay(true) {
                 log::debug!("set TCP_NODELAY for {peer}: {e}");
             }
+            // A loop's load is its open connections plus the sockets still in its inbox:
+            // without the second term a burst of accepts all lands on whichever loop looked
+            // emptiest before the burst.
             let loads: Vec<usize> = self
                 .loops
                 .iter()
-                .map(|l| l.stats().connections.load(Ordering::Relaxed))
+                .zip(&self.handed_over)
+                .map(|(l, &handed)| {
+                    let taken = l.stats().accepted.load(Ordering::Relaxed);
+                    let in_flight = handed.saturating_sub(taken) as usize;
+                    l.stats().connections.load(Ordering::Relaxed) + in_flight
+                })
                 .collect();
             let chosen = self.balancer.pick(&loads);
+            self.handed_over[chosen] += 1;
             self.global.connections.fetch_add(1, Ordering::AcqRel);
             let cmd = Command::Register {
                 stream,

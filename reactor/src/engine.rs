@@ -163,6 +163,7 @@ impl EngineBuilder {
             global,
             max_connections: config.max_connections,
             stop: Arc::clone(&engine.acceptor_stop),
+            handed_over: vec![0; config.loops],
         };
         let exit = ExitSignal(exit_tx);
         engine.spawn("ruyi-acceptor".into(), move || {

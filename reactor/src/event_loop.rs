@@ -492,10 +492,14 @@ impl<H: Handler> EventLoop<H> {
                 listener,
                 peer,
             } => {
+                // Counted as ours from here, so the acceptor's balancer sees it at once.
+                let stats = &self.core.shared.stats;
+                LoopStats::add(&stats.accepted, 1);
                 if self.stopping() {
                     self.global.connection_closed();
                     return;
                 }
+                stats.connections.fetch_add(1, Ordering::Relaxed);
                 log::trace!("loop={} accepted {peer}", self.core.loop_index);
                 self.pending_accepts.push((stream, listener));
             }
@@ -697,6 +701,11 @@ impl<H: Handler> EventLoop<H> {
                     "loop={} cannot register an accepted socket: {e}",
                     self.core.loop_index
                 );
+                self.core
+                    .shared
+                    .stats
+                    .connections
+                    .fetch_sub(1, Ordering::Relaxed);
                 self.global.connection_closed();
                 continue;
             }
@@ -710,9 +719,6 @@ impl<H: Handler> EventLoop<H> {
             };
             let state = self.handler.on_open(&mut ctx);
             entry.insert(Conn { io, state });
-            let stats = &self.core.shared.stats;
-            stats.connections.fetch_add(1, Ordering::Relaxed);
-            LoopStats::add(&stats.accepted, 1);
             log::debug!("loop={} conn={id} opened", self.core.loop_index);
         }
     }
@@ -755,6 +761,11 @@ impl<H: Handler> EventLoop<H> {
     /// Sockets handed over but never registered still count as connections; release them.
     fn drop_undelivered(&mut self) {
         for _ in self.pending_accepts.drain(..) {
+            self.core
+                .shared
+                .stats
+                .connections
+                .fetch_sub(1, Ordering::Relaxed);
             self.global.connection_closed();
         }
         while let Ok(cmd) = self.rx.try_recv() {

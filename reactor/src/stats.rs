@@ -62,9 +62,10 @@ impl CloseReason {
 /// Counters of one event loop. See the module docs for the memory ordering.
 #[derive(Debug, Default)]
 pub struct LoopStats {
-    /// Connections open on this loop now.
+    /// Connections open on this loop now, counting sockets taken from the inbox and about
+    /// to be registered at the end of the turn.
     pub connections: AtomicUsize,
-    /// Connections this loop has taken in since it started.
+    /// Sockets this loop has taken from its inbox since it started.
     pub accepted: AtomicU64,
     /// Closes per [`CloseReason::index`].
     pub closed: [AtomicU64; CloseReason::COUNT],
