@@ -1,1 +1,44 @@
-fn main() {}
+//! `ruyi-load`: the load generator for Ruyi and its baselines.
+//!
+//! Today it drives echo servers (the engine's floor measurements) and holds idle
+//! connections for memory-per-connection measurements; it grows into the protocol load tool.
+//! Every run is bounded in connections and time and stops by itself.
+
+mod echo;
+mod idle;
+mod procfs;
+mod report;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ruyi-load",
+    version,
+    about = "Load generator for Ruyi and the echo baselines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Drive an echo server: fixed-size messages, request/response or pipelined.
+    Echo(echo::EchoArgs),
+    /// Open idle connections (spread over 127.0.0.x source addresses) and hold them.
+    Idle(idle::IdleArgs),
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Echo(args) => echo::run(&args),
+        Command::Idle(args) => idle::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("ruyi-load: {e}");
+        std::process::exit(1);
+    }
+}

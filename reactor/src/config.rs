@@ -90,7 +90,7 @@ impl Default for EngineConfig {
             idle_timeout: None,
             tick: Duration::from_millis(100),
             max_commands_per_turn: 1024,
-            inbox_capacity: 64 << 10,
+            inbox_capacity: 16 << 10,
             events_capacity: 1024,
             shutdown_grace: Duration::from_secs(5),
         }
