@@ -1,0 +1,350 @@
+//! The encryption layer (PROTOCOL.md §7): X25519 key exchange, the AES key and IV derived
+//! as 16 ASCII characters each, AES-128-CBC with PKCS#7 over base64 text, and the msgKey
+//! integrity tags of SEND and RECV.
+//!
+//! Each connection keeps one [`SessionCipher`] (32 bytes). Nothing here does I/O except
+//! drawing randomness from the OS for a new key pair and salt.
+
+use crate::error::CryptoError;
+use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use md5::{Digest, Md5};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+type Aes128CbcEnc = cbc::Encryptor<aes::Aes128>;
+type Aes128CbcDec = cbc::Decryptor<aes::Aes128>;
+
+/// The characters a salt is drawn from (PROTOCOL.md §7.1).
+const SALT_ALPHABET: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+/// A connection's AES key and IV: 16 ASCII bytes each.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SessionCipher {
+    key: [u8; 16],
+    iv: [u8; 16],
+}
+
+impl std::fmt::Debug for SessionCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.write_str("SessionCipher(..)")
+    }
+}
+
+/// The server's half of a key exchange: what goes into CONNACK, and the cipher to keep.
+#[derive(Debug, Clone)]
+pub struct ServerHandshake {
+    /// The server's public key, standard base64 (CONNACK `server_key`).
+    pub server_key: String,
+    /// The IV as 16 ASCII characters (CONNACK `salt`).
+    pub salt: String,
+    /// The connection's cipher.
+    pub cipher: SessionCipher,
+}
+
+/// Fills `buf` from the OS random source.
+fn random_bytes(buf: &mut [u8]) -> Result<(), CryptoError> {
+    getrandom::getrandom(buf).map_err(|e| CryptoError::Random(e.to_string()))
+}
+
+/// A fresh X25519 private key.
+///
+/// # Errors
+/// When the OS has no randomness to give.
+pub fn random_secret() -> Result<[u8; 32], CryptoError> {
+    let mut secret = [0u8; 32];
+    random_bytes(&mut secret)?;
+    Ok(secret)
+}
+
+/// A fresh 16-character salt from `[0-9a-zA-Z]`.
+///
+/// # Errors
+/// When the OS has no randomness to give.
+pub fn random_salt() -> Result<String, CryptoError> {
+    let mut raw = [0u8; 16];
+    random_bytes(&mut raw)?;
+    // 256 % 62 leaves a slight bias toward the first characters; an IV needs uniqueness,
+    // not uniformity, and it is sent in the clear anyway.
+    Ok(raw
+        .iter()
+        .map(|b| SALT_ALPHABET[*b as usize % 62] as char)
+        .collect())
+}
+
+/// The public key of `secret`, standard base64.
+pub fn public_key_b64(secret: [u8; 32]) -> String {
+    BASE64.encode(PublicKey::from(&StaticSecret::from(secret)).as_bytes())
+}
+
+/// The server side of the exchange with a fresh key pair and salt.
+///
+/// # Errors
+/// [`CryptoError::EmptyClientKey`] or [`CryptoError::BadClientKey`] for a client key that
+/// cannot be used, [`CryptoError::Random`] when the OS has no randomness.
+pub fn server_handshake(client_key_b64: &str) -> Result<ServerHandshake, CryptoError> {
+    server_handshake_with(client_key_b64, random_secret()?, &random_salt()?)
+}
+
+/// The server side of the exchange with a given private key and salt (tests, vectors).
+///
+/// # Errors
+/// As [`server_handshake`].
+pub fn server_handshake_with(
+    client_key_b64: &str,
+    secret: [u8; 32],
+    salt: &str,
+) -> Result<ServerHandshake, CryptoError> {
+    let cipher = SessionCipher::derive(secret, client_key_b64, salt)?;
+    Ok(ServerHandshake {
+        server_key: public_key_b64(secret),
+        salt: salt.to_owned(),
+        cipher,
+    })
+}
+
+impl SessionCipher {
+    /// Derives the cipher from our private key, the peer's public key (standard base64,
+    /// first 32 bytes used) and the salt (first 16 characters used), as both sides do.
+    ///
+    /// # Errors
+    /// [`CryptoError::EmptyClientKey`], or [`CryptoError::BadClientKey`] when the key is not
+    /// base64 of at least 32 bytes or the salt is shorter than 16 bytes.
+    pub fn derive(
+        our_secret: [u8; 32],
+        peer_key_b64: &str,
+        salt: &str,
+    ) -> Result<SessionCipher, CryptoError> {
+        if peer_key_b64.is_empty() {
+            return Err(CryptoError::EmptyClientKey);
+        }
+        let peer = BASE64
+            .decode(peer_key_b64)
+            .map_err(|_| CryptoError::BadClientKey)?;
+        let peer: [u8; 32] = peer
+            .get(..32)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(CryptoError::BadClientKey)?;
+        let shared = StaticSecret::from(our_secret).diffie_hellman(&PublicKey::from(peer));
+        let digest = Md5::digest(BASE64.encode(shared.as_bytes()).as_bytes());
+        let hex = hex_lower(&digest);
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&hex.as_bytes()[..16]);
+        let iv: [u8; 16] = salt
+            .as_bytes()
+            .get(..16)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(CryptoError::BadClientKey)?;
+        Ok(SessionCipher { key, iv })
+    }
+
+    /// Builds a cipher from a known key and IV (16 ASCII bytes each).
+    pub fn from_parts(key: [u8; 16], iv: [u8; 16]) -> SessionCipher {
+        SessionCipher { key, iv }
+    }
+
+    /// The AES key as its 16 ASCII characters (for tests against the spec's vectors).
+    pub fn key(&self) -> &[u8; 16] {
+        &self.key
+    }
+
+    /// `base64(AES-128-CBC-PKCS7(plain))`, the wire form of an encrypted payload.
+    pub fn encrypt_b64(&self, plain: &[u8]) -> String {
+        let ct = Aes128CbcEnc::new(&self.key.into(), &self.iv.into())
+            .encrypt_padded_vec_mut::<Pkcs7>(plain);
+        BASE64.encode(ct)
+    }
+
+    /// The inverse of [`SessionCipher::encrypt_b64`].
+    ///
+    /// # Errors
+    /// [`CryptoError::BadBase64`] or [`CryptoError::BadCiphertext`].
+    pub fn decrypt_b64(&self, b64: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let ct = BASE64.decode(b64).map_err(|_| CryptoError::BadBase64)?;
+        Aes128CbcDec::new(&self.key.into(), &self.iv.into())
+            .decrypt_padded_vec_mut::<Pkcs7>(&ct)
+            .map_err(|_| CryptoError::BadCiphertext)
+    }
+
+    /// `hex(MD5(base64(AES(sign))))`: the msgKey over a sign string.
+    pub fn msg_key(&self, sign: &[u8]) -> String {
+        hex_lower(&Md5::digest(self.encrypt_b64(sign).as_bytes()))
+    }
+
+    /// The msgKey a client puts on a SEND (PROTOCOL.md §7.4). `payload` is exactly as sent.
+    pub fn send_msg_key(
+        &self,
+        client_seq: u32,
+        client_msg_no: &str,
+        channel_id: &str,
+        channel_type: u8,
+        payload: &[u8],
+    ) -> String {
+        let mut sign =
+            Vec::with_capacity(32 + client_msg_no.len() + channel_id.len() + payload.len());
+        sign.extend_from_slice(client_seq.to_string().as_bytes());
+        sign.extend_from_slice(client_msg_no.as_bytes());
+        sign.extend_from_slice(channel_id.as_bytes());
+        sign.extend_from_slice(channel_type.to_string().as_bytes());
+        sign.extend_from_slice(payload);
+        self.msg_key(&sign)
+    }
+
+    /// The msgKey the server puts on a RECV (PROTOCOL.md §7.5), over the values exactly as
+    /// written into this RECV (rewritten channel id, possibly empty from_uid, this
+    /// connection's ciphertext).
+    #[allow(clippy::too_many_arguments)] // One argument per signed field, in spec order.
+    pub fn recv_msg_key(
+        &self,
+        message_id: i64,
+        message_seq: u32,
+        client_msg_no: &str,
+        timestamp: i32,
+        from_uid: &str,
+        channel_id: &str,
+        channel_type: u8,
+        payload: &[u8],
+    ) -> String {
+        let mut sign = Vec::with_capacity(
+            64 + client_msg_no.len() + from_uid.len() + channel_id.len() + payload.len(),
+        );
+        for part in [
+            message_id.to_string().as_bytes(),
+            message_seq.to_string().as_bytes(),
+            client_msg_no.as_bytes(),
+            timestamp.to_string().as_bytes(),
+            from_uid.as_bytes(),
+            channel_id.as_bytes(),
+            channel_type.to_string().as_bytes(),
+            payload,
+        ] {
+            sign.extend_from_slice(part);
+        }
+        self.msg_key(&sign)
+    }
+
+    /// Checks a SEND's msgKey and decrypts its payload: the server's step 3 of the SEND
+    /// pipeline (PROTOCOL.md §9.1). Returns the plain payload.
+    ///
+    /// # Errors
+    /// [`CryptoError::MsgKeyMismatch`], [`CryptoError::BadBase64`] or
+    /// [`CryptoError::BadCiphertext`]; all map to SENDACK reason 9.
+    pub fn open_send(&self, send: &crate::SendPacket) -> Result<Vec<u8>, CryptoError> {
+        let expected = self.send_msg_key(
+            send.client_seq,
+            &send.client_msg_no,
+            &send.channel_id,
+            send.channel_type,
+            &send.payload,
+        );
+        if !constant_time_eq(expected.as_bytes(), send.msg_key.as_bytes()) {
+            return Err(CryptoError::MsgKeyMismatch);
+        }
+        self.decrypt_b64(&send.payload)
+    }
+}
+
+/// Lowercase hex of `bytes`.
+fn hex_lower(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Compares without an early exit, so the time taken does not tell how much matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq_secret(first: u8) -> [u8; 32] {
+        std::array::from_fn(|i| first + i as u8)
+    }
+
+    /// PROTOCOL.md §7.7.
+    #[test]
+    fn protocol_spec_vector() {
+        let client = seq_secret(0x01);
+        let server = seq_secret(0x21);
+        assert_eq!(
+            public_key_b64(client),
+            "B6N8vBQgk8i3VdwbEOhstCY3StFqqFPtC9/AsrhtHHw="
+        );
+        let hs =
+            server_handshake_with(&public_key_b64(client), server, "abcdefghijklmnop").unwrap();
+        assert_eq!(
+            hs.server_key,
+            "WGmv9FBUlzLLqu1eXfmzCm2jHLDldCutWtShp2jxpns="
+        );
+        assert_eq!(hs.cipher.key(), b"8e65549ac3e59ba4");
+        let c = hs.cipher;
+        let wire = c.encrypt_b64(br#"{"type":1,"content":"hello"}"#);
+        assert_eq!(wire, "osCCSwLzwq49FmcOr6wm5Eq4gRt1+XlTSgMpSihyz+E=");
+        assert_eq!(
+            c.send_msg_key(1, "m1", "u2", 1, wire.as_bytes()),
+            "b525c8119e390dcd2ac25dc926576999"
+        );
+        assert_eq!(
+            c.recv_msg_key(
+                123_456_789,
+                7,
+                "m1",
+                1_700_000_000,
+                "u1",
+                "u1",
+                1,
+                wire.as_bytes()
+            ),
+            "e052cd992b342b8a75e54c3f53f561cc"
+        );
+        // The client derives the same cipher from its side.
+        let client_side = SessionCipher::derive(client, &hs.server_key, &hs.salt).unwrap();
+        assert_eq!(client_side, c);
+    }
+
+    #[test]
+    fn decrypt_inverts_encrypt_and_rejects_garbage() {
+        let c = SessionCipher::from_parts(*b"0123456789abcdef", *b"abcdefghijklmnop");
+        for plain in [&b""[..], b"x", b"exactly sixteen!", &[7u8; 1000]] {
+            assert_eq!(
+                c.decrypt_b64(c.encrypt_b64(plain).as_bytes()).unwrap(),
+                plain
+            );
+        }
+        assert_eq!(c.decrypt_b64(b"not base64!"), Err(CryptoError::BadBase64));
+        assert_eq!(c.decrypt_b64(b"AAAA"), Err(CryptoError::BadCiphertext));
+    }
+
+    #[test]
+    fn bad_client_keys_are_refused() {
+        let s = seq_secret(1);
+        assert_eq!(
+            server_handshake_with("", s, "abcdefghijklmnop").unwrap_err(),
+            CryptoError::EmptyClientKey
+        );
+        assert_eq!(
+            server_handshake_with("***", s, "abcdefghijklmnop").unwrap_err(),
+            CryptoError::BadClientKey
+        );
+        assert_eq!(
+            server_handshake_with("AAAA", s, "abcdefghijklmnop").unwrap_err(),
+            CryptoError::BadClientKey
+        );
+    }
+
+    #[test]
+    fn salts_are_sixteen_alphanumerics() {
+        let salt = random_salt().unwrap();
+        assert_eq!(salt.len(), 16);
+        assert!(salt.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(salt, random_salt().unwrap());
+    }
+}
