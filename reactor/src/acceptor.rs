@@ -49,6 +49,8 @@ pub(crate) struct Acceptor<M> {
     /// Sockets handed to each loop so far; compared with the loop's `accepted` counter to
     /// know how many are still in its inbox.
     pub handed_over: Vec<u64>,
+    /// Loops whose inbox is gone.
+    pub dead: Vec<bool>,
 }
 
 impl<M: Send> Acceptor<M> {
@@ -94,7 +96,14 @@ impl<M: Send> Acceptor<M> {
                     AcceptEnd::Backoff => {
                         backoff_until = Some(Instant::now() + ACCEPT_ERROR_BACKOFF)
                     }
-                    AcceptEnd::Stopped => return,
+                    AcceptEnd::Stopped => {
+                        if self.stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        // Every loop is gone: nothing can serve a connection.
+                        log::error!("acceptor stopping: no event loop is running");
+                        return;
+                    }
                 }
             }
         }
@@ -115,10 +124,11 @@ impl<M: Send> Acceptor<M> {
         if count < self.max_connections {
             return true;
         }
-        g.gate_closed.store(true, Ordering::Release);
+        g.gate_closed.store(true, Ordering::SeqCst);
         // A loop may have dropped below the mark between our load and the store, seen the
         // gate open and not woken us: look once more now that the gate is visibly closed.
-        if g.connections.load(Ordering::Acquire) < g.resume_below {
+        // SeqCst on both sides (see `Global::connection_closed`) makes this look reliable.
+        if g.connections.load(Ordering::SeqCst) < g.resume_below {
             g.gate_closed.store(false, Ordering::Release);
             return true;
         }
@@ -131,6 +141,9 @@ impl<M: Send> Acceptor<M> {
 
     fn accept_all(&mut self, index: usize, last_gate_warn: &mut Option<Instant>) -> AcceptEnd {
         loop {
+            if self.stop.load(Ordering::Acquire) {
+                return AcceptEnd::Stopped;
+            }
             if !self.gate_open(last_gate_warn) {
                 return AcceptEnd::Gated;
             }
@@ -158,31 +171,60 @@ impl<M: Send> Acceptor<M> {
             // A loop's load is its open connections plus the sockets still in its inbox:
             // without the second term a burst of accepts all lands on whichever loop looked
             // emptiest before the burst.
-            let loads: Vec<usize> = self
-                .loops
-                .iter()
-                .zip(&self.handed_over)
-                .map(|(l, &handed)| {
-                    let taken = l.stats().accepted.load(Ordering::Relaxed);
-                    let in_flight = handed.saturating_sub(taken) as usize;
-                    l.stats().connections.load(Ordering::Relaxed) + in_flight
-                })
-                .collect();
-            let chosen = self.balancer.pick(&loads);
-            self.handed_over[chosen] += 1;
-            self.global.connections.fetch_add(1, Ordering::AcqRel);
-            let cmd = Command::Register {
+            self.global.connections.fetch_add(1, Ordering::SeqCst);
+            let mut cmd = Command::Register {
                 stream,
                 listener: ListenerId(index as u16),
                 peer,
             };
-            // Blocking here is backpressure: a loop that cannot keep up with its inbox slows
-            // the accept rate. The acceptor is not a loop thread, so it may block (R2).
-            if self.loops[chosen].push(cmd).is_err() {
-                self.global.connection_closed();
-                return AcceptEnd::Stopped;
+            // A loop that died (repeated poll failures, a panicking handler) is marked and
+            // skipped; the socket goes to another loop. Bounded: each loop can die once.
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                if self.dead.iter().all(|&d| d) || attempts > 2 * self.loops.len() {
+                    log::error!("no event loop is running; dropping a new connection from {peer}");
+                    self.global.connection_closed();
+                    return AcceptEnd::Stopped;
+                }
+                let chosen = self.pick();
+                self.handed_over[chosen] += 1;
+                // Blocking here is backpressure: a loop that cannot keep up with its inbox
+                // slows the accept rate. The acceptor is not a loop thread, so it may block
+                // (R2).
+                match self.loops[chosen].push_or_return(cmd) {
+                    Ok(()) => break,
+                    Err(returned) => {
+                        log::error!("event loop {chosen} has stopped; accepting on the others");
+                        self.dead[chosen] = true;
+                        cmd = returned;
+                    }
+                }
             }
         }
+    }
+}
+
+impl<M: Send> Acceptor<M> {
+    /// Asks the balancer for a loop. A loop's load is its open connections plus the sockets
+    /// still in its inbox: without the second term a burst of accepts all lands on
+    /// whichever loop looked emptiest before the burst. Dead loops look full.
+    fn pick(&mut self) -> usize {
+        let loads: Vec<usize> = self
+            .loops
+            .iter()
+            .zip(&self.handed_over)
+            .zip(&self.dead)
+            .map(|((l, &handed), &dead)| {
+                if dead {
+                    return usize::MAX;
+                }
+                let taken = l.stats().accepted.load(Ordering::Relaxed);
+                let in_flight = handed.saturating_sub(taken) as usize;
+                l.stats().connections.load(Ordering::Relaxed) + in_flight
+            })
+            .collect();
+        self.balancer.pick(&loads)
     }
 }
 

@@ -53,17 +53,17 @@ pub(crate) struct ConnIo {
     pub input: Vec<u8>,
     pub outbound: Outbound,
     /// Tick of the last inbound bytes.
-    pub last_active_tick: u32,
+    pub last_active_tick: u64,
     /// Idle timeout in ticks; 0 = none.
-    pub idle_ticks: u32,
+    pub idle_ticks: u64,
     /// Tick of this connection's live timer-wheel entry; 0 = none.
-    pub scheduled_tick: u32,
+    pub scheduled_tick: u64,
     /// Tick at which the output queue went above the soft cap; 0 = it is not above.
-    pub soft_since_tick: u32,
+    pub soft_since_tick: u64,
 }
 
 impl ConnIo {
-    pub fn new(stream: TcpStream, generation: u32, listener: ListenerId, now_tick: u32) -> Self {
+    pub fn new(stream: TcpStream, generation: u32, listener: ListenerId, now_tick: u64) -> Self {
         let mut flags = Flags::default();
         // A freshly accepted socket has an empty send buffer: assume writable and let the
         // first `WouldBlock` correct us, rather than wait for the first WRITABLE edge.
@@ -109,6 +109,6 @@ mod tests {
         // The engine's part of an idle connection, before the handler's state. Kernel
         // socket buffers are not counted: this is the user-space cost per connection.
         let size = std::mem::size_of::<ConnIo>();
-        assert!(size <= 160, "ConnIo grew to {size} bytes");
+        assert!(size <= 176, "ConnIo grew to {size} bytes");
     }
 }

@@ -134,6 +134,7 @@ impl EngineBuilder {
             acceptor_stop: Arc::new(AtomicBool::new(false)),
             acceptor_waker,
             exits: exit_rx,
+            acceptor_exit: None,
             global: Arc::clone(&global),
             grace: config.shutdown_grace,
             stopped: false,
@@ -147,10 +148,11 @@ impl EngineBuilder {
                 Arc::clone(&config),
                 Arc::clone(&global),
             );
-            let exit = ExitSignal(exit_tx.clone());
+            let exit_tx = exit_tx.clone();
             // On error, `engine` is dropped here and hard-stops whatever already started.
             engine.spawn(format!("ruyi-loop-{index}"), move || {
-                let _exit = exit;
+                // Made inside the thread: if the spawn fails, no exit is reported for it.
+                let _exit = ExitSignal(exit_tx);
                 let handler = factory(index, &handles);
                 EventLoop::new(index, poll, handler, rx, shared, config, global).run();
             })?;
@@ -164,10 +166,12 @@ impl EngineBuilder {
             max_connections: config.max_connections,
             stop: Arc::clone(&engine.acceptor_stop),
             handed_over: vec![0; config.loops],
+            dead: vec![false; config.loops],
         };
-        let exit = ExitSignal(exit_tx);
+        let (acceptor_exit_tx, acceptor_exit) = crossbeam_channel::bounded(1);
+        engine.acceptor_exit = Some(acceptor_exit);
         engine.spawn("ruyi-acceptor".into(), move || {
-            let _exit = exit;
+            let _exit = ExitSignal(acceptor_exit_tx);
             acceptor.run();
         })?;
         for addr in &engine.local_addrs {
@@ -197,6 +201,9 @@ pub struct Engine<M> {
     acceptor_stop: Arc<AtomicBool>,
     acceptor_waker: Arc<mio::Waker>,
     exits: Receiver<()>,
+    /// The acceptor's own exit signal: `stop` waits for it before stopping the loops, so no
+    /// socket is handed to a loop that is already shutting down (R10 step 1).
+    acceptor_exit: Option<Receiver<()>>,
     global: Arc<Global>,
     grace: Duration,
     stopped: bool,
@@ -270,6 +277,11 @@ impl<M> Engine<M> {
         if let Err(e) = self.acceptor_waker.wake() {
             log::error!("cannot wake the acceptor to stop it: {e}");
         }
+        if let Some(acceptor_exit) = &self.acceptor_exit {
+            if acceptor_exit.recv_timeout(STOP_SLACK).is_err() {
+                log::error!("the acceptor did not stop within {STOP_SLACK:?}");
+            }
+        }
         let flag = match mode {
             StopMode::Soft => SOFT_STOP,
             StopMode::Hard => HARD_STOP,
@@ -287,7 +299,9 @@ impl<M> Engine<M> {
             StopMode::Hard => STOP_SLACK,
         };
         let deadline = Instant::now() + wait;
-        let mut exited = 0;
+        // The acceptor's thread is in `threads` but reports on its own channel.
+        let acceptor = usize::from(self.acceptor_exit.is_some());
+        let mut exited = acceptor;
         while exited < self.threads.len() {
             match self.exits.recv_deadline(deadline) {
                 Ok(()) => exited += 1,

@@ -58,16 +58,18 @@ const DISCARD_ON_CLOSE_BYTES: usize = 64 << 10;
 pub(crate) struct Core {
     pub loop_index: usize,
     pub now: Instant,
-    pub now_tick: u32,
+    pub now_tick: u64,
     started: Instant,
     tick: Duration,
     pub dirty: Vec<ConnId>,
     pub backlog: Vec<ConnId>,
     pub closing: Vec<(ConnId, CloseReason)>,
+    /// Connections whose queue is above the soft cap (R5).
+    soft_watch: Vec<ConnId>,
     wheel: TimerWheel,
     max_outbound_bytes: usize,
     soft_outbound_bytes: Option<usize>,
-    soft_window_ticks: u32,
+    soft_window_ticks: u64,
     pub shared: Arc<LoopShared>,
 }
 
@@ -83,6 +85,7 @@ impl Core {
             dirty: Vec::new(),
             backlog: Vec::new(),
             closing: Vec::new(),
+            soft_watch: Vec::new(),
             wheel: TimerWheel::new(),
             max_outbound_bytes: config.max_outbound_bytes,
             soft_outbound_bytes: config.soft_outbound_bytes,
@@ -98,19 +101,21 @@ impl Core {
         self.now = Instant::now();
         // Tick 0 means "none" in the per-connection timer fields, so ticks start at 1.
         let elapsed = self.now.duration_since(self.started);
-        self.now_tick = 1 + (elapsed.as_nanos() / self.tick.as_nanos().max(1)) as u32;
+        self.now_tick = 1 + (elapsed.as_nanos() / self.tick.as_nanos().max(1)) as u64;
     }
 
     /// Time until the next tick boundary, for the `poll` timeout.
     fn until_next_tick(&self) -> Duration {
-        let next = self.started + self.tick * self.now_tick;
+        let nanos = self.tick.as_nanos() * u128::from(self.now_tick);
+        let next = self.started + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX));
         next.saturating_duration_since(Instant::now())
     }
 
     /// Whole ticks covering `d`, rounded up, at least 1.
-    fn ticks_for(&self, d: Duration) -> u32 {
+    fn ticks_for(&self, d: Duration) -> u64 {
         let ticks = d.as_nanos().div_ceil(self.tick.as_nanos().max(1));
-        ticks.clamp(1, u32::MAX as u128 / 2) as u32
+        // Far beyond any uptime: deadlines stay far from u64 overflow.
+        ticks.clamp(1, 1 << 40) as u64
     }
 
     pub fn mark_dirty(&mut self, id: ConnId, io: &mut ConnIo) {
@@ -153,7 +158,9 @@ impl Core {
         self.mark_dirty(id, io);
     }
 
-    /// The soft cap: above it for longer than the window means a slow consumer too.
+    /// The soft cap: above it for longer than the window means a slow consumer too. A
+    /// connection that goes above it joins `soft_watch`, re-examined every tick, so a queue
+    /// that simply stops moving is caught without new traffic to trigger the check.
     fn check_soft_limit(&mut self, id: ConnId, io: &mut ConnIo) {
         let Some(soft) = self.soft_outbound_bytes else {
             return;
@@ -162,6 +169,7 @@ impl Core {
             io.soft_since_tick = 0;
         } else if io.soft_since_tick == 0 {
             io.soft_since_tick = self.now_tick;
+            self.soft_watch.push(id);
         } else if self.now_tick - io.soft_since_tick > self.soft_window_ticks {
             log::warn!(
                 "loop={} conn={id} slow consumer: {} bytes queued above the soft cap {soft} for too long; closing",
@@ -204,8 +212,11 @@ pub(crate) struct Global {
 impl Global {
     /// One connection fewer; reopens the accept gate once below the low-water mark.
     pub fn connection_closed(&self) {
-        let now = self.connections.fetch_sub(1, Ordering::AcqRel) - 1;
-        if now < self.resume_below && self.gate_closed.load(Ordering::Acquire) {
+        // SeqCst pairs with `Acceptor::gate_open` (store gate, then load count): with weaker
+        // orderings both sides could read stale values and the gate would wait for its
+        // one-second recheck.
+        let now = self.connections.fetch_sub(1, Ordering::SeqCst) - 1;
+        if now < self.resume_below && self.gate_closed.load(Ordering::SeqCst) {
             if let Err(e) = self.acceptor_waker.wake() {
                 log::error!("cannot wake the acceptor: {e}");
             }
@@ -228,7 +239,7 @@ pub(crate) struct EventLoop<H: Handler> {
     /// Reused between turns to avoid reallocating the work lists.
     spare: Vec<ConnId>,
     due: Vec<TimerEntry>,
-    last_handler_tick: u32,
+    last_handler_tick: u64,
     /// The last drain stopped at the command cap; more may be waiting.
     inbox_backlogged: bool,
     stop_deadline: Option<Instant>,
@@ -296,11 +307,14 @@ impl<H: Handler> EventLoop<H> {
             self.core.update_clock();
             LoopStats::add(&self.stats().turns, 1);
 
+            // Only connections left over from earlier turns get a backlog pass this turn, so
+            // no connection reads more than one budget per turn (R4).
+            let carried = std::mem::take(&mut self.core.backlog);
             for event in events.iter() {
                 self.handle_event(event);
             }
             self.drain_inbox();
-            self.process_backlog();
+            self.process_backlog(carried);
             self.run_timers();
             self.flush_dirty();
             self.reap();
@@ -337,9 +351,7 @@ impl<H: Handler> EventLoop<H> {
 
     /// Looks up a live connection by id (generation checked).
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn<H::State>> {
-        self.slab
-            .get_mut(id.slot())
-            .filter(|c| id.matches(c.io.generation))
+        live(&mut self.slab, self.core.loop_index, id)
     }
 
     fn handle_event(&mut self, event: &mio::event::Event) {
@@ -365,6 +377,9 @@ impl<H: Handler> EventLoop<H> {
                 return; // A stopping loop only flushes (R10).
             }
             conn.io.flags.insert(Flags::READ_PENDING);
+            if conn.io.flags.contains(Flags::BACKLOG) {
+                return; // Its backlog pass reads it, within one budget for the turn.
+            }
             self.read_conn(id, event.is_read_closed() || event.is_error());
         }
     }
@@ -382,11 +397,7 @@ impl<H: Handler> EventLoop<H> {
     fn read_conn(&mut self, id: ConnId, until_eof: bool) {
         let mut budget = self.config.read_budget_bytes;
         loop {
-            let Some(conn) = self
-                .slab
-                .get_mut(id.slot())
-                .filter(|c| id.matches(c.io.generation))
-            else {
+            let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
                 return;
             };
             let io = &mut conn.io;
@@ -523,11 +534,7 @@ impl<H: Handler> EventLoop<H> {
                     self.queue_to(id, frame);
                 }
             }
-            Command::Close(id) => match self
-                .slab
-                .get_mut(id.slot())
-                .filter(|c| id.matches(c.io.generation))
-            {
+            Command::Close(id) => match live(&mut self.slab, self.core.loop_index, id) {
                 Some(conn) => self.core.mark_close(id, &mut conn.io, CloseReason::Command),
                 None => self.count_stale(id),
             },
@@ -542,11 +549,7 @@ impl<H: Handler> EventLoop<H> {
     }
 
     fn queue_to(&mut self, id: ConnId, frame: bytes::Bytes) {
-        let Some(conn) = self
-            .slab
-            .get_mut(id.slot())
-            .filter(|c| id.matches(c.io.generation))
-        else {
+        let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
             self.count_stale(id);
             return;
         };
@@ -565,18 +568,13 @@ impl<H: Handler> EventLoop<H> {
         LoopStats::add(&self.stats().stale_commands, 1);
     }
 
-    /// Connections that hit their read budget last turn, or were resumed.
-    fn process_backlog(&mut self) {
-        if self.core.backlog.is_empty() {
+    /// Connections that hit their read budget in an earlier turn, or were resumed.
+    fn process_backlog(&mut self, mut list: Vec<ConnId>) {
+        if list.is_empty() {
             return;
         }
-        let mut list = std::mem::replace(&mut self.core.backlog, std::mem::take(&mut self.spare));
         for id in list.drain(..) {
-            let Some(conn) = self
-                .slab
-                .get_mut(id.slot())
-                .filter(|c| id.matches(c.io.generation))
-            else {
+            let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
                 continue;
             };
             conn.io.flags.remove(Flags::BACKLOG);
@@ -635,6 +633,17 @@ impl<H: Handler> EventLoop<H> {
         }
         if now != self.last_handler_tick {
             self.last_handler_tick = now;
+            for id in std::mem::take(&mut self.core.soft_watch) {
+                if let Some(conn) = live(&mut self.slab, self.core.loop_index, id) {
+                    if conn.io.soft_since_tick != 0 && !conn.io.flags.contains(Flags::CLOSING) {
+                        self.core.check_soft_limit(id, &mut conn.io);
+                        // Still above the cap and inside its window: keep watching.
+                        if conn.io.soft_since_tick != 0 && !conn.io.flags.contains(Flags::CLOSING) {
+                            self.core.soft_watch.push(id);
+                        }
+                    }
+                }
+            }
             let mut lp = LoopCtx {
                 slab: &mut self.slab,
                 core: &mut self.core,
@@ -650,11 +659,7 @@ impl<H: Handler> EventLoop<H> {
         }
         let mut list = std::mem::replace(&mut self.core.dirty, std::mem::take(&mut self.spare));
         for id in list.drain(..) {
-            let Some(conn) = self
-                .slab
-                .get_mut(id.slot())
-                .filter(|c| id.matches(c.io.generation))
-            else {
+            let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
                 continue;
             };
             conn.io.flags.remove(Flags::DIRTY);
@@ -791,6 +796,17 @@ impl<H: Handler> EventLoop<H> {
     }
 }
 
+/// The live connection `id` names on this loop: same loop, same slot, same generation.
+/// Every id that reaches a loop from outside goes through here (R8): ids of other loops
+/// share slot and generation numbers, so the loop index is part of the check.
+fn live<S>(slab: &mut Slab<Conn<S>>, loop_index: usize, id: ConnId) -> Option<&mut Conn<S>> {
+    if id.loop_index() != loop_index {
+        return None;
+    }
+    slab.get_mut(id.slot())
+        .filter(|c| id.matches(c.io.generation))
+}
+
 /// Offers a connection's buffered input to the handler and keeps what it did not consume.
 fn offer_buffered<H: Handler>(handler: &mut H, ctx: &mut ConnCtx<'_>, state: &mut H::State) {
     let mut input = std::mem::take(&mut ctx.io.input);
@@ -838,6 +854,9 @@ fn flush_conn(core: &mut Core, config: &EngineConfig, id: ConnId, io: &mut ConnI
 /// The last, non-blocking attempt to write what is queued before a graceful close, then a
 /// bounded read to drain input so the close does not turn into an RST.
 fn last_words(core: &mut Core, config: &EngineConfig, id: ConnId, io: &mut ConnIo) {
+    // Try even if the last write hit WouldBlock: the buffer may have drained since, and a
+    // write that would block just returns WouldBlock.
+    io.flags.insert(Flags::WRITABLE);
     flush_conn(core, config, id, io);
     let _ = io.stream.shutdown(std::net::Shutdown::Write);
     let mut sink = [0u8; 4096];

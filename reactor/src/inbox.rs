@@ -148,6 +148,14 @@ impl<M: Send> LoopHandle<M> {
         Ok(())
     }
 
+    /// Like `push`, but hands the command back when the loop is gone, so the acceptor can
+    /// give the socket to another loop.
+    pub(crate) fn push_or_return(&self, cmd: Command<M>) -> Result<(), Command<M>> {
+        self.tx.send(cmd).map_err(|e| e.0)?;
+        self.shared.notify();
+        Ok(())
+    }
+
     fn try_push(&self, cmd: Command<M>) -> Result<(), TrySendFailure> {
         match self.tx.try_send(cmd) {
             Ok(()) => {

@@ -18,19 +18,19 @@
 pub(crate) struct TimerEntry {
     pub slot: u32,
     pub generation: u32,
-    pub tick: u32,
+    pub tick: u64,
 }
 
 #[derive(Debug)]
 pub(crate) struct TimerWheel {
     slots: Vec<Vec<TimerEntry>>,
     /// The last tick whose slot has been drained.
-    current: u32,
+    current: u64,
 }
 
 /// Slots in the wheel. At the default 100 ms tick this spans about 100 s; longer idle
 /// timeouts (the IM default is minutes) park and re-examine once per span.
-pub(crate) const WHEEL_SLOTS: u32 = 1024;
+pub(crate) const WHEEL_SLOTS: u64 = 1024;
 
 impl TimerWheel {
     pub fn new() -> TimerWheel {
@@ -43,7 +43,7 @@ impl TimerWheel {
     /// Schedules `slot#generation` for `deadline` (a tick), parked at the far end if it is
     /// beyond the wheel's span. Returns the tick the entry was actually placed at; the
     /// connection stores it as its `scheduled_tick`.
-    pub fn schedule(&mut self, slot: u32, generation: u32, deadline: u32) -> u32 {
+    pub fn schedule(&mut self, slot: u32, generation: u32, deadline: u64) -> u64 {
         let tick = deadline.clamp(self.current + 1, self.current + WHEEL_SLOTS - 1);
         self.slots[(tick % WHEEL_SLOTS) as usize].push(TimerEntry {
             slot,
@@ -54,7 +54,7 @@ impl TimerWheel {
     }
 
     /// Moves the wheel to `now`, appending every entry that came due to `due`.
-    pub fn advance(&mut self, now: u32, due: &mut Vec<TimerEntry>) {
+    pub fn advance(&mut self, now: u64, due: &mut Vec<TimerEntry>) {
         // After a long stall (a debugger, a suspended VM) every slot is due once; entries
         // are re-examined against their real deadlines, so nothing fires early.
         let steps = now.saturating_sub(self.current).min(WHEEL_SLOTS);
@@ -119,7 +119,7 @@ mod tests {
     fn a_long_stall_drains_everything_once() {
         let mut w = TimerWheel::new();
         for s in 0..10 {
-            w.schedule(s, 0, 1 + s * 50);
+            w.schedule(s, 0, 1 + u64::from(s) * 50);
         }
         let mut due = Vec::new();
         w.advance(100_000, &mut due);

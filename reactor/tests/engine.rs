@@ -310,3 +310,28 @@ fn listeners_are_tagged() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn issue_2_an_id_from_another_loop_never_reaches_this_loops_connection() {
+    let t = TestEngine::start(config(2), 2);
+    // Two connections, one per loop (least connections), usually sharing slot and generation.
+    let mut a = connect(t.addrs[1]);
+    let id_a = t.next_open();
+    let _b = connect(t.addrs[1]);
+    let id_b = t.next_open();
+    assert_ne!(id_a.loop_index(), id_b.loop_index());
+    let handles = t.engine.handles();
+    // B's id pushed through A's loop: same slot and generation numbers, other loop.
+    let wrong = &handles.loops()[id_a.loop_index()];
+    wrong
+        .try_send(id_b, Bytes::from_static(b"for b only"))
+        .unwrap();
+    wrong.try_close(id_b).unwrap();
+    handles.send(id_a, Bytes::from_static(b"ok")).unwrap();
+    assert_eq!(
+        expect_bytes(&mut a, 2),
+        b"ok",
+        "nothing meant for B arrived first"
+    );
+    assert_eq!(t.engine.stats()[id_a.loop_index()].stale_commands, 2);
+}
