@@ -1,1 +1,63 @@
-fn main() {}
+//! The `ruyi` binary: `ruyi` with no arguments serves on the embedded defaults (TCP 5100,
+//! HTTP 127.0.0.1:5001, SQLite in `./data`, token auth and encryption on).
+
+use clap::Parser;
+use ruyi::{Config, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Ruyi: an instant-messaging server that speaks WuKongIM's protocol.
+#[derive(Parser, Debug)]
+#[command(name = "ruyi", version, about)]
+struct Cli {
+    /// Binary protocol listener (WuKongIM `addr`).
+    #[arg(long, default_value = "0.0.0.0:5100")]
+    tcp_addr: SocketAddr,
+    /// HTTP API listener. Loopback by default: the API can act as any user.
+    #[arg(long, default_value = "127.0.0.1:5001")]
+    http_addr: SocketAddr,
+    /// Directory for the SQLite database.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Accept any token at CONNECT (local tests and benchmarks only).
+    #[arg(long)]
+    no_token_auth: bool,
+    /// Disable payload encryption (custom clients and benchmarks only; official SDKs
+    /// need it).
+    #[arg(long)]
+    no_encryption: bool,
+    /// Event-loop threads (default: number of cores).
+    #[arg(long)]
+    loops: Option<usize>,
+    /// SQLite synchronous=NORMAL instead of FULL: survives kill -9, not power loss.
+    #[arg(long)]
+    sync_normal: bool,
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let mut config = Config {
+        tcp_addr: cli.tcp_addr,
+        http_addr: cli.http_addr,
+        data_dir: cli.data_dir,
+        token_auth: !cli.no_token_auth,
+        encryption: !cli.no_encryption,
+        sync_full: !cli.sync_normal,
+        ..Config::default()
+    };
+    if let Some(loops) = cli.loops {
+        config.loops = loops;
+        config.channel_workers = loops;
+    }
+    let _server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ruyi: {e}");
+            std::process::exit(1);
+        }
+    };
+    loop {
+        std::thread::park();
+    }
+}

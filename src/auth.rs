@@ -1,0 +1,157 @@
+//! The user pool: logins. Auth workers take CONNECTs from the loops, check the token
+//! against storage, do the key exchange (an X25519 multiplication: CPU the loops should not
+//! spend), and post the CONNACK back to the connection's loop, which registers the
+//! connection (PROTOCOL.md §6.2).
+
+use crate::gateway::{AuthOutcome, LoginInfo, ToLoop};
+use crate::message::ChannelKey;
+use crate::shared::SharedRef;
+use crate::storage::Reader;
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use ruyi_proto::crypto::{constant_time_eq, server_handshake};
+use ruyi_proto::types::{channel_type, reason};
+use ruyi_proto::{ConnackPacket, ConnectPacket, CryptoError, LATEST_VERSION};
+use ruyi_reactor::ConnId;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A CONNECT waiting for a worker.
+#[derive(Debug)]
+pub struct AuthRequest {
+    /// The connection.
+    pub conn: ConnId,
+    /// What it sent.
+    pub connect: ConnectPacket,
+}
+
+/// Polling period for the stop flag while idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Runs one auth worker until the server stops.
+pub fn run(shared: SharedRef, rx: Receiver<AuthRequest>, reader: Reader) {
+    loop {
+        let req = match rx.recv_timeout(IDLE_POLL) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) if !shared.is_stopping() => continue,
+            Err(_) => return,
+        };
+        let outcome = login(&shared, &reader, &req);
+        let _ = shared
+            .loops()
+            .for_conn(req.conn)
+            .post(ToLoop::Authed(Box::new(outcome)));
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Checks one CONNECT, in the order of PROTOCOL.md §6.2, and builds the CONNACK.
+fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome {
+    let c = &req.connect;
+    // The client reads CONNACK with the version it sent; the session speaks min(that, 5).
+    let version = c.version.min(LATEST_VERSION);
+    let refuse = |code: u8| -> AuthOutcome {
+        log::debug!(
+            "conn={} uid={} login refused: reason {code}",
+            req.conn,
+            c.uid
+        );
+        AuthOutcome {
+            conn: req.conn,
+            connack: connack(
+                version,
+                0,
+                code,
+                String::new(),
+                String::new(),
+                shared.config.node_id,
+            ),
+            session: None,
+        }
+    };
+    let level = if shared.config.token_auth {
+        match reader.device(&c.uid, c.device_flag) {
+            Ok(Some(d))
+                if !d.token.is_empty()
+                    && constant_time_eq(d.token.as_bytes(), c.token.as_bytes()) =>
+            {
+                d.level
+            }
+            Ok(_) => return refuse(reason::AUTH_FAIL),
+            Err(e) => {
+                log::error!("token lookup for {}: {e}", c.uid);
+                return refuse(reason::SYSTEM_ERROR);
+            }
+        }
+    } else {
+        0 // Without token auth every device is a slave, as in WuKongIM.
+    };
+    match reader.channel(&ChannelKey::new(c.uid.clone(), channel_type::PERSON)) {
+        Ok(Some(info)) if info.ban => return refuse(reason::BAN),
+        Ok(_) => {}
+        Err(e) => {
+            log::error!("ban lookup for {}: {e}", c.uid);
+            return refuse(reason::SYSTEM_ERROR);
+        }
+    }
+    let (cipher, server_key, salt) = if shared.config.encryption {
+        match server_handshake(&c.client_key) {
+            Ok(hs) => (Some(hs.cipher), hs.server_key, hs.salt),
+            Err(CryptoError::EmptyClientKey) => return refuse(reason::CLIENT_KEY_IS_EMPTY),
+            Err(CryptoError::Random(e)) => {
+                log::error!("no randomness for a key exchange: {e}");
+                return refuse(reason::SYSTEM_ERROR);
+            }
+            Err(_) => return refuse(reason::AUTH_FAIL),
+        }
+    } else {
+        (None, String::new(), String::new())
+    };
+    AuthOutcome {
+        conn: req.conn,
+        connack: connack(
+            version,
+            now_ms() - c.client_timestamp,
+            reason::SUCCESS,
+            server_key,
+            salt,
+            shared.config.node_id,
+        ),
+        session: Some(LoginInfo {
+            uid: c.uid.clone(),
+            device_flag: c.device_flag,
+            level,
+            device_id: c.device_id.clone(),
+            version,
+            cipher,
+        }),
+    }
+}
+
+fn connack(
+    version: u8,
+    time_diff: i64,
+    reason_code: u8,
+    server_key: String,
+    salt: String,
+    node_id: u16,
+) -> bytes::Bytes {
+    let mut buf = BytesMut::with_capacity(128);
+    let packet = ConnackPacket {
+        server_version: version,
+        time_diff,
+        reason_code,
+        server_key,
+        salt,
+        node_id: u64::from(node_id),
+    };
+    // Keys and salts are 44 and 16 bytes: always encodable.
+    if let Err(e) = packet.encode(version, &mut buf) {
+        log::error!("cannot encode CONNACK: {e}");
+    }
+    buf.freeze()
+}

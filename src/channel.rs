@@ -1,0 +1,249 @@
+//! The channel pool: one worker owns each channel (sharded by [`ChannelKey::shard`]), so a
+//! channel's messages are checked, planned and handed to storage in arrival order.
+//!
+//! For each send: the sender checks (PROTOCOL.md §9.1–9.2: send ban, channel ban and
+//! disband, blacklist, subscriber, whitelist), then the fan-out plan: every online
+//! connection of every recipient except the sending one, and the recipients that get an
+//! offline-queue entry (HTTP_API.md §7). Storage assigns the seq; the pusher delivers.
+//!
+//! Channel metadata is cached per worker and dropped on [`ChannelJob::Invalidate`], which
+//! the HTTP API sends to every worker after it changes a channel.
+
+use crate::message::{ChannelKey, Message, Planned, Reply, SendOutcome};
+use crate::shared::SharedRef;
+use crate::storage::writer::Job;
+use crate::storage::{ChannelInfo, Reader};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use ruyi_proto::types::{channel_type, reason};
+use ruyi_proto::Flags;
+use ruyi_reactor::ConnId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A send that reached the channel pool.
+#[derive(Debug)]
+pub struct SendRequest {
+    /// The sender.
+    pub from_uid: String,
+    /// The sending connection (excluded from delivery), if a client sent it.
+    pub from_conn: Option<ConnId>,
+    /// Storage key (combined id for person chats).
+    pub key: ChannelKey,
+    /// The channel id as the sender addressed it.
+    pub addressed_to: String,
+    /// The client's message number.
+    pub client_msg_no: String,
+    /// Header flags (DUP cleared).
+    pub flags: Flags,
+    /// Setting byte.
+    pub setting: u8,
+    /// Seconds until expiry.
+    pub expire: u32,
+    /// Topic.
+    pub topic: String,
+    /// The plain payload.
+    pub payload: Bytes,
+    /// An API send: the sender checks are skipped (ban and disband still apply).
+    pub system: bool,
+    /// Who waits for the outcome.
+    pub reply: Reply,
+}
+
+/// Work for a channel worker.
+#[derive(Debug)]
+pub enum ChannelJob {
+    /// A message to check and plan.
+    Send(Box<SendRequest>),
+    /// Channel metadata changed: drop the cached copy (or all, with `None`).
+    Invalidate(Option<ChannelKey>),
+}
+
+/// Polling period for the stop flag while idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Channel metadata entries cached per worker before the cache is cleared. Bounds memory
+/// with many person channels; a reload is one indexed query.
+const CACHE_LIMIT: usize = 100_000;
+
+struct Worker {
+    shared: SharedRef,
+    reader: Reader,
+    cache: HashMap<ChannelKey, Option<Arc<ChannelInfo>>>,
+}
+
+/// Runs one channel worker until the server stops.
+pub fn run(shared: SharedRef, rx: Receiver<ChannelJob>, reader: Reader) {
+    let mut w = Worker {
+        shared,
+        reader,
+        cache: HashMap::new(),
+    };
+    loop {
+        let job = match rx.recv_timeout(IDLE_POLL) {
+            Ok(j) => j,
+            Err(RecvTimeoutError::Timeout) if !w.shared.is_stopping() => continue,
+            Err(_) => return,
+        };
+        match job {
+            ChannelJob::Send(req) => w.send(*req),
+            ChannelJob::Invalidate(Some(key)) => {
+                w.cache.remove(&key);
+            }
+            ChannelJob::Invalidate(None) => w.cache.clear(),
+        }
+    }
+}
+
+impl Worker {
+    fn info(&mut self, key: &ChannelKey) -> Result<Option<Arc<ChannelInfo>>, u8> {
+        if let Some(hit) = self.cache.get(key) {
+            return Ok(hit.clone());
+        }
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+        match self.reader.channel(key) {
+            Ok(info) => {
+                let info = info.map(Arc::new);
+                self.cache.insert(key.clone(), info.clone());
+                Ok(info)
+            }
+            Err(e) => {
+                log::error!("channel lookup {key:?}: {e}");
+                Err(reason::SYSTEM_ERROR)
+            }
+        }
+    }
+
+    fn person_info(&mut self, uid: &str) -> Result<Option<Arc<ChannelInfo>>, u8> {
+        self.info(&ChannelKey::new(uid, channel_type::PERSON))
+    }
+
+    /// The sender checks; `Ok(recipients)` or the refusal's reason code.
+    fn check(&mut self, req: &SendRequest) -> Result<Vec<String>, u8> {
+        if !req.system {
+            if let Some(me) = self.person_info(&req.from_uid)? {
+                if me.send_ban {
+                    return Err(reason::SEND_BAN);
+                }
+            }
+        }
+        if req.key.channel_type == channel_type::PERSON {
+            let peer = req.addressed_to.as_str();
+            if !req.system {
+                if let Some(peer_info) = self.person_info(peer)? {
+                    if contains(&peer_info.denylist, &req.from_uid) {
+                        return Err(reason::IN_BLACKLIST);
+                    }
+                }
+            }
+            let mut recipients = vec![req.from_uid.clone()];
+            if peer != req.from_uid {
+                recipients.push(peer.to_owned());
+            }
+            return Ok(recipients);
+        }
+        let Some(info) = self.info(&req.key)? else {
+            // A group nobody created has no subscribers (WuKongIM answers the same).
+            return Err(if req.system {
+                reason::CHANNEL_NOT_EXIST
+            } else {
+                reason::SUBSCRIBER_NOT_EXIST
+            });
+        };
+        if info.ban {
+            return Err(reason::BAN);
+        }
+        if info.disband {
+            return Err(reason::DISBAND);
+        }
+        if !req.system && req.key.channel_type != channel_type::INFO {
+            if contains(&info.denylist, &req.from_uid) {
+                return Err(reason::IN_BLACKLIST);
+            }
+            if !contains(&info.subscribers, &req.from_uid) {
+                return Err(reason::SUBSCRIBER_NOT_EXIST);
+            }
+            if !info.allowlist.is_empty() && !contains(&info.allowlist, &req.from_uid) {
+                return Err(reason::NOT_IN_WHITELIST);
+            }
+        }
+        Ok(info.subscribers.clone())
+    }
+
+    fn send(&mut self, req: SendRequest) {
+        let message_id = self.shared.ids.next();
+        let recipients = match self.check(&req) {
+            Ok(r) => r,
+            Err(code) => {
+                log::debug!(
+                    "uid={} send to {:?} refused: reason {code}",
+                    req.from_uid,
+                    req.key
+                );
+                let outcome = SendOutcome {
+                    message_id,
+                    message_seq: 0,
+                    reason: code,
+                };
+                self.shared.reply(req.reply, outcome);
+                return;
+            }
+        };
+        // The plan: who is online now gets a RECV, who is not gets a queue entry.
+        let config = &self.shared.config;
+        let sync_once = req.flags.sync_once();
+        let queue_when_offline = req.key.channel_type == channel_type::PERSON
+            || recipients.len() <= config.offline_queue_max_group;
+        let mut online = Vec::new();
+        let mut offline_uids = Vec::new();
+        for uid in &recipients {
+            let found = self.shared.registry.conns_of(uid, &mut online);
+            if *uid == req.from_uid || req.flags.no_persist() {
+                continue; // The sender is online by definition; NoPersist is never queued.
+            }
+            if sync_once || (found == 0 && queue_when_offline) {
+                offline_uids.push(uid.clone());
+            }
+        }
+        if let Some(from) = req.from_conn {
+            online.retain(|c| *c != from);
+        }
+        let planned = Planned {
+            message: Message {
+                message_id,
+                message_seq: 0,
+                client_msg_no: req.client_msg_no,
+                from_uid: req.from_uid,
+                channel: req.key,
+                addressed_to: req.addressed_to,
+                timestamp: 0,
+                setting: req.setting,
+                flags: req.flags,
+                expire: req.expire,
+                topic: req.topic,
+                payload: req.payload,
+            },
+            online,
+            offline_uids,
+            reply: req.reply,
+        };
+        // Blocking here is the backpressure from storage to the channel pool; this is not
+        // a loop thread.
+        if let Err(e) = self.shared.writer.send(Job::Message(Box::new(planned))) {
+            let Job::Message(p) = e.0 else { return };
+            let outcome = SendOutcome {
+                message_id,
+                message_seq: 0,
+                reason: reason::SYSTEM_ERROR,
+            };
+            self.shared.reply(p.reply, outcome);
+        }
+    }
+}
+
+fn contains(sorted: &[String], uid: &str) -> bool {
+    sorted.binary_search_by(|s| s.as_str().cmp(uid)).is_ok()
+}

@@ -1,0 +1,100 @@
+//! Server configuration with the embedded defaults: TCP 5100, HTTP 5001, data in `./data`,
+//! token auth and encryption on. Every field is documented where it is declared; the CLI
+//! (`main.rs`) maps flags onto it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the server needs to start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Binary protocol over TCP (WuKongIM's `addr`, default `0.0.0.0:5100`).
+    pub tcp_addr: SocketAddr,
+    /// HTTP API. Default `127.0.0.1:5001`: loopback only, because the API can register
+    /// tokens and send as anyone (HTTP_API.md §1.2; the manager token arrives with the
+    /// full API).
+    pub http_addr: SocketAddr,
+    /// SQLite database directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Check the token registered with `POST /user/token` at CONNECT. On by default (a
+    /// secure default; WuKongIM's is off). Turn off only for local tests and benchmarks.
+    pub token_auth: bool,
+    /// X25519 + AES on binary-protocol connections. On by default; the official SDKs
+    /// cannot work without it.
+    pub encryption: bool,
+    /// Event loops (default: cores).
+    pub loops: usize,
+    /// Channel workers: permission checks and fan-out planning, one channel per worker.
+    pub channel_workers: usize,
+    /// Threads answering CONNECT (token check and key exchange).
+    pub auth_workers: usize,
+    /// Threads serving HTTP requests that touch storage.
+    pub http_workers: usize,
+    /// Idle limit for an authenticated connection. WuKongIM's `connIdleTime` is 3 minutes;
+    /// the JS SDK pings every 60 s, so this must stay well above a minute.
+    pub idle_timeout: Duration,
+    /// Time a new connection has to send CONNECT (WuKongIM: 2 s before data, 4 s in login).
+    pub connect_timeout: Duration,
+    /// Largest frame body accepted (WuKongIM: 1 MiB).
+    pub max_frame_bytes: usize,
+    /// Offline queue policy: groups with at most this many subscribers get per-user offline
+    /// entries for members with no device online; larger groups rely on channel history, as
+    /// in WuKongIM (HTTP_API.md §7).
+    pub offline_queue_max_group: usize,
+    /// Unacknowledged RECVs kept per connection for retry; past it the oldest is dropped
+    /// from the retry list (the message stays in storage and sync).
+    pub max_pending_acks: usize,
+    /// Resend an unacknowledged RECV after this long (WuKongIM: 60 s, scan every 30 s).
+    pub recv_retry_interval: Duration,
+    /// Resends per RECV before giving up (WuKongIM: 5).
+    pub recv_retry_limit: u32,
+    /// Snowflake node id for message ids (≤ 1023; WuKongIM default 1001).
+    pub node_id: u16,
+    /// Messages per storage transaction at most (group commit).
+    pub max_commit_batch: usize,
+    /// SQLite `synchronous`: `FULL` (default) survives power loss; `NORMAL` survives a
+    /// process crash (`kill -9`) but may lose the last commits on power loss.
+    pub sync_full: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Config {
+            tcp_addr: "0.0.0.0:5100".parse().expect("static address"),
+            http_addr: "127.0.0.1:5001".parse().expect("static address"),
+            data_dir: PathBuf::from("data"),
+            token_auth: true,
+            encryption: true,
+            loops: cores,
+            channel_workers: cores,
+            auth_workers: 1,
+            http_workers: 2,
+            idle_timeout: Duration::from_secs(180),
+            connect_timeout: Duration::from_secs(4),
+            max_frame_bytes: ruyi_proto::MAX_BODY_BYTES,
+            offline_queue_max_group: 1000,
+            max_pending_acks: 256,
+            recv_retry_interval: Duration::from_secs(60),
+            recv_retry_limit: 5,
+            node_id: 1001,
+            max_commit_batch: 2048,
+            sync_full: true,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: ephemeral loopback ports, a given data directory.
+    pub fn for_test(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            tcp_addr: "127.0.0.1:0".parse().expect("static address"),
+            http_addr: "127.0.0.1:0".parse().expect("static address"),
+            data_dir: data_dir.into(),
+            loops: 2,
+            channel_workers: 2,
+            ..Config::default()
+        }
+    }
+}

@@ -1,0 +1,736 @@
+//! The engine's `Handler` for Ruyi: the binary protocol on the TCP listener and HTTP/1.1
+//! on the API listener. One `Gateway` per event loop; everything here runs on that loop's
+//! thread and never blocks (R1): logins go to the auth pool, sends to the channel pool,
+//! HTTP requests to the HTTP pool, and answers come back as [`ToLoop`] messages.
+//!
+//! Per connection the loop keeps a [`Session`]: the login phase, the session version, the
+//! AES key, and the RECVs still waiting for a RECVACK (retried from `on_tick`).
+
+use crate::auth::AuthRequest;
+use crate::channel::{ChannelJob, SendRequest};
+use crate::http::{self, HttpSession};
+use crate::message::{ChannelKey, Delivery, Reply, SYSTEM_UID};
+use crate::registry::{Device, Kick};
+use crate::shared::SharedRef;
+use crate::storage::writer::Job;
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::TrySendError;
+use ruyi_proto::types::{channel_type, reason};
+use ruyi_proto::{
+    decode_packet, person_channel_id, ConnectPacket, DisconnectPacket, Flags, Packet, RecvPacket,
+    SendPacket, SessionCipher, Setting, SubackPacket, LATEST_VERSION, PONG,
+};
+use ruyi_reactor::{CloseReason, ConnCtx, ConnId, Handler, Handles, LoopCtx};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Listener order in the engine: binary protocol first, HTTP second.
+pub const LISTENER_TCP: usize = 0;
+/// See [`LISTENER_TCP`].
+pub const LISTENER_HTTP: usize = 1;
+
+/// How long a kicked connection lives after its DISCONNECT, so the notice reaches the
+/// client before the socket closes (PROTOCOL.md §6.4).
+pub const KICK_GRACE: Duration = Duration::from_secs(2);
+
+/// Messages from the pools to a loop.
+#[derive(Debug)]
+pub enum ToLoop {
+    /// A login finished (either way).
+    Authed(Box<AuthOutcome>),
+    /// A ready-made protocol frame for one connection (SENDACK).
+    Frame(ConnId, Bytes),
+    /// One message for some connections of this loop.
+    Deliver(Arc<Delivery>, Vec<ConnId>),
+    /// A newer login or an API call replaced this connection.
+    Kick {
+        /// Which connection.
+        conn: ConnId,
+        /// Send DISCONNECT(12) first.
+        notify: bool,
+        /// Reason text of the DISCONNECT.
+        reason: String,
+        /// Close this long after the notice.
+        after: Duration,
+    },
+    /// An HTTP response; `close` ends the connection after it.
+    Http {
+        /// Which connection.
+        conn: ConnId,
+        /// The whole response.
+        response: Bytes,
+        /// `Connection: close` semantics.
+        close: bool,
+    },
+}
+
+/// The result of a login, from an auth worker.
+#[derive(Debug)]
+pub struct AuthOutcome {
+    /// The connection that sent CONNECT.
+    pub conn: ConnId,
+    /// The CONNACK to send (success or refusal).
+    pub connack: Bytes,
+    /// On success, what the session needs.
+    pub session: Option<LoginInfo>,
+}
+
+/// What a successful login gives the session.
+#[derive(Debug)]
+pub struct LoginInfo {
+    /// The user.
+    pub uid: String,
+    /// The client's device flag.
+    pub device_flag: u8,
+    /// 0 slave, 1 master.
+    pub level: u8,
+    /// The client's device id.
+    pub device_id: String,
+    /// min(client version, 5).
+    pub version: u8,
+    /// The connection's cipher (None without encryption).
+    pub cipher: Option<SessionCipher>,
+}
+
+/// Login state of a binary-protocol connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing received yet; the first frame must be CONNECT.
+    AwaitConnect,
+    /// CONNECT handed to the auth pool; reading is paused so later frames wait (§6.1).
+    Authenticating,
+    /// Logged in.
+    Ready,
+}
+
+/// A RECV waiting for its RECVACK.
+#[derive(Debug)]
+struct PendingAck {
+    message_id: i64,
+    frame: Bytes,
+    sent_at: Instant,
+    attempts: u32,
+    /// For SyncOnce messages: the per-user seq a master device's RECVACK acknowledges.
+    user_seq: Option<u32>,
+}
+
+/// A binary-protocol connection.
+#[derive(Debug)]
+pub struct ImSession {
+    phase: Phase,
+    version: u8,
+    uid: String,
+    device_flag: u8,
+    level: u8,
+    cipher: Option<SessionCipher>,
+    pending: VecDeque<PendingAck>,
+    /// True while the connection is on the loop's retry list.
+    on_retry_list: bool,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub enum Session {
+    /// Binary protocol.
+    Im(Box<ImSession>),
+    /// HTTP API.
+    Http(HttpSession),
+}
+
+/// What handling one packet asks of the read loop.
+enum Flow {
+    /// Consumed; go on with the next frame.
+    Next,
+    /// Consumed; stop reading (login in progress).
+    Pause,
+    /// Not consumed: a pool is full. Pause and offer the frame again later (backpressure).
+    Stall,
+    /// Close the connection.
+    Close,
+}
+
+/// One loop's handler. See the module docs.
+#[derive(Debug)]
+pub struct Gateway {
+    shared: SharedRef,
+    loops: Handles<ToLoop>,
+    /// Connections to close at a time (kicks).
+    kicks: Vec<(Instant, ConnId)>,
+    /// Connections paused because a pool queue was full; resumed each tick.
+    stalled: Vec<ConnId>,
+    /// Connections with RECVs waiting for RECVACK.
+    retry_list: Vec<ConnId>,
+    last_retry_scan: Instant,
+    buf: BytesMut,
+}
+
+impl Gateway {
+    /// The handler for one loop.
+    pub fn new(shared: SharedRef, loops: Handles<ToLoop>) -> Gateway {
+        Gateway {
+            shared,
+            loops,
+            kicks: Vec::new(),
+            stalled: Vec::new(),
+            retry_list: Vec::new(),
+            last_retry_scan: Instant::now(),
+            buf: BytesMut::with_capacity(4096),
+        }
+    }
+
+    /// Encodes `packet` for `version` and queues it.
+    fn queue_packet(&mut self, conn: &mut ConnCtx<'_>, packet: &Packet, version: u8) {
+        self.buf.clear();
+        match packet.encode(version, &mut self.buf) {
+            Ok(()) => conn.queue_slice(&self.buf),
+            Err(e) => log::error!(
+                "conn={} cannot encode {:?}: {e}",
+                conn.id(),
+                packet.packet_type()
+            ),
+        }
+    }
+
+    fn on_im_data(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, input: &[u8]) -> usize {
+        let mut consumed = 0;
+        while !conn.is_closing() {
+            let rest = &input[consumed..];
+            let (packet, used) =
+                match decode_packet(rest, s.version, self.shared.config.max_frame_bytes) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::debug!("conn={} uid={} bad frame: {e}; closing", conn.id(), s.uid);
+                        conn.close();
+                        return input.len();
+                    }
+                };
+            match self.on_packet(conn, s, packet) {
+                Flow::Next => consumed += used,
+                Flow::Pause => {
+                    consumed += used;
+                    conn.pause_reading();
+                    break;
+                }
+                Flow::Stall => {
+                    conn.pause_reading();
+                    self.stalled.push(conn.id());
+                    break;
+                }
+                Flow::Close => {
+                    conn.close();
+                    return input.len();
+                }
+            }
+        }
+        consumed
+    }
+
+    fn on_packet(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, packet: Packet) -> Flow {
+        match (s.phase, packet) {
+            (Phase::AwaitConnect, Packet::Connect(c)) => self.on_connect(conn, s, c),
+            (Phase::AwaitConnect, other) => {
+                log::debug!(
+                    "conn={} first frame is {:?}, not CONNECT; closing",
+                    conn.id(),
+                    other.packet_type()
+                );
+                Flow::Close
+            }
+            (Phase::Authenticating, _) => Flow::Stall, // Not reached: reading is paused.
+            (Phase::Ready, Packet::Ping) => {
+                conn.queue_slice(&PONG);
+                Flow::Next
+            }
+            (Phase::Ready, Packet::Send(send)) => self.on_send(conn, s, send),
+            (Phase::Ready, Packet::Recvack(ack)) => {
+                self.on_recvack(s, ack.message_id);
+                Flow::Next
+            }
+            (Phase::Ready, Packet::Sub(sub)) => {
+                // Subscriptions are not supported for any channel type yet (PROTOCOL.md
+                // §5.10): answer 23 so the SDK logs it and goes on.
+                let ack = Packet::Suback(SubackPacket {
+                    sub_no: sub.sub_no,
+                    channel_id: sub.channel_id,
+                    channel_type: sub.channel_type,
+                    action: sub.action,
+                    reason_code: reason::NOT_SUPPORT_CHANNEL_TYPE,
+                });
+                self.queue_packet(conn, &ack, s.version);
+                Flow::Next
+            }
+            (Phase::Ready, Packet::Disconnect(_)) => Flow::Close,
+            (Phase::Ready, other) => {
+                log::debug!(
+                    "conn={} uid={} sent a {:?}; closing",
+                    conn.id(),
+                    s.uid,
+                    other.packet_type()
+                );
+                Flow::Close
+            }
+        }
+    }
+
+    fn on_connect(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, c: ConnectPacket) -> Flow {
+        if c.uid.is_empty() || c.uid.contains(['@', '#', '&']) {
+            log::debug!(
+                "conn={} CONNECT with invalid uid {:?}; closing",
+                conn.id(),
+                c.uid
+            );
+            return Flow::Close;
+        }
+        s.uid.clone_from(&c.uid);
+        let request = AuthRequest {
+            conn: conn.id(),
+            connect: c,
+        };
+        match self.shared.auth.try_send(request) {
+            Ok(()) => {
+                s.phase = Phase::Authenticating;
+                conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
+                Flow::Pause
+            }
+            Err(TrySendError::Full(_)) => {
+                // A login storm beyond the auth pool's queue: shed this one; the SDK
+                // reconnects after 3 s.
+                log::warn!("auth queue full; closing conn={}", conn.id());
+                Flow::Close
+            }
+            Err(TrySendError::Disconnected(_)) => Flow::Close,
+        }
+    }
+
+    fn on_send(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, send: SendPacket) -> Flow {
+        let encrypted = s.cipher.is_some() && !send.setting.has(Setting::NO_ENCRYPT);
+        let payload = match (&s.cipher, encrypted) {
+            (Some(cipher), true) => match cipher.open_send(&send) {
+                Ok(plain) => Bytes::from(plain),
+                Err(e) => {
+                    log::debug!("conn={} uid={} SEND refused: {e}", conn.id(), s.uid);
+                    let outcome = crate::message::SendOutcome {
+                        message_id: self.shared.ids.next(),
+                        message_seq: 0,
+                        reason: reason::PAYLOAD_DECODE_ERROR,
+                    };
+                    self.queue_sendack(conn, &send, outcome, s.version);
+                    return Flow::Next;
+                }
+            },
+            _ => send.payload.clone(),
+        };
+        let key = if send.channel_type == channel_type::PERSON {
+            ChannelKey::new(
+                person_channel_id(&s.uid, &send.channel_id),
+                channel_type::PERSON,
+            )
+        } else {
+            ChannelKey::new(send.channel_id.clone(), send.channel_type)
+        };
+        let request = SendRequest {
+            from_uid: s.uid.clone(),
+            from_conn: Some(conn.id()),
+            key,
+            addressed_to: send.channel_id,
+            client_msg_no: send.client_msg_no,
+            flags: send.flags.with(Flags::DUP, false),
+            setting: send.setting.0,
+            expire: send.expire,
+            topic: send.topic,
+            payload,
+            system: false,
+            reply: Reply::Conn {
+                conn: conn.id(),
+                client_seq: send.client_seq,
+                flags: send.flags,
+            },
+        };
+        let queue = self.shared.channel_queue(&request.key);
+        match queue.try_send(ChannelJob::Send(Box::new(request))) {
+            Ok(()) => {
+                self.shared.counters.sends_in.fetch_add(1, Relaxed);
+                Flow::Next
+            }
+            Err(TrySendError::Full(_)) => Flow::Stall,
+            Err(TrySendError::Disconnected(_)) => Flow::Close,
+        }
+    }
+
+    fn queue_sendack(
+        &mut self,
+        conn: &mut ConnCtx<'_>,
+        send: &SendPacket,
+        o: crate::message::SendOutcome,
+        version: u8,
+    ) {
+        let ack = Packet::Sendack(ruyi_proto::SendackPacket {
+            flags: send.flags,
+            message_id: o.message_id,
+            client_seq: send.client_seq,
+            message_seq: o.message_seq,
+            reason_code: o.reason,
+        });
+        self.queue_packet(conn, &ack, version);
+    }
+
+    /// Clears the retry entry of an acknowledged RECV, found by message id whatever the
+    /// flags say (the JS SDK sends none). Unknown ids are ignored (JSSDK.md §6: the SDK can
+    /// mangle ids). A master device acknowledging a SyncOnce message moves the user's
+    /// offline cursor.
+    fn on_recvack(&mut self, s: &mut ImSession, message_id: i64) {
+        let Some(pos) = s.pending.iter().position(|p| p.message_id == message_id) else {
+            return;
+        };
+        let Some(entry) = s.pending.remove(pos) else {
+            return;
+        };
+        if let (Some(user_seq), 1) = (entry.user_seq, s.level) {
+            let job = Job::SyncAck {
+                uid: s.uid.clone(),
+                seq: user_seq,
+                done: None,
+            };
+            // Loop threads never block: if storage is that busy, the client's syncack
+            // moves the cursor instead.
+            if self.shared.writer.try_send(job).is_err() {
+                self.shared.counters.dropped_posts.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn on_authed(&mut self, lp: &mut LoopCtx<'_, Session>, outcome: AuthOutcome) {
+        let Some((mut conn, Session::Im(s))) = lp.conn(outcome.conn) else {
+            return; // Closed while logging in: never registered, nothing to undo.
+        };
+        conn.queue(outcome.connack);
+        let Some(info) = outcome.session else {
+            conn.close();
+            return;
+        };
+        s.phase = Phase::Ready;
+        s.version = info.version;
+        s.device_flag = info.device_flag;
+        s.level = info.level;
+        s.cipher = info.cipher;
+        conn.set_idle_timeout(Some(self.shared.config.idle_timeout));
+        conn.resume_reading();
+        let device = Device {
+            conn: conn.id(),
+            device_flag: info.device_flag,
+            level: info.level,
+            device_id: info.device_id,
+        };
+        log::debug!(
+            "conn={} uid={} logged in (v{}, flag {})",
+            conn.id(),
+            s.uid,
+            s.version,
+            s.device_flag
+        );
+        for Kick { conn: old, notify } in self.shared.registry.add(&s.uid, device) {
+            let kick = ToLoop::Kick {
+                conn: old,
+                notify,
+                reason: "login in other device".into(),
+                after: KICK_GRACE,
+            };
+            if self.loops.for_conn(old).try_post(kick).is_err() {
+                self.shared.counters.dropped_posts.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn on_deliver(
+        &mut self,
+        lp: &mut LoopCtx<'_, Session>,
+        delivery: &Delivery,
+        conns: Vec<ConnId>,
+    ) {
+        let m = &delivery.message;
+        let persistent = !m.flags.no_persist();
+        let mut shared_frames: Vec<(Variant, Bytes)> = Vec::new();
+        for id in conns {
+            let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
+                continue;
+            };
+            if s.phase != Phase::Ready {
+                continue;
+            }
+            let recv = recv_for(delivery, &s.uid);
+            let frame = match &s.cipher {
+                Some(cipher) if !Setting(m.setting).has(Setting::NO_ENCRYPT) => {
+                    // Every connection has its own key: one AES pass and msgKey each.
+                    let wire = cipher.encrypt_b64(&m.payload);
+                    let key = cipher.recv_msg_key(
+                        recv.message_id,
+                        recv.message_seq,
+                        &recv.client_msg_no,
+                        recv.timestamp,
+                        &recv.from_uid,
+                        &recv.channel_id,
+                        recv.channel_type,
+                        wire.as_bytes(),
+                    );
+                    self.buf.clear();
+                    if recv
+                        .encode_with(s.version, &key, wire.as_bytes(), &mut self.buf)
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.buf.split().freeze()
+                }
+                _ => {
+                    // Unencrypted: one frame per variant, shared by every receiver on this loop.
+                    let variant = Variant::of(&recv, s.version);
+                    match shared_frames.iter().find(|(v, _)| *v == variant) {
+                        Some((_, f)) => f.clone(),
+                        None => {
+                            self.buf.clear();
+                            if recv.encode(s.version, &mut self.buf).is_err() {
+                                continue;
+                            }
+                            let f = self.buf.split().freeze();
+                            shared_frames.push((variant, f.clone()));
+                            f
+                        }
+                    }
+                }
+            };
+            conn.queue(frame.clone());
+            self.shared.counters.deliveries.fetch_add(1, Relaxed);
+            if persistent {
+                if s.pending.len() >= self.shared.config.max_pending_acks {
+                    s.pending.pop_front();
+                }
+                s.pending.push_back(PendingAck {
+                    message_id: recv.message_id,
+                    frame,
+                    sent_at: conn.now(),
+                    attempts: 0,
+                    user_seq: m.flags.sync_once().then_some(recv.message_seq),
+                });
+                if !s.on_retry_list {
+                    s.on_retry_list = true;
+                    self.retry_list.push(id);
+                }
+            }
+        }
+    }
+
+    /// Re-sends RECVs that waited longer than the retry interval, byte for byte, at most
+    /// `recv_retry_limit` times each (PROTOCOL.md §9.4).
+    fn scan_retries(&mut self, lp: &mut LoopCtx<'_, Session>) {
+        let interval = self.shared.config.recv_retry_interval;
+        let limit = self.shared.config.recv_retry_limit;
+        let now = lp.now();
+        let mut keep = Vec::with_capacity(self.retry_list.len());
+        for id in std::mem::take(&mut self.retry_list) {
+            let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
+                continue;
+            };
+            s.pending.retain_mut(|p| {
+                if now.duration_since(p.sent_at) < interval {
+                    return true;
+                }
+                if p.attempts >= limit {
+                    return false;
+                }
+                p.attempts += 1;
+                p.sent_at = now;
+                conn.queue(p.frame.clone());
+                self.shared.counters.retries.fetch_add(1, Relaxed);
+                true
+            });
+            if s.pending.is_empty() {
+                s.on_retry_list = false;
+            } else {
+                keep.push(id);
+            }
+        }
+        self.retry_list = keep;
+    }
+}
+
+/// The parts of a RECV that differ between receivers of an unencrypted message.
+#[derive(Clone, PartialEq, Eq, Debug)]
+struct Variant {
+    expire_field: bool,
+    channel_id: String,
+    red_dot: bool,
+    seq: u32,
+}
+
+impl Variant {
+    fn of(recv: &RecvPacket, version: u8) -> Variant {
+        Variant {
+            expire_field: version >= 3,
+            channel_id: recv.channel_id.clone(),
+            red_dot: recv.flags.red_dot(),
+            seq: recv.message_seq,
+        }
+    }
+}
+
+/// The RECV of `delivery` as `receiver` sees it (PROTOCOL.md §5.5, §8.2): person chats
+/// show the peer as the channel; the sender's own other devices get no red dot; SyncOnce
+/// messages carry the receiver's queue seq; the system uid shows as an empty sender.
+fn recv_for(delivery: &Delivery, receiver: &str) -> RecvPacket {
+    let m = &delivery.message;
+    let channel_id = if m.channel.channel_type == channel_type::PERSON {
+        if m.addressed_to == receiver {
+            m.from_uid.clone()
+        } else {
+            m.addressed_to.clone()
+        }
+    } else {
+        m.channel.id.clone()
+    };
+    let from_uid = if m.from_uid == SYSTEM_UID {
+        String::new()
+    } else {
+        m.from_uid.clone()
+    };
+    let red_dot = m.flags.red_dot() && m.from_uid != receiver;
+    let message_seq = if m.flags.sync_once() {
+        delivery
+            .user_seqs
+            .get(receiver)
+            .copied()
+            .unwrap_or(m.message_seq)
+    } else {
+        m.message_seq
+    };
+    RecvPacket {
+        flags: Flags(m.flags.0 & (Flags::NO_PERSIST | Flags::SYNC_ONCE))
+            .with(Flags::RED_DOT, red_dot),
+        setting: Setting(m.setting),
+        msg_key: String::new(),
+        from_uid,
+        channel_id,
+        channel_type: m.channel.channel_type,
+        expire: m.expire,
+        client_msg_no: m.client_msg_no.clone(),
+        stream_flag: 0,
+        stream_no: String::new(),
+        stream_id: m.message_id as u64,
+        message_id: m.message_id,
+        message_seq,
+        timestamp: m.timestamp,
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+    }
+}
+
+impl Handler for Gateway {
+    type State = Session;
+    type Message = ToLoop;
+
+    fn on_open(&mut self, conn: &mut ConnCtx<'_>) -> Session {
+        if conn.listener().index() == LISTENER_HTTP {
+            conn.set_idle_timeout(Some(http::KEEP_ALIVE));
+            return Session::Http(HttpSession::default());
+        }
+        conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
+        Session::Im(Box::new(ImSession {
+            phase: Phase::AwaitConnect,
+            // CONNECT has the same layout in every version; decode it with the latest.
+            version: LATEST_VERSION,
+            uid: String::new(),
+            device_flag: 0,
+            level: 0,
+            cipher: None,
+            pending: VecDeque::new(),
+            on_retry_list: false,
+        }))
+    }
+
+    fn on_data(&mut self, conn: &mut ConnCtx<'_>, state: &mut Session, input: &[u8]) -> usize {
+        match state {
+            Session::Im(s) => self.on_im_data(conn, s, input),
+            Session::Http(h) => http::on_data(&self.shared, conn, h, input),
+        }
+    }
+
+    fn on_message(&mut self, lp: &mut LoopCtx<'_, Session>, msg: ToLoop) {
+        match msg {
+            ToLoop::Authed(outcome) => self.on_authed(lp, *outcome),
+            ToLoop::Frame(id, frame) => {
+                if let Some((mut conn, _)) = lp.conn(id) {
+                    conn.queue(frame);
+                }
+            }
+            ToLoop::Deliver(delivery, conns) => self.on_deliver(lp, &delivery, conns),
+            ToLoop::Kick {
+                conn: id,
+                notify,
+                reason,
+                after,
+            } => {
+                let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
+                    return;
+                };
+                if notify {
+                    let packet = Packet::Disconnect(DisconnectPacket {
+                        reason_code: reason::CONNECT_KICK,
+                        reason,
+                    });
+                    let version = s.version;
+                    self.queue_packet(&mut conn, &packet, version);
+                }
+                self.kicks.push((conn.now() + after, id));
+            }
+            ToLoop::Http {
+                conn: id,
+                response,
+                close,
+            } => {
+                if let Some((mut conn, _)) = lp.conn(id) {
+                    conn.queue(response);
+                    if close {
+                        conn.close();
+                    } else {
+                        conn.resume_reading();
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_close(&mut self, id: ConnId, state: Session, reason: CloseReason) {
+        if let Session::Im(s) = state {
+            if s.phase == Phase::Ready {
+                self.shared.registry.remove(&s.uid, id);
+                log::debug!("conn={id} uid={} closed: {}", s.uid, reason.name());
+            }
+        }
+    }
+
+    fn on_tick(&mut self, lp: &mut LoopCtx<'_, Session>) {
+        let now = lp.now();
+        if !self.kicks.is_empty() {
+            let (due, later): (Vec<_>, Vec<_>) =
+                self.kicks.drain(..).partition(|(at, _)| *at <= now);
+            self.kicks = later;
+            for (_, id) in due {
+                if let Some((mut conn, _)) = lp.conn(id) {
+                    conn.close();
+                }
+            }
+        }
+        for id in std::mem::take(&mut self.stalled) {
+            if let Some((mut conn, _)) = lp.conn(id) {
+                conn.resume_reading();
+            }
+        }
+        // Scan at half the retry interval, as WuKongIM does (60 s retry, 30 s scan).
+        if now.duration_since(self.last_retry_scan) >= self.shared.config.recv_retry_interval / 2 {
+            self.last_retry_scan = now;
+            self.scan_retries(lp);
+        }
+    }
+}

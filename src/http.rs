@@ -1,0 +1,683 @@
+//! The HTTP API on the engine (HTTP_API.md): HTTP/1.1 with keep-alive, parsed with
+//! `httparse` on the loop, answered by HTTP worker threads (anything that touches storage
+//! runs there, never on a loop), with the response sent back through the loop's inbox.
+//!
+//! One request at a time per connection: the loop pauses reading after a complete request
+//! and resumes when the response is queued, so pipelined requests are answered in order.
+//! This issue's routes: `/health`, `/user/token`, `/channel`, `/channel/subscriber_add`,
+//! `/message/send`, `/message/sync`, `/message/syncack`, each also under `/v1`.
+
+use crate::channel::{ChannelJob, SendRequest};
+use crate::gateway::ToLoop;
+use crate::message::{ChannelKey, Message, Reply, SYSTEM_UID};
+use crate::shared::SharedRef;
+use crate::storage::writer::{ExecFn, Job};
+use crate::storage::Reader;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
+use rusqlite::params;
+use ruyi_proto::types::{channel_type, reason};
+use ruyi_proto::{person_channel_id, person_peer, Flags};
+use ruyi_reactor::{ConnCtx, ConnId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Idle time of a keep-alive HTTP connection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// Largest request head (request line and headers) we buffer.
+pub const MAX_HEAD_BYTES: usize = 16 << 10;
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Headers parsed per request.
+const MAX_HEADERS: usize = 48;
+/// How long a worker waits for storage or the channel pool before answering 503.
+const BACKEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Polling period for the stop flag while idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Per-connection HTTP state (nothing between requests: the loop pauses reading while a
+/// request is being answered).
+#[derive(Debug, Default)]
+pub struct HttpSession {}
+
+/// A parsed request on its way to a worker.
+#[derive(Debug)]
+pub struct HttpRequest {
+    /// The connection to answer.
+    pub conn: ConnId,
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// The query string (without `?`).
+    pub query: String,
+    /// The body.
+    pub body: Bytes,
+    /// Whether to keep the connection open after the response.
+    pub keep_alive: bool,
+}
+
+/// Builds a complete response with a JSON body.
+pub fn response(status: u16, body: &str, keep_alive: bool) -> Bytes {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let mut out = BytesMut::with_capacity(160 + body.len());
+    out.put_slice(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: {}\r\n\r\n",
+            body.len(),
+            if keep_alive { "keep-alive" } else { "close" }
+        )
+        .as_bytes(),
+    );
+    out.put_slice(body.as_bytes());
+    out.freeze()
+}
+
+fn error_body(status: u16, msg: &str) -> String {
+    json!({"msg": msg, "status": status}).to_string()
+}
+
+/// The loop side: frames one request, hands it to the pool, pauses reading.
+pub fn on_data(
+    shared: &SharedRef,
+    conn: &mut ConnCtx<'_>,
+    _h: &mut HttpSession,
+    input: &[u8],
+) -> usize {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if input.len() > MAX_HEAD_BYTES {
+                refuse(conn, 431, "request head too large");
+                return input.len();
+            }
+            return 0;
+        }
+        Err(e) => {
+            refuse(conn, 400, &format!("malformed request: {e}"));
+            return input.len();
+        }
+    };
+    let mut content_length = 0usize;
+    let mut keep_alive = req.version == Some(1);
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                Some(n) => content_length = n,
+                None => {
+                    refuse(conn, 400, "bad Content-Length");
+                    return input.len();
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            refuse(
+                conn,
+                411,
+                "chunked request bodies are not supported; send Content-Length",
+            );
+            return input.len();
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.contains("close") {
+                keep_alive = false;
+            } else if v.contains("keep-alive") {
+                keep_alive = true;
+            }
+        }
+    }
+    if content_length > MAX_BODY_BYTES {
+        refuse(conn, 413, "request body too large");
+        return input.len();
+    }
+    let total = head_len + content_length;
+    if input.len() < total {
+        return 0; // The engine keeps the bytes; the body is still arriving.
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let request = HttpRequest {
+        conn: conn.id(),
+        method: req.method.unwrap_or("GET").to_owned(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        body: Bytes::copy_from_slice(&input[head_len..total]),
+        keep_alive,
+    };
+    match shared.http.try_send(request) {
+        Ok(()) => conn.pause_reading(),
+        Err(TrySendError::Full(_)) => {
+            conn.queue(response(503, &error_body(503, "server busy"), keep_alive))
+        }
+        Err(TrySendError::Disconnected(_)) => conn.close(),
+    }
+    total
+}
+
+fn refuse(conn: &mut ConnCtx<'_>, status: u16, msg: &str) {
+    conn.queue(response(status, &error_body(status, msg), false));
+    conn.close();
+}
+
+/// Runs one HTTP worker until the server stops.
+pub fn run(shared: SharedRef, rx: Receiver<HttpRequest>, reader: Reader) {
+    loop {
+        let req = match rx.recv_timeout(IDLE_POLL) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) if !shared.is_stopping() => continue,
+            Err(_) => return,
+        };
+        let (status, body) = route(&shared, &reader, &req);
+        let msg = ToLoop::Http {
+            conn: req.conn,
+            response: response(status, &body, req.keep_alive),
+            close: !req.keep_alive,
+        };
+        let _ = shared.loops().for_conn(req.conn).post(msg);
+    }
+}
+
+type Answer = (u16, String);
+
+fn ok() -> Answer {
+    (200, json!({"status": 200}).to_string())
+}
+
+fn bad(msg: &str) -> Answer {
+    (400, error_body(400, msg))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
+    serde_json::from_slice(body).map_err(|e| bad(&format!("invalid JSON body: {e}")))
+}
+
+fn route(shared: &SharedRef, reader: &Reader, req: &HttpRequest) -> Answer {
+    let path = req.path.strip_prefix("/v1").unwrap_or(&req.path);
+    let result = match (req.method.as_str(), path) {
+        ("GET", "/health") => Ok((200, json!({"status": "ok"}).to_string())),
+        ("POST", "/user/token") => user_token(shared, reader, &req.body),
+        ("POST", "/channel") => channel_upsert(shared, &req.body),
+        ("POST", "/channel/subscriber_add") => subscriber_add(shared, &req.body),
+        ("POST", "/message/send") => message_send(shared, &req.body),
+        ("POST", "/message/sync") => message_sync(reader, &req.body),
+        ("POST", "/message/syncack") => message_syncack(shared, &req.body),
+        (
+            _,
+            "/health"
+            | "/user/token"
+            | "/channel"
+            | "/channel/subscriber_add"
+            | "/message/send"
+            | "/message/sync"
+            | "/message/syncack",
+        ) => Err((405, error_body(405, "method not allowed"))),
+        _ => Err((404, error_body(404, "no such route"))),
+    };
+    result.unwrap_or_else(|e| e)
+}
+
+/// Ids must not contain the characters WuKongIM reserves (HTTP_API.md §1.4).
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains(['@', '#', '&'])
+}
+
+/// Runs a write on the storage writer and waits for its commit.
+fn exec(shared: &SharedRef, work: ExecFn) -> Result<(), Answer> {
+    let (done, wait) = crossbeam_channel::bounded(1);
+    shared
+        .writer
+        .send(Job::Exec { work, done })
+        .map_err(|_| (503, error_body(503, "storage stopped")))?;
+    match wait.recv_timeout(BACKEND_TIMEOUT) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err((500, error_body(500, &format!("storage: {e}")))),
+        Err(_) => Err((503, error_body(503, "storage busy"))),
+    }
+}
+
+fn invalidate(shared: &SharedRef, key: Option<ChannelKey>) {
+    for q in &shared.channels {
+        let _ = q.send(ChannelJob::Invalidate(key.clone()));
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    device_flag: u8,
+    #[serde(default)]
+    device_level: u8,
+}
+
+fn user_token(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
+    let b: TokenBody = parse(body)?;
+    if !valid_id(&b.uid) || b.uid == SYSTEM_UID {
+        return Err(bad("uid is empty or contains @ # &"));
+    }
+    if b.token.is_empty() {
+        return Err(bad("token is required"));
+    }
+    if let Ok(Some(me)) = reader.channel(&ChannelKey::new(b.uid.clone(), channel_type::PERSON)) {
+        if me.ban {
+            return Ok((200, json!({"status": reason::BAN}).to_string()));
+        }
+        if me.disband {
+            return Ok((200, json!({"status": reason::DISBAND}).to_string()));
+        }
+    }
+    let (uid, token, flag, level) = (b.uid.clone(), b.token, b.device_flag, b.device_level.min(1));
+    exec(
+        shared,
+        Box::new(move |tx| {
+            tx.execute(
+                "INSERT INTO devices (uid, device_flag, token, device_level, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (uid, device_flag) DO UPDATE SET token = excluded.token,
+                     device_level = excluded.device_level, updated_at = excluded.updated_at",
+                params![uid, flag, token, level, now_secs()],
+            )
+            .map(|_| ())
+        }),
+    )?;
+    if b.device_level == 1 {
+        // A new master token kicks the live connections of that device flag (§4.1).
+        for d in shared
+            .registry
+            .devices(&b.uid)
+            .into_iter()
+            .filter(|d| d.device_flag == b.device_flag)
+        {
+            let kick = ToLoop::Kick {
+                conn: d.conn,
+                notify: true,
+                reason: "token changed".into(),
+                after: Duration::from_secs(10),
+            };
+            let _ = shared.loops().for_conn(d.conn).post(kick);
+        }
+    }
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+struct ChannelBody {
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    channel_type: u8,
+    #[serde(default)]
+    ban: u8,
+    #[serde(default)]
+    disband: u8,
+    #[serde(default)]
+    send_ban: u8,
+    #[serde(default)]
+    large: u8,
+    #[serde(default)]
+    allow_stranger: u8,
+    #[serde(default)]
+    reset: u8,
+    #[serde(default)]
+    subscribers: Vec<String>,
+    #[serde(default)]
+    temp_subscriber: u8,
+}
+
+fn add_subscribers(
+    tx: &rusqlite::Connection,
+    key: &ChannelKey,
+    reset: bool,
+    subscribers: &[String],
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
+        params![key.id, key.channel_type],
+    )?;
+    let row: i64 = tx.query_row(
+        "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
+        params![key.id, key.channel_type],
+        |r| r.get(0),
+    )?;
+    if reset {
+        tx.execute("DELETE FROM subscribers WHERE channel = ?1", [row])?;
+    }
+    let last_seq: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?1",
+        [row],
+        |r| r.get(0),
+    )?;
+    for uid in subscribers {
+        let added = tx.execute(
+            "INSERT OR IGNORE INTO subscribers (channel, uid) VALUES (?1, ?2)",
+            params![row, uid],
+        )?;
+        // New members start with nothing unread (HTTP_API.md §5.3); Live channels keep no
+        // conversations.
+        if added > 0 && key.channel_type != channel_type::LIVE {
+            tx.execute(
+                "INSERT INTO conversations (uid, channel, read_to, deleted_at, updated_at) VALUES (?1, ?2, ?3, 0, ?4)
+                 ON CONFLICT (uid, channel) DO UPDATE SET read_to = excluded.read_to, updated_at = excluded.updated_at",
+                params![uid, row, last_seq, now_secs()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn channel_upsert(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let b: ChannelBody = parse(body)?;
+    if !valid_id(&b.channel_id) {
+        return Err(bad("channel_id is empty or contains @ # &"));
+    }
+    if b.channel_type == 0 {
+        return Err(bad("channel_type is required"));
+    }
+    if b.channel_type == channel_type::PERSON && !b.subscribers.is_empty() {
+        return Err(bad("person channels have no subscribers"));
+    }
+    if let Some(s) = b.subscribers.iter().find(|s| !valid_id(s)) {
+        return Err(bad(&format!("subscriber {s:?} is empty or contains @ # &")));
+    }
+    let key = ChannelKey::new(b.channel_id.clone(), b.channel_type);
+    let k = key.clone();
+    exec(
+        shared,
+        Box::new(move |tx| {
+            tx.execute(
+                "INSERT INTO channels (channel_id, channel_type, ban, disband, send_ban, large, allow_stranger)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (channel_id, channel_type) DO UPDATE SET ban = excluded.ban, disband = excluded.disband,
+                     send_ban = excluded.send_ban, large = excluded.large, allow_stranger = excluded.allow_stranger",
+                params![k.id, k.channel_type, b.ban, b.disband, b.send_ban, b.large, b.allow_stranger],
+            )?;
+            if !b.subscribers.is_empty() || b.reset == 1 {
+                add_subscribers(tx, &k, b.reset == 1, &b.subscribers)?;
+            }
+            Ok(())
+        }),
+    )?;
+    invalidate(shared, Some(key));
+    Ok(ok())
+}
+
+fn subscriber_add(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let mut b: ChannelBody = parse(body)?;
+    if b.channel_type == 0 {
+        b.channel_type = channel_type::GROUP;
+    }
+    if !valid_id(&b.channel_id) {
+        return Err(bad("channel_id is empty or contains @ # &"));
+    }
+    if b.channel_type == channel_type::PERSON {
+        return Err(bad("person channels have no subscribers"));
+    }
+    if b.temp_subscriber == 1 {
+        return Err(bad("temp_subscriber is no longer supported"));
+    }
+    b.subscribers.retain(|s| !s.trim().is_empty());
+    if b.subscribers.is_empty() {
+        return Err(bad("subscribers is required"));
+    }
+    if let Some(s) = b.subscribers.iter().find(|s| !valid_id(s)) {
+        return Err(bad(&format!("subscriber {s:?} contains @ # &")));
+    }
+    let key = ChannelKey::new(b.channel_id.clone(), b.channel_type);
+    let k = key.clone();
+    let (reset, subs) = (b.reset == 1, b.subscribers);
+    exec(
+        shared,
+        Box::new(move |tx| add_subscribers(tx, &k, reset, &subs)),
+    )?;
+    invalidate(shared, Some(key));
+    Ok(ok())
+}
+
+#[derive(Deserialize, Default)]
+struct Header {
+    #[serde(default)]
+    no_persist: u8,
+    #[serde(default)]
+    red_dot: u8,
+    #[serde(default)]
+    sync_once: u8,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    #[serde(default)]
+    header: Header,
+    #[serde(default)]
+    client_msg_no: String,
+    #[serde(default)]
+    from_uid: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    channel_type: u8,
+    #[serde(default)]
+    expire: u32,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    subscribers: Vec<String>,
+}
+
+fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let b: SendBody = parse(body)?;
+    if !b.subscribers.is_empty() {
+        return Err(bad(
+            "sends with a subscriber list are not supported yet; use channel_id",
+        ));
+    }
+    if !valid_id(&b.channel_id) {
+        return Err(bad("channel_id is required and must not contain @ # &"));
+    }
+    if b.channel_type == 0 {
+        return Err(bad("channel_type is required"));
+    }
+    let payload = BASE64
+        .decode(b.payload.as_bytes())
+        .map_err(|_| bad("payload must be base64"))?;
+    if payload.is_empty() {
+        return Err(bad("payload is required"));
+    }
+    let from_uid = if b.from_uid.is_empty() {
+        SYSTEM_UID.to_owned()
+    } else {
+        b.from_uid
+    };
+    let key = if b.channel_type == channel_type::PERSON {
+        ChannelKey::new(
+            person_channel_id(&from_uid, &b.channel_id),
+            channel_type::PERSON,
+        )
+    } else {
+        ChannelKey::new(b.channel_id.clone(), b.channel_type)
+    };
+    let mut flags = Flags(0);
+    flags = flags
+        .with(Flags::NO_PERSIST, b.header.no_persist == 1)
+        .with(Flags::RED_DOT, b.header.red_dot == 1)
+        .with(Flags::SYNC_ONCE, b.header.sync_once == 1);
+    let client_msg_no = if b.client_msg_no.is_empty() {
+        format!("{:x}0", shared.ids.next())
+    } else {
+        b.client_msg_no
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let request = SendRequest {
+        from_uid,
+        from_conn: None,
+        key: key.clone(),
+        addressed_to: b.channel_id,
+        client_msg_no: client_msg_no.clone(),
+        flags,
+        setting: 0,
+        expire: b.expire,
+        topic: String::new(),
+        payload: Bytes::from(payload),
+        system: true,
+        reply: Reply::Http(tx),
+    };
+    shared
+        .channel_queue(&key)
+        .send(ChannelJob::Send(Box::new(request)))
+        .map_err(|_| (503, error_body(503, "server stopping")))?;
+    let outcome = rx
+        .recv_timeout(BACKEND_TIMEOUT)
+        .map_err(|_| (503, error_body(503, "send timed out")))?;
+    if outcome.reason != reason::SUCCESS {
+        return Ok((200, json!({"status": outcome.reason}).to_string()));
+    }
+    Ok((
+        200,
+        json!({"status": 200, "data": {
+            "message_id": outcome.message_id,
+            "message_idstr": outcome.message_id.to_string(),
+            "client_msg_no": client_msg_no,
+            "message_seq": outcome.message_seq,
+        }})
+        .to_string(),
+    ))
+}
+
+/// The message object of HTTP_API.md §2, with the v3 person `channel_id` rule when the
+/// caller is known.
+pub fn message_json(m: &Message, caller: Option<&str>) -> Value {
+    let channel_id = if m.channel.channel_type == channel_type::PERSON {
+        let peer_of = caller.unwrap_or(&m.from_uid);
+        person_peer(&m.channel.id, peer_of)
+            .unwrap_or(&m.addressed_to)
+            .to_owned()
+    } else {
+        m.channel.id.clone()
+    };
+    let mut v = json!({
+        "header": {
+            "no_persist": u8::from(m.flags.no_persist()),
+            "red_dot": u8::from(m.flags.red_dot()),
+            "sync_once": u8::from(m.flags.sync_once()),
+        },
+        "setting": m.setting,
+        "message_id": m.message_id,
+        "message_idstr": m.message_id.to_string(),
+        "client_msg_no": m.client_msg_no,
+        "message_seq": m.message_seq,
+        "from_uid": if m.from_uid == SYSTEM_UID { "" } else { &m.from_uid },
+        "channel_id": channel_id,
+        "channel_type": m.channel.channel_type,
+        "expire": m.expire,
+        "timestamp": m.timestamp,
+        "payload": BASE64.encode(&m.payload),
+    });
+    if !m.topic.is_empty() {
+        v["topic"] = json!(m.topic);
+    }
+    v
+}
+
+#[derive(Deserialize)]
+struct SyncBody {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    message_seq: i64,
+    #[serde(default)]
+    limit: i64,
+}
+
+/// Offline-queue sync (HTTP_API.md §7): entries above `min(message_seq, cursor)` (or the
+/// cursor when `message_seq` is 0), oldest first; `message_seq` in each object is the
+/// per-user seq, `channel_message_seq` the channel's.
+fn message_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
+    let b: SyncBody = parse(body)?;
+    if b.uid.is_empty() {
+        return Err(bad("uid is required"));
+    }
+    if b.limit < 0 || b.message_seq < 0 {
+        return Err(bad("limit and message_seq must not be negative"));
+    }
+    let limit = if b.limit == 0 { 200 } else { b.limit.min(1000) } as usize;
+    let storage = |e: rusqlite::Error| (500, error_body(500, &format!("storage: {e}")));
+    let cursor = reader.offline_cursor(&b.uid).map_err(storage)?;
+    let requested = u32::try_from(b.message_seq).unwrap_or(u32::MAX);
+    let after = if requested > 0 {
+        requested.min(cursor)
+    } else {
+        cursor
+    };
+    let entries = reader
+        .offline_after(&b.uid, after, limit)
+        .map_err(storage)?;
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            let mut v = message_json(&e.message, Some(&b.uid));
+            v["channel_message_seq"] = json!(e.message.message_seq);
+            v["message_seq"] = json!(e.user_seq);
+            v
+        })
+        .collect();
+    Ok((200, Value::Array(list).to_string()))
+}
+
+#[derive(Deserialize)]
+struct SyncAckBody {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    last_message_seq: i64,
+}
+
+fn message_syncack(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let b: SyncAckBody = parse(body)?;
+    if b.uid.is_empty() {
+        return Err(bad("uid is required"));
+    }
+    let seq = u32::try_from(b.last_message_seq)
+        .ok()
+        .filter(|&s| s > 0)
+        .ok_or_else(|| bad("last_message_seq must be > 0"))?;
+    let (done, wait) = crossbeam_channel::bounded(1);
+    shared
+        .writer
+        .send(Job::SyncAck {
+            uid: b.uid,
+            seq,
+            done: Some(done),
+        })
+        .map_err(|_| (503, error_body(503, "storage stopped")))?;
+    match wait.recv_timeout(BACKEND_TIMEOUT) {
+        Ok(Ok(())) => Ok(ok()),
+        Ok(Err(e)) => Err((500, error_body(500, &format!("storage: {e}")))),
+        Err(_) => Err((503, error_body(503, "storage busy"))),
+    }
+}

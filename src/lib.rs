@@ -1,0 +1,22 @@
+//! # Ruyi: a WuKongIM-compatible IM server
+//!
+//! The server half of the project: auth, connection registry, channels, storage, pusher and
+//! HTTP API, on the `ruyi-reactor` engine with the `ruyi-proto` codec. See
+//! `../shared/DESIGN.md` for the shape and `server.rs` for the wiring; the message path is
+//! loop → channel pool → storage writer → pusher → loops.
+
+pub mod auth;
+pub mod channel;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod ids;
+pub mod message;
+pub mod pusher;
+pub mod registry;
+pub mod server;
+pub mod shared;
+pub mod storage;
+
+pub use config::Config;
+pub use server::{Server, StartError};

@@ -1,0 +1,157 @@
+//! The message types that travel between the pools: what a sender asked for, what storage
+//! made of it, and what the pusher delivers.
+
+use bytes::Bytes;
+use ruyi_proto::Flags;
+use ruyi_reactor::ConnId;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The system uid: HTTP sends without `from_uid` (PROTOCOL.md §8.3).
+pub const SYSTEM_UID: &str = "____system";
+
+/// A channel as storage keys it: the combined `a@b` id for person chats.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelKey {
+    /// Storage id.
+    pub id: String,
+    /// Channel type.
+    pub channel_type: u8,
+}
+
+impl ChannelKey {
+    /// A key from its parts.
+    pub fn new(id: impl Into<String>, channel_type: u8) -> Self {
+        ChannelKey {
+            id: id.into(),
+            channel_type,
+        }
+    }
+
+    /// A stable hash for sharding (FNV-1a over id and type), so one channel always lands on
+    /// the same worker.
+    pub fn shard(&self, shards: usize) -> usize {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self
+            .id
+            .as_bytes()
+            .iter()
+            .chain(std::iter::once(&self.channel_type))
+        {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % shards.max(1) as u64) as usize
+    }
+}
+
+/// A stored (or, with NoPersist, only delivered) message.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// Snowflake id.
+    pub message_id: i64,
+    /// Channel sequence number; 0 for NoPersist.
+    pub message_seq: u32,
+    /// The sender's message number.
+    pub client_msg_no: String,
+    /// The sender (`____system` for HTTP sends without one).
+    pub from_uid: String,
+    /// Where it is stored.
+    pub channel: ChannelKey,
+    /// The channel id as the sender addressed it (the peer uid for person chats).
+    pub addressed_to: String,
+    /// Unix seconds when stored.
+    pub timestamp: i32,
+    /// The setting byte.
+    pub setting: u8,
+    /// NoPersist, SyncOnce and RedDot bits (DUP never stored).
+    pub flags: Flags,
+    /// Seconds until expiry.
+    pub expire: u32,
+    /// Topic.
+    pub topic: String,
+    /// The plain payload.
+    pub payload: Bytes,
+}
+
+/// Who is waiting for the outcome of a send.
+#[derive(Debug)]
+pub enum Reply {
+    /// A client connection: answer with SENDACK.
+    Conn {
+        /// The sending connection.
+        conn: ConnId,
+        /// Echoed in the SENDACK.
+        client_seq: u32,
+        /// The SEND's header flags, echoed in the SENDACK.
+        flags: Flags,
+    },
+    /// An HTTP request: answer on this channel.
+    Http(crossbeam_channel::Sender<SendOutcome>),
+    /// Nobody (internal sends).
+    None,
+}
+
+/// The result of one send, for SENDACK or the HTTP answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Snowflake id (also on failure, as the reference does).
+    pub message_id: i64,
+    /// Channel seq; 0 when not stored or on failure.
+    pub message_seq: u32,
+    /// 1 = success (PROTOCOL.md §4.2).
+    pub reason: u8,
+}
+
+/// A message that passed the permission checks, with its fan-out plan, on its way to
+/// storage.
+#[derive(Debug)]
+pub struct Planned {
+    /// The message; `message_seq` is assigned by the storage writer.
+    pub message: Message,
+    /// Connections that get a RECV (the sending connection excluded).
+    pub online: Vec<ConnId>,
+    /// Recipients that get an offline-queue entry.
+    pub offline_uids: Vec<String>,
+    /// Who waits for the outcome.
+    pub reply: Reply,
+}
+
+/// A committed message on its way to the pusher.
+#[derive(Debug)]
+pub struct Committed {
+    /// The stored message, shared by every delivery.
+    pub message: Arc<Message>,
+    /// Connections that get a RECV.
+    pub online: Vec<ConnId>,
+    /// Per-user queue seqs for SyncOnce messages: their online RECVs carry them.
+    pub user_seqs: HashMap<String, u32>,
+    /// Who waits.
+    pub reply: Reply,
+    /// The outcome to report.
+    pub outcome: SendOutcome,
+    /// True when this was a resend answered from the dedupe window (nothing to deliver).
+    pub duplicate: bool,
+}
+
+/// What a loop needs to deliver one message to some of its connections.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Per-user seqs for SyncOnce messages (RECV `message_seq` for that user).
+    pub user_seqs: HashMap<String, u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_stable_and_in_range() {
+        let k = ChannelKey::new("g1", 2);
+        assert_eq!(k.shard(4), ChannelKey::new("g1", 2).shard(4));
+        assert!(k.shard(4) < 4);
+        assert_eq!(k.shard(1), 0);
+    }
+}

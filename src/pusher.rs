@@ -1,0 +1,52 @@
+//! The pusher pool: after a commit, the SENDACK (or the HTTP answer) and the RECVs.
+//!
+//! A committed message's online connections are grouped by loop, and each loop gets one
+//! `Deliver` command with the shared message and its connections, so a fan-out to a
+//! thousand members is one inbox slot per loop, not a thousand. Shards by channel keep
+//! each channel's deliveries in seq order.
+
+use crate::gateway::ToLoop;
+use crate::message::{Committed, Delivery};
+use crate::shared::SharedRef;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Polling period for the stop flag while idle.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// Runs one pusher until the server stops and its queue is drained.
+pub fn run(shared: SharedRef, rx: Receiver<Committed>) {
+    let loops = shared.loops().loops().len();
+    let mut by_loop: Vec<Vec<ruyi_reactor::ConnId>> = vec![Vec::new(); loops];
+    loop {
+        let c = match rx.recv_timeout(IDLE_POLL) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) if !shared.is_stopping() => continue,
+            Err(_) => return,
+        };
+        if c.outcome.message_seq > 0 && !c.duplicate {
+            shared.counters.stored.fetch_add(1, Relaxed);
+        }
+        shared.reply(c.reply, c.outcome);
+        if c.duplicate || c.online.is_empty() {
+            continue;
+        }
+        for conn in c.online {
+            by_loop[conn.loop_index()].push(conn);
+        }
+        let delivery = Arc::new(Delivery {
+            message: c.message,
+            user_seqs: c.user_seqs,
+        });
+        for (index, conns) in by_loop.iter_mut().enumerate() {
+            if conns.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(conns);
+            let _ =
+                shared.loops().loops()[index].post(ToLoop::Deliver(Arc::clone(&delivery), batch));
+        }
+    }
+}

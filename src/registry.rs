@@ -1,0 +1,202 @@
+//! The connection registry ("connection manager"): uid → every authenticated connection of
+//! that user (multi-device), read on the push path by every channel worker.
+//!
+//! Sharded by uid hash into independent `RwLock`s, so lookups for different users never
+//! contend and a login only write-locks its own shard. Locks are held only for a map
+//! operation, never across I/O (R1).
+//!
+//! # Invariants
+//! - Only the loop that owns a connection adds it (when its login completes) and removes it
+//!   (in `on_close`), so the registry never holds a connection that has closed for long,
+//!   and never misses one that is authenticated.
+
+use ruyi_reactor::ConnId;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+/// Shards: a power of two well above the core count, so concurrent logins and lookups of
+/// different users rarely share a lock (WuKongIM uses 18 buckets).
+const SHARDS: usize = 64;
+
+/// One authenticated connection of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// The connection.
+    pub conn: ConnId,
+    /// 0 APP, 1 WEB, 2 PC.
+    pub device_flag: u8,
+    /// 0 slave, 1 master.
+    pub level: u8,
+    /// The client's device id.
+    pub device_id: String,
+}
+
+/// A connection to kick because a new login replaced it (PROTOCOL.md §6.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kick {
+    /// The old connection.
+    pub conn: ConnId,
+    /// Send DISCONNECT(12, "login in other device") before closing.
+    pub notify: bool,
+}
+
+/// uid → devices. See the module docs.
+#[derive(Debug)]
+pub struct Registry {
+    shards: Vec<RwLock<HashMap<String, Vec<Device>>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+fn shard_of(uid: &str) -> usize {
+    // FNV-1a, as WuKongIM's pools use.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in uid.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as usize % SHARDS
+}
+
+impl Registry {
+    /// Adds a connection that just logged in and returns the older connections of the same
+    /// uid and device flag that the kick rules say must go:
+    ///
+    /// | new level | other device id | same device id |
+    /// |---|---|---|
+    /// | master | kick with DISCONNECT | kick silently |
+    /// | slave | keep | kick silently |
+    pub fn add(&self, uid: &str, device: Device) -> Vec<Kick> {
+        let mut shard = self.shards[shard_of(uid)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let devices = shard.entry(uid.to_owned()).or_default();
+        let kicks = devices
+            .iter()
+            .filter(|d| d.device_flag == device.device_flag)
+            .filter_map(|d| {
+                let same_device = d.device_id == device.device_id;
+                match (device.level, same_device) {
+                    (_, true) => Some(Kick {
+                        conn: d.conn,
+                        notify: false,
+                    }),
+                    (1, false) => Some(Kick {
+                        conn: d.conn,
+                        notify: true,
+                    }),
+                    _ => None,
+                }
+            })
+            .collect();
+        devices.push(device);
+        kicks
+    }
+
+    /// Removes a connection (it closed).
+    pub fn remove(&self, uid: &str, conn: ConnId) {
+        let mut shard = self.shards[shard_of(uid)]
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(devices) = shard.get_mut(uid) {
+            devices.retain(|d| d.conn != conn);
+            if devices.is_empty() {
+                shard.remove(uid);
+            }
+        }
+    }
+
+    /// Appends every connection of `uid` to `out`; returns how many it appended.
+    pub fn conns_of(&self, uid: &str, out: &mut Vec<ConnId>) -> usize {
+        let shard = self.shards[shard_of(uid)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(devices) = shard.get(uid) else {
+            return 0;
+        };
+        out.extend(devices.iter().map(|d| d.conn));
+        devices.len()
+    }
+
+    /// A copy of the user's devices.
+    pub fn devices(&self, uid: &str) -> Vec<Device> {
+        let shard = self.shards[shard_of(uid)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        shard.get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Authenticated connections over all users.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// True when nobody is online.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(slot: usize, flag: u8, level: u8, id: &str) -> Device {
+        Device {
+            conn: ConnId::new(0, slot, 1),
+            device_flag: flag,
+            level,
+            device_id: id.into(),
+        }
+    }
+
+    #[test]
+    fn multi_device_lookup_and_removal() {
+        let r = Registry::default();
+        assert!(r.add("u1", dev(1, 0, 0, "a")).is_empty());
+        assert!(r.add("u1", dev(2, 1, 0, "b")).is_empty());
+        let mut out = Vec::new();
+        assert_eq!(r.conns_of("u1", &mut out), 2);
+        r.remove("u1", ConnId::new(0, 1, 1));
+        assert_eq!(r.devices("u1").len(), 1);
+        r.remove("u1", ConnId::new(0, 2, 1));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn kick_rules_of_the_spec() {
+        let r = Registry::default();
+        r.add("u", dev(1, 1, 0, "old"));
+        // Slave, other device id, same flag: nobody is kicked.
+        assert!(r.add("u", dev(2, 1, 0, "new")).is_empty());
+        // Same device id: kicked silently whatever the level.
+        assert_eq!(
+            r.add("u", dev(3, 1, 0, "new")),
+            vec![Kick {
+                conn: ConnId::new(0, 2, 1),
+                notify: false
+            }]
+        );
+        // Master: other device ids of the same flag get DISCONNECT; other flags are left.
+        r.add("u", dev(4, 2, 0, "pc"));
+        let kicks = r.add("u", dev(5, 1, 1, "master"));
+        assert_eq!(kicks.len(), 3);
+        assert!(kicks.iter().all(|k| k.notify));
+        assert!(kicks.iter().all(|k| k.conn.slot() != 4));
+    }
+}

@@ -1,0 +1,210 @@
+//! Wiring: opens storage, starts the engine with a [`Gateway`] per loop, then the pools
+//! (auth, channel, storage writer, pusher, HTTP), each with its bounded queue.
+//!
+//! ```text
+//! loops --CONNECT--> auth pool --CONNACK--> loops
+//! loops --SEND--> channel pool --Planned--> storage writer --Committed--> pusher --> loops
+//! loops --HTTP request--> HTTP pool --> storage / channel pool --> loops
+//! ```
+
+use crate::config::Config;
+use crate::gateway::{Gateway, ToLoop, LISTENER_HTTP, LISTENER_TCP};
+use crate::ids::IdGenerator;
+use crate::message::Committed;
+use crate::registry::Registry;
+use crate::shared::{Counters, Shared, SharedRef};
+use crate::storage::{self, writer::Writer, StorageError};
+use crossbeam_channel::bounded;
+use ruyi_reactor::{Engine, EngineConfig, StopMode};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Commands queued per channel worker. Past it, loops pause the sending connections.
+const CHANNEL_QUEUE: usize = 16 << 10;
+/// Messages waiting for the storage writer: a few group commits' worth.
+const WRITER_QUEUE: usize = 32 << 10;
+/// Committed messages waiting for the pusher.
+const PUSHER_QUEUE: usize = 32 << 10;
+/// Logins waiting for an auth worker: a connect storm beyond this is shed.
+const AUTH_QUEUE: usize = 8 << 10;
+/// HTTP requests waiting for a worker; beyond it the loop answers 503.
+const HTTP_QUEUE: usize = 1024;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage could not be opened or migrated.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The engine could not bind or start.
+    #[error(transparent)]
+    Engine(#[from] ruyi_reactor::Error),
+    /// A pool thread could not be spawned.
+    #[error("cannot spawn {0}: {1}")]
+    Spawn(String, std::io::Error),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    engine: Engine<ToLoop>,
+    shared: SharedRef,
+    tcp_addr: SocketAddr,
+    http_addr: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn spawn(
+    threads: &mut Vec<JoinHandle<()>>,
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<(), StartError> {
+    let t = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(f)
+        .map_err(|e| StartError::Spawn(name, e))?;
+    threads.push(t);
+    Ok(())
+}
+
+impl Server {
+    /// Opens storage and starts every thread.
+    ///
+    /// # Errors
+    /// See [`StartError`].
+    pub fn start(config: Config) -> Result<Server, StartError> {
+        let writer_conn = storage::open_writer(&config.data_dir, config.sync_full)?;
+        let floor = storage::open_reader(&config.data_dir)?
+            .max_message_id()
+            .map_err(StorageError::from)?;
+
+        let (writer_tx, writer_rx) = bounded(WRITER_QUEUE);
+        let (auth_tx, auth_rx) = bounded(AUTH_QUEUE);
+        let (http_tx, http_rx) = bounded(HTTP_QUEUE);
+        let (channel_txs, channel_rxs): (Vec<_>, Vec<_>) = (0..config.channel_workers.max(1))
+            .map(|_| bounded(CHANNEL_QUEUE))
+            .unzip();
+        let (pusher_tx, pusher_rx) = bounded::<Committed>(PUSHER_QUEUE);
+
+        let shared = Arc::new(Shared {
+            registry: Registry::default(),
+            ids: IdGenerator::new(config.node_id, floor),
+            channels: channel_txs,
+            auth: auth_tx,
+            http: http_tx,
+            writer: writer_tx,
+            loops: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            counters: Counters::default(),
+            config,
+        });
+        let config = &shared.config;
+
+        let engine_config = EngineConfig {
+            loops: config.loops.max(1),
+            // Ticks drive kick timers, retries and the resumption of paused connections.
+            tick: Duration::from_millis(20),
+            max_inbound_bytes: config.max_frame_bytes + (64 << 10),
+            ..EngineConfig::default()
+        };
+        let mut builder = Engine::builder(engine_config);
+        let tcp = builder.listen(config.tcp_addr)?;
+        let http = builder.listen(config.http_addr)?;
+        debug_assert_eq!((tcp.index(), http.index()), (LISTENER_TCP, LISTENER_HTTP));
+        let for_loops = Arc::clone(&shared);
+        let engine = builder
+            .start(move |_, handles| Gateway::new(Arc::clone(&for_loops), handles.clone()))?;
+        shared.loops.set(engine.handles()).expect("set once, here");
+
+        let mut threads = Vec::new();
+        let s = Arc::clone(&shared);
+        let push = Arc::new(move |c: Committed| {
+            // Blocking is backpressure from the loops to storage; never from a loop thread.
+            if pusher_tx.send(c).is_err() {
+                log::debug!("pusher gone; dropping a committed message's delivery");
+            }
+        });
+        spawn(&mut threads, "ruyi-writer".into(), move || {
+            Writer::new(writer_conn, writer_rx, push, s.config.max_commit_batch).run();
+        })?;
+        let s = Arc::clone(&shared);
+        spawn(&mut threads, "ruyi-pusher".into(), move || {
+            crate::pusher::run(s, pusher_rx)
+        })?;
+        for (i, rx) in channel_rxs.into_iter().enumerate() {
+            let (s, reader) = (
+                Arc::clone(&shared),
+                storage::open_reader(&shared.config.data_dir)?,
+            );
+            spawn(&mut threads, format!("ruyi-channel-{i}"), move || {
+                crate::channel::run(s, rx, reader)
+            })?;
+        }
+        for i in 0..shared.config.auth_workers.max(1) {
+            let (s, rx, reader) = (
+                Arc::clone(&shared),
+                auth_rx.clone(),
+                storage::open_reader(&shared.config.data_dir)?,
+            );
+            spawn(&mut threads, format!("ruyi-auth-{i}"), move || {
+                crate::auth::run(s, rx, reader)
+            })?;
+        }
+        for i in 0..shared.config.http_workers.max(1) {
+            let (s, rx, reader) = (
+                Arc::clone(&shared),
+                http_rx.clone(),
+                storage::open_reader(&shared.config.data_dir)?,
+            );
+            spawn(&mut threads, format!("ruyi-http-{i}"), move || {
+                crate::http::run(s, rx, reader)
+            })?;
+        }
+        let tcp_addr = engine.local_addr(tcp);
+        let http_addr = engine.local_addr(http);
+        log::info!(
+            "ruyi: binary protocol on {tcp_addr}, HTTP API on {http_addr}, data in {}",
+            shared.config.data_dir.display()
+        );
+        Ok(Server {
+            engine,
+            shared,
+            tcp_addr,
+            http_addr,
+            threads,
+        })
+    }
+
+    /// The binary-protocol address (the real port when configured with port 0).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// The HTTP API address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Connections logged in now.
+    pub fn online(&self) -> usize {
+        self.shared.registry.len()
+    }
+
+    /// The server's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Stops accepting, flushes what the loops hold, lets the pools drain, and joins them.
+    /// Messages already acknowledged are durable whatever happens here.
+    pub fn stop(mut self) {
+        self.engine.stop(StopMode::Soft);
+        self.shared.stopping.store(true, Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! What every pool shares: configuration, the registry, the id generator, the queues into
+//! each pool, and the handles to the event loops. Built once in `server.rs`.
+
+use crate::channel::ChannelJob;
+use crate::config::Config;
+use crate::gateway::ToLoop;
+use crate::http::HttpRequest;
+use crate::ids::IdGenerator;
+use crate::message::{ChannelKey, Reply, SendOutcome};
+use crate::registry::Registry;
+use crate::storage::writer::Job;
+use bytes::BytesMut;
+use crossbeam_channel::Sender;
+use ruyi_proto::SendackPacket;
+use ruyi_reactor::Handles;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// Server-wide counters (relaxed atomics; read by metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// SEND packets accepted from clients.
+    pub sends_in: AtomicU64,
+    /// Messages committed to storage.
+    pub stored: AtomicU64,
+    /// RECVs queued to connections.
+    pub deliveries: AtomicU64,
+    /// RECVs re-sent for lack of a RECVACK.
+    pub retries: AtomicU64,
+    /// Commands a loop could not post to another loop's full inbox (dropped; recovered by
+    /// sync).
+    pub dropped_posts: AtomicU64,
+}
+
+/// The queues into the pools and everything else the pools share.
+#[derive(Debug)]
+pub struct Shared {
+    /// Configuration.
+    pub config: Config,
+    /// uid → connections.
+    pub registry: Registry,
+    /// Message ids.
+    pub ids: IdGenerator,
+    /// Channel workers, by [`ChannelKey::shard`].
+    pub channels: Vec<Sender<ChannelJob>>,
+    /// Auth workers.
+    pub auth: Sender<crate::auth::AuthRequest>,
+    /// HTTP workers.
+    pub http: Sender<HttpRequest>,
+    /// The storage writer.
+    pub writer: Sender<Job>,
+    /// Handles to the loops; set once the engine has started.
+    pub loops: OnceLock<Handles<ToLoop>>,
+    /// Set when the server is stopping; pool threads exit when they see it.
+    pub stopping: AtomicBool,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl Shared {
+    /// The loops' handles.
+    ///
+    /// # Panics
+    /// Before the engine started: the server sets them before any pool thread runs.
+    pub fn loops(&self) -> &Handles<ToLoop> {
+        self.loops
+            .get()
+            .expect("loop handles are set before pools start")
+    }
+
+    /// The channel worker owning `key`.
+    pub fn channel_queue(&self, key: &ChannelKey) -> &Sender<ChannelJob> {
+        &self.channels[key.shard(self.channels.len())]
+    }
+
+    /// True once stop began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Reports a send's outcome to whoever waits: a SENDACK frame to the sending
+    /// connection's loop, or the HTTP caller's channel. Called from pool threads (may block
+    /// on a full inbox, which is the intended backpressure).
+    pub fn reply(&self, reply: Reply, outcome: SendOutcome) {
+        match reply {
+            Reply::Conn {
+                conn,
+                client_seq,
+                flags,
+            } => {
+                let mut buf = BytesMut::with_capacity(24);
+                SendackPacket {
+                    flags,
+                    message_id: outcome.message_id,
+                    client_seq,
+                    message_seq: outcome.message_seq,
+                    reason_code: outcome.reason,
+                }
+                .encode(&mut buf);
+                let _ = self
+                    .loops()
+                    .for_conn(conn)
+                    .post(ToLoop::Frame(conn, buf.freeze()));
+            }
+            Reply::Http(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Reply::None => {}
+        }
+    }
+}
+
+/// Shorthand used by pool constructors.
+pub type SharedRef = Arc<Shared>;

@@ -1,0 +1,431 @@
+//! The storage writer: the one thread that writes SQLite.
+//!
+//! It takes jobs from a bounded channel, as many as are waiting (up to `max_commit_batch`),
+//! and applies them in **one transaction** (group commit): messages get their channel seq
+//! here, in arrival order, so seqs are dense and ordered per channel; offline-queue entries
+//! get per-user seqs in the same transaction, so a crash never leaves a stored message
+//! without the queue entries it was promised. Only after `COMMIT` returns are outcomes
+//! handed to the pusher (SENDACK, delivery).
+//!
+//! # Invariants
+//! - A channel's `last_seq` in the cache equals `MAX(seq)` in the database after every
+//!   commit; after a failed commit the caches are dropped and reloaded from the database,
+//!   so a failed batch leaves no gap and no duplicate.
+//! - Per-user queue seqs never go backwards, even after `syncack` deleted old entries (the
+//!   next seq is above both the entries and the cursor).
+//!
+//! # Dedupe
+//! A resend of the same `client_msg_no` by the same sender in the same channel is answered
+//! with the original id and seq and not stored again. The window is the last
+//! [`DEDUPE_PER_CHANNEL`] messages of each cached channel, reloaded from the database when
+//! a channel is first touched after a restart, so a resend after a server restart is caught
+//! too.
+
+use crate::message::{ChannelKey, Committed, Planned, SendOutcome};
+use crossbeam_channel::{Receiver, Sender};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use ruyi_proto::types::{channel_type, reason};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Recent (from_uid, client_msg_no) pairs remembered per channel for dedupe. The SDK
+/// resends only what was in flight when its connection dropped, a handful of messages.
+pub const DEDUPE_PER_CHANNEL: usize = 128;
+
+/// An administrative write from the HTTP API, run inside the batch's transaction under a
+/// savepoint so its failure does not fail the batch.
+pub type ExecFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+
+/// Work for the writer.
+pub enum Job {
+    /// Store a message, assign its seq, fill offline queues.
+    Message(Box<Planned>),
+    /// An administrative write; the result goes back on `done`.
+    Exec {
+        /// The write.
+        work: ExecFn,
+        /// Where to report (an error as text).
+        done: Sender<Result<(), String>>,
+    },
+    /// Raise a user's offline cursor (never lowers it) and trim the queue below it.
+    SyncAck {
+        /// The user.
+        uid: String,
+        /// New cursor.
+        seq: u32,
+        /// Optional completion.
+        done: Option<Sender<Result<(), String>>>,
+    },
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Message(p) => write!(f, "Job::Message({:?})", p.message.channel),
+            Job::Exec { .. } => f.write_str("Job::Exec"),
+            Job::SyncAck { uid, seq, .. } => write!(f, "Job::SyncAck({uid}, {seq})"),
+        }
+    }
+}
+
+struct ChannelState {
+    row: i64,
+    last_seq: u32,
+    recent: HashMap<(String, String), (i64, u32)>,
+    order: VecDeque<(String, String)>,
+}
+
+impl ChannelState {
+    fn remember(&mut self, from: &str, client_msg_no: &str, id: i64, seq: u32) {
+        if client_msg_no.is_empty() {
+            return;
+        }
+        let key = (from.to_owned(), client_msg_no.to_owned());
+        if self.recent.insert(key.clone(), (id, seq)).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > DEDUPE_PER_CHANNEL {
+                if let Some(old) = self.order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// What the writer hands on after a commit.
+pub type PusherTx = Arc<dyn Fn(Committed) + Send + Sync>;
+
+/// The writer thread's state.
+#[allow(missing_debug_implementations)] // Holds a closure and a SQLite connection.
+pub struct Writer {
+    conn: Connection,
+    rx: Receiver<Job>,
+    push: PusherTx,
+    max_batch: usize,
+    channels: HashMap<ChannelKey, ChannelState>,
+    user_seqs: HashMap<String, u32>,
+}
+
+/// One applied job, waiting for the commit.
+enum Applied {
+    Message(Committed),
+    Done(Option<Sender<Result<(), String>>>, Result<(), String>),
+}
+
+impl Writer {
+    /// A writer over `conn` (opened with `storage::open_writer`).
+    pub fn new(conn: Connection, rx: Receiver<Job>, push: PusherTx, max_batch: usize) -> Writer {
+        Writer {
+            conn,
+            rx,
+            push,
+            max_batch: max_batch.max(1),
+            channels: HashMap::new(),
+            user_seqs: HashMap::new(),
+        }
+    }
+
+    /// Runs until every sender of the job channel is dropped, then returns after the last
+    /// batch committed.
+    pub fn run(mut self) {
+        log::info!("storage writer started");
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Ok(first) = self.rx.recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+        log::info!("storage writer stopped");
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<Job>) {
+        let mut applied = Vec::with_capacity(batch.len());
+        let result = self.apply(batch, &mut applied);
+        match result {
+            Ok(()) => {
+                for a in applied {
+                    match a {
+                        Applied::Message(c) => (self.push)(c),
+                        Applied::Done(Some(done), r) => {
+                            let _ = done.send(r);
+                        }
+                        Applied::Done(None, _) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                log::error!("storage: batch of {} jobs failed: {e}", batch.len());
+                // Seqs handed out in this batch were never stored: forget every cached
+                // number and reload from the database, so nothing gaps or repeats.
+                self.channels.clear();
+                self.user_seqs.clear();
+                for a in applied {
+                    match a {
+                        Applied::Message(mut c) => {
+                            c.outcome = SendOutcome {
+                                message_id: c.outcome.message_id,
+                                message_seq: 0,
+                                reason: reason::SYSTEM_ERROR,
+                            };
+                            c.online.clear();
+                            c.duplicate = true; // nothing to deliver
+                            (self.push)(c);
+                        }
+                        Applied::Done(Some(done), _) => {
+                            let _ = done.send(Err(e.to_string()));
+                        }
+                        Applied::Done(None, _) => {}
+                    }
+                }
+            }
+        }
+        batch.clear();
+    }
+
+    /// Applies every job in one transaction and commits it.
+    fn apply(&mut self, batch: &mut Vec<Job>, applied: &mut Vec<Applied>) -> rusqlite::Result<()> {
+        let mut tx = self.conn.transaction()?;
+        for job in batch.drain(..) {
+            match job {
+                Job::Message(planned) => {
+                    let committed =
+                        store_message(&tx, &mut self.channels, &mut self.user_seqs, *planned)?;
+                    applied.push(Applied::Message(committed));
+                }
+                Job::Exec { work, done } => {
+                    let sp = tx.savepoint_with_name("exec")?;
+                    let result = work(&sp);
+                    let result = match result {
+                        Ok(()) => sp.commit().map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()), // dropping `sp` rolls it back
+                    };
+                    // Channel metadata may have changed: drop cached rows so they reload.
+                    self.channels.clear();
+                    applied.push(Applied::Done(Some(done), result));
+                }
+                Job::SyncAck { uid, seq, done } => {
+                    sync_ack(&tx, &uid, seq)?;
+                    applied.push(Applied::Done(done, Ok(())));
+                }
+            }
+        }
+        tx.commit()
+    }
+}
+
+fn now_secs() -> i32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i32)
+}
+
+fn channel_state<'a>(
+    tx: &Transaction<'_>,
+    cache: &'a mut HashMap<ChannelKey, ChannelState>,
+    key: &ChannelKey,
+) -> rusqlite::Result<&'a mut ChannelState> {
+    if !cache.contains_key(key) {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
+        )?
+        .execute(params![key.id, key.channel_type])?;
+        let row: i64 = tx
+            .prepare_cached("SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2")?
+            .query_row(params![key.id, key.channel_type], |r| r.get(0))?;
+        let last_seq: u32 = tx
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?1")?
+            .query_row([row], |r| r.get(0))?;
+        let mut state = ChannelState {
+            row,
+            last_seq,
+            recent: HashMap::new(),
+            order: VecDeque::new(),
+        };
+        let mut stmt = tx.prepare_cached(
+            "SELECT from_uid, client_msg_no, message_id, seq FROM messages
+             WHERE channel = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let recent = stmt.query_map(
+            params![row, last_seq.saturating_sub(DEDUPE_PER_CHANNEL as u32)],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                ))
+            },
+        )?;
+        for entry in recent {
+            let (from, cmn, id, seq) = entry?;
+            state.remember(&from, &cmn, id, seq);
+        }
+        cache.insert(key.clone(), state);
+    }
+    Ok(cache.get_mut(key).expect("inserted above"))
+}
+
+fn next_user_seq(
+    tx: &Transaction<'_>,
+    cache: &mut HashMap<String, u32>,
+    uid: &str,
+) -> rusqlite::Result<u32> {
+    let last = match cache.get(uid) {
+        Some(&s) => s,
+        None => {
+            let max_entry: u32 = tx
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM offline WHERE uid = ?1")?
+                .query_row([uid], |r| r.get(0))?;
+            let cursor: u32 = tx
+                .prepare_cached("SELECT cursor FROM offline_cursor WHERE uid = ?1")?
+                .query_row([uid], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            max_entry.max(cursor)
+        }
+    };
+    let next = last + 1;
+    cache.insert(uid.to_owned(), next);
+    Ok(next)
+}
+
+fn store_message(
+    tx: &Transaction<'_>,
+    channels: &mut HashMap<ChannelKey, ChannelState>,
+    user_seqs: &mut HashMap<String, u32>,
+    planned: Planned,
+) -> rusqlite::Result<Committed> {
+    let Planned {
+        mut message,
+        online,
+        offline_uids,
+        reply,
+    } = planned;
+    if message.flags.no_persist() {
+        // Never stored, no seq; delivered online only (PROTOCOL.md §2.1).
+        let outcome = SendOutcome {
+            message_id: message.message_id,
+            message_seq: 0,
+            reason: reason::SUCCESS,
+        };
+        return Ok(Committed {
+            message: Arc::new(message),
+            online,
+            user_seqs: HashMap::new(),
+            reply,
+            outcome,
+            duplicate: false,
+        });
+    }
+    let state = channel_state(tx, channels, &message.channel)?;
+    if let Some(&(id, seq)) = state
+        .recent
+        .get(&(message.from_uid.clone(), message.client_msg_no.clone()))
+    {
+        return Ok(Committed {
+            message: Arc::new(message),
+            online: Vec::new(),
+            user_seqs: HashMap::new(),
+            reply,
+            outcome: SendOutcome {
+                message_id: id,
+                message_seq: seq,
+                reason: reason::SUCCESS,
+            },
+            duplicate: true,
+        });
+    }
+    let seq = state.last_seq + 1;
+    let row = state.row;
+    message.message_seq = seq;
+    message.timestamp = now_secs();
+    tx.prepare_cached(
+        "INSERT INTO messages (channel, seq, message_id, client_msg_no, from_uid, addressed_to, timestamp,
+                               setting, flags, expire, topic, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        row,
+        seq,
+        message.message_id,
+        message.client_msg_no,
+        message.from_uid,
+        message.addressed_to,
+        message.timestamp,
+        message.setting,
+        message.flags.0 & !ruyi_proto::Flags::DUP,
+        message.expire,
+        message.topic,
+        &message.payload[..],
+    ])?;
+    state.last_seq = seq;
+    state.remember(
+        &message.from_uid,
+        &message.client_msg_no,
+        message.message_id,
+        seq,
+    );
+
+    // Offline-queue entries, in the message's transaction (HTTP_API.md §7).
+    let mut assigned = HashMap::new();
+    for uid in &offline_uids {
+        let user_seq = next_user_seq(tx, user_seqs, uid)?;
+        tx.prepare_cached(
+            "INSERT INTO offline (uid, seq, channel, channel_seq) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![uid, user_seq, row, seq])?;
+        assigned.insert(uid.clone(), user_seq);
+    }
+    // Online RECVs of SyncOnce messages carry the per-user seq (v1 semantics), so RECVACK
+    // and syncack speak of the same numbers; other RECVs carry the channel seq.
+    let user_seqs = if message.flags.sync_once() {
+        assigned
+    } else {
+        HashMap::new()
+    };
+    // Person chats get a conversation for both sides with their first message (PROTOCOL.md
+    // §9.6); groups get theirs when subscribers are added.
+    if message.channel.channel_type == channel_type::PERSON && seq == 1 {
+        if let Some((a, b)) = message.channel.id.split_once('@') {
+            let now = now_secs();
+            for uid in [a, b] {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO conversations (uid, channel, read_to, deleted_at, updated_at)
+                     VALUES (?1, ?2, 0, 0, ?3)",
+                )?
+                .execute(params![uid, row, now])?;
+            }
+        }
+    }
+    let message_id = message.message_id;
+    Ok(Committed {
+        message: Arc::new(message),
+        online,
+        user_seqs,
+        reply,
+        outcome: SendOutcome {
+            message_id,
+            message_seq: seq,
+            reason: reason::SUCCESS,
+        },
+        duplicate: false,
+    })
+}
+
+fn sync_ack(tx: &Transaction<'_>, uid: &str, seq: u32) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO offline_cursor (uid, cursor) VALUES (?1, ?2)
+         ON CONFLICT (uid) DO UPDATE SET cursor = MAX(cursor, excluded.cursor)",
+    )?
+    .execute(params![uid, seq])?;
+    tx.prepare_cached(
+        "DELETE FROM offline WHERE uid = ?1 AND seq <= (SELECT cursor FROM offline_cursor WHERE uid = ?1)",
+    )?
+    .execute([uid])?;
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! A real protocol client and an HTTP helper for the server's integration tests, speaking
+//! to a real server over loopback sockets.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use bytes::{Bytes, BytesMut};
+use ruyi::{Config, Server};
+use ruyi_proto::crypto::{public_key_b64, random_secret};
+use ruyi_proto::*;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub fn init() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// A fresh data directory under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ruyi-test-{name}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts an in-process server on ephemeral ports with `tweak` applied to the test config.
+pub fn start(name: &str, tweak: impl FnOnce(&mut Config)) -> Server {
+    init();
+    let mut config = Config::for_test(temp_dir(name));
+    tweak(&mut config);
+    Server::start(config).expect("server starts")
+}
+
+/// POSTs JSON and returns (status, body as JSON or Null).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+pub fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
+    http(addr, "POST", path, &body)
+}
+
+/// Registers `uid`'s token for `flag` at `level`.
+pub fn register(server: &Server, uid: &str, token: &str, flag: u8, level: u8) {
+    let (status, body) = post(
+        server.http_addr(),
+        "/user/token",
+        serde_json::json!({"uid": uid, "token": token, "device_flag": flag, "device_level": level}),
+    );
+    assert_eq!((status, &body), (200, &serde_json::json!({"status": 200})));
+}
+
+/// A protocol client: blocking socket, optional encryption, the session version it asked.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pub version: u8,
+    pub cipher: Option<SessionCipher>,
+    pub uid: String,
+    next_seq: u32,
+}
+
+pub struct Login<'a> {
+    pub uid: &'a str,
+    pub token: &'a str,
+    pub device_flag: u8,
+    pub device_id: &'a str,
+    pub version: u8,
+    pub encrypt: bool,
+}
+
+impl<'a> Login<'a> {
+    pub fn new(uid: &'a str, token: &'a str) -> Self {
+        Login {
+            uid,
+            token,
+            device_flag: 1,
+            device_id: "dev",
+            version: 5,
+            encrypt: true,
+        }
+    }
+}
+
+impl Client {
+    /// Connects and sends CONNECT; returns the client and the CONNACK.
+    pub fn login(addr: SocketAddr, l: &Login<'_>) -> (Client, ConnackPacket) {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let secret = random_secret().unwrap();
+        let mut c = Client {
+            stream,
+            buf: Vec::new(),
+            version: l.version,
+            cipher: None,
+            uid: l.uid.to_owned(),
+            next_seq: 1,
+        };
+        c.write(&Packet::Connect(ConnectPacket {
+            version: l.version,
+            device_flag: l.device_flag,
+            device_id: l.device_id.into(),
+            uid: l.uid.into(),
+            token: l.token.into(),
+            client_timestamp: 1_700_000_000_000,
+            client_key: if l.encrypt {
+                public_key_b64(secret)
+            } else {
+                String::new()
+            },
+        }));
+        let Some(Packet::Connack(ack)) = c.read_packet(Duration::from_secs(10)) else {
+            panic!("no CONNACK for {}", l.uid)
+        };
+        if ack.reason_code == 1 {
+            if ack.server_version > 0 {
+                c.version = ack.server_version;
+            }
+            if !ack.server_key.is_empty() {
+                c.cipher = Some(SessionCipher::derive(secret, &ack.server_key, &ack.salt).unwrap());
+            }
+        }
+        (c, ack)
+    }
+
+    /// Logs in and asserts success.
+    pub fn ok(addr: SocketAddr, l: &Login<'_>) -> Client {
+        let (c, ack) = Client::login(addr, l);
+        assert_eq!(ack.reason_code, 1, "login of {} refused", l.uid);
+        c
+    }
+
+    /// Wraps a raw socket (for tests that send hand-made bytes).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            buf: Vec::new(),
+            version: LATEST_VERSION,
+            cipher: None,
+            uid: "raw".into(),
+            next_seq: 1,
+        }
+    }
+
+    pub fn write(&mut self, p: &Packet) {
+        let mut buf = BytesMut::new();
+        p.encode(self.version, &mut buf).unwrap();
+        self.stream.write_all(&buf).unwrap();
+    }
+
+    /// Reads one packet, or None on timeout or close.
+    pub fn read_packet(&mut self, timeout: Duration) -> Option<Packet> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((p, used)) = decode_packet(&self.buf, self.version, MAX_BODY_BYTES).unwrap()
+            {
+                self.buf.drain(..used);
+                return Some(p);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Sends a message (encrypted when the session is), returns its client_seq.
+    pub fn send(
+        &mut self,
+        channel_id: &str,
+        channel_type: u8,
+        plain: &[u8],
+        client_msg_no: &str,
+    ) -> u32 {
+        let client_seq = self.next_seq;
+        self.next_seq += 1;
+        self.send_with(
+            client_seq,
+            channel_id,
+            channel_type,
+            plain,
+            client_msg_no,
+            Flags(Flags::RED_DOT),
+        );
+        client_seq
+    }
+
+    pub fn send_with(
+        &mut self,
+        client_seq: u32,
+        channel_id: &str,
+        channel_type: u8,
+        plain: &[u8],
+        client_msg_no: &str,
+        flags: Flags,
+    ) {
+        let (payload, msg_key) = match &self.cipher {
+            Some(c) => {
+                let wire = c.encrypt_b64(plain);
+                let key = c.send_msg_key(
+                    client_seq,
+                    client_msg_no,
+                    channel_id,
+                    channel_type,
+                    wire.as_bytes(),
+                );
+                (Bytes::from(wire.into_bytes()), key)
+            }
+            None => (Bytes::copy_from_slice(plain), String::new()),
+        };
+        self.write(&Packet::Send(SendPacket {
+            flags,
+            client_seq,
+            client_msg_no: client_msg_no.into(),
+            channel_id: channel_id.into(),
+            channel_type,
+            msg_key,
+            payload,
+            ..Default::default()
+        }));
+    }
+
+    /// The next SENDACK (skipping nothing else: panics on another packet).
+    pub fn sendack(&mut self) -> SendackPacket {
+        match self.read_packet(Duration::from_secs(10)) {
+            Some(Packet::Sendack(a)) => a,
+            other => panic!("{}: expected SENDACK, got {other:?}", self.uid),
+        }
+    }
+
+    /// The next RECV, msgKey checked and payload decrypted as an SDK would.
+    pub fn recv(&mut self) -> RecvPacket {
+        match self.read_packet(Duration::from_secs(10)) {
+            Some(Packet::Recv(r)) => self.open(r),
+            other => panic!("{}: expected RECV, got {other:?}", self.uid),
+        }
+    }
+
+    /// Checks and decrypts a RECV the way the SDKs do (JSSDK.md §5).
+    pub fn open(&self, mut r: RecvPacket) -> RecvPacket {
+        if let Some(c) = &self.cipher {
+            let expected = c.recv_msg_key(
+                r.message_id,
+                r.message_seq,
+                &r.client_msg_no,
+                r.timestamp,
+                &r.from_uid,
+                &r.channel_id,
+                r.channel_type,
+                &r.payload,
+            );
+            assert_eq!(r.msg_key, expected, "{}: RECV msgKey mismatch", self.uid);
+            r.payload = Bytes::from(c.decrypt_b64(&r.payload).unwrap());
+        }
+        r
+    }
+
+    pub fn recvack(&mut self, r: &RecvPacket) {
+        self.write(&Packet::Recvack(RecvackPacket {
+            flags: Flags(0),
+            message_id: r.message_id,
+            message_seq: r.message_seq,
+        }));
+    }
+
+    /// True when nothing arrives within `d`.
+    pub fn quiet_for(&mut self, d: Duration) -> bool {
+        match self.read_packet(d) {
+            None => true,
+            Some(p) => panic!("{}: unexpected {p:?}", self.uid),
+        }
+    }
+
+    /// True when the server closed the connection within `d` (after any packets).
+    pub fn closed_within(&mut self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        loop {
+            let left = match deadline.checked_duration_since(Instant::now()) {
+                Some(l) => l,
+                None => return false,
+            };
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+}
