@@ -1,6 +1,12 @@
 //! The `ruyi` binary: `ruyi` with no arguments serves on the embedded defaults (TCP 5100,
 //! HTTP 127.0.0.1:5001, SQLite in `./data`, token auth and encryption on).
 
+/// mimalloc instead of glibc malloc: frames and messages are allocated on one thread and
+/// freed on another (loop → pool → loop), the pattern glibc's arenas handle worst. Measured
+/// in BENCHMARKS.md (person chat).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use ruyi::{Config, Server};
 use std::net::SocketAddr;

@@ -41,8 +41,19 @@ impl ChannelKey {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        (h % shards.max(1) as u64) as usize
+        (mix64(h) % shards.max(1) as u64) as usize
     }
+}
+
+/// The murmur3 finalizer: spreads every input bit over the low bits too. FNV-1a alone
+/// leaves the low bit equal to the parity of the input bytes' low bits, which sends most
+/// channels to one of two shards.
+pub fn mix64(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// A stored (or, with NoPersist, only delivered) message.
@@ -146,6 +157,17 @@ pub struct Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn similar_ids_spread_over_two_shards() {
+        let on_first = (0..1000)
+            .filter(|i| ChannelKey::new(format!("load-b{i}@load-a{i}"), 1).shard(2) == 0)
+            .count();
+        assert!(
+            (400..=600).contains(&on_first),
+            "{on_first} of 1000 on shard 0"
+        );
+    }
 
     #[test]
     fn shards_are_stable_and_in_range() {

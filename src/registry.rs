@@ -55,13 +55,13 @@ impl Default for Registry {
 }
 
 fn shard_of(uid: &str) -> usize {
-    // FNV-1a, as WuKongIM's pools use.
-    let mut h: u32 = 0x811c_9dc5;
+    // FNV-1a, as WuKongIM's pools use, with a finalizer so the low bits are well mixed.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in uid.as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h as usize % SHARDS
+    (crate::message::mix64(h) % SHARDS as u64) as usize
 }
 
 impl Registry {

@@ -55,6 +55,7 @@ pub struct Server {
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
+    checkpoint_stop: Arc<AtomicBool>,
 }
 
 fn spawn(
@@ -120,6 +121,7 @@ impl Server {
         shared.loops.set(engine.handles()).expect("set once, here");
 
         let mut threads = Vec::new();
+        let checkpoint_stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&shared);
         let push = Arc::new(move |c: Committed| {
             // Blocking is backpressure from the loops to storage; never from a loop thread.
@@ -129,6 +131,10 @@ impl Server {
         });
         spawn(&mut threads, "ruyi-writer".into(), move || {
             Writer::new(writer_conn, writer_rx, push, s.config.max_commit_batch).run();
+        })?;
+        let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
+        spawn(&mut threads, "ruyi-checkpoint".into(), move || {
+            storage::checkpointer(dir, stop)
         })?;
         let s = Arc::clone(&shared);
         spawn(&mut threads, "ruyi-pusher".into(), move || {
@@ -175,6 +181,7 @@ impl Server {
             tcp_addr,
             http_addr,
             threads,
+            checkpoint_stop,
         })
     }
 
@@ -203,6 +210,7 @@ impl Server {
     pub fn stop(mut self) {
         self.engine.stop(StopMode::Soft);
         self.shared.stopping.store(true, Ordering::Release);
+        self.checkpoint_stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

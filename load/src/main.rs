@@ -6,6 +6,7 @@
 
 mod echo;
 mod idle;
+mod im;
 mod procfs;
 mod report;
 
@@ -28,6 +29,10 @@ enum Command {
     Echo(echo::EchoArgs),
     /// Open idle connections (spread over 127.0.0.x source addresses) and hold them.
     Idle(idle::IdleArgs),
+    /// Ruyi person chat: pairs, each sender sending to its peer, receivers RECVACKing.
+    Person(im::PersonArgs),
+    /// Ruyi group fan-out: groups of online members, some of them sending.
+    Group(im::GroupArgs),
 }
 
 fn main() {
@@ -36,6 +41,8 @@ fn main() {
     let result = match cli.command {
         Command::Echo(args) => echo::run(&args),
         Command::Idle(args) => idle::run(&args),
+        Command::Person(args) => im::run_person(&args),
+        Command::Group(args) => im::run_group(&args),
     };
     if let Err(e) = result {
         eprintln!("ruyi-load: {e}");

@@ -56,9 +56,9 @@ const MIGRATIONS: &[&str] = &[
         flags INTEGER NOT NULL,
         expire INTEGER NOT NULL,
         topic TEXT NOT NULL,
-        payload BLOB NOT NULL,
-        PRIMARY KEY (channel, seq)
-    ) WITHOUT ROWID;
+        payload BLOB NOT NULL
+    );
+    CREATE UNIQUE INDEX messages_by_channel_seq ON messages (channel, seq);
     CREATE TABLE offline (
         uid TEXT NOT NULL,
         seq INTEGER NOT NULL,

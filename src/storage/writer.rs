@@ -71,8 +71,25 @@ impl std::fmt::Debug for Job {
 struct ChannelState {
     row: i64,
     last_seq: u32,
-    recent: HashMap<(String, String), (i64, u32)>,
-    order: VecDeque<(String, String)>,
+    /// Dedupe window: [`dedupe_key`] → (message id, seq).
+    recent: HashMap<u64, (i64, u32)>,
+    order: VecDeque<u64>,
+}
+
+/// A 64-bit FNV-1a hash of (from_uid, client_msg_no), so the dedupe window stores and looks
+/// up a number instead of allocating two strings per message. Two different pairs share a
+/// key with probability about 2^-57 within a 128-entry window.
+fn dedupe_key(from: &str, client_msg_no: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in from
+        .bytes()
+        .chain(std::iter::once(0xFF))
+        .chain(client_msg_no.bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 impl ChannelState {
@@ -80,8 +97,8 @@ impl ChannelState {
         if client_msg_no.is_empty() {
             return;
         }
-        let key = (from.to_owned(), client_msg_no.to_owned());
-        if self.recent.insert(key.clone(), (id, seq)).is_none() {
+        let key = dedupe_key(from, client_msg_no);
+        if self.recent.insert(key, (id, seq)).is_none() {
             self.order.push_back(key);
             if self.order.len() > DEDUPE_PER_CHANNEL {
                 if let Some(old) = self.order.pop_front() {
@@ -89,6 +106,13 @@ impl ChannelState {
                 }
             }
         }
+    }
+
+    fn recall(&self, from: &str, client_msg_no: &str) -> Option<(i64, u32)> {
+        if client_msg_no.is_empty() {
+            return None;
+        }
+        self.recent.get(&dedupe_key(from, client_msg_no)).copied()
     }
 }
 
@@ -323,10 +347,7 @@ fn store_message(
         });
     }
     let state = channel_state(tx, channels, &message.channel)?;
-    if let Some(&(id, seq)) = state
-        .recent
-        .get(&(message.from_uid.clone(), message.client_msg_no.clone()))
-    {
+    if let Some((id, seq)) = state.recall(&message.from_uid, &message.client_msg_no) {
         return Ok(Committed {
             message: Arc::new(message),
             online: Vec::new(),

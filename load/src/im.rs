@@ -1,0 +1,598 @@
+//! `ruyi-load person` and `ruyi-load group`: drive a Ruyi server over the binary protocol.
+//!
+//! Every connection logs in (CONNECT/CONNACK, with the key exchange when `--encrypt`),
+//! then senders keep `--window` SENDs in flight each (closed loop) and every receiver
+//! answers each RECV with a RECVACK, as the SDKs do. The payload carries the send time and
+//! a per-sender counter, so the tool measures SENDACK latency (send → SENDACK at the
+//! sender) and delivery latency (send → RECV at each receiver), and counts lost and
+//! duplicated deliveries: each receiver expects every sender's counter to rise by exactly
+//! one.
+//!
+//! Worker threads each own a `mio::Poll` and a share of the connections; the run has a
+//! warm-up, a measured window, and stops by itself.
+
+use crate::report::{self, Percentiles};
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use ruyi_proto::crypto::{public_key_b64, random_secret};
+use ruyi_proto::{
+    decode_packet, ConnectPacket, Flags, Packet, RecvackPacket, SendPacket, SessionCipher,
+    MAX_BODY_BYTES,
+};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct ImArgs {
+    /// Binary protocol address.
+    #[arg(long, default_value = "127.0.0.1:5100")]
+    pub tcp: SocketAddr,
+    /// HTTP API address (groups are created through it).
+    #[arg(long, default_value = "127.0.0.1:5001")]
+    pub http: SocketAddr,
+    /// Encrypt (key exchange, AES payloads, msgKeys), as the official SDKs do.
+    #[arg(long)]
+    pub encrypt: bool,
+    /// SENDs in flight per sender.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    /// Payload bytes per message (at least 16).
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Client worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Server PID, to report its CPU during the measured window.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Prefix for uids and channel ids, so runs against one database do not collide.
+    #[arg(long, default_value = "load")]
+    pub prefix: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PersonArgs {
+    #[command(flatten)]
+    pub im: ImArgs,
+    /// Sender/receiver pairs.
+    #[arg(long, default_value_t = 1000)]
+    pub pairs: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GroupArgs {
+    #[command(flatten)]
+    pub im: ImArgs,
+    /// Groups.
+    #[arg(long, default_value_t = 1)]
+    pub groups: usize,
+    /// Members per group (all online).
+    #[arg(long, default_value_t = 1000)]
+    pub members: usize,
+    /// Senders per group (the first members).
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+}
+
+/// One planned connection.
+#[derive(Clone, Debug)]
+struct Plan {
+    uid: String,
+    /// Where it sends (`None`: receive only).
+    target: Option<(String, u8)>,
+    /// Index of this sender among all senders (for loss accounting), if it sends.
+    sender_index: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct ImReport {
+    scenario: String,
+    connections: usize,
+    senders: usize,
+    encrypt: bool,
+    window: usize,
+    size: usize,
+    seconds: f64,
+    sends: u64,
+    sends_per_sec: f64,
+    deliveries: u64,
+    deliveries_per_sec: f64,
+    sendack_latency: Percentiles,
+    delivery_latency: Percentiles,
+    refused: u64,
+    lost: u64,
+    duplicated: u64,
+    server_cpu_seconds: Option<f64>,
+    deliveries_per_server_cpu_sec: Option<f64>,
+}
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn nanos_since_epoch(t: Instant) -> u64 {
+    t.duration_since(*EPOCH.get_or_init(Instant::now))
+        .as_nanos() as u64
+}
+
+pub fn run_person(args: &PersonArgs) -> io::Result<()> {
+    let p = &args.im.prefix;
+    let mut plans = Vec::with_capacity(args.pairs * 2);
+    for i in 0..args.pairs {
+        plans.push(Plan {
+            uid: format!("{p}-a{i}"),
+            target: Some((format!("{p}-b{i}"), 1)),
+            sender_index: Some(i),
+        });
+        plans.push(Plan {
+            uid: format!("{p}-b{i}"),
+            target: None,
+            sender_index: None,
+        });
+    }
+    run(&args.im, "person", plans, args.pairs)
+}
+
+pub fn run_group(args: &GroupArgs) -> io::Result<()> {
+    let p = &args.im.prefix;
+    let mut plans = Vec::new();
+    let mut sender = 0;
+    for g in 0..args.groups {
+        let gid = format!("{p}-g{g}");
+        let members: Vec<String> = (0..args.members).map(|m| format!("{p}-g{g}m{m}")).collect();
+        let body = serde_json::json!({"channel_id": gid, "channel_type": 2, "subscribers": members, "reset": 1});
+        http_post(args.im.http, "/channel", &body.to_string())?;
+        for (m, uid) in members.into_iter().enumerate() {
+            let sends = m < args.senders;
+            plans.push(Plan {
+                uid,
+                target: sends.then(|| (gid.clone(), 2)),
+                sender_index: sends.then(|| {
+                    sender += 1;
+                    sender - 1
+                }),
+            });
+        }
+    }
+    let scenario = format!(
+        "group {}x{} senders {}",
+        args.groups, args.members, args.senders
+    );
+    run(&args.im, &scenario, plans, sender)
+}
+
+fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<()> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: load\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    if !out.starts_with("HTTP/1.1 200") {
+        return Err(io::Error::other(format!(
+            "{path}: {}",
+            out.lines().next().unwrap_or("")
+        )));
+    }
+    Ok(())
+}
+
+struct Totals {
+    sends: u64,
+    deliveries: u64,
+    refused: u64,
+    lost: u64,
+    duplicated: u64,
+    sendack: Histogram<u64>,
+    delivery: Histogram<u64>,
+}
+
+fn run(args: &ImArgs, scenario: &str, plans: Vec<Plan>, senders: usize) -> io::Result<()> {
+    if args.size < 16 || args.window == 0 || args.threads == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "size >= 16, window and threads > 0",
+        ));
+    }
+    let _ = EPOCH.get_or_init(Instant::now);
+    let connections = plans.len();
+    let logged_in = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..args.threads)
+        .map(|w| {
+            let mine: Vec<Plan> = plans
+                .iter()
+                .skip(w)
+                .step_by(args.threads)
+                .cloned()
+                .collect();
+            let (args, logged_in) = (args.clone(), Arc::clone(&logged_in));
+            std::thread::spawn(move || worker(&args, mine, senders, &logged_in, connections))
+        })
+        .collect();
+    // The measured window starts once everyone is logged in.
+    while logged_in.load(Ordering::Acquire) < connections {
+        if workers.iter().all(|w| w.is_finished()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server_cpu = match args.server_pid {
+        Some(pid) => {
+            std::thread::sleep(Duration::from_secs(args.warmup));
+            let before = crate::procfs::cpu_seconds(pid)?;
+            std::thread::sleep(Duration::from_secs(args.seconds));
+            Some(crate::procfs::cpu_seconds(pid)? - before)
+        }
+        None => None,
+    };
+    let mut t = Totals {
+        sends: 0,
+        deliveries: 0,
+        refused: 0,
+        lost: 0,
+        duplicated: 0,
+        sendack: report::latency_histogram(),
+        delivery: report::latency_histogram(),
+    };
+    for w in workers {
+        let r = w
+            .join()
+            .map_err(|_| io::Error::other("worker panicked"))??;
+        t.sends += r.sends;
+        t.deliveries += r.deliveries;
+        t.refused += r.refused;
+        t.lost += r.lost;
+        t.duplicated += r.duplicated;
+        t.sendack.add(&r.sendack).map_err(io::Error::other)?;
+        t.delivery.add(&r.delivery).map_err(io::Error::other)?;
+    }
+    let secs = args.seconds as f64;
+    let report = ImReport {
+        scenario: scenario.to_owned(),
+        connections,
+        senders,
+        encrypt: args.encrypt,
+        window: args.window,
+        size: args.size,
+        seconds: secs,
+        sends: t.sends,
+        sends_per_sec: t.sends as f64 / secs,
+        deliveries: t.deliveries,
+        deliveries_per_sec: t.deliveries as f64 / secs,
+        sendack_latency: Percentiles::of(&t.sendack),
+        delivery_latency: Percentiles::of(&t.delivery),
+        refused: t.refused,
+        lost: t.lost,
+        duplicated: t.duplicated,
+        server_cpu_seconds: server_cpu,
+        deliveries_per_server_cpu_sec: server_cpu.map(|c| t.deliveries as f64 / c.max(1e-9)),
+    };
+    println!(
+        "{} conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} server_cpu={:.2}s",
+        report.scenario,
+        report.connections,
+        report.encrypt,
+        report.sends_per_sec,
+        report.deliveries_per_sec,
+        report.sendack_latency.p50_us,
+        report.sendack_latency.p99_us,
+        report.delivery_latency.p50_us,
+        report.delivery_latency.p99_us,
+        report.refused,
+        report.lost,
+        report.duplicated,
+        report.server_cpu_seconds.unwrap_or(f64::NAN)
+    );
+    report::write_json(args.json.as_deref(), &report)
+}
+
+struct Conn {
+    stream: TcpStream,
+    plan: Plan,
+    input: Vec<u8>,
+    output: BytesMut,
+    cipher: Option<SessionCipher>,
+    secret: [u8; 32],
+    version: u8,
+    logged_in: bool,
+    /// Send times of SENDs in flight, oldest first (SENDACKs come back in order).
+    in_flight: VecDeque<Instant>,
+    next_counter: u64,
+    client_seq: u32,
+    /// Per sender: the last counter received (loss and duplicate accounting).
+    last_seen: HashMap<usize, u64>,
+}
+
+struct WorkerResult {
+    sends: u64,
+    deliveries: u64,
+    refused: u64,
+    lost: u64,
+    duplicated: u64,
+    sendack: Histogram<u64>,
+    delivery: Histogram<u64>,
+}
+
+fn worker(
+    args: &ImArgs,
+    plans: Vec<Plan>,
+    _senders: usize,
+    logged_in: &AtomicUsize,
+    total: usize,
+) -> io::Result<WorkerResult> {
+    let mut poll = Poll::new()?;
+    let mut conns = Vec::with_capacity(plans.len());
+    for (i, plan) in plans.into_iter().enumerate() {
+        let std_stream = std::net::TcpStream::connect(args.tcp)?;
+        std_stream.set_nodelay(true)?;
+        std_stream.set_nonblocking(true)?;
+        let mut stream = TcpStream::from_std(std_stream);
+        poll.registry().register(
+            &mut stream,
+            Token(i),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let secret = random_secret().map_err(io::Error::other)?;
+        let mut c = Conn {
+            stream,
+            plan,
+            input: Vec::new(),
+            output: BytesMut::new(),
+            cipher: None,
+            secret,
+            version: 5,
+            logged_in: false,
+            in_flight: VecDeque::new(),
+            next_counter: 1,
+            client_seq: 1,
+            last_seen: HashMap::new(),
+        };
+        let connect = Packet::Connect(ConnectPacket {
+            version: 5,
+            device_flag: 0,
+            device_id: format!("load-{}", c.plan.uid),
+            uid: c.plan.uid.clone(),
+            token: "load".into(),
+            client_timestamp: 0,
+            client_key: if args.encrypt {
+                public_key_b64(secret)
+            } else {
+                String::new()
+            },
+        });
+        connect.encode(5, &mut c.output).map_err(io::Error::other)?;
+        flush(&mut c)?;
+        conns.push(c);
+    }
+    let mut r = WorkerResult {
+        sends: 0,
+        deliveries: 0,
+        refused: 0,
+        lost: 0,
+        duplicated: 0,
+        sendack: report::latency_histogram(),
+        delivery: report::latency_histogram(),
+    };
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut started: Option<Instant> = None;
+    let mut measure: Option<(Instant, Instant)> = None;
+    let login_deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = Instant::now();
+        if started.is_none() && logged_in.load(Ordering::Acquire) >= total {
+            started = Some(now);
+            let from = now + Duration::from_secs(args.warmup);
+            measure = Some((from, from + Duration::from_secs(args.seconds)));
+            for c in &mut conns {
+                top_up(c, args, now)?;
+                flush(c)?;
+            }
+        }
+        if let Some((_, until)) = measure {
+            if now >= until {
+                break;
+            }
+        } else if now > login_deadline {
+            return Err(io::Error::other(
+                "not every connection logged in within 60 s",
+            ));
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        let now = Instant::now();
+        let measuring = measure.is_some_and(|(from, until)| now >= from && now < until);
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            if event.is_readable() {
+                loop {
+                    match c.stream.read(&mut buf) {
+                        Ok(0) => {
+                            return Err(io::Error::other(format!(
+                                "{} closed by the server",
+                                c.plan.uid
+                            )))
+                        }
+                        Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                handle_input(c, args, now, measuring, logged_in, &mut r)?;
+                if started.is_some() {
+                    top_up(c, args, now)?;
+                }
+            }
+            flush(c)?;
+        }
+    }
+    Ok(r)
+}
+
+fn handle_input(
+    c: &mut Conn,
+    args: &ImArgs,
+    now: Instant,
+    measuring: bool,
+    logged_in: &AtomicUsize,
+    r: &mut WorkerResult,
+) -> io::Result<()> {
+    let mut consumed = 0;
+    while let Some((packet, used)) =
+        decode_packet(&c.input[consumed..], c.version, MAX_BODY_BYTES).map_err(io::Error::other)?
+    {
+        consumed += used;
+        match packet {
+            Packet::Connack(ack) => {
+                if ack.reason_code != 1 {
+                    return Err(io::Error::other(format!(
+                        "{} login refused: {}",
+                        c.plan.uid, ack.reason_code
+                    )));
+                }
+                if args.encrypt {
+                    c.cipher = Some(
+                        SessionCipher::derive(c.secret, &ack.server_key, &ack.salt)
+                            .map_err(io::Error::other)?,
+                    );
+                }
+                c.logged_in = true;
+                logged_in.fetch_add(1, Ordering::AcqRel);
+            }
+            Packet::Sendack(ack) => {
+                let sent = c.in_flight.pop_front();
+                if ack.reason_code != 1 {
+                    r.refused += 1;
+                } else if let (true, Some(sent)) = (measuring, sent) {
+                    r.sends += 1;
+                    report::record(&mut r.sendack, now - sent);
+                }
+            }
+            Packet::Recv(recv) => {
+                let payload = match &c.cipher {
+                    Some(cipher) => Bytes::from(
+                        cipher
+                            .decrypt_b64(&recv.payload)
+                            .map_err(io::Error::other)?,
+                    ),
+                    None => recv.payload.clone(),
+                };
+                RecvackPacket {
+                    flags: Flags(0),
+                    message_id: recv.message_id,
+                    message_seq: recv.message_seq,
+                }
+                .encode(&mut c.output);
+                if payload.len() >= 24 {
+                    let sent_ns = u64::from_be_bytes(payload[0..8].try_into().unwrap_or_default());
+                    let sender =
+                        u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default()) as usize;
+                    let counter =
+                        u64::from_be_bytes(payload[16..24].try_into().unwrap_or_default());
+                    let last = c.last_seen.entry(sender).or_insert(0);
+                    if counter <= *last {
+                        r.duplicated += 1;
+                    } else {
+                        r.lost += counter - *last - 1;
+                        *last = counter;
+                    }
+                    if measuring {
+                        r.deliveries += 1;
+                        let latency = nanos_since_epoch(now).saturating_sub(sent_ns);
+                        report::record(&mut r.delivery, Duration::from_nanos(latency));
+                    }
+                }
+            }
+            Packet::Pong => {}
+            other => {
+                return Err(io::Error::other(format!(
+                    "{}: unexpected {:?}",
+                    c.plan.uid,
+                    other.packet_type()
+                )))
+            }
+        }
+    }
+    c.input.drain(..consumed);
+    Ok(())
+}
+
+/// Starts SENDs until `window` are in flight.
+fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
+    let (Some((target, channel_type)), Some(sender)) = (c.plan.target.clone(), c.plan.sender_index)
+    else {
+        return Ok(());
+    };
+    if !c.logged_in {
+        return Ok(());
+    }
+    while c.in_flight.len() < args.window {
+        let mut plain = vec![b'x'; args.size.max(24)];
+        plain[0..8].copy_from_slice(&nanos_since_epoch(now).to_be_bytes());
+        plain[8..16].copy_from_slice(&(sender as u64).to_be_bytes());
+        plain[16..24].copy_from_slice(&c.next_counter.to_be_bytes());
+        c.next_counter += 1;
+        let client_msg_no = format!("{}-{}", c.plan.uid, c.client_seq);
+        let (payload, msg_key) = match &c.cipher {
+            Some(cipher) => {
+                let wire = cipher.encrypt_b64(&plain);
+                let key = cipher.send_msg_key(
+                    c.client_seq,
+                    &client_msg_no,
+                    &target,
+                    channel_type,
+                    wire.as_bytes(),
+                );
+                (Bytes::from(wire.into_bytes()), key)
+            }
+            None => (Bytes::from(plain), String::new()),
+        };
+        Packet::Send(SendPacket {
+            flags: Flags(Flags::RED_DOT),
+            client_seq: c.client_seq,
+            client_msg_no,
+            channel_id: target.clone(),
+            channel_type,
+            msg_key,
+            payload,
+            ..Default::default()
+        })
+        .encode(c.version, &mut c.output)
+        .map_err(io::Error::other)?;
+        c.client_seq += 1;
+        c.in_flight.push_back(now);
+    }
+    Ok(())
+}
+
+fn flush(c: &mut Conn) -> io::Result<()> {
+    while !c.output.is_empty() {
+        match c.stream.write(&c.output) {
+            Ok(n) => {
+                let _ = c.output.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
