@@ -453,6 +453,7 @@ impl Gateway {
         let m = &delivery.message;
         let persistent = !m.flags.no_persist();
         let mut shared_frames: Vec<(Variant, Bytes)> = Vec::new();
+        let mut delivered = 0u64;
         for id in conns {
             let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
                 continue;
@@ -460,10 +461,11 @@ impl Gateway {
             if s.phase != Phase::Ready {
                 continue;
             }
-            let recv = recv_for(delivery, &s.uid);
+            let view = RecvView::of(delivery, &s.uid);
             let frame = match &s.cipher {
                 Some(cipher) if !Setting(m.setting).has(Setting::NO_ENCRYPT) => {
                     // Every connection has its own key: one AES pass and msgKey each.
+                    let recv = view.packet(m);
                     let wire = cipher.encrypt_b64(&m.payload);
                     let key = cipher.recv_msg_key(
                         recv.message_id,
@@ -476,43 +478,40 @@ impl Gateway {
                         wire.as_bytes(),
                     );
                     self.buf.clear();
-                    if recv
-                        .encode_with(s.version, &key, wire.as_bytes(), &mut self.buf)
-                        .is_err()
-                    {
+                    if recv.encode_with(s.version, &key, wire.as_bytes(), &mut self.buf).is_err() {
                         continue;
                     }
                     self.buf.split().freeze()
                 }
                 _ => {
-                    // Unencrypted: one frame per variant, shared by every receiver on this loop.
-                    let variant = Variant::of(&recv, s.version);
-                    match shared_frames.iter().find(|(v, _)| *v == variant) {
+                    // Unencrypted: one frame per variant, shared by every receiver on this
+                    // loop; the common case allocates nothing per receiver.
+                    match shared_frames.iter().find(|(v, _)| v.matches(&view, s.version)) {
                         Some((_, f)) => f.clone(),
                         None => {
                             self.buf.clear();
-                            if recv.encode(s.version, &mut self.buf).is_err() {
+                            if view.packet(m).encode_with(s.version, "", &m.payload, &mut self.buf).is_err() {
                                 continue;
                             }
                             let f = self.buf.split().freeze();
-                            shared_frames.push((variant, f.clone()));
+                            shared_frames.push((Variant::of(&view, s.version), f.clone()));
                             f
                         }
                     }
                 }
             };
             conn.queue(frame.clone());
-            self.shared.counters.deliveries.fetch_add(1, Relaxed);
+            delivered += 1;
             if persistent {
                 if s.pending.len() >= self.shared.config.max_pending_acks {
                     s.pending.pop_front();
                 }
                 s.pending.push_back(PendingAck {
-                    message_id: recv.message_id,
+                    message_id: m.message_id,
                     frame,
                     sent_at: conn.now(),
                     attempts: 0,
-                    user_seq: m.flags.sync_once().then_some(recv.message_seq),
+                    user_seq: m.flags.sync_once().then_some(view.seq),
                 });
                 if !s.on_retry_list {
                     s.on_retry_list = true;
@@ -520,6 +519,9 @@ impl Gateway {
                 }
             }
         }
+        // One shared-counter update per command, not per receiver: the loops would
+        // otherwise bounce its cache line between cores.
+        self.shared.counters.deliveries.fetch_add(delivered, Relaxed);
     }
 
     /// Re-sends RECVs that waited longer than the retry interval, byte for byte, at most
@@ -556,8 +558,66 @@ impl Gateway {
     }
 }
 
-/// The parts of a RECV that differ between receivers of an unencrypted message.
-#[derive(Clone, PartialEq, Eq, Debug)]
+/// What differs between receivers of one message (PROTOCOL.md §5.5, §8.2), borrowed from
+/// the message: person chats show the peer as the channel; the sender's own other devices
+/// get no red dot; SyncOnce messages carry the receiver's queue seq; the system uid shows
+/// as an empty sender.
+#[derive(Debug)]
+struct RecvView<'a> {
+    channel_id: &'a str,
+    from_uid: &'a str,
+    red_dot: bool,
+    seq: u32,
+}
+
+impl<'a> RecvView<'a> {
+    fn of(delivery: &'a Delivery, receiver: &str) -> RecvView<'a> {
+        let m = &delivery.message;
+        let channel_id = if m.channel.channel_type != channel_type::PERSON {
+            &m.channel.id
+        } else if m.addressed_to == receiver {
+            &m.from_uid
+        } else {
+            &m.addressed_to
+        };
+        let seq = if m.flags.sync_once() {
+            delivery.user_seqs.get(receiver).copied().unwrap_or(m.message_seq)
+        } else {
+            m.message_seq
+        };
+        RecvView {
+            channel_id,
+            from_uid: if m.from_uid == SYSTEM_UID { "" } else { &m.from_uid },
+            red_dot: m.flags.red_dot() && m.from_uid != receiver,
+            seq,
+        }
+    }
+
+    /// The RECV without msgKey and payload (the caller passes those to `encode_with`).
+    fn packet(&self, m: &crate::message::Message) -> RecvPacket {
+        RecvPacket {
+            flags: Flags(m.flags.0 & (Flags::NO_PERSIST | Flags::SYNC_ONCE)).with(Flags::RED_DOT, self.red_dot),
+            setting: Setting(m.setting),
+            msg_key: String::new(),
+            from_uid: self.from_uid.to_owned(),
+            channel_id: self.channel_id.to_owned(),
+            channel_type: m.channel.channel_type,
+            expire: m.expire,
+            client_msg_no: m.client_msg_no.clone(),
+            stream_flag: 0,
+            stream_no: String::new(),
+            stream_id: m.message_id as u64,
+            message_id: m.message_id,
+            message_seq: self.seq,
+            timestamp: m.timestamp,
+            topic: m.topic.clone(),
+            payload: Bytes::new(),
+        }
+    }
+}
+
+/// The key of one shared unencrypted RECV frame within a delivery.
+#[derive(Debug)]
 struct Variant {
     expire_field: bool,
     channel_id: String,
@@ -566,63 +626,20 @@ struct Variant {
 }
 
 impl Variant {
-    fn of(recv: &RecvPacket, version: u8) -> Variant {
+    fn of(view: &RecvView<'_>, version: u8) -> Variant {
         Variant {
             expire_field: version >= 3,
-            channel_id: recv.channel_id.clone(),
-            red_dot: recv.flags.red_dot(),
-            seq: recv.message_seq,
+            channel_id: view.channel_id.to_owned(),
+            red_dot: view.red_dot,
+            seq: view.seq,
         }
     }
-}
 
-/// The RECV of `delivery` as `receiver` sees it (PROTOCOL.md §5.5, §8.2): person chats
-/// show the peer as the channel; the sender's own other devices get no red dot; SyncOnce
-/// messages carry the receiver's queue seq; the system uid shows as an empty sender.
-fn recv_for(delivery: &Delivery, receiver: &str) -> RecvPacket {
-    let m = &delivery.message;
-    let channel_id = if m.channel.channel_type == channel_type::PERSON {
-        if m.addressed_to == receiver {
-            m.from_uid.clone()
-        } else {
-            m.addressed_to.clone()
-        }
-    } else {
-        m.channel.id.clone()
-    };
-    let from_uid = if m.from_uid == SYSTEM_UID {
-        String::new()
-    } else {
-        m.from_uid.clone()
-    };
-    let red_dot = m.flags.red_dot() && m.from_uid != receiver;
-    let message_seq = if m.flags.sync_once() {
-        delivery
-            .user_seqs
-            .get(receiver)
-            .copied()
-            .unwrap_or(m.message_seq)
-    } else {
-        m.message_seq
-    };
-    RecvPacket {
-        flags: Flags(m.flags.0 & (Flags::NO_PERSIST | Flags::SYNC_ONCE))
-            .with(Flags::RED_DOT, red_dot),
-        setting: Setting(m.setting),
-        msg_key: String::new(),
-        from_uid,
-        channel_id,
-        channel_type: m.channel.channel_type,
-        expire: m.expire,
-        client_msg_no: m.client_msg_no.clone(),
-        stream_flag: 0,
-        stream_no: String::new(),
-        stream_id: m.message_id as u64,
-        message_id: m.message_id,
-        message_seq,
-        timestamp: m.timestamp,
-        topic: m.topic.clone(),
-        payload: m.payload.clone(),
+    fn matches(&self, view: &RecvView<'_>, version: u8) -> bool {
+        self.expire_field == (version >= 3)
+            && self.red_dot == view.red_dot
+            && self.seq == view.seq
+            && self.channel_id == view.channel_id
     }
 }
 
