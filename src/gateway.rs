@@ -466,19 +466,12 @@ impl Gateway {
                 Some(cipher) if !Setting(m.setting).has(Setting::NO_ENCRYPT) => {
                     // Every connection has its own key: one AES pass and msgKey each.
                     let recv = view.packet(m);
-                    let wire = cipher.encrypt_b64(&m.payload);
-                    let key = cipher.recv_msg_key(
-                        recv.message_id,
-                        recv.message_seq,
-                        &recv.client_msg_no,
-                        recv.timestamp,
-                        &recv.from_uid,
-                        &recv.channel_id,
-                        recv.channel_type,
-                        wire.as_bytes(),
-                    );
+                    let (wire, key) = cipher.seal_recv(&recv, &m.payload);
                     self.buf.clear();
-                    if recv.encode_with(s.version, &key, wire.as_bytes(), &mut self.buf).is_err() {
+                    if recv
+                        .encode_with(s.version, &key, wire.as_bytes(), &mut self.buf)
+                        .is_err()
+                    {
                         continue;
                     }
                     self.buf.split().freeze()
@@ -486,11 +479,18 @@ impl Gateway {
                 _ => {
                     // Unencrypted: one frame per variant, shared by every receiver on this
                     // loop; the common case allocates nothing per receiver.
-                    match shared_frames.iter().find(|(v, _)| v.matches(&view, s.version)) {
+                    match shared_frames
+                        .iter()
+                        .find(|(v, _)| v.matches(&view, s.version))
+                    {
                         Some((_, f)) => f.clone(),
                         None => {
                             self.buf.clear();
-                            if view.packet(m).encode_with(s.version, "", &m.payload, &mut self.buf).is_err() {
+                            if view
+                                .packet(m)
+                                .encode_with(s.version, "", &m.payload, &mut self.buf)
+                                .is_err()
+                            {
                                 continue;
                             }
                             let f = self.buf.split().freeze();
@@ -521,7 +521,10 @@ impl Gateway {
         }
         // One shared-counter update per command, not per receiver: the loops would
         // otherwise bounce its cache line between cores.
-        self.shared.counters.deliveries.fetch_add(delivered, Relaxed);
+        self.shared
+            .counters
+            .deliveries
+            .fetch_add(delivered, Relaxed);
     }
 
     /// Re-sends RECVs that waited longer than the retry interval, byte for byte, at most
@@ -581,13 +584,21 @@ impl<'a> RecvView<'a> {
             &m.addressed_to
         };
         let seq = if m.flags.sync_once() {
-            delivery.user_seqs.get(receiver).copied().unwrap_or(m.message_seq)
+            delivery
+                .user_seqs
+                .get(receiver)
+                .copied()
+                .unwrap_or(m.message_seq)
         } else {
             m.message_seq
         };
         RecvView {
             channel_id,
-            from_uid: if m.from_uid == SYSTEM_UID { "" } else { &m.from_uid },
+            from_uid: if m.from_uid == SYSTEM_UID {
+                ""
+            } else {
+                &m.from_uid
+            },
             red_dot: m.flags.red_dot() && m.from_uid != receiver,
             seq,
         }
@@ -596,7 +607,8 @@ impl<'a> RecvView<'a> {
     /// The RECV without msgKey and payload (the caller passes those to `encode_with`).
     fn packet(&self, m: &crate::message::Message) -> RecvPacket {
         RecvPacket {
-            flags: Flags(m.flags.0 & (Flags::NO_PERSIST | Flags::SYNC_ONCE)).with(Flags::RED_DOT, self.red_dot),
+            flags: Flags(m.flags.0 & (Flags::NO_PERSIST | Flags::SYNC_ONCE))
+                .with(Flags::RED_DOT, self.red_dot),
             setting: Setting(m.setting),
             msg_key: String::new(),
             from_uid: self.from_uid.to_owned(),

@@ -463,19 +463,31 @@ fn ping_gets_a_one_byte_pong_and_silence_gets_closed() {
         chatty.stream.write_all(&[0x70]).unwrap();
         let mut pong = [0u8; 2];
         use std::io::Read;
-        chatty.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        chatty
+            .stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         chatty.stream.read_exact(&mut pong[..1]).unwrap();
         assert_eq!(pong[0], 0x80, "PONG is the single byte 0x80");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(silent.closed_within(Duration::from_secs(3)), "idle connection closed");
+    assert!(
+        silent.closed_within(Duration::from_secs(3)),
+        "idle connection closed"
+    );
     chatty.send("quinn", PERSON, b"{}", "alive");
-    assert_eq!(chatty.sendack().reason_code, reason::SUCCESS, "the pinging one is still served");
+    assert_eq!(
+        chatty.sendack().reason_code,
+        reason::SUCCESS,
+        "the pinging one is still served"
+    );
 }
 
 #[test]
 fn a_connection_that_never_sends_connect_is_closed() {
-    let server = start("noconnect", |c| c.connect_timeout = Duration::from_millis(300));
+    let server = start("noconnect", |c| {
+        c.connect_timeout = Duration::from_millis(300)
+    });
     let s = std::net::TcpStream::connect(server.tcp_addr()).unwrap();
     let mut c = Client::from_stream(s);
     assert!(c.closed_within(Duration::from_secs(3)));

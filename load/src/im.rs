@@ -488,11 +488,8 @@ fn handle_input(
             }
             Packet::Recv(recv) => {
                 let payload = match &c.cipher {
-                    Some(cipher) => Bytes::from(
-                        cipher
-                            .decrypt_b64(&recv.payload)
-                            .map_err(io::Error::other)?,
-                    ),
+                    // Check the msgKey as the SDKs do: a bad one is a server bug.
+                    Some(cipher) => Bytes::from(cipher.open_recv(&recv).map_err(io::Error::other)?),
                     None => recv.payload.clone(),
                 };
                 RecvackPacket {

@@ -111,17 +111,7 @@ fn fan_out_cost(c: &mut Criterion) {
         b.iter(|| {
             buf.clear();
             let r = black_box(&r);
-            let wire = cipher.encrypt_b64(&r.payload);
-            let key = cipher.recv_msg_key(
-                r.message_id,
-                r.message_seq,
-                &r.client_msg_no,
-                r.timestamp,
-                &r.from_uid,
-                &r.channel_id,
-                r.channel_type,
-                wire.as_bytes(),
-            );
+            let (wire, key) = cipher.seal_recv(r, &r.payload);
             r.encode_with(5, &key, wire.as_bytes(), &mut buf)
                 .expect("encodable");
         })

@@ -224,6 +224,47 @@ impl SessionCipher {
         self.msg_key(&sign)
     }
 
+    /// Encrypts `plain` for one RECV and computes the msgKey over that RECV's fields and the
+    /// new ciphertext: the server's per-connection work in a delivery. Returns
+    /// `(payload, msg_key)` to pass to [`crate::RecvPacket::encode_with`].
+    pub fn seal_recv(&self, recv: &crate::RecvPacket, plain: &[u8]) -> (String, String) {
+        let wire = self.encrypt_b64(plain);
+        let key = self.recv_msg_key(
+            recv.message_id,
+            recv.message_seq,
+            &recv.client_msg_no,
+            recv.timestamp,
+            &recv.from_uid,
+            &recv.channel_id,
+            recv.channel_type,
+            wire.as_bytes(),
+        );
+        (wire, key)
+    }
+
+    /// The client's side of [`SessionCipher::seal_recv`]: checks a RECV's msgKey and
+    /// decrypts its payload, as the SDKs do before they RECVACK.
+    ///
+    /// # Errors
+    /// [`CryptoError::MsgKeyMismatch`], [`CryptoError::BadBase64`] or
+    /// [`CryptoError::BadCiphertext`].
+    pub fn open_recv(&self, recv: &crate::RecvPacket) -> Result<Vec<u8>, CryptoError> {
+        let expected = self.recv_msg_key(
+            recv.message_id,
+            recv.message_seq,
+            &recv.client_msg_no,
+            recv.timestamp,
+            &recv.from_uid,
+            &recv.channel_id,
+            recv.channel_type,
+            &recv.payload,
+        );
+        if !constant_time_eq(expected.as_bytes(), recv.msg_key.as_bytes()) {
+            return Err(CryptoError::MsgKeyMismatch);
+        }
+        self.decrypt_b64(&recv.payload)
+    }
+
     /// Checks a SEND's msgKey and decrypts its payload: the server's step 3 of the SEND
     /// pipeline (PROTOCOL.md §9.1). Returns the plain payload.
     ///
@@ -321,6 +362,25 @@ mod tests {
         }
         assert_eq!(c.decrypt_b64(b"not base64!"), Err(CryptoError::BadBase64));
         assert_eq!(c.decrypt_b64(b"AAAA"), Err(CryptoError::BadCiphertext));
+    }
+
+    #[test]
+    fn a_sealed_recv_opens_and_a_tampered_one_does_not() {
+        let c = SessionCipher::from_parts(*b"0123456789abcdef", *b"abcdefghijklmnop");
+        let mut recv = crate::RecvPacket {
+            from_uid: "u1".into(),
+            channel_id: "u1".into(),
+            channel_type: 1,
+            message_id: 42,
+            message_seq: 7,
+            ..Default::default()
+        };
+        let (wire, key) = c.seal_recv(&recv, b"plain");
+        recv.payload = bytes::Bytes::from(wire.into_bytes());
+        recv.msg_key = key;
+        assert_eq!(c.open_recv(&recv).unwrap(), b"plain");
+        recv.channel_id = "u2".into();
+        assert_eq!(c.open_recv(&recv), Err(CryptoError::MsgKeyMismatch));
     }
 
     #[test]

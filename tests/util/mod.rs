@@ -269,18 +269,10 @@ impl Client {
     /// Checks and decrypts a RECV the way the SDKs do (JSSDK.md §5).
     pub fn open(&self, mut r: RecvPacket) -> RecvPacket {
         if let Some(c) = &self.cipher {
-            let expected = c.recv_msg_key(
-                r.message_id,
-                r.message_seq,
-                &r.client_msg_no,
-                r.timestamp,
-                &r.from_uid,
-                &r.channel_id,
-                r.channel_type,
-                &r.payload,
-            );
-            assert_eq!(r.msg_key, expected, "{}: RECV msgKey mismatch", self.uid);
-            r.payload = Bytes::from(c.decrypt_b64(&r.payload).unwrap());
+            let plain = c
+                .open_recv(&r)
+                .unwrap_or_else(|e| panic!("{}: {e}", self.uid));
+            r.payload = Bytes::from(plain);
         }
         r
     }
