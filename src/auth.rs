@@ -115,7 +115,7 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
         conn: req.conn,
         connack: connack(
             version,
-            now_ms() - c.client_timestamp,
+            now_ms().saturating_sub(c.client_timestamp),
             reason::SUCCESS,
             server_key,
             salt,

@@ -35,6 +35,11 @@ pub const LISTENER_HTTP: usize = 1;
 /// client before the socket closes (PROTOCOL.md §6.4).
 pub const KICK_GRACE: Duration = Duration::from_secs(2);
 
+/// Bytes of unacknowledged RECV frames kept per connection for retry. The count cap alone
+/// would let 256 large encrypted messages pin hundreds of MiB; past this the oldest entries
+/// leave the retry list (the messages stay in storage).
+pub const MAX_PENDING_ACK_BYTES: usize = 1 << 20;
+
 /// Messages from the pools to a loop.
 #[derive(Debug)]
 pub enum ToLoop {
@@ -126,6 +131,8 @@ pub struct ImSession {
     level: u8,
     cipher: Option<SessionCipher>,
     pending: VecDeque<PendingAck>,
+    /// Bytes of the frames in `pending`.
+    pending_bytes: usize,
     /// True while the connection is on the loop's retry list.
     on_retry_list: bool,
 }
@@ -162,6 +169,11 @@ pub struct Gateway {
     stalled: Vec<ConnId>,
     /// Connections with RECVs waiting for RECVACK.
     retry_list: Vec<ConnId>,
+    /// Kicks whose post to another loop found its inbox full.
+    kick_retries: Vec<(ConnId, bool)>,
+    /// Connections not logged in yet, with their login deadline (accept + connect
+    /// timeout), oldest first. An absolute deadline: trickling bytes does not extend it.
+    logins: VecDeque<(Instant, ConnId)>,
     last_retry_scan: Instant,
     buf: BytesMut,
 }
@@ -175,6 +187,8 @@ impl Gateway {
             kicks: Vec::new(),
             stalled: Vec::new(),
             retry_list: Vec::new(),
+            kick_retries: Vec::new(),
+            logins: VecDeque::new(),
             last_retry_scan: Instant::now(),
             buf: BytesMut::with_capacity(4096),
         }
@@ -323,6 +337,16 @@ impl Gateway {
             },
             _ => send.payload.clone(),
         };
+        if send.channel_id.is_empty() || send.channel_id.contains(['@', '#', '&']) {
+            // A person id with '@' would forge a combined id; an empty one names nothing.
+            let outcome = crate::message::SendOutcome {
+                message_id: self.shared.ids.next(),
+                message_seq: 0,
+                reason: reason::CHANNEL_ID_ERROR,
+            };
+            self.queue_sendack(conn, &send, outcome, s.version);
+            return Flow::Next;
+        }
         let key = if send.channel_type == channel_type::PERSON {
             ChannelKey::new(
                 person_channel_id(&s.uid, &send.channel_id),
@@ -388,6 +412,7 @@ impl Gateway {
         let Some(entry) = s.pending.remove(pos) else {
             return;
         };
+        s.pending_bytes -= entry.frame.len();
         if let (Some(user_seq), 1) = (entry.user_seq, s.level) {
             let job = Job::SyncAck {
                 uid: s.uid.clone(),
@@ -438,8 +463,10 @@ impl Gateway {
                 reason: "login in other device".into(),
                 after: KICK_GRACE,
             };
-            if self.loops.for_conn(old).try_post(kick).is_err() {
-                self.shared.counters.dropped_posts.fetch_add(1, Relaxed);
+            // Never block a loop on another loop's inbox: retry a refused kick next tick.
+            if let Err(ruyi_reactor::TrySendFailure::Full) = self.loops.for_conn(old).try_post(kick)
+            {
+                self.kick_retries.push((old, notify));
             }
         }
     }
@@ -503,15 +530,22 @@ impl Gateway {
             conn.queue(frame.clone());
             delivered += 1;
             if persistent {
-                if s.pending.len() >= self.shared.config.max_pending_acks {
-                    s.pending.pop_front();
+                s.pending_bytes += frame.len();
+                while s.pending.len() >= self.shared.config.max_pending_acks
+                    || s.pending_bytes > MAX_PENDING_ACK_BYTES
+                {
+                    match s.pending.pop_front() {
+                        Some(old) => s.pending_bytes -= old.frame.len(),
+                        None => break,
+                    }
                 }
                 s.pending.push_back(PendingAck {
                     message_id: m.message_id,
                     frame,
                     sent_at: conn.now(),
                     attempts: 0,
-                    user_seq: m.flags.sync_once().then_some(view.seq),
+                    // Only a receiver that got a queue entry has a queue seq to acknowledge.
+                    user_seq: delivery.user_seqs.get(&s.uid).copied(),
                 });
                 if !s.on_retry_list {
                     s.on_retry_list = true;
@@ -538,11 +572,13 @@ impl Gateway {
             let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
                 continue;
             };
+            let mut dropped_bytes = 0;
             s.pending.retain_mut(|p| {
                 if now.duration_since(p.sent_at) < interval {
                     return true;
                 }
                 if p.attempts >= limit {
+                    dropped_bytes += p.frame.len();
                     return false;
                 }
                 p.attempts += 1;
@@ -551,6 +587,7 @@ impl Gateway {
                 self.shared.counters.retries.fetch_add(1, Relaxed);
                 true
             });
+            s.pending_bytes -= dropped_bytes;
             if s.pending.is_empty() {
                 s.on_retry_list = false;
             } else {
@@ -567,6 +604,7 @@ impl Gateway {
 /// as an empty sender.
 #[derive(Debug)]
 struct RecvView<'a> {
+    setting: Setting,
     channel_id: &'a str,
     from_uid: &'a str,
     red_dot: bool,
@@ -593,6 +631,7 @@ impl<'a> RecvView<'a> {
             m.message_seq
         };
         RecvView {
+            setting: Setting(m.setting),
             channel_id,
             from_uid: if m.from_uid == SYSTEM_UID {
                 ""
@@ -602,6 +641,11 @@ impl<'a> RecvView<'a> {
             red_dot: m.flags.red_dot() && m.from_uid != receiver,
             seq,
         }
+    }
+
+    /// Whether this RECV carries stream fields at `version` (they change the layout).
+    fn stream_fields(&self, version: u8) -> bool {
+        self.setting.stream_fields(version)
     }
 
     /// The RECV without msgKey and payload (the caller passes those to `encode_with`).
@@ -632,6 +676,7 @@ impl<'a> RecvView<'a> {
 #[derive(Debug)]
 struct Variant {
     expire_field: bool,
+    stream_fields: bool,
     channel_id: String,
     red_dot: bool,
     seq: u32,
@@ -641,6 +686,7 @@ impl Variant {
     fn of(view: &RecvView<'_>, version: u8) -> Variant {
         Variant {
             expire_field: version >= 3,
+            stream_fields: view.stream_fields(version),
             channel_id: view.channel_id.to_owned(),
             red_dot: view.red_dot,
             seq: view.seq,
@@ -649,6 +695,7 @@ impl Variant {
 
     fn matches(&self, view: &RecvView<'_>, version: u8) -> bool {
         self.expire_field == (version >= 3)
+            && self.stream_fields == view.stream_fields(version)
             && self.red_dot == view.red_dot
             && self.seq == view.seq
             && self.channel_id == view.channel_id
@@ -665,6 +712,8 @@ impl Handler for Gateway {
             return Session::Http(HttpSession::default());
         }
         conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
+        self.logins
+            .push_back((conn.now() + self.shared.config.connect_timeout, conn.id()));
         Session::Im(Box::new(ImSession {
             phase: Phase::AwaitConnect,
             // CONNECT has the same layout in every version; decode it with the latest.
@@ -674,6 +723,7 @@ impl Handler for Gateway {
             level: 0,
             cipher: None,
             pending: VecDeque::new(),
+            pending_bytes: 0,
             on_retry_list: false,
         }))
     }
@@ -749,6 +799,30 @@ impl Handler for Gateway {
                 if let Some((mut conn, _)) = lp.conn(id) {
                     conn.close();
                 }
+            }
+        }
+        while let Some(&(deadline, id)) = self.logins.front() {
+            if deadline > now {
+                break;
+            }
+            self.logins.pop_front();
+            if let Some((mut conn, Session::Im(s))) = lp.conn(id) {
+                if s.phase != Phase::Ready {
+                    log::debug!("conn={id} did not log in within the connect timeout; closing");
+                    conn.close();
+                }
+            }
+        }
+        for (old, notify) in std::mem::take(&mut self.kick_retries) {
+            let kick = ToLoop::Kick {
+                conn: old,
+                notify,
+                reason: "login in other device".into(),
+                after: KICK_GRACE,
+            };
+            if let Err(ruyi_reactor::TrySendFailure::Full) = self.loops.for_conn(old).try_post(kick)
+            {
+                self.kick_retries.push((old, notify));
             }
         }
         for id in std::mem::take(&mut self.stalled) {

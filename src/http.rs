@@ -115,16 +115,19 @@ pub fn on_data(
             return input.len();
         }
     };
-    let mut content_length = 0usize;
+    let mut content_length: Option<usize> = None;
     let mut keep_alive = req.version == Some(1);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-            {
-                Some(n) => content_length = n,
-                None => {
+            let value = std::str::from_utf8(h.value).ok().map(str::trim);
+            let parsed = value
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok());
+            match (parsed, content_length) {
+                (Some(n), None) => content_length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => {
+                    // Unparsable or conflicting lengths are a smuggling vector (RFC 9112).
                     refuse(conn, 400, "bad Content-Length");
                     return input.len();
                 }
@@ -145,6 +148,7 @@ pub fn on_data(
             }
         }
     }
+    let content_length = content_length.unwrap_or(0);
     if content_length > MAX_BODY_BYTES {
         refuse(conn, 413, "request body too large");
         return input.len();
@@ -165,9 +169,8 @@ pub fn on_data(
     };
     match shared.http.try_send(request) {
         Ok(()) => conn.pause_reading(),
-        Err(TrySendError::Full(_)) => {
-            conn.queue(response(503, &error_body(503, "server busy"), keep_alive))
-        }
+        // Refuse and close: buffered pipelined requests would otherwise wait for bytes.
+        Err(TrySendError::Full(_)) => refuse(conn, 503, "server busy"),
         Err(TrySendError::Disconnected(_)) => conn.close(),
     }
     total
@@ -508,6 +511,17 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         .map_err(|_| bad("payload must be base64"))?;
     if payload.is_empty() {
         return Err(bad("payload is required"));
+    }
+    if !b.from_uid.is_empty() && !valid_id(&b.from_uid) {
+        return Err(bad("from_uid must not contain @ # &"));
+    }
+    if [&b.from_uid, &b.channel_id, &b.client_msg_no]
+        .iter()
+        .any(|s| s.len() > ruyi_proto::MAX_STRING_BYTES)
+    {
+        return Err(bad(
+            "from_uid, channel_id and client_msg_no are at most 32767 bytes",
+        ));
     }
     let from_uid = if b.from_uid.is_empty() {
         SYSTEM_UID.to_owned()

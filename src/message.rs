@@ -85,6 +85,27 @@ pub struct Message {
     pub payload: Bytes,
 }
 
+impl Message {
+    /// An empty message carrying only an id: the shape of a failed send's outcome, which
+    /// is answered but never delivered.
+    pub fn placeholder(message_id: i64) -> Message {
+        Message {
+            message_id,
+            message_seq: 0,
+            client_msg_no: String::new(),
+            from_uid: String::new(),
+            channel: ChannelKey::new("", 0),
+            addressed_to: String::new(),
+            timestamp: 0,
+            setting: 0,
+            flags: Flags(0),
+            expire: 0,
+            topic: String::new(),
+            payload: Bytes::new(),
+        }
+    }
+}
+
 /// Who is waiting for the outcome of a send.
 #[derive(Debug)]
 pub enum Reply {

@@ -98,7 +98,7 @@ impl Server {
             http: http_tx,
             writer: writer_tx,
             loops: OnceLock::new(),
-            stopping: AtomicBool::new(false),
+            stopping: Arc::new(AtomicBool::new(false)),
             counters: Counters::default(),
             config,
         });
@@ -122,15 +122,16 @@ impl Server {
 
         let mut threads = Vec::new();
         let checkpoint_stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&shared);
+        let (max_batch, stopping) = (shared.config.max_commit_batch, Arc::clone(&shared.stopping));
         let push = Arc::new(move |c: Committed| {
             // Blocking is backpressure from the loops to storage; never from a loop thread.
             if pusher_tx.send(c).is_err() {
                 log::debug!("pusher gone; dropping a committed message's delivery");
             }
         });
+        // The writer holds no `Shared`: it stops on the flag once its queue is empty.
         spawn(&mut threads, "ruyi-writer".into(), move || {
-            Writer::new(writer_conn, writer_rx, push, s.config.max_commit_batch).run();
+            Writer::new(writer_conn, writer_rx, push, max_batch, stopping).run();
         })?;
         let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
         spawn(&mut threads, "ruyi-checkpoint".into(), move || {
@@ -214,5 +215,14 @@ impl Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Server {
+    /// A server dropped without `stop` (a test, a panic) still ends its pool threads: they
+    /// see the flag within their poll period and exit; nothing is joined here.
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.checkpoint_stop.store(true, Ordering::Release);
     }
 }

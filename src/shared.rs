@@ -52,7 +52,7 @@ pub struct Shared {
     /// Handles to the loops; set once the engine has started.
     pub loops: OnceLock<Handles<ToLoop>>,
     /// Set when the server is stopping; pool threads exit when they see it.
-    pub stopping: AtomicBool,
+    pub stopping: Arc<AtomicBool>,
     /// Counters.
     pub counters: Counters,
 }

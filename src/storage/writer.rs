@@ -32,6 +32,13 @@ use std::sync::Arc;
 /// resends only what was in flight when its connection dropped, a handful of messages.
 pub const DEDUPE_PER_CHANNEL: usize = 128;
 
+/// Polling period for the stop flag while idle.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Channels and users whose numbers the writer caches before it starts over; a reload is a
+/// couple of indexed queries, so this only bounds memory.
+const CACHE_LIMIT: usize = 200_000;
+
 /// An administrative write from the HTTP API, run inside the batch's transaction under a
 /// savepoint so its failure does not fail the batch.
 pub type ExecFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
@@ -128,6 +135,7 @@ pub struct Writer {
     max_batch: usize,
     channels: HashMap<ChannelKey, ChannelState>,
     user_seqs: HashMap<String, u32>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One applied job, waiting for the commit.
@@ -138,7 +146,13 @@ enum Applied {
 
 impl Writer {
     /// A writer over `conn` (opened with `storage::open_writer`).
-    pub fn new(conn: Connection, rx: Receiver<Job>, push: PusherTx, max_batch: usize) -> Writer {
+    pub fn new(
+        conn: Connection,
+        rx: Receiver<Job>,
+        push: PusherTx,
+        max_batch: usize,
+        stopping: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Writer {
         Writer {
             conn,
             rx,
@@ -146,15 +160,25 @@ impl Writer {
             max_batch: max_batch.max(1),
             channels: HashMap::new(),
             user_seqs: HashMap::new(),
+            stopping,
         }
     }
 
-    /// Runs until every sender of the job channel is dropped, then returns after the last
-    /// batch committed.
+    /// Runs until the server stops (and the queue is empty) or every sender is dropped.
     pub fn run(mut self) {
         log::info!("storage writer started");
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Ok(first) = self.rx.recv() {
+        loop {
+            let first = match self.rx.recv_timeout(IDLE_POLL) {
+                Ok(job) => job,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                        break;
+                    }
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            };
             batch.push(first);
             while batch.len() < self.max_batch {
                 match self.rx.try_recv() {
@@ -163,14 +187,21 @@ impl Writer {
                 }
             }
             self.commit_batch(&mut batch);
+            if self.channels.len() > CACHE_LIMIT {
+                self.channels.clear(); // Reloaded per channel on next use.
+            }
+            if self.user_seqs.len() > CACHE_LIMIT {
+                self.user_seqs.clear();
+            }
         }
         log::info!("storage writer stopped");
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Job>) {
-        let mut applied = Vec::with_capacity(batch.len());
-        let result = self.apply(batch, &mut applied);
-        match result {
+        let jobs = batch.len();
+        let mut applied = Vec::with_capacity(jobs);
+        let mut unapplied = Vec::new();
+        match self.apply(batch, &mut applied, &mut unapplied) {
             Ok(()) => {
                 for a in applied {
                     match a {
@@ -183,27 +214,41 @@ impl Writer {
                 }
             }
             Err(e) => {
-                log::error!("storage: batch of {} jobs failed: {e}", batch.len());
+                log::error!("storage: a batch of {jobs} jobs failed and was rolled back: {e}");
                 // Seqs handed out in this batch were never stored: forget every cached
                 // number and reload from the database, so nothing gaps or repeats.
                 self.channels.clear();
                 self.user_seqs.clear();
+                // Everyone in the batch gets an answer: SENDACK 15 (SystemError) for
+                // messages, an error for API writes. Nothing was stored.
+                let failed = |reply, message_id| Committed {
+                    message: Arc::new(crate::message::Message::placeholder(message_id)),
+                    online: Vec::new(),
+                    user_seqs: HashMap::new(),
+                    reply,
+                    outcome: SendOutcome {
+                        message_id,
+                        message_seq: 0,
+                        reason: reason::SYSTEM_ERROR,
+                    },
+                    duplicate: true, // nothing to deliver
+                };
                 for a in applied {
                     match a {
-                        Applied::Message(mut c) => {
-                            c.outcome = SendOutcome {
-                                message_id: c.outcome.message_id,
-                                message_seq: 0,
-                                reason: reason::SYSTEM_ERROR,
-                            };
-                            c.online.clear();
-                            c.duplicate = true; // nothing to deliver
-                            (self.push)(c);
-                        }
+                        Applied::Message(c) => (self.push)(failed(c.reply, c.outcome.message_id)),
                         Applied::Done(Some(done), _) => {
                             let _ = done.send(Err(e.to_string()));
                         }
                         Applied::Done(None, _) => {}
+                    }
+                }
+                for job in unapplied {
+                    match job {
+                        Unapplied::Message(reply, id) => (self.push)(failed(reply, id)),
+                        Unapplied::Done(Some(done)) => {
+                            let _ = done.send(Err(e.to_string()));
+                        }
+                        Unapplied::Done(None) => {}
                     }
                 }
             }
@@ -211,35 +256,75 @@ impl Writer {
         batch.clear();
     }
 
-    /// Applies every job in one transaction and commits it.
-    fn apply(&mut self, batch: &mut Vec<Job>, applied: &mut Vec<Applied>) -> rusqlite::Result<()> {
-        let mut tx = self.conn.transaction()?;
-        for job in batch.drain(..) {
-            match job {
-                Job::Message(planned) => {
-                    let committed =
-                        store_message(&tx, &mut self.channels, &mut self.user_seqs, *planned)?;
-                    applied.push(Applied::Message(committed));
-                }
-                Job::Exec { work, done } => {
-                    let sp = tx.savepoint_with_name("exec")?;
-                    let result = work(&sp);
-                    let result = match result {
-                        Ok(()) => sp.commit().map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()), // dropping `sp` rolls it back
-                    };
-                    // Channel metadata may have changed: drop cached rows so they reload.
-                    self.channels.clear();
-                    applied.push(Applied::Done(Some(done), result));
-                }
-                Job::SyncAck { uid, seq, done } => {
-                    sync_ack(&tx, &uid, seq)?;
-                    applied.push(Applied::Done(done, Ok(())));
+    /// Applies every job in one transaction and commits it. On error, every job not in
+    /// `applied` is in `unapplied`, so the caller can answer all of them.
+    fn apply(
+        &mut self,
+        batch: &mut Vec<Job>,
+        applied: &mut Vec<Applied>,
+        unapplied: &mut Vec<Unapplied>,
+    ) -> rusqlite::Result<()> {
+        let mut jobs = batch.drain(..);
+        let result = (|| {
+            let mut tx = self.conn.transaction()?;
+            for job in jobs.by_ref() {
+                match job {
+                    Job::Message(mut planned) => {
+                        let reply =
+                            std::mem::replace(&mut planned.reply, crate::message::Reply::None);
+                        let message_id = planned.message.message_id;
+                        match store_message(&tx, &mut self.channels, &mut self.user_seqs, *planned)
+                        {
+                            Ok(mut committed) => {
+                                committed.reply = reply;
+                                applied.push(Applied::Message(committed));
+                            }
+                            Err(e) => {
+                                unapplied.push(Unapplied::Message(reply, message_id));
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Job::Exec { work, done } => {
+                        let sp = tx.savepoint_with_name("exec")?;
+                        let result = match work(&sp) {
+                            Ok(()) => sp.commit().map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()), // dropping `sp` rolls it back
+                        };
+                        applied.push(Applied::Done(Some(done), result));
+                    }
+                    Job::SyncAck { uid, seq, done } => {
+                        if let Err(e) = sync_ack(&tx, &uid, seq) {
+                            unapplied.push(Unapplied::Done(done));
+                            return Err(e);
+                        }
+                        // The next queue seq must stay above the cursor (module invariant).
+                        if let Some(cached) = self.user_seqs.get_mut(&uid) {
+                            *cached = (*cached).max(seq);
+                        }
+                        applied.push(Applied::Done(done, Ok(())));
+                    }
                 }
             }
+            tx.commit()
+        })();
+        if result.is_err() {
+            for job in jobs {
+                unapplied.push(match job {
+                    Job::Message(p) => Unapplied::Message(p.reply, p.message.message_id),
+                    Job::Exec { done, .. } => Unapplied::Done(Some(done)),
+                    Job::SyncAck { done, .. } => Unapplied::Done(done),
+                });
+            }
         }
-        tx.commit()
+        result
     }
+}
+
+/// A job the failed batch never reached, kept so it can still be answered.
+enum Unapplied {
+    Message(crate::message::Reply, i64),
+    Done(Option<Sender<Result<(), String>>>),
 }
 
 fn now_secs() -> i32 {
