@@ -9,7 +9,7 @@
 //! Channel metadata is cached per worker and dropped on [`ChannelJob::Invalidate`], which
 //! the HTTP API sends to every worker after it changes a channel.
 
-use crate::message::{ChannelKey, Message, Planned, Reply, SendOutcome};
+use crate::message::{ChannelKey, Message, Planned, Reply, SendOutcome, Target};
 use crate::shared::SharedRef;
 use crate::storage::writer::Job;
 use crate::storage::{ChannelInfo, Reader};
@@ -122,7 +122,7 @@ impl Worker {
     }
 
     /// The sender checks; `Ok(recipients)` or the refusal's reason code.
-    fn check(&mut self, req: &SendRequest) -> Result<Vec<String>, u8> {
+    fn check(&mut self, req: &SendRequest) -> Result<Arc<[String]>, u8> {
         if !req.system {
             if let Some(me) = self.person_info(&req.from_uid)? {
                 if me.send_ban {
@@ -143,7 +143,7 @@ impl Worker {
             if peer != req.from_uid {
                 recipients.push(peer.to_owned());
             }
-            return Ok(recipients);
+            return Ok(recipients.into());
         }
         let Some(info) = self.info(&req.key)? else {
             // A group nobody created has no subscribers (WuKongIM answers the same).
@@ -170,7 +170,7 @@ impl Worker {
                 return Err(reason::NOT_IN_WHITELIST);
             }
         }
-        Ok(info.subscribers.clone())
+        Ok(Arc::clone(&info.subscribers))
     }
 
     fn send(&mut self, req: SendRequest) {
@@ -198,9 +198,15 @@ impl Worker {
         let queue_when_offline = req.key.channel_type == channel_type::PERSON
             || recipients.len() <= config.offline_queue_max_group;
         let mut online = Vec::new();
+        let mut conns = Vec::new();
         let mut offline_uids = Vec::new();
-        for uid in &recipients {
-            let found = self.shared.registry.conns_of(uid, &mut online);
+        for (index, uid) in recipients.iter().enumerate() {
+            conns.clear();
+            let found = self.shared.registry.conns_of(uid, &mut conns);
+            online.extend(conns.iter().map(|&conn| Target {
+                conn,
+                recipient: index as u32,
+            }));
             if *uid == req.from_uid || req.flags.no_persist() {
                 continue; // The sender is online by definition; NoPersist is never queued.
             }
@@ -209,7 +215,7 @@ impl Worker {
             }
         }
         if let Some(from) = req.from_conn {
-            online.retain(|c| *c != from);
+            online.retain(|t| t.conn != from);
         }
         let planned = Planned {
             message: Message {
@@ -227,7 +233,9 @@ impl Worker {
                 payload: req.payload,
             },
             online,
+            recipients,
             offline_uids,
+            queue_when_missed: queue_when_offline && !sync_once && !req.flags.no_persist(),
             reply: req.reply,
         };
         // Blocking here is the backpressure from storage to the channel pool; this is not

@@ -9,7 +9,7 @@
 use crate::auth::AuthRequest;
 use crate::channel::{ChannelJob, SendRequest};
 use crate::http::{self, HttpSession};
-use crate::message::{ChannelKey, Delivery, Reply, SYSTEM_UID};
+use crate::message::{ChannelKey, Delivery, Reply, Target, SYSTEM_UID};
 use crate::registry::{Device, Kick};
 use crate::shared::SharedRef;
 use crate::storage::writer::Job;
@@ -48,7 +48,7 @@ pub enum ToLoop {
     /// A ready-made protocol frame for one connection (SENDACK).
     Frame(ConnId, Bytes),
     /// One message for some connections of this loop.
-    Deliver(Arc<Delivery>, Vec<ConnId>),
+    Deliver(Arc<Delivery>, Vec<Target>),
     /// A newer login or an API call replaced this connection.
     Kick {
         /// Which connection.
@@ -113,7 +113,10 @@ enum Phase {
 /// A RECV waiting for its RECVACK.
 #[derive(Debug)]
 struct PendingAck {
-    message_id: i64,
+    message: Arc<crate::message::Message>,
+    /// Queue it for the user if this connection closes without acknowledging it and the
+    /// user has no other device online (the delivery's offline policy).
+    requeue: bool,
     frame: Bytes,
     sent_at: Instant,
     attempts: u32,
@@ -406,7 +409,11 @@ impl Gateway {
     /// mangle ids). A master device acknowledging a SyncOnce message moves the user's
     /// offline cursor.
     fn on_recvack(&mut self, s: &mut ImSession, message_id: i64) {
-        let Some(pos) = s.pending.iter().position(|p| p.message_id == message_id) else {
+        let Some(pos) = s
+            .pending
+            .iter()
+            .position(|p| p.message.message_id == message_id)
+        else {
             return;
         };
         let Some(entry) = s.pending.remove(pos) else {
@@ -475,14 +482,18 @@ impl Gateway {
         &mut self,
         lp: &mut LoopCtx<'_, Session>,
         delivery: &Delivery,
-        conns: Vec<ConnId>,
+        targets: Vec<Target>,
     ) {
         let m = &delivery.message;
         let persistent = !m.flags.no_persist();
         let mut shared_frames: Vec<(Variant, Bytes)> = Vec::new();
         let mut delivered = 0u64;
-        for id in conns {
+        let mut missed = Vec::new();
+        for target in targets {
+            let id = target.conn;
             let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
+                // Gone since the plan was made: its user may need a queue entry instead.
+                missed.push(target.recipient);
                 continue;
             };
             if s.phase != Phase::Ready {
@@ -540,7 +551,8 @@ impl Gateway {
                     }
                 }
                 s.pending.push_back(PendingAck {
-                    message_id: m.message_id,
+                    message: Arc::clone(m),
+                    requeue: delivery.queue_when_missed,
                     frame,
                     sent_at: conn.now(),
                     attempts: 0,
@@ -559,6 +571,31 @@ impl Gateway {
             .counters
             .deliveries
             .fetch_add(delivered, Relaxed);
+        if delivery.queue_when_missed {
+            for index in missed {
+                if let Some(uid) = delivery.recipients.get(index as usize) {
+                    self.requeue_if_offline(uid, m);
+                }
+            }
+        }
+    }
+
+    /// Queues a stored message for `uid` when none of the user's devices is online: the
+    /// device the plan counted on went away before the RECV was written or acknowledged.
+    /// (With another device online, that device got or gets the message.)
+    fn requeue_if_offline(&self, uid: &str, message: &Arc<crate::message::Message>) {
+        if self.shared.registry.is_online(uid) {
+            return;
+        }
+        let job = Job::Requeue {
+            uid: uid.to_owned(),
+            message: Arc::clone(message),
+        };
+        // Loop threads never block; a full storage queue drops the requeue (counted), and
+        // the message stays in channel history.
+        if self.shared.writer.try_send(job).is_err() {
+            self.shared.counters.dropped_posts.fetch_add(1, Relaxed);
+        }
     }
 
     /// Re-sends RECVs that waited longer than the retry interval, byte for byte, at most
@@ -743,7 +780,7 @@ impl Handler for Gateway {
                     conn.queue(frame);
                 }
             }
-            ToLoop::Deliver(delivery, conns) => self.on_deliver(lp, &delivery, conns),
+            ToLoop::Deliver(delivery, targets) => self.on_deliver(lp, &delivery, targets),
             ToLoop::Kick {
                 conn: id,
                 notify,
@@ -785,6 +822,11 @@ impl Handler for Gateway {
             if s.phase == Phase::Ready {
                 self.shared.registry.remove(&s.uid, id);
                 log::debug!("conn={id} uid={} closed: {}", s.uid, reason.name());
+                // RECVs this device never acknowledged go to the user's queue if it was
+                // their last device.
+                for p in s.pending.iter().filter(|p| p.requeue) {
+                    self.requeue_if_offline(&s.uid, &p.message);
+                }
             }
         }
     }

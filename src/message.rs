@@ -135,6 +135,16 @@ pub struct SendOutcome {
     pub reason: u8,
 }
 
+/// One connection to deliver to, and which recipient (an index into the message's
+/// recipient list) it belongs to, so a delivery that misses can be queued for that user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The connection.
+    pub conn: ConnId,
+    /// Index into `recipients`.
+    pub recipient: u32,
+}
+
 /// A message that passed the permission checks, with its fan-out plan, on its way to
 /// storage.
 #[derive(Debug)]
@@ -142,9 +152,14 @@ pub struct Planned {
     /// The message; `message_seq` is assigned by the storage writer.
     pub message: Message,
     /// Connections that get a RECV (the sending connection excluded).
-    pub online: Vec<ConnId>,
+    pub online: Vec<Target>,
+    /// Every recipient uid (shared with the channel cache, not copied per message).
+    pub recipients: Arc<[String]>,
     /// Recipients that get an offline-queue entry.
     pub offline_uids: Vec<String>,
+    /// Queue a recipient whose delivery misses (its device went away before the RECV was
+    /// written or acknowledged): the offline policy said "queue when offline".
+    pub queue_when_missed: bool,
     /// Who waits for the outcome.
     pub reply: Reply,
 }
@@ -155,7 +170,11 @@ pub struct Committed {
     /// The stored message, shared by every delivery.
     pub message: Arc<Message>,
     /// Connections that get a RECV.
-    pub online: Vec<ConnId>,
+    pub online: Vec<Target>,
+    /// Every recipient uid.
+    pub recipients: Arc<[String]>,
+    /// See [`Planned::queue_when_missed`].
+    pub queue_when_missed: bool,
     /// Per-user queue seqs for SyncOnce messages: their online RECVs carry them.
     pub user_seqs: HashMap<String, u32>,
     /// Who waits.
@@ -173,6 +192,10 @@ pub struct Delivery {
     pub message: Arc<Message>,
     /// Per-user seqs for SyncOnce messages (RECV `message_seq` for that user).
     pub user_seqs: HashMap<String, u32>,
+    /// Every recipient uid, indexed by [`Target::recipient`].
+    pub recipients: Arc<[String]>,
+    /// See [`Planned::queue_when_missed`].
+    pub queue_when_missed: bool,
 }
 
 #[cfg(test)]

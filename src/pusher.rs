@@ -19,7 +19,7 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Runs one pusher until the server stops and its queue is drained.
 pub fn run(shared: SharedRef, rx: Receiver<Committed>) {
     let loops = shared.loops().loops().len();
-    let mut by_loop: Vec<Vec<ruyi_reactor::ConnId>> = vec![Vec::new(); loops];
+    let mut by_loop: Vec<Vec<crate::message::Target>> = vec![Vec::new(); loops];
     loop {
         let c = match rx.recv_timeout(IDLE_POLL) {
             Ok(c) => c,
@@ -33,12 +33,14 @@ pub fn run(shared: SharedRef, rx: Receiver<Committed>) {
         if c.duplicate || c.online.is_empty() {
             continue;
         }
-        for conn in c.online {
-            by_loop[conn.loop_index()].push(conn);
+        for target in c.online {
+            by_loop[target.conn.loop_index()].push(target);
         }
         let delivery = Arc::new(Delivery {
             message: c.message,
             user_seqs: c.user_seqs,
+            recipients: c.recipients,
+            queue_when_missed: c.queue_when_missed,
         });
         for (index, conns) in by_loop.iter_mut().enumerate() {
             if conns.is_empty() {

@@ -124,6 +124,14 @@ impl Registry {
         devices.len()
     }
 
+    /// True when the user has at least one authenticated connection.
+    pub fn is_online(&self, uid: &str) -> bool {
+        let shard = self.shards[shard_of(uid)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        shard.contains_key(uid)
+    }
+
     /// A copy of the user's devices.
     pub fn devices(&self, uid: &str) -> Vec<Device> {
         let shard = self.shards[shard_of(uid)]

@@ -547,3 +547,48 @@ fn conflicting_content_lengths_are_refused() {
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
 }
+
+#[test]
+fn a_recv_never_acknowledged_before_the_last_device_leaves_goes_to_the_offline_queue() {
+    let server = start("requeue", |_| {});
+    register(&server, "rita", "t", 1, 0);
+    register(&server, "ross", "t", 1, 0);
+    let mut rita = Client::ok(server.tcp_addr(), &Login::new("rita", "t"));
+    let mut ross = Client::ok(server.tcp_addr(), &Login::new("ross", "t"));
+    rita.send("ross", PERSON, b"{\"n\":1}", "q1");
+    rita.sendack();
+    let acked = ross.recv();
+    ross.recvack(&acked);
+    rita.send("ross", PERSON, b"{\"n\":2}", "q2");
+    rita.sendack();
+    let unacked = ross.recv(); // read, never acknowledged
+    std::thread::sleep(Duration::from_millis(100)); // let the RECVACK of the first land
+    drop(ross);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, list) = post(
+            server.http_addr(),
+            "/message/sync",
+            json!({"uid": "ross", "limit": 10}),
+        );
+        let ids: Vec<i64> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message_id"].as_i64().unwrap())
+            .collect();
+        if !ids.is_empty() {
+            assert_eq!(
+                ids,
+                [unacked.message_id],
+                "only the unacknowledged message is queued"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unacknowledged message was not queued"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -130,8 +130,8 @@ pub struct ChannelInfo {
     pub disband: bool,
     /// Person channel of a uid: that user cannot send (25).
     pub send_ban: bool,
-    /// Subscribers, sorted.
-    pub subscribers: Vec<String>,
+    /// Subscribers, sorted; shared with every message's recipient list.
+    pub subscribers: std::sync::Arc<[String]>,
     /// Blacklist, sorted.
     pub denylist: Vec<String>,
     /// Whitelist, sorted.
@@ -198,7 +198,7 @@ impl Reader {
             ban,
             disband,
             send_ban,
-            subscribers: list("subscribers")?,
+            subscribers: list("subscribers")?.into(),
             denylist: list("denylist")?,
             allowlist: list("allowlist")?,
         }))

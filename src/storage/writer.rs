@@ -54,6 +54,14 @@ pub enum Job {
         /// Where to report (an error as text).
         done: Sender<Result<(), String>>,
     },
+    /// Queue a stored message for a user whose delivery missed (its device went away before
+    /// the RECV was written or acknowledged, and no other device is online).
+    Requeue {
+        /// The user.
+        uid: String,
+        /// The message (already stored).
+        message: Arc<crate::message::Message>,
+    },
     /// Raise a user's offline cursor (never lowers it) and trim the queue below it.
     SyncAck {
         /// The user.
@@ -71,6 +79,9 @@ impl std::fmt::Debug for Job {
             Job::Message(p) => write!(f, "Job::Message({:?})", p.message.channel),
             Job::Exec { .. } => f.write_str("Job::Exec"),
             Job::SyncAck { uid, seq, .. } => write!(f, "Job::SyncAck({uid}, {seq})"),
+            Job::Requeue { uid, message } => {
+                write!(f, "Job::Requeue({uid}, {})", message.message_id)
+            }
         }
     }
 }
@@ -224,6 +235,8 @@ impl Writer {
                 let failed = |reply, message_id| Committed {
                     message: Arc::new(crate::message::Message::placeholder(message_id)),
                     online: Vec::new(),
+                    recipients: Arc::from(Vec::new()),
+                    queue_when_missed: false,
                     user_seqs: HashMap::new(),
                     reply,
                     outcome: SendOutcome {
@@ -293,6 +306,14 @@ impl Writer {
                         };
                         applied.push(Applied::Done(Some(done), result));
                     }
+                    Job::Requeue { uid, message } => {
+                        if let Err(e) =
+                            requeue(&tx, &mut self.channels, &mut self.user_seqs, &uid, &message)
+                        {
+                            unapplied.push(Unapplied::Done(None));
+                            return Err(e);
+                        }
+                    }
                     Job::SyncAck { uid, seq, done } => {
                         if let Err(e) = sync_ack(&tx, &uid, seq) {
                             unapplied.push(Unapplied::Done(done));
@@ -314,6 +335,7 @@ impl Writer {
                     Job::Message(p) => Unapplied::Message(p.reply, p.message.message_id),
                     Job::Exec { done, .. } => Unapplied::Done(Some(done)),
                     Job::SyncAck { done, .. } => Unapplied::Done(done),
+                    Job::Requeue { .. } => Unapplied::Done(None),
                 });
             }
         }
@@ -412,7 +434,9 @@ fn store_message(
     let Planned {
         mut message,
         online,
+        recipients,
         offline_uids,
+        queue_when_missed,
         reply,
     } = planned;
     if message.flags.no_persist() {
@@ -425,6 +449,8 @@ fn store_message(
         return Ok(Committed {
             message: Arc::new(message),
             online,
+            recipients,
+            queue_when_missed: false,
             user_seqs: HashMap::new(),
             reply,
             outcome,
@@ -436,6 +462,8 @@ fn store_message(
         return Ok(Committed {
             message: Arc::new(message),
             online: Vec::new(),
+            recipients,
+            queue_when_missed: false,
             user_seqs: HashMap::new(),
             reply,
             outcome: SendOutcome {
@@ -512,6 +540,8 @@ fn store_message(
     Ok(Committed {
         message: Arc::new(message),
         online,
+        recipients,
+        queue_when_missed,
         user_seqs,
         reply,
         outcome: SendOutcome {
@@ -521,6 +551,29 @@ fn store_message(
         },
         duplicate: false,
     })
+}
+
+/// Appends an already stored message to `uid`'s offline queue unless it is there already.
+fn requeue(
+    tx: &Transaction<'_>,
+    channels: &mut HashMap<ChannelKey, ChannelState>,
+    user_seqs: &mut HashMap<String, u32>,
+    uid: &str,
+    message: &crate::message::Message,
+) -> rusqlite::Result<()> {
+    let row = channel_state(tx, channels, &message.channel)?.row;
+    let queued: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM offline WHERE uid = ?1 AND channel = ?2 AND channel_seq = ?3)")?
+        .query_row(params![uid, row, message.message_seq], |r| r.get(0))?;
+    if queued {
+        return Ok(());
+    }
+    let user_seq = next_user_seq(tx, user_seqs, uid)?;
+    tx.prepare_cached(
+        "INSERT INTO offline (uid, seq, channel, channel_seq) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![uid, user_seq, row, message.message_seq])?;
+    Ok(())
 }
 
 fn sync_ack(tx: &Transaction<'_>, uid: &str, seq: u32) -> rusqlite::Result<()> {
