@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct Config {
     /// Binary protocol over TCP (WuKongIM's `addr`, default `0.0.0.0:5100`).
     pub tcp_addr: SocketAddr,
+    /// The binary protocol over WebSocket (WuKongIM's `wsAddr`, default `0.0.0.0:5200`).
+    pub ws_addr: SocketAddr,
     /// HTTP API. Default `127.0.0.1:5001`: loopback only, because the API can register
     /// tokens and send as anyone (HTTP_API.md §1.2; the manager token arrives with the
     /// full API).
@@ -65,6 +67,7 @@ impl Default for Config {
         Config {
             tcp_addr: "0.0.0.0:5100".parse().expect("static address"),
             http_addr: "127.0.0.1:5001".parse().expect("static address"),
+            ws_addr: "0.0.0.0:5200".parse().expect("static address"),
             data_dir: PathBuf::from("data"),
             token_auth: true,
             encryption: true,
@@ -92,6 +95,7 @@ impl Config {
         Config {
             tcp_addr: "127.0.0.1:0".parse().expect("static address"),
             http_addr: "127.0.0.1:0".parse().expect("static address"),
+            ws_addr: "127.0.0.1:0".parse().expect("static address"),
             data_dir: data_dir.into(),
             loops: 2,
             channel_workers: 2,

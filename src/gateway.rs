@@ -13,6 +13,7 @@ use crate::message::{ChannelKey, Delivery, Reply, Target, SYSTEM_UID};
 use crate::registry::{Device, Kick};
 use crate::shared::SharedRef;
 use crate::storage::writer::Job;
+use crate::ws;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 use ruyi_proto::types::{channel_type, reason};
@@ -26,10 +27,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Listener order in the engine: binary protocol first, HTTP second.
+/// Listener order in the engine: binary protocol first, HTTP second, WebSocket third.
 pub const LISTENER_TCP: usize = 0;
 /// See [`LISTENER_TCP`].
 pub const LISTENER_HTTP: usize = 1;
+/// See [`LISTENER_TCP`].
+pub const LISTENER_WS: usize = 2;
 
 /// How long a kicked connection lives after its DISCONNECT, so the notice reaches the
 /// client before the socket closes (PROTOCOL.md §6.4).
@@ -136,8 +139,21 @@ pub struct ImSession {
     pending: VecDeque<PendingAck>,
     /// Bytes of the frames in `pending`.
     pending_bytes: usize,
+    /// WebSocket framing state; `None` on the TCP listener.
+    ws: Option<Box<WsState>>,
     /// True while the connection is on the loop's retry list.
     on_retry_list: bool,
+}
+
+/// The WebSocket side of a connection on the WS listener.
+#[derive(Debug, Default)]
+struct WsState {
+    /// The upgrade is done.
+    open: bool,
+    decoder: ws::Decoder,
+    /// Unmasked data payloads not yet consumed as protocol frames: one byte stream, as
+    /// frames may span messages (PROTOCOL.md §10.2).
+    stream: Vec<u8>,
 }
 
 /// Per-connection state.
@@ -197,11 +213,11 @@ impl Gateway {
         }
     }
 
-    /// Encodes `packet` for `version` and queues it.
-    fn queue_packet(&mut self, conn: &mut ConnCtx<'_>, packet: &Packet, version: u8) {
+    /// Encodes `packet` for `version` and queues it (as one WebSocket message when `ws`).
+    fn queue_packet(&mut self, conn: &mut ConnCtx<'_>, packet: &Packet, version: u8, ws: bool) {
         self.buf.clear();
         match packet.encode(version, &mut self.buf) {
-            Ok(()) => conn.queue_slice(&self.buf),
+            Ok(()) => emit_slice(conn, ws, &self.buf),
             Err(e) => log::error!(
                 "conn={} cannot encode {:?}: {e}",
                 conn.id(),
@@ -245,6 +261,87 @@ impl Gateway {
         consumed
     }
 
+    /// WebSocket input: the upgrade, then client frames; data payloads join the protocol
+    /// stream, which the binary-protocol path consumes as from TCP.
+    fn on_ws_data(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, input: &[u8]) -> usize {
+        let Some(state) = s.ws.as_mut() else { return 0 };
+        let mut consumed = 0;
+        if !state.open {
+            match ws::parse_handshake(input) {
+                ws::Handshake::Partial => return 0,
+                ws::Handshake::Reject(status, why) => {
+                    log::debug!("conn={} refused WebSocket upgrade: {why}", conn.id());
+                    conn.queue_slice(ws::reject_response(status, why).as_bytes());
+                    conn.close();
+                    return input.len();
+                }
+                ws::Handshake::Accept {
+                    response,
+                    consumed: head,
+                } => {
+                    conn.queue_slice(response.as_bytes());
+                    state.open = true;
+                    consumed = head;
+                }
+            }
+        }
+        // One maximal protocol frame plus its header may span several messages.
+        let max_message = self.shared.config.max_frame_bytes + 8;
+        while consumed < input.len() {
+            match state.decoder.decode(&input[consumed..], max_message) {
+                Ok(None) => break,
+                Err(e) => {
+                    log::debug!("conn={} WebSocket protocol error: {}", conn.id(), e.why);
+                    conn.queue_slice(&ws::frame(ws::OP_CLOSE, &e.code.to_be_bytes()));
+                    conn.close();
+                    return input.len();
+                }
+                Ok(Some((event, used))) => {
+                    consumed += used;
+                    match event {
+                        ws::Event::Data(bytes) => state.stream.extend_from_slice(&bytes),
+                        ws::Event::Ping(payload) => {
+                            conn.queue_slice(&ws::frame(ws::OP_PONG, &payload))
+                        }
+                        ws::Event::Pong => {}
+                        ws::Event::Close(_) => {
+                            conn.queue_slice(&ws::frame(
+                                ws::OP_CLOSE,
+                                &ws::close_code::NORMAL.to_be_bytes(),
+                            ));
+                            conn.close();
+                            return input.len();
+                        }
+                    }
+                }
+            }
+        }
+        if state.stream.len() > self.shared.config.max_frame_bytes + (64 << 10) {
+            // The protocol side is paused (login, backpressure) and the client keeps
+            // sending: same bound as the engine's input cap.
+            conn.close();
+            return input.len();
+        }
+        self.drain_ws_stream(conn, s);
+        consumed
+    }
+
+    /// Runs the protocol stream of a WebSocket connection through the binary-protocol
+    /// path. Called on new input and after the session resumes (login done, backpressure
+    /// over), because the engine only re-offers raw socket bytes, not this stream.
+    fn drain_ws_stream(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession) {
+        let Some(mut stream) = s.ws.as_mut().map(|w| std::mem::take(&mut w.stream)) else {
+            return;
+        };
+        if !stream.is_empty() && !conn.is_reading_paused() {
+            let used = self.on_im_data(conn, s, &stream);
+            stream.drain(..used);
+        }
+        if let Some(w) = s.ws.as_mut() {
+            w.stream = stream;
+        }
+    }
+
     fn on_packet(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, packet: Packet) -> Flow {
         match (s.phase, packet) {
             (Phase::AwaitConnect, Packet::Connect(c)) => self.on_connect(conn, s, c),
@@ -258,7 +355,7 @@ impl Gateway {
             }
             (Phase::Authenticating, _) => Flow::Stall, // Not reached: reading is paused.
             (Phase::Ready, Packet::Ping) => {
-                conn.queue_slice(&PONG);
+                emit_slice(conn, s.ws.is_some(), &PONG);
                 Flow::Next
             }
             (Phase::Ready, Packet::Send(send)) => self.on_send(conn, s, send),
@@ -276,7 +373,7 @@ impl Gateway {
                     action: sub.action,
                     reason_code: reason::NOT_SUPPORT_CHANNEL_TYPE,
                 });
-                self.queue_packet(conn, &ack, s.version);
+                self.queue_packet(conn, &ack, s.version, s.ws.is_some());
                 Flow::Next
             }
             (Phase::Ready, Packet::Disconnect(_)) => Flow::Close,
@@ -334,7 +431,7 @@ impl Gateway {
                         message_seq: 0,
                         reason: reason::PAYLOAD_DECODE_ERROR,
                     };
-                    self.queue_sendack(conn, &send, outcome, s.version);
+                    self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
                     return Flow::Next;
                 }
             },
@@ -347,7 +444,7 @@ impl Gateway {
                 message_seq: 0,
                 reason: reason::CHANNEL_ID_ERROR,
             };
-            self.queue_sendack(conn, &send, outcome, s.version);
+            self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
             return Flow::Next;
         }
         let key = if send.channel_type == channel_type::PERSON {
@@ -393,6 +490,7 @@ impl Gateway {
         send: &SendPacket,
         o: crate::message::SendOutcome,
         version: u8,
+        ws: bool,
     ) {
         let ack = Packet::Sendack(ruyi_proto::SendackPacket {
             flags: send.flags,
@@ -401,7 +499,7 @@ impl Gateway {
             message_seq: o.message_seq,
             reason_code: o.reason,
         });
-        self.queue_packet(conn, &ack, version);
+        self.queue_packet(conn, &ack, version, ws);
     }
 
     /// Clears the retry entry of an acknowledged RECV, found by message id whatever the
@@ -438,7 +536,7 @@ impl Gateway {
         let Some((mut conn, Session::Im(s))) = lp.conn(outcome.conn) else {
             return; // Closed while logging in: never registered, nothing to undo.
         };
-        conn.queue(outcome.connack);
+        emit(&mut conn, s.ws.is_some(), outcome.connack);
         let Some(info) = outcome.session else {
             conn.close();
             return;
@@ -450,6 +548,7 @@ impl Gateway {
         s.cipher = info.cipher;
         conn.set_idle_timeout(Some(self.shared.config.idle_timeout));
         conn.resume_reading();
+        self.drain_ws_stream(&mut conn, s);
         let device = Device {
             conn: conn.id(),
             device_flag: info.device_flag,
@@ -538,7 +637,7 @@ impl Gateway {
                     }
                 }
             };
-            conn.queue(frame.clone());
+            emit(&mut conn, s.ws.is_some(), frame.clone());
             delivered += 1;
             if persistent {
                 s.pending_bytes += frame.len();
@@ -610,6 +709,7 @@ impl Gateway {
                 continue;
             };
             let mut dropped_bytes = 0;
+            let ws = s.ws.is_some();
             s.pending.retain_mut(|p| {
                 if now.duration_since(p.sent_at) < interval {
                     return true;
@@ -620,7 +720,7 @@ impl Gateway {
                 }
                 p.attempts += 1;
                 p.sent_at = now;
-                conn.queue(p.frame.clone());
+                emit(&mut conn, ws, p.frame.clone());
                 self.shared.counters.retries.fetch_add(1, Relaxed);
                 true
             });
@@ -739,6 +839,27 @@ impl Variant {
     }
 }
 
+/// Queues one protocol frame: as it is on TCP, as one binary message on WebSocket (one
+/// packet per message: the JS SDK cannot split messages, JSSDK.md §6).
+fn emit(conn: &mut ConnCtx<'_>, ws: bool, frame: Bytes) {
+    if ws {
+        let mut header = [0u8; 10];
+        let n = ws::frame_header(ws::OP_BINARY, frame.len(), &mut header);
+        conn.queue_slice(&header[..n]);
+    }
+    conn.queue(frame);
+}
+
+/// [`emit`] for a borrowed frame (copied into the connection's queue).
+fn emit_slice(conn: &mut ConnCtx<'_>, ws: bool, frame: &[u8]) {
+    if ws {
+        let mut header = [0u8; 10];
+        let n = ws::frame_header(ws::OP_BINARY, frame.len(), &mut header);
+        conn.queue_slice(&header[..n]);
+    }
+    conn.queue_slice(frame);
+}
+
 impl Handler for Gateway {
     type State = Session;
     type Message = ToLoop;
@@ -748,6 +869,7 @@ impl Handler for Gateway {
             conn.set_idle_timeout(Some(http::KEEP_ALIVE));
             return Session::Http(HttpSession::default());
         }
+        let ws = (conn.listener().index() == LISTENER_WS).then(Box::default);
         conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
         self.logins
             .push_back((conn.now() + self.shared.config.connect_timeout, conn.id()));
@@ -762,11 +884,13 @@ impl Handler for Gateway {
             pending: VecDeque::new(),
             pending_bytes: 0,
             on_retry_list: false,
+            ws,
         }))
     }
 
     fn on_data(&mut self, conn: &mut ConnCtx<'_>, state: &mut Session, input: &[u8]) -> usize {
         match state {
+            Session::Im(s) if s.ws.is_some() => self.on_ws_data(conn, s, input),
             Session::Im(s) => self.on_im_data(conn, s, input),
             Session::Http(h) => http::on_data(&self.shared, conn, h, input),
         }
@@ -776,8 +900,8 @@ impl Handler for Gateway {
         match msg {
             ToLoop::Authed(outcome) => self.on_authed(lp, *outcome),
             ToLoop::Frame(id, frame) => {
-                if let Some((mut conn, _)) = lp.conn(id) {
-                    conn.queue(frame);
+                if let Some((mut conn, Session::Im(s))) = lp.conn(id) {
+                    emit(&mut conn, s.ws.is_some(), frame);
                 }
             }
             ToLoop::Deliver(delivery, targets) => self.on_deliver(lp, &delivery, targets),
@@ -795,8 +919,8 @@ impl Handler for Gateway {
                         reason_code: reason::CONNECT_KICK,
                         reason,
                     });
-                    let version = s.version;
-                    self.queue_packet(&mut conn, &packet, version);
+                    let (version, ws) = (s.version, s.ws.is_some());
+                    self.queue_packet(&mut conn, &packet, version, ws);
                 }
                 self.kicks.push((conn.now() + after, id));
             }
@@ -868,8 +992,11 @@ impl Handler for Gateway {
             }
         }
         for id in std::mem::take(&mut self.stalled) {
-            if let Some((mut conn, _)) = lp.conn(id) {
+            if let Some((mut conn, state)) = lp.conn(id) {
                 conn.resume_reading();
+                if let Session::Im(s) = state {
+                    self.drain_ws_stream(&mut conn, s);
+                }
             }
         }
         // Scan at half the retry interval, as WuKongIM does (60 s retry, 30 s scan).

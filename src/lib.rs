@@ -17,6 +17,7 @@ pub mod registry;
 pub mod server;
 pub mod shared;
 pub mod storage;
+pub mod ws;
 
 pub use config::Config;
 pub use server::{Server, StartError};

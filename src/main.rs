@@ -19,6 +19,9 @@ struct Cli {
     /// Binary protocol listener (WuKongIM `addr`).
     #[arg(long, default_value = "0.0.0.0:5100")]
     tcp_addr: SocketAddr,
+    /// WebSocket listener (WuKongIM `wsAddr`): the same binary protocol in binary messages.
+    #[arg(long, default_value = "0.0.0.0:5200")]
+    ws_addr: SocketAddr,
     /// HTTP API listener. Loopback by default: the API can act as any user.
     #[arg(long, default_value = "127.0.0.1:5001")]
     http_addr: SocketAddr,
@@ -46,6 +49,7 @@ fn main() {
     let mut config = Config {
         tcp_addr: cli.tcp_addr,
         http_addr: cli.http_addr,
+        ws_addr: cli.ws_addr,
         data_dir: cli.data_dir,
         token_auth: !cli.no_token_auth,
         encryption: !cli.no_encryption,

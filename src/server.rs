@@ -8,7 +8,7 @@
 //! ```
 
 use crate::config::Config;
-use crate::gateway::{Gateway, ToLoop, LISTENER_HTTP, LISTENER_TCP};
+use crate::gateway::{Gateway, ToLoop, LISTENER_HTTP, LISTENER_TCP, LISTENER_WS};
 use crate::ids::IdGenerator;
 use crate::message::Committed;
 use crate::registry::Registry;
@@ -54,6 +54,7 @@ pub struct Server {
     shared: SharedRef,
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
+    ws_addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
     checkpoint_stop: Arc<AtomicBool>,
 }
@@ -114,7 +115,11 @@ impl Server {
         let mut builder = Engine::builder(engine_config);
         let tcp = builder.listen(config.tcp_addr)?;
         let http = builder.listen(config.http_addr)?;
-        debug_assert_eq!((tcp.index(), http.index()), (LISTENER_TCP, LISTENER_HTTP));
+        let ws = builder.listen(config.ws_addr)?;
+        debug_assert_eq!(
+            (tcp.index(), http.index(), ws.index()),
+            (LISTENER_TCP, LISTENER_HTTP, LISTENER_WS)
+        );
         let for_loops = Arc::clone(&shared);
         let engine = builder
             .start(move |_, handles| Gateway::new(Arc::clone(&for_loops), handles.clone()))?;
@@ -172,8 +177,9 @@ impl Server {
         }
         let tcp_addr = engine.local_addr(tcp);
         let http_addr = engine.local_addr(http);
+        let ws_addr = engine.local_addr(ws);
         log::info!(
-            "ruyi: binary protocol on {tcp_addr}, HTTP API on {http_addr}, data in {}",
+            "ruyi: binary protocol on {tcp_addr}, WebSocket on {ws_addr}, HTTP API on {http_addr}, data in {}",
             shared.config.data_dir.display()
         );
         Ok(Server {
@@ -181,6 +187,7 @@ impl Server {
             shared,
             tcp_addr,
             http_addr,
+            ws_addr,
             threads,
             checkpoint_stop,
         })
@@ -194,6 +201,11 @@ impl Server {
     /// The HTTP API address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The WebSocket address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
     }
 
     /// Connections logged in now.

@@ -31,6 +31,7 @@ fn spawn_ruyi(data: &std::path::Path, tcp: SocketAddr, http: SocketAddr) -> Chil
             "--data-dir",
         ])
         .arg(data)
+        .args(["--ws-addr", &format!("127.0.0.1:{}", free_port())])
         .arg("--no-token-auth")
         .env("RUST_LOG", "warn")
         .spawn()
