@@ -9,8 +9,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use ruyi::{Config, Server};
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Ruyi: an instant-messaging server that speaks WuKongIM's protocol.
 #[derive(Parser, Debug)]
@@ -60,14 +64,29 @@ fn main() {
         config.loops = loops;
         config.channel_workers = loops;
     }
-    let _server = match Server::start(config) {
+    // SIGTERM and SIGINT start a graceful stop: stop accepting, flush what the loops hold,
+    // let storage commit what it has, exit. A second signal while stopping exits at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        if let Err(e) =
+            signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+                .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)))
+        {
+            eprintln!("ruyi: cannot install the signal handler: {e}");
+            std::process::exit(1);
+        }
+    }
+    let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ruyi: {e}");
             std::process::exit(1);
         }
     };
-    loop {
-        std::thread::park();
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
     }
+    log::info!("ruyi: stopping (signal received)");
+    server.stop();
+    log::info!("ruyi: stopped");
 }

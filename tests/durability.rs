@@ -97,3 +97,40 @@ fn invariant_sendacked_message_survives_kill_9_and_restart() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn sigterm_stops_gracefully_and_keeps_everything() {
+    init();
+    let data = temp_dir("sigterm");
+    let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = spawn_ruyi(&data, tcp, http);
+    let mut alice = Client::ok(tcp, &Login::new("alice", "any"));
+    for i in 0..10 {
+        alice.send("bob", channel_type::PERSON, b"{}", &format!("t{i}"));
+    }
+    for _ in 0..10 {
+        assert_eq!(alice.sendack().reason_code, reason::SUCCESS);
+    }
+    // SAFETY: kill(2) with a PID we spawned and a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "ruyi did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        alice.closed_within(Duration::from_secs(2)),
+        "connections are closed"
+    );
+    let mut child = spawn_ruyi(&data, tcp, http);
+    let (_, list) = post(http, "/message/sync", json!({"uid": "bob", "limit": 100}));
+    assert_eq!(list.as_array().unwrap().len(), 10);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&data);
+}
