@@ -62,6 +62,11 @@ pub struct HttpRequest {
 
 /// Builds a complete response with a JSON body.
 pub fn response(status: u16, body: &str, keep_alive: bool) -> Bytes {
+    response_typed(status, "application/json", body, keep_alive)
+}
+
+/// Builds a complete response with a body of `content_type`.
+pub fn response_typed(status: u16, content_type: &str, body: &str, keep_alive: bool) -> Bytes {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -78,7 +83,7 @@ pub fn response(status: u16, body: &str, keep_alive: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(160 + body.len());
     out.put_slice(
         format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: {}\r\n\r\n",
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: {}\r\n\r\n",
             body.len(),
             if keep_alive { "keep-alive" } else { "close" }
         )
@@ -88,7 +93,7 @@ pub fn response(status: u16, body: &str, keep_alive: bool) -> Bytes {
     out.freeze()
 }
 
-fn error_body(status: u16, msg: &str) -> String {
+pub(crate) fn error_body(status: u16, msg: &str) -> String {
     json!({"msg": msg, "status": status}).to_string()
 }
 
@@ -192,59 +197,107 @@ pub fn run(shared: SharedRef, rx: Receiver<HttpRequest>, reader: Reader) {
         let (status, body) = route(&shared, &reader, &req);
         let msg = ToLoop::Http {
             conn: req.conn,
-            response: response(status, &body, req.keep_alive),
+            response: if req.path.ends_with("/metrics") && status == 200 {
+                // Prometheus' text exposition format.
+                response_typed(status, "text/plain; version=0.0.4", &body, req.keep_alive)
+            } else {
+                response(status, &body, req.keep_alive)
+            },
             close: !req.keep_alive,
         };
         let _ = shared.loops().for_conn(req.conn).post(msg);
     }
 }
 
-type Answer = (u16, String);
+/// An HTTP status and a JSON body.
+pub type Answer = (u16, String);
 
-fn ok() -> Answer {
+pub(crate) fn ok() -> Answer {
     (200, json!({"status": 200}).to_string())
 }
 
-fn bad(msg: &str) -> Answer {
+pub(crate) fn bad(msg: &str) -> Answer {
     (400, error_body(400, msg))
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
+pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answer> {
     serde_json::from_slice(body).map_err(|e| bad(&format!("invalid JSON body: {e}")))
 }
 
+/// A route handler: the shared state, this worker's read connection, the request.
+pub type Handler = fn(&SharedRef, &Reader, &HttpRequest) -> Result<Answer, Answer>;
+
+/// Every route, at its WuKongIM path; each is also served under `/v1` (HTTP_API.md §1.1).
+const ROUTES: &[(&str, &str, Handler)] = &[
+    ("GET", "/health", |_, _, _| {
+        Ok((200, json!({"status": "ok"}).to_string()))
+    }),
+    ("GET", "/healthz", |_, _, _| {
+        Ok((200, json!({"status": "ok"}).to_string()))
+    }),
+    ("GET", "/varz", |s, _, _| Ok(crate::api::varz(s))),
+    ("GET", "/metrics", |s, _, _| Ok(crate::api::metrics(s))),
+    ("GET", "/route", |s, _, r| Ok(crate::api::route_addrs(s, r))),
+    ("POST", "/user/token", |s, rd, r| user_token(s, rd, &r.body)),
+    ("POST", "/user/device_quit", |s, _, r| {
+        crate::api::device_quit(s, &r.body)
+    }),
+    ("POST", "/user/onlinestatus", |s, _, r| {
+        crate::api::online_status(s, &r.body)
+    }),
+    ("POST", "/channel", |s, _, r| channel_upsert(s, &r.body)),
+    ("POST", "/channel/info", |s, _, r| {
+        crate::api::channel_info(s, &r.body)
+    }),
+    ("POST", "/channel/delete", |s, _, r| {
+        crate::api::channel_delete(s, &r.body)
+    }),
+    ("POST", "/channel/subscriber_add", |s, _, r| {
+        subscriber_add(s, &r.body)
+    }),
+    ("POST", "/channel/subscriber_remove", |s, _, r| {
+        crate::api::subscriber_remove(s, &r.body)
+    }),
+    ("POST", "/channel/messagesync", |_, rd, r| {
+        crate::api::channel_messagesync(rd, &r.body)
+    }),
+    ("GET", "/channel/max_message_seq", |_, rd, r| {
+        crate::api::max_message_seq(rd, r)
+    }),
+    ("POST", "/message/send", |s, _, r| message_send(s, &r.body)),
+    ("POST", "/message/sync", |_, rd, r| {
+        message_sync(rd, &r.body)
+    }),
+    ("POST", "/message/syncack", |s, _, r| {
+        message_syncack(s, &r.body)
+    }),
+];
+
 fn route(shared: &SharedRef, reader: &Reader, req: &HttpRequest) -> Answer {
     let path = req.path.strip_prefix("/v1").unwrap_or(&req.path);
-    let result = match (req.method.as_str(), path) {
-        ("GET", "/health") => Ok((200, json!({"status": "ok"}).to_string())),
-        ("POST", "/user/token") => user_token(shared, reader, &req.body),
-        ("POST", "/channel") => channel_upsert(shared, &req.body),
-        ("POST", "/channel/subscriber_add") => subscriber_add(shared, &req.body),
-        ("POST", "/message/send") => message_send(shared, &req.body),
-        ("POST", "/message/sync") => message_sync(reader, &req.body),
-        ("POST", "/message/syncack") => message_syncack(shared, &req.body),
-        (
-            _,
-            "/health"
-            | "/user/token"
-            | "/channel"
-            | "/channel/subscriber_add"
-            | "/message/send"
-            | "/message/sync"
-            | "/message/syncack",
-        ) => Err((405, error_body(405, "method not allowed"))),
-        _ => Err((404, error_body(404, "no such route"))),
-    };
-    result.unwrap_or_else(|e| e)
+    let mut path_known = false;
+    for &(method, route_path, handler) in ROUTES {
+        if route_path == path {
+            path_known = true;
+            if method == req.method {
+                return handler(shared, reader, req).unwrap_or_else(|e| e);
+            }
+        }
+    }
+    if path_known {
+        (405, error_body(405, "method not allowed"))
+    } else {
+        (404, error_body(404, "no such route"))
+    }
 }
 
 /// Ids must not contain the characters WuKongIM reserves (HTTP_API.md §1.4).
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && !id.contains(['@', '#', '&'])
 }
 
 /// Runs a write on the storage writer and waits for its commit.
-fn exec(shared: &SharedRef, work: ExecFn) -> Result<(), Answer> {
+pub(crate) fn exec(shared: &SharedRef, work: ExecFn) -> Result<(), Answer> {
     let (done, wait) = crossbeam_channel::bounded(1);
     shared
         .writer
@@ -257,13 +310,13 @@ fn exec(shared: &SharedRef, work: ExecFn) -> Result<(), Answer> {
     }
 }
 
-fn invalidate(shared: &SharedRef, key: Option<ChannelKey>) {
+pub(crate) fn invalidate(shared: &SharedRef, key: Option<ChannelKey>) {
     for q in &shared.channels {
         let _ = q.send(ChannelJob::Invalidate(key.clone()));
     }
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -5,6 +5,7 @@
 //! `../shared/DESIGN.md` for the shape and `server.rs` for the wiring; the message path is
 //! loop → channel pool → storage writer → pusher → loops.
 
+pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod config;

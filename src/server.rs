@@ -101,6 +101,7 @@ impl Server {
             loops: OnceLock::new(),
             stopping: Arc::new(AtomicBool::new(false)),
             counters: Counters::default(),
+            started: std::time::Instant::now(),
             config,
         });
         let config = &shared.config;

@@ -55,6 +55,8 @@ pub struct Shared {
     pub stopping: Arc<AtomicBool>,
     /// Counters.
     pub counters: Counters,
+    /// When the server started (uptime in `/varz`).
+    pub started: std::time::Instant,
 }
 
 impl Shared {

@@ -147,6 +147,26 @@ pub struct OfflineEntry {
     pub message: Message,
 }
 
+/// Maps the message columns starting at `at`: seq, message_id, client_msg_no, from_uid,
+/// addressed_to, timestamp, setting, flags, expire, topic, payload, channel_id,
+/// channel_type.
+fn message_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Message> {
+    Ok(Message {
+        message_seq: r.get(at)?,
+        message_id: r.get(at + 1)?,
+        client_msg_no: r.get(at + 2)?,
+        from_uid: r.get(at + 3)?,
+        addressed_to: r.get(at + 4)?,
+        timestamp: r.get(at + 5)?,
+        setting: r.get(at + 6)?,
+        flags: Flags(r.get(at + 7)?),
+        expire: r.get(at + 8)?,
+        topic: r.get(at + 9)?,
+        payload: Bytes::from(r.get::<_, Vec<u8>>(at + 10)?),
+        channel: ChannelKey::new(r.get::<_, String>(at + 11)?, r.get(at + 12)?),
+    })
+}
+
 /// A read connection with the queries the pools need.
 #[derive(Debug)]
 pub struct Reader {
@@ -252,23 +272,47 @@ impl Reader {
         let rows = stmt.query_map(params![uid, after, limit as i64], |r| {
             Ok(OfflineEntry {
                 user_seq: r.get(0)?,
-                message: Message {
-                    message_seq: r.get(1)?,
-                    message_id: r.get(2)?,
-                    client_msg_no: r.get(3)?,
-                    from_uid: r.get(4)?,
-                    addressed_to: r.get(5)?,
-                    timestamp: r.get(6)?,
-                    setting: r.get(7)?,
-                    flags: Flags(r.get(8)?),
-                    expire: r.get(9)?,
-                    topic: r.get(10)?,
-                    payload: Bytes::from(r.get::<_, Vec<u8>>(11)?),
-                    channel: ChannelKey::new(r.get::<_, String>(12)?, r.get(13)?),
-                },
+                message: message_from_row(r, 1)?,
             })
         })?;
         rows.collect()
+    }
+
+    /// Messages of a channel with `low < seq <= high`, at most `limit`, taking the newest
+    /// (`newest`) or the oldest of the range; returned in ascending seq order. `None` when
+    /// the channel was never created.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn channel_messages(
+        &self,
+        key: &ChannelKey,
+        low: u32,
+        high: u32,
+        limit: usize,
+        newest: bool,
+    ) -> rusqlite::Result<Option<Vec<Message>>> {
+        let row: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2")?
+            .query_row(params![key.id, key.channel_type], |r| r.get(0))
+            .optional()?;
+        let Some(row) = row else { return Ok(None) };
+        let sql = format!(
+            "SELECT m.seq, m.message_id, m.client_msg_no, m.from_uid, m.addressed_to, m.timestamp,
+                    m.setting, m.flags, m.expire, m.topic, m.payload, ?5, ?6
+             FROM messages m WHERE m.channel = ?1 AND m.seq > ?2 AND m.seq <= ?3
+             ORDER BY m.seq {} LIMIT ?4",
+            if newest { "DESC" } else { "ASC" }
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(
+            params![row, low, high, limit as i64, key.id, key.channel_type],
+            |r| message_from_row(r, 0),
+        )?;
+        let mut list = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        list.sort_by_key(|m| m.message_seq);
+        Ok(Some(list))
     }
 
     /// The last seq of a channel (0 when it has no messages).

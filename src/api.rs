@@ -1,0 +1,565 @@
+//! More of the HTTP API (HTTP_API.md): device quit, online status, channel info and
+//! deletion, subscriber removal, channel history, the max seq, routes, `/varz` and
+//! Prometheus `/metrics`. Runs on the HTTP workers, never on a loop.
+
+use crate::gateway::ToLoop;
+use crate::http::{
+    bad, error_body, exec, invalidate, message_json, ok, parse, valid_id, Answer, HttpRequest,
+};
+use crate::message::ChannelKey;
+use crate::shared::SharedRef;
+use crate::storage::Reader;
+use rusqlite::params;
+use ruyi_proto::person_channel_id;
+use ruyi_proto::types::channel_type;
+use ruyi_reactor::CloseReason;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+fn storage_error(e: rusqlite::Error) -> Answer {
+    (500, error_body(500, &format!("storage: {e}")))
+}
+
+/// Query-string value of `name` (`+` and `%XX` decoded).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Deserialize)]
+struct DeviceQuitBody {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    device_flag: i32,
+}
+
+/// `POST /user/device_quit`: clears the token of that flag (-1: all three) and kicks its
+/// live connections with DISCONNECT(12), closing them 2 s later (HTTP_API.md §4.2).
+pub fn device_quit(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let b: DeviceQuitBody = parse(body)?;
+    if !valid_id(&b.uid) {
+        return Err(bad("uid is empty or contains @ # &"));
+    }
+    if !(-1..=2).contains(&b.device_flag) {
+        return Err(bad("device_flag must be 0, 1, 2 or -1"));
+    }
+    let (uid, flag) = (b.uid.clone(), b.device_flag);
+    exec(
+        shared,
+        Box::new(move |c| {
+            c.execute(
+                "UPDATE devices SET token = '' WHERE uid = ?1 AND (device_flag = ?2 OR ?2 = -1)",
+                params![uid, flag],
+            )
+            .map(|_| ())
+        }),
+    )?;
+    for d in shared.registry.devices(&b.uid) {
+        if b.device_flag == -1 || i32::from(d.device_flag) == b.device_flag {
+            let kick = ToLoop::Kick {
+                conn: d.conn,
+                notify: true,
+                reason: String::new(),
+                after: Duration::from_secs(2),
+            };
+            let _ = shared.loops().for_conn(d.conn).post(kick);
+        }
+    }
+    Ok(ok())
+}
+
+/// `POST /user/onlinestatus`: one entry per live connection of the listed uids
+/// (HTTP_API.md §4.3).
+pub fn online_status(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let uids: Vec<String> = parse(body)?;
+    if uids.is_empty() {
+        return Ok(ok());
+    }
+    let list: Vec<Value> = uids
+        .iter()
+        .flat_map(|uid| {
+            shared
+                .registry
+                .devices(uid)
+                .into_iter()
+                .map(move |d| json!({"uid": uid, "device_flag": d.device_flag, "online": 1}))
+        })
+        .collect();
+    Ok((200, Value::Array(list).to_string()))
+}
+
+#[derive(Deserialize)]
+struct ChannelRef {
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    channel_type: u8,
+    #[serde(default)]
+    ban: u8,
+    #[serde(default)]
+    disband: u8,
+    #[serde(default)]
+    send_ban: u8,
+    #[serde(default)]
+    large: u8,
+    #[serde(default)]
+    allow_stranger: u8,
+    #[serde(default)]
+    subscribers: Vec<String>,
+}
+
+fn channel_ref(body: &[u8], allow_person: bool) -> Result<(ChannelRef, ChannelKey), Answer> {
+    let b: ChannelRef = parse(body)?;
+    if !valid_id(&b.channel_id) {
+        return Err(bad("channel_id is empty or contains @ # &"));
+    }
+    if b.channel_type == 0 {
+        return Err(bad("channel_type is required"));
+    }
+    if !allow_person && b.channel_type == channel_type::PERSON {
+        return Err(bad("not for person channels"));
+    }
+    let key = ChannelKey::new(b.channel_id.clone(), b.channel_type);
+    Ok((b, key))
+}
+
+/// `POST /channel/info`: upserts a channel's flags only (HTTP_API.md §5.2).
+pub fn channel_info(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let (b, key) = channel_ref(body, true)?;
+    let k = key.clone();
+    exec(
+        shared,
+        Box::new(move |c| {
+            c.execute(
+                "INSERT INTO channels (channel_id, channel_type, ban, disband, send_ban, large, allow_stranger)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (channel_id, channel_type) DO UPDATE SET ban = excluded.ban, disband = excluded.disband,
+                     send_ban = excluded.send_ban, large = excluded.large, allow_stranger = excluded.allow_stranger",
+                params![k.id, k.channel_type, b.ban, b.disband, b.send_ban, b.large, b.allow_stranger],
+            )
+            .map(|_| ())
+        }),
+    )?;
+    invalidate(shared, Some(key));
+    Ok(ok())
+}
+
+/// `POST /channel/delete`: the channel is disbanded (sends fail with 24), its subscribers,
+/// conversations and messages are deleted (HTTP_API.md §5.5). The channel row stays, so
+/// its seq never restarts and old seqs are never reused.
+pub fn channel_delete(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let (_, key) = channel_ref(body, false)?;
+    let k = key.clone();
+    exec(
+        shared,
+        Box::new(move |c| {
+            c.execute(
+                "INSERT INTO channels (channel_id, channel_type, disband) VALUES (?1, ?2, 1)
+                 ON CONFLICT (channel_id, channel_type) DO UPDATE SET disband = 1",
+                params![k.id, k.channel_type],
+            )?;
+            let row: i64 = c.query_row(
+                "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
+                params![k.id, k.channel_type],
+                |r| r.get(0),
+            )?;
+            for table in [
+                "subscribers",
+                "denylist",
+                "allowlist",
+                "conversations",
+                "offline",
+            ] {
+                c.execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [row])?;
+            }
+            c.execute("DELETE FROM messages WHERE channel = ?1", [row])?;
+            Ok(())
+        }),
+    )?;
+    invalidate(shared, Some(key));
+    Ok(ok())
+}
+
+/// `POST /channel/subscriber_remove`: removes subscribers and their conversations
+/// (HTTP_API.md §5.4).
+pub fn subscriber_remove(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let (b, key) = channel_ref(body, false)?;
+    if b.subscribers.is_empty() {
+        return Err(bad("subscribers is required"));
+    }
+    let k = key.clone();
+    exec(
+        shared,
+        Box::new(move |c| {
+            let row: Option<i64> = c
+                .query_row(
+                    "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
+                    params![k.id, k.channel_type],
+                    |r| r.get(0),
+                )
+                .ok();
+            let Some(row) = row else { return Ok(()) };
+            for uid in &b.subscribers {
+                c.execute(
+                    "DELETE FROM subscribers WHERE channel = ?1 AND uid = ?2",
+                    params![row, uid],
+                )?;
+                if k.channel_type != channel_type::LIVE {
+                    c.execute(
+                        "DELETE FROM conversations WHERE channel = ?1 AND uid = ?2",
+                        params![row, uid],
+                    )?;
+                }
+            }
+            Ok(())
+        }),
+    )?;
+    invalidate(shared, Some(key));
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+struct MessageSyncBody {
+    #[serde(default)]
+    login_uid: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    channel_type: u8,
+    #[serde(default)]
+    start_message_seq: u32,
+    #[serde(default)]
+    end_message_seq: u32,
+    #[serde(default)]
+    limit: u32,
+    #[serde(default)]
+    pull_mode: u8,
+}
+
+/// `POST /channel/messagesync`: channel history by seq range, both directions, ascending
+/// (HTTP_API.md §6.3).
+pub fn channel_messagesync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
+    let b: MessageSyncBody = parse(body)?;
+    if b.login_uid.is_empty() {
+        return Err(bad("login_uid is required"));
+    }
+    if b.channel_id.is_empty() || b.channel_type == 0 {
+        return Err(bad("channel_id and channel_type are required"));
+    }
+    let key = if b.channel_type == channel_type::PERSON {
+        ChannelKey::new(
+            person_channel_id(&b.login_uid, &b.channel_id),
+            channel_type::PERSON,
+        )
+    } else {
+        ChannelKey::new(b.channel_id.clone(), b.channel_type)
+    };
+    let limit = b.limit.min(10_000) as usize;
+    let (start, end) = (b.start_message_seq, b.end_message_seq);
+    let query = if start == 0 && end == 0 {
+        Some((0, u32::MAX, true))
+    } else if b.pull_mode == 0 {
+        // Down: (end, start], the newest of them; end 0 = no lower bound.
+        (end == 0 || end <= start).then_some((end, start, true))
+    } else {
+        // Up: [start, end); end 0 = no upper bound.
+        Some((
+            start.saturating_sub(1),
+            if end == 0 { u32::MAX } else { end - 1 },
+            false,
+        ))
+    };
+    let messages = match query {
+        Some((low, high, newest)) if limit > 0 => reader
+            .channel_messages(&key, low, high, limit, newest)
+            .map_err(storage_error)?,
+        _ => Some(Vec::new()),
+    };
+    let Some(messages) = messages else {
+        return Ok((
+            200,
+            json!({"start_message_seq": 0, "end_message_seq": 0, "more": 0, "messages": []})
+                .to_string(),
+        ));
+    };
+    let boundary = if b.pull_mode == 0 {
+        messages.first()
+    } else {
+        messages.last()
+    };
+    let more =
+        limit > 0 && messages.len() == limit && boundary.is_none_or(|m| m.message_seq != end);
+    let list: Vec<Value> = messages
+        .iter()
+        .map(|m| message_json(m, Some(&b.login_uid)))
+        .collect();
+    Ok((
+        200,
+        json!({"start_message_seq": start, "end_message_seq": end, "more": u8::from(more), "messages": list}).to_string(),
+    ))
+}
+
+/// `GET /channel/max_message_seq?channel_id=&channel_type=&login_uid=` (HTTP_API.md §6.4).
+pub fn max_message_seq(reader: &Reader, req: &HttpRequest) -> Result<Answer, Answer> {
+    let channel_id = query_param(&req.query, "channel_id").unwrap_or_default();
+    let ctype: u8 = query_param(&req.query, "channel_type")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    if channel_id.is_empty() || ctype == 0 {
+        return Err(bad("channel_id and channel_type are required"));
+    }
+    let key = if ctype == channel_type::PERSON && !channel_id.contains('@') {
+        let login = query_param(&req.query, "login_uid")
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| bad("login_uid is required for person channels"))?;
+        ChannelKey::new(person_channel_id(&login, &channel_id), ctype)
+    } else {
+        ChannelKey::new(channel_id, ctype)
+    };
+    let seq = reader.last_seq(&key).map_err(storage_error)?;
+    Ok((200, json!({"message_seq": seq}).to_string()))
+}
+
+/// `GET /route`: where clients should connect (HTTP_API.md §3.4). Single node: this
+/// server's listeners.
+pub fn route_addrs(shared: &SharedRef, req: &HttpRequest) -> Answer {
+    let c = &shared.config;
+    if query_param(&req.query, "intranet").as_deref() == Some("1") {
+        return (200, json!({"tcp_addr": c.tcp_addr.to_string()}).to_string());
+    }
+    (200, json!({"tcp_addr": c.tcp_addr.to_string(), "ws_addr": format!("ws://{}", c.ws_addr), "wss_addr": ""}).to_string())
+}
+
+fn totals(shared: &SharedRef) -> (usize, u64, u64, u64) {
+    let (mut conns, mut bytes_in, mut bytes_out, mut slow) = (0, 0, 0, 0);
+    for l in shared.loops().loops() {
+        let s = l.stats();
+        conns += s.connections.load(Relaxed);
+        bytes_in += s.bytes_in.load(Relaxed);
+        bytes_out += s.bytes_out.load(Relaxed);
+        slow += s.closed_for(CloseReason::SlowConsumer);
+    }
+    (conns, bytes_in, bytes_out, slow)
+}
+
+/// `GET /varz`: WuKongIM's statistics keys where they mean something here, 0 or "" where
+/// not (HTTP_API.md §3.2), plus Ruyi's own under `ruyi_*`.
+pub fn varz(shared: &SharedRef) -> Answer {
+    let (conns, bytes_in, bytes_out, slow) = totals(shared);
+    let c = &shared.counters;
+    let v = json!({
+        "server_id": shared.config.node_id.to_string(),
+        "server_name": "ruyi",
+        "version": env!("CARGO_PKG_VERSION"),
+        "connections": conns,
+        "uptime": format!("{}s", shared.started.elapsed().as_secs()),
+        "goroutine": 0,
+        "mem": 0,
+        "cpu": 0,
+        "in_msgs": c.sends_in.load(Relaxed),
+        "out_msgs": c.deliveries.load(Relaxed),
+        "in_bytes": bytes_in,
+        "out_bytes": bytes_out,
+        "slow_clients": slow,
+        "retry_queue": 0,
+        "tcp_addr": shared.config.tcp_addr.to_string(),
+        "ws_addr": format!("ws://{}", shared.config.ws_addr),
+        "wss_addr": "",
+        "manager_addr": "",
+        "manager_on": 0,
+        "api_url": format!("http://{}", shared.config.http_addr),
+        "commit": "",
+        "commit_date": "",
+        "tree_state": "",
+        "manager_uid": "____manager",
+        "manager_token_on": 0,
+        "conversation_cache_count": 0,
+        "ruyi_online_users": shared.registry.len(),
+        "ruyi_stored": c.stored.load(Relaxed),
+        "ruyi_retries": c.retries.load(Relaxed),
+        "ruyi_dropped_posts": c.dropped_posts.load(Relaxed),
+    });
+    (200, v.to_string())
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(shared: &SharedRef) -> Answer {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(
+        "ruyi_connections",
+        "gauge",
+        "Open connections per event loop.",
+    );
+    family(
+        "ruyi_closed_total",
+        "counter",
+        "Connections closed, by loop and reason.",
+    );
+    family(
+        "ruyi_bytes_total",
+        "counter",
+        "Socket bytes by loop and direction.",
+    );
+    family(
+        "ruyi_inbox_depth",
+        "gauge",
+        "Commands waiting in each loop's inbox.",
+    );
+    let mut lines = String::new();
+    for l in shared.loops().loops() {
+        let (i, s) = (l.index(), l.stats());
+        let _ = writeln!(
+            lines,
+            "ruyi_connections{{loop=\"{i}\"}} {}",
+            s.connections.load(Relaxed)
+        );
+        for reason in [
+            CloseReason::PeerClosed,
+            CloseReason::Io(std::io::ErrorKind::Other),
+            CloseReason::Handler,
+            CloseReason::Command,
+            CloseReason::IdleTimeout,
+            CloseReason::SlowConsumer,
+            CloseReason::InputOverflow,
+            CloseReason::Shutdown,
+        ] {
+            let _ = writeln!(
+                lines,
+                "ruyi_closed_total{{loop=\"{i}\",reason=\"{}\"}} {}",
+                reason.name(),
+                s.closed_for(reason)
+            );
+        }
+        let _ = writeln!(
+            lines,
+            "ruyi_bytes_total{{loop=\"{i}\",direction=\"in\"}} {}",
+            s.bytes_in.load(Relaxed)
+        );
+        let _ = writeln!(
+            lines,
+            "ruyi_bytes_total{{loop=\"{i}\",direction=\"out\"}} {}",
+            s.bytes_out.load(Relaxed)
+        );
+        let _ = writeln!(
+            lines,
+            "ruyi_inbox_depth{{loop=\"{i}\"}} {}",
+            l.queued_commands()
+        );
+    }
+    let c = &shared.counters;
+    for (name, help, value) in [
+        (
+            "ruyi_sends_total",
+            "SEND packets accepted from clients.",
+            c.sends_in.load(Relaxed),
+        ),
+        (
+            "ruyi_stored_total",
+            "Messages committed to storage.",
+            c.stored.load(Relaxed),
+        ),
+        (
+            "ruyi_deliveries_total",
+            "RECVs queued to connections.",
+            c.deliveries.load(Relaxed),
+        ),
+        (
+            "ruyi_recv_retries_total",
+            "RECVs re-sent for lack of a RECVACK.",
+            c.retries.load(Relaxed),
+        ),
+        (
+            "ruyi_dropped_posts_total",
+            "Loop-to-pool posts dropped on a full queue.",
+            c.dropped_posts.load(Relaxed),
+        ),
+    ] {
+        family(name, "counter", help);
+        let _ = writeln!(lines, "{name} {value}");
+    }
+    family(
+        "ruyi_online_users_connections",
+        "gauge",
+        "Authenticated connections.",
+    );
+    let _ = writeln!(
+        lines,
+        "ruyi_online_users_connections {}",
+        shared.registry.len()
+    );
+    family("ruyi_queue_depth", "gauge", "Jobs waiting per pool queue.");
+    let _ = writeln!(
+        lines,
+        "ruyi_queue_depth{{pool=\"writer\"}} {}",
+        shared.writer.len()
+    );
+    let _ = writeln!(
+        lines,
+        "ruyi_queue_depth{{pool=\"auth\"}} {}",
+        shared.auth.len()
+    );
+    let _ = writeln!(
+        lines,
+        "ruyi_queue_depth{{pool=\"http\"}} {}",
+        shared.http.len()
+    );
+    for (i, q) in shared.channels.iter().enumerate() {
+        let _ = writeln!(
+            lines,
+            "ruyi_queue_depth{{pool=\"channel\",worker=\"{i}\"}} {}",
+            q.len()
+        );
+    }
+    out.push_str(&lines);
+    (200, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_decoded() {
+        assert_eq!(
+            query_param("a=1&uid=u%401+x", "uid").as_deref(),
+            Some("u@1 x")
+        );
+        assert_eq!(query_param("a=1", "uid"), None);
+        assert_eq!(query_param("uid=%zz%", "uid").as_deref(), Some("%zz%"));
+    }
+}

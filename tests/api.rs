@@ -1,0 +1,197 @@
+//! The HTTP API routes beyond the core (issue 5), over real sockets.
+
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use base64::Engine as _;
+use ruyi_proto::types::reason;
+use ruyi_proto::Packet;
+use serde_json::{json, Value};
+use std::time::Duration;
+use util::*;
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn seqs(v: &Value) -> Vec<u64> {
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn channel_history_follows_the_spec_examples() {
+    let server = start("history", |_| {});
+    let http = server.http_addr();
+    post(
+        http,
+        "/channel",
+        json!({"channel_id": "h", "channel_type": 2, "subscribers": ["x"]}),
+    );
+    for i in 0..100 {
+        let (status, _) = post(
+            http,
+            "/message/send",
+            json!({"channel_id": "h", "channel_type": 2, "from_uid": "x", "payload": b64(&format!("{{\"n\":{i}}}"))}),
+        );
+        assert_eq!(status, 200);
+    }
+    let sync = |start: u32, end: u32, pull: u8| {
+        let (status, v) = post(
+            http,
+            "/channel/messagesync",
+            json!({"login_uid": "x", "channel_id": "h", "channel_type": 2, "start_message_seq": start, "end_message_seq": end, "limit": 10, "pull_mode": pull}),
+        );
+        assert_eq!(status, 200);
+        v
+    };
+    assert_eq!(seqs(&sync(100, 0, 0)), (91..=100).collect::<Vec<_>>());
+    assert_eq!(seqs(&sync(5, 0, 0)), (1..=5).collect::<Vec<_>>());
+    let v = sync(100, 95, 0);
+    assert_eq!(seqs(&v), (96..=100).collect::<Vec<_>>());
+    assert_eq!(v["more"], 0);
+    let v = sync(50, 0, 1);
+    assert_eq!(seqs(&v), (50..=59).collect::<Vec<_>>());
+    assert_eq!(v["more"], 1);
+    assert_eq!(
+        seqs(&sync(0, 0, 0)),
+        (91..=100).collect::<Vec<_>>(),
+        "newest first page"
+    );
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(sync(1, 2, 1)["messages"][0]["payload"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(payload, br#"{"n":0}"#);
+    let (_, v) = http_get(http, "/channel/max_message_seq?channel_id=h&channel_type=2");
+    assert_eq!(v["message_seq"], 100);
+    let (status, v) = post(
+        http,
+        "/channel/messagesync",
+        json!({"login_uid": "x", "channel_id": "never", "channel_type": 2, "limit": 10}),
+    );
+    assert_eq!((status, v["messages"].as_array().unwrap().len()), (200, 0));
+    let (status, _) = post(
+        http,
+        "/channel/messagesync",
+        json!({"channel_id": "h", "channel_type": 2}),
+    );
+    assert_eq!(status, 400, "login_uid is required");
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    http(addr, "GET", path, &Value::Null)
+}
+
+#[test]
+fn device_quit_kicks_and_blocks_the_device() {
+    let server = start("quit", |_| {});
+    register(&server, "vic", "t", 1, 0);
+    let mut vic = Client::ok(server.tcp_addr(), &Login::new("vic", "t"));
+    let (status, list) = post(
+        server.http_addr(),
+        "/user/onlinestatus",
+        json!(["vic", "nobody"]),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(list, json!([{"uid": "vic", "device_flag": 1, "online": 1}]));
+    let (status, _) = post(
+        server.http_addr(),
+        "/user/device_quit",
+        json!({"uid": "vic", "device_flag": -1}),
+    );
+    assert_eq!(status, 200);
+    match vic.read_packet(Duration::from_secs(5)) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, reason::CONNECT_KICK),
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(vic.closed_within(Duration::from_secs(5)));
+    let (_, ack) = Client::login(server.tcp_addr(), &Login::new("vic", "t"));
+    assert_eq!(ack.reason_code, reason::AUTH_FAIL, "the token was cleared");
+}
+
+#[test]
+fn removed_subscribers_cannot_send_and_deleted_channels_are_gone() {
+    let server = start("remove", |_| {});
+    let http = server.http_addr();
+    register(&server, "wes", "t", 1, 0);
+    post(
+        http,
+        "/channel",
+        json!({"channel_id": "club", "channel_type": 2, "subscribers": ["wes", "zoe"]}),
+    );
+    let mut wes = Client::ok(server.tcp_addr(), &Login::new("wes", "t"));
+    wes.send("club", 2, b"{}", "c1");
+    assert_eq!(wes.sendack().reason_code, reason::SUCCESS);
+    let (status, _) = post(
+        http,
+        "/channel/subscriber_remove",
+        json!({"channel_id": "club", "channel_type": 2, "subscribers": ["wes"]}),
+    );
+    assert_eq!(status, 200);
+    wes.send("club", 2, b"{}", "c2");
+    assert_eq!(wes.sendack().reason_code, reason::SUBSCRIBER_NOT_EXIST);
+    let (status, _) = post(
+        http,
+        "/channel/delete",
+        json!({"channel_id": "club", "channel_type": 2}),
+    );
+    assert_eq!(status, 200);
+    let (_, v) = post(
+        http,
+        "/message/send",
+        json!({"channel_id": "club", "channel_type": 2, "payload": b64("{}")}),
+    );
+    assert_eq!(
+        v["status"],
+        reason::DISBAND,
+        "a deleted channel is disbanded"
+    );
+    let (_, v) = post(
+        http,
+        "/channel/messagesync",
+        json!({"login_uid": "zoe", "channel_id": "club", "channel_type": 2, "limit": 10}),
+    );
+    assert_eq!(
+        v["messages"].as_array().unwrap().len(),
+        0,
+        "its messages are gone"
+    );
+    let (status, _) = post(
+        http,
+        "/channel/delete",
+        json!({"channel_id": "bob", "channel_type": 1}),
+    );
+    assert_eq!(status, 400, "person channels cannot be deleted");
+}
+
+#[test]
+fn varz_metrics_and_route_describe_the_server() {
+    let server = start("varz", |_| {});
+    register(&server, "u", "t", 1, 0);
+    let _c = Client::ok(server.tcp_addr(), &Login::new("u", "t"));
+    let (status, v) = http(server.http_addr(), "GET", "/varz", &Value::Null);
+    assert_eq!(status, 200);
+    assert_eq!(v["ruyi_online_users"], 1);
+    assert!(v["connections"].as_u64().unwrap() >= 1);
+    let (status, v) = http(server.http_addr(), "GET", "/v1/route?uid=u", &Value::Null);
+    assert_eq!(status, 200);
+    assert!(v["ws_addr"].as_str().unwrap().starts_with("ws://"));
+    // /metrics is text, not JSON: read it raw.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.http_addr()).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"));
+    assert!(text.contains("Content-Type: text/plain; version=0.0.4"));
+    assert!(text.contains("# TYPE ruyi_connections gauge"));
+    assert!(text.contains("ruyi_online_users_connections 1"));
+    let (status, _) = http(server.http_addr(), "POST", "/varz", &json!({}));
+    assert_eq!(status, 405);
+}
