@@ -545,6 +545,25 @@ pub fn metrics(shared: &SharedRef) -> Answer {
             q.len()
         );
     }
+    if let Some(hooks) = &shared.webhooks {
+        family(
+            "ruyi_webhook_total",
+            "counter",
+            "Webhook POSTs by outcome, and events dropped.",
+        );
+        let st = &hooks.stats;
+        for (outcome, v) in [
+            ("delivered", &st.delivered),
+            ("failed", &st.failures),
+            ("dropped", &st.dropped),
+        ] {
+            let _ = writeln!(
+                lines,
+                "ruyi_webhook_total{{outcome=\"{outcome}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+    }
     out.push_str(&lines);
     (200, out)
 }

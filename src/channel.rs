@@ -217,6 +217,25 @@ impl Worker {
         if let Some(from) = req.from_conn {
             online.retain(|t| t.conn != from);
         }
+        // msg.offline: recipients other than the sender with no master-level device online
+        // (PROTOCOL.md §9.5); only computed when someone listens.
+        let webhook_offline = if self.shared.webhooks.is_some() && !req.flags.no_persist() {
+            recipients
+                .iter()
+                .filter(|uid| **uid != req.from_uid)
+                .filter(|uid| {
+                    !self
+                        .shared
+                        .registry
+                        .devices(uid)
+                        .iter()
+                        .any(|d| d.level == 1)
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         let planned = Planned {
             message: Message {
                 message_id,
@@ -236,6 +255,7 @@ impl Worker {
             recipients,
             offline_uids,
             queue_when_missed: queue_when_offline && !sync_once && !req.flags.no_persist(),
+            webhook_offline,
             reply: req.reply,
         };
         // Blocking here is the backpressure from storage to the channel pool; this is not

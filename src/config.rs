@@ -56,6 +56,9 @@ pub struct Config {
     /// Messages per storage transaction at most (group commit). Large, because a batch that
     /// holds several messages per channel dirties fewer pages per message.
     pub max_commit_batch: usize,
+    /// Webhook endpoint (`http://host:port/path`), or `None` for no webhooks. Events are
+    /// POSTed to `<url>?event=<name>` (HTTP_API.md §9).
+    pub webhook_url: Option<String>,
     /// SQLite `synchronous`: `FULL` (default) survives power loss; `NORMAL` survives a
     /// process crash (`kill -9`) but may lose the last commits on power loss.
     pub sync_full: bool,
@@ -85,6 +88,7 @@ impl Default for Config {
             node_id: 1001,
             max_commit_batch: 8192,
             sync_full: true,
+            webhook_url: None,
         }
     }
 }

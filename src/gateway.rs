@@ -562,7 +562,9 @@ impl Gateway {
             s.version,
             s.device_flag
         );
-        for Kick { conn: old, notify } in self.shared.registry.add(&s.uid, device) {
+        let kicks = self.shared.registry.add(&s.uid, device);
+        self.online_webhook(&s.uid, s.device_flag, conn.id(), true);
+        for Kick { conn: old, notify } in kicks {
             let kick = ToLoop::Kick {
                 conn: old,
                 notify,
@@ -677,6 +679,25 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// The `user.onlinestatus` webhook entry, with counts taken after the change
+    /// (HTTP_API.md §9.2). The connection number is unique per server: loop and generation.
+    fn online_webhook(&self, uid: &str, device_flag: u8, id: ConnId, online: bool) {
+        let Some(hooks) = &self.shared.webhooks else {
+            return;
+        };
+        let devices = self.shared.registry.devices(uid);
+        let same_flag = devices
+            .iter()
+            .filter(|d| d.device_flag == device_flag)
+            .count();
+        let conn_number = ((id.loop_index() as u64) << 32) | u64::from(id.generation());
+        hooks.online_status(format!(
+            "{uid}-{device_flag}-{}-{conn_number}-{same_flag}-{}",
+            u8::from(online),
+            devices.len()
+        ));
     }
 
     /// Queues a stored message for `uid` when none of the user's devices is online: the
@@ -945,6 +966,7 @@ impl Handler for Gateway {
         if let Session::Im(s) = state {
             if s.phase == Phase::Ready {
                 self.shared.registry.remove(&s.uid, id);
+                self.online_webhook(&s.uid, s.device_flag, id, false);
                 log::debug!("conn={id} uid={} closed: {}", s.uid, reason.name());
                 // RECVs this device never acknowledged go to the user's queue if it was
                 // their last device.

@@ -18,6 +18,8 @@ pub mod registry;
 pub mod server;
 pub mod shared;
 pub mod storage;
+pub mod webhook;
+
 pub mod ws;
 
 pub use config::Config;

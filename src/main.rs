@@ -45,6 +45,9 @@ struct Cli {
     /// SQLite synchronous=NORMAL instead of FULL: survives kill -9, not power loss.
     #[arg(long)]
     sync_normal: bool,
+    /// Webhook endpoint (http://host:port/path); events go to <url>?event=<name>.
+    #[arg(long)]
+    webhook_url: Option<String>,
 }
 
 fn main() {
@@ -58,6 +61,7 @@ fn main() {
         token_auth: !cli.no_token_auth,
         encryption: !cli.no_encryption,
         sync_full: !cli.sync_normal,
+        webhook_url: cli.webhook_url,
         ..Config::default()
     };
     if let Some(loops) = cli.loops {

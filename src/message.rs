@@ -160,6 +160,9 @@ pub struct Planned {
     /// Queue a recipient whose delivery misses (its device went away before the RECV was
     /// written or acknowledged): the offline policy said "queue when offline".
     pub queue_when_missed: bool,
+    /// Recipients for the `msg.offline` webhook: no master-level device online (filled only
+    /// when webhooks are configured).
+    pub webhook_offline: Vec<String>,
     /// Who waits for the outcome.
     pub reply: Reply,
 }
@@ -175,6 +178,8 @@ pub struct Committed {
     pub recipients: Arc<[String]>,
     /// See [`Planned::queue_when_missed`].
     pub queue_when_missed: bool,
+    /// See [`Planned::webhook_offline`].
+    pub webhook_offline: Vec<String>,
     /// Per-user queue seqs for SyncOnce messages: their online RECVs carry them.
     pub user_seqs: HashMap<String, u32>,
     /// Who waits.

@@ -13,6 +13,24 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `msg.notify` for every stored message, `msg.offline` when some recipients have no master
+/// device online (HTTP_API.md §9.3–9.4). Non-blocking: full webhook queues drop.
+fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, node_id: u16) {
+    let m = &c.message;
+    hooks.notify(crate::http::message_json(m, None));
+    if !c.webhook_offline.is_empty() {
+        let mut v = crate::http::message_json(m, None);
+        v["channel_id"] = serde_json::json!(m.addressed_to);
+        v["from_uid"] = serde_json::json!(m.from_uid);
+        v["to_uids"] = serde_json::json!(c.webhook_offline);
+        v["source_id"] = serde_json::json!(node_id);
+        v["timestamp"] = serde_json::json!(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()));
+        hooks.offline(v);
+    }
+}
+
 /// Polling period for the stop flag while idle.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
@@ -28,6 +46,9 @@ pub fn run(shared: SharedRef, rx: Receiver<Committed>) {
         };
         if c.outcome.message_seq > 0 && !c.duplicate {
             shared.counters.stored.fetch_add(1, Relaxed);
+            if let Some(hooks) = &shared.webhooks {
+                send_webhooks(hooks, &c, shared.config.node_id);
+            }
         }
         shared.reply(c.reply, c.outcome);
         if c.duplicate || c.online.is_empty() {

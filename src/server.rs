@@ -91,6 +91,18 @@ impl Server {
             .unzip();
         let (pusher_tx, pusher_rx) = bounded::<Committed>(PUSHER_QUEUE);
 
+        let stopping = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let webhooks = match config.webhook_url.clone() {
+            Some(url) => {
+                let (hooks, hook_threads) =
+                    crate::webhook::Webhooks::start(url, Arc::clone(&stopping))
+                        .map_err(|e| StartError::Spawn("webhooks".into(), e))?;
+                threads.extend(hook_threads);
+                Some(hooks)
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared {
             registry: Registry::default(),
             ids: IdGenerator::new(config.node_id, floor),
@@ -99,7 +111,8 @@ impl Server {
             http: http_tx,
             writer: writer_tx,
             loops: OnceLock::new(),
-            stopping: Arc::new(AtomicBool::new(false)),
+            stopping,
+            webhooks,
             counters: Counters::default(),
             started: std::time::Instant::now(),
             config,
@@ -126,7 +139,6 @@ impl Server {
             .start(move |_, handles| Gateway::new(Arc::clone(&for_loops), handles.clone()))?;
         shared.loops.set(engine.handles()).expect("set once, here");
 
-        let mut threads = Vec::new();
         let checkpoint_stop = Arc::new(AtomicBool::new(false));
         let (max_batch, stopping) = (shared.config.max_commit_batch, Arc::clone(&shared.stopping));
         let push = Arc::new(move |c: Committed| {

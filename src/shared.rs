@@ -57,6 +57,8 @@ pub struct Shared {
     pub counters: Counters,
     /// When the server started (uptime in `/varz`).
     pub started: std::time::Instant,
+    /// Webhook producers, when a webhook URL is configured.
+    pub webhooks: Option<crate::webhook::Webhooks>,
 }
 
 impl Shared {

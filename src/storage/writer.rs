@@ -237,6 +237,7 @@ impl Writer {
                     online: Vec::new(),
                     recipients: Arc::from(Vec::new()),
                     queue_when_missed: false,
+                    webhook_offline: Vec::new(),
                     user_seqs: HashMap::new(),
                     reply,
                     outcome: SendOutcome {
@@ -437,6 +438,7 @@ fn store_message(
         recipients,
         offline_uids,
         queue_when_missed,
+        webhook_offline,
         reply,
     } = planned;
     if message.flags.no_persist() {
@@ -451,6 +453,7 @@ fn store_message(
             online,
             recipients,
             queue_when_missed: false,
+            webhook_offline,
             user_seqs: HashMap::new(),
             reply,
             outcome,
@@ -464,6 +467,7 @@ fn store_message(
             online: Vec::new(),
             recipients,
             queue_when_missed: false,
+            webhook_offline: Vec::new(),
             user_seqs: HashMap::new(),
             reply,
             outcome: SendOutcome {
@@ -542,6 +546,7 @@ fn store_message(
         online,
         recipients,
         queue_when_missed,
+        webhook_offline,
         user_seqs,
         reply,
         outcome: SendOutcome {

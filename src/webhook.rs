@@ -1,0 +1,275 @@
+//! Webhooks (HTTP_API.md §9): `user.onlinestatus`, `msg.offline` and `msg.notify`, POSTed to
+//! `<url>?event=<name>` by their own threads, so a slow, failing or dead endpoint never
+//! slows message delivery or SENDACKs.
+//!
+//! # Queues and policy
+//! Producers (loop threads for online status, the pusher for messages) only `try_send`
+//! into bounded queues; when a queue is full the event is **dropped, counted and logged**
+//! (rate-limited). Delivery, per the reference:
+//! - `user.onlinestatus`: everything pending goes in one POST (a JSON array of strings);
+//!   a failed batch is retried every second, at most [`RETRIES`] times, then dropped.
+//! - `msg.notify`: up to [`NOTIFY_BATCH`] messages per POST, sent when that many wait or
+//!   every [`NOTIFY_INTERVAL`]; a failed batch is retried (each message at most
+//!   [`RETRIES`] times) after a one-second pause.
+//! - `msg.offline`: one POST per message, no retry, on its own thread so a slow answer
+//!   does not hold up the other events.
+//!
+//! Success is HTTP 200 exactly. Timeouts: connect 5 s, read 10 s, whole request 30 s.
+//! Plain `http://` endpoints only (the crate is built without TLS).
+
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Attempts per webhook batch or message before it is dropped (WuKongIM's
+/// `msgNotifyEventRetryMaxCount`).
+pub const RETRIES: u32 = 5;
+/// Messages per `msg.notify` POST (`msgNotifyEventCountPerPush`).
+pub const NOTIFY_BATCH: usize = 100;
+/// How long `msg.notify` waits to fill a batch (`msgNotifyEventPushInterval`).
+pub const NOTIFY_INTERVAL: Duration = Duration::from_millis(500);
+/// Events waiting per queue before new ones are dropped. At a few hundred bytes each this
+/// bounds the memory a dead endpoint can pin to a few MiB per queue.
+pub const QUEUE: usize = 16 << 10;
+/// `msg.notify` messages kept for retry at most (the reference keeps 5 × 100).
+const RETRY_BUFFER: usize = RETRIES as usize * NOTIFY_BATCH;
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct WebhookStats {
+    /// POSTs answered 200.
+    pub delivered: AtomicU64,
+    /// POSTs that failed (status, timeout, connection).
+    pub failures: AtomicU64,
+    /// Events dropped: queue full, or out of retries.
+    pub dropped: AtomicU64,
+}
+
+/// The producers' side. Cloneable; every method is non-blocking.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    online: crossbeam_channel::Sender<String>,
+    notify: crossbeam_channel::Sender<Value>,
+    offline: crossbeam_channel::Sender<Value>,
+    /// Counters.
+    pub stats: Arc<WebhookStats>,
+    last_drop_warn: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Webhooks {
+    /// Starts the delivery threads for `url`; they stop when `stop` is set.
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned.
+    pub fn start(
+        url: String,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<(Webhooks, Vec<std::thread::JoinHandle<()>>)> {
+        let (online_tx, online_rx) = crossbeam_channel::bounded(QUEUE);
+        let (notify_tx, notify_rx) = crossbeam_channel::bounded(QUEUE);
+        let (offline_tx, offline_rx) = crossbeam_channel::bounded(QUEUE);
+        let stats = Arc::new(WebhookStats::default());
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build();
+        let post = Poster {
+            agent,
+            url: Arc::new(url),
+            stats: Arc::clone(&stats),
+        };
+        let mut threads = Vec::new();
+        let (p, s) = (post.clone(), Arc::clone(&stop));
+        threads.push(spawn("ruyi-webhook-status", move || {
+            run_online(&p, &online_rx, &s)
+        })?);
+        let (p, s) = (post.clone(), Arc::clone(&stop));
+        threads.push(spawn("ruyi-webhook-notify", move || {
+            run_notify(&p, &notify_rx, &s)
+        })?);
+        let (p, s) = (post, stop);
+        threads.push(spawn("ruyi-webhook-offline", move || {
+            run_offline(&p, &offline_rx, &s)
+        })?);
+        let hooks = Webhooks {
+            online: online_tx,
+            notify: notify_tx,
+            offline: offline_tx,
+            stats,
+            last_drop_warn: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+        };
+        Ok((hooks, threads))
+    }
+
+    fn dropped(&self, what: &str) {
+        self.stats.dropped.fetch_add(1, Relaxed);
+        // Warn at most every 10 s (STYLE §5).
+        let now = self.started.elapsed().as_secs();
+        let last = self.last_drop_warn.load(Relaxed);
+        if now >= last + 10
+            && self
+                .last_drop_warn
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            log::warn!(
+                "webhook {what} queue full: dropping events ({} dropped so far)",
+                self.stats.dropped.load(Relaxed)
+            );
+        }
+    }
+
+    /// Queues a `user.onlinestatus` entry: `uid-flag-online-connid-flagconns-uidconns`.
+    pub fn online_status(&self, entry: String) {
+        if self.online.try_send(entry).is_err() {
+            self.dropped("user.onlinestatus");
+        }
+    }
+
+    /// Queues a `msg.notify` message object.
+    pub fn notify(&self, message: Value) {
+        if self.notify.try_send(message).is_err() {
+            self.dropped("msg.notify");
+        }
+    }
+
+    /// Queues a `msg.offline` object (message fields plus `to_uids`).
+    pub fn offline(&self, message: Value) {
+        if self.offline.try_send(message).is_err() {
+            self.dropped("msg.offline");
+        }
+    }
+}
+
+fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).spawn(f)
+}
+
+#[derive(Clone)]
+struct Poster {
+    agent: ureq::Agent,
+    url: Arc<String>,
+    stats: Arc<WebhookStats>,
+}
+
+impl Poster {
+    /// POSTs `body` for `event`; true on HTTP 200.
+    fn post(&self, event: &str, body: &str) -> bool {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        let url = format!("{}{sep}event={event}", self.url);
+        let ok = match self
+            .agent
+            .post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(body)
+        {
+            Ok(resp) => resp.status() == 200,
+            Err(e) => {
+                log::debug!("webhook {event}: {e}");
+                false
+            }
+        };
+        let counter = if ok {
+            &self.stats.delivered
+        } else {
+            &self.stats.failures
+        };
+        counter.fetch_add(1, Relaxed);
+        ok
+    }
+}
+
+/// Polling period for the stop flag.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+fn run_online(p: &Poster, rx: &crossbeam_channel::Receiver<String>, stop: &AtomicBool) {
+    while !stop.load(Relaxed) {
+        let Ok(first) = rx.recv_timeout(IDLE_POLL) else {
+            continue;
+        };
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let body = Value::from(
+            batch
+                .iter()
+                .map(|s| Value::from(s.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .to_string();
+        let mut attempts = 0;
+        while !p.post("user.onlinestatus", &body) {
+            attempts += 1;
+            if attempts >= RETRIES || stop.load(Relaxed) {
+                p.stats.dropped.fetch_add(batch.len() as u64, Relaxed);
+                log::warn!(
+                    "webhook user.onlinestatus: dropped a batch of {} after {attempts} failures",
+                    batch.len()
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+fn run_notify(p: &Poster, rx: &crossbeam_channel::Receiver<Value>, stop: &AtomicBool) {
+    // Messages waiting to go, with their failure counts; failed ones go back to the front.
+    let mut pending: std::collections::VecDeque<(Value, u32)> = std::collections::VecDeque::new();
+    while !stop.load(Relaxed) {
+        let deadline = Instant::now() + NOTIFY_INTERVAL;
+        while pending.len() < NOTIFY_BATCH {
+            match rx.recv_deadline(deadline) {
+                Ok(m) => pending.push_back((m, 0)),
+                Err(_) => break,
+            }
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        let n = pending.len().min(NOTIFY_BATCH);
+        let body = Value::from(
+            pending
+                .iter()
+                .take(n)
+                .map(|(m, _)| m.clone())
+                .collect::<Vec<_>>(),
+        )
+        .to_string();
+        if p.post("msg.notify", &body) {
+            pending.drain(..n);
+            continue;
+        }
+        let mut kept = std::collections::VecDeque::new();
+        for (m, failures) in pending.drain(..n) {
+            if failures + 1 < RETRIES {
+                kept.push_back((m, failures + 1));
+            } else {
+                p.stats.dropped.fetch_add(1, Relaxed);
+            }
+        }
+        kept.extend(pending.drain(..));
+        while kept.len() > RETRY_BUFFER {
+            kept.pop_back();
+            p.stats.dropped.fetch_add(1, Relaxed);
+        }
+        pending = kept;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn run_offline(p: &Poster, rx: &crossbeam_channel::Receiver<Value>, stop: &AtomicBool) {
+    while !stop.load(Relaxed) {
+        let Ok(m) = rx.recv_timeout(IDLE_POLL) else {
+            continue;
+        };
+        // Fire and forget, as the reference does: the app server retries APNs/FCM itself.
+        p.post("msg.offline", &m.to_string());
+    }
+}

@@ -1,0 +1,149 @@
+//! Webhooks against a live local HTTP receiver (issue 5): bodies of `user.onlinestatus`,
+//! `msg.notify` and `msg.offline`, and that a hanging endpoint does not slow delivery.
+
+#![allow(clippy::unwrap_used)]
+
+mod util;
+
+use ruyi_proto::types::{channel_type, reason};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use util::*;
+
+/// A receiver that records `(event, body)` for every POST and answers 200, or, with
+/// `hang`, accepts and never answers.
+fn receiver(hang: bool) -> (SocketAddr, mpsc::Receiver<(String, Value)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            if hang {
+                held.push(stream); // never read, never answer
+                continue;
+            }
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        if h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    let event = target.split("event=").nth(1).unwrap_or("").to_owned();
+                    let _ = tx.send((event, serde_json::from_slice(&body).unwrap()));
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn next_event(rx: &mpsc::Receiver<(String, Value)>, name: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (event, body) = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect(name);
+        if event == name {
+            return body;
+        }
+    }
+}
+
+#[test]
+fn webhooks_report_online_status_stored_and_offline_messages() {
+    let (hook, events) = receiver(false);
+    let server = start("webhook", |c| {
+        c.webhook_url = Some(format!("http://{hook}/hook"))
+    });
+    register(&server, "amy", "t", 1, 0);
+    let mut amy = Client::ok(server.tcp_addr(), &Login::new("amy", "t"));
+    let online = next_event(&events, "user.onlinestatus");
+    let entry = online[0].as_str().unwrap();
+    assert!(
+        entry.starts_with("amy-1-1-") && entry.ends_with("-1-1"),
+        "{entry}"
+    );
+
+    amy.send("ben", channel_type::PERSON, br#"{"type":1}"#, "w1");
+    let ack = amy.sendack();
+    assert_eq!(ack.reason_code, reason::SUCCESS);
+    // The two events travel on different threads: either may come first.
+    let mut got = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.len() < 2 {
+        let (event, body) = events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("notify and offline");
+        if event == "msg.notify" || event == "msg.offline" {
+            got.insert(event, body);
+        }
+    }
+    let notify = &got["msg.notify"];
+    assert_eq!(notify[0]["client_msg_no"], "w1");
+    assert_eq!(notify[0]["message_seq"], ack.message_seq);
+    let offline = &got["msg.offline"];
+    assert_eq!(offline["to_uids"], serde_json::json!(["ben"]));
+    assert_eq!(
+        (offline["channel_id"].as_str(), offline["from_uid"].as_str()),
+        (Some("ben"), Some("amy"))
+    );
+
+    drop(amy);
+    let gone = next_event(&events, "user.onlinestatus");
+    let entry = gone[0].as_str().unwrap();
+    assert!(
+        entry.starts_with("amy-1-0-") && entry.ends_with("-0-0"),
+        "{entry}"
+    );
+}
+
+#[test]
+fn a_hanging_webhook_never_slows_delivery() {
+    let (hook, _events) = receiver(true);
+    let server = start("webhookhang", |c| {
+        c.webhook_url = Some(format!("http://{hook}/hook"))
+    });
+    register(&server, "cal", "t", 1, 0);
+    register(&server, "dee", "t", 1, 0);
+    let mut cal = Client::ok(server.tcp_addr(), &Login::new("cal", "t"));
+    let mut dee = Client::ok(server.tcp_addr(), &Login::new("dee", "t"));
+    // The endpoint now holds a request open for its 30 s timeout; deliveries go on.
+    let started = Instant::now();
+    for i in 0..200 {
+        cal.send("dee", channel_type::PERSON, b"{}", &format!("h{i}"));
+    }
+    for _ in 0..200 {
+        assert_eq!(cal.sendack().reason_code, reason::SUCCESS);
+        let r = dee.recv();
+        dee.recvack(&r);
+    }
+    // Far below the webhook timeouts (5 s connect, 30 s request): nothing waited for them.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "delivery took {:?}",
+        started.elapsed()
+    );
+}
