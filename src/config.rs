@@ -56,6 +56,10 @@ pub struct Config {
     /// Messages per storage transaction at most (group commit). Large, because a batch that
     /// holds several messages per channel dirties fewer pages per message.
     pub max_commit_batch: usize,
+    /// The manager token: when set, every HTTP request must carry it in a `token` header
+    /// (HTTP_API.md §1.2). Required when `http_addr` is not a loopback address: the API
+    /// can register tokens and send as anyone, so it is never exposed without one.
+    pub manager_token: Option<String>,
     /// Webhook endpoint (`http://host:port/path`), or `None` for no webhooks. Events are
     /// POSTed to `<url>?event=<name>` (HTTP_API.md §9).
     pub webhook_url: Option<String>,
@@ -89,11 +93,32 @@ impl Default for Config {
             max_commit_batch: 8192,
             sync_full: true,
             webhook_url: None,
+            manager_token: None,
         }
     }
 }
 
 impl Config {
+    /// Checks the settings that can only be wrong together.
+    ///
+    /// # Errors
+    /// A message naming what to change.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.http_addr.ip().is_loopback()
+            && self.manager_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(format!(
+                "the HTTP API on {} would be reachable beyond this machine without a manager token; \
+                 set --manager-token or bind it to 127.0.0.1",
+                self.http_addr
+            ));
+        }
+        if self.node_id > 1023 {
+            return Err("node_id must be at most 1023 (10 bits of the message id)".into());
+        }
+        Ok(())
+    }
+
     /// A configuration for tests: ephemeral loopback ports, a given data directory.
     pub fn for_test(data_dir: impl Into<PathBuf>) -> Config {
         Config {

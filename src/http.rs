@@ -153,6 +153,20 @@ pub fn on_data(
             }
         }
     }
+    // The manager token (HTTP_API.md §1.2): when configured, every request carries it in a
+    // `token` header or gets an empty 401. Compared in constant time.
+    if let Some(expected) = &shared.config.manager_token {
+        let given = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("token"))
+            .map(|h| h.value);
+        if !given.is_some_and(|g| ruyi_proto::crypto::constant_time_eq(g, expected.as_bytes())) {
+            conn.queue(response_typed(401, "application/json", "", false));
+            conn.close();
+            return input.len();
+        }
+    }
     let content_length = content_length.unwrap_or(0);
     if content_length > MAX_BODY_BYTES {
         refuse(conn, 413, "request body too large");

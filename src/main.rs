@@ -48,6 +48,11 @@ struct Cli {
     /// Webhook endpoint (http://host:port/path); events go to <url>?event=<name>.
     #[arg(long)]
     webhook_url: Option<String>,
+    /// Manager token: every HTTP request must carry it in a `token` header. Required when
+    /// --http-addr is not loopback. Also read from RUYI_MANAGER_TOKEN, so it stays out of
+    /// process listings.
+    #[arg(long, env = "RUYI_MANAGER_TOKEN", hide_env_values = true)]
+    manager_token: Option<String>,
 }
 
 fn main() {
@@ -62,6 +67,7 @@ fn main() {
         encryption: !cli.no_encryption,
         sync_full: !cli.sync_normal,
         webhook_url: cli.webhook_url,
+        manager_token: cli.manager_token,
         ..Config::default()
     };
     if let Some(loops) = cli.loops {

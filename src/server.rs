@@ -45,6 +45,9 @@ pub enum StartError {
     /// A pool thread could not be spawned.
     #[error("cannot spawn {0}: {1}")]
     Spawn(String, std::io::Error),
+    /// The configuration cannot be used.
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A running server.
@@ -78,6 +81,7 @@ impl Server {
     /// # Errors
     /// See [`StartError`].
     pub fn start(config: Config) -> Result<Server, StartError> {
+        config.validate().map_err(StartError::Config)?;
         let writer_conn = storage::open_writer(&config.data_dir, config.sync_full)?;
         let floor = storage::open_reader(&config.data_dir)?
             .max_message_id()

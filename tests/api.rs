@@ -195,3 +195,30 @@ fn varz_metrics_and_route_describe_the_server() {
     let (status, _) = http(server.http_addr(), "POST", "/varz", &json!({}));
     assert_eq!(status, 405);
 }
+
+#[test]
+fn a_manager_token_guards_every_route() {
+    let server = start("manager", |c| c.manager_token = Some("s3cret".into()));
+    let (status, body) = http(server.http_addr(), "GET", "/health", &Value::Null);
+    assert_eq!(
+        (status, body),
+        (401, Value::Null),
+        "no token: 401, empty body"
+    );
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.http_addr()).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\ntoken: s3cret\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+#[test]
+fn an_api_beyond_loopback_without_a_manager_token_does_not_start() {
+    init();
+    let mut config = ruyi::Config::for_test(temp_dir("exposed"));
+    config.http_addr = "0.0.0.0:0".parse().unwrap();
+    let err = ruyi::Server::start(config).unwrap_err();
+    assert!(err.to_string().contains("manager token"), "{err}");
+}
