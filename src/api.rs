@@ -582,3 +582,216 @@ mod tests {
         assert_eq!(query_param("uid=%zz%", "uid").as_deref(), Some("%zz%"));
     }
 }
+
+#[derive(Deserialize)]
+struct ListBody {
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    channel_type: u8,
+    #[serde(default)]
+    uids: Vec<String>,
+}
+
+/// What a blacklist or whitelist route does to its list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListOp {
+    /// Add the uids.
+    Add,
+    /// Replace the list with the uids (empty clears).
+    Set,
+    /// Remove the uids.
+    Remove,
+    /// Clear the list.
+    RemoveAll,
+}
+
+/// `POST /channel/blacklist_*` and `/channel/whitelist_*` (HTTP_API.md §5.6–5.7). Person
+/// lists belong to the owner: `channel_id` = owner uid, type 1. Blacklisting removes the
+/// listed users' conversation with the channel, unblacklisting brings it back (not for
+/// Live channels); whitelisting on a person channel gives the owner a conversation with
+/// each listed user.
+pub fn list_change(
+    shared: &SharedRef,
+    body: &[u8],
+    table: &'static str,
+    op: ListOp,
+) -> Result<Answer, Answer> {
+    let b: ListBody = parse(body)?;
+    if !valid_id(&b.channel_id) {
+        return Err(bad("channel_id is empty or contains @ # &"));
+    }
+    if b.channel_type == 0 {
+        return Err(bad("channel_type is required"));
+    }
+    if op == ListOp::Add && b.uids.is_empty() {
+        return Err(bad("uids is required"));
+    }
+    if let Some(u) = b.uids.iter().find(|u| !valid_id(u)) {
+        return Err(bad(&format!("uid {u:?} is empty or contains @ # &")));
+    }
+    let key = ChannelKey::new(b.channel_id.clone(), b.channel_type);
+    let k = key.clone();
+    let uids = b.uids;
+    exec(
+        shared,
+        Box::new(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
+                params![k.id, k.channel_type],
+            )?;
+            let row: i64 = c.query_row(
+                "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
+                params![k.id, k.channel_type],
+                |r| r.get(0),
+            )?;
+            if matches!(op, ListOp::Set | ListOp::RemoveAll) {
+                c.execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [row])?;
+            }
+            for uid in &uids {
+                match op {
+                    ListOp::Add | ListOp::Set => {
+                        c.execute(
+                            &format!(
+                                "INSERT OR IGNORE INTO {table} (channel, uid) VALUES (?1, ?2)"
+                            ),
+                            params![row, uid],
+                        )?;
+                    }
+                    ListOp::Remove => {
+                        c.execute(
+                            &format!("DELETE FROM {table} WHERE channel = ?1 AND uid = ?2"),
+                            params![row, uid],
+                        )?;
+                    }
+                    ListOp::RemoveAll => {}
+                }
+            }
+            let live = k.channel_type == channel_type::LIVE;
+            let now = crate::http::now_secs();
+            match (table, op) {
+                ("denylist", ListOp::Add | ListOp::Set) if !live => {
+                    for uid in &uids {
+                        c.execute(
+                            "DELETE FROM conversations WHERE uid = ?1 AND channel = ?2",
+                            params![uid, row],
+                        )?;
+                    }
+                }
+                ("denylist", ListOp::Remove) if !live => {
+                    for uid in &uids {
+                        c.execute(
+                            "INSERT OR IGNORE INTO conversations (uid, channel, read_to, deleted_at, updated_at)
+                             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?2), 0, ?3)",
+                            params![uid, row, now],
+                        )?;
+                    }
+                }
+                ("allowlist", ListOp::Add) if k.channel_type == channel_type::PERSON => {
+                    for uid in &uids {
+                        let combined = person_channel_id(&k.id, uid);
+                        c.execute(
+                            "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
+                            params![combined, channel_type::PERSON],
+                        )?;
+                        c.execute(
+                            "INSERT OR IGNORE INTO conversations (uid, channel, read_to, deleted_at, updated_at)
+                             SELECT ?1, id, 0, 0, ?3 FROM channels WHERE channel_id = ?2 AND channel_type = 1",
+                            params![k.id, combined, now],
+                        )?;
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        }),
+    )?;
+    invalidate(shared, Some(key));
+    Ok(ok())
+}
+
+/// `GET /channel/whitelist?channel_id=&channel_type=`: the list as member objects.
+pub fn whitelist(reader: &Reader, req: &HttpRequest) -> Result<Answer, Answer> {
+    let channel_id = query_param(&req.query, "channel_id").unwrap_or_default();
+    let ctype: u8 = query_param(&req.query, "channel_type")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    if channel_id.is_empty() || ctype == 0 {
+        return Err(bad("channel_id and channel_type are required"));
+    }
+    let info = reader
+        .channel(&ChannelKey::new(channel_id, ctype))
+        .map_err(storage_error)?;
+    let list: Vec<Value> = info
+        .map(|i| i.allowlist)
+        .unwrap_or_default()
+        .iter()
+        .map(|uid| json!({"uid": uid, "id": uid}))
+        .collect();
+    Ok((200, Value::Array(list).to_string()))
+}
+
+#[derive(Deserialize)]
+struct SendBatchBody {
+    #[serde(default)]
+    header: crate::http::Header,
+    #[serde(default)]
+    from_uid: String,
+    #[serde(default)]
+    subscribers: Vec<String>,
+    #[serde(default)]
+    payload: String,
+}
+
+/// `POST /message/sendbatch`: one person message from `from_uid` to each subscriber, each
+/// with its own client_msg_no (HTTP_API.md §6.2). Answers after every commit.
+pub fn send_batch(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    use base64::Engine as _;
+    let b: SendBatchBody = parse(body)?;
+    if !valid_id(&b.from_uid) {
+        return Err(bad("from_uid is required and must not contain @ # &"));
+    }
+    if b.subscribers.is_empty() {
+        return Err(bad("subscribers is required"));
+    }
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(b.payload.as_bytes())
+        .map_err(|_| bad("payload must be base64"))?;
+    if payload.is_empty() {
+        return Err(bad("payload is required"));
+    }
+    let payload = bytes::Bytes::from(payload);
+    let flags = crate::http::header_flags(&b.header);
+    let mut pending = Vec::with_capacity(b.subscribers.len());
+    let (mut fail_uids, mut reasons) = (Vec::new(), Vec::new());
+    for uid in &b.subscribers {
+        if !valid_id(uid) {
+            fail_uids.push(uid.clone());
+            reasons.push(ruyi_proto::types::reason::CHANNEL_ID_ERROR);
+            continue;
+        }
+        let send = crate::http::ApiSend {
+            from_uid: b.from_uid.clone(),
+            channel_id: uid.clone(),
+            channel_type: channel_type::PERSON,
+            flags,
+            client_msg_no: String::new(),
+            expire: 0,
+            payload: payload.clone(),
+        };
+        pending.push((uid.clone(), crate::http::submit(shared, send)?.0));
+    }
+    for (uid, rx) in pending {
+        let reason = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_or(ruyi_proto::types::reason::SYSTEM_ERROR, |o| o.reason);
+        if reason != ruyi_proto::types::reason::SUCCESS {
+            fail_uids.push(uid);
+            reasons.push(reason);
+        }
+    }
+    Ok((
+        200,
+        json!({"fail_uids": fail_uids, "reason": reasons}).to_string(),
+    ))
+}

@@ -7,6 +7,7 @@
 //! This routes: `/health`, `/user/token`, `/channel`, `/channel/subscriber_add`,
 //! `/message/send`, `/message/sync`, `/message/syncack`, each also under `/v1`.
 
+use crate::api::ListOp;
 use crate::channel::{ChannelJob, SendRequest};
 use crate::gateway::ToLoop;
 use crate::message::{ChannelKey, Message, Reply, SYSTEM_UID};
@@ -279,6 +280,36 @@ const ROUTES: &[(&str, &str, Handler)] = &[
         crate::api::max_message_seq(rd, r)
     }),
     ("POST", "/message/send", |s, _, r| message_send(s, &r.body)),
+    ("POST", "/message/sendbatch", |s, _, r| {
+        crate::api::send_batch(s, &r.body)
+    }),
+    ("POST", "/channel/blacklist_add", |s, _, r| {
+        list(s, r, "denylist", ListOp::Add)
+    }),
+    ("POST", "/channel/blacklist_set", |s, _, r| {
+        list(s, r, "denylist", ListOp::Set)
+    }),
+    ("POST", "/channel/blacklist_remove", |s, _, r| {
+        list(s, r, "denylist", ListOp::Remove)
+    }),
+    ("POST", "/channel/blacklist_remove_all", |s, _, r| {
+        list(s, r, "denylist", ListOp::RemoveAll)
+    }),
+    ("POST", "/channel/whitelist_add", |s, _, r| {
+        list(s, r, "allowlist", ListOp::Add)
+    }),
+    ("POST", "/channel/whitelist_set", |s, _, r| {
+        list(s, r, "allowlist", ListOp::Set)
+    }),
+    ("POST", "/channel/whitelist_remove", |s, _, r| {
+        list(s, r, "allowlist", ListOp::Remove)
+    }),
+    ("POST", "/channel/whitelist_remove_all", |s, _, r| {
+        list(s, r, "allowlist", ListOp::RemoveAll)
+    }),
+    ("GET", "/channel/whitelist", |_, rd, r| {
+        crate::api::whitelist(rd, r)
+    }),
     ("POST", "/message/sync", |_, rd, r| {
         message_sync(rd, &r.body)
     }),
@@ -286,6 +317,15 @@ const ROUTES: &[(&str, &str, Handler)] = &[
         message_syncack(s, &r.body)
     }),
 ];
+
+fn list(
+    shared: &SharedRef,
+    req: &HttpRequest,
+    table: &'static str,
+    op: ListOp,
+) -> Result<Answer, Answer> {
+    crate::api::list_change(shared, &req.body, table, op)
+}
 
 fn route(shared: &SharedRef, reader: &Reader, req: &HttpRequest) -> Answer {
     let path = req.path.strip_prefix("/v1").unwrap_or(&req.path);
@@ -531,13 +571,13 @@ fn subscriber_add(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
 }
 
 #[derive(Deserialize, Default)]
-struct Header {
+pub(crate) struct Header {
     #[serde(default)]
-    no_persist: u8,
+    pub no_persist: u8,
     #[serde(default)]
-    red_dot: u8,
+    pub red_dot: u8,
     #[serde(default)]
-    sync_once: u8,
+    pub sync_once: u8,
 }
 
 #[derive(Deserialize)]
@@ -595,43 +635,19 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     } else {
         b.from_uid
     };
-    let key = if b.channel_type == channel_type::PERSON {
-        ChannelKey::new(
-            person_channel_id(&from_uid, &b.channel_id),
-            channel_type::PERSON,
-        )
-    } else {
-        ChannelKey::new(b.channel_id.clone(), b.channel_type)
-    };
-    let mut flags = Flags(0);
-    flags = flags
-        .with(Flags::NO_PERSIST, b.header.no_persist == 1)
-        .with(Flags::RED_DOT, b.header.red_dot == 1)
-        .with(Flags::SYNC_ONCE, b.header.sync_once == 1);
-    let client_msg_no = if b.client_msg_no.is_empty() {
-        format!("{:x}0", shared.ids.next())
-    } else {
-        b.client_msg_no
-    };
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let request = SendRequest {
-        from_uid,
-        from_conn: None,
-        key: key.clone(),
-        addressed_to: b.channel_id,
-        client_msg_no: client_msg_no.clone(),
-        flags,
-        setting: 0,
-        expire: b.expire,
-        topic: String::new(),
-        payload: Bytes::from(payload),
-        system: true,
-        reply: Reply::Http(tx),
-    };
-    shared
-        .channel_queue(&key)
-        .send(ChannelJob::Send(Box::new(request)))
-        .map_err(|_| (503, error_body(503, "server stopping")))?;
+    let flags = header_flags(&b.header);
+    let (rx, client_msg_no) = submit(
+        shared,
+        ApiSend {
+            from_uid,
+            channel_id: b.channel_id,
+            channel_type: b.channel_type,
+            flags,
+            client_msg_no: b.client_msg_no,
+            expire: b.expire,
+            payload: Bytes::from(payload),
+        },
+    )?;
     let outcome = rx
         .recv_timeout(BACKEND_TIMEOUT)
         .map_err(|_| (503, error_body(503, "send timed out")))?;
@@ -648,6 +664,80 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         }})
         .to_string(),
     ))
+}
+
+/// The frame flags an API send asks for; `red_dot` defaults to 0 (HTTP_API.md §6.1).
+pub(crate) fn header_flags(h: &Header) -> Flags {
+    Flags(0)
+        .with(Flags::NO_PERSIST, h.no_persist == 1)
+        .with(Flags::RED_DOT, h.red_dot == 1)
+        .with(Flags::SYNC_ONCE, h.sync_once == 1)
+}
+
+/// A send made through the API, already validated.
+pub(crate) struct ApiSend {
+    /// Sender (the system uid when the caller gave none).
+    pub from_uid: String,
+    /// Target as addressed: group id, or the recipient uid for person chats.
+    pub channel_id: String,
+    /// Channel type.
+    pub channel_type: u8,
+    /// Header flags.
+    pub flags: Flags,
+    /// The caller's message number; generated when empty.
+    pub client_msg_no: String,
+    /// Seconds until expiry.
+    pub expire: u32,
+    /// Plain payload.
+    pub payload: Bytes,
+}
+
+/// Hands an API send to its channel worker, the same path as a client SEND (permission
+/// checks skipped for the system device). Returns where the outcome will arrive, after the
+/// storage commit, and the client_msg_no used.
+pub(crate) fn submit(
+    shared: &SharedRef,
+    send: ApiSend,
+) -> Result<
+    (
+        crossbeam_channel::Receiver<crate::message::SendOutcome>,
+        String,
+    ),
+    Answer,
+> {
+    let key = if send.channel_type == channel_type::PERSON {
+        ChannelKey::new(
+            person_channel_id(&send.from_uid, &send.channel_id),
+            channel_type::PERSON,
+        )
+    } else {
+        ChannelKey::new(send.channel_id.clone(), send.channel_type)
+    };
+    let client_msg_no = if send.client_msg_no.is_empty() {
+        format!("{:x}0", shared.ids.next())
+    } else {
+        send.client_msg_no
+    };
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let request = SendRequest {
+        from_uid: send.from_uid,
+        from_conn: None,
+        key: key.clone(),
+        addressed_to: send.channel_id,
+        client_msg_no: client_msg_no.clone(),
+        flags: send.flags,
+        setting: 0,
+        expire: send.expire,
+        topic: String::new(),
+        payload: send.payload,
+        system: true,
+        reply: Reply::Http(tx),
+    };
+    shared
+        .channel_queue(&key)
+        .send(ChannelJob::Send(Box::new(request)))
+        .map_err(|_| (503, error_body(503, "server stopping")))?;
+    Ok((rx, client_msg_no))
 }
 
 /// The message object of HTTP_API.md §2, with the v3 person `channel_id` rule when the

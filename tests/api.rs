@@ -222,3 +222,120 @@ fn an_api_beyond_loopback_without_a_manager_token_does_not_start() {
     let err = ruyi::Server::start(config).unwrap_err();
     assert!(err.to_string().contains("manager token"), "{err}");
 }
+
+#[test]
+fn blacklists_and_whitelists_refuse_with_their_codes() {
+    let server = start("lists", |_| {});
+    let http = server.http_addr();
+    for uid in ["ann", "bo", "cy"] {
+        register(&server, uid, "t", 1, 0);
+    }
+    post(
+        http,
+        "/channel",
+        json!({"channel_id": "grp", "channel_type": 2, "subscribers": ["ann", "bo", "cy"]}),
+    );
+    let mut ann = Client::ok(server.tcp_addr(), &Login::new("ann", "t"));
+    let mut bo = Client::ok(server.tcp_addr(), &Login::new("bo", "t"));
+    // Person blacklist: bo blocks ann.
+    assert_eq!(
+        post(
+            http,
+            "/channel/blacklist_add",
+            json!({"channel_id": "bo", "channel_type": 1, "uids": ["ann"]})
+        )
+        .0,
+        200
+    );
+    ann.send("bo", 1, b"{}", "p1");
+    assert_eq!(ann.sendack().reason_code, reason::IN_BLACKLIST);
+    bo.send("ann", 1, b"{}", "p2");
+    assert_eq!(
+        bo.sendack().reason_code,
+        reason::SUCCESS,
+        "the owner can still write"
+    );
+    assert_eq!(ann.recv().channel_id, "bo");
+    assert_eq!(
+        post(
+            http,
+            "/channel/blacklist_remove",
+            json!({"channel_id": "bo", "channel_type": 1, "uids": ["ann"]})
+        )
+        .0,
+        200
+    );
+    ann.send("bo", 1, b"{}", "p3");
+    assert_eq!(ann.sendack().reason_code, reason::SUCCESS);
+    bo.recv();
+    // Group whitelist: once non-empty, only listed members may send.
+    assert_eq!(
+        post(
+            http,
+            "/channel/whitelist_set",
+            json!({"channel_id": "grp", "channel_type": 2, "uids": ["bo"]})
+        )
+        .0,
+        200
+    );
+    ann.send("grp", 2, b"{}", "g1");
+    assert_eq!(ann.sendack().reason_code, reason::NOT_IN_WHITELIST);
+    let (_, list) = http_get(http, "/channel/whitelist?channel_id=grp&channel_type=2");
+    assert_eq!(list, json!([{"uid": "bo", "id": "bo"}]));
+    assert_eq!(
+        post(
+            http,
+            "/channel/whitelist_remove_all",
+            json!({"channel_id": "grp", "channel_type": 2})
+        )
+        .0,
+        200
+    );
+    // Group blacklist.
+    assert_eq!(
+        post(
+            http,
+            "/channel/blacklist_set",
+            json!({"channel_id": "grp", "channel_type": 2, "uids": ["ann"]})
+        )
+        .0,
+        200
+    );
+    ann.send("grp", 2, b"{}", "g2");
+    assert_eq!(ann.sendack().reason_code, reason::IN_BLACKLIST);
+    assert_eq!(
+        post(
+            http,
+            "/channel/blacklist_add",
+            json!({"channel_id": "grp", "channel_type": 2, "uids": []})
+        )
+        .0,
+        400
+    );
+}
+
+#[test]
+fn sendbatch_sends_one_person_message_to_each() {
+    let server = start("batch", |_| {});
+    let (status, v) = post(
+        server.http_addr(),
+        "/message/sendbatch",
+        json!({"from_uid": "sys", "subscribers": ["r1", "r2", "r3"], "payload": b64("{\"type\":1}")}),
+    );
+    assert_eq!((status, &v), (200, &json!({"fail_uids": [], "reason": []})));
+    for uid in ["r1", "r2", "r3"] {
+        let (_, list) = post(
+            server.http_addr(),
+            "/message/sync",
+            json!({"uid": uid, "limit": 10}),
+        );
+        assert_eq!(list.as_array().unwrap().len(), 1, "{uid}");
+        assert_eq!(list[0]["channel_id"], "sys");
+    }
+    let (status, _) = post(
+        server.http_addr(),
+        "/message/sendbatch",
+        json!({"from_uid": "sys", "payload": b64("x")}),
+    );
+    assert_eq!(status, 400);
+}
