@@ -795,3 +795,226 @@ pub fn send_batch(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         json!({"fail_uids": fail_uids, "reason": reasons}).to_string(),
     ))
 }
+
+#[derive(Deserialize)]
+struct ConversationSyncBody {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    version: i64,
+    #[serde(default)]
+    last_msg_seqs: String,
+    #[serde(default)]
+    msg_count: i64,
+    #[serde(default)]
+    only_unread: u8,
+    #[serde(default)]
+    exclude_channel_types: Vec<u8>,
+    #[serde(default)]
+    page: usize,
+    #[serde(default)]
+    page_size: usize,
+}
+
+/// Conversations a user may hold at most in one sync (WuKongIM `conversation.userMaxCount`).
+const CONVERSATION_LIMIT: usize = 1000;
+
+/// `POST /conversation/sync`: the recent-chat list with the newest messages of each
+/// (HTTP_API.md §8.1, PROTOCOL.md §9.6).
+///
+/// Unread follows §9.6, with one simplification: the user's own latest message is looked
+/// for among the returned recents only (a full per-user scan of a channel has no index).
+pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
+    let b: ConversationSyncBody = parse(body)?;
+    if b.uid.is_empty() {
+        return Err(bad("uid is required"));
+    }
+    let msg_count = b.msg_count.max(1) as usize; // v2 returns [] for ≤ 0; Ruyi treats it as 1.
+                                                 // "<channel_id>:<channel_type>:<last_seq>|…", channel_id = peer uid for person chats.
+    let known: std::collections::HashMap<(String, u8), u32> = b
+        .last_msg_seqs
+        .split('|')
+        .filter_map(|entry| {
+            let mut parts = entry.rsplitn(3, ':');
+            let seq = parts.next()?.parse().ok()?;
+            let ctype = parts.next()?.parse().ok()?;
+            Some(((parts.next()?.to_owned(), ctype), seq))
+        })
+        .collect();
+    let mut list = Vec::new();
+    for conv in reader
+        .conversations(&b.uid, CONVERSATION_LIMIT)
+        .map_err(storage_error)?
+    {
+        let key = &conv.channel;
+        if key.id.ends_with("____cmd") {
+            continue;
+        }
+        let shown_id = if key.channel_type == channel_type::PERSON {
+            match ruyi_proto::person_peer(&key.id, &b.uid) {
+                Some(peer) => peer.to_owned(),
+                None => continue,
+            }
+        } else {
+            key.id.clone()
+        };
+        if shown_id == crate::message::SYSTEM_UID {
+            continue;
+        }
+        let client_seq = known.get(&(shown_id.clone(), key.channel_type)).copied();
+        if client_seq.is_none() && b.exclude_channel_types.contains(&key.channel_type) {
+            continue;
+        }
+        let mut start = match client_seq {
+            Some(seq) => seq + 1,
+            None if b.only_unread == 1 || b.version > 0 => conv.read_to + 1,
+            None => 0,
+        };
+        if conv.deleted_at > 0 && start <= conv.deleted_at {
+            start = conv.deleted_at + 1;
+        }
+        let recents = reader
+            .channel_messages(key, start.saturating_sub(1), u32::MAX, msg_count, true)
+            .map_err(storage_error)?
+            .unwrap_or_default();
+        let Some(newest) = recents.last() else {
+            continue;
+        };
+        let last = newest.message_seq;
+        let own_latest = recents
+            .iter()
+            .filter(|m| m.from_uid == b.uid)
+            .map(|m| m.message_seq)
+            .max();
+        let (unread, read_to) = if newest.from_uid == b.uid {
+            (0, last)
+        } else {
+            let read_to = conv.read_to.max(own_latest.unwrap_or(0));
+            (last.saturating_sub(read_to), conv.read_to)
+        };
+        let ts = newest.timestamp;
+        list.push((
+            ts,
+            json!({
+                "channel_id": shown_id,
+                "channel_type": key.channel_type,
+                "unread": unread,
+                "timestamp": ts,
+                "last_msg_seq": last,
+                "last_client_msg_no": newest.client_msg_no,
+                "offset_msg_seq": 0,
+                "readed_to_msg_seq": read_to,
+                "version": i64::from(ts) * 1_000_000_000,
+                "recents": recents.iter().rev().map(|m| message_json(m, Some(&b.uid))).collect::<Vec<_>>(),
+            }),
+        ));
+    }
+    list.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut list: Vec<Value> = list.into_iter().map(|(_, v)| v).collect();
+    if b.page >= 1 {
+        let size = if b.page_size == 0 {
+            100
+        } else {
+            b.page_size.min(500)
+        };
+        list = list
+            .into_iter()
+            .skip((b.page - 1) * size)
+            .take(size)
+            .collect();
+    }
+    Ok((200, Value::Array(list).to_string()))
+}
+
+#[derive(Deserialize)]
+struct ConversationBody {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    channel_type: u8,
+    #[serde(default)]
+    unread: i64,
+}
+
+/// What a conversation mutation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConversationOp {
+    /// `read_to` = the channel's last seq.
+    ClearUnread,
+    /// `read_to` = last − unread, only ever forward.
+    SetUnread,
+    /// `deleted_at` = the channel's last seq.
+    Delete,
+}
+
+/// `POST /conversations/clearUnread`, `/setUnread`, `/delete` (HTTP_API.md §8.2).
+pub fn conversation_change(
+    shared: &SharedRef,
+    body: &[u8],
+    op: ConversationOp,
+) -> Result<Answer, Answer> {
+    let b: ConversationBody = parse(body)?;
+    if b.uid.is_empty() || b.channel_id.is_empty() || b.channel_type == 0 {
+        return Err(bad("uid, channel_id and channel_type are required"));
+    }
+    let key = if b.channel_type == channel_type::PERSON {
+        ChannelKey::new(
+            person_channel_id(&b.uid, &b.channel_id),
+            channel_type::PERSON,
+        )
+    } else {
+        ChannelKey::new(b.channel_id, b.channel_type)
+    };
+    let (uid, unread) = (b.uid, b.unread);
+    exec(
+        shared,
+        Box::new(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
+                params![key.id, key.channel_type],
+            )?;
+            let (row, last): (i64, i64) = c.query_row(
+                "SELECT id, (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = channels.id)
+                 FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
+                params![key.id, key.channel_type],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let now = crate::http::now_secs();
+            c.execute(
+                "INSERT OR IGNORE INTO conversations (uid, channel, read_to, deleted_at, updated_at) VALUES (?1, ?2, 0, 0, ?3)",
+                params![uid, row, now],
+            )?;
+            match op {
+                ConversationOp::ClearUnread => {
+                    c.execute(
+                        "UPDATE conversations SET read_to = ?3 WHERE uid = ?1 AND channel = ?2",
+                        params![uid, row, last],
+                    )?;
+                }
+                ConversationOp::SetUnread => {
+                    let target = if unread <= 0 {
+                        last
+                    } else if unread > last {
+                        (last - 1).max(0)
+                    } else {
+                        last - unread
+                    };
+                    c.execute(
+                        "UPDATE conversations SET read_to = MAX(read_to, ?3) WHERE uid = ?1 AND channel = ?2",
+                        params![uid, row, target],
+                    )?;
+                }
+                ConversationOp::Delete => {
+                    c.execute(
+                        "UPDATE conversations SET deleted_at = ?3 WHERE uid = ?1 AND channel = ?2",
+                        params![uid, row, last],
+                    )?;
+                }
+            }
+            Ok(())
+        }),
+    )?;
+    Ok(ok())
+}

@@ -7,7 +7,7 @@
 //! This routes: `/health`, `/user/token`, `/channel`, `/channel/subscriber_add`,
 //! `/message/send`, `/message/sync`, `/message/syncack`, each also under `/v1`.
 
-use crate::api::ListOp;
+use crate::api::{ConversationOp, ListOp};
 use crate::channel::{ChannelJob, SendRequest};
 use crate::gateway::ToLoop;
 use crate::message::{ChannelKey, Message, Reply, SYSTEM_UID};
@@ -310,6 +310,18 @@ const ROUTES: &[(&str, &str, Handler)] = &[
     ("GET", "/channel/whitelist", |_, rd, r| {
         crate::api::whitelist(rd, r)
     }),
+    ("POST", "/conversation/sync", |_, rd, r| {
+        crate::api::conversation_sync(rd, &r.body)
+    }),
+    ("POST", "/conversations/clearUnread", |s, _, r| {
+        conv(s, r, ConversationOp::ClearUnread)
+    }),
+    ("POST", "/conversations/setUnread", |s, _, r| {
+        conv(s, r, ConversationOp::SetUnread)
+    }),
+    ("POST", "/conversations/delete", |s, _, r| {
+        conv(s, r, ConversationOp::Delete)
+    }),
     ("POST", "/message/sync", |_, rd, r| {
         message_sync(rd, &r.body)
     }),
@@ -325,6 +337,10 @@ fn list(
     op: ListOp,
 ) -> Result<Answer, Answer> {
     crate::api::list_change(shared, &req.body, table, op)
+}
+
+fn conv(shared: &SharedRef, req: &HttpRequest, op: ConversationOp) -> Result<Answer, Answer> {
+    crate::api::conversation_change(shared, &req.body, op)
 }
 
 fn route(shared: &SharedRef, reader: &Reader, req: &HttpRequest) -> Answer {

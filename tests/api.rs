@@ -339,3 +339,106 @@ fn sendbatch_sends_one_person_message_to_each() {
     );
     assert_eq!(status, 400);
 }
+
+#[test]
+fn conversation_sync_lists_recent_chats_with_unread_counts() {
+    let server = start("convs", |_| {});
+    let http = server.http_addr();
+    register(&server, "kai", "t", 1, 0);
+    register(&server, "lu", "t", 1, 0);
+    post(
+        http,
+        "/channel",
+        json!({"channel_id": "team", "channel_type": 2, "subscribers": ["kai", "lu"]}),
+    );
+    let mut kai = Client::ok(server.tcp_addr(), &Login::new("kai", "t"));
+    for i in 0..3 {
+        kai.send(
+            "lu",
+            1,
+            format!("{{\"n\":{i}}}").as_bytes(),
+            &format!("d{i}"),
+        );
+        kai.sendack();
+    }
+    kai.send("team", 2, b"{}", "t1");
+    kai.sendack();
+    let (status, v) = post(
+        http,
+        "/conversation/sync",
+        json!({"uid": "lu", "msg_count": 2}),
+    );
+    assert_eq!(status, 200);
+    let convs = v.as_array().unwrap();
+    assert_eq!(convs.len(), 2, "{v}");
+    let person = convs.iter().find(|c| c["channel_type"] == 1).unwrap();
+    assert_eq!(
+        (
+            &person["channel_id"],
+            &person["unread"],
+            &person["last_msg_seq"]
+        ),
+        (&json!("kai"), &json!(3), &json!(3))
+    );
+    let recents = person["recents"].as_array().unwrap();
+    assert_eq!(recents.len(), 2);
+    assert_eq!(recents[0]["message_seq"], 3, "newest first");
+    let group = convs.iter().find(|c| c["channel_type"] == 2).unwrap();
+    assert_eq!(
+        (&group["channel_id"], &group["unread"]),
+        (&json!("team"), &json!(1))
+    );
+    // The sender sees its own messages as read.
+    let (_, v) = post(
+        http,
+        "/conversation/sync",
+        json!({"uid": "kai", "msg_count": 1}),
+    );
+    assert!(
+        v.as_array().unwrap().iter().all(|c| c["unread"] == 0),
+        "{v}"
+    );
+    // clearUnread, then only_unread hides the person chat; delete hides it for good.
+    assert_eq!(
+        post(
+            http,
+            "/conversations/clearUnread",
+            json!({"uid": "lu", "channel_id": "kai", "channel_type": 1})
+        )
+        .0,
+        200
+    );
+    let (_, v) = post(
+        http,
+        "/conversation/sync",
+        json!({"uid": "lu", "msg_count": 1, "only_unread": 1}),
+    );
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["channel_id"] != "kai"),
+        "{v}"
+    );
+    assert_eq!(
+        post(
+            http,
+            "/conversations/delete",
+            json!({"uid": "lu", "channel_id": "team", "channel_type": 2})
+        )
+        .0,
+        200
+    );
+    let (_, v) = post(
+        http,
+        "/conversation/sync",
+        json!({"uid": "lu", "msg_count": 1}),
+    );
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["channel_id"] != "team"),
+        "{v}"
+    );
+}

@@ -138,6 +138,17 @@ pub struct ChannelInfo {
     pub allowlist: Vec<String>,
 }
 
+/// One row of a user's conversation list.
+#[derive(Clone, Debug)]
+pub struct Conversation {
+    /// The channel (combined id for person chats).
+    pub channel: ChannelKey,
+    /// Last seq the user has read.
+    pub read_to: u32,
+    /// Hidden up to this seq (0: not deleted).
+    pub deleted_at: u32,
+}
+
 /// One offline-queue entry with its message.
 #[derive(Clone, Debug)]
 pub struct OfflineEntry {
@@ -313,6 +324,25 @@ impl Reader {
         let mut list = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         list.sort_by_key(|m| m.message_seq);
         Ok(Some(list))
+    }
+
+    /// A user's conversations (at most `limit`): channel, read position, deletion mark.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn conversations(&self, uid: &str, limit: usize) -> rusqlite::Result<Vec<Conversation>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT ch.channel_id, ch.channel_type, c.read_to, c.deleted_at FROM conversations c
+             JOIN channels ch ON ch.id = c.channel WHERE c.uid = ?1 ORDER BY c.updated_at DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![uid, limit as i64], |r| {
+            Ok(Conversation {
+                channel: ChannelKey::new(r.get::<_, String>(0)?, r.get(1)?),
+                read_to: r.get(2)?,
+                deleted_at: r.get(3)?,
+            })
+        })?;
+        rows.collect()
     }
 
     /// The last seq of a channel (0 when it has no messages).
