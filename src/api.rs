@@ -909,7 +909,7 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
             }),
         ));
     }
-    list.sort_by(|a, b| b.0.cmp(&a.0));
+    list.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     let mut list: Vec<Value> = list.into_iter().map(|(_, v)| v).collect();
     if b.page >= 1 {
         let size = if b.page_size == 0 {
