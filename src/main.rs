@@ -1,5 +1,8 @@
 //! The `ruyi` binary: `ruyi` with no arguments serves on the embedded defaults (TCP 5100,
-//! HTTP 127.0.0.1:5001, SQLite in `./data`, token auth and encryption on).
+//! WebSocket 5200, HTTP 127.0.0.1:5001, SQLite in `./data`, token auth and encryption on).
+//!
+//! Settings come from, in rising precedence: the defaults, a TOML file (`--config`), and
+//! command-line flags.
 
 /// mimalloc instead of glibc malloc: frames and messages are allocated on one thread and
 /// freed on another (loop → pool → loop), the pattern glibc's arenas handle worst. Measured
@@ -9,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
 use ruyi::{Config, Server};
+use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,64 +20,128 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Ruyi: an instant-messaging server that speaks WuKongIM's protocol.
+/// Ruyi: an instant-messaging server that speaks WuKongIM's protocol and HTTP API.
+///
+/// Every flag can also be set in the TOML file given with --config (same names, with
+/// underscores: `tcp_addr = "0.0.0.0:5100"`); flags win over the file.
 #[derive(Parser, Debug)]
-#[command(name = "ruyi", version, about)]
+#[command(name = "ruyi", version, about, long_about = None)]
 struct Cli {
-    /// Binary protocol listener (WuKongIM `addr`).
-    #[arg(long, default_value = "0.0.0.0:5100")]
-    tcp_addr: SocketAddr,
-    /// WebSocket listener (WuKongIM `wsAddr`): the same binary protocol in binary messages.
-    #[arg(long, default_value = "0.0.0.0:5200")]
-    ws_addr: SocketAddr,
-    /// HTTP API listener. Loopback by default: the API can act as any user.
-    #[arg(long, default_value = "127.0.0.1:5001")]
-    http_addr: SocketAddr,
-    /// Directory for the SQLite database.
-    #[arg(long, default_value = "data")]
-    data_dir: PathBuf,
-    /// Accept any token at CONNECT (local tests and benchmarks only).
+    /// TOML file with settings (see README for the keys).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Binary protocol listener (WuKongIM `addr`) [default: 0.0.0.0:5100]
+    #[arg(long)]
+    tcp_addr: Option<SocketAddr>,
+    /// WebSocket listener (WuKongIM `wsAddr`): the same protocol in binary messages
+    /// [default: 0.0.0.0:5200]
+    #[arg(long)]
+    ws_addr: Option<SocketAddr>,
+    /// HTTP API listener; beyond loopback it requires --manager-token
+    /// [default: 127.0.0.1:5001]
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Directory for the SQLite database [default: data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Accept any token at CONNECT (local tests and benchmarks only)
     #[arg(long)]
     no_token_auth: bool,
-    /// Disable payload encryption (custom clients and benchmarks only; official SDKs
-    /// need it).
+    /// Disable payload encryption (custom clients and benchmarks only; the official SDKs
+    /// need it)
     #[arg(long)]
     no_encryption: bool,
-    /// Event-loop threads (default: number of cores).
+    /// Event loops and channel workers [default: number of cores]
     #[arg(long)]
     loops: Option<usize>,
-    /// SQLite synchronous=NORMAL instead of FULL: survives kill -9, not power loss.
+    /// SQLite synchronous=NORMAL instead of FULL: survives kill -9, not power loss
     #[arg(long)]
     sync_normal: bool,
-    /// Webhook endpoint (http://host:port/path); events go to <url>?event=<name>.
+    /// Webhook endpoint (http://host:port/path); events go to <url>?event=<name>
     #[arg(long)]
     webhook_url: Option<String>,
-    /// Manager token: every HTTP request must carry it in a `token` header. Required when
-    /// --http-addr is not loopback. Also read from RUYI_MANAGER_TOKEN, so it stays out of
-    /// process listings.
+    /// Manager token: every HTTP request must carry it in a `token` header. Also read
+    /// from RUYI_MANAGER_TOKEN, which keeps it out of process listings
     #[arg(long, env = "RUYI_MANAGER_TOKEN", hide_env_values = true)]
     manager_token: Option<String>,
 }
 
+/// The TOML file: every key optional; unknown keys are an error, so a typo is not silently
+/// ignored.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    tcp_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    token_auth: Option<bool>,
+    encryption: Option<bool>,
+    loops: Option<usize>,
+    sync_full: Option<bool>,
+    webhook_url: Option<String>,
+    manager_token: Option<String>,
+    idle_timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    max_frame_bytes: Option<usize>,
+    offline_queue_max_group: Option<usize>,
+    node_id: Option<u16>,
+}
+
+fn load(cli: Cli) -> Result<Config, String> {
+    let mut c = Config::default();
+    if let Some(path) = &cli.config {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let f: FileConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        c.tcp_addr = f.tcp_addr.unwrap_or(c.tcp_addr);
+        c.ws_addr = f.ws_addr.unwrap_or(c.ws_addr);
+        c.http_addr = f.http_addr.unwrap_or(c.http_addr);
+        c.data_dir = f.data_dir.unwrap_or(c.data_dir);
+        c.token_auth = f.token_auth.unwrap_or(c.token_auth);
+        c.encryption = f.encryption.unwrap_or(c.encryption);
+        c.sync_full = f.sync_full.unwrap_or(c.sync_full);
+        if let Some(n) = f.loops {
+            (c.loops, c.channel_workers) = (n, n);
+        }
+        c.idle_timeout = f
+            .idle_timeout_secs
+            .map_or(c.idle_timeout, Duration::from_secs);
+        c.connect_timeout = f
+            .connect_timeout_secs
+            .map_or(c.connect_timeout, Duration::from_secs);
+        c.max_frame_bytes = f.max_frame_bytes.unwrap_or(c.max_frame_bytes);
+        c.offline_queue_max_group = f
+            .offline_queue_max_group
+            .unwrap_or(c.offline_queue_max_group);
+        c.node_id = f.node_id.unwrap_or(c.node_id);
+        c.webhook_url = f.webhook_url.or(c.webhook_url);
+        c.manager_token = f.manager_token.or(c.manager_token);
+    }
+    c.tcp_addr = cli.tcp_addr.unwrap_or(c.tcp_addr);
+    c.ws_addr = cli.ws_addr.unwrap_or(c.ws_addr);
+    c.http_addr = cli.http_addr.unwrap_or(c.http_addr);
+    c.data_dir = cli.data_dir.unwrap_or(c.data_dir);
+    c.token_auth &= !cli.no_token_auth;
+    c.encryption &= !cli.no_encryption;
+    c.sync_full &= !cli.sync_normal;
+    if let Some(n) = cli.loops {
+        (c.loops, c.channel_workers) = (n, n);
+    }
+    c.webhook_url = cli.webhook_url.or(c.webhook_url);
+    c.manager_token = cli.manager_token.or(c.manager_token);
+    Ok(c)
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    let mut config = Config {
-        tcp_addr: cli.tcp_addr,
-        http_addr: cli.http_addr,
-        ws_addr: cli.ws_addr,
-        data_dir: cli.data_dir,
-        token_auth: !cli.no_token_auth,
-        encryption: !cli.no_encryption,
-        sync_full: !cli.sync_normal,
-        webhook_url: cli.webhook_url,
-        manager_token: cli.manager_token,
-        ..Config::default()
+    let config = match load(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ruyi: {e}");
+            std::process::exit(2);
+        }
     };
-    if let Some(loops) = cli.loops {
-        config.loops = loops;
-        config.channel_workers = loops;
-    }
     // SIGTERM and SIGINT start a graceful stop: stop accepting, flush what the loops hold,
     // let storage commit what it has, exit. A second signal while stopping exits at once.
     let stop = Arc::new(AtomicBool::new(false));
