@@ -778,6 +778,7 @@ pub fn send_batch(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
             client_msg_no: String::new(),
             expire: 0,
             payload: payload.clone(),
+            recipients: None,
         };
         pending.push((uid.clone(), crate::http::submit(shared, send)?.0));
     }

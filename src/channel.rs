@@ -47,6 +47,9 @@ pub struct SendRequest {
     pub payload: Bytes,
     /// An API send: the sender checks are skipped (ban and disband still apply).
     pub system: bool,
+    /// Explicit recipients (API sends to a subscriber list, a Temp channel); `None` means
+    /// the channel's own members.
+    pub recipients: Option<Arc<[String]>>,
     /// Who waits for the outcome.
     pub reply: Reply,
 }
@@ -123,6 +126,9 @@ impl Worker {
 
     /// The sender checks; `Ok(recipients)` or the refusal's reason code.
     fn check(&mut self, req: &SendRequest) -> Result<Arc<[String]>, u8> {
+        if let Some(list) = &req.recipients {
+            return Ok(Arc::clone(list)); // An API send to a subscriber list.
+        }
         if !req.system {
             if let Some(me) = self.person_info(&req.from_uid)? {
                 if me.send_ban {

@@ -467,6 +467,7 @@ impl Gateway {
             topic: send.topic,
             payload,
             system: false,
+            recipients: None,
             reply: Reply::Conn {
                 conn: conn.id(),
                 client_seq: send.client_seq,

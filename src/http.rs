@@ -24,6 +24,7 @@ use ruyi_proto::{person_channel_id, person_peer, Flags};
 use ruyi_reactor::{ConnCtx, ConnId};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Idle time of a keep-alive HTTP connection.
@@ -617,14 +618,36 @@ struct SendBody {
 }
 
 fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
-    let b: SendBody = parse(body)?;
-    if !b.subscribers.is_empty() {
+    let mut b: SendBody = parse(body)?;
+    // With a subscriber list the message goes to a Temp channel of exactly those users, as
+    // a command message (HTTP_API.md §6.1): persisted under `<hash>____cmd`, or, with
+    // no_persist, the shared online-only `systemcmdonline`.
+    let explicit = if b.subscribers.is_empty() {
+        None
+    } else {
+        if !b.channel_id.is_empty() {
+            return Err(bad("give channel_id or subscribers, not both"));
+        }
+        if b.header.sync_once != 1 {
+            return Err(bad(
+                "a send to a subscriber list needs header.sync_once = 1",
+            ));
+        }
+        if let Some(s) = b.subscribers.iter().find(|s| !valid_id(s)) {
+            return Err(bad(&format!("subscriber {s:?} is empty or contains @ # &")));
+        }
+        b.channel_id = if b.header.no_persist == 1 {
+            "systemcmdonline".to_owned()
+        } else {
+            format!("{}____cmd", temp_channel_hash(&b.subscribers.join(",")))
+        };
+        b.channel_type = channel_type::TEMP;
+        Some(Arc::<[String]>::from(std::mem::take(&mut b.subscribers)))
+    };
+    if explicit.is_none() && !valid_id(&b.channel_id) {
         return Err(bad(
-            "sends with a subscriber list are not supported yet; use channel_id",
+            "channel_id or subscribers is required; ids must not contain @ # &",
         ));
-    }
-    if !valid_id(&b.channel_id) {
-        return Err(bad("channel_id is required and must not contain @ # &"));
     }
     if b.channel_type == 0 {
         return Err(bad("channel_type is required"));
@@ -662,6 +685,7 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
             client_msg_no: b.client_msg_no,
             expire: b.expire,
             payload: Bytes::from(payload),
+            recipients: explicit.clone(),
         },
     )?;
     let outcome = rx
@@ -669,6 +693,9 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         .map_err(|_| (503, error_body(503, "send timed out")))?;
     if outcome.reason != reason::SUCCESS {
         return Ok((200, json!({"status": outcome.reason}).to_string()));
+    }
+    if explicit.is_some() {
+        return Ok(ok()); // The reference answers subscriber-list sends with the bare status.
     }
     Ok((
         200,
@@ -690,6 +717,14 @@ pub(crate) fn header_flags(h: &Header) -> Flags {
         .with(Flags::SYNC_ONCE, h.sync_once == 1)
 }
 
+/// The numeric id of a Temp channel for a subscriber list: FNV-1a 32 of the comma-joined
+/// uids, so the same list always maps to the same command channel.
+fn temp_channel_hash(joined: &str) -> u32 {
+    joined.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
 /// A send made through the API, already validated.
 pub(crate) struct ApiSend {
     /// Sender (the system uid when the caller gave none).
@@ -706,6 +741,8 @@ pub(crate) struct ApiSend {
     pub expire: u32,
     /// Plain payload.
     pub payload: Bytes,
+    /// Explicit recipients (a Temp channel), instead of the channel's subscribers.
+    pub recipients: Option<Arc<[String]>>,
 }
 
 /// Hands an API send to its channel worker, the same path as a client SEND (permission
@@ -747,6 +784,7 @@ pub(crate) fn submit(
         topic: String::new(),
         payload: send.payload,
         system: true,
+        recipients: send.recipients,
         reply: Reply::Http(tx),
     };
     shared

@@ -442,3 +442,98 @@ fn conversation_sync_lists_recent_chats_with_unread_counts() {
         "{v}"
     );
 }
+
+#[test]
+fn a_send_to_a_subscriber_list_is_a_command_message_for_exactly_those_users() {
+    let server = start("tempsend", |_| {});
+    let http = server.http_addr();
+    register(&server, "on", "t", 1, 0);
+    let mut on = Client::ok(server.tcp_addr(), &Login::new("on", "t"));
+    let body = json!({"header": {"sync_once": 1}, "from_uid": "app", "subscribers": ["on", "off"], "payload": b64("{\"cmd\":1}")});
+    let (status, v) = post(http, "/message/send", body);
+    assert_eq!((status, &v), (200, &json!({"status": 200})));
+    let r = on.recv();
+    assert!(r.flags.sync_once());
+    assert_eq!(r.channel_type, 8, "a Temp channel");
+    assert_eq!(
+        r.message_seq, 1,
+        "SyncOnce RECVs carry the user's queue seq"
+    );
+    let (_, list) = post(http, "/message/sync", json!({"uid": "off", "limit": 10}));
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "queued for the offline member"
+    );
+    let (status, _) = post(
+        http,
+        "/message/send",
+        json!({"subscribers": ["a"], "payload": b64("x")}),
+    );
+    assert_eq!(status, 400, "sync_once is required");
+    let (status, _) = post(
+        http,
+        "/message/send",
+        json!({"header": {"sync_once": 1}, "channel_id": "g", "channel_type": 2, "subscribers": ["a"], "payload": b64("x")}),
+    );
+    assert_eq!(status, 400, "not both");
+}
+
+#[test]
+fn every_route_answers_bad_input_with_a_json_400() {
+    let server = start("badinput", |_| {});
+    let http = server.http_addr();
+    let posts = [
+        "/user/token",
+        "/user/device_quit",
+        "/user/onlinestatus",
+        "/channel",
+        "/channel/info",
+        "/channel/delete",
+        "/channel/subscriber_add",
+        "/channel/subscriber_remove",
+        "/channel/blacklist_add",
+        "/channel/blacklist_set",
+        "/channel/blacklist_remove",
+        "/channel/blacklist_remove_all",
+        "/channel/whitelist_add",
+        "/channel/whitelist_set",
+        "/channel/whitelist_remove",
+        "/channel/whitelist_remove_all",
+        "/channel/messagesync",
+        "/message/send",
+        "/message/sendbatch",
+        "/message/sync",
+        "/message/syncack",
+        "/conversation/sync",
+        "/conversations/clearUnread",
+        "/conversations/setUnread",
+        "/conversations/delete",
+    ];
+    use std::io::{Read, Write};
+    for path in posts {
+        for (name, body) in [("empty object", "{}"), ("not JSON", "not json{")] {
+            // `{}` is a valid (empty) request only where nothing is required: none here.
+            let mut s = std::net::TcpStream::connect(http).unwrap();
+            write!(
+                s,
+                "POST /v1{path} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            assert!(out.starts_with("HTTP/1.1 400"), "{path} with {name}: {out}");
+            let json: Value = serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            assert_eq!(json["status"], 400, "{path} with {name}");
+            assert!(
+                json["msg"].as_str().is_some_and(|m| !m.is_empty()),
+                "{path}: a message says why"
+            );
+        }
+    }
+    for path in ["/channel/max_message_seq", "/channel/whitelist"] {
+        let (status, v) = http_get(http, path);
+        assert_eq!((status, v["status"].as_u64()), (400, Some(400)), "{path}");
+    }
+}
