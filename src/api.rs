@@ -4,7 +4,8 @@
 
 use crate::gateway::ToLoop;
 use crate::http::{
-    bad, error_body, exec, invalidate, message_json, ok, parse, valid_id, Answer, HttpRequest,
+    bad, error_body, exec, invalidate, message_json, ok, parse, valid_id, Answer, ChannelBody,
+    HttpRequest,
 };
 use crate::message::ChannelKey;
 use crate::shared::SharedRef;
@@ -120,28 +121,8 @@ pub fn online_status(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> 
     Ok((200, Value::Array(list).to_string()))
 }
 
-#[derive(Deserialize)]
-struct ChannelRef {
-    #[serde(default)]
-    channel_id: String,
-    #[serde(default)]
-    channel_type: u8,
-    #[serde(default)]
-    ban: u8,
-    #[serde(default)]
-    disband: u8,
-    #[serde(default)]
-    send_ban: u8,
-    #[serde(default)]
-    large: u8,
-    #[serde(default)]
-    allow_stranger: u8,
-    #[serde(default)]
-    subscribers: Vec<String>,
-}
-
-fn channel_ref(body: &[u8], allow_person: bool) -> Result<(ChannelRef, ChannelKey), Answer> {
-    let b: ChannelRef = parse(body)?;
+fn channel_ref(body: &[u8], allow_person: bool) -> Result<(ChannelBody, ChannelKey), Answer> {
+    let b: ChannelBody = parse(body)?;
     if !valid_id(&b.channel_id) {
         return Err(bad("channel_id is empty or contains @ # &"));
     }
@@ -161,16 +142,7 @@ pub fn channel_info(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     let k = key.clone();
     exec(
         shared,
-        Box::new(move |c| {
-            c.execute(
-                "INSERT INTO channels (channel_id, channel_type, ban, disband, send_ban, large, allow_stranger)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (channel_id, channel_type) DO UPDATE SET ban = excluded.ban, disband = excluded.disband,
-                     send_ban = excluded.send_ban, large = excluded.large, allow_stranger = excluded.allow_stranger",
-                params![k.id, k.channel_type, b.ban, b.disband, b.send_ban, b.large, b.allow_stranger],
-            )
-            .map(|_| ())
-        }),
+        Box::new(move |c| crate::http::upsert_channel_flags(c, &k, &b)),
     )?;
     invalidate(shared, Some(key));
     Ok(ok())

@@ -566,17 +566,7 @@ impl Gateway {
         let kicks = self.shared.registry.add(&s.uid, device);
         self.online_webhook(&s.uid, s.device_flag, conn.id(), true);
         for Kick { conn: old, notify } in kicks {
-            let kick = ToLoop::Kick {
-                conn: old,
-                notify,
-                reason: "login in other device".into(),
-                after: KICK_GRACE,
-            };
-            // Never block a loop on another loop's inbox: retry a refused kick next tick.
-            if let Err(ruyi_reactor::TrySendFailure::Full) = self.loops.for_conn(old).try_post(kick)
-            {
-                self.kick_retries.push((old, notify));
-            }
+            self.try_kick(old, notify);
         }
     }
 
@@ -679,6 +669,20 @@ impl Gateway {
                     self.requeue_if_offline(uid, m);
                 }
             }
+        }
+    }
+
+    /// Asks `old`'s loop to kick it for a newer login. Never blocks a loop on another
+    /// loop's inbox: a refused kick is kept and retried next tick.
+    fn try_kick(&mut self, old: ConnId, notify: bool) {
+        let kick = ToLoop::Kick {
+            conn: old,
+            notify,
+            reason: "login in other device".into(),
+            after: KICK_GRACE,
+        };
+        if let Err(ruyi_reactor::TrySendFailure::Full) = self.loops.for_conn(old).try_post(kick) {
+            self.kick_retries.push((old, notify));
         }
     }
 
@@ -1003,16 +1007,7 @@ impl Handler for Gateway {
             }
         }
         for (old, notify) in std::mem::take(&mut self.kick_retries) {
-            let kick = ToLoop::Kick {
-                conn: old,
-                notify,
-                reason: "login in other device".into(),
-                after: KICK_GRACE,
-            };
-            if let Err(ruyi_reactor::TrySendFailure::Full) = self.loops.for_conn(old).try_post(kick)
-            {
-                self.kick_retries.push((old, notify));
-            }
+            self.try_kick(old, notify);
         }
         for id in std::mem::take(&mut self.stalled) {
             if let Some((mut conn, state)) = lp.conn(id) {

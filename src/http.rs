@@ -454,28 +454,46 @@ fn user_token(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answer
     Ok(ok())
 }
 
+/// Writes a channel's flags, creating it if needed: every flag is overwritten with the
+/// request's value, missing = 0 (HTTP_API.md §5.1).
+pub(crate) fn upsert_channel_flags(
+    c: &rusqlite::Connection,
+    k: &ChannelKey,
+    b: &ChannelBody,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO channels (channel_id, channel_type, ban, disband, send_ban, large, allow_stranger)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (channel_id, channel_type) DO UPDATE SET ban = excluded.ban, disband = excluded.disband,
+             send_ban = excluded.send_ban, large = excluded.large, allow_stranger = excluded.allow_stranger",
+        params![k.id, k.channel_type, b.ban, b.disband, b.send_ban, b.large, b.allow_stranger],
+    )
+    .map(|_| ())
+}
+
+/// The body of the channel routes (`/channel`, `/channel/info`, subscriber routes).
 #[derive(Deserialize)]
-struct ChannelBody {
+pub(crate) struct ChannelBody {
     #[serde(default)]
-    channel_id: String,
+    pub channel_id: String,
     #[serde(default)]
-    channel_type: u8,
+    pub channel_type: u8,
     #[serde(default)]
-    ban: u8,
+    pub ban: u8,
     #[serde(default)]
-    disband: u8,
+    pub disband: u8,
     #[serde(default)]
-    send_ban: u8,
+    pub send_ban: u8,
     #[serde(default)]
-    large: u8,
+    pub large: u8,
     #[serde(default)]
-    allow_stranger: u8,
+    pub allow_stranger: u8,
     #[serde(default)]
-    reset: u8,
+    pub reset: u8,
     #[serde(default)]
-    subscribers: Vec<String>,
+    pub subscribers: Vec<String>,
     #[serde(default)]
-    temp_subscriber: u8,
+    pub temp_subscriber: u8,
 }
 
 fn add_subscribers(
@@ -538,13 +556,7 @@ fn channel_upsert(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     exec(
         shared,
         Box::new(move |tx| {
-            tx.execute(
-                "INSERT INTO channels (channel_id, channel_type, ban, disband, send_ban, large, allow_stranger)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (channel_id, channel_type) DO UPDATE SET ban = excluded.ban, disband = excluded.disband,
-                     send_ban = excluded.send_ban, large = excluded.large, allow_stranger = excluded.allow_stranger",
-                params![k.id, k.channel_type, b.ban, b.disband, b.send_ban, b.large, b.allow_stranger],
-            )?;
+            upsert_channel_flags(tx, &k, &b)?;
             if !b.subscribers.is_empty() || b.reset == 1 {
                 add_subscribers(tx, &k, b.reset == 1, &b.subscribers)?;
             }
