@@ -8,49 +8,15 @@ mod util;
 
 use ruyi_proto::types::{channel_type, reason};
 use serde_json::json;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use util::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_ruyi(data: &std::path::Path, tcp: SocketAddr, http: SocketAddr) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_ruyi"))
-        .args([
-            "--tcp-addr",
-            &tcp.to_string(),
-            "--http-addr",
-            &http.to_string(),
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(["--ws-addr", &format!("127.0.0.1:{}", free_port())])
-        .arg("--no-token-auth")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(http).is_err() || TcpStream::connect(tcp).is_err() {
-        assert!(Instant::now() < deadline, "ruyi did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
 #[test]
 fn invariant_sendacked_message_survives_kill_9_and_restart() {
     init();
     let data = temp_dir("kill9");
-    let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut child = spawn_ruyi(&data, tcp, http);
+    let (tcp, http) = (free_addr(), free_addr());
+    let mut server = RuyiProcess::spawn(&data, tcp, http);
     let mut alice = Client::ok(tcp, &Login::new("alice", "any"));
     let mut acked = Vec::new();
     for i in 0..50 {
@@ -66,10 +32,9 @@ fn invariant_sendacked_message_survives_kill_9_and_restart() {
         assert_eq!(ack.reason_code, reason::SUCCESS);
         acked.push((ack.message_id, ack.message_seq));
     }
-    child.kill().unwrap(); // SIGKILL: no shutdown path runs
-    child.wait().unwrap();
+    server.kill9();
 
-    let mut child = spawn_ruyi(&data, tcp, http);
+    let server = RuyiProcess::spawn(&data, tcp, http);
     let (status, list) = post(http, "/message/sync", json!({"uid": "bob", "limit": 100}));
     assert_eq!(status, 200);
     let stored: Vec<(i64, u32)> = list
@@ -93,8 +58,7 @@ fn invariant_sendacked_message_survives_kill_9_and_restart() {
     let ack = alice.sendack();
     assert_eq!(ack.message_seq, 51);
     assert!(ack.message_id > acked.last().unwrap().0);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server);
     let _ = std::fs::remove_dir_all(&data);
 }
 
@@ -102,9 +66,8 @@ fn invariant_sendacked_message_survives_kill_9_and_restart() {
 fn sigterm_stops_gracefully_and_keeps_everything() {
     init();
     let data = temp_dir("sigterm");
-    let tcp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let mut child = spawn_ruyi(&data, tcp, http);
+    let (tcp, http) = (free_addr(), free_addr());
+    let mut server = RuyiProcess::spawn(&data, tcp, http);
     let mut alice = Client::ok(tcp, &Login::new("alice", "any"));
     for i in 0..10 {
         alice.send("bob", channel_type::PERSON, b"{}", &format!("t{i}"));
@@ -113,10 +76,13 @@ fn sigterm_stops_gracefully_and_keeps_everything() {
         assert_eq!(alice.sendack().reason_code, reason::SUCCESS);
     }
     // SAFETY: kill(2) with a PID we spawned and a valid signal number.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+        0
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = server.child.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "ruyi did not stop on SIGTERM");
@@ -127,10 +93,9 @@ fn sigterm_stops_gracefully_and_keeps_everything() {
         alice.closed_within(Duration::from_secs(2)),
         "connections are closed"
     );
-    let mut child = spawn_ruyi(&data, tcp, http);
+    let server = RuyiProcess::spawn(&data, tcp, http);
     let (_, list) = post(http, "/message/sync", json!({"uid": "bob", "limit": 100}));
     assert_eq!(list.as_array().unwrap().len(), 10);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server);
     let _ = std::fs::remove_dir_all(&data);
 }

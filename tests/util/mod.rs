@@ -314,3 +314,61 @@ impl Client {
         }
     }
 }
+
+/// A loopback address on a port that was free a moment ago (for the spawned binary,
+/// which cannot report a port it picked itself).
+pub fn free_addr() -> SocketAddr {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The real `ruyi` binary on a data directory, killed when dropped so a failing test never
+/// leaves a server behind (or holding the test's output pipe).
+pub struct RuyiProcess {
+    pub child: std::process::Child,
+    pub tcp: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl RuyiProcess {
+    /// Starts the binary (token auth off) and waits until both ports answer.
+    pub fn spawn(data: &std::path::Path, tcp: SocketAddr, http: SocketAddr) -> RuyiProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ruyi"))
+            .arg("--data-dir")
+            .arg(data)
+            .args([
+                "--tcp-addr",
+                &tcp.to_string(),
+                "--http-addr",
+                &http.to_string(),
+            ])
+            .args(["--ws-addr", &free_addr().to_string(), "--no-token-auth"])
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = RuyiProcess { child, tcp, http };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(http).is_err() || TcpStream::connect(tcp).is_err() {
+            assert!(Instant::now() < deadline, "ruyi did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RuyiProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
