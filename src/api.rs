@@ -149,13 +149,15 @@ pub fn channel_info(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
 }
 
 /// `POST /channel/delete`: the channel is disbanded (sends fail with 24), its subscribers,
-/// conversations and messages are deleted (HTTP_API.md §5.5). The channel row stays, so
-/// its seq never restarts and old seqs are never reused.
+/// conversations and messages are deleted (HTTP_API.md §5.5). The channel row stays with
+/// its seq high-water mark (`channels.last_seq`), so old seqs are never reused, even after
+/// a restart.
 pub fn channel_delete(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     let (_, key) = channel_ref(body, false)?;
     let k = key.clone();
-    exec(
+    crate::http::exec_forgetting(
         shared,
+        Some(key.clone()),
         Box::new(move |c| {
             c.execute(
                 "INSERT INTO channels (channel_id, channel_type, disband) VALUES (?1, ?2, 1)
@@ -166,6 +168,12 @@ pub fn channel_delete(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer>
                 "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
                 params![k.id, k.channel_type],
                 |r| r.get(0),
+            )?;
+            // Keep the seq high-water mark before the messages go (never reuse a seq).
+            c.execute(
+                "UPDATE channels SET last_seq = MAX(last_seq, (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?1))
+                 WHERE id = ?1",
+                [row],
             )?;
             for table in [
                 "subscribers",
@@ -737,7 +745,7 @@ pub fn send_batch(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     let mut pending = Vec::with_capacity(b.subscribers.len());
     let (mut fail_uids, mut reasons) = (Vec::new(), Vec::new());
     for uid in &b.subscribers {
-        if !valid_id(uid) {
+        if !valid_id(uid) || uid.len() > ruyi_proto::MAX_STRING_BYTES {
             fail_uids.push(uid.clone());
             reasons.push(ruyi_proto::types::reason::CHANNEL_ID_ERROR);
             continue;
@@ -754,9 +762,12 @@ pub fn send_batch(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         };
         pending.push((uid.clone(), crate::http::submit(shared, send)?.0));
     }
+    // One deadline for the whole batch, so a storage stall costs one timeout, not one
+    // per recipient.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for (uid, rx) in pending {
         let reason = rx
-            .recv_timeout(Duration::from_secs(10))
+            .recv_deadline(deadline)
             .map_or(ruyi_proto::types::reason::SYSTEM_ERROR, |o| o.reason);
         if reason != ruyi_proto::types::reason::SUCCESS {
             fail_uids.push(uid);
@@ -789,6 +800,9 @@ struct ConversationSyncBody {
     page_size: usize,
 }
 
+/// Recent messages per conversation at most in one sync.
+const MAX_RECENTS: i64 = 100;
+
 /// Conversations a user may hold at most in one sync (WuKongIM `conversation.userMaxCount`).
 const CONVERSATION_LIMIT: usize = 1000;
 
@@ -802,8 +816,10 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
     if b.uid.is_empty() {
         return Err(bad("uid is required"));
     }
-    let msg_count = b.msg_count.max(1) as usize; // v2 returns [] for ≤ 0; Ruyi treats it as 1.
-                                                 // "<channel_id>:<channel_type>:<last_seq>|…", channel_id = peer uid for person chats.
+    // v2 returns [] for ≤ 0; Ruyi treats it as 1. Capped so one request cannot load whole
+    // histories of a thousand conversations into memory.
+    let msg_count = b.msg_count.clamp(1, MAX_RECENTS) as usize;
+    // "<channel_id>:<channel_type>:<last_seq>|…", channel_id = peer uid for person chats.
     let known: std::collections::HashMap<(String, u8), u32> = b
         .last_msg_seqs
         .split('|')
@@ -839,7 +855,7 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
             continue;
         }
         let mut start = match client_seq {
-            Some(seq) => seq + 1,
+            Some(seq) => seq.saturating_add(1),
             None if b.only_unread == 1 || b.version > 0 => conv.read_to + 1,
             None => 0,
         };
@@ -892,7 +908,7 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
         };
         list = list
             .into_iter()
-            .skip((b.page - 1) * size)
+            .skip((b.page - 1).saturating_mul(size))
             .take(size)
             .collect();
     }

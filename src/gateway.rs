@@ -305,6 +305,9 @@ impl Gateway {
                         }
                         ws::Event::Pong => {}
                         ws::Event::Close(_) => {
+                            // Packets that arrived before the close frame still count
+                            // (a SEND then close() in one burst), as with TCP and FIN.
+                            self.drain_ws_stream(conn, s);
                             conn.queue_slice(&ws::frame(
                                 ws::OP_CLOSE,
                                 &ws::close_code::NORMAL.to_be_bytes(),
@@ -336,6 +339,11 @@ impl Gateway {
         if !stream.is_empty() && !conn.is_reading_paused() {
             let used = self.on_im_data(conn, s, &stream);
             stream.drain(..used);
+        }
+        if stream.is_empty() {
+            stream = Vec::new(); // An idle connection keeps no input buffer.
+        } else if stream.capacity() > 4 * stream.len() && stream.capacity() > 4096 {
+            stream.shrink_to_fit();
         }
         if let Some(w) = s.ws.as_mut() {
             w.stream = stream;

@@ -155,6 +155,30 @@ pub fn on_data(
             }
         }
     }
+    // CORS is wide open (HTTP_API.md §1.1): answer preflights before anything else, since a
+    // browser never sends custom headers (the manager token) on them.
+    if req.method == Some("OPTIONS") {
+        let asked = req
+            .headers
+            .iter()
+            .find(|h| {
+                h.name
+                    .eq_ignore_ascii_case("access-control-request-headers")
+            })
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            .unwrap_or_else(|| "content-type, token".into());
+        let asked: String = asked.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+        conn.queue_slice(
+            format!(
+                "HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: {asked}\r\nAccess-Control-Max-Age: 86400\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        if !keep_alive {
+            conn.close();
+        }
+        return head_len;
+    }
     // The manager token (HTTP_API.md §1.2): when configured, every request carries it in a
     // `token` header or gets an empty 401. Compared in constant time.
     if let Some(expected) = &shared.config.manager_token {
@@ -369,10 +393,19 @@ pub(crate) fn valid_id(id: &str) -> bool {
 
 /// Runs a write on the storage writer and waits for its commit.
 pub(crate) fn exec(shared: &SharedRef, work: ExecFn) -> Result<(), Answer> {
+    exec_forgetting(shared, None, work)
+}
+
+/// Like [`exec`], and the writer drops `forget` from its channel cache first.
+pub(crate) fn exec_forgetting(
+    shared: &SharedRef,
+    forget: Option<ChannelKey>,
+    work: ExecFn,
+) -> Result<(), Answer> {
     let (done, wait) = crossbeam_channel::bounded(1);
     shared
         .writer
-        .send(Job::Exec { work, done })
+        .send(Job::Exec { work, done, forget })
         .map_err(|_| (503, error_body(503, "storage stopped")))?;
     match wait.recv_timeout(BACKEND_TIMEOUT) {
         Ok(Ok(())) => Ok(()),
@@ -654,7 +687,13 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
             format!("{}____cmd", temp_channel_hash(&b.subscribers.join(",")))
         };
         b.channel_type = channel_type::TEMP;
-        Some(Arc::<[String]>::from(std::mem::take(&mut b.subscribers)))
+        // Each user once, first occurrence kept: a duplicate would get every RECV twice.
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<String> = std::mem::take(&mut b.subscribers)
+            .into_iter()
+            .filter(|u| seen.insert(u.clone()))
+            .collect();
+        Some(Arc::<[String]>::from(unique))
     };
     if explicit.is_none() && !valid_id(&b.channel_id) {
         return Err(bad(

@@ -32,6 +32,9 @@ pub const NOTIFY_INTERVAL: Duration = Duration::from_millis(500);
 /// Events waiting per queue before new ones are dropped. At a few hundred bytes each this
 /// bounds the memory a dead endpoint can pin to a few MiB per queue.
 pub const QUEUE: usize = 16 << 10;
+/// Threads posting `msg.offline` (one request per message each).
+const OFFLINE_THREADS: usize = 8;
+
 /// `msg.notify` messages kept for retry at most (the reference keeps 5 × 100).
 const RETRY_BUFFER: usize = RETRIES as usize * NOTIFY_BATCH;
 
@@ -90,10 +93,14 @@ impl Webhooks {
         threads.push(spawn("ruyi-webhook-notify", move || {
             run_notify(&p, &notify_rx, &s)
         })?);
-        let (p, s) = (post, stop);
-        threads.push(spawn("ruyi-webhook-offline", move || {
-            run_offline(&p, &offline_rx, &s)
-        })?);
+        // msg.offline is one POST per message: a few threads share its queue so one slow
+        // answer does not hold up the rest (WuKongIM uses a goroutine pool).
+        for i in 0..OFFLINE_THREADS {
+            let (p, s, rx) = (post.clone(), Arc::clone(&stop), offline_rx.clone());
+            threads.push(spawn(&format!("ruyi-webhook-offline-{i}"), move || {
+                run_offline(&p, &rx, &s)
+            })?);
+        }
         let hooks = Webhooks {
             online: online_tx,
             notify: notify_tx,
@@ -170,7 +177,16 @@ impl Poster {
             .set("Content-Type", "application/json")
             .send_string(body)
         {
-            Ok(resp) => resp.status() == 200,
+            // Read the body to its end: ureq returns the connection to its pool only then.
+            Ok(resp) => {
+                let ok = resp.status() == 200;
+                let _ = std::io::copy(&mut resp.into_reader(), &mut std::io::sink());
+                ok
+            }
+            Err(ureq::Error::Status(_, resp)) => {
+                let _ = std::io::copy(&mut resp.into_reader(), &mut std::io::sink());
+                false
+            }
             Err(e) => {
                 log::debug!("webhook {event}: {e}");
                 false

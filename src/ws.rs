@@ -222,8 +222,11 @@ impl Decoder {
         if is_control && (!fin || len > 125) {
             return Err(protocol("control frames are short and unfragmented"));
         }
+        if len >> 63 != 0 {
+            return Err(protocol("64-bit length with the top bit set")); // RFC 6455 §5.2
+        }
         if !is_control {
-            let total = self.message_bytes as u64 + len;
+            let total = (self.message_bytes as u64).saturating_add(len);
             if total > max_message as u64 {
                 return Err(FrameError {
                     code: close_code::TOO_BIG,
@@ -377,6 +380,29 @@ mod tests {
         );
         let bad_cont = client_frame(OP_CONTINUATION, true, b"x", [0; 4]);
         assert!(Decoder::default().decode(&bad_cont, 100).is_err());
+    }
+
+    #[test]
+    fn a_continuation_claiming_almost_2_64_bytes_is_refused() {
+        let mut d = Decoder::default();
+        let first = client_frame(OP_BINARY, false, b"ab", [1, 2, 3, 4]);
+        let (_, used) = d.decode(&first, 1 << 20).unwrap().unwrap();
+        assert_eq!(used, first.len());
+        let mut evil = vec![OP_CONTINUATION, 0x80 | 127];
+        evil.extend_from_slice(&0x7FFF_FFFF_FFFF_FFF0u64.to_be_bytes());
+        assert_eq!(
+            d.decode(&evil, 1 << 20).unwrap_err().code,
+            close_code::TOO_BIG
+        );
+        let mut top_bit = vec![OP_BINARY | 0x80, 0x80 | 127];
+        top_bit.extend_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(
+            Decoder::default()
+                .decode(&top_bit, 1 << 20)
+                .unwrap_err()
+                .code,
+            close_code::PROTOCOL_ERROR
+        );
     }
 
     #[test]

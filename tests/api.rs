@@ -537,3 +537,54 @@ fn every_route_answers_bad_input_with_a_json_400() {
         assert_eq!((status, v["status"].as_u64()), (400, Some(400)), "{path}");
     }
 }
+
+#[test]
+fn a_deleted_channel_never_reuses_a_seq_even_after_a_restart() {
+    init();
+    let dir = temp_dir("noreuse");
+    let send = |server: &ruyi::Server| {
+        let (_, v) = post(
+            server.http_addr(),
+            "/message/send",
+            json!({"channel_id": "gone", "channel_type": 2, "payload": b64("{}")}),
+        );
+        v["data"]["message_seq"].as_u64().unwrap()
+    };
+    let server = ruyi::Server::start(ruyi::Config::for_test(&dir)).unwrap();
+    post(
+        server.http_addr(),
+        "/channel",
+        json!({"channel_id": "gone", "channel_type": 2, "subscribers": ["a"]}),
+    );
+    assert_eq!((send(&server), send(&server)), (1, 2));
+    assert_eq!(
+        post(
+            server.http_addr(),
+            "/channel/delete",
+            json!({"channel_id": "gone", "channel_type": 2})
+        )
+        .0,
+        200
+    );
+    post(
+        server.http_addr(),
+        "/channel",
+        json!({"channel_id": "gone", "channel_type": 2, "subscribers": ["a"]}),
+    );
+    assert_eq!(send(&server), 3, "the writer's numbers carry on");
+    server.stop();
+    let server = ruyi::Server::start(ruyi::Config::for_test(&dir)).unwrap();
+    assert_eq!(send(&server), 4, "and survive a restart");
+}
+
+#[test]
+fn cors_preflights_are_answered_even_with_a_manager_token() {
+    let server = start("cors", |c| c.manager_token = Some("t".into()));
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(server.http_addr()).unwrap();
+    s.write_all(b"OPTIONS /user/token HTTP/1.1\r\nAccess-Control-Request-Headers: content-type, token\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 204"), "{out}");
+    assert!(out.contains("Access-Control-Allow-Headers: content-type, token"));
+}

@@ -352,8 +352,8 @@ impl Reader {
     pub fn last_seq(&self, key: &ChannelKey) -> rusqlite::Result<u32> {
         self.conn
             .prepare_cached(
-                "SELECT COALESCE(MAX(m.seq), 0) FROM messages m JOIN channels c ON c.id = m.channel
-                 WHERE c.channel_id = ?1 AND c.channel_type = ?2",
+                                "SELECT MAX(c.last_seq, (SELECT COALESCE(MAX(m.seq), 0) FROM messages m WHERE m.channel = c.id))
+                 FROM channels c WHERE c.channel_id = ?1 AND c.channel_type = ?2",
             )?
             .query_row(params![key.id, key.channel_type], |r| r.get(0))
     }

@@ -76,8 +76,11 @@ const MIGRATIONS: &[&str] = &[
         read_to INTEGER NOT NULL DEFAULT 0,
         deleted_at INTEGER NOT NULL DEFAULT 0,
         updated_at INTEGER NOT NULL,
-        PRIMARY KEY (uid, channel)
+                PRIMARY KEY (uid, channel)
     ) WITHOUT ROWID;",
+    // 2: a channel's seq high-water mark, kept when its messages are deleted, so seqs are
+    // never reused.
+    "ALTER TABLE channels ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Brings `conn` to the newest schema, one migration per transaction.

@@ -53,6 +53,9 @@ pub enum Job {
         work: ExecFn,
         /// Where to report (an error as text).
         done: Sender<Result<(), String>>,
+        /// A channel whose cached numbers and dedupe window this write makes stale
+        /// (channel deletion); dropped from the cache after the write.
+        forget: Option<ChannelKey>,
     },
     /// Queue a stored message for a user whose delivery missed (its device went away before
     /// the RECV was written or acknowledged, and no other device is online).
@@ -299,7 +302,10 @@ impl Writer {
                             }
                         }
                     }
-                    Job::Exec { work, done } => {
+                    Job::Exec { work, done, forget } => {
+                        if let Some(key) = forget {
+                            self.channels.remove(&key);
+                        }
                         let sp = tx.savepoint_with_name("exec")?;
                         let result = match work(&sp) {
                             Ok(()) => sp.commit().map_err(|e| e.to_string()),
@@ -369,8 +375,13 @@ fn channel_state<'a>(
         let row: i64 = tx
             .prepare_cached("SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2")?
             .query_row(params![key.id, key.channel_type], |r| r.get(0))?;
+        // A deleted channel's messages are gone but its seq is not reused: channels.last_seq
+        // keeps the high-water mark (see `api::channel_delete`).
         let last_seq: u32 = tx
-            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?1")?
+            .prepare_cached(
+                "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?1),
+                            (SELECT last_seq FROM channels WHERE id = ?1))",
+            )?
             .query_row([row], |r| r.get(0))?;
         let mut state = ChannelState {
             row,
