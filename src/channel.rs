@@ -50,6 +50,9 @@ pub struct SendRequest {
     /// Explicit recipients (API sends to a subscriber list, a Temp channel); `None` means
     /// the channel's own members.
     pub recipients: Option<Arc<[String]>>,
+    /// Store under this channel instead of `key` (command messages: `X____cmd`); `key`
+    /// still decides permissions and recipients.
+    pub store_as: Option<ChannelKey>,
     /// Who waits for the outcome.
     pub reply: Reply,
 }
@@ -248,7 +251,7 @@ impl Worker {
                 message_seq: 0,
                 client_msg_no: req.client_msg_no,
                 from_uid: req.from_uid,
-                channel: req.key,
+                channel: req.store_as.unwrap_or(req.key),
                 addressed_to: req.addressed_to,
                 timestamp: 0,
                 setting: req.setting,

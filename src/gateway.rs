@@ -476,6 +476,7 @@ impl Gateway {
             payload,
             system: false,
             recipients: None,
+            store_as: None,
             reply: Reply::Conn {
                 conn: conn.id(),
                 client_seq: send.client_seq,
@@ -785,8 +786,10 @@ struct RecvView<'a> {
 impl<'a> RecvView<'a> {
     fn of(delivery: &'a Delivery, receiver: &str) -> RecvView<'a> {
         let m = &delivery.message;
+        // Groups show the channel as the sender addressed it: the same as the storage id,
+        // except for command messages stored under `X____cmd` (PROTOCOL.md §8.4).
         let channel_id = if m.channel.channel_type != channel_type::PERSON {
-            &m.channel.id
+            &m.addressed_to
         } else if m.addressed_to == receiver {
             &m.from_uid
         } else {

@@ -817,6 +817,11 @@ pub(crate) fn submit(
     } else {
         ChannelKey::new(send.channel_id.clone(), send.channel_type)
     };
+    // A command message to a channel is stored in its own channel `X____cmd`, with its own
+    // seqs, outside X's history and conversations (PROTOCOL.md §8.4); X still decides who
+    // may receive it. Temp channels (subscriber lists) are command channels already.
+    let store_as = (send.flags.sync_once() && send.channel_type != channel_type::TEMP)
+        .then(|| ChannelKey::new(format!("{}____cmd", key.id), key.channel_type));
     let client_msg_no = if send.client_msg_no.is_empty() {
         format!("{:x}0", shared.ids.next())
     } else {
@@ -836,6 +841,7 @@ pub(crate) fn submit(
         payload: send.payload,
         system: true,
         recipients: send.recipients,
+        store_as,
         reply: Reply::Http(tx),
     };
     shared
@@ -850,11 +856,17 @@ pub(crate) fn submit(
 pub fn message_json(m: &Message, caller: Option<&str>) -> Value {
     let channel_id = if m.channel.channel_type == channel_type::PERSON {
         let peer_of = caller.unwrap_or(&m.from_uid);
-        person_peer(&m.channel.id, peer_of)
+        // Command messages of a person chat live under `a@b____cmd`.
+        let combined = m
+            .channel
+            .id
+            .strip_suffix("____cmd")
+            .unwrap_or(&m.channel.id);
+        person_peer(combined, peer_of)
             .unwrap_or(&m.addressed_to)
             .to_owned()
     } else {
-        m.channel.id.clone()
+        m.addressed_to.clone()
     };
     let mut v = json!({
         "header": {

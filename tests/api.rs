@@ -588,3 +588,41 @@ fn cors_preflights_are_answered_even_with_a_manager_token() {
     assert!(out.starts_with("HTTP/1.1 204"), "{out}");
     assert!(out.contains("Access-Control-Allow-Headers: content-type, token"));
 }
+
+#[test]
+fn an_api_command_message_goes_to_the_cmd_channel_not_the_history() {
+    let server = start("cmdchan", |_| {});
+    let http = server.http_addr();
+    register(&server, "on", "t", 1, 0);
+    post(
+        http,
+        "/channel",
+        json!({"channel_id": "room", "channel_type": 2, "subscribers": ["on", "off"]}),
+    );
+    let mut on = Client::ok(server.tcp_addr(), &Login::new("on", "t"));
+    let (status, v) = post(
+        http,
+        "/message/send",
+        json!({"header": {"sync_once": 1}, "channel_id": "room", "channel_type": 2, "payload": b64("{\"cmd\":2}")}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let r = on.recv();
+    assert!(r.flags.sync_once());
+    assert_eq!(
+        r.channel_id, "room",
+        "receivers see the channel, not room____cmd"
+    );
+    let (_, h) = post(
+        http,
+        "/channel/messagesync",
+        json!({"login_uid": "on", "channel_id": "room", "channel_type": 2, "limit": 10}),
+    );
+    assert_eq!(
+        h["messages"].as_array().unwrap().len(),
+        0,
+        "not in the channel's history"
+    );
+    let (_, q) = post(http, "/message/sync", json!({"uid": "off", "limit": 10}));
+    assert_eq!(q[0]["channel_id"], "room");
+    assert_eq!(q[0]["header"]["sync_once"], 1);
+}

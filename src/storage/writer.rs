@@ -539,7 +539,10 @@ fn store_message(
     };
     // Person chats get a conversation for both sides with their first message (PROTOCOL.md
     // §9.6); groups get theirs when subscribers are added.
-    if message.channel.channel_type == channel_type::PERSON && seq == 1 {
+    if message.channel.channel_type == channel_type::PERSON
+        && seq == 1
+        && !message.channel.id.ends_with("____cmd")
+    {
         if let Some((a, b)) = message.channel.id.split_once('@') {
             let now = now_secs();
             for uid in [a, b] {
