@@ -1007,3 +1007,145 @@ pub fn conversation_change(
     )?;
     Ok(ok())
 }
+
+/// `POST /channel/subscriber_remove_all` (HTTP_API.md §5.4).
+pub fn subscriber_remove_all(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let (_, key) = channel_ref(body, false)?;
+    let k = key.clone();
+    exec(
+        shared,
+        Box::new(move |c| {
+            let row: Option<i64> = c
+                .query_row(
+                    "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
+                    params![k.id, k.channel_type],
+                    |r| r.get(0),
+                )
+                .ok();
+            let Some(row) = row else { return Ok(()) };
+            if k.channel_type != channel_type::LIVE {
+                c.execute(
+                    "DELETE FROM conversations WHERE channel = ?1 AND uid IN (SELECT uid FROM subscribers WHERE channel = ?1)",
+                    [row],
+                )?;
+            }
+            c.execute("DELETE FROM subscribers WHERE channel = ?1", [row])
+                .map(|_| ())
+        }),
+    )?;
+    invalidate(shared, Some(key));
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+struct MessagesBody {
+    #[serde(default)]
+    login_uid: String,
+    #[serde(default)]
+    channel_id: String,
+    #[serde(default)]
+    channel_type: u8,
+    #[serde(default)]
+    message_seqs: Vec<u32>,
+    #[serde(default)]
+    message_ids: Vec<i64>,
+    #[serde(default)]
+    client_msg_nos: Vec<String>,
+    #[serde(default)]
+    message_id: i64,
+    #[serde(default)]
+    client_msg_no: String,
+}
+
+fn messages_key(b: &MessagesBody) -> Result<ChannelKey, Answer> {
+    if b.channel_id.is_empty() || b.channel_type == 0 {
+        return Err(bad("channel_id and channel_type are required"));
+    }
+    if b.channel_type == channel_type::PERSON {
+        if b.login_uid.is_empty() {
+            return Err(bad("login_uid is required for person channels"));
+        }
+        return Ok(ChannelKey::new(
+            person_channel_id(&b.login_uid, &b.channel_id),
+            channel_type::PERSON,
+        ));
+    }
+    Ok(ChannelKey::new(b.channel_id.clone(), b.channel_type))
+}
+
+/// `POST /messages`: messages by seq, then id, then client_msg_no, in the order asked;
+/// keys with no match are skipped (HTTP_API.md §6.5).
+pub fn messages(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
+    use crate::storage::MessageKey;
+    let b: MessagesBody = parse(body)?;
+    let key = messages_key(&b)?;
+    let asked = b.message_seqs.len() + b.message_ids.len() + b.client_msg_nos.len();
+    if asked > 1000 {
+        return Err(bad("at most 1000 keys per request"));
+    }
+    let mut found = Vec::new();
+    for &seq in &b.message_seqs {
+        let page = reader
+            .channel_messages(&key, seq.saturating_sub(1), seq, 1, false)
+            .map_err(storage_error)?;
+        found.extend(page.unwrap_or_default());
+    }
+    for &id in &b.message_ids {
+        found.extend(
+            reader
+                .channel_message_by(&key, MessageKey::Id(id))
+                .map_err(storage_error)?,
+        );
+    }
+    for no in &b.client_msg_nos {
+        found.extend(
+            reader
+                .channel_message_by(&key, MessageKey::ClientMsgNo(no))
+                .map_err(storage_error)?,
+        );
+    }
+    let caller = (!b.login_uid.is_empty()).then_some(b.login_uid.as_str());
+    let list: Vec<Value> = found.iter().map(|m| message_json(m, caller)).collect();
+    Ok((
+        200,
+        json!({"start_message_seq": 0, "end_message_seq": 0, "more": 0, "messages": list})
+            .to_string(),
+    ))
+}
+
+/// `POST /message`: one message by id or client_msg_no, or `{"status":404}`
+/// (HTTP_API.md §6.6).
+pub fn message(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
+    use crate::storage::MessageKey;
+    let b: MessagesBody = parse(body)?;
+    let key = messages_key(&b)?;
+    let by = if b.message_id != 0 {
+        MessageKey::Id(b.message_id)
+    } else if !b.client_msg_no.is_empty() {
+        MessageKey::ClientMsgNo(&b.client_msg_no)
+    } else {
+        return Err(bad("message_id or client_msg_no is required"));
+    };
+    match reader.channel_message_by(&key, by).map_err(storage_error)? {
+        Some(m) => Ok((
+            200,
+            message_json(
+                &m,
+                (!b.login_uid.is_empty()).then_some(b.login_uid.as_str()),
+            )
+            .to_string(),
+        )),
+        None => Ok((200, json!({"status": 404}).to_string())),
+    }
+}
+
+/// `POST /route/batch`: single node, so one entry with every uid (HTTP_API.md §3.4).
+pub fn route_batch(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let uids: Vec<String> = parse(body)?;
+    let c = &shared.config;
+    Ok((
+        200,
+        json!([{"uids": uids, "tcp_addr": c.tcp_addr.to_string(), "ws_addr": format!("ws://{}", c.ws_addr), "wss_addr": ""}])
+            .to_string(),
+    ))
+}

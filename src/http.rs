@@ -335,6 +335,18 @@ const ROUTES: &[(&str, &str, Handler)] = &[
     ("GET", "/channel/whitelist", |_, rd, r| {
         crate::api::whitelist(rd, r)
     }),
+    ("POST", "/channel/subscriber_remove_all", |s, _, r| {
+        crate::api::subscriber_remove_all(s, &r.body)
+    }),
+    ("POST", "/messages", |_, rd, r| {
+        crate::api::messages(rd, &r.body)
+    }),
+    ("POST", "/message", |_, rd, r| {
+        crate::api::message(rd, &r.body)
+    }),
+    ("POST", "/route/batch", |s, _, r| {
+        crate::api::route_batch(s, &r.body)
+    }),
     ("POST", "/conversation/sync", |_, rd, r| {
         crate::api::conversation_sync(rd, &r.body)
     }),

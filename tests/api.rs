@@ -509,6 +509,10 @@ fn every_route_answers_bad_input_with_a_json_400() {
         "/conversations/clearUnread",
         "/conversations/setUnread",
         "/conversations/delete",
+        "/channel/subscriber_remove_all",
+        "/messages",
+        "/message",
+        "/route/batch",
     ];
     use std::io::{Read, Write};
     for path in posts {
@@ -625,4 +629,71 @@ fn an_api_command_message_goes_to_the_cmd_channel_not_the_history() {
     let (_, q) = post(http, "/message/sync", json!({"uid": "off", "limit": 10}));
     assert_eq!(q[0]["channel_id"], "room");
     assert_eq!(q[0]["header"]["sync_once"], 1);
+}
+
+#[test]
+fn messages_can_be_fetched_by_seq_id_and_client_msg_no() {
+    let server = start("fetch", |_| {});
+    let http = server.http_addr();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (_, v) = post(
+            http,
+            "/message/send",
+            json!({"channel_id": "ux", "channel_type": 1, "from_uid": "uy", "client_msg_no": format!("c{i}"), "payload": b64("{}")}),
+        );
+        ids.push(v["data"]["message_id"].as_i64().unwrap());
+    }
+    let (status, v) = post(
+        http,
+        "/messages",
+        json!({"login_uid": "ux", "channel_id": "uy", "channel_type": 1, "message_seqs": [3, 9], "message_ids": [ids[0]], "client_msg_nos": ["c1"]}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        seqs(&v),
+        [3, 1, 2],
+        "in the order asked, missing keys skipped"
+    );
+    assert_eq!(
+        v["messages"][0]["channel_id"], "uy",
+        "the peer of the caller"
+    );
+    let (_, m) = post(
+        http,
+        "/message",
+        json!({"login_uid": "ux", "channel_id": "uy", "channel_type": 1, "client_msg_no": "c2"}),
+    );
+    assert_eq!(m["message_id"], ids[2]);
+    let (_, m) = post(
+        http,
+        "/message",
+        json!({"login_uid": "ux", "channel_id": "uy", "channel_type": 1, "message_id": 12345}),
+    );
+    assert_eq!(m, json!({"status": 404}));
+    let (status, r) = post(http, "/route/batch", json!(["a", "b"]));
+    assert_eq!((status, &r[0]["uids"]), (200, &json!(["a", "b"])));
+    post(
+        http,
+        "/channel",
+        json!({"channel_id": "all", "channel_type": 2, "subscribers": ["a", "b"]}),
+    );
+    assert_eq!(
+        post(
+            http,
+            "/channel/subscriber_remove_all",
+            json!({"channel_id": "all", "channel_type": 2})
+        )
+        .0,
+        200
+    );
+    let (_, v) = post(
+        http,
+        "/message/send",
+        json!({"channel_id": "all", "channel_type": 2, "from_uid": "a", "payload": b64("{}")}),
+    );
+    assert_eq!(
+        v["status"], 200,
+        "system-device sends skip membership checks"
+    );
 }

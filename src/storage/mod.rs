@@ -138,6 +138,15 @@ pub struct ChannelInfo {
     pub allowlist: Vec<String>,
 }
 
+/// How to find one message of a channel.
+#[derive(Clone, Copy, Debug)]
+pub enum MessageKey<'a> {
+    /// By message id.
+    Id(i64),
+    /// By the sender's client_msg_no.
+    ClientMsgNo(&'a str),
+}
+
 /// One row of a user's conversation list.
 #[derive(Clone, Debug)]
 pub struct Conversation {
@@ -324,6 +333,36 @@ impl Reader {
         let mut list = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         list.sort_by_key(|m| m.message_seq);
         Ok(Some(list))
+    }
+
+    /// The message of a channel with this message id or client_msg_no (a scan of that
+    /// channel's rows: these lookups are rare admin calls, not worth an index on every
+    /// insert).
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn channel_message_by(
+        &self,
+        key: &ChannelKey,
+        by: MessageKey<'_>,
+    ) -> rusqlite::Result<Option<Message>> {
+        let (column, value): (&str, rusqlite::types::Value) = match by {
+            MessageKey::Id(id) => ("message_id", id.into()),
+            MessageKey::ClientMsgNo(no) => ("client_msg_no", no.to_owned().into()),
+        };
+        let sql = format!(
+            "SELECT m.seq, m.message_id, m.client_msg_no, m.from_uid, m.addressed_to, m.timestamp,
+                    m.setting, m.flags, m.expire, m.topic, m.payload, c.channel_id, c.channel_type
+             FROM messages m JOIN channels c ON c.id = m.channel
+             WHERE c.channel_id = ?1 AND c.channel_type = ?2 AND m.{column} = ?3
+             ORDER BY m.seq LIMIT 1"
+        );
+        self.conn
+            .prepare_cached(&sql)?
+            .query_row(params![key.id, key.channel_type, value], |r| {
+                message_from_row(r, 0)
+            })
+            .optional()
     }
 
     /// A user's conversations (at most `limit`): channel, read position, deletion mark.
