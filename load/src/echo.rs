@@ -11,7 +11,7 @@ use crate::report::{self, Percentiles};
 use clap::Args;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -166,15 +166,7 @@ fn worker(
     let mut poll = Poll::new()?;
     let mut list = Vec::with_capacity(conns);
     for i in 0..conns {
-        let std_stream = std::net::TcpStream::connect(args.addr)?;
-        std_stream.set_nodelay(true)?;
-        std_stream.set_nonblocking(true)?;
-        let mut stream = TcpStream::from_std(std_stream);
-        poll.registry().register(
-            &mut stream,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        let stream = crate::connect_registered(&poll, args.addr, Token(i))?;
         list.push(Conn {
             stream,
             in_flight: VecDeque::with_capacity(args.depth),

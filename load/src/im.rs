@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use clap::Args;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Poll, Token};
 use ruyi_proto::crypto::{public_key_b64, random_secret};
 use ruyi_proto::{
     decode_packet, ConnectPacket, Flags, Packet, RecvackPacket, SendPacket, SessionCipher,
@@ -341,15 +341,7 @@ fn worker(
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(plans.len());
     for (i, plan) in plans.into_iter().enumerate() {
-        let std_stream = std::net::TcpStream::connect(args.tcp)?;
-        std_stream.set_nodelay(true)?;
-        std_stream.set_nonblocking(true)?;
-        let mut stream = TcpStream::from_std(std_stream);
-        poll.registry().register(
-            &mut stream,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        let stream = crate::connect_registered(&poll, args.tcp, Token(i))?;
         let secret = random_secret().map_err(io::Error::other)?;
         let mut c = Conn {
             stream,

@@ -10,6 +10,25 @@ mod im;
 mod procfs;
 mod report;
 
+/// Connects a blocking socket, then hands it to `poll` as a non-blocking mio stream with
+/// `token`: how every scenario opens its connections.
+fn connect_registered(
+    poll: &mio::Poll,
+    addr: std::net::SocketAddr,
+    token: mio::Token,
+) -> std::io::Result<mio::net::TcpStream> {
+    let std_stream = std::net::TcpStream::connect(addr)?;
+    std_stream.set_nodelay(true)?;
+    std_stream.set_nonblocking(true)?;
+    let mut stream = mio::net::TcpStream::from_std(std_stream);
+    poll.registry().register(
+        &mut stream,
+        token,
+        mio::Interest::READABLE | mio::Interest::WRITABLE,
+    )?;
+    Ok(stream)
+}
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]

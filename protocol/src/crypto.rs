@@ -229,7 +229,13 @@ impl SessionCipher {
     /// `(payload, msg_key)` to pass to [`crate::RecvPacket::encode_with`].
     pub fn seal_recv(&self, recv: &crate::RecvPacket, plain: &[u8]) -> (String, String) {
         let wire = self.encrypt_b64(plain);
-        let key = self.recv_msg_key(
+        let key = self.recv_msg_key_of(recv, wire.as_bytes());
+        (wire, key)
+    }
+
+    /// The RECV msgKey over `recv`'s fields with `payload` as the ciphertext.
+    fn recv_msg_key_of(&self, recv: &crate::RecvPacket, payload: &[u8]) -> String {
+        self.recv_msg_key(
             recv.message_id,
             recv.message_seq,
             &recv.client_msg_no,
@@ -237,9 +243,8 @@ impl SessionCipher {
             &recv.from_uid,
             &recv.channel_id,
             recv.channel_type,
-            wire.as_bytes(),
-        );
-        (wire, key)
+            payload,
+        )
     }
 
     /// The client's side of [`SessionCipher::seal_recv`]: checks a RECV's msgKey and
@@ -249,16 +254,7 @@ impl SessionCipher {
     /// [`CryptoError::MsgKeyMismatch`], [`CryptoError::BadBase64`] or
     /// [`CryptoError::BadCiphertext`].
     pub fn open_recv(&self, recv: &crate::RecvPacket) -> Result<Vec<u8>, CryptoError> {
-        let expected = self.recv_msg_key(
-            recv.message_id,
-            recv.message_seq,
-            &recv.client_msg_no,
-            recv.timestamp,
-            &recv.from_uid,
-            &recv.channel_id,
-            recv.channel_type,
-            &recv.payload,
-        );
+        let expected = self.recv_msg_key_of(recv, &recv.payload);
         if !constant_time_eq(expected.as_bytes(), recv.msg_key.as_bytes()) {
             return Err(CryptoError::MsgKeyMismatch);
         }
