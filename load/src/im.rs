@@ -417,10 +417,12 @@ fn worker(
                 loop {
                     match c.stream.read(&mut buf) {
                         Ok(0) => {
+                            // The last bytes may say why (a refusing CONNACK).
+                            handle_input(c, args, now, false, logged_in, &mut r)?;
                             return Err(io::Error::other(format!(
                                 "{} closed by the server",
                                 c.plan.uid
-                            )))
+                            )));
                         }
                         Ok(n) => c.input.extend_from_slice(&buf[..n]),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One-command load test of the release `ruyi` on this machine:
+#
+#   scripts/loadtest.sh [quick|full]
+#
+# Builds release, starts `ruyi` on a temporary data directory with token auth off, runs the
+# scenarios with `ruyi-load`, stops the server by its PID, and writes one JSON file per
+# scenario plus summary.txt under target/loadtest/<mode>/. Quick mode takes under two
+# minutes. Everything is bounded in connections and time and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-quick}
+case $mode in
+  quick) secs=5; pairs=500; idle=2000; big=500 ;;
+  full)  secs=20; pairs=1000; idle=9000; big=1000 ;;
+  *) echo "usage: $0 [quick|full]" >&2; exit 2 ;;
+esac
+out=target/loadtest/$mode
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/summary.txt
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release -q -p ruyi -p ruyi-load
+bin=target/release
+data=$(mktemp -d)
+tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1)); ws=$((tcp + 2))
+pid=
+start_server() { # extra ruyi flags...
+  "$bin/ruyi" --no-token-auth --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" \
+    --http-addr "127.0.0.1:$http" --ws-addr "127.0.0.1:$ws" "$@" >>"$data/server.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$http") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "ruyi did not start; see $data/server.log" >&2
+  exit 1
+}
+stop_server() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+cleanup() { stop_server; rm -rf "$data"; }
+trap cleanup EXIT
+
+load() { # name args...
+  local name=$1; shift
+  "$bin/ruyi-load" "$@" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" --warmup 2 \
+    --seconds "$secs" --server-pid "$pid" --prefix "$name" --json "$out/$name.json" | tee -a "$out/summary.txt"
+}
+
+# Encryption off for the plaintext scenarios (a server with encryption on refuses logins
+# without a key, reason 21), then on for the encrypted one, as the official SDKs use it.
+start_server --no-encryption
+load person person --pairs "$pairs" --window 8
+load group-large group --groups 1 --members "$big" --senders 1 --window 32
+load group-100x10 group --groups 100 --members 10 --senders 1 --window 8
+stop_server
+start_server
+load person-encrypted person --pairs "$pairs" --window 8 --encrypt
+
+# Idle hold: connections without traffic; the server's RSS per connection.
+before=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+"$bin/ruyi-load" idle --addr "127.0.0.1:$tcp" --conns "$idle" --hold 3 --server-pid "$pid" >"$out/idle.txt"
+after=$(grep server_rss_bytes "$out/idle.txt" | awk '{print int($2 / 1024)}')
+echo "idle: $idle TCP connections (not logged in) cost $(( (after - before) * 1024 / idle )) bytes of server RSS each" | tee -a "$out/summary.txt"
+echo "results in $out/"
