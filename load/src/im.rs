@@ -195,16 +195,6 @@ fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<()> {
     Ok(())
 }
 
-struct Totals {
-    sends: u64,
-    deliveries: u64,
-    refused: u64,
-    lost: u64,
-    duplicated: u64,
-    sendack: Histogram<u64>,
-    delivery: Histogram<u64>,
-}
-
 fn run(args: &ImArgs, scenario: &str, plans: Vec<Plan>, senders: usize) -> io::Result<()> {
     if args.size < 16 || args.window == 0 || args.threads == 0 {
         return Err(io::Error::new(
@@ -224,7 +214,7 @@ fn run(args: &ImArgs, scenario: &str, plans: Vec<Plan>, senders: usize) -> io::R
                 .cloned()
                 .collect();
             let (args, logged_in) = (args.clone(), Arc::clone(&logged_in));
-            std::thread::spawn(move || worker(&args, mine, senders, &logged_in, connections))
+            std::thread::spawn(move || worker(&args, mine, &logged_in, connections))
         })
         .collect();
     // The measured window starts once everyone is logged in.
@@ -243,26 +233,12 @@ fn run(args: &ImArgs, scenario: &str, plans: Vec<Plan>, senders: usize) -> io::R
         }
         None => None,
     };
-    let mut t = Totals {
-        sends: 0,
-        deliveries: 0,
-        refused: 0,
-        lost: 0,
-        duplicated: 0,
-        sendack: report::latency_histogram(),
-        delivery: report::latency_histogram(),
-    };
+    let mut t = WorkerResult::new();
     for w in workers {
-        let r = w
-            .join()
-            .map_err(|_| io::Error::other("worker panicked"))??;
-        t.sends += r.sends;
-        t.deliveries += r.deliveries;
-        t.refused += r.refused;
-        t.lost += r.lost;
-        t.duplicated += r.duplicated;
-        t.sendack.add(&r.sendack).map_err(io::Error::other)?;
-        t.delivery.add(&r.delivery).map_err(io::Error::other)?;
+        t.absorb(
+            w.join()
+                .map_err(|_| io::Error::other("worker panicked"))??,
+        )?;
     }
     let secs = args.seconds as f64;
     let report = ImReport {
@@ -321,6 +297,7 @@ struct Conn {
     last_seen: HashMap<usize, u64>,
 }
 
+/// What one worker counted; the run's totals are the same shape, summed.
 struct WorkerResult {
     sends: u64,
     deliveries: u64,
@@ -331,10 +308,35 @@ struct WorkerResult {
     delivery: Histogram<u64>,
 }
 
+impl WorkerResult {
+    fn new() -> WorkerResult {
+        WorkerResult {
+            sends: 0,
+            deliveries: 0,
+            refused: 0,
+            lost: 0,
+            duplicated: 0,
+            sendack: report::latency_histogram(),
+            delivery: report::latency_histogram(),
+        }
+    }
+
+    /// Adds another worker's counts and latencies to these.
+    fn absorb(&mut self, other: WorkerResult) -> io::Result<()> {
+        self.sends += other.sends;
+        self.deliveries += other.deliveries;
+        self.refused += other.refused;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.sendack.add(&other.sendack).map_err(io::Error::other)?;
+        self.delivery.add(&other.delivery).map_err(io::Error::other)
+    }
+}
+
 fn worker(
     args: &ImArgs,
     plans: Vec<Plan>,
-    _senders: usize,
+
     logged_in: &AtomicUsize,
     total: usize,
 ) -> io::Result<WorkerResult> {
@@ -374,15 +376,7 @@ fn worker(
         flush(&mut c)?;
         conns.push(c);
     }
-    let mut r = WorkerResult {
-        sends: 0,
-        deliveries: 0,
-        refused: 0,
-        lost: 0,
-        duplicated: 0,
-        sendack: report::latency_histogram(),
-        delivery: report::latency_histogram(),
-    };
+    let mut r = WorkerResult::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 << 10];
     let mut started: Option<Instant> = None;
