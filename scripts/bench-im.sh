@@ -15,7 +15,9 @@ bin=target/release
 
 run_one() { # name encrypt(0/1) load-args...
   local name=$1 encrypt=$2; shift 2
-  local data tcp http flags=(--no-token-auth)
+  # Load from one address at full speed: the abuse limits (per-address connections,
+  # sends per second) would measure themselves, not the server.
+  local data tcp http flags=(--no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0)
   data=$(mktemp -d)
   tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1))
   [ "$encrypt" = 0 ] && flags+=(--no-encryption)

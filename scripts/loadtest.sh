@@ -25,7 +25,9 @@ data=$(mktemp -d)
 tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1)); ws=$((tcp + 2))
 pid=
 start_server() { # extra ruyi flags...
-  "$bin/ruyi" --no-token-auth --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" \
+  # The abuse limits (per-address connections, sends per second) are off: the load comes
+  # from one machine at full speed on purpose.
+  "$bin/ruyi" --no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" \
     --http-addr "127.0.0.1:$http" --ws-addr "127.0.0.1:$ws" "$@" >>"$data/server.log" 2>&1 &
   pid=$!
   for _ in $(seq 200); do

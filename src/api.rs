@@ -384,12 +384,13 @@ pub fn varz(shared: &SharedRef) -> Answer {
         "commit_date": "",
         "tree_state": "",
         "manager_uid": "____manager",
-        "manager_token_on": 0,
+        "manager_token_on": u8::from(shared.config.manager_token.is_some()),
         "conversation_cache_count": 0,
         "ruyi_online_users": shared.registry.len(),
         "ruyi_stored": c.stored.load(Relaxed),
         "ruyi_retries": c.retries.load(Relaxed),
         "ruyi_dropped_posts": c.dropped_posts.load(Relaxed),
+        "ruyi_rate_limited_sends": c.rate_limited.load(Relaxed),
     });
     (200, v.to_string())
 }
@@ -487,6 +488,11 @@ pub fn metrics(shared: &SharedRef) -> Answer {
             "ruyi_dropped_posts_total",
             "Loop-to-pool posts dropped on a full queue.",
             c.dropped_posts.load(Relaxed),
+        ),
+        (
+            "ruyi_rate_limited_sends_total",
+            "SENDs answered with reason 22 (max_sends_per_sec).",
+            c.rate_limited.load(Relaxed),
         ),
     ] {
         family(name, "counter", help);

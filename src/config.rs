@@ -6,6 +6,36 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A value that must never reach a log line: its `Debug` prints `"<redacted>"`, so a
+/// `{:?}` of a struct holding it (the whole `Config`, say) is safe to log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Secret {
+        Secret(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
 /// Everything the server needs to start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -38,6 +68,24 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Time a new connection has to send CONNECT (WuKongIM: 2 s before data, 4 s in login).
     pub connect_timeout: Duration,
+    /// Connections open at most, over every listener. The server lowers it to what the
+    /// process's open-file limit can hold (the limit minus 5% for storage, listeners and
+    /// webhooks); at the limit new connections wait in the kernel's backlog until some
+    /// close (the engine's accept gate). Default 1,000,000: in practice the file limit.
+    pub max_connections: usize,
+    /// Connections open at most from one source address (an IPv4 address or an IPv6 /64),
+    /// over every listener; past it a new connection is reset at accept. 0 = no limit.
+    /// Default 1,000: far above any one person's devices, far below the whole server.
+    /// Behind a reverse proxy or a carrier NAT many users share an address: raise it there.
+    pub max_connections_per_ip: usize,
+    /// SENDs per second one connection may make, after a burst of twice that; a SEND over
+    /// it gets SENDACK reason 22 (RateLimit) and is not stored. 0 = no limit. Default 200:
+    /// no person types that fast, and a bot that does is slowed to it (see `rate.rs`).
+    pub max_sends_per_sec: u32,
+    /// Time an HTTP request has from its first byte to its last. Past it the connection
+    /// gets 408 and is closed, so a client trickling header bytes (slowloris) cannot hold
+    /// a connection: the idle timeout alone restarts with every byte. Default 10 s.
+    pub http_request_timeout: Duration,
     /// Largest frame body accepted (WuKongIM: 1 MiB).
     pub max_frame_bytes: usize,
     /// Offline queue policy: groups with at most this many subscribers get per-user offline
@@ -59,7 +107,7 @@ pub struct Config {
     /// The manager token: when set, every HTTP request must carry it in a `token` header
     /// (HTTP_API.md §1.2). Required when `http_addr` is not a loopback address: the API
     /// can register tokens and send as anyone, so it is never exposed without one.
-    pub manager_token: Option<String>,
+    pub manager_token: Option<Secret>,
     /// Webhook endpoint (`http://host:port/path`), or `None` for no webhooks. Events are
     /// POSTed to `<url>?event=<name>` (HTTP_API.md §9).
     pub webhook_url: Option<String>,
@@ -85,6 +133,10 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(180),
             connect_timeout: Duration::from_secs(4),
             max_frame_bytes: ruyi_proto::MAX_BODY_BYTES,
+            max_connections: 1_000_000,
+            max_connections_per_ip: 1000,
+            max_sends_per_sec: 200,
+            http_request_timeout: Duration::from_secs(10),
             offline_queue_max_group: 1000,
             max_pending_acks: 256,
             recv_retry_interval: Duration::from_secs(60),
@@ -105,7 +157,10 @@ impl Config {
     /// A message naming what to change.
     pub fn validate(&self) -> Result<(), String> {
         if !self.http_addr.ip().is_loopback()
-            && self.manager_token.as_deref().is_none_or(str::is_empty)
+            && self
+                .manager_token
+                .as_ref()
+                .is_none_or(|t| t.expose().is_empty())
         {
             return Err(format!(
                 "the HTTP API on {} would be reachable beyond this machine without a manager token; \
@@ -113,10 +168,21 @@ impl Config {
                 self.http_addr
             ));
         }
+        if self.max_connections == 0 {
+            return Err("max_connections must be greater than zero".into());
+        }
         if self.node_id > 1023 {
             return Err("node_id must be at most 1023 (10 bits of the message id)".into());
         }
         Ok(())
+    }
+
+    /// The SEND rate limit as the token bucket takes it: a burst of two seconds' worth.
+    pub fn send_limit(&self) -> crate::rate::SendLimit {
+        crate::rate::SendLimit {
+            rate: self.max_sends_per_sec,
+            burst: self.max_sends_per_sec.saturating_mul(2),
+        }
     }
 
     /// A configuration for tests: ephemeral loopback ports, a given data directory.
@@ -130,5 +196,23 @@ impl Config {
             channel_workers: 2,
             ..Config::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_manager_token() {
+        let c = Config {
+            manager_token: Some("m-7c21".into()),
+            ..Config::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("m-7c21") && shown.contains("redacted"),
+            "{shown}"
+        );
     }
 }

@@ -10,6 +10,7 @@ use crate::auth::AuthRequest;
 use crate::channel::{ChannelJob, SendRequest};
 use crate::http::{self, HttpSession};
 use crate::message::{ChannelKey, Delivery, Reply, Target, SYSTEM_UID};
+use crate::rate::{SendBucket, SendLimit};
 use crate::registry::{Device, Kick};
 use crate::shared::SharedRef;
 use crate::storage::writer::Job;
@@ -143,6 +144,8 @@ pub struct ImSession {
     ws: Option<Box<WsState>>,
     /// True while the connection is on the loop's retry list.
     on_retry_list: bool,
+    /// SEND credit (`Config::max_sends_per_sec`).
+    sends: SendBucket,
 }
 
 /// The WebSocket side of a connection on the WS listener.
@@ -193,14 +196,20 @@ pub struct Gateway {
     /// Connections not logged in yet, with their login deadline (accept + connect
     /// timeout), oldest first. An absolute deadline: trickling bytes does not extend it.
     logins: VecDeque<(Instant, ConnId)>,
+    /// HTTP connections in the middle of a request, with the request's deadline (first
+    /// byte + `http_request_timeout`), oldest first.
+    http_deadlines: VecDeque<(Instant, ConnId)>,
     last_retry_scan: Instant,
     buf: BytesMut,
+    /// `Config::send_limit`, copied once.
+    send_limit: SendLimit,
 }
 
 impl Gateway {
     /// The handler for one loop.
     pub fn new(shared: SharedRef, loops: Handles<ToLoop>) -> Gateway {
         Gateway {
+            send_limit: shared.config.send_limit(),
             shared,
             loops,
             kicks: Vec::new(),
@@ -208,6 +217,7 @@ impl Gateway {
             retry_list: Vec::new(),
             kick_retries: Vec::new(),
             logins: VecDeque::new(),
+            http_deadlines: VecDeque::new(),
             last_retry_scan: Instant::now(),
             buf: BytesMut::with_capacity(4096),
         }
@@ -428,6 +438,17 @@ impl Gateway {
     }
 
     fn on_send(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, send: SendPacket) -> Flow {
+        // Before the decryption: a flood over the limit must cost as little as possible.
+        if !s.sends.take(self.send_limit, self.clock_ms(conn)) {
+            self.shared.counters.rate_limited.fetch_add(1, Relaxed);
+            let outcome = crate::message::SendOutcome {
+                message_id: 0,
+                message_seq: 0,
+                reason: reason::RATE_LIMIT,
+            };
+            self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
+            return Flow::Next;
+        }
         let encrypted = s.cipher.is_some() && !send.setting.has(Setting::NO_ENCRYPT);
         let payload = match (&s.cipher, encrypted) {
             (Some(cipher), true) => match cipher.open_send(&send) {
@@ -489,9 +510,19 @@ impl Gateway {
                 self.shared.counters.sends_in.fetch_add(1, Relaxed);
                 Flow::Next
             }
-            Err(TrySendError::Full(_)) => Flow::Stall,
+            Err(TrySendError::Full(_)) => {
+                // The SEND is read again once the queue drains: it must not pay twice.
+                s.sends.refund(self.send_limit);
+                Flow::Stall
+            }
             Err(TrySendError::Disconnected(_)) => Flow::Close,
         }
+    }
+
+    /// Milliseconds of the server's clock at this loop turn, for the send buckets.
+    fn clock_ms(&self, conn: &ConnCtx<'_>) -> u64 {
+        let elapsed = conn.now().saturating_duration_since(self.shared.started);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
     fn queue_sendack(
@@ -921,6 +952,7 @@ impl Handler for Gateway {
             pending: VecDeque::new(),
             pending_bytes: 0,
             on_retry_list: false,
+            sends: SendBucket::full(self.send_limit, self.clock_ms(conn)),
             ws,
         }))
     }
@@ -929,7 +961,9 @@ impl Handler for Gateway {
         match state {
             Session::Im(s) if s.ws.is_some() => self.on_ws_data(conn, s, input),
             Session::Im(s) => self.on_im_data(conn, s, input),
-            Session::Http(h) => http::on_data(&self.shared, conn, h, input),
+            Session::Http(h) => {
+                http::on_data(&self.shared, conn, h, input, &mut self.http_deadlines)
+            }
         }
     }
 
@@ -1015,6 +1049,16 @@ impl Handler for Gateway {
                     log::debug!("conn={id} did not log in within the connect timeout; closing");
                     conn.close();
                 }
+            }
+        }
+        let timeout = self.shared.config.http_request_timeout;
+        while let Some(&(deadline, id)) = self.http_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.http_deadlines.pop_front();
+            if let Some((mut conn, Session::Http(h))) = lp.conn(id) {
+                http::expire(&mut conn, h, timeout);
             }
         }
         for (old, notify) in std::mem::take(&mut self.kick_retries) {

@@ -24,8 +24,9 @@ use ruyi_proto::{person_channel_id, person_peer, Flags};
 use ruyi_reactor::{ConnCtx, ConnId};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Idle time of a keep-alive HTTP connection.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(60);
@@ -43,7 +44,11 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Per-connection HTTP state (nothing between requests: the loop pauses reading while a
 /// request is being answered).
 #[derive(Debug, Default)]
-pub struct HttpSession {}
+pub struct HttpSession {
+    /// When the first byte of the request still incomplete arrived; `None` between
+    /// requests. The request must be whole by `started + http_request_timeout`.
+    started: Option<Instant>,
+}
 
 /// A parsed request on its way to a worker.
 #[derive(Debug)]
@@ -103,9 +108,39 @@ pub(crate) fn error_body(status: u16, msg: &str) -> String {
 pub fn on_data(
     shared: &SharedRef,
     conn: &mut ConnCtx<'_>,
-    _h: &mut HttpSession,
+    h: &mut HttpSession,
     input: &[u8],
+    deadlines: &mut VecDeque<(Instant, ConnId)>,
 ) -> usize {
+    let consumed = parse_request(shared, conn, input);
+    if consumed > 0 || conn.is_closing() {
+        h.started = None;
+        return consumed;
+    }
+    // Incomplete: the engine keeps the bytes. The idle timeout restarts with every byte, so
+    // on its own it would let a client trickle a header forever (slowloris); the request
+    // gets one deadline from its first byte instead, enforced by `expire`.
+    if h.started.is_none() {
+        let now = conn.now();
+        h.started = Some(now);
+        deadlines.push_back((now + shared.config.http_request_timeout, conn.id()));
+    }
+    0
+}
+
+/// Answers 408 and closes `conn` if the request it is reading began `timeout` or longer
+/// ago (called by the loop for each due entry of the deadline queue `on_data` fills).
+pub fn expire(conn: &mut ConnCtx<'_>, h: &HttpSession, timeout: Duration) {
+    if h.started
+        .is_some_and(|s| conn.now().saturating_duration_since(s) >= timeout)
+    {
+        refuse(conn, 408, "request not completed in time");
+    }
+}
+
+/// Parses and dispatches one request from `input`: the bytes consumed, or 0 while the
+/// request is incomplete.
+fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> usize {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(input) {
@@ -187,7 +222,9 @@ pub fn on_data(
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("token"))
             .map(|h| h.value);
-        if !given.is_some_and(|g| ruyi_proto::crypto::constant_time_eq(g, expected.as_bytes())) {
+        if !given
+            .is_some_and(|g| ruyi_proto::crypto::constant_time_eq(g, expected.expose().as_bytes()))
+        {
             conn.queue(response_typed(401, "application/json", "", false));
             conn.close();
             return input.len();

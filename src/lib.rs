@@ -14,6 +14,7 @@ pub mod http;
 pub mod ids;
 pub mod message;
 pub mod pusher;
+pub mod rate;
 pub mod registry;
 pub mod server;
 pub mod shared;

@@ -11,6 +11,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
+use ruyi::config::Secret;
 use ruyi::{Config, Server};
 use serde::Deserialize;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -60,6 +61,18 @@ struct Cli {
     /// Webhook endpoint (http://host:port/path); events go to <url>?event=<name>
     #[arg(long)]
     webhook_url: Option<String>,
+    /// Connections open at most; lowered to what the open-file limit holds
+    /// [default: 1000000]
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Connections open at most from one source address (IPv4, or IPv6 /64); 0 = no limit.
+    /// Raise it behind a reverse proxy [default: 1000]
+    #[arg(long)]
+    max_conns_per_ip: Option<usize>,
+    /// SENDs per second per connection (burst: twice that); over it, SENDACK reason 22;
+    /// 0 = no limit [default: 200]
+    #[arg(long)]
+    max_sends_per_sec: Option<u32>,
     /// Manager token: every HTTP request must carry it in a `token` header. Also read
     /// from RUYI_MANAGER_TOKEN, which keeps it out of process listings
     #[arg(long, env = "RUYI_MANAGER_TOKEN", hide_env_values = true)]
@@ -86,6 +99,10 @@ struct FileConfig {
     max_frame_bytes: Option<usize>,
     offline_queue_max_group: Option<usize>,
     node_id: Option<u16>,
+    max_connections: Option<usize>,
+    max_conns_per_ip: Option<usize>,
+    max_sends_per_sec: Option<u32>,
+    http_request_timeout_secs: Option<u64>,
 }
 
 fn load(cli: Cli) -> Result<Config, String> {
@@ -115,8 +132,14 @@ fn load(cli: Cli) -> Result<Config, String> {
             .offline_queue_max_group
             .unwrap_or(c.offline_queue_max_group);
         c.node_id = f.node_id.unwrap_or(c.node_id);
+        c.max_connections = f.max_connections.unwrap_or(c.max_connections);
+        c.max_connections_per_ip = f.max_conns_per_ip.unwrap_or(c.max_connections_per_ip);
+        c.max_sends_per_sec = f.max_sends_per_sec.unwrap_or(c.max_sends_per_sec);
+        c.http_request_timeout = f
+            .http_request_timeout_secs
+            .map_or(c.http_request_timeout, Duration::from_secs);
         c.webhook_url = f.webhook_url.or(c.webhook_url);
-        c.manager_token = f.manager_token.or(c.manager_token);
+        c.manager_token = f.manager_token.map(Secret::from).or(c.manager_token);
     }
     c.tcp_addr = cli.tcp_addr.unwrap_or(c.tcp_addr);
     c.ws_addr = cli.ws_addr.unwrap_or(c.ws_addr);
@@ -129,7 +152,10 @@ fn load(cli: Cli) -> Result<Config, String> {
         (c.loops, c.channel_workers) = (n, n);
     }
     c.webhook_url = cli.webhook_url.or(c.webhook_url);
-    c.manager_token = cli.manager_token.or(c.manager_token);
+    c.max_connections = cli.max_connections.unwrap_or(c.max_connections);
+    c.max_connections_per_ip = cli.max_conns_per_ip.unwrap_or(c.max_connections_per_ip);
+    c.max_sends_per_sec = cli.max_sends_per_sec.unwrap_or(c.max_sends_per_sec);
+    c.manager_token = cli.manager_token.map(Secret::from).or(c.manager_token);
     Ok(c)
 }
 
@@ -154,6 +180,7 @@ fn main() {
             std::process::exit(1);
         }
     }
+    ruyi::server::raise_open_file_limit();
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {

@@ -128,6 +128,8 @@ impl Server {
             // Ticks drive kick timers, retries and the resumption of paused connections.
             tick: Duration::from_millis(20),
             max_inbound_bytes: config.max_frame_bytes + (64 << 10),
+            max_connections: connection_budget(config.max_connections),
+            max_connections_per_ip: config.max_connections_per_ip,
             ..EngineConfig::default()
         };
         let mut builder = Engine::builder(engine_config);
@@ -253,5 +255,50 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.checkpoint_stop.store(true, Ordering::Release);
+    }
+}
+
+/// `wanted`, lowered to what the open-file limit can hold: accepting past it fails with
+/// `EMFILE` anyway, and storage, listeners and webhooks need descriptors of their own
+/// (kept back: 5% of the limit, at least 64).
+fn connection_budget(wanted: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return wanted;
+    }
+    let files = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    let budget = files.saturating_sub((files / 20).max(64)).max(1);
+    if budget < wanted {
+        log::info!(
+            "max_connections {budget}: the open-file limit is {files} (raise `ulimit -n` for more)"
+        );
+    }
+    wanted.min(budget)
+}
+
+/// Raises this process's open-file soft limit to its hard limit, as Go's runtime does for
+/// WuKongIM: the soft default (often 1,024) is far below what a server needs, and the hard
+/// limit is what the administrator allowed. For the binary; a library user owns its limits.
+pub fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                log::warn!(
+                    "cannot raise the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
     }
 }

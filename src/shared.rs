@@ -30,6 +30,8 @@ pub struct Counters {
     /// Commands a loop could not post to another loop's full inbox (dropped; recovered by
     /// sync).
     pub dropped_posts: AtomicU64,
+    /// SENDs answered with reason 22 (over `max_sends_per_sec`).
+    pub rate_limited: AtomicU64,
 }
 
 /// The queues into the pools and everything else the pools share.

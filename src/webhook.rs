@@ -187,8 +187,10 @@ impl Poster {
                 let _ = std::io::copy(&mut resp.into_reader(), &mut std::io::sink());
                 false
             }
-            Err(e) => {
-                log::debug!("webhook {event}: {e}");
+            Err(ureq::Error::Transport(t)) => {
+                // The kind only: the full error quotes the URL, which may carry a secret
+                // in its query string.
+                log::debug!("webhook {event}: {}", t.kind());
                 false
             }
         };

@@ -16,10 +16,12 @@
 use crate::balancer::Balancer;
 use crate::event_loop::Global;
 use crate::inbox::{Command, LoopHandle};
+use crate::per_ip::IpSlot;
 use crate::ListenerId;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +53,8 @@ pub(crate) struct Acceptor<M> {
     pub handed_over: Vec<u64>,
     /// Loops whose inbox is gone.
     pub dead: Vec<bool>,
+    /// When the last per-address refusal was logged (warnings are rate-limited).
+    pub last_refusal_warn: Option<Instant>,
 }
 
 impl<M: Send> Acceptor<M> {
@@ -165,6 +169,16 @@ impl<M: Send> Acceptor<M> {
                     }
                 },
             };
+            let ip_slot = match &self.global.per_ip {
+                None => IpSlot::NONE,
+                Some(per_ip) => match per_ip.acquire(peer.ip()) {
+                    Some(slot) => slot,
+                    None => {
+                        self.refuse_over_limit(stream, peer);
+                        continue;
+                    }
+                },
+            };
             if let Err(e) = socket2::SockRef::from(&stream).set_nodelay(true) {
                 log::debug!("set TCP_NODELAY for {peer}: {e}");
             }
@@ -176,6 +190,7 @@ impl<M: Send> Acceptor<M> {
                 stream,
                 listener: ListenerId(index as u16),
                 peer,
+                ip_slot,
             };
             // A loop that died (repeated poll failures, a panicking handler) is marked and
             // skipped; the socket goes to another loop. Bounded: each loop can die once.
@@ -184,7 +199,7 @@ impl<M: Send> Acceptor<M> {
                 attempts += 1;
                 if self.dead.iter().all(|&d| d) || attempts > 2 * self.loops.len() {
                     log::error!("no event loop is running; dropping a new connection from {peer}");
-                    self.global.connection_closed();
+                    self.global.connection_closed(ip_slot);
                     return AcceptEnd::Stopped;
                 }
                 let chosen = self.pick();
@@ -206,6 +221,27 @@ impl<M: Send> Acceptor<M> {
 }
 
 impl<M: Send> Acceptor<M> {
+    /// Resets a connection whose source already has `max_connections_per_ip` open. A reset
+    /// (linger 0) rather than a FIN: it leaves no TIME_WAIT behind on our side, and a flood
+    /// of refused connections costs us nothing after this call.
+    fn refuse_over_limit(&mut self, stream: mio::net::TcpStream, peer: SocketAddr) {
+        if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
+            log::debug!("set SO_LINGER for {peer}: {e}");
+        }
+        drop(stream);
+        let refused = self.global.refused_per_ip.fetch_add(1, Ordering::Relaxed) + 1;
+        if self
+            .last_refusal_warn
+            .is_none_or(|t| t.elapsed() >= GATE_WARN_INTERVAL)
+        {
+            self.last_refusal_warn = Some(Instant::now());
+            log::warn!(
+                "refused a connection from {}: its source is at max_connections_per_ip ({refused} refused so far)",
+                peer.ip()
+            );
+        }
+    }
+
     /// Asks the balancer for a loop. A loop's load is its open connections plus the sockets
     /// still in its inbox: without the second term a burst of accepts all lands on
     /// whichever loop looked emptiest before the burst. Dead loops look full.

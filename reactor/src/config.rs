@@ -19,6 +19,11 @@ pub struct EngineConfig {
     /// stops accepting and the kernel's backlog absorbs new arrivals; it accepts again below
     /// 90% of the limit (see [`crate::Engine`]). Default 1,000,000.
     pub max_connections: usize,
+    /// Connections open at most from one source address (an IPv4 address or an IPv6 /64),
+    /// so one host cannot take every descriptor. Past it a new connection is reset at
+    /// accept. 0 = no limit. Default 0: an engine does not know whether its clients sit
+    /// behind a NAT; the IM server sets its own default.
+    pub max_connections_per_ip: usize,
     /// `listen(2)` backlog. 1024 matches the usual `somaxconn` and absorbs connect storms
     /// while the accept gate is closed.
     pub listen_backlog: i32,
@@ -79,6 +84,7 @@ impl Default for EngineConfig {
             loops: std::thread::available_parallelism().map_or(1, |n| n.get()),
             balancing: Balancing::LeastConnections,
             max_connections: 1_000_000,
+            max_connections_per_ip: 0,
             listen_backlog: 1024,
             max_outbound_bytes: 4 << 20,
             soft_outbound_bytes: None,

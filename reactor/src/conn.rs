@@ -11,6 +11,7 @@
 //!   WRITABLE event, cleared only by a `WouldBlock` from the socket.
 
 use crate::outbound::Outbound;
+use crate::per_ip::IpSlot;
 use crate::ListenerId;
 use mio::net::TcpStream;
 
@@ -50,6 +51,8 @@ pub(crate) struct ConnIo {
     pub generation: u32,
     pub listener: ListenerId,
     pub flags: Flags,
+    /// Claim on the source address's connection count, given back when the socket drops.
+    pub ip_slot: IpSlot,
     pub input: Vec<u8>,
     pub outbound: Outbound,
     /// Tick of the last inbound bytes.
@@ -73,6 +76,7 @@ impl ConnIo {
             generation,
             listener,
             flags,
+            ip_slot: IpSlot::NONE,
             input: Vec::new(),
             outbound: Outbound::new(),
             last_active_tick: now_tick,

@@ -17,13 +17,14 @@ use crate::error::{Error, Result};
 use crate::event_loop::{EventLoop, Global, WAKER};
 use crate::handler::Handler;
 use crate::inbox::{Handles, LoopHandle, LoopShared, HARD_STOP, RUNNING, SOFT_STOP};
+use crate::per_ip::PerIp;
 use crate::stats::LoopStatsSnapshot;
 use crate::ListenerId;
 use crossbeam_channel::{Receiver, Sender};
 use mio::Poll;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -100,6 +101,9 @@ impl EngineBuilder {
             gate_closed: AtomicBool::new(false),
             resume_below: config.max_connections - config.max_connections / 10,
             acceptor_waker: Arc::clone(&acceptor_waker),
+            per_ip: (config.max_connections_per_ip > 0)
+                .then(|| PerIp::new(config.max_connections_per_ip)),
+            refused_per_ip: AtomicU64::new(0),
         });
 
         // Every poller, waker and inbox first, so a failure leaves no thread behind.
@@ -167,6 +171,7 @@ impl EngineBuilder {
             stop: Arc::clone(&engine.acceptor_stop),
             handed_over: vec![0; config.loops],
             dead: vec![false; config.loops],
+            last_refusal_warn: None,
         };
         let (acceptor_exit_tx, acceptor_exit) = crossbeam_channel::bounded(1);
         engine.acceptor_exit = Some(acceptor_exit);
@@ -255,6 +260,12 @@ impl<M> Engine<M> {
     /// Open connections over all loops (including sockets being handed to a loop).
     pub fn connections(&self) -> usize {
         self.global.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections reset at accept because their source address was at
+    /// `max_connections_per_ip`.
+    pub fn refused_per_ip(&self) -> u64 {
+        self.global.refused_per_ip.load(Ordering::Relaxed)
     }
 
     /// A snapshot of every loop's counters, by loop index.

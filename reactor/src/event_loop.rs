@@ -26,6 +26,7 @@ use crate::conn_id::ConnId;
 use crate::handler::{ConnCtx, Handler, LoopCtx};
 use crate::inbox::{Command, LoopShared, HARD_STOP, RUNNING};
 use crate::outbound::FlushStatus;
+use crate::per_ip::{IpSlot, PerIp};
 use crate::stats::{CloseReason, LoopStats};
 use crate::timer::{TimerEntry, TimerWheel};
 use crate::ListenerId;
@@ -34,7 +35,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -207,11 +208,19 @@ pub(crate) struct Global {
     /// Accepting resumes below this many connections (90% of the limit, R9).
     pub resume_below: usize,
     pub acceptor_waker: Arc<mio::Waker>,
+    /// Connections per source address, when `max_connections_per_ip` is set.
+    pub per_ip: Option<PerIp>,
+    /// Connections closed at accept because their source was at its limit.
+    pub refused_per_ip: AtomicU64,
 }
 
 impl Global {
     /// One connection fewer; reopens the accept gate once below the low-water mark.
-    pub fn connection_closed(&self) {
+    /// `ip_slot` is the socket's claim on its source's count (`IpSlot::NONE` if none).
+    pub fn connection_closed(&self, ip_slot: IpSlot) {
+        if let Some(per_ip) = &self.per_ip {
+            per_ip.release(ip_slot);
+        }
         // SeqCst pairs with `Acceptor::gate_open` (store gate, then load count): with weaker
         // orderings both sides could read stale values and the gate would wait for its
         // one-second recheck.
@@ -235,7 +244,7 @@ pub(crate) struct EventLoop<H: Handler> {
     /// One read buffer for all connections of the loop (R7).
     scratch: Vec<u8>,
     next_generation: u32,
-    pending_accepts: Vec<(TcpStream, ListenerId)>,
+    pending_accepts: Vec<(TcpStream, ListenerId, IpSlot)>,
     /// Reused between turns to avoid reallocating the work lists.
     spare: Vec<ConnId>,
     due: Vec<TimerEntry>,
@@ -516,17 +525,18 @@ impl<H: Handler> EventLoop<H> {
                 stream,
                 listener,
                 peer,
+                ip_slot,
             } => {
                 // Counted as ours from here, so the acceptor's balancer sees it at once.
                 let stats = &self.core.shared.stats;
                 LoopStats::add(&stats.accepted, 1);
                 if self.stopping() {
-                    self.global.connection_closed();
+                    self.global.connection_closed(ip_slot);
                     return;
                 }
                 stats.connections.fetch_add(1, Ordering::Relaxed);
                 log::trace!("loop={} accepted {peer}", self.core.loop_index);
-                self.pending_accepts.push((stream, listener));
+                self.pending_accepts.push((stream, listener, ip_slot));
             }
             Command::Send(id, frame) => self.queue_to(id, frame),
             Command::SendBatch(frames) => {
@@ -690,11 +700,12 @@ impl<H: Handler> EventLoop<H> {
             if let Err(e) = self.poll.registry().deregister(&mut conn.io.stream) {
                 log::debug!("loop={} conn={id} deregister: {e}", self.core.loop_index);
             }
+            let ip_slot = conn.io.ip_slot;
             drop(conn.io);
             let stats = &self.core.shared.stats;
             stats.connections.fetch_sub(1, Ordering::Relaxed);
             LoopStats::add(&stats.closed[reason.index()], 1);
-            self.global.connection_closed();
+            self.global.connection_closed(ip_slot);
             log::debug!(
                 "loop={} conn={id} closed: {}",
                 self.core.loop_index,
@@ -706,7 +717,7 @@ impl<H: Handler> EventLoop<H> {
 
     /// Registers sockets the acceptor handed over, now that the turn's events are done.
     fn insert_accepted(&mut self) {
-        for (mut stream, listener) in std::mem::take(&mut self.pending_accepts) {
+        for (mut stream, listener, ip_slot) in std::mem::take(&mut self.pending_accepts) {
             let entry = self.slab.vacant_entry();
             let slot = entry.key();
             let generation = self.next_generation;
@@ -726,10 +737,11 @@ impl<H: Handler> EventLoop<H> {
                     .stats
                     .connections
                     .fetch_sub(1, Ordering::Relaxed);
-                self.global.connection_closed();
+                self.global.connection_closed(ip_slot);
                 continue;
             }
             let mut io = ConnIo::new(stream, generation, listener, self.core.now_tick);
+            io.ip_slot = ip_slot;
             self.core
                 .set_idle_timeout(id, &mut io, self.config.idle_timeout);
             let mut ctx = ConnCtx {
@@ -780,17 +792,17 @@ impl<H: Handler> EventLoop<H> {
 
     /// Sockets handed over but never registered still count as connections; release them.
     fn drop_undelivered(&mut self) {
-        for _ in self.pending_accepts.drain(..) {
+        for (_, _, ip_slot) in self.pending_accepts.drain(..) {
             self.core
                 .shared
                 .stats
                 .connections
                 .fetch_sub(1, Ordering::Relaxed);
-            self.global.connection_closed();
+            self.global.connection_closed(ip_slot);
         }
         while let Ok(cmd) = self.rx.try_recv() {
-            if let Command::Register { .. } = cmd {
-                self.global.connection_closed();
+            if let Command::Register { ip_slot, .. } = cmd {
+                self.global.connection_closed(ip_slot);
             }
         }
     }

@@ -32,6 +32,8 @@ pub(crate) enum Command<M> {
         stream: mio::net::TcpStream,
         listener: ListenerId,
         peer: SocketAddr,
+        /// The socket's claim on its source's connection count.
+        ip_slot: crate::per_ip::IpSlot,
     },
     /// Queue one frame on a connection.
     Send(ConnId, Bytes),

@@ -65,6 +65,7 @@ mod event_loop;
 mod handler;
 mod inbox;
 pub mod outbound;
+mod per_ip;
 mod stats;
 mod timer;
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use ruyi_reactor::{CloseReason, EngineConfig, StopMode};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
-use util::{closed_by_server, connect, expect_bytes, round_trip, TestEngine};
+use util::{closed_by_server, connect, connect_from, expect_bytes, round_trip, TestEngine};
 
 fn config(loops: usize) -> EngineConfig {
     EngineConfig {
@@ -299,6 +299,45 @@ fn the_accept_gate_closes_at_the_limit_and_reopens_below_ninety_percent() {
         .unwrap();
     waiting.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"queued");
+}
+
+#[test]
+fn a_source_address_at_its_limit_is_refused_while_other_sources_connect() {
+    let cfg = EngineConfig {
+        max_connections_per_ip: 3,
+        ..config(2)
+    };
+    let t = TestEngine::start(cfg, 1);
+    let mut ours: Vec<_> = (0..3).map(|_| connect(t.addrs[0])).collect();
+    for c in &mut ours {
+        round_trip(c, b"in");
+    }
+    // The fourth from 127.0.0.1 is reset at accept, without a byte of service.
+    let mut over = connect(t.addrs[0]);
+    let _ = over.write_all(b"x");
+    assert!(
+        closed_by_server(&mut over),
+        "a fourth connection was served"
+    );
+    assert_eq!(t.engine.refused_per_ip(), 1);
+    // Another source has a count of its own.
+    let mut other = connect_from("127.0.0.2".parse().unwrap(), t.addrs[0]);
+    round_trip(&mut other, b"other");
+    // A close gives the slot back: a new connection from the first source is served.
+    drop(ours.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = connect(t.addrs[0]);
+        again.write_all(b"again").unwrap();
+        let mut buf = [0u8; 5];
+        if again.read_exact(&mut buf).is_ok() {
+            assert_eq!(&buf, b"again");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never given back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(t.engine.connections(), 4);
 }
 
 #[test]

@@ -372,3 +372,14 @@ impl Drop for RuyiProcess {
         self.kill9();
     }
 }
+
+/// A blocking TCP connection to `addr` from the loopback source address `source` (for
+/// example 127.0.0.2), as a second host would connect.
+pub fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect(&addr.into())?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(stream)
+}

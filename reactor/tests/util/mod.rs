@@ -144,3 +144,18 @@ impl TestEngine {
         }
     }
 }
+
+/// Like [`connect`], from the loopback source address `source` (e.g. `127.0.0.2`), as a
+/// host other than the default one would.
+pub fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from((source, 0)).into())
+        .expect("bind the source address");
+    socket.connect(&addr.into()).expect("connect");
+    let s: TcpStream = socket.into();
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set read timeout");
+    s
+}
