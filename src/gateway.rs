@@ -1003,7 +1003,8 @@ impl Handler for Gateway {
                 if let Some((mut conn, _)) = lp.conn(id) {
                     conn.queue(response);
                     if close {
-                        conn.close();
+                        // A large response takes several writes; `close` would cut it.
+                        conn.close_after_flush();
                     } else {
                         conn.resume_reading();
                     }

@@ -260,7 +260,7 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
 
 fn refuse(conn: &mut ConnCtx<'_>, status: u16, msg: &str) {
     conn.queue(response(status, &error_body(status, msg), false));
-    conn.close();
+    conn.close_after_flush();
 }
 
 /// Runs one HTTP worker until the server stops.

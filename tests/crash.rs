@@ -82,35 +82,6 @@ fn sender(tcp: SocketAddr, uid: String, to: String, ctype: u8, round: usize, ack
     }
 }
 
-fn history(http: SocketAddr, login: &str, channel: &str, ctype: u8) -> Vec<(u32, i64)> {
-    let mut out = Vec::new();
-    let mut start = 1;
-    loop {
-        let (status, v) = post(
-            http,
-            "/channel/messagesync",
-            json!({"login_uid": login, "channel_id": channel, "channel_type": ctype, "start_message_seq": start, "end_message_seq": 0, "limit": 1000, "pull_mode": 1}),
-        );
-        assert_eq!(status, 200);
-        let page: Vec<(u32, i64)> = v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| {
-                (
-                    m["message_seq"].as_u64().unwrap() as u32,
-                    m["message_id"].as_i64().unwrap(),
-                )
-            })
-            .collect();
-        let Some(&(last, _)) = page.last() else {
-            return out;
-        };
-        out.extend(page);
-        start = last + 1;
-    }
-}
-
 /// What a user's offline queue has shown so far: sync pages at most 1,000 entries and
 /// only `syncack` moves past them, so the check reads, acknowledges and remembers.
 #[derive(Default)]

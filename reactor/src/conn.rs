@@ -31,6 +31,8 @@ impl Flags {
     pub const CLOSING: Flags = Flags(1 << 5);
     /// Buffered `input` should be offered to the handler again (after a resume).
     pub const REDELIVER: Flags = Flags(1 << 6);
+    /// Close once the output queue is empty (reading is paused meanwhile).
+    pub const CLOSE_AFTER_FLUSH: Flags = Flags(1 << 7);
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0

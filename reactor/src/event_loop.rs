@@ -845,7 +845,12 @@ fn flush_conn(core: &mut Core, config: &EngineConfig, id: ConnId, io: &mut ConnI
     LoopStats::add(&stats.bytes_out, outcome.written as u64);
     LoopStats::add(&stats.writev_calls, outcome.syscalls as u64);
     match outcome.status {
-        FlushStatus::Drained => io.soft_since_tick = 0,
+        FlushStatus::Drained => {
+            io.soft_since_tick = 0;
+            if io.flags.contains(Flags::CLOSE_AFTER_FLUSH) {
+                core.mark_close(id, io, CloseReason::Handler);
+            }
+        }
         // Still writable, so no event will come: try again next turn.
         FlushStatus::BudgetSpent => {
             core.mark_dirty(id, io);

@@ -119,6 +119,19 @@ impl ConnCtx<'_> {
         self.core.mark_close(self.id, self.io, CloseReason::Handler);
     }
 
+    /// Closes the connection once everything queued so far is written: a response larger
+    /// than one write (an HTTP body of megabytes, say) arrives whole, where `close` would
+    /// cut it after one attempt. Reading stops now. The output caps and the idle timeout
+    /// still apply, so a peer that never reads cannot hold the connection open.
+    pub fn close_after_flush(&mut self) {
+        if self.io.outbound.is_empty() {
+            self.close();
+            return;
+        }
+        self.io.flags.insert(Flags::CLOSE_AFTER_FLUSH);
+        self.pause_reading();
+    }
+
     /// True once the connection is marked for close.
     pub fn is_closing(&self) -> bool {
         self.io.flags.contains(Flags::CLOSING)

@@ -383,3 +383,33 @@ pub fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> std::io::Re
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     Ok(stream)
 }
+
+/// A channel's whole history as (seq, message id), read page by page over the HTTP API.
+pub fn history(http: SocketAddr, login: &str, channel: &str, ctype: u8) -> Vec<(u32, i64)> {
+    let mut out = Vec::new();
+    let mut start = 1;
+    loop {
+        let (status, v) = post(
+            http,
+            "/channel/messagesync",
+            serde_json::json!({"login_uid": login, "channel_id": channel, "channel_type": ctype, "start_message_seq": start, "end_message_seq": 0, "limit": 1000, "pull_mode": 1}),
+        );
+        assert_eq!(status, 200);
+        let page: Vec<(u32, i64)> = v["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no messages in {v}"))
+            .iter()
+            .map(|m| {
+                (
+                    m["message_seq"].as_u64().unwrap() as u32,
+                    m["message_id"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        let Some(&(last, _)) = page.last() else {
+            return out;
+        };
+        out.extend(page);
+        start = last + 1;
+    }
+}

@@ -60,8 +60,12 @@ pub enum Seen {
     Closed(ConnId, CloseReason),
 }
 
-/// A test handler: echoes on listener 0, swallows input on any other listener, and
-/// reports opens and closes.
+/// Bytes the probe answers `FAREWELL` with before it closes: many write budgets' worth.
+pub const FAREWELL_BYTES: usize = 3 << 20;
+
+/// A test handler: echoes on listener 0 (except `FAREWELL`, answered with
+/// [`FAREWELL_BYTES`] and a close after the flush), swallows input on any other listener,
+/// and reports opens and closes.
 pub struct Probe {
     events: Sender<Seen>,
 }
@@ -76,7 +80,12 @@ impl Handler for Probe {
 
     fn on_data(&mut self, conn: &mut ConnCtx<'_>, _: &mut (), input: &[u8]) -> usize {
         if conn.listener().index() == 0 {
-            conn.queue_slice(input);
+            if input == b"FAREWELL" {
+                conn.queue_slice(&vec![7u8; FAREWELL_BYTES]);
+                conn.close_after_flush();
+            } else {
+                conn.queue_slice(input);
+            }
         }
         input.len()
     }
