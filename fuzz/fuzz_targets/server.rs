@@ -1,0 +1,183 @@
+//! Fuzz the whole server input path: real Ruyi servers in this process, real loopback
+//! sockets, and the fuzzer's bytes sent to them as a hostile client would, on the TCP,
+//! WebSocket and HTTP ports, before and after a valid login. Any panic on any server
+//! thread aborts the process (a crash for the fuzzer); every few hundred inputs a fresh
+//! client logs in and expects a PONG, so a server that stopped answering is a crash too.
+//!
+//! ```text
+//! scripts/fuzz.sh 60            # both targets, 60 s each, no cargo-fuzz needed
+//! cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run server -- -max_total_time=60
+//! ```
+//!
+//! The first input byte picks what comes before the rest of the input:
+//! - 0: nothing, on the TCP port of the strict server (token auth and encryption on);
+//! - 1: a valid CONNECT (version from the second byte), same server: the connect state
+//!   machine with bytes arriving while the login is checked, and after it;
+//! - 2: a CONNECT to the open server (no token check, no encryption), so SENDs reach the
+//!   channels and storage;
+//! - 3: a WebSocket upgrade on the open server, then raw bytes (frames or not);
+//! - 4: nothing, on the open server's HTTP port (the JSON API, storage reads and writes).
+
+#![no_main]
+
+use bytes::BytesMut;
+use libfuzzer_sys::fuzz_target;
+use ruyi::{Config, Server};
+use ruyi_proto::{decode_packet, ConnectPacket, Packet, MAX_BODY_BYTES};
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+struct Servers {
+    strict: Server,
+    open: Server,
+    /// The strict server's token for uid "fuzz", and a valid client key.
+    token: String,
+    client_key: String,
+}
+
+static SERVERS: OnceLock<Servers> = OnceLock::new();
+static INPUTS: AtomicU64 = AtomicU64::new(0);
+
+/// Health check period, in inputs.
+const CHECK_EVERY: u64 = 256;
+
+fn servers() -> &'static Servers {
+    SERVERS.get_or_init(|| {
+        // A panic anywhere, on any server thread, is a finding.
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("panic: {info}");
+            std::process::abort();
+        }));
+        let dir = std::env::temp_dir().join(format!("ruyi-fuzz-{}", std::process::id()));
+        let start = |name: &str, tweak: &dyn Fn(&mut Config)| {
+            let mut c = Config::for_test(dir.join(name));
+            c.connect_timeout = Duration::from_millis(500);
+            c.http_request_timeout = Duration::from_millis(500);
+            tweak(&mut c);
+            Server::start(c).expect("server starts")
+        };
+        let strict = start("strict", &|_| {});
+        let open = start("open", &|c| {
+            c.token_auth = false;
+            c.encryption = false;
+        });
+        let token = "fuzz-token".to_owned();
+        let body =
+            format!(r#"{{"uid":"fuzz","token":"{token}","device_flag":1,"device_level":1}}"#);
+        let answer = exchange(strict.http_addr(), &http_post("/user/token", &body));
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "token registered");
+        let secret = ruyi_proto::crypto::random_secret().expect("randomness");
+        Servers {
+            strict,
+            open,
+            token,
+            client_key: ruyi_proto::crypto::public_key_b64(secret),
+        }
+    })
+}
+
+fn http_post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: fuzz\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn connect_packet(version: u8, token: &str, client_key: &str) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    ConnectPacket {
+        version,
+        device_flag: 1,
+        device_id: "fuzz-device".into(),
+        uid: "fuzz".into(),
+        token: token.into(),
+        client_timestamp: 0,
+        client_key: client_key.into(),
+    }
+    .encode(&mut buf)
+    .expect("CONNECT encodes");
+    buf.to_vec()
+}
+
+/// Sends `bytes`, closes our writing side, and reads what comes back until the server
+/// closes (or 3 s pass: a server may legitimately keep a half-closed socket a while).
+fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return Vec::new(); // Refused at accept (a limit): not this input's business.
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+    let _ = s.write_all(bytes);
+    let _ = s.shutdown(Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// A fresh client logs in to `server` and gets a PONG for its PING.
+fn check_alive(server: &Server, connect: &[u8]) {
+    let mut s = TcpStream::connect(server.tcp_addr()).expect("the server accepts");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut hello = connect.to_vec();
+    hello.extend_from_slice(&ruyi_proto::PING);
+    s.write_all(&hello).expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the server stopped answering PING"
+        );
+        if let Ok(n) = s.read(&mut chunk) {
+            assert!(n > 0, "the server closed a healthy client");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let mut rest = &buf[..];
+        while let Ok(Some((packet, used))) = decode_packet(rest, 4, MAX_BODY_BYTES) {
+            if matches!(packet, Packet::Pong) {
+                return;
+            }
+            rest = &rest[used..];
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let s = servers();
+    let n = INPUTS.fetch_add(1, Ordering::Relaxed);
+    if n % CHECK_EVERY == 0 {
+        check_alive(&s.open, &connect_packet(4, "", ""));
+    }
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    match mode % 5 {
+        0 => {
+            exchange(s.strict.tcp_addr(), rest);
+        }
+        1 => {
+            let (version, rest) = rest.split_first().unwrap_or((&4, &[]));
+            let mut bytes = connect_packet(2 + version % 4, &s.token, &s.client_key);
+            bytes.extend_from_slice(rest);
+            exchange(s.strict.tcp_addr(), &bytes);
+        }
+        2 => {
+            let mut bytes = connect_packet(4, "", "");
+            bytes.extend_from_slice(rest);
+            exchange(s.open.tcp_addr(), &bytes);
+        }
+        3 => {
+            let mut bytes = b"GET / HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+            bytes.extend_from_slice(rest);
+            exchange(s.open.ws_addr(), &bytes);
+        }
+        _ => {
+            exchange(s.open.http_addr(), rest);
+        }
+    }
+});
