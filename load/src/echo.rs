@@ -166,7 +166,7 @@ fn worker(
     let mut poll = Poll::new()?;
     let mut list = Vec::with_capacity(conns);
     for i in 0..conns {
-        let stream = crate::connect_registered(&poll, args.addr, Token(i))?;
+        let stream = crate::connect_registered(&poll, args.addr, Token(i), None)?;
         list.push(Conn {
             stream,
             in_flight: VecDeque::with_capacity(args.depth),

@@ -12,6 +12,7 @@
 //! warm-up, a measured window, and stops by itself.
 
 use crate::report::{self, Percentiles};
+use crate::wire::Framing;
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use hdrhistogram::Histogram;
@@ -25,7 +26,7 @@ use ruyi_proto::{
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,12 +40,24 @@ pub struct ImArgs {
     /// HTTP API address (groups are created through it).
     #[arg(long, default_value = "127.0.0.1:5001")]
     pub http: SocketAddr,
+    /// Use the WebSocket listener at this address instead of TCP (binary messages, masked,
+    /// as the JS SDK sends them).
+    #[arg(long)]
+    pub ws: Option<SocketAddr>,
     /// Encrypt (key exchange, AES payloads, msgKeys), as the official SDKs do.
     #[arg(long)]
     pub encrypt: bool,
-    /// SENDs in flight per sender.
+    /// SENDs in flight per sender at most.
     #[arg(long, default_value_t = 8)]
     pub window: usize,
+    /// Messages per second per sender (open loop, latency measured from each message's
+    /// scheduled time); 0 = closed loop, as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Spread connections over source addresses 127.0.0.1 ..= 127.0.0.<sources>, as many
+    /// hosts would (each source has its own 64k ports and its own per-address limit).
+    #[arg(long, default_value_t = 1)]
+    pub sources: u8,
     /// Payload bytes per message (at least 16).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
@@ -63,6 +76,9 @@ pub struct ImArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw throughput over time and the latency percentiles as an SVG chart here.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
     /// Prefix for uids and channel ids, so runs against one database do not collide.
     #[arg(long, default_value = "load")]
     pub prefix: String,
@@ -92,6 +108,29 @@ pub struct GroupArgs {
     pub senders: usize,
 }
 
+/// WuKongIM's published benchmark mix, all at once: person pairs, many small groups and
+/// one large group, every member a connection of its own.
+#[derive(Args, Debug, Clone)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub im: ImArgs,
+    /// Sender/receiver pairs.
+    #[arg(long, default_value_t = 500)]
+    pub pairs: usize,
+    /// Small groups.
+    #[arg(long, default_value_t = 100)]
+    pub groups: usize,
+    /// Members per small group.
+    #[arg(long, default_value_t = 100)]
+    pub members: usize,
+    /// Members of the one large group (0: none).
+    #[arg(long, default_value_t = 1000)]
+    pub large: usize,
+    /// Senders per group, small and large.
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+}
+
 /// One planned connection.
 #[derive(Clone, Debug)]
 struct Plan {
@@ -102,13 +141,62 @@ struct Plan {
     sender_index: Option<usize>,
 }
 
+/// The connections of a run, and how many of them send.
+#[derive(Default)]
+struct Plans {
+    list: Vec<Plan>,
+    senders: usize,
+}
+
+impl Plans {
+    fn pairs(&mut self, prefix: &str, pairs: usize) {
+        for i in 0..pairs {
+            self.list.push(Plan {
+                uid: format!("{prefix}-a{i}"),
+                target: Some((format!("{prefix}-b{i}"), 1)),
+                sender_index: Some(self.senders),
+            });
+            self.senders += 1;
+            self.list.push(Plan {
+                uid: format!("{prefix}-b{i}"),
+                target: None,
+                sender_index: None,
+            });
+        }
+    }
+
+    /// Creates `groups` groups of `members` through the HTTP API and plans their members;
+    /// the first `senders` of each group send.
+    fn groups(&mut self, args: &ImArgs, tag: &str, groups: usize, members: usize, senders: usize) -> io::Result<()> {
+        let p = &args.prefix;
+        for g in 0..groups {
+            let gid = format!("{p}-{tag}{g}");
+            let uids: Vec<String> = (0..members).map(|m| format!("{gid}m{m}")).collect();
+            let body = serde_json::json!({"channel_id": gid, "channel_type": 2, "subscribers": uids, "reset": 1});
+            http_post(args.http, "/channel", &body.to_string())?;
+            for (m, uid) in uids.into_iter().enumerate() {
+                let sends = m < senders;
+                self.list.push(Plan {
+                    uid,
+                    target: sends.then(|| (gid.clone(), 2)),
+                    sender_index: sends.then_some(self.senders),
+                });
+                self.senders += usize::from(sends);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct ImReport {
     scenario: String,
+    transport: &'static str,
     connections: usize,
     senders: usize,
     encrypt: bool,
     window: usize,
+    rate_per_sender: f64,
     size: usize,
     seconds: f64,
     sends: u64,
@@ -122,6 +210,8 @@ struct ImReport {
     duplicated: u64,
     server_cpu_seconds: Option<f64>,
     deliveries_per_server_cpu_sec: Option<f64>,
+    /// Per second of the measured window: [sends, deliveries].
+    timeline: Vec<[u64; 2]>,
 }
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -132,52 +222,34 @@ fn nanos_since_epoch(t: Instant) -> u64 {
 }
 
 pub fn run_person(args: &PersonArgs) -> io::Result<()> {
-    let p = &args.im.prefix;
-    let mut plans = Vec::with_capacity(args.pairs * 2);
-    for i in 0..args.pairs {
-        plans.push(Plan {
-            uid: format!("{p}-a{i}"),
-            target: Some((format!("{p}-b{i}"), 1)),
-            sender_index: Some(i),
-        });
-        plans.push(Plan {
-            uid: format!("{p}-b{i}"),
-            target: None,
-            sender_index: None,
-        });
-    }
-    run(&args.im, "person", plans, args.pairs)
+    let mut plans = Plans::default();
+    plans.pairs(&args.im.prefix, args.pairs);
+    run(&args.im, &format!("person {}", args.pairs), plans)
 }
 
 pub fn run_group(args: &GroupArgs) -> io::Result<()> {
-    let p = &args.im.prefix;
-    let mut plans = Vec::new();
-    let mut sender = 0;
-    for g in 0..args.groups {
-        let gid = format!("{p}-g{g}");
-        let members: Vec<String> = (0..args.members).map(|m| format!("{p}-g{g}m{m}")).collect();
-        let body = serde_json::json!({"channel_id": gid, "channel_type": 2, "subscribers": members, "reset": 1});
-        http_post(args.im.http, "/channel", &body.to_string())?;
-        for (m, uid) in members.into_iter().enumerate() {
-            let sends = m < args.senders;
-            plans.push(Plan {
-                uid,
-                target: sends.then(|| (gid.clone(), 2)),
-                sender_index: sends.then(|| {
-                    sender += 1;
-                    sender - 1
-                }),
-            });
-        }
-    }
+    let mut plans = Plans::default();
+    plans.groups(&args.im, "g", args.groups, args.members, args.senders)?;
     let scenario = format!(
         "group {}x{} senders {}",
         args.groups, args.members, args.senders
     );
-    run(&args.im, &scenario, plans, sender)
+    run(&args.im, &scenario, plans)
 }
 
-fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<()> {
+pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
+    let mut plans = Plans::default();
+    plans.pairs(&args.im.prefix, args.pairs);
+    plans.groups(&args.im, "s", args.groups, args.members, args.senders)?;
+    plans.groups(&args.im, "L", usize::from(args.large > 0), args.large, args.senders)?;
+    let scenario = format!(
+        "mixed {} pairs + {}x{} + 1x{}",
+        args.pairs, args.groups, args.members, args.large
+    );
+    run(&args.im, &scenario, plans)
+}
+
+pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<String> {
     let mut s = std::net::TcpStream::connect(addr)?;
     write!(
         s,
@@ -192,26 +264,28 @@ fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<()> {
             out.lines().next().unwrap_or("")
         )));
     }
-    Ok(())
+    Ok(out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned()))
 }
 
-fn run(args: &ImArgs, scenario: &str, plans: Vec<Plan>, senders: usize) -> io::Result<()> {
-    if args.size < 16 || args.window == 0 || args.threads == 0 {
+fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<()> {
+    if args.size < 24 || args.window == 0 || args.threads == 0 || args.sources == 0 || args.rate < 0.0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "size >= 16, window and threads > 0",
+            "size >= 24, window, threads and sources > 0, rate >= 0",
         ));
     }
     let _ = EPOCH.get_or_init(Instant::now);
+    let Plans { list: plans, senders } = plans;
     let connections = plans.len();
     let logged_in = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..args.threads)
         .map(|w| {
-            let mine: Vec<Plan> = plans
+            let mine: Vec<(usize, Plan)> = plans
                 .iter()
+                .cloned()
+                .enumerate()
                 .skip(w)
                 .step_by(args.threads)
-                .cloned()
                 .collect();
             let (args, logged_in) = (args.clone(), Arc::clone(&logged_in));
             std::thread::spawn(move || worker(&args, mine, &logged_in, connections))
@@ -243,10 +317,12 @@ fn run(args: &ImArgs, scenario: &str, plans: Vec<Plan>, senders: usize) -> io::R
     let secs = args.seconds as f64;
     let report = ImReport {
         scenario: scenario.to_owned(),
+        transport: if args.ws.is_some() { "ws" } else { "tcp" },
         connections,
         senders,
         encrypt: args.encrypt,
         window: args.window,
+        rate_per_sender: args.rate,
         size: args.size,
         seconds: secs,
         sends: t.sends,
@@ -260,10 +336,12 @@ fn run(args: &ImArgs, scenario: &str, plans: Vec<Plan>, senders: usize) -> io::R
         duplicated: t.duplicated,
         server_cpu_seconds: server_cpu,
         deliveries_per_server_cpu_sec: server_cpu.map(|c| t.deliveries as f64 / c.max(1e-9)),
+        timeline: t.timeline.clone(),
     };
     println!(
-        "{} conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} server_cpu={:.2}s",
+        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} server_cpu={:.2}s",
         report.scenario,
+        report.transport,
         report.connections,
         report.encrypt,
         report.sends_per_sec,
@@ -277,24 +355,60 @@ fn run(args: &ImArgs, scenario: &str, plans: Vec<Plan>, senders: usize) -> io::R
         report.duplicated,
         report.server_cpu_seconds.unwrap_or(f64::NAN)
     );
+    if let Some(path) = &args.svg {
+        crate::chart::write(
+            path,
+            &format!("ruyi-load {} [{}]", report.scenario, report.transport),
+            &report.timeline,
+            &[
+                ("SENDACK", &t.sendack),
+                ("delivery", &t.delivery),
+            ],
+        )?;
+    }
     report::write_json(args.json.as_deref(), &report)
 }
 
 struct Conn {
     stream: TcpStream,
     plan: Plan,
+    framing: Framing,
+    /// Bytes read from the socket, not yet unframed.
+    raw: Vec<u8>,
+    /// The protocol byte stream, not yet decoded.
     input: Vec<u8>,
     output: BytesMut,
+    /// Encoding space for one packet before it is framed (WebSocket only).
+    scratch: BytesMut,
     cipher: Option<SessionCipher>,
     secret: [u8; 32],
     version: u8,
     logged_in: bool,
     /// Send times of SENDs in flight, oldest first (SENDACKs come back in order).
     in_flight: VecDeque<Instant>,
+    /// Paced mode: when the next SEND is due.
+    next_send_at: Instant,
     next_counter: u64,
     client_seq: u32,
     /// Per sender: the last counter received (loss and duplicate accounting).
     last_seen: HashMap<usize, u64>,
+}
+
+impl Conn {
+    /// Encodes and frames one packet onto the output.
+    fn queue(&mut self, packet: &Packet) -> io::Result<()> {
+        if let Framing::Tcp = self.framing {
+            return packet
+                .encode(self.version, &mut self.output)
+                .map_err(io::Error::other);
+        }
+        self.scratch.clear();
+        packet
+            .encode(self.version, &mut self.scratch)
+            .map_err(io::Error::other)?;
+        self.framing.wrap(&self.scratch, &mut self.output);
+        Ok(())
+    }
 }
 
 /// What one worker counted; the run's totals are the same shape, summed.
@@ -306,6 +420,8 @@ struct WorkerResult {
     duplicated: u64,
     sendack: Histogram<u64>,
     delivery: Histogram<u64>,
+    /// Per second of the measured window: [sends, deliveries].
+    timeline: Vec<[u64; 2]>,
 }
 
 impl WorkerResult {
@@ -318,6 +434,7 @@ impl WorkerResult {
             duplicated: 0,
             sendack: report::latency_histogram(),
             delivery: report::latency_histogram(),
+            timeline: Vec::new(),
         }
     }
 
@@ -328,37 +445,65 @@ impl WorkerResult {
         self.refused += other.refused;
         self.lost += other.lost;
         self.duplicated += other.duplicated;
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), [0, 0]);
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
+            mine[0] += theirs[0];
+            mine[1] += theirs[1];
+        }
         self.sendack.add(&other.sendack).map_err(io::Error::other)?;
         self.delivery.add(&other.delivery).map_err(io::Error::other)
     }
+
+    /// Counts one event in the timeline slot of `now` (`column` 0 = send, 1 = delivery).
+    fn tick(&mut self, from: Instant, now: Instant, column: usize) {
+        let slot = now.saturating_duration_since(from).as_secs() as usize;
+        if self.timeline.len() <= slot {
+            self.timeline.resize(slot + 1, [0, 0]);
+        }
+        self.timeline[slot][column] += 1;
+    }
+}
+
+/// The source address of connection `index`: 127.0.0.1 ..= 127.0.0.<sources> in turn.
+pub(crate) fn source_of(index: usize, sources: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(sources.max(1))) as u8)
 }
 
 fn worker(
     args: &ImArgs,
-    plans: Vec<Plan>,
-
+    plans: Vec<(usize, Plan)>,
     logged_in: &AtomicUsize,
     total: usize,
 ) -> io::Result<WorkerResult> {
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(plans.len());
-    for (i, plan) in plans.into_iter().enumerate() {
-        let stream = crate::connect_registered(&poll, args.tcp, Token(i))?;
+    let server = args.ws.unwrap_or(args.tcp);
+    let start = Instant::now();
+    for (i, (global, plan)) in plans.into_iter().enumerate() {
+        let source = source_of(global, args.sources);
+        let stream = crate::connect_registered(&poll, server, Token(i), Some(source))?;
         let secret = random_secret().map_err(io::Error::other)?;
         let mut c = Conn {
             stream,
             plan,
+            framing: Framing::new(args.ws.is_some(), global as u32),
+            raw: Vec::new(),
             input: Vec::new(),
             output: BytesMut::new(),
+            scratch: BytesMut::new(),
             cipher: None,
             secret,
             version: 5,
             logged_in: false,
             in_flight: VecDeque::new(),
+            next_send_at: start,
             next_counter: 1,
             client_seq: 1,
             last_seen: HashMap::new(),
         };
+        c.framing.start(server, &mut c.output);
         let connect = Packet::Connect(ConnectPacket {
             version: 5,
             device_flag: 0,
@@ -372,7 +517,7 @@ fn worker(
                 String::new()
             },
         });
-        connect.encode(5, &mut c.output).map_err(io::Error::other)?;
+        c.queue(&connect)?;
         flush(&mut c)?;
         conns.push(c);
     }
@@ -382,13 +527,22 @@ fn worker(
     let mut started: Option<Instant> = None;
     let mut measure: Option<(Instant, Instant)> = None;
     let login_deadline = Instant::now() + Duration::from_secs(60);
+    // Paced senders are topped up on this period; closed-loop ones on every SENDACK.
+    let pace_tick = Duration::from_millis(1);
+    let paced = args.rate > 0.0;
     loop {
         let now = Instant::now();
         if started.is_none() && logged_in.load(Ordering::Acquire) >= total {
             started = Some(now);
+            let n = conns.len().max(1) as f64;
             let from = now + Duration::from_secs(args.warmup);
             measure = Some((from, from + Duration::from_secs(args.seconds)));
-            for c in &mut conns {
+            for (i, c) in conns.iter_mut().enumerate() {
+                // Spread paced senders' first sends over one interval, not all at once.
+                if paced {
+                    let spread = (i as f64 / n) / args.rate;
+                    c.next_send_at = now + Duration::from_secs_f64(spread);
+                }
                 top_up(c, args, now)?;
                 flush(c)?;
             }
@@ -402,9 +556,14 @@ fn worker(
                 "not every connection logged in within 60 s",
             ));
         }
-        poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        let timeout = if paced && started.is_some() {
+            pace_tick
+        } else {
+            Duration::from_millis(20)
+        };
+        poll.poll(&mut events, Some(timeout))?;
         let now = Instant::now();
-        let measuring = measure.is_some_and(|(from, until)| now >= from && now < until);
+        let window = measure.and_then(|(from, until)| (now >= from && now < until).then_some(from));
         for event in events.iter() {
             let c = &mut conns[event.token().0];
             if event.is_readable() {
@@ -412,24 +571,32 @@ fn worker(
                     match c.stream.read(&mut buf) {
                         Ok(0) => {
                             // The last bytes may say why (a refusing CONNACK).
-                            handle_input(c, args, now, false, logged_in, &mut r)?;
+                            handle_input(c, args, now, None, logged_in, &mut r)?;
                             return Err(io::Error::other(format!(
                                 "{} closed by the server",
                                 c.plan.uid
                             )));
                         }
-                        Ok(n) => c.input.extend_from_slice(&buf[..n]),
+                        Ok(n) => c.raw.extend_from_slice(&buf[..n]),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(e) => return Err(e),
                     }
                 }
-                handle_input(c, args, now, measuring, logged_in, &mut r)?;
-                if started.is_some() {
+                handle_input(c, args, now, window, logged_in, &mut r)?;
+                if started.is_some() && !paced {
                     top_up(c, args, now)?;
                 }
             }
             flush(c)?;
+        }
+        if paced && started.is_some() {
+            for c in &mut conns {
+                if c.next_send_at <= now {
+                    top_up(c, args, now)?;
+                    flush(c)?;
+                }
+            }
         }
     }
     Ok(r)
@@ -439,10 +606,11 @@ fn handle_input(
     c: &mut Conn,
     args: &ImArgs,
     now: Instant,
-    measuring: bool,
+    window: Option<Instant>,
     logged_in: &AtomicUsize,
     r: &mut WorkerResult,
 ) -> io::Result<()> {
+    c.framing.unwrap(&mut c.raw, &mut c.input)?;
     let mut consumed = 0;
     while let Some((packet, used)) =
         decode_packet(&c.input[consumed..], c.version, MAX_BODY_BYTES).map_err(io::Error::other)?
@@ -469,9 +637,10 @@ fn handle_input(
                 let sent = c.in_flight.pop_front();
                 if ack.reason_code != 1 {
                     r.refused += 1;
-                } else if let (true, Some(sent)) = (measuring, sent) {
+                } else if let (Some(from), Some(sent)) = (window, sent) {
                     r.sends += 1;
-                    report::record(&mut r.sendack, now - sent);
+                    r.tick(from, now, 0);
+                    report::record(&mut r.sendack, now.saturating_duration_since(sent));
                 }
             }
             Packet::Recv(recv) => {
@@ -480,12 +649,11 @@ fn handle_input(
                     Some(cipher) => Bytes::from(cipher.open_recv(&recv).map_err(io::Error::other)?),
                     None => recv.payload.clone(),
                 };
-                RecvackPacket {
+                c.queue(&Packet::Recvack(RecvackPacket {
                     flags: Flags(0),
                     message_id: recv.message_id,
                     message_seq: recv.message_seq,
-                }
-                .encode(&mut c.output);
+                }))?;
                 if payload.len() >= 24 {
                     let sent_ns = u64::from_be_bytes(payload[0..8].try_into().unwrap_or_default());
                     let sender =
@@ -499,8 +667,9 @@ fn handle_input(
                         r.lost += counter - *last - 1;
                         *last = counter;
                     }
-                    if measuring {
+                    if let Some(from) = window {
                         r.deliveries += 1;
+                        r.tick(from, now, 1);
                         let latency = nanos_since_epoch(now).saturating_sub(sent_ns);
                         report::record(&mut r.delivery, Duration::from_nanos(latency));
                     }
@@ -520,7 +689,9 @@ fn handle_input(
     Ok(())
 }
 
-/// Starts SENDs until `window` are in flight.
+/// Starts SENDs until `window` are in flight (closed loop), or sends those that are due
+/// (paced: one every 1/rate seconds, each stamped with its scheduled time, so a stalled
+/// server shows up in the latency instead of silently lowering the offered load).
 fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
     let (Some((target, channel_type)), Some(sender)) = (c.plan.target.clone(), c.plan.sender_index)
     else {
@@ -529,9 +700,18 @@ fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
     if !c.logged_in {
         return Ok(());
     }
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     while c.in_flight.len() < args.window {
-        let mut plain = vec![b'x'; args.size.max(24)];
-        plain[0..8].copy_from_slice(&nanos_since_epoch(now).to_be_bytes());
+        let stamp = match interval {
+            None => now,
+            Some(_) if c.next_send_at > now => break,
+            Some(_) => c.next_send_at,
+        };
+        if let Some(interval) = interval {
+            c.next_send_at += interval;
+        }
+        let mut plain = vec![b'x'; args.size];
+        plain[0..8].copy_from_slice(&nanos_since_epoch(stamp).to_be_bytes());
         plain[8..16].copy_from_slice(&(sender as u64).to_be_bytes());
         plain[16..24].copy_from_slice(&c.next_counter.to_be_bytes());
         c.next_counter += 1;
@@ -550,7 +730,7 @@ fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
             }
             None => (Bytes::from(plain), String::new()),
         };
-        Packet::Send(SendPacket {
+        c.queue(&Packet::Send(SendPacket {
             flags: Flags(Flags::RED_DOT),
             client_seq: c.client_seq,
             client_msg_no,
@@ -559,11 +739,9 @@ fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
             msg_key,
             payload,
             ..Default::default()
-        })
-        .encode(c.version, &mut c.output)
-        .map_err(io::Error::other)?;
+        }))?;
         c.client_seq += 1;
-        c.in_flight.push_back(now);
+        c.in_flight.push_back(stamp);
     }
     Ok(())
 }

@@ -1,23 +1,26 @@
 //! `ruyi-load`: the load generator for Ruyi and its baselines.
 //!
-//! Today it drives echo servers (the engine's floor measurements) and holds idle
-//! connections for memory-per-connection measurements; it grows into the protocol load tool.
-//! Every run is bounded in connections and time and stops by itself.
+//! It drives Ruyi over the binary protocol (TCP or WebSocket, encrypted or not) in person,
+//! group and mixed scenarios, and the echo servers that are the engine's floor. Every run
+//! is bounded in connections and time and stops by itself.
 
+mod chart;
 mod echo;
 mod idle;
 mod im;
 mod procfs;
 mod report;
+mod wire;
 
-/// Connects a blocking socket, then hands it to `poll` as a non-blocking mio stream with
-/// `token`: how every scenario opens its connections.
+/// Connects a blocking socket (from `source` when given), then hands it to `poll` as a
+/// non-blocking mio stream with `token`: how every scenario opens its connections.
 fn connect_registered(
     poll: &mio::Poll,
     addr: std::net::SocketAddr,
     token: mio::Token,
+    source: Option<std::net::Ipv4Addr>,
 ) -> std::io::Result<mio::net::TcpStream> {
-    let std_stream = std::net::TcpStream::connect(addr)?;
+    let std_stream = connect_from(addr, source)?;
     std_stream.set_nodelay(true)?;
     std_stream.set_nonblocking(true)?;
     let mut stream = mio::net::TcpStream::from_std(std_stream);
@@ -27,6 +30,21 @@ fn connect_registered(
         mio::Interest::READABLE | mio::Interest::WRITABLE,
     )?;
     Ok(stream)
+}
+
+/// A blocking connection to `addr`, bound to `source` first when given (127.0.0.x spreads
+/// load over source addresses: each has its own ephemeral ports and per-address limit).
+fn connect_from(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::Ipv4Addr>,
+) -> std::io::Result<std::net::TcpStream> {
+    let Some(source) = source else {
+        return std::net::TcpStream::connect(addr);
+    };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
+    socket.connect(&addr.into())?;
+    Ok(socket.into())
 }
 
 use clap::{Parser, Subcommand};
@@ -52,6 +70,8 @@ enum Command {
     Person(im::PersonArgs),
     /// Ruyi group fan-out: groups of online members, some of them sending.
     Group(im::GroupArgs),
+    /// Ruyi mixed load at once: person pairs, many small groups, one large group.
+    Mixed(im::MixedArgs),
 }
 
 fn main() {
@@ -62,6 +82,7 @@ fn main() {
         Command::Idle(args) => idle::run(&args),
         Command::Person(args) => im::run_person(&args),
         Command::Group(args) => im::run_group(&args),
+        Command::Mixed(args) => im::run_mixed(&args),
     };
     if let Err(e) = result {
         eprintln!("ruyi-load: {e}");
