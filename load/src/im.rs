@@ -167,7 +167,14 @@ impl Plans {
 
     /// Creates `groups` groups of `members` through the HTTP API and plans their members;
     /// the first `senders` of each group send.
-    fn groups(&mut self, args: &ImArgs, tag: &str, groups: usize, members: usize, senders: usize) -> io::Result<()> {
+    fn groups(
+        &mut self,
+        args: &ImArgs,
+        tag: &str,
+        groups: usize,
+        members: usize,
+        senders: usize,
+    ) -> io::Result<()> {
         let p = &args.prefix;
         for g in 0..groups {
             let gid = format!("{p}-{tag}{g}");
@@ -241,7 +248,13 @@ pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
     let mut plans = Plans::default();
     plans.pairs(&args.im.prefix, args.pairs);
     plans.groups(&args.im, "s", args.groups, args.members, args.senders)?;
-    plans.groups(&args.im, "L", usize::from(args.large > 0), args.large, args.senders)?;
+    plans.groups(
+        &args.im,
+        "L",
+        usize::from(args.large > 0),
+        args.large,
+        args.senders,
+    )?;
     let scenario = format!(
         "mixed {} pairs + {}x{} + 1x{}",
         args.pairs, args.groups, args.members, args.large
@@ -264,18 +277,28 @@ pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<
             out.lines().next().unwrap_or("")
         )));
     }
-    Ok(out.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_owned()))
+    Ok(out
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned()))
 }
 
 fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<()> {
-    if args.size < 24 || args.window == 0 || args.threads == 0 || args.sources == 0 || args.rate < 0.0 {
+    if args.size < 24
+        || args.window == 0
+        || args.threads == 0
+        || args.sources == 0
+        || args.rate < 0.0
+    {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "size >= 24, window, threads and sources > 0, rate >= 0",
         ));
     }
     let _ = EPOCH.get_or_init(Instant::now);
-    let Plans { list: plans, senders } = plans;
+    let Plans {
+        list: plans,
+        senders,
+    } = plans;
     let connections = plans.len();
     let logged_in = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..args.threads)
@@ -360,10 +383,7 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<()> {
             path,
             &format!("ruyi-load {} [{}]", report.scenario, report.transport),
             &report.timeline,
-            &[
-                ("SENDACK", &t.sendack),
-                ("delivery", &t.delivery),
-            ],
+            &[("SENDACK", &t.sendack), ("delivery", &t.delivery)],
         )?;
     }
     report::write_json(args.json.as_deref(), &report)

@@ -5,6 +5,7 @@
 //! is bounded in connections and time and stops by itself.
 
 mod chart;
+mod connect;
 mod echo;
 mod idle;
 mod im;
@@ -70,6 +71,8 @@ enum Command {
     Person(im::PersonArgs),
     /// Ruyi group fan-out: groups of online members, some of them sending.
     Group(im::GroupArgs),
+    /// Ruyi connect storm, then an idle hold of the logged-in connections with heartbeats.
+    Connect(connect::ConnectArgs),
     /// Ruyi mixed load at once: person pairs, many small groups, one large group.
     Mixed(im::MixedArgs),
 }
@@ -83,6 +86,7 @@ fn main() {
         Command::Person(args) => im::run_person(&args),
         Command::Group(args) => im::run_group(&args),
         Command::Mixed(args) => im::run_mixed(&args),
+        Command::Connect(args) => connect::run(&args),
     };
     if let Err(e) = result {
         eprintln!("ruyi-load: {e}");

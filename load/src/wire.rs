@@ -84,7 +84,9 @@ impl Framing {
             };
             if !raw.starts_with(b"HTTP/1.1 101") {
                 let line = String::from_utf8_lossy(&raw[..end]);
-                return Err(io::Error::other(format!("WebSocket upgrade refused: {line}")));
+                return Err(io::Error::other(format!(
+                    "WebSocket upgrade refused: {line}"
+                )));
             }
             *upgraded = true;
             at = end + 4;
@@ -116,7 +118,10 @@ fn frame_at(b: &[u8]) -> io::Result<Option<(u8, &[u8], usize)>> {
         127 if b.len() >= 10 => {
             let mut n = [0u8; 8];
             n.copy_from_slice(&b[2..10]);
-            (usize::try_from(u64::from_be_bytes(n)).map_err(io::Error::other)?, 10)
+            (
+                usize::try_from(u64::from_be_bytes(n)).map_err(io::Error::other)?,
+                10,
+            )
         }
         126 | 127 => return Ok(None),
         n => (usize::from(n), 2),
@@ -137,7 +142,11 @@ mod tests {
         let mut out = BytesMut::new();
         ws.wrap(&[0x70; 300], &mut out);
         assert_eq!(&out[..4], &[0x82, 0x80 | 126, 1, 44]);
-        assert_eq!(out[8] ^ 1, 0x70, "first payload byte masked with the first mask byte");
+        assert_eq!(
+            out[8] ^ 1,
+            0x70,
+            "first payload byte masked with the first mask byte"
+        );
 
         let mut rx = Framing::new(true, 0);
         let mut raw = b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec();

@@ -1,0 +1,583 @@
+//! `ruyi-load connect`: a connect storm, then an idle hold of the logged-in connections.
+//!
+//! Phase 1 opens `--conns` connections at `--rate` per second (0 = as fast as possible),
+//! each logging in with CONNECT (with the key exchange when `--encrypt`) and waiting for
+//! its CONNACK: it reports authenticated connects per second, CONNACK latency from the
+//! scheduled start, and failures by kind. Phase 2 holds them for `--hold` seconds, each
+//! sending PING every `--ping-every` seconds as the SDKs do, and samples the server's RSS
+//! and CPU from /proc: RSS per held connection and CPU per second of holding.
+//!
+//! Past one process's open-file limit the connections are spread over `--processes`
+//! worker processes (this binary, run again with `--worker`), and over 127.0.0.x source
+//! addresses (`--sources`), each of which has its own ephemeral ports. Workers report on
+//! stdout: a `ready` line when their connects are done, a JSON line at the end.
+
+use crate::report::{self, Percentiles};
+use crate::wire::Framing;
+use bytes::BytesMut;
+use clap::Args;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use ruyi_proto::crypto::{public_key_b64, random_secret};
+use ruyi_proto::{decode_packet, ConnectPacket, Packet, MAX_BODY_BYTES};
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Binary protocol address.
+    #[arg(long, default_value = "127.0.0.1:5100")]
+    pub tcp: SocketAddr,
+    /// Use the WebSocket listener at this address instead of TCP.
+    #[arg(long)]
+    pub ws: Option<SocketAddr>,
+    /// Connections in all.
+    #[arg(long, default_value_t = 10_000)]
+    pub conns: usize,
+    /// New connections per second over all workers (0 = as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Log in with the key exchange, as the official SDKs do.
+    #[arg(long)]
+    pub encrypt: bool,
+    /// Seconds to hold the connections once all are logged in.
+    #[arg(long, default_value_t = 10)]
+    pub hold: u64,
+    /// Seconds between a connection's PINGs while held (the JS SDK: 60 s).
+    #[arg(long, default_value_t = 30)]
+    pub ping_every: u64,
+    /// Source addresses 127.0.0.1 ..= 127.0.0.<sources>.
+    #[arg(long, default_value_t = 1)]
+    pub sources: u8,
+    /// Worker processes (each holds conns / processes connections and descriptors).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// Seconds the connect phase may take before the stragglers count as failures.
+    #[arg(long, default_value_t = 60)]
+    pub connect_timeout: u64,
+    /// Server PID: its RSS and CPU are sampled.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// uid prefix.
+    #[arg(long, default_value = "conn")]
+    pub prefix: String,
+    /// Internal: run as worker `index` of `processes` and report on stdout.
+    #[arg(long, hide = true)]
+    pub worker: Option<usize>,
+}
+
+/// What one worker saw.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WorkerReport {
+    connected: usize,
+    failed_connect: usize,
+    refused_login: usize,
+    timed_out: usize,
+    closed_while_held: usize,
+    pings: u64,
+    pongs: u64,
+    /// CONNACK latency of each login, in microseconds.
+    connack_us: Vec<u64>,
+    /// First connect attempt to last CONNACK, seconds.
+    connect_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    transport: &'static str,
+    encrypt: bool,
+    conns: usize,
+    processes: usize,
+    sources: u8,
+    offered_rate: f64,
+    connected: usize,
+    failed_connect: usize,
+    refused_login: usize,
+    timed_out: usize,
+    connects_per_sec: f64,
+    connack_latency: Percentiles,
+    hold_seconds: u64,
+    pings: u64,
+    pongs: u64,
+    closed_while_held: usize,
+    server_rss_before_bytes: Option<u64>,
+    server_rss_held_bytes: Option<u64>,
+    server_rss_per_conn_bytes: Option<f64>,
+    server_cpu_per_sec_held: Option<f64>,
+}
+
+/// What workers tell the coordinator.
+enum Msg {
+    Ready,
+    Done(WorkerReport),
+    Failed(String),
+}
+
+pub fn run(args: &ConnectArgs) -> io::Result<()> {
+    if let Some(index) = args.worker {
+        return run_as_child(args, index);
+    }
+    if args.processes == 0 || args.sources == 0 || args.rate < 0.0 {
+        return Err(io::Error::other("processes and sources > 0, rate >= 0"));
+    }
+    let rss_before = args.server_pid.map(crate::procfs::rss_bytes).transpose()?;
+    let (tx, rx) = mpsc::channel();
+    let mut children = Vec::new();
+    if args.processes == 1 {
+        let (args, tx) = (args.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let ready = tx.clone();
+            let msg = match worker(&args, 0, &mut || {
+                let _ = ready.send(Msg::Ready);
+            }) {
+                Ok(r) => Msg::Done(r),
+                Err(e) => Msg::Failed(e.to_string()),
+            };
+            let _ = tx.send(msg);
+        });
+    } else {
+        for index in 0..args.processes {
+            children.push(spawn_child(args, index, tx.clone())?);
+        }
+    }
+    drop(tx);
+    // Every worker ready: the connections are all up; sample the server while held.
+    let mut ready = 0;
+    let mut reports = Vec::new();
+    let mut held_sample: Option<(u64, f64, Instant)> = None;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Ready => {
+                ready += 1;
+                if ready == args.processes {
+                    if let Some(pid) = args.server_pid {
+                        // Let the last logins settle before reading RSS.
+                        std::thread::sleep(Duration::from_millis(500));
+                        held_sample = Some((
+                            crate::procfs::rss_bytes(pid)?,
+                            crate::procfs::cpu_seconds(pid)?,
+                            Instant::now(),
+                        ));
+                    }
+                }
+            }
+            Msg::Done(r) => reports.push(r),
+            Msg::Failed(e) => return Err(io::Error::other(format!("worker: {e}"))),
+        }
+    }
+    let cpu_per_sec = match (held_sample, args.server_pid) {
+        (Some((_, cpu, at)), Some(pid)) => {
+            Some((crate::procfs::cpu_seconds(pid)? - cpu) / at.elapsed().as_secs_f64().max(1e-9))
+        }
+        _ => None,
+    };
+    for mut c in children {
+        let _ = c.wait();
+    }
+    if reports.len() != args.processes {
+        return Err(io::Error::other("a worker ended without a report"));
+    }
+    let mut hist = report::latency_histogram();
+    let mut total = WorkerReport::default();
+    for r in reports {
+        for &us in &r.connack_us {
+            report::record(&mut hist, Duration::from_micros(us));
+        }
+        total.connected += r.connected;
+        total.failed_connect += r.failed_connect;
+        total.refused_login += r.refused_login;
+        total.timed_out += r.timed_out;
+        total.closed_while_held += r.closed_while_held;
+        total.pings += r.pings;
+        total.pongs += r.pongs;
+        total.connect_seconds = total.connect_seconds.max(r.connect_seconds);
+    }
+    let rss_held = held_sample.map(|s| s.0);
+    let report = Report {
+        transport: if args.ws.is_some() { "ws" } else { "tcp" },
+        encrypt: args.encrypt,
+        conns: args.conns,
+        processes: args.processes,
+        sources: args.sources,
+        offered_rate: args.rate,
+        connected: total.connected,
+        failed_connect: total.failed_connect,
+        refused_login: total.refused_login,
+        timed_out: total.timed_out,
+        connects_per_sec: total.connected as f64 / total.connect_seconds.max(1e-9),
+        connack_latency: Percentiles::of(&hist),
+        hold_seconds: args.hold,
+        pings: total.pings,
+        pongs: total.pongs,
+        closed_while_held: total.closed_while_held,
+        server_rss_before_bytes: rss_before,
+        server_rss_held_bytes: rss_held,
+        server_rss_per_conn_bytes: rss_before
+            .zip(rss_held)
+            .map(|(b, h)| h.saturating_sub(b) as f64 / total.connected.max(1) as f64),
+        server_cpu_per_sec_held: cpu_per_sec,
+    };
+    println!(
+        "connect [{}] encrypt={} conns={} connected={} connects/s={:.0} connack p50={}us p99={}us failed={} refused={} timed_out={} held {}s: pings={} pongs={} closed={} server rss/conn={} cpu/s held={}",
+        report.transport,
+        report.encrypt,
+        report.conns,
+        report.connected,
+        report.connects_per_sec,
+        report.connack_latency.p50_us,
+        report.connack_latency.p99_us,
+        report.failed_connect,
+        report.refused_login,
+        report.timed_out,
+        report.hold_seconds,
+        report.pings,
+        report.pongs,
+        report.closed_while_held,
+        report
+            .server_rss_per_conn_bytes
+            .map_or("-".into(), |b| format!("{b:.0}B")),
+        report
+            .server_cpu_per_sec_held
+            .map_or("-".into(), |c| format!("{c:.3}")),
+    );
+    report::write_json(args.json.as_deref(), &report)
+}
+
+/// Starts worker `index` as a child process and forwards what it reports to `tx`.
+fn spawn_child(
+    args: &ConnectArgs,
+    index: usize,
+    tx: mpsc::Sender<Msg>,
+) -> io::Result<std::process::Child> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("connect")
+        .args(["--tcp", &args.tcp.to_string()])
+        .args(["--conns", &args.conns.to_string()])
+        .args(["--rate", &args.rate.to_string()])
+        .args(["--hold", &args.hold.to_string()])
+        .args(["--ping-every", &args.ping_every.to_string()])
+        .args(["--sources", &args.sources.to_string()])
+        .args(["--processes", &args.processes.to_string()])
+        .args(["--connect-timeout", &args.connect_timeout.to_string()])
+        .args(["--prefix", &args.prefix])
+        .args(["--worker", &index.to_string()])
+        .stdout(std::process::Stdio::piped());
+    if let Some(ws) = args.ws {
+        cmd.args(["--ws", &ws.to_string()]);
+    }
+    if args.encrypt {
+        cmd.arg("--encrypt");
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout from a worker"))?;
+    std::thread::spawn(move || {
+        for line in io::BufReader::new(stdout).lines() {
+            let msg = match line {
+                Ok(l) if l == "ready" => Msg::Ready,
+                Ok(l) => match serde_json::from_str(&l) {
+                    Ok(r) => Msg::Done(r),
+                    Err(_) => continue, // not a report line
+                },
+                Err(e) => Msg::Failed(e.to_string()),
+            };
+            let _ = tx.send(msg);
+        }
+    });
+    Ok(child)
+}
+
+fn run_as_child(args: &ConnectArgs, index: usize) -> io::Result<()> {
+    let report = worker(args, index, &mut || {
+        println!("ready");
+        let _ = io::stdout().flush();
+    })?;
+    println!(
+        "{}",
+        serde_json::to_string(&report).map_err(io::Error::other)?
+    );
+    Ok(())
+}
+
+/// One connection of a worker.
+struct Conn {
+    stream: Option<TcpStream>,
+    framing: Framing,
+    raw: Vec<u8>,
+    input: Vec<u8>,
+    output: BytesMut,
+    scratch: BytesMut,
+    scheduled: Instant,
+    state: State,
+    next_ping: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Connected or connecting, no CONNACK yet.
+    Pending,
+    LoggedIn,
+    /// Refused, failed or closed: counted once, then ignored.
+    Done,
+}
+
+impl Conn {
+    fn new(framing: Framing, stream: Option<TcpStream>, scheduled: Instant) -> Conn {
+        Conn {
+            state: if stream.is_some() {
+                State::Pending
+            } else {
+                State::Done
+            },
+            stream,
+            framing,
+            raw: Vec::new(),
+            input: Vec::new(),
+            output: BytesMut::new(),
+            scratch: BytesMut::new(),
+            scheduled,
+            next_ping: scheduled,
+        }
+    }
+}
+
+/// Runs worker `index`'s share: connections index, index + P, index + 2P, ...
+fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Result<WorkerReport> {
+    let mine: Vec<usize> = (index..args.conns).step_by(args.processes).collect();
+    let server = args.ws.unwrap_or(args.tcp);
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(1024);
+    let mut r = WorkerReport::default();
+    let start = Instant::now();
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let mut conns: Vec<Conn> = Vec::with_capacity(mine.len());
+    let mut opened = 0;
+    let mut pending = 0usize; // opened, not yet logged in or failed
+    let connect_deadline = start + Duration::from_secs(args.connect_timeout);
+    let mut last_connack = start;
+    let mut buf = vec![0u8; 64 << 10];
+    // Connect phase, then hold phase.
+    let mut hold_until: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        // Open the connections that are due (all of them at once without a rate).
+        while opened < mine.len() {
+            let global = mine[opened];
+            let scheduled = interval.map_or(start, |i| start + i.mul_f64(global as f64));
+            if scheduled > now {
+                break;
+            }
+            let source = crate::im::source_of(global, args.sources);
+            match open(&poll, server, Token(opened), source) {
+                Ok(stream) => {
+                    let framing = Framing::new(args.ws.is_some(), global as u32);
+                    let mut c = Conn::new(framing, Some(stream), scheduled);
+                    c.framing.start(server, &mut c.output);
+                    let key = if args.encrypt {
+                        public_key_b64(random_secret().map_err(io::Error::other)?)
+                    } else {
+                        String::new()
+                    };
+                    queue(
+                        &mut c,
+                        &Packet::Connect(ConnectPacket {
+                            version: 5,
+                            device_flag: 0,
+                            device_id: format!("d-{global}"),
+                            uid: format!("{}-{global}", args.prefix),
+                            token: "load".into(),
+                            client_timestamp: 0,
+                            client_key: key,
+                        }),
+                    )?;
+                    conns.push(c);
+                    pending += 1;
+                }
+                Err(e) => {
+                    log::debug!("connect {global}: {e}");
+                    r.failed_connect += 1;
+                    conns.push(Conn::new(Framing::Tcp, None, scheduled));
+                }
+            }
+            opened += 1;
+        }
+        if hold_until.is_none() && opened == mine.len() && (pending == 0 || now >= connect_deadline)
+        {
+            r.timed_out += pending;
+            r.connect_seconds = last_connack.duration_since(start).as_secs_f64();
+            ready();
+            let held_from = Instant::now();
+            hold_until = Some(held_from + Duration::from_secs(args.hold));
+            // Spread the PINGs over one period.
+            let period = Duration::from_secs(args.ping_every.max(1));
+            let n = conns.len().max(1) as f64;
+            for (i, c) in conns.iter_mut().enumerate() {
+                c.next_ping = held_from + period.mul_f64(i as f64 / n);
+            }
+        }
+        if let Some(until) = hold_until {
+            if now >= until {
+                break;
+            }
+            let period = Duration::from_secs(args.ping_every.max(1));
+            for c in conns
+                .iter_mut()
+                .filter(|c| c.state == State::LoggedIn && c.next_ping <= now)
+            {
+                c.next_ping += period;
+                c.framing.wrap(&ruyi_proto::PING, &mut c.output);
+                r.pings += 1;
+                if flush(c).is_err() {
+                    c.state = State::Done;
+                    r.closed_while_held += 1;
+                }
+            }
+        }
+        let timeout = match (hold_until, interval) {
+            (Some(_), _) => Duration::from_millis(50),
+            (None, Some(i)) if opened < mine.len() => i.min(Duration::from_millis(5)),
+            _ => Duration::from_millis(5),
+        };
+        poll.poll(&mut events, Some(timeout))?;
+        let now = Instant::now();
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            let Some(stream) = c.stream.as_mut() else {
+                continue;
+            };
+            let mut closed = event.is_error();
+            if event.is_readable() {
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) => {
+                            closed = true;
+                            break;
+                        }
+                        Ok(n) => c.raw.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+                match read_packets(c) {
+                    Ok(packets) => {
+                        for p in packets {
+                            match p {
+                                Packet::Connack(ack) if c.state == State::Pending => {
+                                    pending -= 1;
+                                    if ack.reason_code == 1 {
+                                        c.state = State::LoggedIn;
+                                        r.connected += 1;
+                                        last_connack = now;
+                                        r.connack_us.push(
+                                            now.saturating_duration_since(c.scheduled).as_micros()
+                                                as u64,
+                                        );
+                                    } else {
+                                        r.refused_login += 1;
+                                        c.state = State::Done;
+                                        closed = true;
+                                    }
+                                }
+                                Packet::Pong => r.pongs += 1,
+                                _ => {}
+                            }
+                        }
+                    }
+                    Err(_) => closed = true,
+                }
+            }
+            if !closed && event.is_writable() && flush(c).is_err() {
+                closed = true;
+            }
+            if closed {
+                match c.state {
+                    State::LoggedIn => r.closed_while_held += 1,
+                    State::Pending => {
+                        pending -= 1;
+                        r.failed_connect += 1;
+                    }
+                    State::Done => {}
+                }
+                c.state = State::Done;
+                if let Some(mut s) = c.stream.take() {
+                    let _ = poll.registry().deregister(&mut s);
+                }
+            }
+        }
+    }
+    Ok(r)
+}
+
+/// A non-blocking connect from `source`, registered with `poll`.
+fn open(
+    poll: &Poll,
+    server: SocketAddr,
+    token: Token,
+    source: std::net::Ipv4Addr,
+) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    match socket.connect(&server.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let mut stream = TcpStream::from_std(socket.into());
+    poll.registry()
+        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
+    Ok(stream)
+}
+
+fn queue(c: &mut Conn, packet: &Packet) -> io::Result<()> {
+    c.scratch.clear();
+    packet.encode(5, &mut c.scratch).map_err(io::Error::other)?;
+    c.framing.wrap(&c.scratch, &mut c.output);
+    Ok(())
+}
+
+fn read_packets(c: &mut Conn) -> io::Result<Vec<Packet>> {
+    c.framing.unwrap(&mut c.raw, &mut c.input)?;
+    let mut out = Vec::new();
+    let mut consumed = 0;
+    while let Some((p, used)) =
+        decode_packet(&c.input[consumed..], 5, MAX_BODY_BYTES).map_err(io::Error::other)?
+    {
+        consumed += used;
+        out.push(p);
+    }
+    c.input.drain(..consumed);
+    Ok(out)
+}
+
+fn flush(c: &mut Conn) -> io::Result<()> {
+    let Some(stream) = c.stream.as_mut() else {
+        return Ok(());
+    };
+    while !c.output.is_empty() {
+        match stream.write(&c.output) {
+            Ok(n) => {
+                let _ = c.output.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()), // connecting
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
