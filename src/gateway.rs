@@ -180,6 +180,10 @@ enum Flow {
     Close,
 }
 
+/// Connections closed per loop tick for passed deadlines (logins, HTTP requests), at most:
+/// with 20 ms ticks, 3,200 per second per loop; a larger burst is spread over ticks.
+pub const DEADLINE_CLOSES_PER_TICK: usize = 64;
+
 /// One loop's handler. See the module docs.
 #[derive(Debug)]
 pub struct Gateway {
@@ -1040,8 +1044,12 @@ impl Handler for Gateway {
                 }
             }
         }
+        // Closes are bounded per tick: thousands of connections opened together (a storm
+        // that never logs in) expire together, and closing them all in one turn would
+        // stall every other connection of the loop for that turn.
+        let mut closes = 0;
         while let Some(&(deadline, id)) = self.logins.front() {
-            if deadline > now {
+            if deadline > now || closes == DEADLINE_CLOSES_PER_TICK {
                 break;
             }
             self.logins.pop_front();
@@ -1049,17 +1057,18 @@ impl Handler for Gateway {
                 if s.phase != Phase::Ready {
                     log::debug!("conn={id} did not log in within the connect timeout; closing");
                     conn.close();
+                    closes += 1;
                 }
             }
         }
         let timeout = self.shared.config.http_request_timeout;
         while let Some(&(deadline, id)) = self.http_deadlines.front() {
-            if deadline > now {
+            if deadline > now || closes == DEADLINE_CLOSES_PER_TICK {
                 break;
             }
             self.http_deadlines.pop_front();
             if let Some((mut conn, Session::Http(h))) = lp.conn(id) {
-                http::expire(&mut conn, h, timeout);
+                closes += usize::from(http::expire(&mut conn, h, timeout));
             }
         }
         for (old, notify) in std::mem::take(&mut self.kick_retries) {

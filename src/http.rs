@@ -130,12 +130,15 @@ pub fn on_data(
 
 /// Answers 408 and closes `conn` if the request it is reading began `timeout` or longer
 /// ago (called by the loop for each due entry of the deadline queue `on_data` fills).
-pub fn expire(conn: &mut ConnCtx<'_>, h: &HttpSession, timeout: Duration) {
-    if h.started
-        .is_some_and(|s| conn.now().saturating_duration_since(s) >= timeout)
-    {
+/// True if it did.
+pub fn expire(conn: &mut ConnCtx<'_>, h: &HttpSession, timeout: Duration) -> bool {
+    let expired = h
+        .started
+        .is_some_and(|s| conn.now().saturating_duration_since(s) >= timeout);
+    if expired {
         refuse(conn, 408, "request not completed in time");
     }
+    expired
 }
 
 /// Parses and dispatches one request from `input`: the bytes consumed, or 0 while the

@@ -130,6 +130,8 @@ impl Server {
             max_inbound_bytes: config.max_frame_bytes + (64 << 10),
             max_connections: connection_budget(config.max_connections),
             max_connections_per_ip: config.max_connections_per_ip,
+            // The same budget as the gateway's deadline closes: 3,200 per second per loop.
+            max_idle_closes_per_tick: crate::gateway::DEADLINE_CLOSES_PER_TICK,
             ..EngineConfig::default()
         };
         let mut builder = Engine::builder(engine_config);

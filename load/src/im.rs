@@ -196,7 +196,7 @@ impl Plans {
 }
 
 #[derive(Debug, Serialize)]
-struct ImReport {
+pub(crate) struct ImReport {
     scenario: String,
     transport: &'static str,
     connections: usize,
@@ -206,15 +206,15 @@ struct ImReport {
     rate_per_sender: f64,
     size: usize,
     seconds: f64,
-    sends: u64,
+    pub(crate) sends: u64,
     sends_per_sec: f64,
     deliveries: u64,
     deliveries_per_sec: f64,
-    sendack_latency: Percentiles,
-    delivery_latency: Percentiles,
-    refused: u64,
-    lost: u64,
-    duplicated: u64,
+    pub(crate) sendack_latency: Percentiles,
+    pub(crate) delivery_latency: Percentiles,
+    pub(crate) refused: u64,
+    pub(crate) lost: u64,
+    pub(crate) duplicated: u64,
     server_cpu_seconds: Option<f64>,
     deliveries_per_server_cpu_sec: Option<f64>,
     /// Per second of the measured window: [sends, deliveries].
@@ -229,6 +229,11 @@ fn nanos_since_epoch(t: Instant) -> u64 {
 }
 
 pub fn run_person(args: &PersonArgs) -> io::Result<()> {
+    person(args).map(drop)
+}
+
+/// The person scenario, its report returned as well as printed.
+pub(crate) fn person(args: &PersonArgs) -> io::Result<ImReport> {
     let mut plans = Plans::default();
     plans.pairs(&args.im.prefix, args.pairs);
     run(&args.im, &format!("person {}", args.pairs), plans)
@@ -241,7 +246,7 @@ pub fn run_group(args: &GroupArgs) -> io::Result<()> {
         "group {}x{} senders {}",
         args.groups, args.members, args.senders
     );
-    run(&args.im, &scenario, plans)
+    run(&args.im, &scenario, plans).map(drop)
 }
 
 pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
@@ -259,7 +264,7 @@ pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
         "mixed {} pairs + {}x{} + 1x{}",
         args.pairs, args.groups, args.members, args.large
     );
-    run(&args.im, &scenario, plans)
+    run(&args.im, &scenario, plans).map(drop)
 }
 
 pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<String> {
@@ -282,7 +287,7 @@ pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<
         .map_or(String::new(), |(_, b)| b.to_owned()))
 }
 
-fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<()> {
+fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
     if args.size < 24
         || args.window == 0
         || args.threads == 0
@@ -386,7 +391,8 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<()> {
             &[("SENDACK", &t.sendack), ("delivery", &t.delivery)],
         )?;
     }
-    report::write_json(args.json.as_deref(), &report)
+    report::write_json(args.json.as_deref(), &report)?;
+    Ok(report)
 }
 
 struct Conn {

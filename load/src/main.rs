@@ -7,6 +7,7 @@
 mod chart;
 mod connect;
 mod echo;
+mod hostile;
 mod idle;
 mod im;
 mod procfs;
@@ -73,6 +74,8 @@ enum Command {
     Group(im::GroupArgs),
     /// Ruyi connect storm, then an idle hold of the logged-in connections with heartbeats.
     Connect(connect::ConnectArgs),
+    /// Hostile clients, one kind per phase, while healthy pairs chat and are measured.
+    Hostile(hostile::HostileArgs),
     /// Ruyi mixed load at once: person pairs, many small groups, one large group.
     Mixed(im::MixedArgs),
 }
@@ -87,6 +90,7 @@ fn main() {
         Command::Group(args) => im::run_group(&args),
         Command::Mixed(args) => im::run_mixed(&args),
         Command::Connect(args) => connect::run(&args),
+        Command::Hostile(args) => hostile::run(&args),
     };
     if let Err(e) = result {
         eprintln!("ruyi-load: {e}");

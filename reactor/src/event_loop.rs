@@ -617,6 +617,7 @@ impl<H: Handler> EventLoop<H> {
     fn run_timers(&mut self) {
         let now = self.core.now_tick;
         self.core.wheel.advance(now, &mut self.due);
+        let mut closes = 0;
         for entry in self.due.drain(..) {
             let Some(conn) = self.slab.get_mut(entry.slot as usize) else {
                 continue;
@@ -631,10 +632,14 @@ impl<H: Handler> EventLoop<H> {
             }
             let id = ConnId::new(self.core.loop_index, entry.slot as usize, io.generation);
             let deadline = io.last_active_tick + io.idle_ticks;
-            if deadline <= now {
+            if deadline <= now && closes < self.config.max_idle_closes_per_tick {
                 log::debug!("loop={} conn={id} idle timeout", self.core.loop_index);
                 self.core.mark_close(id, io, CloseReason::IdleTimeout);
+                closes += 1;
             } else {
+                // Not due, or past this tick's close budget: look again at the deadline
+                // (or the next tick).
+                let deadline = deadline.max(now + 1);
                 io.scheduled_tick =
                     self.core
                         .wheel

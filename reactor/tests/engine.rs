@@ -342,6 +342,23 @@ fn a_source_address_at_its_limit_is_refused_while_other_sources_connect() {
 }
 
 #[test]
+fn idle_closes_past_the_per_tick_budget_wait_for_later_ticks_and_none_is_lost() {
+    let cfg = EngineConfig {
+        idle_timeout: Some(Duration::from_millis(50)),
+        max_idle_closes_per_tick: 3,
+        ..config(1)
+    };
+    let t = TestEngine::start(cfg, 1);
+    let mut clients: Vec<_> = (0..40).map(|_| connect(t.addrs[0])).collect();
+    let started = Instant::now();
+    for c in &mut clients {
+        assert!(closed_by_server(c), "an idle connection was never closed");
+    }
+    // 40 at 3 per 10 ms tick: at least 130 ms, not one turn.
+    assert!(started.elapsed() >= Duration::from_millis(100));
+}
+
+#[test]
 fn close_after_flush_delivers_every_queued_byte_then_closes() {
     let t = TestEngine::start(config(1), 1);
     let mut c = connect(t.addrs[0]);

@@ -1,0 +1,411 @@
+//! `ruyi-load hostile`: hostile and broken clients against a running server, one kind at a
+//! time, while healthy pairs keep chatting at a fixed rate and their latency is measured.
+//!
+//! Each phase starts the attackers, runs the healthy person chat (`--pairs` pairs at
+//! `--rate` messages per second per sender, encrypted, RECVACKed, loss and duplicates
+//! counted) for `--seconds`, then stops the attackers and samples the server's RSS. The
+//! first phase has no attacker: it is the quiet baseline every other phase's p99 is
+//! compared with. The server is expected to run with encryption on and token auth off
+//! (scripts/hostile.sh starts it so).
+//!
+//! The tests in `tests/` check what each offender gets (a reason code, a status, a close);
+//! this tool measures what everyone else pays for it.
+
+use crate::im::{self, ImArgs, PersonArgs};
+use crate::report::Percentiles;
+use clap::Args;
+use ruyi_proto::{ConnectPacket, Packet, SendPacket};
+use serde::Serialize;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct HostileArgs {
+    /// Binary protocol address.
+    #[arg(long, default_value = "127.0.0.1:5100")]
+    pub tcp: SocketAddr,
+    /// WebSocket address.
+    #[arg(long, default_value = "127.0.0.1:5200")]
+    pub ws: SocketAddr,
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:5001")]
+    pub http: SocketAddr,
+    /// Healthy pairs.
+    #[arg(long, default_value_t = 20)]
+    pub pairs: usize,
+    /// Messages per second per healthy sender.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Only the phases whose names contain this.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Server PID, for its RSS after each phase.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Phase {
+    name: &'static str,
+    sendack: Percentiles,
+    delivery: Percentiles,
+    /// Healthy p99 delivery latency over the quiet baseline's.
+    p99_ratio: f64,
+    healthy_sends: u64,
+    refused: u64,
+    lost: u64,
+    duplicated: u64,
+    /// Hostile connections opened during the phase.
+    attacks: u64,
+    server_rss_bytes: Option<u64>,
+}
+
+/// An attack: runs until `stop`, counting the hostile connections it opens.
+type Attack = fn(&HostileArgs, &AtomicBool, &AtomicU64);
+
+const PHASES: [(&str, Option<Attack>); 13] = [
+    ("quiet baseline", None),
+    ("random bytes", Some(random_bytes)),
+    ("length prefix of 100 MiB", Some(huge_length)),
+    ("half frames then silence", Some(half_frames)),
+    ("valid CONNECT then garbage", Some(connect_then_garbage)),
+    ("packets before CONNECT", Some(before_connect)),
+    ("bad msgKey flood", Some(bad_msg_key)),
+    ("invalid UTF-8 strings", Some(invalid_utf8)),
+    ("5,000 connections that never CONNECT", Some(never_connect)),
+    ("slowloris HTTP headers", Some(slowloris)),
+    (
+        "WebSocket frames unmasked or 1 GiB long",
+        Some(ws_bad_frames),
+    ),
+    (
+        "a member that never reads, group flooded",
+        Some(never_reads),
+    ),
+    ("quiet again", None),
+];
+
+pub fn run(args: &HostileArgs) -> io::Result<()> {
+    let mut phases: Vec<Phase> = Vec::new();
+    let mut baseline_p99 = None;
+    for (i, (name, attack)) in PHASES.iter().enumerate() {
+        let wanted = args.only.as_deref().is_none_or(|o| name.contains(o));
+        if i > 0 && !wanted {
+            continue;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let opened = Arc::new(AtomicU64::new(0));
+        let attacker = attack.map(|attack| {
+            let (args, stop, opened) = (args.clone(), Arc::clone(&stop), Arc::clone(&opened));
+            std::thread::spawn(move || attack(&args, &stop, &opened))
+        });
+        let healthy = im::person(&PersonArgs {
+            im: healthy_args(args, i),
+            pairs: args.pairs,
+        });
+        stop.store(true, Ordering::Release);
+        if let Some(a) = attacker {
+            let _ = a.join();
+        }
+        let r = healthy?;
+        let p99 = r.delivery_latency.p99_us.max(1) as f64;
+        let base = *baseline_p99.get_or_insert(p99);
+        let phase = Phase {
+            name,
+            sendack: r.sendack_latency,
+            delivery: r.delivery_latency,
+            p99_ratio: p99 / base,
+            healthy_sends: r.sends,
+            refused: r.refused,
+            lost: r.lost,
+            duplicated: r.duplicated,
+            attacks: opened.load(Ordering::Relaxed),
+            server_rss_bytes: args.server_pid.map(crate::procfs::rss_bytes).transpose()?,
+        };
+        println!(
+            "phase {:<42} healthy delivery p99={}us ({:.2}x quiet) sendack p99={}us lost={} dup={} refused={} hostile conns={} server rss={}",
+            phase.name,
+            phase.delivery.p99_us,
+            phase.p99_ratio,
+            phase.sendack.p99_us,
+            phase.lost,
+            phase.duplicated,
+            phase.refused,
+            phase.attacks,
+            phase
+                .server_rss_bytes
+                .map_or("-".into(), |b| format!("{} MiB", b >> 20)),
+        );
+        phases.push(phase);
+    }
+    crate::report::write_json(args.json.as_deref(), &phases)
+}
+
+fn healthy_args(args: &HostileArgs, phase: usize) -> ImArgs {
+    ImArgs {
+        tcp: args.tcp,
+        http: args.http,
+        ws: None,
+        encrypt: true,
+        window: 64,
+        rate: args.rate,
+        sources: 1,
+        size: 100,
+        threads: 1,
+        warmup: 1,
+        seconds: args.seconds,
+        server_pid: None,
+        json: None,
+        svg: None,
+        prefix: format!("healthy{phase}"),
+    }
+}
+
+/// A blocking connection from 127.0.0.<10 + n % 50>: attackers come from addresses other
+/// than the healthy pairs' 127.0.0.1, as they would, and spread under the per-address limit.
+fn hostile_connect(addr: SocketAddr, n: u64) -> io::Result<TcpStream> {
+    let source = Ipv4Addr::new(127, 0, 0, 10 + (n % 50) as u8);
+    let s = crate::connect_from(addr, Some(source))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    Ok(s)
+}
+
+/// Writes `bytes`, then reads until the server closes or 2 s pass.
+fn hit(addr: SocketAddr, n: u64, bytes: &[u8]) {
+    let Ok(mut s) = hostile_connect(addr, n) else {
+        return;
+    };
+    let _ = s.write_all(bytes);
+    let mut sink = [0u8; 4096];
+    while matches!(s.read(&mut sink), Ok(k) if k > 0) {}
+}
+
+/// A cheap xorshift: attack bytes need no quality, only variety.
+fn noise(seed: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed as u8
+        })
+        .collect()
+}
+
+fn packet(p: &Packet) -> Vec<u8> {
+    let mut buf = bytes::BytesMut::new();
+    // Encoding our own well-formed packets cannot fail.
+    let _ = p.encode(4, &mut buf);
+    buf.to_vec()
+}
+
+fn connect_bytes(uid: &str, key: String) -> Vec<u8> {
+    packet(&Packet::Connect(ConnectPacket {
+        version: 4,
+        device_flag: 1,
+        device_id: format!("{uid}-d"),
+        uid: uid.into(),
+        token: "x".into(),
+        client_timestamp: 0,
+        client_key: key,
+    }))
+}
+
+fn client_key() -> String {
+    ruyi_proto::crypto::random_secret()
+        .map(ruyi_proto::crypto::public_key_b64)
+        .unwrap_or_default()
+}
+
+/// Runs `each(n)` with n = 0, 1, 2, ... until `stop`, counting each in `opened`.
+fn repeat(stop: &AtomicBool, opened: &AtomicU64, mut each: impl FnMut(u64)) {
+    while !stop.load(Ordering::Acquire) {
+        each(opened.fetch_add(1, Ordering::Relaxed));
+    }
+}
+
+fn random_bytes(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    let mut seed = 0x9E37_79B9_7F4A_7C15;
+    repeat(stop, opened, |n| hit(args.tcp, n, &noise(&mut seed, 4096)));
+}
+
+fn huge_length(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // SEND header, remaining length 100 MiB as a varint, then some of the "body".
+    let mut bytes = vec![0x30, 0x80, 0x80, 0x80, 0x32];
+    bytes.extend_from_slice(&[0u8; 1024]);
+    repeat(stop, opened, |n| hit(args.tcp, n, &bytes));
+}
+
+fn half_frames(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // 200 connections each holding half a CONNECT until the login deadline closes them.
+    let whole = connect_bytes("half", String::new());
+    let half = &whole[..whole.len() / 2];
+    let mut held: Vec<TcpStream> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        held.retain_mut(|s| {
+            let mut b = [0u8; 16];
+            let _ = s.set_nonblocking(true);
+            !matches!(s.read(&mut b), Ok(0))
+        });
+        while held.len() < 200 {
+            let n = opened.fetch_add(1, Ordering::Relaxed);
+            match hostile_connect(args.tcp, n) {
+                Ok(mut s) => {
+                    let _ = s.write_all(half);
+                    held.push(s);
+                }
+                Err(_) => break,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn connect_then_garbage(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    let mut seed = 0x2545_F491_4F6C_DD1D;
+    repeat(stop, opened, |n| {
+        let mut bytes = connect_bytes(&format!("cg{n}"), client_key());
+        bytes.extend(noise(&mut seed, 2048));
+        hit(args.tcp, n, &bytes);
+    });
+}
+
+fn before_connect(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    let send = packet(&Packet::Send(SendPacket {
+        channel_id: "victim".into(),
+        channel_type: 1,
+        payload: bytes::Bytes::from_static(b"early"),
+        ..Default::default()
+    }));
+    let bytes: Vec<u8> = send.iter().copied().cycle().take(send.len() * 20).collect();
+    repeat(stop, opened, |n| hit(args.tcp, n, &bytes));
+}
+
+fn bad_msg_key(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // Logged in with the key exchange, then SENDs whose msgKey is wrong: each costs the
+    // server a check and a SENDACK 9 (and the rate limit's 22 past 200/s).
+    repeat(stop, opened, |n| {
+        let send = packet(&Packet::Send(SendPacket {
+            channel_id: "victim".into(),
+            channel_type: 1,
+            client_seq: 1,
+            msg_key: "00000000000000000000000000000000".into(),
+            payload: bytes::Bytes::from_static(b"bm90IHJlYWxseSBlbmNyeXB0ZWQ="),
+            ..Default::default()
+        }));
+        let mut bytes = connect_bytes(&format!("bk{}", n % 20), client_key());
+        for _ in 0..500 {
+            bytes.extend_from_slice(&send);
+        }
+        hit(args.tcp, n, &bytes);
+    });
+}
+
+fn invalid_utf8(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    let mut bytes = connect_bytes("utf8", String::new());
+    // Replace the uid's bytes ("utf8") with invalid UTF-8 of the same length.
+    if let Some(at) = bytes.windows(4).position(|w| w == b"utf8") {
+        bytes[at..at + 4].copy_from_slice(&[0xC3, 0x28, 0xFF, 0xFE]);
+    }
+    repeat(stop, opened, |n| hit(args.tcp, n, &bytes));
+}
+
+fn never_connect(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // 5,000 open at a time; each is closed by the login deadline and replaced.
+    let mut held: Vec<TcpStream> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        held.retain_mut(|s| {
+            let mut b = [0u8; 16];
+            let _ = s.set_nonblocking(true);
+            !matches!(s.read(&mut b), Ok(0))
+        });
+        while held.len() < 5000 && !stop.load(Ordering::Acquire) {
+            let n = opened.fetch_add(1, Ordering::Relaxed);
+            match hostile_connect(args.tcp, n) {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+        // Checking 5,000 sockets is 5,000 syscalls on the machine the server shares:
+        // once a second keeps the attacker's own cost out of the measurement.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn slowloris(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // 500 HTTP connections, each trickling one header byte every 100 ms.
+    let mut held: Vec<TcpStream> = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        while held.len() < 500 {
+            let n = opened.fetch_add(1, Ordering::Relaxed);
+            match hostile_connect(args.http, n) {
+                Ok(mut s) => {
+                    let _ = s.write_all(b"GET /health HTTP/1.1\r\nX-a: ");
+                    held.push(s);
+                }
+                Err(_) => break,
+            }
+        }
+        held.retain_mut(|s| s.write_all(b"a").is_ok());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ws_bad_frames(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    let upgrade = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    repeat(stop, opened, |n| {
+        let mut bytes = upgrade.to_vec();
+        if n % 2 == 0 {
+            bytes.extend_from_slice(&[0x82, 0x05, 1, 2, 3, 4, 5]); // unmasked
+        } else {
+            // Masked, 64-bit length of 1 GiB, then a little of it.
+            bytes.extend_from_slice(&[0x82, 0xFF, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4]);
+            bytes.extend_from_slice(&[0u8; 4096]);
+        }
+        hit(args.ws, n, &bytes);
+    });
+}
+
+fn never_reads(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // A group of one member that never reads; the API sends it 16 KB messages, 100 a
+    // second (1.6 MB/s: a busy group, not a storage benchmark), until the server closes
+    // it at its output cap; then it comes back.
+    let group = serde_json::json!({"channel_id": "hostile-flood", "channel_type": 2, "subscribers": ["sloth"], "reset": 1});
+    if im::http_post(args.http, "/channel", &group.to_string()).is_err() {
+        return;
+    }
+    let payload = base64_of(16_000);
+    let send = serde_json::json!({"from_uid": "flooder", "channel_id": "hostile-flood", "channel_type": 2, "payload": payload}).to_string();
+    let mut sloth: Option<TcpStream> = None;
+    while !stop.load(Ordering::Acquire) {
+        // Never read: a PING that cannot be written means the server closed it.
+        if sloth
+            .as_mut()
+            .is_none_or(|s| s.write_all(&ruyi_proto::PING).is_err())
+        {
+            let n = opened.fetch_add(1, Ordering::Relaxed);
+            sloth = hostile_connect(args.tcp, n).ok().map(|mut s| {
+                let _ = s.write_all(&connect_bytes("sloth", client_key()));
+                s
+            });
+        }
+        let _ = im::http_post(args.http, "/message/send", &send);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn base64_of(len: usize) -> String {
+    // 'A' * 4k is base64 of zero bytes: valid and cheap to build.
+    "A".repeat(len / 3 * 4)
+}
