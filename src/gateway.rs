@@ -627,7 +627,24 @@ impl Gateway {
         let mut missed = Vec::new();
         for target in targets {
             let id = target.conn;
+            let now = lp.now();
             let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
+                if let Some(Session::Im(s)) = lp.closing(id) {
+                    // Closing but not closed: the registry still counts this device, so
+                    // deciding now would find the user "online". Leave the message with
+                    // the connection; `on_close` requeues it once the device is gone.
+                    if persistent && delivery.queue_when_missed {
+                        s.pending.push_back(PendingAck {
+                            message: Arc::clone(m),
+                            requeue: true,
+                            frame: Bytes::new(),
+                            sent_at: now,
+                            attempts: 0,
+                            user_seq: None,
+                        });
+                    }
+                    continue;
+                }
                 // Gone since the plan was made: its user may need a queue entry instead.
                 missed.push(target.recipient);
                 continue;

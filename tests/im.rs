@@ -592,3 +592,53 @@ fn a_recv_never_acknowledged_before_the_last_device_leaves_goes_to_the_offline_q
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn invariant_a_receiver_that_keeps_dropping_off_misses_nothing() {
+    // The receiver drops its connection without a word and the sender sends at once, so
+    // some messages race the close (planned for a device that is closing, or gone): each
+    // must reach the receiver exactly once, online or through the offline queue.
+    let server = start("churn", |_| {});
+    register(&server, "ivy", "t", 1, 0);
+    register(&server, "jon", "t", 1, 0);
+    let mut ivy = Client::ok(server.tcp_addr(), &Login::new("ivy", "t"));
+    let mut seen = std::collections::HashMap::<String, u32>::new();
+    let mut cursor = 0u64;
+    let mut sent = 0;
+    for cycle in 0..30 {
+        let jon = Client::ok(server.tcp_addr(), &Login::new("jon", "t"));
+        drop(jon);
+        for _ in 0..5 {
+            ivy.send("jon", PERSON, b"x", &format!("c{cycle}-{sent}"));
+            sent += 1;
+        }
+        for _ in 0..5 {
+            assert_eq!(ivy.sendack().reason_code, reason::SUCCESS);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.len() < sent && std::time::Instant::now() < deadline {
+            let (_, list) = post(
+                server.http_addr(),
+                "/message/sync",
+                json!({"uid": "jon", "message_seq": cursor, "limit": 100}),
+            );
+            for m in list.as_array().unwrap() {
+                *seen
+                    .entry(m["client_msg_no"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+                cursor = cursor.max(m["message_seq"].as_u64().unwrap());
+            }
+            post(
+                server.http_addr(),
+                "/message/syncack",
+                json!({"uid": "jon", "last_message_seq": cursor}),
+            );
+        }
+        assert_eq!(
+            seen.len(),
+            sent,
+            "cycle {cycle}: a message never reached jon"
+        );
+    }
+    assert!(seen.values().all(|&n| n == 1), "a message came twice");
+}

@@ -5,6 +5,7 @@
 //! is bounded in connections and time and stops by itself.
 
 mod chart;
+mod churn;
 mod connect;
 mod echo;
 mod hostile;
@@ -74,6 +75,8 @@ enum Command {
     Group(im::GroupArgs),
     /// Ruyi connect storm, then an idle hold of the logged-in connections with heartbeats.
     Connect(connect::ConnectArgs),
+    /// Reconnect churn with the offline path: sync and syncack, every message accounted.
+    Churn(churn::ChurnArgs),
     /// Hostile clients, one kind per phase, while healthy pairs chat and are measured.
     Hostile(hostile::HostileArgs),
     /// Ruyi mixed load at once: person pairs, many small groups, one large group.
@@ -91,6 +94,7 @@ fn main() {
         Command::Mixed(args) => im::run_mixed(&args),
         Command::Connect(args) => connect::run(&args),
         Command::Hostile(args) => hostile::run(&args),
+        Command::Churn(args) => churn::run(&args),
     };
     if let Err(e) = result {
         eprintln!("ruyi-load: {e}");

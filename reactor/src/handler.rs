@@ -205,4 +205,17 @@ impl<S> LoopCtx<'_, S> {
         };
         Some((ctx, &mut conn.state))
     }
+
+    /// The handler state of a connection marked for close this turn but not yet removed:
+    /// it can no longer be written to, but its state still reaches `on_close`, so work meant
+    /// for it (a message to requeue, say) can be left there instead of being decided while
+    /// the rest of the world still counts the connection as open.
+    pub fn closing(&mut self, id: ConnId) -> Option<&mut S> {
+        if id.loop_index() != self.core.loop_index {
+            return None;
+        }
+        let conn = self.slab.get_mut(id.slot())?;
+        (id.matches(conn.io.generation) && conn.io.flags.contains(Flags::CLOSING))
+            .then_some(&mut conn.state)
+    }
 }
