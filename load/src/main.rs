@@ -8,6 +8,7 @@ mod chart;
 mod churn;
 mod connect;
 mod echo;
+mod floor;
 mod hostile;
 mod idle;
 mod im;
@@ -77,6 +78,8 @@ enum Command {
     Connect(connect::ConnectArgs),
     /// Reconnect churn with the offline path: sync and syncack, every message accounted.
     Churn(churn::ChurnArgs),
+    /// The IM workloads' floor: a relay on the same engine with no storage, auth or crypto.
+    Floor(floor::FloorArgs),
     /// Hostile clients, one kind per phase, while healthy pairs chat and are measured.
     Hostile(hostile::HostileArgs),
     /// Ruyi mixed load at once: person pairs, many small groups, one large group.
@@ -95,6 +98,7 @@ fn main() {
         Command::Connect(args) => connect::run(&args),
         Command::Hostile(args) => hostile::run(&args),
         Command::Churn(args) => churn::run(&args),
+        Command::Floor(args) => floor::run(&args),
     };
     if let Err(e) = result {
         eprintln!("ruyi-load: {e}");

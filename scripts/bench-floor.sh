@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The IM layer's overhead as a ratio: the same person-chat and fan-out workloads against
+# `ruyi-load floor` (a relay on the same engine: no storage, auth, crypto or ack tracking)
+# and against the release `ruyi` (unencrypted, token auth off, abuse limits off), one
+# after the other on fresh ports. Prints deliveries/s of both and ruyi/floor.
+#
+#   scripts/bench-floor.sh [seconds]      (default 5 measured seconds per run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-5}
+out=target/bench/floor
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.txt
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release -q -p ruyi -p ruyi-load
+bin=target/release
+
+serve() { # kind tcp http data -> starts a server, prints its pid
+  local kind=$1 tcp=$2 http=$3 data=$4
+  if [ "$kind" = floor ]; then
+    "$bin/ruyi-load" floor --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" >"$data/server.log" 2>&1 &
+  else
+    "$bin/ruyi" --no-token-auth --no-encryption --max-conns-per-ip 0 --max-sends-per-sec 0 \
+      --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" --http-addr "127.0.0.1:$http" \
+      --ws-addr "127.0.0.1:$((tcp + 2))" >"$data/server.log" 2>&1 &
+  fi
+  echo $!
+}
+
+measure() { # kind name load-args... -> deliveries/s
+  local kind=$1 name=$2; shift 2
+  local data tcp http pid
+  data=$(mktemp -d)
+  tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1))
+  pid=$(serve "$kind" "$tcp" "$http" "$data")
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$http") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$tcp") 2>/dev/null && break
+    sleep 0.05
+  done
+  "$bin/ruyi-load" "$@" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" --warmup 2 \
+    --seconds "$seconds" --server-pid "$pid" --json "$out/$name-$kind.json" >"$out/$name-$kind.txt" 2>&1 || true
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  rm -rf "$data"
+  python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print("%.0f %d %d %d" % (r["deliveries_per_sec"], r["delivery_latency"]["p99_us"], r["lost"], r["duplicated"]))' \
+    "$out/$name-$kind.json" 2>/dev/null || echo "0 0 ? ?"
+}
+
+printf "%-14s %14s %14s %8s   %s\n" workload floor/s ruyi/s ruyi/floor "p99 floor/ruyi (us), lost/dup"
+for spec in "person-1000|person --pairs 1000 --window 8" \
+            "group-1x1000|group --groups 1 --members 1000 --senders 1 --window 32" \
+            "group-100x10|group --groups 100 --members 10 --senders 1 --window 8"; do
+  name=${spec%%|*}; args=${spec#*|}
+  # shellcheck disable=SC2086
+  read -r f fp fl fd <<<"$(measure floor "$name" $args)"
+  # shellcheck disable=SC2086
+  read -r r rp rl rd <<<"$(measure ruyi "$name" $args)"
+  ratio=$(python3 -c "print(f'{$r / max($f, 1):.2f}')")
+  printf "%-14s %14s %14s %8s   %s/%s, %s/%s %s/%s\n" "$name" "$f" "$r" "${ratio}x" "$fp" "$rp" "$fl" "$fd" "$rl" "$rd" | tee -a "$out/summary.txt"
+done
