@@ -76,7 +76,10 @@ impl Registry {
         let mut shard = self.shards[shard_of(uid)]
             .write()
             .unwrap_or_else(|e| e.into_inner());
-        let devices = shard.entry(uid.to_owned()).or_default();
+        // Most users have one device online: a Vec's first push would reserve four.
+        let devices = shard
+            .entry(uid.to_owned())
+            .or_insert_with(|| Vec::with_capacity(1));
         let kicks = devices
             .iter()
             .filter(|d| d.device_flag == device.device_flag)

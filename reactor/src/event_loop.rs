@@ -47,6 +47,10 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// descriptor is broken and spinning would only burn a core.
 const MAX_POLL_ERRORS: u32 = 16;
 
+/// Slots reserved per loop at most, whatever `max_connections` says (1,000,000 by default
+/// would reserve 96 MiB of address space per loop for nothing in a small deployment).
+const SLAB_PRESIZE_MAX: usize = 1 << 16;
+
 /// Bytes we read and discard from a socket we are about to close gracefully. Closing a
 /// socket with unread input makes the kernel send RST, which can destroy the last frame we
 /// wrote (a refusal CONNACK, say) before the peer reads it.
@@ -266,7 +270,15 @@ impl<H: Handler> EventLoop<H> {
     ) -> Self {
         EventLoop {
             poll,
-            slab: Slab::new(),
+            // Sized for this loop's share of the connection limit up front: the untouched
+            // part is address space, not memory, and the slab never doubles (a doubling
+            // copies every connection and leaves the old buffer to the allocator).
+            slab: Slab::with_capacity(
+                config
+                    .max_connections
+                    .div_ceil(config.loops.max(1))
+                    .min(SLAB_PRESIZE_MAX),
+            ),
             core: Core::new(index, &config, shared),
             handler,
             rx,

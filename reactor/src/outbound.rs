@@ -222,11 +222,13 @@ impl Outbound {
         }
     }
 
-    /// Gives the memory of a drained queue back, so an idle connection holds none.
+    /// Gives the memory of a drained queue back, so an idle connection holds none (the
+    /// frame list too: kept, its few slots cost more per idle connection than the engine's
+    /// own state, and a busy connection reallocates it once per burst).
     fn release_tail(&mut self) {
         debug_assert!(self.is_empty());
         self.tail = BytesMut::new();
-        if self.frames.capacity() > 8 {
+        if self.frames.capacity() > 0 {
             self.frames = VecDeque::new();
         }
     }
