@@ -47,6 +47,9 @@ pub(crate) const WAKER: Token = Token(usize::MAX);
 /// descriptor is broken and spinning would only burn a core.
 const MAX_POLL_ERRORS: u32 = 16;
 
+/// New connections registered per loop turn at most (see `insert_accepted`).
+const ACCEPTS_PER_TURN: usize = 128;
+
 /// Slots reserved per loop at most, whatever `max_connections` says (1,000,000 by default
 /// would reserve 96 MiB of address space per loop for nothing in a small deployment).
 const SLAB_PRESIZE_MAX: usize = 1 << 16;
@@ -733,8 +736,13 @@ impl<H: Handler> EventLoop<H> {
     }
 
     /// Registers sockets the acceptor handed over, now that the turn's events are done.
+    /// At most `ACCEPTS_PER_TURN` per turn, oldest first: a storm of thousands must not
+    /// stall the connections already here for one long turn; the rest wait one turn each
+    /// (the poll does not sleep while any are pending).
     fn insert_accepted(&mut self) {
-        for (mut stream, listener, ip_slot) in std::mem::take(&mut self.pending_accepts) {
+        let n = self.pending_accepts.len().min(ACCEPTS_PER_TURN);
+        let batch: Vec<_> = self.pending_accepts.drain(..n).collect();
+        for (mut stream, listener, ip_slot) in batch {
             let entry = self.slab.vacant_entry();
             let slot = entry.key();
             let generation = self.next_generation;
