@@ -170,6 +170,10 @@ impl Config {
                 self.http_addr
             ));
         }
+        if self.max_sends_per_sec > 1_000_000 {
+            // The send bucket counts thousandths of a message in a u32 (src/rate.rs).
+            return Err("max_sends_per_sec must be at most 1000000 (0 turns it off)".into());
+        }
         if self.max_connections == 0 {
             return Err("max_connections must be greater than zero".into());
         }

@@ -48,8 +48,10 @@ impl SendBucket {
         }
         let cap = u64::from(limit.burst.max(1)) * 1000;
         // rate msgs/s = rate milli-msgs/ms.
-        let earned = now_ms.saturating_sub(self.at_ms) * u64::from(limit.rate);
-        let credit = (u64::from(self.milli) + earned).min(cap);
+        let earned = now_ms
+            .saturating_sub(self.at_ms)
+            .saturating_mul(u64::from(limit.rate));
+        let credit = u64::from(self.milli).saturating_add(earned).min(cap);
         self.at_ms = self.at_ms.max(now_ms);
         if credit < 1000 {
             self.milli = credit as u32;

@@ -75,7 +75,12 @@ fn sender(tcp: SocketAddr, uid: String, to: String, ctype: u8, round: usize, ack
                     );
                     break;
                 }
-                Some(ruyi_proto::Packet::Recv(r)) => c.recvack(&r),
+                Some(ruyi_proto::Packet::Recv(r)) => {
+                    // The server may be killed between the RECV and our RECVACK.
+                    if !c.try_recvack(&r) {
+                        return;
+                    }
+                }
                 _ => return, // killed
             }
         }

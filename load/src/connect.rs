@@ -412,7 +412,16 @@ fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Resu
         }
         if hold_until.is_none() && opened == mine.len() && (pending == 0 || now >= connect_deadline)
         {
+            // Stragglers count once, as timed out: close them so a late CONNACK or close
+            // cannot count them again.
             r.timed_out += pending;
+            pending = 0;
+            for c in conns.iter_mut().filter(|c| c.state == State::Pending) {
+                c.state = State::Done;
+                if let Some(mut s) = c.stream.take() {
+                    let _ = poll.registry().deregister(&mut s);
+                }
+            }
             r.connect_seconds = last_connack.duration_since(start).as_secs_f64();
             ready();
             let held_from = Instant::now();

@@ -184,6 +184,8 @@ fn hostile_connect(addr: SocketAddr, n: u64) -> io::Result<TcpStream> {
 /// Writes `bytes`, then reads until the server closes or 2 s pass.
 fn hit(addr: SocketAddr, n: u64, bytes: &[u8]) {
     let Ok(mut s) = hostile_connect(addr, n) else {
+        // Refused (a limit, or the server is down): do not spin a core on it.
+        std::thread::sleep(Duration::from_millis(10));
         return;
     };
     let _ = s.write_all(bytes);

@@ -170,7 +170,7 @@ impl<M: Send> Acceptor<M> {
                 },
             };
             let ip_slot = match &self.global.per_ip {
-                None => IpSlot::NONE,
+                None => IpSlot::none(),
                 Some(per_ip) => match per_ip.acquire(peer.ip()) {
                     Some(slot) => slot,
                     None => {
@@ -199,7 +199,7 @@ impl<M: Send> Acceptor<M> {
                 attempts += 1;
                 if self.dead.iter().all(|&d| d) || attempts > 2 * self.loops.len() {
                     log::error!("no event loop is running; dropping a new connection from {peer}");
-                    self.global.connection_closed(ip_slot);
+                    self.global.connection_closed();
                     return AcceptEnd::Stopped;
                 }
                 let chosen = self.pick();

@@ -78,7 +78,7 @@ impl ConnIo {
             generation,
             listener,
             flags,
-            ip_slot: IpSlot::NONE,
+            ip_slot: IpSlot::none(),
             input: Vec::new(),
             outbound: Outbound::new(),
             last_active_tick: now_tick,

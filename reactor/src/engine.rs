@@ -102,7 +102,7 @@ impl EngineBuilder {
             resume_below: config.max_connections - config.max_connections / 10,
             acceptor_waker: Arc::clone(&acceptor_waker),
             per_ip: (config.max_connections_per_ip > 0)
-                .then(|| PerIp::new(config.max_connections_per_ip)),
+                .then(|| Arc::new(PerIp::new(config.max_connections_per_ip))),
             refused_per_ip: AtomicU64::new(0),
         });
 

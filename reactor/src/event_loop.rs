@@ -216,18 +216,15 @@ pub(crate) struct Global {
     pub resume_below: usize,
     pub acceptor_waker: Arc<mio::Waker>,
     /// Connections per source address, when `max_connections_per_ip` is set.
-    pub per_ip: Option<PerIp>,
+    pub per_ip: Option<Arc<PerIp>>,
     /// Connections closed at accept because their source was at its limit.
     pub refused_per_ip: AtomicU64,
 }
 
 impl Global {
-    /// One connection fewer; reopens the accept gate once below the low-water mark.
-    /// `ip_slot` is the socket's claim on its source's count (`IpSlot::NONE` if none).
-    pub fn connection_closed(&self, ip_slot: IpSlot) {
-        if let Some(per_ip) = &self.per_ip {
-            per_ip.release(ip_slot);
-        }
+    /// One connection fewer; reopens the accept gate once below the low-water mark. (The
+    /// per-address count is given back by the socket's `IpSlot` when it drops.)
+    pub fn connection_closed(&self) {
         // SeqCst pairs with `Acceptor::gate_open` (store gate, then load count): with weaker
         // orderings both sides could read stale values and the gate would wait for its
         // one-second recheck.
@@ -546,7 +543,7 @@ impl<H: Handler> EventLoop<H> {
                 let stats = &self.core.shared.stats;
                 LoopStats::add(&stats.accepted, 1);
                 if self.stopping() {
-                    self.global.connection_closed(ip_slot);
+                    self.global.connection_closed();
                     return;
                 }
                 stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -720,12 +717,11 @@ impl<H: Handler> EventLoop<H> {
             if let Err(e) = self.poll.registry().deregister(&mut conn.io.stream) {
                 log::debug!("loop={} conn={id} deregister: {e}", self.core.loop_index);
             }
-            let ip_slot = conn.io.ip_slot;
             drop(conn.io);
             let stats = &self.core.shared.stats;
             stats.connections.fetch_sub(1, Ordering::Relaxed);
             LoopStats::add(&stats.closed[reason.index()], 1);
-            self.global.connection_closed(ip_slot);
+            self.global.connection_closed();
             log::debug!(
                 "loop={} conn={id} closed: {}",
                 self.core.loop_index,
@@ -762,11 +758,11 @@ impl<H: Handler> EventLoop<H> {
                     .stats
                     .connections
                     .fetch_sub(1, Ordering::Relaxed);
-                self.global.connection_closed(ip_slot);
+                self.global.connection_closed();
                 continue;
             }
             let mut io = ConnIo::new(stream, generation, listener, self.core.now_tick);
-            io.ip_slot = ip_slot;
+            io.ip_slot = ip_slot; // moved: released when the connection drops
             self.core
                 .set_idle_timeout(id, &mut io, self.config.idle_timeout);
             let mut ctx = ConnCtx {
@@ -817,17 +813,17 @@ impl<H: Handler> EventLoop<H> {
 
     /// Sockets handed over but never registered still count as connections; release them.
     fn drop_undelivered(&mut self) {
-        for (_, _, ip_slot) in self.pending_accepts.drain(..) {
+        for _ in self.pending_accepts.drain(..) {
             self.core
                 .shared
                 .stats
                 .connections
                 .fetch_sub(1, Ordering::Relaxed);
-            self.global.connection_closed(ip_slot);
+            self.global.connection_closed();
         }
         while let Ok(cmd) = self.rx.try_recv() {
-            if let Command::Register { ip_slot, .. } = cmd {
-                self.global.connection_closed(ip_slot);
+            if let Command::Register { .. } = cmd {
+                self.global.connection_closed();
             }
         }
     }

@@ -1,8 +1,9 @@
 //! Connections per source address: the table behind `EngineConfig::max_connections_per_ip`.
 //!
-//! One host must not be able to take every descriptor the process has. The acceptor takes a
-//! [`IpSlot`] for each accepted socket and the loop that drops the socket gives it back, so
-//! the count is exact however the connection ends.
+//! One host must not be able to take every descriptor the process has. The acceptor takes
+//! an [`IpSlot`] for each accepted socket; the slot travels with the socket (the loop's
+//! inbox, its pending list, the connection) and gives the count back when it is dropped, so
+//! the count is exact however the connection ends, a panicking loop included.
 //!
 //! IPv6 peers are counted by their /64 prefix, the usual size of one subscriber's network:
 //! a host that rotates through its own /64 must not get a fresh limit per address.
@@ -14,18 +15,31 @@
 //!   have connections open now: it cannot be grown by connecting from many addresses
 //!   beyond the connections themselves).
 //! - The lock is held for a hash lookup only: never across I/O.
+//! - A slot lives exactly as long as its socket: it is moved, never copied.
 
 use slab::Slab;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// A connection's claim on its source's count. `NONE` when the limit is off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct IpSlot(u32);
+/// A connection's claim on its source's count, given back on drop. Empty when the limit
+/// is off.
+#[derive(Debug, Default)]
+pub(crate) struct IpSlot(Option<(Arc<PerIp>, u32)>);
 
 impl IpSlot {
-    pub const NONE: IpSlot = IpSlot(u32::MAX);
+    /// No claim (the limit is off).
+    pub fn none() -> IpSlot {
+        IpSlot(None)
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Some((table, slot)) = self.0.take() {
+            table.release(slot);
+        }
+    }
 }
 
 /// Live connections per source.
@@ -50,7 +64,7 @@ impl PerIp {
     }
 
     /// Counts one more connection from `ip`, or `None` if its source is at the limit.
-    pub fn acquire(&self, ip: IpAddr) -> Option<IpSlot> {
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
         let source = source_of(ip);
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let slot = match t.by_source.get(&source) {
@@ -68,22 +82,19 @@ impl PerIp {
             return None;
         }
         entry.1 += 1;
-        Some(IpSlot(slot))
+        Some(IpSlot(Some((Arc::clone(self), slot))))
     }
 
-    /// Gives back a slot taken by `acquire`.
-    pub fn release(&self, slot: IpSlot) {
-        if slot == IpSlot::NONE {
-            return;
-        }
+    /// Gives back a slot taken by `acquire` (from `IpSlot::drop` only).
+    fn release(&self, slot: u32) {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = t.entries.get_mut(slot.0 as usize) else {
+        let Some(entry) = t.entries.get_mut(slot as usize) else {
             debug_assert!(false, "released an unknown per-IP slot");
             return;
         };
         entry.1 -= 1;
         if entry.1 == 0 {
-            let (source, _) = t.entries.remove(slot.0 as usize);
+            let (source, _) = t.entries.remove(slot as usize);
             t.by_source.remove(&source);
         }
     }
@@ -119,40 +130,37 @@ mod tests {
     }
 
     #[test]
-    fn a_source_is_refused_at_the_limit_and_admitted_again_after_a_release() {
-        let per_ip = PerIp::new(2);
+    fn a_source_is_refused_at_the_limit_and_admitted_again_after_a_drop() {
+        let per_ip = Arc::new(PerIp::new(2));
         let a = per_ip.acquire(ip("10.0.0.1")).unwrap();
         let _b = per_ip.acquire(ip("10.0.0.1")).unwrap();
-        assert_eq!(per_ip.acquire(ip("10.0.0.1")), None);
+        assert!(per_ip.acquire(ip("10.0.0.1")).is_none());
         // Another source has its own count.
-        let c = per_ip.acquire(ip("10.0.0.2")).unwrap();
-        per_ip.release(a);
+        let _c = per_ip.acquire(ip("10.0.0.2")).unwrap();
+        drop(a);
         assert!(per_ip.acquire(ip("10.0.0.1")).is_some());
-        per_ip.release(c);
     }
 
     #[test]
     fn the_table_forgets_a_source_with_no_connection_left() {
-        let per_ip = PerIp::new(5);
+        let per_ip = Arc::new(PerIp::new(5));
         let slots: Vec<_> = (0..3)
             .map(|_| per_ip.acquire(ip("10.0.0.1")).unwrap())
             .collect();
         assert_eq!(per_ip.sources(), 1);
-        for s in slots {
-            per_ip.release(s);
-        }
+        drop(slots);
         assert_eq!(per_ip.sources(), 0);
-        per_ip.release(IpSlot::NONE);
+        drop(IpSlot::none());
         assert_eq!(per_ip.sources(), 0);
     }
 
     #[test]
     fn ipv6_counts_by_its_64_prefix_and_mapped_ipv4_as_ipv4() {
-        let per_ip = PerIp::new(1);
+        let per_ip = Arc::new(PerIp::new(1));
         let _a = per_ip.acquire(ip("2001:db8:1:2::1")).unwrap();
-        assert_eq!(per_ip.acquire(ip("2001:db8:1:2:ffff::9")), None);
-        assert!(per_ip.acquire(ip("2001:db8:1:3::1")).is_some());
+        assert!(per_ip.acquire(ip("2001:db8:1:2:ffff::9")).is_none());
+        let _b = per_ip.acquire(ip("2001:db8:1:3::1")).unwrap();
         let _v4 = per_ip.acquire(ip("192.0.2.7")).unwrap();
-        assert_eq!(per_ip.acquire(ip("::ffff:192.0.2.7")), None);
+        assert!(per_ip.acquire(ip("::ffff:192.0.2.7")).is_none());
     }
 }

@@ -277,6 +277,19 @@ impl Client {
         r
     }
 
+    /// A RECVACK that may meet a dead server: false if it could not be written.
+    pub fn try_recvack(&mut self, r: &RecvPacket) -> bool {
+        let mut buf = BytesMut::new();
+        Packet::Recvack(RecvackPacket {
+            flags: Flags(0),
+            message_id: r.message_id,
+            message_seq: r.message_seq,
+        })
+        .encode(self.version, &mut buf)
+        .unwrap();
+        self.stream.write_all(&buf).is_ok()
+    }
+
     pub fn recvack(&mut self, r: &RecvPacket) {
         self.write(&Packet::Recvack(RecvackPacket {
             flags: Flags(0),
