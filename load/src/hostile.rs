@@ -252,7 +252,12 @@ fn huge_length(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
 fn half_frames(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
     // 200 connections each holding half a CONNECT until the login deadline closes them.
     let whole = connect_bytes("half", String::new());
-    let half = &whole[..whole.len() / 2];
+    hold_open(args.tcp, stop, opened, 200, &whole[..whole.len() / 2]);
+}
+
+/// Keeps `count` connections open, each having sent `hello`, replacing those the server
+/// closes, until `stop`.
+fn hold_open(addr: SocketAddr, stop: &AtomicBool, opened: &AtomicU64, count: usize, hello: &[u8]) {
     let mut held: Vec<TcpStream> = Vec::new();
     while !stop.load(Ordering::Acquire) {
         held.retain_mut(|s| {
@@ -260,17 +265,19 @@ fn half_frames(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
             let _ = s.set_nonblocking(true);
             !matches!(s.read(&mut b), Ok(0))
         });
-        while held.len() < 200 {
+        while held.len() < count && !stop.load(Ordering::Acquire) {
             let n = opened.fetch_add(1, Ordering::Relaxed);
-            match hostile_connect(args.tcp, n) {
+            match hostile_connect(addr, n) {
                 Ok(mut s) => {
-                    let _ = s.write_all(half);
+                    let _ = s.write_all(hello);
                     held.push(s);
                 }
                 Err(_) => break,
             }
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Checking thousands of sockets is as many syscalls on the machine the server
+        // shares: once a second keeps the attacker's own cost out of the measurement.
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -325,24 +332,7 @@ fn invalid_utf8(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
 
 fn never_connect(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
     // 5,000 open at a time; each is closed by the login deadline and replaced.
-    let mut held: Vec<TcpStream> = Vec::new();
-    while !stop.load(Ordering::Acquire) {
-        held.retain_mut(|s| {
-            let mut b = [0u8; 16];
-            let _ = s.set_nonblocking(true);
-            !matches!(s.read(&mut b), Ok(0))
-        });
-        while held.len() < 5000 && !stop.load(Ordering::Acquire) {
-            let n = opened.fetch_add(1, Ordering::Relaxed);
-            match hostile_connect(args.tcp, n) {
-                Ok(s) => held.push(s),
-                Err(_) => break,
-            }
-        }
-        // Checking 5,000 sockets is 5,000 syscalls on the machine the server shares:
-        // once a second keeps the attacker's own cost out of the measurement.
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    hold_open(args.tcp, stop, opened, 5000, &[]);
 }
 
 fn slowloris(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
