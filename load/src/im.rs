@@ -343,6 +343,11 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         )?;
     }
     let secs = args.seconds as f64;
+    // A gap at a receiver is a loss unless the server refused that SEND (a rate limit, say):
+    // a refused message was never accepted, so it was never owed.
+    let refused: std::collections::HashSet<(usize, u64)> =
+        t.refused_counters.iter().copied().collect();
+    let lost = t.missing.iter().filter(|m| !refused.contains(m)).count() as u64;
     let report = ImReport {
         scenario: scenario.to_owned(),
         transport: if args.ws.is_some() { "ws" } else { "tcp" },
@@ -360,7 +365,7 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         sendack_latency: Percentiles::of(&t.sendack),
         delivery_latency: Percentiles::of(&t.delivery),
         refused: t.refused,
-        lost: t.lost,
+        lost,
         duplicated: t.duplicated,
         server_cpu_seconds: server_cpu,
         deliveries_per_server_cpu_sec: server_cpu.map(|c| t.deliveries as f64 / c.max(1e-9)),
@@ -410,8 +415,10 @@ struct Conn {
     secret: [u8; 32],
     version: u8,
     logged_in: bool,
-    /// Send times of SENDs in flight, oldest first (SENDACKs come back in order).
-    in_flight: VecDeque<Instant>,
+    /// (client_seq, send time, counter) of SENDs in flight, oldest first. SENDACKs mostly
+    /// come back in order, but a refusal (a rate limit) is answered before the accepted
+    /// SENDs ahead of it are stored, so they are matched by client_seq.
+    in_flight: VecDeque<(u32, Instant, u64)>,
     /// Paced mode: when the next SEND is due.
     next_send_at: Instant,
     next_counter: u64,
@@ -442,7 +449,10 @@ struct WorkerResult {
     sends: u64,
     deliveries: u64,
     refused: u64,
-    lost: u64,
+    /// (sender, counter) of each SEND the server refused: never delivered, not lost.
+    refused_counters: Vec<(usize, u64)>,
+    /// (sender, counter) missing at a receiver, once per receiver: lost unless refused.
+    missing: Vec<(usize, u64)>,
     duplicated: u64,
     sendack: Histogram<u64>,
     delivery: Histogram<u64>,
@@ -456,7 +466,8 @@ impl WorkerResult {
             sends: 0,
             deliveries: 0,
             refused: 0,
-            lost: 0,
+            refused_counters: Vec::new(),
+            missing: Vec::new(),
             duplicated: 0,
             sendack: report::latency_histogram(),
             delivery: report::latency_histogram(),
@@ -469,7 +480,8 @@ impl WorkerResult {
         self.sends += other.sends;
         self.deliveries += other.deliveries;
         self.refused += other.refused;
-        self.lost += other.lost;
+        self.refused_counters.extend(other.refused_counters);
+        self.missing.extend(other.missing);
         self.duplicated += other.duplicated;
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize(other.timeline.len(), [0, 0]);
@@ -660,10 +672,17 @@ fn handle_input(
                 logged_in.fetch_add(1, Ordering::AcqRel);
             }
             Packet::Sendack(ack) => {
-                let sent = c.in_flight.pop_front();
+                let sent = c
+                    .in_flight
+                    .iter()
+                    .position(|f| f.0 == ack.client_seq)
+                    .and_then(|i| c.in_flight.remove(i));
                 if ack.reason_code != 1 {
                     r.refused += 1;
-                } else if let (Some(from), Some(sent)) = (window, sent) {
+                    if let (Some(sender), Some((_, _, counter))) = (c.plan.sender_index, sent) {
+                        r.refused_counters.push((sender, counter));
+                    }
+                } else if let (Some(from), Some((_, sent, _))) = (window, sent) {
                     r.sends += 1;
                     r.tick(from, now, 0);
                     report::record(&mut r.sendack, now.saturating_duration_since(sent));
@@ -690,7 +709,7 @@ fn handle_input(
                     if counter <= *last {
                         r.duplicated += 1;
                     } else {
-                        r.lost += counter - *last - 1;
+                        r.missing.extend((*last + 1..counter).map(|m| (sender, m)));
                         *last = counter;
                     }
                     if let Some(from) = window {
@@ -766,8 +785,9 @@ fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
             payload,
             ..Default::default()
         }))?;
+        c.in_flight
+            .push_back((c.client_seq, stamp, c.next_counter - 1));
         c.client_seq += 1;
-        c.in_flight.push_back(stamp);
     }
     Ok(())
 }
