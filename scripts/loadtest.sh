@@ -23,25 +23,15 @@ rm -f "$out"/*.json "$out"/*.svg "$out"/summary.txt
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cargo build --release -q -p ruyi -p ruyi-load
 bin=target/release
-data=$(mktemp -d)
-tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1)); ws=$((tcp + 2))
-pid=
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 start_server() { # extra ruyi flags...
   # The abuse limits (per-address connections, sends per second) are off: the load comes
   # from one machine at full speed on purpose.
-  "$bin/ruyi" --no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" \
-    --http-addr "127.0.0.1:$http" --ws-addr "127.0.0.1:$ws" "$@" >>"$data/server.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 200); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$http") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "ruyi did not start; see $data/server.log" >&2
-  exit 1
+  start_ruyi --max-conns-per-ip 0 --max-sends-per-sec 0 "$@" || exit 1
 }
-stop_server() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-cleanup() { stop_server; rm -rf "$data"; }
-trap cleanup EXIT
+pid=
+trap '[ -n "$pid" ] && stop_ruyi' EXIT
 
 load() { # name args...
   local name=$1; shift
@@ -58,7 +48,7 @@ load group-large group --groups 1 --members "$big" --senders 1 --window 32
 load group-100x10 group --groups 100 --members 10 --senders 1 --window 8
 load mixed mixed --pairs "$((pairs / 2))" --groups 100 --members 20 --large "$big" --window 8
 load person-ws person --pairs "$pairs" --window 8 --ws "127.0.0.1:$ws"
-stop_server
+stop_ruyi
 start_server
 load person-encrypted person --pairs "$pairs" --window 8 --encrypt
 

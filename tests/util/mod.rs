@@ -360,6 +360,9 @@ impl RuyiProcess {
                 &http.to_string(),
             ])
             .args(["--ws-addr", &free_addr().to_string(), "--no-token-auth"])
+            // The crash and disk tests send as fast as SENDACKs come back: the per-connection
+            // rate limit would refuse some, which is not what they test.
+            .args(["--max-sends-per-sec", "0"])
             .env("RUST_LOG", "error")
             .stdout(std::process::Stdio::null())
             .spawn()
