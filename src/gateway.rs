@@ -625,9 +625,9 @@ impl Gateway {
         let mut shared_frames: Vec<(Variant, Bytes)> = Vec::new();
         let mut delivered = 0u64;
         let mut missed = Vec::new();
+        let now = lp.now();
         for target in targets {
             let id = target.conn;
-            let now = lp.now();
             let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
                 if let Some(Session::Im(s)) = lp.closing(id) {
                     // Closing but not closed: the registry still counts this device, so

@@ -21,7 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 use ruyi_proto::crypto::{public_key_b64, random_secret};
 use ruyi_proto::{decode_packet, ConnectPacket, Packet, MAX_BODY_BYTES};
 use serde::{Deserialize, Serialize};
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -465,21 +465,8 @@ fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Resu
             };
             let mut closed = event.is_error();
             if event.is_readable() {
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) => {
-                            closed = true;
-                            break;
-                        }
-                        Ok(n) => c.raw.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(_) => {
-                            closed = true;
-                            break;
-                        }
-                    }
-                }
+                // EOF and errors alike end the connection.
+                closed |= crate::wire::read_available(stream, &mut buf, &mut c.raw).unwrap_or(true);
                 match read_packets(c) {
                     Ok(packets) => {
                         for p in packets {
@@ -574,19 +561,8 @@ fn read_packets(c: &mut Conn) -> io::Result<Vec<Packet>> {
 }
 
 fn flush(c: &mut Conn) -> io::Result<()> {
-    let Some(stream) = c.stream.as_mut() else {
-        return Ok(());
-    };
-    while !c.output.is_empty() {
-        match stream.write(&c.output) {
-            Ok(n) => {
-                let _ = c.output.split_to(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()), // connecting
-            Err(e) => return Err(e),
-        }
+    match c.stream.as_mut() {
+        Some(stream) => crate::wire::write_pending(stream, &mut c.output),
+        None => Ok(()),
     }
-    Ok(())
 }

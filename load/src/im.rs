@@ -605,21 +605,13 @@ fn worker(
         for event in events.iter() {
             let c = &mut conns[event.token().0];
             if event.is_readable() {
-                loop {
-                    match c.stream.read(&mut buf) {
-                        Ok(0) => {
-                            // The last bytes may say why (a refusing CONNACK).
-                            handle_input(c, args, now, None, logged_in, &mut r)?;
-                            return Err(io::Error::other(format!(
-                                "{} closed by the server",
-                                c.plan.uid
-                            )));
-                        }
-                        Ok(n) => c.raw.extend_from_slice(&buf[..n]),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
+                if crate::wire::read_available(&mut c.stream, &mut buf, &mut c.raw)? {
+                    // The last bytes may say why (a refusing CONNACK).
+                    handle_input(c, args, now, None, logged_in, &mut r)?;
+                    return Err(io::Error::other(format!(
+                        "{} closed by the server",
+                        c.plan.uid
+                    )));
                 }
                 handle_input(c, args, now, window, logged_in, &mut r)?;
                 if started.is_some() && !paced {
@@ -793,15 +785,5 @@ fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
 }
 
 fn flush(c: &mut Conn) -> io::Result<()> {
-    while !c.output.is_empty() {
-        match c.stream.write(&c.output) {
-            Ok(n) => {
-                let _ = c.output.split_to(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    crate::wire::write_pending(&mut c.stream, &mut c.output)
 }

@@ -6,7 +6,7 @@
 //! from the raw input into the packet stream.
 
 use bytes::{BufMut, BytesMut};
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 /// A fixed key, as the WebSocket handshake only checks its echo (RFC 6455 §4.1).
@@ -130,6 +130,42 @@ fn frame_at(b: &[u8]) -> io::Result<Option<(u8, &[u8], usize)>> {
         return Ok(None);
     }
     Ok(Some((b[0] & 0x0F, &b[head..head + len], head + len)))
+}
+
+/// Writes what `output` holds until the socket would block; what is written leaves the
+/// buffer. A socket still connecting (`NotConnected`) is not an error: it is written when
+/// it reports writable.
+pub fn write_pending(stream: &mut impl Write, output: &mut BytesMut) -> io::Result<()> {
+    while !output.is_empty() {
+        match stream.write(output) {
+            Ok(n) => {
+                let _ = output.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads everything the socket has into `raw` (through the scratch `buf`) until it would
+/// block; `Ok(true)` when the peer closed (what came before the close is in `raw`).
+pub fn read_available(
+    stream: &mut impl Read,
+    buf: &mut [u8],
+    raw: &mut Vec<u8>,
+) -> io::Result<bool> {
+    loop {
+        match stream.read(buf) {
+            Ok(0) => return Ok(true),
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
