@@ -567,6 +567,15 @@ impl<H: Handler> EventLoop<H> {
                 };
                 self.handler.on_message(&mut lp, msg);
             }
+            Command::Messages(msgs) => {
+                let mut lp = LoopCtx {
+                    slab: &mut self.slab,
+                    core: &mut self.core,
+                };
+                for msg in msgs {
+                    self.handler.on_message(&mut lp, msg);
+                }
+            }
         }
     }
 

@@ -43,6 +43,8 @@ pub(crate) enum Command<M> {
     Close(ConnId),
     /// A message for the loop's handler (`Handler::on_message`).
     Message(M),
+    /// Several messages for the handler, handed over in order with one inbox slot.
+    Messages(Vec<M>),
 }
 
 /// Stop requests, stored in [`LoopShared::stop`].
@@ -212,6 +214,19 @@ impl<M: Send> LoopHandle<M> {
     /// [`LoopGone`] when the loop has stopped.
     pub fn post(&self, msg: M) -> Result<(), LoopGone> {
         self.push(Command::Message(msg))
+    }
+
+    /// Delivers every message in `msgs`, in order, with one inbox slot and at most one
+    /// wake-up: a producer that finishes a batch of work (a storage commit) posts its
+    /// results for this loop at once instead of waking the loop once per result.
+    ///
+    /// # Errors
+    /// [`LoopGone`] when the loop has stopped.
+    pub fn post_batch(&self, msgs: Vec<M>) -> Result<(), LoopGone> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        self.push(Command::Messages(msgs))
     }
 
     /// Like [`LoopHandle::send`], but never blocks: safe on a loop thread.

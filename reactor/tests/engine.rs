@@ -75,6 +75,13 @@ fn frames_from_four_foreign_threads_arrive_complete_and_in_producer_order() {
                             .for_conn(id)
                             .send_batch(vec![(id, Bytes::from(f))])
                             .unwrap();
+                    } else if seq % 100 == 1 {
+                        // And the handler's message forms, one and several per slot.
+                        handles.for_conn(id).post((id, f)).unwrap();
+                    } else if seq % 100 == 2 {
+                        let (first, second) = f.split_at(3);
+                        let parts = vec![(id, first.to_vec()), (id, second.to_vec())];
+                        handles.for_conn(id).post_batch(parts).unwrap();
                     } else {
                         handles.send(id, Bytes::from(f)).unwrap();
                     }

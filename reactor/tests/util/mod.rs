@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use crossbeam_channel::{Receiver, Sender};
-use ruyi_reactor::{CloseReason, ConnCtx, ConnId, Engine, EngineConfig, Handler, ListenerId};
+use ruyi_reactor::{
+    CloseReason, ConnCtx, ConnId, Engine, EngineConfig, Handler, ListenerId, LoopCtx,
+};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -63,16 +65,19 @@ pub enum Seen {
 /// Bytes the probe answers `FAREWELL` with before it closes: many write budgets' worth.
 pub const FAREWELL_BYTES: usize = 3 << 20;
 
+/// What a test posts to the probe's loops: bytes to queue on a connection.
+pub type ProbeMsg = (ConnId, Vec<u8>);
+
 /// A test handler: echoes on listener 0 (except `FAREWELL`, answered with
 /// [`FAREWELL_BYTES`] and a close after the flush), swallows input on any other listener,
-/// and reports opens and closes.
+/// queues posted [`ProbeMsg`] bytes, and reports opens and closes.
 pub struct Probe {
     events: Sender<Seen>,
 }
 
 impl Handler for Probe {
     type State = ();
-    type Message = ();
+    type Message = ProbeMsg;
 
     fn on_open(&mut self, conn: &mut ConnCtx<'_>) {
         let _ = self.events.send(Seen::Opened(conn.id(), conn.listener()));
@@ -90,6 +95,12 @@ impl Handler for Probe {
         input.len()
     }
 
+    fn on_message(&mut self, lp: &mut LoopCtx<'_, ()>, (id, bytes): ProbeMsg) {
+        if let Some((mut conn, _)) = lp.conn(id) {
+            conn.queue_slice(&bytes);
+        }
+    }
+
     fn on_close(&mut self, id: ConnId, _: (), reason: CloseReason) {
         let _ = self.events.send(Seen::Closed(id, reason));
     }
@@ -97,7 +108,7 @@ impl Handler for Probe {
 
 /// A started probe engine with `listeners` loopback listeners.
 pub struct TestEngine {
-    pub engine: Engine<()>,
+    pub engine: Engine<ProbeMsg>,
     pub addrs: Vec<SocketAddr>,
     pub events: Receiver<Seen>,
 }
