@@ -39,7 +39,7 @@ wait_port() { # port pid: the port answers and it is our server that answers
   return 1
 }
 
-port=$((20000 + RANDOM % 20000))
+port=$((10000 + RANDOM % 20000))
 for round in $(seq "$rounds"); do
   for mode in rr pipelined; do
     depth=1; [ "$mode" = pipelined ] && depth=16

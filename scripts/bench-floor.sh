@@ -31,7 +31,7 @@ measure() { # kind name load-args... -> deliveries/s
   local kind=$1 name=$2; shift 2
   local data tcp http pid
   data=$(mktemp -d)
-  tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1))
+  tcp=$((10000 + RANDOM % 20000)); http=$((tcp + 1))
   pid=$(serve "$kind" "$tcp" "$http" "$data")
   for _ in $(seq 200); do
     (exec 3<>"/dev/tcp/127.0.0.1/$http") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$tcp") 2>/dev/null && break

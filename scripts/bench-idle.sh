@@ -15,7 +15,7 @@ rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
 
 echo "| server | connections | RSS before | RSS after | bytes per connection |"
 echo "|---|---:|---:|---:|---:|"
-port=$((20000 + RANDOM % 20000))
+port=$((10000 + RANDOM % 20000))
 for server in ruyi tokio mio; do
   port=$((port + 1))
   case $server in

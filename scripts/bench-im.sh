@@ -19,7 +19,7 @@ run_one() { # name encrypt(0/1) load-args...
   # sends per second) would measure themselves, not the server.
   local data tcp http flags=(--no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0)
   data=$(mktemp -d)
-  tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1))
+  tcp=$((10000 + RANDOM % 20000)); http=$((tcp + 1))
   [ "$encrypt" = 0 ] && flags+=(--no-encryption)
   "$bin/ruyi" "${flags[@]}" --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" --http-addr "127.0.0.1:$http" >"$data/server.log" 2>&1 &
   local pid=$!

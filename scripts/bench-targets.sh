@@ -19,7 +19,7 @@ run() { # name encrypt(0/1) load-args... ; prints nothing, writes $out/name.json
   local name=$1 encrypt=$2; shift 2
   local data tcp http flags=(--no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0) enc=()
   data=$(mktemp -d)
-  tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1))
+  tcp=$((10000 + RANDOM % 20000)); http=$((tcp + 1))
   [ "$encrypt" = 0 ] && flags+=(--no-encryption)
   [ "$encrypt" = 1 ] && enc=(--encrypt)
   "$bin/ruyi" "${flags[@]}" --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" \

@@ -4,7 +4,7 @@
 
 start_ruyi() {
   data=$(mktemp -d)
-  tcp=$((20000 + RANDOM % 20000)); http=$((tcp + 1)); ws=$((tcp + 2))
+  tcp=$((10000 + RANDOM % 20000)); http=$((tcp + 1)); ws=$((tcp + 2))
   target/release/ruyi --no-token-auth --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" \
     --http-addr "127.0.0.1:$http" --ws-addr "127.0.0.1:$ws" "$@" >"$data/server.log" 2>&1 &
   pid=$!

@@ -9,12 +9,13 @@
 //! Channel metadata is cached per worker and dropped on [`ChannelJob::Invalidate`], which
 //! the HTTP API sends to every worker after it changes a channel.
 
+use crate::mailbox::Mailbox;
 use crate::message::{ChannelKey, Message, Planned, Reply, SendOutcome, Target};
 use crate::shared::SharedRef;
 use crate::storage::writer::Job;
 use crate::storage::{ChannelInfo, Reader};
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::RecvTimeoutError;
 use ruyi_proto::types::{channel_type, reason};
 use ruyi_proto::Flags;
 use ruyi_reactor::ConnId;
@@ -80,7 +81,7 @@ struct Worker {
 }
 
 /// Runs one channel worker until the server stops.
-pub fn run(shared: SharedRef, rx: Receiver<ChannelJob>, reader: Reader) {
+pub fn run(shared: SharedRef, rx: Mailbox<ChannelJob>, reader: Reader) {
     let mut w = Worker {
         shared,
         reader,

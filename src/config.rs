@@ -106,6 +106,10 @@ pub struct Config {
     /// Messages per storage transaction at most (group commit). Large, because a batch that
     /// holds several messages per channel dirties fewer pages per message.
     pub max_commit_batch: usize,
+    /// A storage commit starts at least this long after the previous one began, so at
+    /// moderate load one fsync serves many messages (see `storage/writer.rs`). Zero commits
+    /// as soon as a message arrives.
+    pub commit_interval: Duration,
     /// The manager token: when set, every HTTP request must carry it in a `token` header
     /// (HTTP_API.md §1.2). Required when `http_addr` is not a loopback address: the API
     /// can register tokens and send as anyone, so it is never exposed without one.
@@ -145,6 +149,7 @@ impl Default for Config {
             recv_retry_limit: 5,
             node_id: 1001,
             max_commit_batch: 8192,
+            commit_interval: Duration::from_millis(1),
             sync_full: true,
             webhook_url: None,
             manager_token: None,
@@ -176,6 +181,10 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err("max_connections must be greater than zero".into());
+        }
+        if self.commit_interval > Duration::from_millis(100) {
+            // Every SENDACK may wait this long; beyond 100 ms it is a typo, not a policy.
+            return Err("commit_interval must be at most 100 ms (100000 us)".into());
         }
         if self.node_id > 1023 {
             return Err("node_id must be at most 1023 (10 bits of the message id)".into());

@@ -12,6 +12,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod ids;
+pub mod mailbox;
 pub mod message;
 pub mod pusher;
 pub mod rate;

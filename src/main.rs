@@ -73,6 +73,10 @@ struct Cli {
     /// 0 = no limit [default: 200]
     #[arg(long)]
     max_sends_per_sec: Option<u32>,
+    /// Microseconds from one storage commit's start to the next at least, so one fsync
+    /// serves every message that arrived meanwhile; 0 = commit at once [default: 1000]
+    #[arg(long)]
+    commit_interval_us: Option<u64>,
     /// Manager token: every HTTP request must carry it in a `token` header. Also read
     /// from RUYI_MANAGER_TOKEN, which keeps it out of process listings
     #[arg(long, env = "RUYI_MANAGER_TOKEN", hide_env_values = true)]
@@ -103,6 +107,7 @@ struct FileConfig {
     max_conns_per_ip: Option<usize>,
     max_sends_per_sec: Option<u32>,
     http_request_timeout_secs: Option<u64>,
+    commit_interval_us: Option<u64>,
 }
 
 fn load(cli: Cli) -> Result<Config, String> {
@@ -138,6 +143,9 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.http_request_timeout = f
             .http_request_timeout_secs
             .map_or(c.http_request_timeout, Duration::from_secs);
+        c.commit_interval = f
+            .commit_interval_us
+            .map_or(c.commit_interval, Duration::from_micros);
         c.webhook_url = f.webhook_url.or(c.webhook_url);
         c.manager_token = f.manager_token.map(Secret::from).or(c.manager_token);
     }
@@ -155,6 +163,9 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.max_connections = cli.max_connections.unwrap_or(c.max_connections);
     c.max_connections_per_ip = cli.max_conns_per_ip.unwrap_or(c.max_connections_per_ip);
     c.max_sends_per_sec = cli.max_sends_per_sec.unwrap_or(c.max_sends_per_sec);
+    c.commit_interval = cli
+        .commit_interval_us
+        .map_or(c.commit_interval, Duration::from_micros);
     c.manager_token = cli.manager_token.map(Secret::from).or(c.manager_token);
     Ok(c)
 }

@@ -1,20 +1,22 @@
-//! The pusher pool: after a commit, the SENDACK (or the HTTP answer) and the RECVs.
+//! The pusher: after a commit, the SENDACKs (or HTTP answers) and the RECVs.
 //!
-//! A committed message's online connections are grouped by loop, and each loop gets one
-//! `Deliver` command with the shared message and its connections, so a fan-out to a
-//! thousand members is one inbox slot per loop, not a thousand. Shards by channel keep
-//! each channel's deliveries in seq order.
+//! It runs on the storage writer's thread, right after `COMMIT` returns, and does no I/O of
+//! its own: it sorts each committed message's online connections by loop and hands every
+//! loop **one** batch per commit (`LoopHandle::post_batch`), holding, in commit order, the
+//! SENDACKs for its senders and one `Deliver` per message with that loop's receivers. The
+//! loops encode (and encrypt) the RECVs themselves, since each connection's key lives
+//! there. So a commit of a hundred messages costs each loop one inbox slot and at most one
+//! wake-up, and no thread sits between storage and the loops (it used to be a thread of
+//! its own: one more hand-off per message, which cost more CPU than the routing it did).
+//!
+//! Order: commands for one loop keep commit order, which is seq order within a channel.
 
 use crate::gateway::ToLoop;
-use crate::message::{Committed, Delivery};
+use crate::message::{Committed, Delivery, Target};
 use crate::shared::SharedRef;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// `msg.notify` for every stored message, `msg.offline` when some recipients have no master
-/// device online (HTTP_API.md §9.3–9.4). Non-blocking: full webhook queues drop.
 fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, node_id: u16) {
     let m = &c.message;
     hooks.notify(crate::http::message_json(m, None));
@@ -31,31 +33,61 @@ fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, node_id: u16) 
     }
 }
 
-/// Polling period for the stop flag while idle.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// Routes committed messages to the loops; owned by the writer thread.
+#[allow(missing_debug_implementations)] // Scratch buffers only.
+pub struct Pusher {
+    shared: SharedRef,
+    /// Per loop: the commands of the commit being routed.
+    commands: Vec<Vec<ToLoop>>,
+    /// Per loop: one message's receivers, reused.
+    targets: Vec<Vec<Target>>,
+}
 
-/// Runs one pusher until the server stops and its queue is drained.
-pub fn run(shared: SharedRef, rx: Receiver<Committed>) {
-    let loops = shared.loops().loops().len();
-    let mut by_loop: Vec<Vec<crate::message::Target>> = vec![Vec::new(); loops];
-    loop {
-        let c = match rx.recv_timeout(IDLE_POLL) {
-            Ok(c) => c,
-            Err(RecvTimeoutError::Timeout) if !shared.is_stopping() => continue,
-            Err(_) => return,
-        };
+impl Pusher {
+    /// A pusher for the loops in `shared` (set before the writer starts).
+    pub fn new(shared: SharedRef) -> Pusher {
+        let loops = shared.loops().loops().len();
+        Pusher {
+            shared,
+            commands: (0..loops).map(|_| Vec::new()).collect(),
+            targets: vec![Vec::new(); loops],
+        }
+    }
+
+    /// Answers and delivers one commit's messages, in commit order.
+    pub fn push(&mut self, committed: Vec<Committed>) {
+        for c in committed {
+            self.route(c);
+        }
+        let loops = self.shared.loops().loops();
+        for (handle, commands) in loops.iter().zip(self.commands.iter_mut()) {
+            if commands.is_empty() {
+                continue;
+            }
+            // Blocks while that loop's inbox is full: backpressure from the loops to
+            // storage, on the writer thread, never on a loop.
+            if handle.post_batch(std::mem::take(commands)).is_err() {
+                log::debug!("loop {} gone; dropping a commit's answers", handle.index());
+            }
+        }
+    }
+
+    fn route(&mut self, c: Committed) {
+        let shared = &self.shared;
         if c.outcome.message_seq > 0 && !c.duplicate {
             shared.counters.stored.fetch_add(1, Relaxed);
             if let Some(hooks) = &shared.webhooks {
                 send_webhooks(hooks, &c, shared.config.node_id);
             }
         }
-        shared.reply(c.reply, c.outcome);
+        if let Some((conn, frame)) = shared.reply_frame(c.reply, c.outcome) {
+            self.commands[conn.loop_index()].push(ToLoop::Frame(conn, frame));
+        }
         if c.duplicate || c.online.is_empty() {
-            continue;
+            return;
         }
         for target in c.online {
-            by_loop[target.conn.loop_index()].push(target);
+            self.targets[target.conn.loop_index()].push(target);
         }
         let delivery = Arc::new(Delivery {
             message: c.message,
@@ -63,13 +95,11 @@ pub fn run(shared: SharedRef, rx: Receiver<Committed>) {
             recipients: c.recipients,
             queue_when_missed: c.queue_when_missed,
         });
-        for (index, conns) in by_loop.iter_mut().enumerate() {
-            if conns.is_empty() {
-                continue;
+        for (index, targets) in self.targets.iter_mut().enumerate() {
+            if !targets.is_empty() {
+                let batch = std::mem::take(targets);
+                self.commands[index].push(ToLoop::Deliver(Arc::clone(&delivery), batch));
             }
-            let batch = std::mem::take(conns);
-            let _ =
-                shared.loops().loops()[index].post(ToLoop::Deliver(Arc::clone(&delivery), batch));
         }
     }
 }

@@ -1,16 +1,17 @@
 //! Wiring: opens storage, starts the engine with a [`Gateway`] per loop, then the pools
-//! (auth, channel, storage writer, pusher, HTTP), each with its bounded queue.
+//! (auth, channel, storage writer, HTTP), each with its bounded queue. The pusher runs on
+//! the writer thread after each commit.
 //!
 //! ```text
 //! loops --CONNECT--> auth pool --CONNACK--> loops
-//! loops --SEND--> channel pool --Planned--> storage writer --Committed--> pusher --> loops
+//! loops --SEND--> channel pool --Planned--> storage writer (commit, then pusher) --> loops
 //! loops --HTTP request--> HTTP pool --> storage / channel pool --> loops
 //! ```
 
 use crate::config::Config;
 use crate::gateway::{Gateway, ToLoop, LISTENER_HTTP, LISTENER_TCP, LISTENER_WS};
 use crate::ids::IdGenerator;
-use crate::message::Committed;
+use crate::mailbox;
 use crate::registry::Registry;
 use crate::shared::{Counters, Shared, SharedRef};
 use crate::storage::{self, writer::Writer, StorageError};
@@ -26,8 +27,6 @@ use std::time::Duration;
 const CHANNEL_QUEUE: usize = 16 << 10;
 /// Messages waiting for the storage writer: a few group commits' worth.
 const WRITER_QUEUE: usize = 32 << 10;
-/// Committed messages waiting for the pusher.
-const PUSHER_QUEUE: usize = 32 << 10;
 /// Logins waiting for an auth worker: a connect storm beyond this is shed.
 const AUTH_QUEUE: usize = 8 << 10;
 /// HTTP requests waiting for a worker; beyond it the loop answers 503.
@@ -87,13 +86,12 @@ impl Server {
             .max_message_id()
             .map_err(StorageError::from)?;
 
-        let (writer_tx, writer_rx) = bounded(WRITER_QUEUE);
+        let (writer_tx, writer_rx) = mailbox::bounded(WRITER_QUEUE);
         let (auth_tx, auth_rx) = bounded(AUTH_QUEUE);
         let (http_tx, http_rx) = bounded(HTTP_QUEUE);
         let (channel_txs, channel_rxs): (Vec<_>, Vec<_>) = (0..config.channel_workers.max(1))
-            .map(|_| bounded(CHANNEL_QUEUE))
+            .map(|_| mailbox::bounded(CHANNEL_QUEUE))
             .unzip();
-        let (pusher_tx, pusher_rx) = bounded::<Committed>(PUSHER_QUEUE);
 
         let stopping = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
@@ -152,24 +150,20 @@ impl Server {
         shared.loops.set(engine.handles()).expect("set once, here");
 
         let checkpoint_stop = Arc::new(AtomicBool::new(false));
-        let (max_batch, stopping) = (shared.config.max_commit_batch, Arc::clone(&shared.stopping));
-        let push = Arc::new(move |c: Committed| {
-            // Blocking is backpressure from the loops to storage; never from a loop thread.
-            if pusher_tx.send(c).is_err() {
-                log::debug!("pusher gone; dropping a committed message's delivery");
-            }
-        });
-        // The writer holds no `Shared`: it stops on the flag once its queue is empty.
+        let (max_batch, interval, stopping) = (
+            shared.config.max_commit_batch,
+            shared.config.commit_interval,
+            Arc::clone(&shared.stopping),
+        );
+        let mut pusher = crate::pusher::Pusher::new(Arc::clone(&shared));
+        let push = Box::new(move |committed| pusher.push(committed));
+        // The writer stops on the flag once its queue is empty.
         spawn(&mut threads, "ruyi-writer".into(), move || {
-            Writer::new(writer_conn, writer_rx, push, max_batch, stopping).run();
+            Writer::new(writer_conn, writer_rx, push, max_batch, interval, stopping).run();
         })?;
         let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
         spawn(&mut threads, "ruyi-checkpoint".into(), move || {
             storage::checkpointer(dir, stop)
-        })?;
-        let s = Arc::clone(&shared);
-        spawn(&mut threads, "ruyi-pusher".into(), move || {
-            crate::pusher::run(s, pusher_rx)
         })?;
         for (i, rx) in channel_rxs.into_iter().enumerate() {
             let (s, reader) = (

@@ -6,13 +6,14 @@ use crate::config::Config;
 use crate::gateway::ToLoop;
 use crate::http::HttpRequest;
 use crate::ids::IdGenerator;
+use crate::mailbox::MailSender;
 use crate::message::{ChannelKey, Reply, SendOutcome};
 use crate::registry::Registry;
 use crate::storage::writer::Job;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 use ruyi_proto::SendackPacket;
-use ruyi_reactor::Handles;
+use ruyi_reactor::{ConnId, Handles};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -44,13 +45,13 @@ pub struct Shared {
     /// Message ids.
     pub ids: IdGenerator,
     /// Channel workers, by [`ChannelKey::shard`].
-    pub channels: Vec<Sender<ChannelJob>>,
+    pub channels: Vec<MailSender<ChannelJob>>,
     /// Auth workers.
     pub auth: Sender<crate::auth::AuthRequest>,
     /// HTTP workers.
     pub http: Sender<HttpRequest>,
     /// The storage writer.
-    pub writer: Sender<Job>,
+    pub writer: MailSender<Job>,
     /// Handles to the loops; set once the engine has started.
     pub loops: OnceLock<Handles<ToLoop>>,
     /// Set when the server is stopping; pool threads exit when they see it.
@@ -75,7 +76,7 @@ impl Shared {
     }
 
     /// The channel worker owning `key`.
-    pub fn channel_queue(&self, key: &ChannelKey) -> &Sender<ChannelJob> {
+    pub fn channel_queue(&self, key: &ChannelKey) -> &MailSender<ChannelJob> {
         &self.channels[key.shard(self.channels.len())]
     }
 
@@ -88,6 +89,14 @@ impl Shared {
     /// connection's loop, or the HTTP caller's channel. Called from pool threads (may block
     /// on a full inbox, which is the intended backpressure).
     pub fn reply(&self, reply: Reply, outcome: SendOutcome) {
+        if let Some((conn, frame)) = self.reply_frame(reply, outcome) {
+            let _ = self.loops().for_conn(conn).post(ToLoop::Frame(conn, frame));
+        }
+    }
+
+    /// Answers an HTTP caller at once; for a connection, returns the SENDACK frame and
+    /// where it goes, so the caller can batch it with other commands for that loop.
+    pub fn reply_frame(&self, reply: Reply, outcome: SendOutcome) -> Option<(ConnId, Bytes)> {
         match reply {
             Reply::Conn {
                 conn,
@@ -103,18 +112,15 @@ impl Shared {
                     reason_code: outcome.reason,
                 }
                 .encode(&mut buf);
-                let _ = self
-                    .loops()
-                    .for_conn(conn)
-                    .post(ToLoop::Frame(conn, buf.freeze()));
+                Some((conn, buf.freeze()))
             }
             Reply::Http(tx) => {
                 let _ = tx.send(outcome);
+                None
             }
-            Reply::None => {}
+            Reply::None => None,
         }
     }
 }
 
-/// Shorthand used by pool constructors.
 pub type SharedRef = Arc<Shared>;
