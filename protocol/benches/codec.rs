@@ -7,6 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ruyi_proto::crypto::{public_key_b64, server_handshake};
 use ruyi_proto::*;
 
 /// A typical chat message: 100 bytes of JSON payload.
@@ -119,5 +120,24 @@ fn fan_out_cost(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, fan_out_cost);
+/// What a login with encryption costs the server in crypto: a fresh X25519 key pair (one
+/// fixed-base multiplication), the shared secret (one variable-base multiplication), an MD5
+/// and a salt; this bounds logins per second per core (BENCHMARKS.md, issue 6).
+fn handshake(c: &mut Criterion) {
+    let client_key = public_key_b64([9u8; 32]);
+    let mut g = c.benchmark_group("login");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("server_handshake (X25519 key pair + shared secret)", |b| {
+        b.iter(|| server_handshake(black_box(&client_key)).expect("valid key"))
+    });
+    g.bench_function("shared secret only (SessionCipher::derive)", |b| {
+        b.iter(|| {
+            SessionCipher::derive([7u8; 32], black_box(&client_key), "abcdefghijklmnop")
+                .expect("valid key")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, fan_out_cost, handshake);
 criterion_main!(benches);
