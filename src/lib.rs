@@ -3,7 +3,8 @@
 //! The server half of the project: auth, connection registry, channels, storage, pusher and
 //! HTTP API, on the `ruyi-reactor` engine with the `ruyi-proto` codec. See
 //! `../shared/DESIGN.md` for the shape and `server.rs` for the wiring; the message path is
-//! loop → channel pool → storage writer → pusher → loops.
+//! loop → channel pool → storage writer (commit, then the pusher on the same thread) →
+//! loops.
 
 pub mod api;
 pub mod auth;
