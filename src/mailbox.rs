@@ -27,6 +27,8 @@
 use crossbeam_channel::{
     Receiver, RecvTimeoutError, SendError, Sender, TryRecvError, TrySendError,
 };
+use std::cell::Cell;
+use std::marker::PhantomData;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
@@ -56,11 +58,13 @@ impl<T> Clone for MailSender<T> {
     }
 }
 
-/// The consuming side: one thread receives from it.
+/// The consuming side: one thread receives from it (it can move to that thread, but it is
+/// not `Sync`, so two threads cannot share it).
 #[derive(Debug)]
 pub struct Mailbox<T> {
     rx: Receiver<T>,
     bell: Arc<Bell>,
+    _one_consumer: PhantomData<Cell<()>>,
 }
 
 /// A mailbox holding at most `capacity` messages.
@@ -72,7 +76,11 @@ pub fn bounded<T>(capacity: usize) -> (MailSender<T>, Mailbox<T>) {
             tx,
             bell: Arc::clone(&bell),
         },
-        Mailbox { rx, bell },
+        Mailbox {
+            rx,
+            bell,
+            _one_consumer: PhantomData,
+        },
     )
 }
 
@@ -138,7 +146,8 @@ impl<T> Mailbox<T> {
         );
         let deadline = Instant::now() + timeout;
         loop {
-            self.bell.parked.store(true, Ordering::Relaxed);
+            // Release: a producer that sees the flag also sees `consumer` set above.
+            self.bell.parked.store(true, Ordering::Release);
             fence(Ordering::SeqCst);
             let next = self.rx.try_recv();
             if !matches!(next, Err(TryRecvError::Empty)) {

@@ -10,6 +10,13 @@
 //! its own: one more hand-off per message, which cost more CPU than the routing it did).
 //!
 //! Order: commands for one loop keep commit order, which is seq order within a channel.
+//!
+//! Bound: a batch holds at most [`POST_CHUNK`] commands (a large commit goes in several), so
+//! a loop's inbox holds at most its capacity times that many, and the writer blocks when it
+//! is full; the loop counts a batch's commands against its per-turn budget.
+
+/// Commands per `post_batch` at most.
+pub const POST_CHUNK: usize = 128;
 
 use crate::gateway::ToLoop;
 use crate::message::{Committed, Delivery, Target};
@@ -66,8 +73,15 @@ impl Pusher {
             }
             // Blocks while that loop's inbox is full: backpressure from the loops to
             // storage, on the writer thread, never on a loop.
-            if handle.post_batch(std::mem::take(commands)).is_err() {
-                log::debug!("loop {} gone; dropping a commit's answers", handle.index());
+            while !commands.is_empty() {
+                let rest = commands.split_off(commands.len().min(POST_CHUNK));
+                if handle
+                    .post_batch(std::mem::replace(commands, rest))
+                    .is_err()
+                {
+                    log::debug!("loop {} gone; dropping a commit's answers", handle.index());
+                    commands.clear();
+                }
             }
         }
     }

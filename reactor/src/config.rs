@@ -62,7 +62,8 @@ pub struct EngineConfig {
     /// timer work negligible while being far finer than any protocol timeout (seconds).
     pub tick: Duration,
     /// Commands drained from a loop's inbox per turn before it looks at sockets again (gnet
-    /// drains 256, rumqttd 500). 1024 because our commands are often batches already.
+    /// drains 256, rumqttd 500); a batch counts as the frames or messages it holds, so the
+    /// budget bounds the work of a turn. The turn that crosses it finishes its last batch.
     pub max_commands_per_turn: usize,
     /// Capacity of each loop's inbox, in commands. Producers outside the loops block when it
     /// is full, which slows them to the loop's pace; loop threads only `try_send`.

@@ -524,10 +524,15 @@ impl<H: Handler> EventLoop<H> {
             let Ok(cmd) = self.rx.try_recv() else {
                 break;
             };
-            handled += 1;
+            // A batch counts as what it holds, so a turn's budget bounds work, not slots.
+            handled += match &cmd {
+                Command::SendBatch(frames) => frames.len().max(1),
+                Command::Messages(msgs) => msgs.len().max(1),
+                _ => 1,
+            };
             self.handle_command(cmd);
         }
-        self.inbox_backlogged = handled == cap;
+        self.inbox_backlogged = handled >= cap;
         LoopStats::add(&self.stats().commands, handled as u64);
     }
 

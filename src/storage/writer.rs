@@ -214,7 +214,7 @@ impl Writer {
             };
             batch.push(first);
             let since = last_start.elapsed();
-            if since < self.commit_interval && self.rx.len() < self.max_batch {
+            if since < self.commit_interval && batch.len() + self.rx.len() < self.max_batch {
                 std::thread::sleep(self.commit_interval - since);
             }
             last_start = Instant::now();
