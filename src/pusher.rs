@@ -15,15 +15,17 @@
 //! a loop's inbox holds at most its capacity times that many, and the writer blocks when it
 //! is full; the loop counts a batch's commands against its per-turn budget.
 
-/// Commands per `post_batch` at most.
-pub const POST_CHUNK: usize = 128;
-
 use crate::gateway::ToLoop;
 use crate::message::{Committed, Delivery, Target};
 use crate::shared::SharedRef;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+/// Commands per `post_batch` at most.
+pub const POST_CHUNK: usize = 128;
+
+/// `msg.notify` for every stored message, `msg.offline` when some recipients have no master
+/// device online (HTTP_API.md §9.3–9.4). Non-blocking: full webhook queues drop.
 fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, node_id: u16) {
     let m = &c.message;
     hooks.notify(crate::http::message_json(m, None));
@@ -68,9 +70,6 @@ impl Pusher {
         }
         let loops = self.shared.loops().loops();
         for (handle, commands) in loops.iter().zip(self.commands.iter_mut()) {
-            if commands.is_empty() {
-                continue;
-            }
             // Blocks while that loop's inbox is full: backpressure from the loops to
             // storage, on the writer thread, never on a loop.
             while !commands.is_empty() {

@@ -123,4 +123,5 @@ impl Shared {
     }
 }
 
+/// Shorthand used by pool constructors.
 pub type SharedRef = Arc<Shared>;
