@@ -299,12 +299,19 @@ pub fn channel_messagesync(reader: &Reader, body: &[u8]) -> Result<Answer, Answe
     } else {
         messages.last()
     };
-    let more =
-        limit > 0 && messages.len() == limit && boundary.is_none_or(|m| m.message_seq != end);
-    let list: Vec<Value> = messages
+    // The read stops early at its byte budget: then there is more whatever the count.
+    let read_cut = messages.len() < limit
+        && messages.iter().map(|m| m.payload.len()).sum::<usize>()
+            >= crate::storage::READ_BUDGET_BYTES;
+    let more = read_cut
+        || (limit > 0 && messages.len() == limit && boundary.is_none_or(|m| m.message_seq != end));
+    let mut list: Vec<Value> = messages
         .iter()
         .map(|m| message_json(m, Some(&b.login_uid)))
         .collect();
+    // Large messages: keep those nearest the start point and say there is more.
+    let cut = crate::answer::fit(&mut list, b.pull_mode == 1 && (start, end) != (0, 0));
+    let more = more || cut;
     Ok((
         200,
         json!({"start_message_seq": start, "end_message_seq": end, "more": u8::from(more), "messages": list}).to_string(),
@@ -463,6 +470,7 @@ pub fn metrics(shared: &SharedRef) -> Answer {
         );
     }
     let c = &shared.counters;
+    let q = &shared.queue_stats;
     for (name, help, value) in [
         (
             "ruyi_sends_total",
@@ -493,6 +501,36 @@ pub fn metrics(shared: &SharedRef) -> Answer {
             "ruyi_rate_limited_sends_total",
             "SENDs answered with reason 22 (max_sends_per_sec).",
             c.rate_limited.load(Relaxed),
+        ),
+        (
+            "ruyi_recv_evicted_total",
+            "Unacknowledged RECVs that left a full retry list for the offline queue.",
+            c.evicted_recvs.load(Relaxed),
+        ),
+        (
+            "ruyi_offline_requeued_total",
+            "Offline entries written for deliveries that missed.",
+            q.requeued.load(Relaxed),
+        ),
+        (
+            "ruyi_offline_requeued_late_total",
+            "Of those, written at the end of the queue instead of their reserved seq.",
+            q.requeued_late.load(Relaxed),
+        ),
+        (
+            "ruyi_offline_delivered_total",
+            "Offline entries marked delivered by a RECVACK.",
+            q.delivered.load(Relaxed),
+        ),
+        (
+            "ruyi_offline_trimmed_total",
+            "Oldest offline entries removed by offline_queue_max_per_user.",
+            q.trimmed.load(Relaxed),
+        ),
+        (
+            "ruyi_offline_lane_dropped_total",
+            "Requeues or delivered marks given up after repeated storage failures.",
+            q.lane_dropped.load(Relaxed),
         ),
     ] {
         family(name, "counter", help);
@@ -918,6 +956,19 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
             .take(size)
             .collect();
     }
+    // Recents beyond the budget are left out (conversations stay listed); the client
+    // reads those channels' history with /channel/messagesync.
+    let mut used = 0;
+    for conversation in &mut list {
+        if let Some(recents) = conversation.get_mut("recents") {
+            let size = crate::answer::json_len(recents);
+            if used + size > crate::answer::ANSWER_BUDGET_BYTES {
+                *recents = Value::Array(Vec::new());
+            } else {
+                used += size;
+            }
+        }
+    }
     Ok((200, Value::Array(list).to_string()))
 }
 
@@ -1111,10 +1162,11 @@ pub fn messages(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
         );
     }
     let caller = (!b.login_uid.is_empty()).then_some(b.login_uid.as_str());
-    let list: Vec<Value> = found.iter().map(|m| message_json(m, caller)).collect();
+    let mut list: Vec<Value> = found.iter().map(|m| message_json(m, caller)).collect();
+    let more = crate::answer::fit(&mut list, true);
     Ok((
         200,
-        json!({"start_message_seq": 0, "end_message_seq": 0, "more": 0, "messages": list})
+        json!({"start_message_seq": 0, "end_message_seq": 0, "more": u8::from(more), "messages": list})
             .to_string(),
     ))
 }

@@ -2,15 +2,14 @@
 //! channel's messages are checked, planned and handed to storage in arrival order.
 //!
 //! For each send: the sender checks (PROTOCOL.md §9.1–9.2: send ban, channel ban and
-//! disband, blacklist, subscriber, whitelist), then the fan-out plan: every online
-//! connection of every recipient except the sending one, and the recipients that get an
-//! offline-queue entry (HTTP_API.md §7). Storage assigns the seq; the pusher delivers.
+//! disband, blacklist, subscriber, whitelist) and the recipient list. Storage assigns the
+//! seq and, at commit, decides who gets a RECV and who a queue entry; the pusher delivers.
 //!
 //! Channel metadata is cached per worker and dropped on [`ChannelJob::Invalidate`], which
 //! the HTTP API sends to every worker after it changes a channel.
 
 use crate::mailbox::Mailbox;
-use crate::message::{ChannelKey, Message, Planned, Reply, SendOutcome, Target};
+use crate::message::{ChannelKey, Message, Planned, Reply, SendOutcome};
 use crate::shared::SharedRef;
 use crate::storage::writer::Job;
 use crate::storage::{ChannelInfo, Reader};
@@ -202,31 +201,11 @@ impl Worker {
                 return;
             }
         };
-        // The plan: who is online now gets a RECV, who is not gets a queue entry.
+        // Who gets a RECV and who a queue entry is the storage writer's decision, made at
+        // commit against the registry as it is then (`storage::plan`).
         let config = &self.shared.config;
-        let sync_once = req.flags.sync_once();
-        let queue_when_offline = req.key.channel_type == channel_type::PERSON
+        let queued = req.key.channel_type == channel_type::PERSON
             || recipients.len() <= config.offline_queue_max_group;
-        let mut online = Vec::new();
-        let mut conns = Vec::new();
-        let mut offline_uids = Vec::new();
-        for (index, uid) in recipients.iter().enumerate() {
-            conns.clear();
-            let found = self.shared.registry.conns_of(uid, &mut conns);
-            online.extend(conns.iter().map(|&conn| Target {
-                conn,
-                recipient: index as u32,
-            }));
-            if *uid == req.from_uid || req.flags.no_persist() {
-                continue; // The sender is online by definition; NoPersist is never queued.
-            }
-            if sync_once || (found == 0 && queue_when_offline) {
-                offline_uids.push(uid.clone());
-            }
-        }
-        if let Some(from) = req.from_conn {
-            online.retain(|t| t.conn != from);
-        }
         // msg.offline: recipients other than the sender with no master-level device online
         // (PROTOCOL.md §9.5); only computed when someone listens.
         let webhook_offline = if self.shared.webhooks.is_some() && !req.flags.no_persist() {
@@ -261,10 +240,9 @@ impl Worker {
                 topic: req.topic,
                 payload: req.payload,
             },
-            online,
+            from_conn: req.from_conn,
             recipients,
-            offline_uids,
-            queue_when_missed: queue_when_offline && !sync_once && !req.flags.no_persist(),
+            queued,
             webhook_offline,
             reply: req.reply,
         };

@@ -94,8 +94,13 @@ pub struct Config {
     /// entries for members with no device online; larger groups rely on channel history, as
     /// in WuKongIM (HTTP_API.md §7).
     pub offline_queue_max_group: usize,
-    /// Unacknowledged RECVs kept per connection for retry; past it the oldest is dropped
-    /// from the retry list (the message stays in storage and sync).
+    /// Entries one user's offline queue holds at most; past it the oldest go (counted in
+    /// `ruyi_offline_trimmed_total`) and those messages are found in channel history
+    /// instead (`storage/queue.rs`). Default 10,000: a month of a busy user's commands
+    /// and messages while away, at about 40 bytes of storage per entry.
+    pub offline_queue_max_per_user: u32,
+    /// Unacknowledged RECVs kept per connection for retry; past it the oldest leaves the
+    /// retry list for the user's offline queue.
     pub max_pending_acks: usize,
     /// Resend an unacknowledged RECV after this long (WuKongIM: 60 s, scan every 30 s).
     pub recv_retry_interval: Duration,
@@ -144,6 +149,7 @@ impl Default for Config {
             max_sends_per_sec: 200,
             http_request_timeout: Duration::from_secs(10),
             offline_queue_max_group: 1000,
+            offline_queue_max_per_user: 10_000,
             max_pending_acks: 256,
             recv_retry_interval: Duration::from_secs(60),
             recv_retry_limit: 5,

@@ -9,11 +9,11 @@
 use crate::auth::AuthRequest;
 use crate::channel::{ChannelJob, SendRequest};
 use crate::http::{self, HttpSession};
-use crate::message::{ChannelKey, Delivery, Reply, Target, SYSTEM_UID};
+use crate::message::{deliver_weight, ChannelKey, Delivery, QueueSlot, Reply, Target, SYSTEM_UID};
 use crate::rate::{SendBucket, SendLimit};
 use crate::registry::{Device, Kick};
 use crate::shared::SharedRef;
-use crate::storage::writer::Job;
+use crate::storage::writer::{Job, LaneJob};
 use crate::ws;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
@@ -41,7 +41,7 @@ pub const KICK_GRACE: Duration = Duration::from_secs(2);
 
 /// Bytes of unacknowledged RECV frames kept per connection for retry. The count cap alone
 /// would let 256 large encrypted messages pin hundreds of MiB; past this the oldest entries
-/// leave the retry list (the messages stay in storage).
+/// leave the retry list and go to the user's offline queue (never silently).
 pub const MAX_PENDING_ACK_BYTES: usize = 1 << 20;
 
 /// Messages from the pools to a loop.
@@ -115,17 +115,49 @@ enum Phase {
 }
 
 /// A RECV waiting for its RECVACK.
+///
+/// It leaves the retry list in one of two ways: acknowledged, or **missed** (the
+/// connection closed, was replaced by a new login, ran out of retries, or the list was
+/// full and this was the oldest). A missed delivery goes to the user's offline queue at
+/// its reserved seq ([`Gateway::queue_missed`]); nothing leaves the list silently.
 #[derive(Debug)]
 struct PendingAck {
     message: Arc<crate::message::Message>,
-    /// Queue it for the user if this connection closes without acknowledging it and the
-    /// user has no other device online (the delivery's offline policy).
+    /// The delivery's offline policy says "queue a miss" (`Delivery::queued`) and no entry
+    /// is stored yet.
     requeue: bool,
+    /// The receiver's queue slot (`message::QueueSlot`).
+    slot: QueueSlot,
+    /// See `Delivery::push_no`.
+    push_no: u64,
     frame: Bytes,
     sent_at: Instant,
     attempts: u32,
-    /// For SyncOnce messages: the per-user seq a master device's RECVACK acknowledges.
-    user_seq: Option<u32>,
+}
+
+impl PendingAck {
+    fn new(delivery: &Delivery, recipient: u32, frame: Bytes, now: Instant) -> PendingAck {
+        let slot = delivery.slot(recipient);
+        PendingAck {
+            message: Arc::clone(&delivery.message),
+            requeue: delivery.queued && !slot.stored,
+            slot,
+            push_no: delivery.push_no,
+            frame,
+            sent_at: now,
+            attempts: 0,
+        }
+    }
+}
+
+impl ToLoop {
+    /// The work this message is for a loop (`Handler::message_weight`).
+    pub fn weight(&self) -> usize {
+        match self {
+            ToLoop::Deliver(d, targets) => deliver_weight(targets.len(), d.message.payload.len()),
+            _ => 1,
+        }
+    }
 }
 
 /// A binary-protocol connection.
@@ -549,8 +581,8 @@ impl Gateway {
 
     /// Clears the retry entry of an acknowledged RECV, found by message id whatever the
     /// flags say (the JS SDK sends none). Unknown ids are ignored (JSSDK.md §6: the SDK can
-    /// mangle ids). A master device acknowledging a SyncOnce message moves the user's
-    /// offline cursor.
+    /// mangle ids). A RECV that stands for a stored queue entry marks it delivered: any
+    /// device for an ordinary message, a master device for a SyncOnce one (HTTP_API.md §7).
     fn on_recvack(&mut self, s: &mut ImSession, message_id: i64) {
         let Some(pos) = s
             .pending
@@ -563,17 +595,21 @@ impl Gateway {
             return;
         };
         s.pending_bytes -= entry.frame.len();
-        if let (Some(user_seq), 1) = (entry.user_seq, s.level) {
-            let job = Job::SyncAck {
+        let master = s.level == 1;
+        if entry.slot.stored && entry.slot.seq > 0 && (master || !entry.message.flags.sync_once()) {
+            let job = LaneJob::Delivered {
                 uid: s.uid.clone(),
-                seq: user_seq,
-                done: None,
+                seq: entry.slot.seq,
             };
-            // Loop threads never block: if storage is that busy, the client's syncack
-            // moves the cursor instead.
-            if self.shared.writer.try_send(job).is_err() {
-                self.shared.counters.dropped_posts.fetch_add(1, Relaxed);
-            }
+            self.send_lane(job);
+        }
+    }
+
+    /// Hands offline-queue work to storage on the lane that never refuses (`mailbox.rs`).
+    fn send_lane(&self, job: LaneJob) {
+        if self.shared.writer.send_lane(Job::Lane(job)).is_err() {
+            // Only once storage has stopped, after the loops: nothing is left to do it.
+            log::error!("storage writer gone; offline-queue work lost");
         }
     }
 
@@ -599,6 +635,7 @@ impl Gateway {
             device_flag: info.device_flag,
             level: info.level,
             device_id: info.device_id,
+            login_no: 0, // Set by the registry.
         };
         log::debug!(
             "conn={} uid={} logged in (v{}, flag {})",
@@ -633,26 +670,22 @@ impl Gateway {
                     // Closing but not closed: the registry still counts this device, so
                     // deciding now would find the user "online". Leave the message with
                     // the connection; `on_close` requeues it once the device is gone.
-                    if persistent && delivery.queue_when_missed {
-                        s.pending.push_back(PendingAck {
-                            message: Arc::clone(m),
-                            requeue: true,
-                            frame: Bytes::new(),
-                            sent_at: now,
-                            attempts: 0,
-                            user_seq: None,
-                        });
+                    if persistent {
+                        let p = PendingAck::new(delivery, target.recipient, Bytes::new(), now);
+                        if p.requeue {
+                            s.pending.push_back(p);
+                        }
                     }
                     continue;
                 }
-                // Gone since the plan was made: its user may need a queue entry instead.
-                missed.push(target.recipient);
+                // Gone since the commit: its user may need a queue entry instead.
+                missed.push(target);
                 continue;
             };
             if s.phase != Phase::Ready {
                 continue;
             }
-            let view = RecvView::of(delivery, &s.uid);
+            let view = RecvView::of(delivery, &s.uid, target.recipient);
             let frame = match &s.cipher {
                 Some(cipher) if !Setting(m.setting).has(Setting::NO_ENCRYPT) => {
                     // Every connection has its own key: one AES pass and msgKey each.
@@ -695,23 +728,19 @@ impl Gateway {
             delivered += 1;
             if persistent {
                 s.pending_bytes += frame.len();
-                while s.pending.len() >= self.shared.config.max_pending_acks
-                    || s.pending_bytes > MAX_PENDING_ACK_BYTES
+                s.pending
+                    .push_back(PendingAck::new(delivery, target.recipient, frame, now));
+                // A full retry list drops its oldest RECV into the user's queue.
+                while s.pending.len() > self.shared.config.max_pending_acks
+                    || (s.pending_bytes > MAX_PENDING_ACK_BYTES && s.pending.len() > 1)
                 {
-                    match s.pending.pop_front() {
-                        Some(old) => s.pending_bytes -= old.frame.len(),
-                        None => break,
-                    }
+                    let Some(old) = s.pending.pop_front() else {
+                        break;
+                    };
+                    s.pending_bytes -= old.frame.len();
+                    self.shared.counters.evicted_recvs.fetch_add(1, Relaxed);
+                    self.queue_missed(&s.uid, id, &old);
                 }
-                s.pending.push_back(PendingAck {
-                    message: Arc::clone(m),
-                    requeue: delivery.queue_when_missed,
-                    frame,
-                    sent_at: conn.now(),
-                    attempts: 0,
-                    // Only a receiver that got a queue entry has a queue seq to acknowledge.
-                    user_seq: delivery.user_seqs.get(&s.uid).copied(),
-                });
                 if !s.on_retry_list {
                     s.on_retry_list = true;
                     self.retry_list.push(id);
@@ -724,11 +753,10 @@ impl Gateway {
             .counters
             .deliveries
             .fetch_add(delivered, Relaxed);
-        if delivery.queue_when_missed {
-            for index in missed {
-                if let Some(uid) = delivery.recipients.get(index as usize) {
-                    self.requeue_if_offline(uid, m);
-                }
+        for target in missed {
+            if let Some(uid) = delivery.recipients.get(target.recipient as usize) {
+                let p = PendingAck::new(delivery, target.recipient, Bytes::new(), now);
+                self.queue_missed(uid, target.conn, &p);
             }
         }
     }
@@ -766,22 +794,19 @@ impl Gateway {
         ));
     }
 
-    /// Queues a stored message for `uid` when none of the user's devices is online: the
-    /// device the plan counted on went away before the RECV was written or acknowledged.
-    /// (With another device online, that device got or gets the message.)
-    fn requeue_if_offline(&self, uid: &str, message: &Arc<crate::message::Message>) {
-        if self.shared.registry.is_online(uid) {
+    /// A delivery to `conn` missed (see [`PendingAck`]): queue it for `uid` unless a device
+    /// that had the message when it was pushed is still connected (it holds the message,
+    /// or queues it when it goes: registry invariants). A connection that replaced this one
+    /// logged in later, so it does not count: its user gets the message from the queue.
+    fn queue_missed(&self, uid: &str, conn: ConnId, p: &PendingAck) {
+        if !p.requeue || self.shared.registry.has_older_device(uid, conn, p.push_no) {
             return;
         }
-        let job = Job::Requeue {
+        self.send_lane(LaneJob::Requeue {
             uid: uid.to_owned(),
-            message: Arc::clone(message),
-        };
-        // Loop threads never block; a full storage queue drops the requeue (counted), and
-        // the message stays in channel history.
-        if self.shared.writer.try_send(job).is_err() {
-            self.shared.counters.dropped_posts.fetch_add(1, Relaxed);
-        }
+            message: Arc::clone(&p.message),
+            reserved: p.slot.seq,
+        });
     }
 
     /// Re-sends RECVs that waited longer than the retry interval, byte for byte, at most
@@ -796,6 +821,7 @@ impl Gateway {
                 continue;
             };
             let mut dropped_bytes = 0;
+            let mut exhausted = Vec::new();
             let ws = s.ws.is_some();
             s.pending.retain_mut(|p| {
                 if now.duration_since(p.sent_at) < interval {
@@ -803,6 +829,11 @@ impl Gateway {
                 }
                 if p.attempts >= limit {
                     dropped_bytes += p.frame.len();
+                    exhausted.push(PendingAck {
+                        message: Arc::clone(&p.message),
+                        frame: Bytes::new(),
+                        ..*p
+                    });
                     return false;
                 }
                 p.attempts += 1;
@@ -812,6 +843,10 @@ impl Gateway {
                 true
             });
             s.pending_bytes -= dropped_bytes;
+            // Out of retries: the device is not taking it; the user's queue does.
+            for p in &exhausted {
+                self.queue_missed(&s.uid, id, p);
+            }
             if s.pending.is_empty() {
                 s.on_retry_list = false;
             } else {
@@ -836,7 +871,7 @@ struct RecvView<'a> {
 }
 
 impl<'a> RecvView<'a> {
-    fn of(delivery: &'a Delivery, receiver: &str) -> RecvView<'a> {
+    fn of(delivery: &'a Delivery, receiver: &str, recipient: u32) -> RecvView<'a> {
         let m = &delivery.message;
         // Groups show the channel as the sender addressed it: the same as the storage id,
         // except for command messages stored under `X____cmd` (PROTOCOL.md §8.4).
@@ -847,12 +882,9 @@ impl<'a> RecvView<'a> {
         } else {
             &m.addressed_to
         };
-        let seq = if m.flags.sync_once() {
-            delivery
-                .user_seqs
-                .get(receiver)
-                .copied()
-                .unwrap_or(m.message_seq)
+        let slot = delivery.slot(recipient);
+        let seq = if m.flags.sync_once() && slot.stored && slot.seq > 0 {
+            slot.seq
         } else {
             m.message_seq
         };
@@ -1034,16 +1066,20 @@ impl Handler for Gateway {
         }
     }
 
+    fn message_weight(msg: &ToLoop) -> usize {
+        msg.weight()
+    }
+
     fn on_close(&mut self, id: ConnId, state: Session, reason: CloseReason) {
         if let Session::Im(s) = state {
             if s.phase == Phase::Ready {
                 self.shared.registry.remove(&s.uid, id);
                 self.online_webhook(&s.uid, s.device_flag, id, false);
                 log::debug!("conn={id} uid={} closed: {}", s.uid, reason.name());
-                // RECVs this device never acknowledged go to the user's queue if it was
-                // their last device.
-                for p in s.pending.iter().filter(|p| p.requeue) {
-                    self.requeue_if_offline(&s.uid, &p.message);
+                // RECVs this device never acknowledged go to the user's queue, unless a
+                // device that had them is still there.
+                for p in &s.pending {
+                    self.queue_missed(&s.uid, id, p);
                 }
             }
         }

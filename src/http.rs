@@ -977,7 +977,7 @@ fn message_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
     let entries = reader
         .offline_after(&b.uid, after, limit)
         .map_err(storage)?;
-    let list: Vec<Value> = entries
+    let mut list: Vec<Value> = entries
         .iter()
         .map(|e| {
             let mut v = message_json(&e.message, Some(&b.uid));
@@ -986,6 +986,8 @@ fn message_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
             v
         })
         .collect();
+    // Large messages: the oldest that fit; the client syncacks them and syncs on.
+    crate::answer::fit(&mut list, true);
     Ok((200, Value::Array(list).to_string()))
 }
 
@@ -1012,7 +1014,7 @@ fn message_syncack(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         .send(Job::SyncAck {
             uid: b.uid,
             seq,
-            done: Some(done),
+            done,
         })
         .map_err(|_| (503, error_body(503, "storage stopped")))?;
     match wait.recv_timeout(BACKEND_TIMEOUT) {

@@ -6,10 +6,12 @@
 //! loop → channel pool → storage writer (commit, then the pusher on the same thread) →
 //! loops.
 
+pub mod answer;
 pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod fault;
 pub mod gateway;
 pub mod http;
 pub mod ids;
@@ -26,4 +28,5 @@ pub mod webhook;
 pub mod ws;
 
 pub use config::Config;
+pub use fault::exit_on_panic;
 pub use server::{Server, StartError};

@@ -23,6 +23,15 @@
 //! # Full queue
 //! Producers choose: [`MailSender::send`] blocks until there is room (threads outside the
 //! loops: that is the backpressure), [`MailSender::try_send`] never blocks (loop threads).
+//!
+//! # The lane for work that may neither wait nor be dropped
+//! A loop thread must never block, yet some of its work must never be lost: putting an
+//! unacknowledged message back in a user's offline queue, marking a queue entry delivered.
+//! [`MailSender::send_lane`] puts such a job on a second, unbounded queue that the consumer
+//! reads before the bounded one, behind the same bell. Unbounded is a policy, not an
+//! oversight: a lane job stands for a message a connection already held in memory (its
+//! retry list, a delivery in its inbox), so the lane holds at most what the sessions held;
+//! `lane_len` is exported so an operator sees it.
 
 use crossbeam_channel::{
     Receiver, RecvTimeoutError, SendError, Sender, TryRecvError, TrySendError,
@@ -46,6 +55,7 @@ struct Bell {
 #[derive(Debug)]
 pub struct MailSender<T> {
     tx: Sender<T>,
+    lane: Sender<T>,
     bell: Arc<Bell>,
 }
 
@@ -53,6 +63,7 @@ impl<T> Clone for MailSender<T> {
     fn clone(&self) -> Self {
         MailSender {
             tx: self.tx.clone(),
+            lane: self.lane.clone(),
             bell: Arc::clone(&self.bell),
         }
     }
@@ -63,6 +74,7 @@ impl<T> Clone for MailSender<T> {
 #[derive(Debug)]
 pub struct Mailbox<T> {
     rx: Receiver<T>,
+    lane: Receiver<T>,
     bell: Arc<Bell>,
     _one_consumer: PhantomData<Cell<()>>,
 }
@@ -70,14 +82,17 @@ pub struct Mailbox<T> {
 /// A mailbox holding at most `capacity` messages.
 pub fn bounded<T>(capacity: usize) -> (MailSender<T>, Mailbox<T>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let (lane_tx, lane_rx) = crossbeam_channel::unbounded();
     let bell = Arc::new(Bell::default());
     (
         MailSender {
             tx,
+            lane: lane_tx,
             bell: Arc::clone(&bell),
         },
         Mailbox {
             rx,
+            lane: lane_rx,
             bell,
             _one_consumer: PhantomData,
         },
@@ -105,9 +120,25 @@ impl<T> MailSender<T> {
         Ok(())
     }
 
-    /// Messages waiting.
+    /// Queues `msg` on the unbounded lane (module docs): never blocks, never refuses while
+    /// the consumer lives.
+    ///
+    /// # Errors
+    /// The consumer is gone; the message comes back.
+    pub fn send_lane(&self, msg: T) -> Result<(), SendError<T>> {
+        self.lane.send(msg)?;
+        self.ring();
+        Ok(())
+    }
+
+    /// Messages waiting in the bounded queue.
     pub fn len(&self) -> usize {
         self.tx.len()
+    }
+
+    /// Messages waiting on the lane.
+    pub fn lane_len(&self) -> usize {
+        self.lane.len()
     }
 
     /// True when nothing waits.
@@ -133,7 +164,7 @@ impl<T> Mailbox<T> {
     /// # Errors
     /// `Timeout`, or `Disconnected` once every sender is gone and the queue is empty.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        match self.rx.try_recv() {
+        match self.try_recv() {
             Ok(msg) => return Ok(msg),
             Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
             Err(TryRecvError::Empty) => {}
@@ -149,7 +180,7 @@ impl<T> Mailbox<T> {
             // Release: a producer that sees the flag also sees `consumer` set above.
             self.bell.parked.store(true, Ordering::Release);
             fence(Ordering::SeqCst);
-            let next = self.rx.try_recv();
+            let next = self.try_recv();
             if !matches!(next, Err(TryRecvError::Empty)) {
                 self.bell.parked.store(false, Ordering::Relaxed);
                 return next.map_err(|_| RecvTimeoutError::Disconnected);
@@ -168,18 +199,24 @@ impl<T> Mailbox<T> {
     ///
     /// # Errors
     /// `Empty`, or `Disconnected` once every sender is gone and the queue is empty.
+    /// The lane first: its jobs were already promised to someone.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        self.rx.try_recv()
+        match self.lane.try_recv() {
+            Ok(msg) => Ok(msg),
+            // Both queues' senders live in the same `MailSender`s: the lane disconnects
+            // exactly when the bounded queue does, so the bounded queue's answer decides.
+            Err(_) => self.rx.try_recv(),
+        }
     }
 
-    /// Messages waiting.
+    /// Messages waiting, on both queues.
     pub fn len(&self) -> usize {
-        self.rx.len()
+        self.rx.len() + self.lane.len()
     }
 
-    /// True when nothing waits.
+    /// True when nothing waits on either queue.
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.rx.is_empty() && self.lane.is_empty()
     }
 }
 
@@ -236,6 +273,21 @@ mod tests {
         let (got, waited) = consumer.join().expect("consumer");
         assert_eq!(got, Ok(7));
         assert!(waited < Duration::from_secs(10), "woke only at {waited:?}");
+    }
+
+    #[test]
+    fn the_lane_takes_what_the_full_queue_refuses_and_is_read_first() {
+        let (tx, rx) = bounded::<u32>(1);
+        tx.try_send(1).expect("room");
+        assert!(matches!(tx.try_send(2), Err(TrySendError::Full(2))));
+        tx.send_lane(3).expect("consumer alive");
+        assert_eq!(rx.len(), 2);
+        assert_eq!(rx.recv_timeout(Duration::from_millis(10)), Ok(3));
+        assert_eq!(rx.recv_timeout(Duration::from_millis(10)), Ok(1));
+        let consumer = std::thread::spawn(move || rx.recv_timeout(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(50));
+        tx.send_lane(4).expect("consumer alive");
+        assert_eq!(consumer.join().expect("consumer"), Ok(4));
     }
 
     #[test]

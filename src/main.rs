@@ -102,6 +102,7 @@ struct FileConfig {
     connect_timeout_secs: Option<u64>,
     max_frame_bytes: Option<usize>,
     offline_queue_max_group: Option<usize>,
+    offline_queue_max_per_user: Option<u32>,
     node_id: Option<u16>,
     max_connections: Option<usize>,
     max_conns_per_ip: Option<usize>,
@@ -136,6 +137,9 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.offline_queue_max_group = f
             .offline_queue_max_group
             .unwrap_or(c.offline_queue_max_group);
+        c.offline_queue_max_per_user = f
+            .offline_queue_max_per_user
+            .unwrap_or(c.offline_queue_max_per_user);
         c.node_id = f.node_id.unwrap_or(c.node_id);
         c.max_connections = f.max_connections.unwrap_or(c.max_connections);
         c.max_connections_per_ip = f.max_conns_per_ip.unwrap_or(c.max_connections_per_ip);
@@ -172,6 +176,8 @@ fn load(cli: Cli) -> Result<Config, String> {
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // A panic anywhere stops the process loudly rather than leave a half-dead server.
+    ruyi::exit_on_panic();
     let config = match load(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {

@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use ruyi_proto::Flags;
 use ruyi_reactor::ConnId;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The system uid: HTTP sends without `from_uid` (PROTOCOL.md §8.3).
@@ -145,21 +144,41 @@ pub struct Target {
     pub recipient: u32,
 }
 
-/// A message that passed the permission checks, with its fan-out plan, on its way to
-/// storage.
+/// One recipient's place in their offline queue for one message (HTTP_API.md §7).
+///
+/// The storage writer gives every queued recipient a per-user seq **when the message
+/// commits**, in commit order, so a user's queue follows each channel's seqs:
+/// - `stored`: the entry is written in the message's transaction (a SyncOnce message, or
+///   no device of the user was online);
+/// - not `stored`: the seq is only *reserved* (a device was online and gets a RECV). If
+///   that delivery misses (the device goes before it acknowledged), the entry is written
+///   at the reserved seq, so it lands where it would have been had the user been offline,
+///   however late the miss is noticed. A reserved seq nobody needs stays a gap, which
+///   readers of the queue never see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueSlot {
+    /// Per-user seq; 0 = this recipient is not queued for this message (the sender, a
+    /// large group, NoPersist).
+    pub seq: u32,
+    /// See the type docs.
+    pub stored: bool,
+}
+
+/// A message that passed the permission checks, on its way to storage. Who gets it live
+/// and who gets a queue entry is decided by the writer at commit (`storage::plan`), against
+/// the registry as it is then, not here: a device that logs in meanwhile is not missed.
 #[derive(Debug)]
 pub struct Planned {
     /// The message; `message_seq` is assigned by the storage writer.
     pub message: Message,
-    /// Connections that get a RECV (the sending connection excluded).
-    pub online: Vec<Target>,
+    /// The sending connection, which gets no RECV of its own message.
+    pub from_conn: Option<ConnId>,
     /// Every recipient uid (shared with the channel cache, not copied per message).
     pub recipients: Arc<[String]>,
-    /// Recipients that get an offline-queue entry.
-    pub offline_uids: Vec<String>,
-    /// Queue a recipient whose delivery misses (its device went away before the RECV was
-    /// written or acknowledged): the offline policy said "queue when offline".
-    pub queue_when_missed: bool,
+    /// The offline policy covers this channel (a person chat, or a group of at most
+    /// `offline_queue_max_group`): a recipient with no device online gets a queue entry,
+    /// and a delivery that misses is queued.
+    pub queued: bool,
     /// Recipients for the `msg.offline` webhook: no master-level device online (filled only
     /// when webhooks are configured).
     pub webhook_offline: Vec<String>,
@@ -172,22 +191,47 @@ pub struct Planned {
 pub struct Committed {
     /// The stored message, shared by every delivery.
     pub message: Arc<Message>,
-    /// Connections that get a RECV.
-    pub online: Vec<Target>,
+    /// Connections that get a RECV, as the registry was at commit.
+    pub targets: Vec<Target>,
     /// Every recipient uid.
     pub recipients: Arc<[String]>,
-    /// See [`Planned::queue_when_missed`].
-    pub queue_when_missed: bool,
+    /// Per recipient (same index), their queue slot; empty when nobody is queued.
+    pub slots: Vec<QueueSlot>,
+    /// The registry's push clock for this message (`registry` module invariants).
+    pub push_no: u64,
+    /// See [`Planned::queued`].
+    pub queued: bool,
     /// See [`Planned::webhook_offline`].
     pub webhook_offline: Vec<String>,
-    /// Per-user queue seqs for SyncOnce messages: their online RECVs carry them.
-    pub user_seqs: HashMap<String, u32>,
     /// Who waits.
     pub reply: Reply,
     /// The outcome to report.
     pub outcome: SendOutcome,
-    /// True when this was a resend answered from the dedupe window (nothing to deliver).
+    /// True when this was a resend answered from the dedupe window, or a failed send
+    /// (nothing to deliver).
     pub duplicate: bool,
+}
+
+impl Committed {
+    /// The answer to a send that was not stored: nothing to deliver.
+    pub fn failed(reply: Reply, message_id: i64, reason: u8) -> Committed {
+        Committed {
+            message: Arc::new(Message::placeholder(message_id)),
+            targets: Vec::new(),
+            recipients: Arc::from(Vec::new()),
+            slots: Vec::new(),
+            push_no: 0,
+            queued: false,
+            webhook_offline: Vec::new(),
+            reply,
+            outcome: SendOutcome {
+                message_id,
+                message_seq: 0,
+                reason,
+            },
+            duplicate: true,
+        }
+    }
 }
 
 /// What a loop needs to deliver one message to some of its connections.
@@ -195,12 +239,31 @@ pub struct Committed {
 pub struct Delivery {
     /// The message.
     pub message: Arc<Message>,
-    /// Per-user seqs for SyncOnce messages (RECV `message_seq` for that user).
-    pub user_seqs: HashMap<String, u32>,
     /// Every recipient uid, indexed by [`Target::recipient`].
     pub recipients: Arc<[String]>,
-    /// See [`Planned::queue_when_missed`].
-    pub queue_when_missed: bool,
+    /// See [`Committed::slots`].
+    pub slots: Vec<QueueSlot>,
+    /// See [`Committed::push_no`].
+    pub push_no: u64,
+    /// See [`Planned::queued`].
+    pub queued: bool,
+}
+
+/// Payload bytes that count as one more unit of a delivery's weight: encrypting and
+/// copying a RECV costs in proportion to its payload.
+const WEIGHT_BYTES: usize = 1024;
+
+/// The work of delivering one message of `payload_len` bytes to `targets` receivers, in
+/// the units of a loop's per-turn budget (`max_commands_per_turn`, where a frame is 1).
+pub fn deliver_weight(targets: usize, payload_len: usize) -> usize {
+    targets.max(1) * (1 + payload_len / WEIGHT_BYTES)
+}
+
+impl Delivery {
+    /// The queue slot of recipient `index` (the default, "not queued", when none).
+    pub fn slot(&self, index: u32) -> QueueSlot {
+        self.slots.get(index as usize).copied().unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

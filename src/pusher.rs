@@ -11,18 +11,35 @@
 //!
 //! Order: commands for one loop keep commit order, which is seq order within a channel.
 //!
-//! Bound: a batch holds at most [`POST_CHUNK`] commands (a large commit goes in several), so
-//! a loop's inbox holds at most its capacity times that many, and the writer blocks when it
-//! is full; the loop counts a batch's commands against its per-turn budget.
+//! Re-check: the writer planned each message against the registry just before `COMMIT`. A
+//! recipient who had no device then, and so got a stored queue entry, may have logged in
+//! since, and its first sync may have run before the commit: it is looked up again here,
+//! after the commit, and any device it has now gets the RECV too (its acknowledgement marks
+//! the entry delivered, so sync does not offer it again).
+//!
+//! Bound: a `Deliver` holds at most [`TARGETS_PER_DELIVER`] receivers (fewer for large
+//! payloads: `message::deliver_weight`) and a batch at most [`POST_CHUNK`] commands, so a loop's
+//! inbox holds at most its capacity times that many, and the writer blocks when it is full;
+//! the loop counts each command's weight against its per-turn budget.
 
 use crate::gateway::ToLoop;
-use crate::message::{Committed, Delivery, Target};
+use crate::message::{deliver_weight, Committed, Delivery, Target};
 use crate::shared::SharedRef;
+use crate::storage::append::Outlet;
+use ruyi_reactor::ConnId;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Commands per `post_batch` at most.
 pub const POST_CHUNK: usize = 128;
+
+/// Weight per `post_batch` at most: the loops' per-turn budget (`max_commands_per_turn`,
+/// 1,024 by default), which a loop can only apply between batches.
+pub const BATCH_WEIGHT: usize = 1024;
+
+/// Receivers per `Deliver` at most: one group message to thousands of connections on one
+/// loop is cut in pieces, so the loop can look at its sockets between them.
+pub const TARGETS_PER_DELIVER: usize = 256;
 
 /// `msg.notify` for every stored message, `msg.offline` when some recipients have no master
 /// device online (HTTP_API.md §9.3–9.4). Non-blocking: full webhook queues drop.
@@ -64,22 +81,30 @@ impl Pusher {
     }
 
     /// Answers and delivers one commit's messages, in commit order.
-    pub fn push(&mut self, committed: Vec<Committed>) {
+    fn push_commit(&mut self, committed: Vec<Committed>) {
         for c in committed {
             self.route(c);
         }
         let loops = self.shared.loops().loops();
         for (handle, commands) in loops.iter().zip(self.commands.iter_mut()) {
             // Blocks while that loop's inbox is full: backpressure from the loops to
-            // storage, on the writer thread, never on a loop.
-            while !commands.is_empty() {
-                let rest = commands.split_off(commands.len().min(POST_CHUNK));
-                if handle
-                    .post_batch(std::mem::replace(commands, rest))
-                    .is_err()
-                {
+            // storage, on the writer thread, never on a loop. A batch is handled in one
+            // turn, so it holds at most one turn's budget of weight.
+            let mut queued = std::mem::take(commands).into_iter().peekable();
+            while queued.peek().is_some() {
+                let (mut batch, mut weight) = (Vec::new(), 0);
+                while let Some(next) = queued.peek() {
+                    let w = next.weight();
+                    if !batch.is_empty() && (batch.len() == POST_CHUNK || weight + w > BATCH_WEIGHT)
+                    {
+                        break;
+                    }
+                    weight += w;
+                    batch.extend(queued.next());
+                }
+                if handle.post_batch(batch).is_err() {
                     log::debug!("loop {} gone; dropping a commit's answers", handle.index());
-                    commands.clear();
+                    break;
                 }
             }
         }
@@ -96,23 +121,79 @@ impl Pusher {
         if let Some((conn, frame)) = shared.reply_frame(c.reply, c.outcome) {
             self.commands[conn.loop_index()].push(ToLoop::Frame(conn, frame));
         }
-        if c.duplicate || c.online.is_empty() {
+        if c.duplicate {
             return;
         }
-        for target in c.online {
+        let mut targets = c.targets;
+        recheck_offline(shared, &c.slots, &c.recipients, &mut targets);
+        if targets.is_empty() {
+            return;
+        }
+        for target in targets {
             self.targets[target.conn.loop_index()].push(target);
         }
         let delivery = Arc::new(Delivery {
             message: c.message,
-            user_seqs: c.user_seqs,
             recipients: c.recipients,
-            queue_when_missed: c.queue_when_missed,
+            slots: c.slots,
+            push_no: c.push_no,
+            queued: c.queued,
         });
+        // A piece's weight stays near `TARGETS_PER_DELIVER` whatever the payload.
+        let per_piece =
+            (TARGETS_PER_DELIVER / deliver_weight(1, delivery.message.payload.len())).max(1);
         for (index, targets) in self.targets.iter_mut().enumerate() {
-            if !targets.is_empty() {
-                let batch = std::mem::take(targets);
-                self.commands[index].push(ToLoop::Deliver(Arc::clone(&delivery), batch));
+            while !targets.is_empty() {
+                let rest = targets.split_off(targets.len().min(per_piece));
+                let piece = std::mem::replace(targets, rest);
+                self.commands[index].push(ToLoop::Deliver(Arc::clone(&delivery), piece));
             }
         }
+    }
+}
+
+/// Adds the devices that recipients with a stored entry and no receiver at commit have now
+/// (module docs: re-check).
+fn recheck_offline(
+    shared: &SharedRef,
+    slots: &[crate::message::QueueSlot],
+    recipients: &[String],
+    targets: &mut Vec<Target>,
+) {
+    if !slots.iter().any(|s| s.stored) {
+        return;
+    }
+    let mut reached = vec![false; slots.len()];
+    for t in targets.iter() {
+        if let Some(r) = reached.get_mut(t.recipient as usize) {
+            *r = true;
+        }
+    }
+    let mut conns: Vec<ConnId> = Vec::new();
+    for (index, slot) in slots.iter().enumerate() {
+        let recipient = index as u32;
+        if !slot.stored || reached[index] {
+            continue;
+        }
+        let Some(uid) = recipients.get(index) else {
+            continue;
+        };
+        conns.clear();
+        shared.registry.conns_of(uid, &mut conns);
+        targets.extend(conns.iter().map(|&conn| Target { conn, recipient }));
+    }
+}
+
+impl Outlet for Pusher {
+    fn tick(&mut self) -> u64 {
+        self.shared.registry.clock.tick()
+    }
+
+    fn conns_of(&mut self, uid: &str, out: &mut Vec<ConnId>) -> usize {
+        self.shared.registry.conns_of(uid, out)
+    }
+
+    fn push(&mut self, committed: Vec<Committed>) {
+        self.push_commit(committed);
     }
 }

@@ -9,10 +9,35 @@
 //! - Only the loop that owns a connection adds it (when its login completes) and removes it
 //!   (in `on_close`), so the registry never holds a connection that has closed for long,
 //!   and never misses one that is authenticated.
+//! - Every device carries the [`PushClock`] reading taken inside the write lock that added
+//!   it (`login_no`). The storage writer ticks the clock *before* it looks a message's
+//!   recipients up, so a device the lookup did not see has `login_no >=` that message's
+//!   `push_no`: "was this device there when the message was pushed?" is `login_no <
+//!   push_no`, never a guess from timestamps. (A device the lookup did see may also read
+//!   `>=`; that errs toward queueing, which can duplicate but never lose.)
 
 use ruyi_reactor::ConnId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::RwLock;
+
+/// A counter the storage writer ticks once per message before it looks up the message's
+/// recipients, and that a login reads while it holds the registry's write lock (module
+/// invariants).
+#[derive(Debug, Default)]
+pub struct PushClock(AtomicU64);
+
+impl PushClock {
+    /// Ticks and returns the new reading (the message's `push_no`).
+    pub fn tick(&self) -> u64 {
+        self.0.fetch_add(1, SeqCst) + 1
+    }
+
+    /// The current reading.
+    pub fn read(&self) -> u64 {
+        self.0.load(SeqCst)
+    }
+}
 
 /// Shards: a power of two well above the core count, so concurrent logins and lookups of
 /// different users rarely share a lock (WuKongIM uses 18 buckets).
@@ -29,6 +54,8 @@ pub struct Device {
     pub level: u8,
     /// The client's device id.
     pub device_id: String,
+    /// The [`PushClock`] when this device was added (set by [`Registry::add`]).
+    pub login_no: u64,
 }
 
 /// A connection to kick because a new login replaced it (PROTOCOL.md §6.4).
@@ -44,12 +71,15 @@ pub struct Kick {
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<RwLock<HashMap<String, Vec<Device>>>>,
+    /// Read at every login; ticked by the storage writer.
+    pub clock: PushClock,
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Registry {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            clock: PushClock::default(),
         }
     }
 }
@@ -72,10 +102,12 @@ impl Registry {
     /// |---|---|---|
     /// | master | kick with DISCONNECT | kick silently |
     /// | slave | keep | kick silently |
-    pub fn add(&self, uid: &str, device: Device) -> Vec<Kick> {
+    pub fn add(&self, uid: &str, mut device: Device) -> Vec<Kick> {
         let mut shard = self.shards[shard_of(uid)]
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        // Inside the lock: see the module invariants.
+        device.login_no = self.clock.read();
         // Most users have one device online: a Vec's first push would reserve four.
         let devices = shard
             .entry(uid.to_owned())
@@ -127,6 +159,20 @@ impl Registry {
         devices.len()
     }
 
+    /// True when the user has a connection other than `except` that was logged in before
+    /// the message with `push_no` was pushed (module invariants): that device was one of
+    /// the message's receivers, so it holds the message or will queue it when it goes.
+    pub fn has_older_device(&self, uid: &str, except: ConnId, push_no: u64) -> bool {
+        let shard = self.shards[shard_of(uid)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        shard.get(uid).is_some_and(|devices| {
+            devices
+                .iter()
+                .any(|d| d.conn != except && d.login_no < push_no)
+        })
+    }
+
     /// True when the user has at least one authenticated connection.
     pub fn is_online(&self, uid: &str) -> bool {
         let shard = self.shards[shard_of(uid)]
@@ -173,7 +219,20 @@ mod tests {
             device_flag: flag,
             level,
             device_id: id.into(),
+            login_no: 0,
         }
+    }
+
+    #[test]
+    fn a_device_added_after_a_push_does_not_count_as_holding_it() {
+        let r = Registry::default();
+        r.add("u", dev(1, 1, 0, "a"));
+        let push_no = r.clock.tick();
+        r.add("u", dev(2, 1, 0, "b"));
+        let (a, b) = (ConnId::new(0, 1, 1), ConnId::new(0, 2, 1));
+        assert!(r.has_older_device("u", b, push_no), "a was there");
+        assert!(!r.has_older_device("u", a, push_no), "b came later");
+        assert!(!r.has_older_device("nobody", a, push_no));
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::ids::IdGenerator;
 use crate::mailbox;
 use crate::registry::Registry;
 use crate::shared::{Counters, Shared, SharedRef};
-use crate::storage::{self, writer::Writer, StorageError};
+use crate::storage::writer::{Writer, WriterSettings};
+use crate::storage::{self, StorageError};
 use crossbeam_channel::bounded;
 use ruyi_reactor::{Engine, EngineConfig, StopMode};
 use std::net::SocketAddr;
@@ -116,6 +117,7 @@ impl Server {
             stopping,
             webhooks,
             counters: Counters::default(),
+            queue_stats: Arc::default(),
             started: std::time::Instant::now(),
             config,
         });
@@ -150,16 +152,19 @@ impl Server {
         shared.loops.set(engine.handles()).expect("set once, here");
 
         let checkpoint_stop = Arc::new(AtomicBool::new(false));
-        let (max_batch, interval, stopping) = (
-            shared.config.max_commit_batch,
-            shared.config.commit_interval,
+        let settings = WriterSettings {
+            max_batch: shared.config.max_commit_batch,
+            commit_interval: shared.config.commit_interval,
+            max_queue_per_user: shared.config.offline_queue_max_per_user,
+        };
+        let (stats, stopping) = (
+            Arc::clone(&shared.queue_stats),
             Arc::clone(&shared.stopping),
         );
-        let mut pusher = crate::pusher::Pusher::new(Arc::clone(&shared));
-        let push = Box::new(move |committed| pusher.push(committed));
+        let pusher = Box::new(crate::pusher::Pusher::new(Arc::clone(&shared)));
         // The writer stops on the flag once its queue is empty.
         spawn(&mut threads, "ruyi-writer".into(), move || {
-            Writer::new(writer_conn, writer_rx, push, max_batch, interval, stopping).run();
+            Writer::new(writer_conn, writer_rx, pusher, settings, stats, stopping).run();
         })?;
         let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
         spawn(&mut threads, "ruyi-checkpoint".into(), move || {

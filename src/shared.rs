@@ -33,6 +33,8 @@ pub struct Counters {
     pub dropped_posts: AtomicU64,
     /// SENDs answered with reason 22 (over `max_sends_per_sec`).
     pub rate_limited: AtomicU64,
+    /// Unacknowledged RECVs that left a full retry list for the offline queue.
+    pub evicted_recvs: AtomicU64,
 }
 
 /// The queues into the pools and everything else the pools share.
@@ -58,6 +60,8 @@ pub struct Shared {
     pub stopping: Arc<AtomicBool>,
     /// Counters.
     pub counters: Counters,
+    /// The offline queue's counters, kept by the storage writer.
+    pub queue_stats: Arc<crate::storage::queue::QueueStats>,
     /// When the server started (uptime in `/varz`).
     pub started: std::time::Instant,
     /// Webhook producers, when a webhook URL is configured.

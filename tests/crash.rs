@@ -268,3 +268,39 @@ fn verify(
     }
     total
 }
+
+#[test]
+fn a_panic_on_a_pool_thread_stops_the_process_and_loses_nothing_acknowledged() {
+    // A half-dead server (a pool thread gone, the rest accepting SENDs nobody answers) is
+    // worse than none: a panic must end the process with a clear status.
+    let dir = temp_dir("panic");
+    let (tcp, http) = (free_addr(), free_addr());
+    let mut server = RuyiProcess::spawn_with(
+        &dir,
+        tcp,
+        http,
+        &[("RUYI_FAILPOINT_PANIC", "poison"), ("RUST_LOG", "off")],
+    );
+    let mut alice = Client::ok(tcp, &Login::new("alice", "x"));
+    alice.send("bob", channel_type::PERSON, b"{}", "kept");
+    let kept = alice.sendack();
+    assert_eq!(kept.reason_code, reason::SUCCESS);
+    alice.send("bob", channel_type::PERSON, b"{}", "poison");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer panicked and the process lived on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(ruyi::fault::PANIC_EXIT_CODE));
+    // Restarted (as a supervisor would), the acknowledged message is there; the poisoned
+    // one was never acknowledged.
+    let server = RuyiProcess::spawn(&dir, tcp, http);
+    let stored = history(server.http, "alice", "bob", channel_type::PERSON);
+    assert_eq!(stored, [(kept.message_seq, kept.message_id)]);
+}

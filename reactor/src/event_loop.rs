@@ -524,10 +524,12 @@ impl<H: Handler> EventLoop<H> {
             let Ok(cmd) = self.rx.try_recv() else {
                 break;
             };
-            // A batch counts as what it holds, so a turn's budget bounds work, not slots.
+            // A batch counts as what it holds, and a message as its weight, so a turn's
+            // budget bounds work, not slots.
             handled += match &cmd {
                 Command::SendBatch(frames) => frames.len().max(1),
-                Command::Messages(msgs) => msgs.len().max(1),
+                Command::Message(msg) => H::message_weight(msg).max(1),
+                Command::Messages(msgs) => msgs.iter().map(H::message_weight).sum::<usize>().max(1),
                 _ => 1,
             };
             self.handle_command(cmd);

@@ -41,6 +41,15 @@ pub trait Handler: 'static {
         let _ = (lp, msg);
     }
 
+    /// How much work `msg` is, in the units of `EngineConfig::max_commands_per_turn` (one
+    /// frame = 1). The default is 1; a handler whose messages vary in cost (one message
+    /// fanned out to hundreds of connections) says so here, and the loop then stops
+    /// draining its inbox after a turn's worth of work, not a turn's worth of messages.
+    fn message_weight(msg: &Self::Message) -> usize {
+        let _ = msg;
+        1
+    }
+
     /// The connection has closed; its socket is already gone. `state` is handed back so
     /// the handler can unregister it.
     fn on_close(&mut self, id: ConnId, state: Self::State, reason: CloseReason) {

@@ -14,6 +14,10 @@
 //! [`open_reader`]; WAL lets them read while the writer commits. No connection is ever
 //! used on an event-loop thread.
 
+pub mod append;
+pub mod channels;
+pub mod lru;
+pub mod queue;
 pub mod schema;
 pub mod writer;
 
@@ -95,6 +99,29 @@ pub fn checkpointer(data_dir: PathBuf, stop: std::sync::Arc<std::sync::atomic::A
     }
     // A last full pass so a clean shutdown leaves a small WAL.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// Payload bytes one read of several messages loads at most (at least one message). An
+/// HTTP answer carries about this much (`crate::answer`), and without it a history request
+/// for 10,000 messages of 1 MiB would load 10 GB before anything could trim it.
+pub const READ_BUDGET_BYTES: usize = 2 << 20;
+
+/// Collects rows until `limit` is reached or their payloads pass [`READ_BUDGET_BYTES`].
+fn collect_within_budget<T>(
+    rows: impl Iterator<Item = rusqlite::Result<T>>,
+    payload_len: impl Fn(&T) -> usize,
+) -> rusqlite::Result<Vec<T>> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let row = row?;
+        bytes += payload_len(&row);
+        out.push(row);
+        if bytes >= READ_BUDGET_BYTES {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// A read-only connection for a pool thread.
@@ -269,7 +296,9 @@ impl Reader {
             .unwrap_or(0))
     }
 
-    /// Queue entries with user seq above `after`, oldest first, at most `limit`.
+    /// Undelivered queue entries with user seq above `after`, oldest first, at most
+    /// `limit` and about [`READ_BUDGET_BYTES`] of payload (an entry a device acknowledged
+    /// is not offered again: `queue.rs`).
     ///
     /// # Errors
     /// SQLite errors.
@@ -285,7 +314,7 @@ impl Reader {
              FROM offline o
              JOIN messages m ON m.channel = o.channel AND m.seq = o.channel_seq
              JOIN channels c ON c.id = o.channel
-             WHERE o.uid = ?1 AND o.seq > ?2
+             WHERE o.uid = ?1 AND o.seq > ?2 AND o.delivered = 0
              ORDER BY o.seq
              LIMIT ?3",
         )?;
@@ -295,12 +324,12 @@ impl Reader {
                 message: message_from_row(r, 1)?,
             })
         })?;
-        rows.collect()
+        collect_within_budget(rows, |e| e.message.payload.len())
     }
 
-    /// Messages of a channel with `low < seq <= high`, at most `limit`, taking the newest
-    /// (`newest`) or the oldest of the range; returned in ascending seq order. `None` when
-    /// the channel was never created.
+    /// Messages of a channel with `low < seq <= high`, at most `limit` and about
+    /// [`READ_BUDGET_BYTES`] of payload, taking the newest (`newest`) or the oldest of the
+    /// range; returned in ascending seq order. `None` when the channel was never created.
     ///
     /// # Errors
     /// SQLite errors.
@@ -330,7 +359,8 @@ impl Reader {
             params![row, low, high, limit as i64, key.id, key.channel_type],
             |r| message_from_row(r, 0),
         )?;
-        let mut list = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        // Read from the end the caller asked for, so a cut keeps what is nearest to it.
+        let mut list = collect_within_budget(rows, |m| m.payload.len())?;
         list.sort_by_key(|m| m.message_seq);
         Ok(Some(list))
     }

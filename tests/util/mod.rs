@@ -39,23 +39,38 @@ pub fn start(name: &str, tweak: impl FnOnce(&mut Config)) -> Server {
     Server::start(config).expect("server starts")
 }
 
-/// POSTs JSON and returns (status, body as JSON or Null).
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
+/// Writes one whole HTTP request and returns (status, body as text).
+fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let body = body.to_string();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    s.write_all(request.as_bytes()).unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (status, body.to_owned())
+}
+
+/// POSTs JSON and returns (status, body as JSON or Null).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let body = body.to_string();
+    let (status, text) = exchange(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// GETs `path` and returns (status, body as text): for `/metrics`.
+pub fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
+    exchange(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
 }
 
 pub fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
@@ -350,6 +365,16 @@ pub struct RuyiProcess {
 impl RuyiProcess {
     /// Starts the binary (token auth off) and waits until both ports answer.
     pub fn spawn(data: &std::path::Path, tcp: SocketAddr, http: SocketAddr) -> RuyiProcess {
+        Self::spawn_with(data, tcp, http, &[])
+    }
+
+    /// [`RuyiProcess::spawn`] with extra environment variables.
+    pub fn spawn_with(
+        data: &std::path::Path,
+        tcp: SocketAddr,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> RuyiProcess {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_ruyi"))
             .arg("--data-dir")
             .arg(data)
@@ -364,6 +389,7 @@ impl RuyiProcess {
             // rate limit would refuse some, which is not what they test.
             .args(["--max-sends-per-sec", "0"])
             .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();

@@ -1,0 +1,49 @@
+//! Crash policy and the one failpoint that tests it.
+//!
+//! # A panic stops the process
+//! A panic on a pool thread (the storage writer, a channel worker, an auth or HTTP worker)
+//! or a loop used to end that thread alone, leaving a server that accepts SENDs it will
+//! never answer. The binary installs [`exit_on_panic`]: the panic is reported, then the
+//! whole process exits with [`PANIC_EXIT_CODE`], so a supervisor (systemd, Kubernetes)
+//! restarts it at once. Nothing acknowledged is lost: a SENDACK is only sent after its
+//! commit, and a restart after an abrupt exit is the `kill -9` case `tests/crash.rs`
+//! covers. Restarting one pool inside a live process was rejected: the pools share state
+//! (the writer's caches, the registry, queues in flight) that a panic may have left half
+//! changed.
+//!
+//! # The failpoint
+//! `RUYI_FAILPOINT_PANIC=<client_msg_no>` makes the storage writer panic when it meets a
+//! message with that `client_msg_no` (`tests/crash.rs` proves the exit with it). Unset, it
+//! costs one comparison against an empty value per message.
+
+use std::sync::OnceLock;
+
+/// The exit status after a panic (`EX_SOFTWARE` in sysexits.h: an internal error).
+pub const PANIC_EXIT_CODE: i32 = 70;
+
+/// Installs the crash policy (module docs). Call once, before the server starts.
+pub fn exit_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        log::error!(
+            "thread {} panicked: stopping the process (exit {PANIC_EXIT_CODE}) so a supervisor \
+             restarts it; acknowledged messages are durable",
+            thread.name().unwrap_or("unnamed")
+        );
+        std::process::exit(PANIC_EXIT_CODE);
+    }));
+}
+
+/// Panics when `client_msg_no` is the failpoint's value (module docs).
+///
+/// # Panics
+/// That is its purpose, and only when `RUYI_FAILPOINT_PANIC` names this message.
+pub fn check_panic(client_msg_no: &str) {
+    static WANTED: OnceLock<String> = OnceLock::new();
+    let wanted = WANTED.get_or_init(|| std::env::var("RUYI_FAILPOINT_PANIC").unwrap_or_default());
+    if !wanted.is_empty() && wanted == client_msg_no {
+        panic!("failpoint RUYI_FAILPOINT_PANIC reached for {client_msg_no:?}");
+    }
+}

@@ -1,0 +1,296 @@
+//! The per-user offline queue (HTTP_API.md §7) as the storage writer changes it. Writer
+//! thread only; every function runs inside the writer's open transaction.
+//!
+//! # Rules
+//! - Seqs are issued per user in commit order: to a stored entry (SyncOnce, or no device
+//!   online), or as a reservation for a recipient that gets a RECV
+//!   ([`crate::message::QueueSlot`]). A delivery that misses is written at its reserved
+//!   seq, so the queue follows each channel's seqs however late the miss is noticed. Only
+//!   when the reserved seq can no longer be used (the cursor passed it, or after a cache
+//!   eviction another entry took it) does the entry go to the end; that is counted
+//!   (`requeued_late`).
+//! - A message is in a user's queue at most once (index `offline_by_message`).
+//! - An acknowledged entry is marked `delivered`: sync no longer returns it, and the cursor
+//!   moves across a run of delivered entries (gaps left by unused reservations do not
+//!   stop it), never past an undelivered one.
+//! - `syncack` raises the cursor to at most the highest seq issued: the next entry is
+//!   always above the cursor, so it is always visible.
+//! - A user holds at most `max_per_user` entries; past that the oldest go (checked every
+//!   [`TRIM_EVERY`] inserts, counted in `trimmed`). Those messages stay in channel history,
+//!   where `/channel/messagesync` and conversation sync still find them.
+
+use super::lru::LruMap;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+/// Memory the per-user seq cache may hold (about 700,000 users at ~96 bytes each).
+pub const USER_CACHE_BYTES: usize = 64 << 20;
+
+/// Inserts into one user's queue between two checks of its length.
+pub const TRIM_EVERY: u32 = 64;
+
+/// Counters of the queue's unusual paths, exported by `/metrics`.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Entries written for deliveries that missed.
+    pub requeued: AtomicU64,
+    /// Of those, written at the end of the queue instead of at their reserved seq.
+    pub requeued_late: AtomicU64,
+    /// Entries marked delivered by a RECVACK.
+    pub delivered: AtomicU64,
+    /// Oldest entries removed by the per-user bound.
+    pub trimmed: AtomicU64,
+    /// Requeue or delivered marks given up after failing [`super::writer::LANE_ATTEMPTS`]
+    /// times (each is logged as an error).
+    pub lane_dropped: AtomicU64,
+}
+
+#[derive(Debug)]
+struct UserQueue {
+    /// The highest seq issued to the user, stored or reserved.
+    last: u32,
+    /// Inserts since the length was last checked.
+    since_trim: u32,
+}
+
+/// The writer's view of every user's queue. See the module docs.
+#[derive(Debug)]
+pub struct Queues {
+    users: LruMap<String, UserQueue>,
+    max_per_user: u32,
+    /// Shared with the metrics.
+    pub stats: Arc<QueueStats>,
+}
+
+impl Queues {
+    /// Queues bounded at `max_per_user` entries per user.
+    pub fn new(max_per_user: u32, stats: Arc<QueueStats>) -> Queues {
+        Queues {
+            users: LruMap::new(USER_CACHE_BYTES),
+            max_per_user: max_per_user.max(1),
+            stats,
+        }
+    }
+
+    /// Forgets every cached number (after a failed commit: they are reloaded).
+    pub fn forget_all(&mut self) {
+        self.users.clear();
+    }
+
+    fn user(&mut self, conn: &Connection, uid: &str) -> rusqlite::Result<&mut UserQueue> {
+        let key = uid.to_owned();
+        if !self.users.contains_key(&key) {
+            // Nothing issued above both the entries and the cursor can still be waited on,
+            // except reservations forgotten by an eviction (handled in `requeue`).
+            let max_entry: u32 = conn
+                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM offline WHERE uid = ?1")?
+                .query_row([uid], |r| r.get(0))?;
+            let last = max_entry.max(cursor(conn, uid)?);
+            let cost = 96 + uid.len();
+            self.users.insert(
+                key.clone(),
+                UserQueue {
+                    last,
+                    since_trim: 0,
+                },
+                cost,
+            );
+        }
+        Ok(self.users.get_mut(&key).expect("inserted above"))
+    }
+
+    /// Reserves the user's next seq for a delivery; 0 when the user's seqs are exhausted
+    /// (4 billion issued: logged, the message is then not queued for them).
+    pub fn reserve(&mut self, conn: &Connection, uid: &str) -> rusqlite::Result<u32> {
+        let user = self.user(conn, uid)?;
+        match user.last.checked_add(1) {
+            Some(next) => {
+                user.last = next;
+                Ok(next)
+            }
+            None => {
+                log::error!("uid={uid}: offline-queue seqs exhausted; not queued");
+                Ok(0)
+            }
+        }
+    }
+
+    /// Appends a stored entry for message (`row`, `channel_seq`); its seq, or 0 (see
+    /// [`Queues::reserve`]).
+    pub fn append(
+        &mut self,
+        conn: &Connection,
+        uid: &str,
+        row: i64,
+        channel_seq: u32,
+    ) -> rusqlite::Result<u32> {
+        let seq = self.reserve(conn, uid)?;
+        if seq > 0 {
+            self.insert(conn, uid, seq, row, channel_seq)?;
+        }
+        Ok(seq)
+    }
+
+    fn insert(
+        &mut self,
+        conn: &Connection,
+        uid: &str,
+        seq: u32,
+        row: i64,
+        channel_seq: u32,
+    ) -> rusqlite::Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO offline (uid, seq, channel, channel_seq) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![uid, seq, row, channel_seq])?;
+        let max = self.max_per_user;
+        let user = self.user(conn, uid)?;
+        user.since_trim += 1;
+        if user.since_trim >= TRIM_EVERY {
+            user.since_trim = 0;
+            let gone = conn
+                .prepare_cached(
+                    "DELETE FROM offline WHERE uid = ?1 AND seq <= (
+                        SELECT seq FROM offline WHERE uid = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                )?
+                .execute(params![uid, max])?;
+            if gone > 0 {
+                self.stats.trimmed.fetch_add(gone as u64, Relaxed);
+                log::warn!("uid={uid}: {gone} oldest offline entries over the bound of {max}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the entry of a delivery that missed, at its `reserved` seq when it still can
+    /// (module rules), else at the end. Nothing when the message is queued already.
+    pub fn requeue(
+        &mut self,
+        conn: &Connection,
+        uid: &str,
+        row: i64,
+        channel_seq: u32,
+        reserved: u32,
+    ) -> rusqlite::Result<()> {
+        let queued: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM offline WHERE uid = ?1 AND channel = ?2 AND channel_seq = ?3)",
+            )?
+            .query_row(params![uid, row, channel_seq], |r| r.get(0))?;
+        if queued {
+            return Ok(());
+        }
+        let cursor = cursor(conn, uid)?;
+        let taken = reserved > 0
+            && conn
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM offline WHERE uid = ?1 AND seq = ?2)",
+                )?
+                .query_row(params![uid, reserved], |r| r.get::<_, bool>(0))?;
+        let at = if reserved > cursor && !taken {
+            let user = self.user(conn, uid)?;
+            // After an eviction the reloaded `last` can be below a live reservation.
+            user.last = user.last.max(reserved);
+            reserved
+        } else {
+            if reserved > 0 {
+                self.stats.requeued_late.fetch_add(1, Relaxed);
+            }
+            let seq = self.reserve(conn, uid)?;
+            if seq == 0 {
+                return Ok(());
+            }
+            seq
+        };
+        self.insert(conn, uid, at, row, channel_seq)?;
+        self.stats.requeued.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// Marks entry `seq` delivered (a RECVACK) and moves the cursor across the run of
+    /// delivered entries above it.
+    pub fn mark_delivered(
+        &mut self,
+        conn: &Connection,
+        uid: &str,
+        seq: u32,
+    ) -> rusqlite::Result<()> {
+        let marked = conn
+            .prepare_cached("UPDATE offline SET delivered = 1 WHERE uid = ?1 AND seq = ?2")?
+            .execute(params![uid, seq])?;
+        if marked > 0 {
+            self.stats.delivered.fetch_add(1, Relaxed);
+            advance(conn, uid)?;
+        }
+        Ok(())
+    }
+
+    /// `/message/syncack`: the cursor rises to `seq`, clamped to the highest seq issued,
+    /// and on across delivered entries; entries at or below it are deleted.
+    pub fn sync_ack(&mut self, conn: &Connection, uid: &str, seq: u32) -> rusqlite::Result<()> {
+        let seq = seq.min(self.user(conn, uid)?.last);
+        if seq > 0 {
+            set_cursor(conn, uid, seq)?;
+        }
+        advance(conn, uid)
+    }
+}
+
+/// The user's cursor (0 when never acknowledged).
+fn cursor(conn: &Connection, uid: &str) -> rusqlite::Result<u32> {
+    Ok(conn
+        .prepare_cached("SELECT cursor FROM offline_cursor WHERE uid = ?1")?
+        .query_row([uid], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Raises the cursor (never lowers it) and deletes what it covers.
+fn set_cursor(conn: &Connection, uid: &str, seq: u32) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO offline_cursor (uid, cursor) VALUES (?1, ?2)
+         ON CONFLICT (uid) DO UPDATE SET cursor = MAX(cursor, excluded.cursor)",
+    )?
+    .execute(params![uid, seq])?;
+    conn.prepare_cached(
+        "DELETE FROM offline WHERE uid = ?1 AND seq <= (SELECT cursor FROM offline_cursor WHERE uid = ?1)",
+    )?
+    .execute([uid])?;
+    Ok(())
+}
+
+/// Entries read per step while walking a delivered run.
+const WALK_STEP: usize = 256;
+
+/// Moves the cursor across the delivered entries just above it (module rules).
+fn advance(conn: &Connection, uid: &str) -> rusqlite::Result<()> {
+    let start = cursor(conn, uid)?;
+    let mut to = start;
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, delivered FROM offline WHERE uid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    loop {
+        let rows = stmt
+            .query_map(params![uid, to, WALK_STEP as i64], |r| {
+                Ok((r.get::<_, u32>(0)?, r.get::<_, bool>(1)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let full = rows.len() == WALK_STEP;
+        let mut blocked = false;
+        for (seq, delivered) in rows {
+            if !delivered {
+                blocked = true;
+                break;
+            }
+            to = seq;
+        }
+        if blocked || !full {
+            break;
+        }
+    }
+    if to > start {
+        set_cursor(conn, uid, to)?;
+    }
+    Ok(())
+}
