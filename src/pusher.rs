@@ -45,7 +45,8 @@ pub const TARGETS_PER_DELIVER: usize = 256;
 /// device online (HTTP_API.md §9.3–9.4). Non-blocking: full webhook queues drop.
 fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, node_id: u16) {
     let m = &c.message;
-    hooks.notify(crate::http::message_json(m, None));
+    let size = crate::webhook::message_event_bytes(m.payload.len());
+    hooks.notify(crate::http::message_json(m, None), size);
     if !c.webhook_offline.is_empty() {
         let mut v = crate::http::message_json(m, None);
         v["channel_id"] = serde_json::json!(m.addressed_to);
@@ -55,7 +56,8 @@ fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, node_id: u16) 
         v["timestamp"] = serde_json::json!(std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()));
-        hooks.offline(v);
+        let uids: usize = c.webhook_offline.iter().map(|u| u.len() + 3).sum();
+        hooks.offline(v, size + uids);
     }
 }
 

@@ -4,8 +4,10 @@
 //!
 //! # Queues and policy
 //! Producers (loop threads for online status, the pusher for messages) only `try_send`
-//! into bounded queues; when a queue is full the event is **dropped, counted and logged**
-//! (rate-limited). Delivery, per the reference:
+//! into queues bounded both in events ([`QUEUE`]) and in bytes ([`QUEUE_BYTES`], each
+//! event charged its estimated size: a message event carries its payload as base64, up to
+//! ~1.4 MB, so a count alone let one queue pin ~20 GB). When a queue is full the event is
+//! **dropped, counted and logged** (rate-limited). Delivery, per the reference:
 //! - `user.onlinestatus`: everything pending goes in one POST (a JSON array of strings);
 //!   a failed batch is retried every second, at most [`RETRIES`] times, then dropped.
 //! - `msg.notify`: up to [`NOTIFY_BATCH`] messages per POST, sent when that many wait or
@@ -18,7 +20,7 @@
 //! Plain `http://` endpoints only (the crate is built without TLS).
 
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +34,13 @@ pub const NOTIFY_INTERVAL: Duration = Duration::from_millis(500);
 /// Events waiting per queue before new ones are dropped. At a few hundred bytes each this
 /// bounds the memory a dead endpoint can pin to a few MiB per queue.
 pub const QUEUE: usize = 16 << 10;
+/// Estimated bytes that events waiting in one queue may hold: with a dead endpoint, at
+/// most this much per queue (three queues) is pinned.
+pub const QUEUE_BYTES: usize = 32 << 20;
+
+/// Bytes of `msg.notify` messages kept for retry at most.
+const RETRY_BYTES: usize = 32 << 20;
+
 /// Threads posting `msg.offline` (one request per message each).
 const OFFLINE_THREADS: usize = 8;
 
@@ -49,12 +58,75 @@ pub struct WebhookStats {
     pub dropped: AtomicU64,
 }
 
+/// One event queue, bounded in events and in bytes: the producers' end.
+#[derive(Debug, Clone)]
+struct Outbox<T> {
+    tx: crossbeam_channel::Sender<(T, usize)>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// The consumer's end of an [`Outbox`]: what it takes is no longer charged.
+#[derive(Debug, Clone)]
+struct Inbox<T> {
+    rx: crossbeam_channel::Receiver<(T, usize)>,
+    bytes: Arc<AtomicUsize>,
+}
+
+fn outbox<T>() -> (Outbox<T>, Inbox<T>) {
+    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+    let bytes = Arc::new(AtomicUsize::new(0));
+    (
+        Outbox {
+            tx,
+            bytes: Arc::clone(&bytes),
+        },
+        Inbox { rx, bytes },
+    )
+}
+
+impl<T> Outbox<T> {
+    /// Queues `event` charged `size` bytes; false when the queue is full either way.
+    fn try_send(&self, event: T, size: usize) -> bool {
+        let before = self.bytes.fetch_add(size, Relaxed);
+        if before + size > QUEUE_BYTES || self.tx.try_send((event, size)).is_err() {
+            self.bytes.fetch_sub(size, Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+impl<T> Inbox<T> {
+    fn taken(&self, (event, size): (T, usize)) -> (T, usize) {
+        self.bytes.fetch_sub(size, Relaxed);
+        (event, size)
+    }
+
+    fn recv_timeout(&self, timeout: Duration) -> Option<(T, usize)> {
+        self.rx.recv_timeout(timeout).ok().map(|e| self.taken(e))
+    }
+
+    fn recv_deadline(&self, deadline: Instant) -> Option<(T, usize)> {
+        self.rx.recv_deadline(deadline).ok().map(|e| self.taken(e))
+    }
+
+    fn try_recv(&self) -> Option<(T, usize)> {
+        self.rx.try_recv().ok().map(|e| self.taken(e))
+    }
+}
+
+/// The estimated size of a message event: its JSON without the payload, plus the payload
+/// as base64 (`message_len` is the plain payload's length).
+pub fn message_event_bytes(message_len: usize) -> usize {
+    512 + message_len.div_ceil(3) * 4
+}
+
 /// The producers' side. Cloneable; every method is non-blocking.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
-    online: crossbeam_channel::Sender<String>,
-    notify: crossbeam_channel::Sender<Value>,
-    offline: crossbeam_channel::Sender<Value>,
+    online: Outbox<String>,
+    notify: Outbox<Value>,
+    offline: Outbox<Value>,
     /// Counters.
     pub stats: Arc<WebhookStats>,
     last_drop_warn: Arc<AtomicU64>,
@@ -70,9 +142,9 @@ impl Webhooks {
         url: String,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<(Webhooks, Vec<std::thread::JoinHandle<()>>)> {
-        let (online_tx, online_rx) = crossbeam_channel::bounded(QUEUE);
-        let (notify_tx, notify_rx) = crossbeam_channel::bounded(QUEUE);
-        let (offline_tx, offline_rx) = crossbeam_channel::bounded(QUEUE);
+        let (online_tx, online_rx) = outbox();
+        let (notify_tx, notify_rx) = outbox();
+        let (offline_tx, offline_rx) = outbox();
         let stats = Arc::new(WebhookStats::default());
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
@@ -132,21 +204,23 @@ impl Webhooks {
 
     /// Queues a `user.onlinestatus` entry: `uid-flag-online-connid-flagconns-uidconns`.
     pub fn online_status(&self, entry: String) {
-        if self.online.try_send(entry).is_err() {
+        let size = 64 + entry.len();
+        if !self.online.try_send(entry, size) {
             self.dropped("user.onlinestatus");
         }
     }
 
-    /// Queues a `msg.notify` message object.
-    pub fn notify(&self, message: Value) {
-        if self.notify.try_send(message).is_err() {
+    /// Queues a `msg.notify` message object of about `size` bytes
+    /// ([`message_event_bytes`]).
+    pub fn notify(&self, message: Value, size: usize) {
+        if !self.notify.try_send(message, size) {
             self.dropped("msg.notify");
         }
     }
 
-    /// Queues a `msg.offline` object (message fields plus `to_uids`).
-    pub fn offline(&self, message: Value) {
-        if self.offline.try_send(message).is_err() {
+    /// Queues a `msg.offline` object (message fields plus `to_uids`) of about `size` bytes.
+    pub fn offline(&self, message: Value, size: usize) {
+        if !self.offline.try_send(message, size) {
             self.dropped("msg.offline");
         }
     }
@@ -207,13 +281,16 @@ impl Poster {
 /// Polling period for the stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-fn run_online(p: &Poster, rx: &crossbeam_channel::Receiver<String>, stop: &AtomicBool) {
+fn run_online(p: &Poster, rx: &Inbox<String>, stop: &AtomicBool) {
     while !stop.load(Relaxed) {
-        let Ok(first) = rx.recv_timeout(IDLE_POLL) else {
+        let Some((first, _)) = rx.recv_timeout(IDLE_POLL) else {
             continue;
         };
         let mut batch = vec![first];
-        batch.extend(rx.try_iter());
+        // Bounded by the queue: this takes at most what it holds now.
+        while let Some((entry, _)) = rx.try_recv() {
+            batch.push(entry);
+        }
         let body = Value::from(
             batch
                 .iter()
@@ -237,15 +314,17 @@ fn run_online(p: &Poster, rx: &crossbeam_channel::Receiver<String>, stop: &Atomi
     }
 }
 
-fn run_notify(p: &Poster, rx: &crossbeam_channel::Receiver<Value>, stop: &AtomicBool) {
-    // Messages waiting to go, with their failure counts; failed ones go back to the front.
-    let mut pending: std::collections::VecDeque<(Value, u32)> = std::collections::VecDeque::new();
+fn run_notify(p: &Poster, rx: &Inbox<Value>, stop: &AtomicBool) {
+    // Messages waiting to go, with their failure counts and sizes; failed ones go back to
+    // the front.
+    let mut pending: std::collections::VecDeque<(Value, u32, usize)> =
+        std::collections::VecDeque::new();
     while !stop.load(Relaxed) {
         let deadline = Instant::now() + NOTIFY_INTERVAL;
         while pending.len() < NOTIFY_BATCH {
             match rx.recv_deadline(deadline) {
-                Ok(m) => pending.push_back((m, 0)),
-                Err(_) => break,
+                Some((m, size)) => pending.push_back((m, 0, size)),
+                None => break,
             }
         }
         if pending.is_empty() {
@@ -256,7 +335,7 @@ fn run_notify(p: &Poster, rx: &crossbeam_channel::Receiver<Value>, stop: &Atomic
             pending
                 .iter()
                 .take(n)
-                .map(|(m, _)| m.clone())
+                .map(|(m, _, _)| m.clone())
                 .collect::<Vec<_>>(),
         )
         .to_string();
@@ -265,16 +344,20 @@ fn run_notify(p: &Poster, rx: &crossbeam_channel::Receiver<Value>, stop: &Atomic
             continue;
         }
         let mut kept = std::collections::VecDeque::new();
-        for (m, failures) in pending.drain(..n) {
+        for (m, failures, size) in pending.drain(..n) {
             if failures + 1 < RETRIES {
-                kept.push_back((m, failures + 1));
+                kept.push_back((m, failures + 1, size));
             } else {
                 p.stats.dropped.fetch_add(1, Relaxed);
             }
         }
         kept.extend(pending.drain(..));
-        while kept.len() > RETRY_BUFFER {
-            kept.pop_back();
+        let mut bytes: usize = kept.iter().map(|(_, _, size)| size).sum();
+        while kept.len() > RETRY_BUFFER || bytes > RETRY_BYTES {
+            let Some((_, _, size)) = kept.pop_back() else {
+                break;
+            };
+            bytes -= size;
             p.stats.dropped.fetch_add(1, Relaxed);
         }
         pending = kept;
@@ -282,12 +365,31 @@ fn run_notify(p: &Poster, rx: &crossbeam_channel::Receiver<Value>, stop: &Atomic
     }
 }
 
-fn run_offline(p: &Poster, rx: &crossbeam_channel::Receiver<Value>, stop: &AtomicBool) {
+fn run_offline(p: &Poster, rx: &Inbox<Value>, stop: &AtomicBool) {
     while !stop.load(Relaxed) {
-        let Ok(m) = rx.recv_timeout(IDLE_POLL) else {
+        let Some((m, _)) = rx.recv_timeout(IDLE_POLL) else {
             continue;
         };
         // Fire and forget, as the reference does: the app server retries APNs/FCM itself.
         p.post("msg.offline", &m.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_refuses_past_its_bytes_and_frees_what_is_taken() {
+        let (tx, rx) = outbox::<u32>();
+        let big = message_event_bytes(1 << 20); // a 1 MiB payload, as base64
+        let fit = QUEUE_BYTES / big;
+        for i in 0..fit {
+            assert!(tx.try_send(i as u32, big), "event {i} of {fit} refused");
+        }
+        assert!(!tx.try_send(99, big), "past the byte bound");
+        assert!(tx.try_send(100, 16), "small events still fit");
+        assert!(rx.try_recv().is_some());
+        assert!(tx.try_send(101, big), "taking one frees its bytes");
     }
 }
