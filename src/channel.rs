@@ -2,14 +2,15 @@
 //! channel's messages are checked, planned and handed to storage in arrival order.
 //!
 //! For each send: the sender checks (PROTOCOL.md §9.1–9.2: send ban, channel ban and
-//! disband, blacklist, subscriber, whitelist) and the recipient list. Storage assigns the
-//! seq and, at commit, decides who gets a RECV and who a queue entry; the pusher delivers.
+//! disband, blacklist, subscriber, whitelist), then the fan-out plan: every connection of
+//! every recipient except the sending one. Storage assigns the seq and the recipients'
+//! queue slots at commit; the pusher delivers.
 //!
 //! Channel metadata is cached per worker and dropped on [`ChannelJob::Invalidate`], which
 //! the HTTP API sends to every worker after it changes a channel.
 
 use crate::mailbox::Mailbox;
-use crate::message::{ChannelKey, Message, Planned, Reply, SendOutcome};
+use crate::message::{ChannelKey, Message, Planned, Reply, SendOutcome, Target};
 use crate::shared::SharedRef;
 use crate::storage::writer::Job;
 use crate::storage::{ChannelInfo, Reader};
@@ -206,6 +207,24 @@ impl Worker {
         let config = &self.shared.config;
         let queued = req.key.channel_type == channel_type::PERSON
             || recipients.len() <= config.offline_queue_max_group;
+        // Tick before the lookup: a device this lookup misses has `login_no >= push_no`
+        // (registry invariants).
+        let push_no = self.shared.registry.clock.tick();
+        let mut targets = Vec::new();
+        let mut conns = Vec::new();
+        for (index, uid) in recipients.iter().enumerate() {
+            conns.clear();
+            self.shared.registry.conns_of(uid, &mut conns);
+            targets.extend(
+                conns
+                    .iter()
+                    .filter(|&&c| Some(c) != req.from_conn)
+                    .map(|&conn| Target {
+                        conn,
+                        recipient: index as u32,
+                    }),
+            );
+        }
         // msg.offline: recipients other than the sender with no master-level device online
         // (PROTOCOL.md §9.5); only computed when someone listens.
         let webhook_offline = if self.shared.webhooks.is_some() && !req.flags.no_persist() {
@@ -240,7 +259,8 @@ impl Worker {
                 topic: req.topic,
                 payload: req.payload,
             },
-            from_conn: req.from_conn,
+            targets,
+            push_no,
             recipients,
             queued,
             webhook_offline,

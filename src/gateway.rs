@@ -123,8 +123,8 @@ enum Phase {
 #[derive(Debug)]
 struct PendingAck {
     message: Arc<crate::message::Message>,
-    /// The delivery's offline policy says "queue a miss" (`Delivery::queued`) and no entry
-    /// is stored yet.
+    /// The delivery's offline policy says "queue a miss" (`Delivery::queued`), the
+    /// receiver has a reserved seq, and no entry is stored yet.
     requeue: bool,
     /// The receiver's queue slot (`message::QueueSlot`).
     slot: QueueSlot,
@@ -135,12 +135,21 @@ struct PendingAck {
     attempts: u32,
 }
 
+/// Why a delivery missed (see [`Gateway::queue_missed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Miss {
+    /// The connection closed, or was gone when the delivery came.
+    Gone,
+    /// The connection lives but stopped retrying the RECV.
+    GaveUp,
+}
+
 impl PendingAck {
     fn new(delivery: &Delivery, recipient: u32, frame: Bytes, now: Instant) -> PendingAck {
         let slot = delivery.slot(recipient);
         PendingAck {
             message: Arc::clone(&delivery.message),
-            requeue: delivery.queued && !slot.stored,
+            requeue: delivery.queued && slot.seq > 0 && !slot.stored,
             slot,
             push_no: delivery.push_no,
             frame,
@@ -696,6 +705,7 @@ impl Gateway {
                         .encode_with(s.version, &key, wire.as_bytes(), &mut self.buf)
                         .is_err()
                     {
+                        self.unencodable(&s.uid, id, delivery, target.recipient, now);
                         continue;
                     }
                     self.buf.split().freeze()
@@ -715,6 +725,7 @@ impl Gateway {
                                 .encode_with(s.version, "", &m.payload, &mut self.buf)
                                 .is_err()
                             {
+                                self.unencodable(&s.uid, id, delivery, target.recipient, now);
                                 continue;
                             }
                             let f = self.buf.split().freeze();
@@ -739,7 +750,7 @@ impl Gateway {
                     };
                     s.pending_bytes -= old.frame.len();
                     self.shared.counters.evicted_recvs.fetch_add(1, Relaxed);
-                    self.queue_missed(&s.uid, id, &old);
+                    self.queue_missed(&s.uid, id, &old, Miss::GaveUp);
                 }
                 if !s.on_retry_list {
                     s.on_retry_list = true;
@@ -756,7 +767,7 @@ impl Gateway {
         for target in missed {
             if let Some(uid) = delivery.recipients.get(target.recipient as usize) {
                 let p = PendingAck::new(delivery, target.recipient, Bytes::new(), now);
-                self.queue_missed(uid, target.conn, &p);
+                self.queue_missed(uid, target.conn, &p, Miss::Gone);
             }
         }
     }
@@ -794,12 +805,31 @@ impl Gateway {
         ));
     }
 
-    /// A delivery to `conn` missed (see [`PendingAck`]): queue it for `uid` unless a device
-    /// that had the message when it was pushed is still connected (it holds the message,
-    /// or queues it when it goes: registry invariants). A connection that replaced this one
-    /// logged in later, so it does not count: its user gets the message from the queue.
-    fn queue_missed(&self, uid: &str, conn: ConnId, p: &PendingAck) {
-        if !p.requeue || self.shared.registry.has_older_device(uid, conn, p.push_no) {
+    /// A RECV that cannot be encoded for this connection's protocol version: the device
+    /// can never get it live, so the user's queue does.
+    fn unencodable(&self, uid: &str, conn: ConnId, d: &Delivery, recipient: u32, now: Instant) {
+        log::error!(
+            "conn={conn} uid={uid} cannot encode RECV {}",
+            d.message.message_id
+        );
+        let p = PendingAck::new(d, recipient, Bytes::new(), now);
+        self.queue_missed(uid, conn, &p, Miss::GaveUp);
+    }
+
+    /// A delivery to `conn` missed (see [`PendingAck`]): queue it for `uid`.
+    ///
+    /// When the connection went (`Miss::Gone`), not while a device that had the message
+    /// when it was pushed is still connected: it holds the message, or queues it when it
+    /// goes (registry invariants). A connection that replaced this one logged in later, so
+    /// it does not count. When the connection gave the message up but lives on
+    /// (`Miss::GaveUp`: out of retries, or pushed out of a full retry list), always: the
+    /// other devices may have given it up the same way, and a second entry is impossible
+    /// (the writer checks), so the worst case is the message offered again.
+    fn queue_missed(&self, uid: &str, conn: ConnId, p: &PendingAck, miss: Miss) {
+        if !p.requeue {
+            return;
+        }
+        if miss == Miss::Gone && self.shared.registry.has_older_device(uid, conn, p.push_no) {
             return;
         }
         self.send_lane(LaneJob::Requeue {
@@ -845,7 +875,7 @@ impl Gateway {
             s.pending_bytes -= dropped_bytes;
             // Out of retries: the device is not taking it; the user's queue does.
             for p in &exhausted {
-                self.queue_missed(&s.uid, id, p);
+                self.queue_missed(&s.uid, id, p, Miss::GaveUp);
             }
             if s.pending.is_empty() {
                 s.on_retry_list = false;
@@ -1079,7 +1109,7 @@ impl Handler for Gateway {
                 // RECVs this device never acknowledged go to the user's queue, unless a
                 // device that had them is still there.
                 for p in &s.pending {
-                    self.queue_missed(&s.uid, id, p);
+                    self.queue_missed(&s.uid, id, p, Miss::Gone);
                 }
             }
         }

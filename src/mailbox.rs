@@ -141,9 +141,9 @@ impl<T> MailSender<T> {
         self.lane.len()
     }
 
-    /// True when nothing waits.
+    /// True when nothing waits on either queue.
     pub fn is_empty(&self) -> bool {
-        self.tx.is_empty()
+        self.tx.is_empty() && self.lane.is_empty()
     }
 
     fn ring(&self) {
@@ -203,9 +203,19 @@ impl<T> Mailbox<T> {
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         match self.lane.try_recv() {
             Ok(msg) => Ok(msg),
-            // Both queues' senders live in the same `MailSender`s: the lane disconnects
-            // exactly when the bounded queue does, so the bounded queue's answer decides.
-            Err(_) => self.rx.try_recv(),
+            Err(_) => self.try_recv_bounded(),
+        }
+    }
+
+    /// The bounded queue only (a consumer that limits how much lane work it takes).
+    pub fn try_recv_bounded(&self) -> Result<T, TryRecvError> {
+        match self.rx.try_recv() {
+            // Both queues' senders live in the same `MailSender`s, so they disconnect
+            // together; a lane message sent just before that is still read here.
+            Err(TryRecvError::Disconnected) => {
+                self.lane.try_recv().map_err(|_| TryRecvError::Disconnected)
+            }
+            other => other,
         }
     }
 

@@ -164,15 +164,19 @@ pub struct QueueSlot {
     pub stored: bool,
 }
 
-/// A message that passed the permission checks, on its way to storage. Who gets it live
-/// and who gets a queue entry is decided by the writer at commit (`storage::plan`), against
-/// the registry as it is then, not here: a device that logs in meanwhile is not missed.
+/// A message that passed the permission checks, with its fan-out plan, on its way to
+/// storage. The channel worker looked the recipients up (after ticking the registry's push
+/// clock); the writer gives queue slots at commit, and the pusher looks up again, after the
+/// commit, the recipients that had no device (`pusher.rs`), so a device that logs in
+/// between plan and commit is not missed.
 #[derive(Debug)]
 pub struct Planned {
     /// The message; `message_seq` is assigned by the storage writer.
     pub message: Message,
-    /// The sending connection, which gets no RECV of its own message.
-    pub from_conn: Option<ConnId>,
+    /// Connections that get a RECV (the sending connection excluded).
+    pub targets: Vec<Target>,
+    /// The registry's push clock, ticked before `targets` were looked up.
+    pub push_no: u64,
     /// Every recipient uid (shared with the channel cache, not copied per message).
     pub recipients: Arc<[String]>,
     /// The offline policy covers this channel (a person chat, or a group of at most
@@ -191,7 +195,7 @@ pub struct Planned {
 pub struct Committed {
     /// The stored message, shared by every delivery.
     pub message: Arc<Message>,
-    /// Connections that get a RECV, as the registry was at commit.
+    /// Connections that get a RECV.
     pub targets: Vec<Target>,
     /// Every recipient uid.
     pub recipients: Arc<[String]>,

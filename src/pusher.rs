@@ -11,11 +11,11 @@
 //!
 //! Order: commands for one loop keep commit order, which is seq order within a channel.
 //!
-//! Re-check: the writer planned each message against the registry just before `COMMIT`. A
-//! recipient who had no device then, and so got a stored queue entry, may have logged in
-//! since, and its first sync may have run before the commit: it is looked up again here,
-//! after the commit, and any device it has now gets the RECV too (its acknowledgement marks
-//! the entry delivered, so sync does not offer it again).
+//! Re-check: the channel worker planned each message against the registry before storage
+//! committed it. A recipient who had no device then, and so got a stored queue entry, may
+//! have logged in since, and its first sync may have run before the commit: it is looked
+//! up again here, after the commit, and any device it has now gets the RECV too (its
+//! acknowledgement marks the entry delivered, so sync does not offer it again).
 //!
 //! Bound: a `Deliver` holds at most [`TARGETS_PER_DELIVER`] receivers (fewer for large
 //! payloads: `message::deliver_weight`) and a batch at most [`POST_CHUNK`] commands, so a loop's
@@ -26,6 +26,7 @@ use crate::gateway::ToLoop;
 use crate::message::{deliver_weight, Committed, Delivery, Target};
 use crate::shared::SharedRef;
 use crate::storage::append::Outlet;
+use crate::storage::writer::{Job, LaneJob};
 use ruyi_reactor::ConnId;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -104,9 +105,13 @@ impl Pusher {
                     weight += w;
                     batch.extend(queued.next());
                 }
-                if handle.post_batch(batch).is_err() {
-                    log::debug!("loop {} gone; dropping a commit's answers", handle.index());
-                    break;
+                if let Err(batch) = handle.post_batch_or_return(batch) {
+                    log::debug!(
+                        "loop {} gone; its deliveries go to the queues",
+                        handle.index()
+                    );
+                    queue_unposted(&self.shared, batch);
+                    queue_unposted(&self.shared, queued.by_ref().collect());
                 }
             }
         }
@@ -154,6 +159,31 @@ impl Pusher {
     }
 }
 
+/// Deliveries a stopped loop will never make (the server is stopping): each recipient
+/// with a reserved seq gets its queue entry, as for any delivery that missed.
+fn queue_unposted(shared: &SharedRef, commands: Vec<ToLoop>) {
+    for command in commands {
+        let ToLoop::Deliver(delivery, targets) = command else {
+            continue;
+        };
+        for target in targets {
+            let slot = delivery.slot(target.recipient);
+            let Some(uid) = delivery.recipients.get(target.recipient as usize) else {
+                continue;
+            };
+            if delivery.queued && slot.seq > 0 && !slot.stored {
+                let job = Job::Lane(LaneJob::Requeue {
+                    uid: uid.clone(),
+                    message: Arc::clone(&delivery.message),
+                    reserved: slot.seq,
+                });
+                // To this very thread's mailbox: read after this commit, before it stops.
+                let _ = shared.writer.send_lane(job);
+            }
+        }
+    }
+}
+
 /// Adds the devices that recipients with a stored entry and no receiver at commit have now
 /// (module docs: re-check).
 fn recheck_offline(
@@ -187,14 +217,6 @@ fn recheck_offline(
 }
 
 impl Outlet for Pusher {
-    fn tick(&mut self) -> u64 {
-        self.shared.registry.clock.tick()
-    }
-
-    fn conns_of(&mut self, uid: &str, out: &mut Vec<ConnId>) -> usize {
-        self.shared.registry.conns_of(uid, out)
-    }
-
     fn push(&mut self, committed: Vec<Committed>) {
         self.push_commit(committed);
     }

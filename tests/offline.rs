@@ -398,3 +398,114 @@ fn the_queue_of_one_user_is_bounded_and_says_so() {
         "trimming is not counted"
     );
 }
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn a_syncack_of_what_was_read_never_deletes_an_entry_written_behind_it() {
+    // bob's device gets m live (a seq is reserved for it) and never acknowledges it; a
+    // command is then stored for him at a higher seq. A new login of the same device reads
+    // the command and acknowledges it; the old connection's m must not be written below
+    // that acknowledgement and deleted unseen.
+    let server = start("behind", |c| c.max_sends_per_sec = 0);
+    let http = server.http_addr();
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    let mut old = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
+    alice.send("bob", PERSON, b"{}", "m");
+    alice.sendack();
+    assert_eq!(old.recv().client_msg_no, "m"); // never acknowledged
+    let cmd = json!({"header": {"sync_once": 1}, "from_uid": "app", "subscribers": ["bob"], "payload": b64(b"{\"cmd\":1}")});
+    assert_eq!(post(http, "/message/send", cmd).0, 200);
+    let _new = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
+    let read = queue_of_at_least(http, "bob", 1);
+    assert!(old.closed_within(Duration::from_secs(5)), "old login kept");
+    std::thread::sleep(Duration::from_millis(300)); // the old connection's miss is queued
+    let last = read.last().map(|m| m["message_seq"].clone());
+    assert_eq!(
+        post(
+            http,
+            "/message/syncack",
+            json!({"uid": "bob", "last_message_seq": last})
+        )
+        .0,
+        200
+    );
+    let mut seen = client_msg_nos(&read);
+    seen.extend(client_msg_nos(&queue(http, "bob")));
+    assert!(
+        seen.contains(&"m".to_owned()),
+        "m was never offered: {seen:?}"
+    );
+}
+
+#[test]
+fn command_entries_outlive_the_per_user_bound() {
+    // Commands live only in the queue (their channel is no conversation), so the bound
+    // that a flood of ordinary messages triggers must not take them.
+    let server = start("keep-cmd", |c| {
+        c.max_sends_per_sec = 0;
+        c.offline_queue_max_per_user = 50;
+    });
+    let http = server.http_addr();
+    register(&server, "alice", "t", 1, 0);
+    let cmd = json!({"header": {"sync_once": 1}, "from_uid": "app", "subscribers": ["bob"], "payload": b64(b"{\"cmd\":1}"), "client_msg_no": "the-cmd"});
+    assert_eq!(post(http, "/message/send", cmd).0, 200);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    for i in 0..200 {
+        alice.send("bob", PERSON, b"{}", &format!("flood{i}"));
+        alice.sendack();
+    }
+    let list = drain(http, "bob", usize::MAX);
+    assert!(list.len() <= 50 + 64 + 1, "{} entries", list.len());
+    assert_eq!(
+        list.first().map(|m| m["client_msg_no"].clone()),
+        Some(json!("the-cmd")),
+        "the command was trimmed"
+    );
+}
+
+#[test]
+fn a_message_one_device_gave_up_is_queued_while_another_device_lives() {
+    // Two devices of bob, neither acknowledging; their retry lists overflow. The one
+    // that stays connected must not keep the other's evictions out of the queue, nor the
+    // other's its own.
+    let server = start("two-evict", |c| {
+        c.max_sends_per_sec = 0;
+        c.max_pending_acks = 4;
+    });
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    register(&server, "bob", "t", 2, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    let mut web = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
+    let pc_login = Login {
+        device_flag: 2,
+        device_id: "pc",
+        ..Login::new("bob", "t")
+    };
+    let mut pc = Client::ok(server.tcp_addr(), &pc_login);
+    let sent: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    for no in &sent {
+        alice.send("bob", PERSON, b"{}", no);
+        alice.sendack();
+        web.recv();
+        pc.recv();
+    }
+    drop(pc);
+    // web is still connected; the six it pushed out of its retry list must be queued.
+    let list = queue_of_at_least(server.http_addr(), "bob", 6);
+    assert_eq!(
+        client_msg_nos(&list),
+        sent[..6],
+        "evictions kept out of the queue"
+    );
+    drop(web);
+    let list = queue_of_at_least(server.http_addr(), "bob", 10);
+    assert_eq!(client_msg_nos(&list), sent);
+    assert_channel_order_and_no_duplicates(&list);
+}

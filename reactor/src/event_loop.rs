@@ -837,9 +837,14 @@ impl<H: Handler> EventLoop<H> {
                 .fetch_sub(1, Ordering::Relaxed);
             self.global.connection_closed();
         }
+        // Every connection is closed by now. Handler messages still go to the handler,
+        // which finds their connections gone and can account for them (a delivery that
+        // missed); frames and closes have nothing left to act on.
         while let Ok(cmd) = self.rx.try_recv() {
-            if let Command::Register { .. } = cmd {
-                self.global.connection_closed();
+            match cmd {
+                Command::Register { .. } => self.global.connection_closed(),
+                Command::Message(_) | Command::Messages(_) => self.handle_command(cmd),
+                _ => {}
             }
         }
     }

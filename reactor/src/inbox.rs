@@ -229,6 +229,22 @@ impl<M: Send> LoopHandle<M> {
         self.push(Command::Messages(msgs))
     }
 
+    /// [`LoopHandle::post_batch`] that hands the messages back when the loop has stopped,
+    /// so a producer can account for work no loop will do.
+    ///
+    /// # Errors
+    /// The messages, when the loop has stopped.
+    pub fn post_batch_or_return(&self, msgs: Vec<M>) -> Result<(), Vec<M>> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        match self.push_or_return(Command::Messages(msgs)) {
+            Ok(()) => Ok(()),
+            Err(Command::Messages(msgs)) => Err(msgs),
+            Err(_) => Err(Vec::new()), // Not reached: the command is the one pushed.
+        }
+    }
+
     /// Like [`LoopHandle::send`], but never blocks: safe on a loop thread.
     ///
     /// # Errors

@@ -1,27 +1,18 @@
 //! Appending one message inside the writer's transaction: dedupe, the channel seq, the
-//! row, and the plan of who gets it: a RECV for every connection the registry holds **at
-//! commit**, and a queue slot for every queued recipient (`message::QueueSlot`). Writer
-//! thread only.
-//!
-//! Planning here rather than in the channel worker closes the window between plan and
-//! commit: a device that logged in meanwhile, and whose first sync ran before the commit,
-//! used to get neither a RECV nor a queue entry it had not already read.
+//! row, and every queued recipient's slot (`message::QueueSlot`): a stored entry for a
+//! recipient the plan found no device of (or for every recipient of a SyncOnce message), a
+//! reserved seq for one it found. Slots are given here, in commit order, so each user's
+//! queue follows each channel's seqs. Writer thread only.
 
 use super::channels::{self, Channels};
 use super::queue::Queues;
-use crate::message::{Committed, Planned, QueueSlot, SendOutcome, Target};
+use crate::message::{Committed, Planned, QueueSlot, SendOutcome};
 use rusqlite::{params, Connection};
 use ruyi_proto::types::{channel_type, reason};
-use ruyi_reactor::ConnId;
 use std::sync::Arc;
 
-/// What the writer needs from the rest of the server, on its own thread.
+/// Where the writer hands what it committed, on its own thread.
 pub trait Outlet: Send {
-    /// Ticks the registry's push clock and returns the message's `push_no` (registry
-    /// invariants). Called before the recipients are looked up.
-    fn tick(&mut self) -> u64;
-    /// Appends every connection of `uid` to `out`; returns how many.
-    fn conns_of(&mut self, uid: &str, out: &mut Vec<ConnId>) -> usize;
     /// Hands one commit's messages on (answers, deliveries), in commit order, after
     /// `COMMIT` returned.
     fn push(&mut self, committed: Vec<Committed>);
@@ -41,12 +32,12 @@ pub fn store_message(
     conn: &Connection,
     channels: &mut Channels,
     queues: &mut Queues,
-    outlet: &mut dyn Outlet,
     planned: Planned,
 ) -> rusqlite::Result<Committed> {
     let Planned {
         mut message,
-        from_conn,
+        targets,
+        push_no,
         recipients,
         queued,
         webhook_offline,
@@ -54,10 +45,10 @@ pub fn store_message(
     } = planned;
     crate::fault::check_panic(&message.client_msg_no);
     let mut committed = Committed {
-        targets: Vec::new(),
+        targets,
         recipients,
         slots: Vec::new(),
-        push_no: 0,
+        push_no,
         queued: queued && !message.flags.no_persist() && !message.flags.sync_once(),
         webhook_offline,
         reply,
@@ -71,15 +62,6 @@ pub fn store_message(
     };
     if message.flags.no_persist() {
         // Never stored, no seq, never queued; delivered online only (PROTOCOL.md §2.1).
-        plan(
-            conn,
-            queues,
-            outlet,
-            &message,
-            from_conn,
-            None,
-            &mut committed,
-        )?;
         committed.message = Arc::new(message);
         return Ok(committed);
     }
@@ -121,15 +103,9 @@ pub fn store_message(
         message.message_id,
         seq,
     );
-    plan(
-        conn,
-        queues,
-        outlet,
-        &message,
-        from_conn,
-        Some((row, queued)),
-        &mut committed,
-    )?;
+    if queued || message.flags.sync_once() {
+        assign_slots(conn, queues, &message, row, &mut committed)?;
+    }
     // Person chats get a conversation for both sides with their first message (PROTOCOL.md
     // §9.6); groups get theirs when subscribers are added.
     if message.channel.channel_type == channel_type::PERSON
@@ -152,42 +128,30 @@ pub fn store_message(
     Ok(committed)
 }
 
-/// Fills `targets`, `slots` and `push_no` (module docs). `stored` is the message's row and
-/// whether the offline policy covers its channel; `None` for NoPersist.
-fn plan(
+/// Gives every recipient but the sender a queue slot (module docs).
+fn assign_slots(
     conn: &Connection,
     queues: &mut Queues,
-    outlet: &mut dyn Outlet,
     message: &crate::message::Message,
-    from_conn: Option<ConnId>,
-    stored: Option<(i64, bool)>,
+    row: i64,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
-    committed.push_no = outlet.tick();
     let sync_once = message.flags.sync_once();
-    // SyncOnce messages are queued for everyone, whatever the group's size (§7 (a)).
-    let queue = stored.filter(|&(_, policy)| policy || sync_once);
-    if queue.is_some() {
-        committed.slots = vec![QueueSlot::default(); committed.recipients.len()];
+    let mut reached = vec![false; committed.recipients.len()];
+    for t in &committed.targets {
+        if let Some(r) = reached.get_mut(t.recipient as usize) {
+            *r = true;
+        }
     }
-    let mut conns = Vec::new();
+    let mut slots = vec![QueueSlot::default(); committed.recipients.len()];
     for (index, uid) in committed.recipients.iter().enumerate() {
-        conns.clear();
-        let found = outlet.conns_of(uid, &mut conns);
-        let recipient = index as u32;
-        committed.targets.extend(
-            conns
-                .iter()
-                .filter(|&&c| Some(c) != from_conn)
-                .map(|&conn| Target { conn, recipient }),
-        );
-        let Some((row, _)) = queue else { continue };
         if *uid == message.from_uid {
             continue; // The sender is online by definition.
         }
-        committed.slots[index] = if sync_once || found == 0 {
+        slots[index] = if sync_once || !reached[index] {
+            let keep = message.channel.id.ends_with("____cmd");
             QueueSlot {
-                seq: queues.append(conn, uid, row, message.message_seq)?,
+                seq: queues.append(conn, uid, row, message.message_seq, keep)?,
                 stored: true,
             }
         } else {
@@ -197,5 +161,6 @@ fn plan(
             }
         };
     }
+    committed.slots = slots;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! entry is reloaded from the database on its next use: eviction costs a query, never
 //! correctness.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -42,7 +43,10 @@ impl<K: Eq + Hash + Clone, V> LruMap<K, V> {
     }
 
     /// The entry for `key`, marked used.
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub fn get_mut<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
         self.clock += 1;
         let clock = self.clock;
         self.map.get_mut(key).map(|slot| {
@@ -52,7 +56,10 @@ impl<K: Eq + Hash + Clone, V> LruMap<K, V> {
     }
 
     /// True when `key` is cached (does not mark it used).
-    pub fn contains_key(&self, key: &K) -> bool {
+    pub fn contains_key<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         self.map.contains_key(key)
     }
 
@@ -109,7 +116,8 @@ impl<K: Eq + Hash + Clone, V> LruMap<K, V> {
 
     fn evict_older_half(&mut self) {
         let mut uses: Vec<u64> = self.map.values().map(|s| s.used).collect();
-        let mid = uses.len() / 2;
+        // At or below the lower median go: with two entries, only the older.
+        let mid = (uses.len() - 1) / 2;
         let (_, &mut median, _) = uses.select_nth_unstable(mid);
         let before = self.map.len();
         let mut freed = 0;
@@ -140,6 +148,10 @@ mod tests {
         }
         assert!(m.get_mut(&99).is_some());
         assert!(m.evicted() >= 90);
+        let mut two = LruMap::new(150);
+        two.insert(1, 1, 100);
+        two.insert(2, 2, 100);
+        assert!(two.contains_key(&2), "the entry just inserted was evicted");
         m.remove(&99);
         assert!(!m.contains_key(&99));
     }

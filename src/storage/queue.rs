@@ -5,19 +5,28 @@
 //! - Seqs are issued per user in commit order: to a stored entry (SyncOnce, or no device
 //!   online), or as a reservation for a recipient that gets a RECV
 //!   ([`crate::message::QueueSlot`]). A delivery that misses is written at its reserved
-//!   seq, so the queue follows each channel's seqs however late the miss is noticed. Only
-//!   when the reserved seq can no longer be used (the cursor passed it, or after a cache
-//!   eviction another entry took it) does the entry go to the end; that is counted
-//!   (`requeued_late`).
-//! - A message is in a user's queue at most once (index `offline_by_message`).
+//!   seq, so the queue follows each channel's seqs however late the miss is noticed.
+//! - ...but only while no row above that seq was ever stored for the user. A client may
+//!   have read rows above it, and its `syncack` of them would delete a row written behind
+//!   what it read, unseen. So a reserved seq below the highest stored one is given up and
+//!   the entry goes to the end instead (counted: `requeued_late`); each channel's order
+//!   then still holds unless a stored entry of the same channel lies between.
+//! - `syncack` raises the cursor to at most the highest seq *stored*: the next entry is
+//!   always above the cursor, so it is always visible.
+//! - A message is in a user's queue at most once while its entry is there (checked
+//!   through index `offline_by_message` before a requeue writes).
 //! - An acknowledged entry is marked `delivered`: sync no longer returns it, and the cursor
 //!   moves across a run of delivered entries (gaps left by unused reservations do not
 //!   stop it), never past an undelivered one.
-//! - `syncack` raises the cursor to at most the highest seq issued: the next entry is
-//!   always above the cursor, so it is always visible.
-//! - A user holds at most `max_per_user` entries; past that the oldest go (checked every
-//!   [`TRIM_EVERY`] inserts, counted in `trimmed`). Those messages stay in channel history,
-//!   where `/channel/messagesync` and conversation sync still find them.
+//! - A user holds at most `max_per_user` entries that channel history also holds; past
+//!   that the oldest of those go (checked every [`TRIM_EVERY`] inserts, counted in
+//!   `trimmed`), and `/channel/messagesync` and conversation sync still find them.
+//!   Entries of command channels (`…____cmd`, written only by the HTTP API) are never
+//!   trimmed: nothing else holds them.
+//!
+//! # Invariants
+//! - `last >= stored_max >= cursor` for a cached user; both only grow while cached (also
+//!   across a failed batch: the rolled-back seqs stay used, a harmless gap).
 
 use super::lru::LruMap;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -41,8 +50,8 @@ pub struct QueueStats {
     pub delivered: AtomicU64,
     /// Oldest entries removed by the per-user bound.
     pub trimmed: AtomicU64,
-    /// Requeue or delivered marks given up after failing [`super::writer::LANE_ATTEMPTS`]
-    /// times (each is logged as an error).
+    /// Requeues or delivered marks given up after failing for
+    /// [`super::writer::LANE_GIVE_UP`] (each is logged as an error).
     pub lane_dropped: AtomicU64,
 }
 
@@ -50,6 +59,8 @@ pub struct QueueStats {
 struct UserQueue {
     /// The highest seq issued to the user, stored or reserved.
     last: u32,
+    /// The highest seq of a row ever written for the user (or its cursor).
+    stored_max: u32,
     /// Inserts since the length was last checked.
     since_trim: u32,
 }
@@ -73,14 +84,8 @@ impl Queues {
         }
     }
 
-    /// Forgets every cached number (after a failed commit: they are reloaded).
-    pub fn forget_all(&mut self) {
-        self.users.clear();
-    }
-
     fn user(&mut self, conn: &Connection, uid: &str) -> rusqlite::Result<&mut UserQueue> {
-        let key = uid.to_owned();
-        if !self.users.contains_key(&key) {
+        if !self.users.contains_key(uid) {
             // Nothing issued above both the entries and the cursor can still be waited on,
             // except reservations forgotten by an eviction (handled in `requeue`).
             let max_entry: u32 = conn
@@ -89,15 +94,16 @@ impl Queues {
             let last = max_entry.max(cursor(conn, uid)?);
             let cost = 96 + uid.len();
             self.users.insert(
-                key.clone(),
+                uid.to_owned(),
                 UserQueue {
                     last,
+                    stored_max: last,
                     since_trim: 0,
                 },
                 cost,
             );
         }
-        Ok(self.users.get_mut(&key).expect("inserted above"))
+        Ok(self.users.get_mut(uid).expect("inserted above"))
     }
 
     /// Reserves the user's next seq for a delivery; 0 when the user's seqs are exhausted
@@ -117,17 +123,18 @@ impl Queues {
     }
 
     /// Appends a stored entry for message (`row`, `channel_seq`); its seq, or 0 (see
-    /// [`Queues::reserve`]).
+    /// [`Queues::reserve`]). `keep`: a command-channel message, never trimmed.
     pub fn append(
         &mut self,
         conn: &Connection,
         uid: &str,
         row: i64,
         channel_seq: u32,
+        keep: bool,
     ) -> rusqlite::Result<u32> {
         let seq = self.reserve(conn, uid)?;
         if seq > 0 {
-            self.insert(conn, uid, seq, row, channel_seq)?;
+            self.insert(conn, uid, seq, (row, channel_seq), keep)?;
         }
         Ok(seq)
     }
@@ -137,22 +144,24 @@ impl Queues {
         conn: &Connection,
         uid: &str,
         seq: u32,
-        row: i64,
-        channel_seq: u32,
+        (row, channel_seq): (i64, u32),
+        keep: bool,
     ) -> rusqlite::Result<()> {
         conn.prepare_cached(
-            "INSERT INTO offline (uid, seq, channel, channel_seq) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO offline (uid, seq, channel, channel_seq, keep) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![uid, seq, row, channel_seq])?;
+        .execute(params![uid, seq, row, channel_seq, keep])?;
         let max = self.max_per_user;
         let user = self.user(conn, uid)?;
+        user.stored_max = user.stored_max.max(seq);
         user.since_trim += 1;
         if user.since_trim >= TRIM_EVERY {
             user.since_trim = 0;
             let gone = conn
                 .prepare_cached(
-                    "DELETE FROM offline WHERE uid = ?1 AND seq <= (
-                        SELECT seq FROM offline WHERE uid = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                    "DELETE FROM offline WHERE uid = ?1 AND keep = 0 AND seq <= (
+                        SELECT seq FROM offline WHERE uid = ?1 AND keep = 0
+                        ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
                 )?
                 .execute(params![uid, max])?;
             if gone > 0 {
@@ -164,14 +173,15 @@ impl Queues {
     }
 
     /// Writes the entry of a delivery that missed, at its `reserved` seq when it still can
-    /// (module rules), else at the end. Nothing when the message is queued already.
+    /// (module rules), else at the end. Nothing when the message is queued already. `keep`
+    /// as for [`Queues::append`].
     pub fn requeue(
         &mut self,
         conn: &Connection,
         uid: &str,
-        row: i64,
-        channel_seq: u32,
+        (row, channel_seq): (i64, u32),
         reserved: u32,
+        keep: bool,
     ) -> rusqlite::Result<()> {
         let queued: bool = conn
             .prepare_cached(
@@ -181,14 +191,16 @@ impl Queues {
         if queued {
             return Ok(());
         }
-        let cursor = cursor(conn, uid)?;
-        let taken = reserved > 0
-            && conn
+        let stored_max = self.user(conn, uid)?.stored_max;
+        // Above every stored row, so above anything a client read and the cursor; but
+        // after a cache eviction a reload may have issued this seq again.
+        let usable = reserved > stored_max
+            && !conn
                 .prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM offline WHERE uid = ?1 AND seq = ?2)",
                 )?
                 .query_row(params![uid, reserved], |r| r.get::<_, bool>(0))?;
-        let at = if reserved > cursor && !taken {
+        let at = if usable {
             let user = self.user(conn, uid)?;
             // After an eviction the reloaded `last` can be below a live reservation.
             user.last = user.last.max(reserved);
@@ -203,7 +215,7 @@ impl Queues {
             }
             seq
         };
-        self.insert(conn, uid, at, row, channel_seq)?;
+        self.insert(conn, uid, at, (row, channel_seq), keep)?;
         self.stats.requeued.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -226,10 +238,10 @@ impl Queues {
         Ok(())
     }
 
-    /// `/message/syncack`: the cursor rises to `seq`, clamped to the highest seq issued,
+    /// `/message/syncack`: the cursor rises to `seq`, clamped to the highest seq stored,
     /// and on across delivered entries; entries at or below it are deleted.
     pub fn sync_ack(&mut self, conn: &Connection, uid: &str, seq: u32) -> rusqlite::Result<()> {
-        let seq = seq.min(self.user(conn, uid)?.last);
+        let seq = seq.min(self.user(conn, uid)?.stored_max);
         if seq > 0 {
             set_cursor(conn, uid, seq)?;
         }

@@ -81,9 +81,10 @@ const MIGRATIONS: &[&str] = &[
     // 2: a channel's seq high-water mark, kept when its messages are deleted, so seqs are
     // never reused.
     "ALTER TABLE channels ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;",
-    // 3: offline entries a device acknowledged (`storage/queue.rs`), and the index the
-    // requeue's "already queued?" check needs.
+    // 3: offline entries a device acknowledged, entries the per-user bound never trims
+    // (`storage/queue.rs`), and the index the requeue's "already queued?" check needs.
     "ALTER TABLE offline ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE offline ADD COLUMN keep INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX offline_by_message ON offline (uid, channel, channel_seq);",
 ];
 

@@ -20,8 +20,14 @@
 //! Requeues and delivered marks ([`LaneJob`]) come from the loops on the mailbox's
 //! unbounded lane, so they are never refused. Each runs under a savepoint: one that fails
 //! does not fail the batch; it is kept and tried again with the next batch (at least every
-//! [`IDLE_POLL`]), as is every lane job of a batch whose commit failed, up to
-//! [`LANE_ATTEMPTS`] times, then logged as an error and counted (`lane_dropped`).
+//! [`IDLE_POLL`]), as is every lane job of a batch whose commit failed, for
+//! [`LANE_GIVE_UP`] after its first failure, then logged as an error and counted
+//! (`lane_dropped`). A batch takes at most half its room in lane jobs, so a burst of them
+//! (a mass disconnect) cannot hold up SENDs.
+//!
+//! If SQLite rolled the whole transaction back under a savepoint (it may, on a full disk
+//! or an I/O error), the batch fails at once: later statements would otherwise run
+//! outside any transaction.
 //!
 //! The channel cache, the dedupe window and the offline-queue rules live in `channels.rs`,
 //! `queue.rs` and `append.rs`.
@@ -41,9 +47,9 @@ use std::time::{Duration, Instant};
 /// Polling period for the stop flag while idle, and for retrying failed lane jobs.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// Tries of one lane job before it is given up (logged and counted): at least ten seconds
-/// of failing batches, long enough to ride out a full disk being cleared.
-pub const LANE_ATTEMPTS: u32 = 100;
+/// How long a lane job that keeps failing is retried before it is given up (logged and
+/// counted): long enough for an operator to clear a full disk.
+pub const LANE_GIVE_UP: Duration = Duration::from_secs(600);
 
 /// An administrative write from the HTTP API, run inside the batch's transaction under a
 /// savepoint so its failure does not fail the batch.
@@ -130,8 +136,8 @@ pub struct Writer {
     settings: WriterSettings,
     channels: Channels,
     queues: Queues,
-    /// Lane jobs that failed, with their tries so far; run first in the next batch.
-    retry: Vec<(LaneJob, u32)>,
+    /// Lane jobs that failed, with when they first failed; run first in the next batch.
+    retry: Vec<(LaneJob, Instant)>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -201,9 +207,19 @@ impl Writer {
                 std::thread::sleep(self.settings.commit_interval - since);
             }
             last_start = Instant::now();
+            let mut lane_jobs = usize::from(matches!(batch.first(), Some(Job::Lane(_))));
             while batch.len() < max_batch {
-                match self.rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                // Half the batch at most for lane jobs (module docs).
+                let next = if lane_jobs < max_batch / 2 {
+                    self.rx.try_recv()
+                } else {
+                    self.rx.try_recv_bounded()
+                };
+                match next {
+                    Ok(job) => {
+                        lane_jobs += usize::from(matches!(job, Job::Lane(_)));
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -237,14 +253,14 @@ impl Writer {
             }
             Err(e) => {
                 log::error!("storage: a batch of {jobs} jobs failed and was rolled back: {e}");
-                // Seqs handed out in this batch were never stored: forget every cached
-                // number and reload from the database, so nothing gaps or repeats.
+                // Channel seqs handed out in this batch were never stored: forget them and
+                // reload from the database, so a channel's seqs neither gap nor repeat.
+                // Users' queue seqs stay issued (`queue.rs` invariants): a gap, harmless.
                 self.channels.clear();
-                self.queues.forget_all();
                 // Lane work is tried again; everyone else gets an answer: SENDACK 15
                 // (SystemError) for messages, an error for API writes. Nothing was stored.
-                for (job, tries) in lane_done {
-                    self.keep_for_retry(job, tries);
+                for (job, first_failed) in lane_done {
+                    self.keep_for_retry(job, first_failed);
                 }
                 for a in applied {
                     match a {
@@ -276,12 +292,12 @@ impl Writer {
         batch.clear();
     }
 
-    fn keep_for_retry(&mut self, job: LaneJob, tries: u32) {
-        if tries >= LANE_ATTEMPTS {
+    fn keep_for_retry(&mut self, job: LaneJob, first_failed: Instant) {
+        if first_failed.elapsed() >= LANE_GIVE_UP {
             self.queues.stats.lane_dropped.fetch_add(1, Relaxed);
-            log::error!("storage: gave up on {job:?} after {tries} tries");
+            log::error!("storage: gave up on {job:?} after {LANE_GIVE_UP:?} of failures");
         } else {
-            self.retry.push((job, tries));
+            self.retry.push((job, first_failed));
         }
     }
 
@@ -294,7 +310,7 @@ impl Writer {
         batch: &mut Vec<Job>,
         applied: &mut Vec<Applied>,
         unapplied: &mut Vec<Unapplied>,
-        lane_done: &mut Vec<(LaneJob, u32)>,
+        lane_done: &mut Vec<(LaneJob, Instant)>,
     ) -> rusqlite::Result<()> {
         let retries = std::mem::take(&mut self.retry);
         let mut failed_lane = Vec::new();
@@ -302,16 +318,13 @@ impl Writer {
         let result = (|| {
             let mut tx = self.conn.transaction()?;
             // Earlier failures first: they are older than anything in the batch.
-            let lane = retries
-                .into_iter()
-                .map(|(job, tries)| (job, tries + 1))
-                .collect::<Vec<_>>();
-            for (job, tries) in lane {
+            for (job, first_failed) in retries {
                 match run_lane(&mut tx, &mut self.channels, &mut self.queues, &job) {
-                    Ok(()) => lane_done.push((job, tries)),
+                    Ok(()) => lane_done.push((job, first_failed)),
                     Err(e) => {
                         log::warn!("storage: {job:?} failed again: {e}");
-                        failed_lane.push((job, tries));
+                        failed_lane.push((job, first_failed));
+                        rolled_back(&tx, e)?;
                     }
                 }
             }
@@ -321,13 +334,7 @@ impl Writer {
                         let reply =
                             std::mem::replace(&mut planned.reply, crate::message::Reply::None);
                         let message_id = planned.message.message_id;
-                        match store_message(
-                            &tx,
-                            &mut self.channels,
-                            &mut self.queues,
-                            self.outlet.as_mut(),
-                            *planned,
-                        ) {
+                        match store_message(&tx, &mut self.channels, &mut self.queues, *planned) {
                             Ok(mut committed) => {
                                 committed.reply = reply;
                                 applied.push(Applied::Message(committed));
@@ -343,35 +350,43 @@ impl Writer {
                             self.channels.remove(&key);
                         }
                         let sp = tx.savepoint_with_name("exec")?;
-                        let result = match work(&sp) {
-                            Ok(()) => sp.commit().map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()), // dropping `sp` rolls it back
-                        };
-                        applied.push(Applied::Done(done, result));
+                        let result = work(&sp).and_then(|()| sp.commit()); // or rolls back
+                        if let Err(e) = result {
+                            applied.push(Applied::Done(done, Err(e.to_string())));
+                            rolled_back(&tx, e)?;
+                        } else {
+                            applied.push(Applied::Done(done, Ok(())));
+                        }
                     }
                     Job::Lane(job) => {
                         match run_lane(&mut tx, &mut self.channels, &mut self.queues, &job) {
-                            Ok(()) => lane_done.push((job, 0)),
+                            Ok(()) => lane_done.push((job, Instant::now())),
                             Err(e) => {
                                 log::warn!("storage: {job:?} failed: {e}; will retry");
-                                failed_lane.push((job, 1));
+                                failed_lane.push((job, Instant::now()));
+                                rolled_back(&tx, e)?;
                             }
                         }
                     }
                     Job::SyncAck { uid, seq, done } => {
                         let sp = tx.savepoint_with_name("syncack")?;
-                        let result = match self.queues.sync_ack(&sp, &uid, seq) {
-                            Ok(()) => sp.commit().map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        applied.push(Applied::Done(done, result));
+                        let result = self
+                            .queues
+                            .sync_ack(&sp, &uid, seq)
+                            .and_then(|()| sp.commit());
+                        if let Err(e) = result {
+                            applied.push(Applied::Done(done, Err(e.to_string())));
+                            rolled_back(&tx, e)?;
+                        } else {
+                            applied.push(Applied::Done(done, Ok(())));
+                        }
                     }
                 }
             }
             tx.commit()
         })();
-        for (job, tries) in failed_lane {
-            self.keep_for_retry(job, tries);
+        for (job, first_failed) in failed_lane {
+            self.keep_for_retry(job, first_failed);
         }
         if result.is_err() {
             for job in jobs {
@@ -382,11 +397,21 @@ impl Writer {
                     Job::Exec { done, .. } | Job::SyncAck { done, .. } => {
                         unapplied.push(Unapplied::Done(done))
                     }
-                    Job::Lane(job) => lane_done.push((job, 0)),
+                    Job::Lane(job) => lane_done.push((job, Instant::now())),
                 }
             }
         }
         result
+    }
+}
+
+/// After a savepoint failed with `e`: fine if only the savepoint was rolled back, but if
+/// SQLite rolled back the whole transaction (module docs) the batch must fail with `e`.
+fn rolled_back(tx: &rusqlite::Transaction<'_>, e: rusqlite::Error) -> rusqlite::Result<()> {
+    if tx.is_autocommit() {
+        Err(e)
+    } else {
+        Ok(())
     }
 }
 
@@ -405,7 +430,8 @@ fn run_lane(
             reserved,
         } => {
             let row = channels::state(&sp, channels, &message.channel)?.row;
-            queues.requeue(&sp, uid, row, message.message_seq, *reserved)?;
+            let keep = message.channel.id.ends_with("____cmd");
+            queues.requeue(&sp, uid, (row, message.message_seq), *reserved, keep)?;
         }
         LaneJob::Delivered { uid, seq } => queues.mark_delivered(&sp, uid, *seq)?,
     }
