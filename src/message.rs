@@ -257,10 +257,18 @@ pub struct Delivery {
 /// copying a RECV costs in proportion to its payload.
 const WEIGHT_BYTES: usize = 1024;
 
+/// Receivers of a small message that weigh as much as one frame in a loop's turn budget.
+/// A frame from another thread is copied into one connection's queue; a receiver of a
+/// delivery costs about as much (a shared frame queued, or one small encryption), but a
+/// turn that handles only ~1,000 of them ends before it has queued more than a few
+/// messages per connection, and every turn writes each busy connection: measured with one
+/// group of 1,000 (BENCHMARKS.md), a weight of one per receiver halved deliveries/s.
+const RECEIVERS_PER_UNIT: usize = 16;
+
 /// The work of delivering one message of `payload_len` bytes to `targets` receivers, in
 /// the units of a loop's per-turn budget (`max_commands_per_turn`, where a frame is 1).
 pub fn deliver_weight(targets: usize, payload_len: usize) -> usize {
-    targets.max(1) * (1 + payload_len / WEIGHT_BYTES)
+    (targets.max(1) * (1 + payload_len / WEIGHT_BYTES)).div_ceil(RECEIVERS_PER_UNIT)
 }
 
 impl Delivery {

@@ -23,7 +23,7 @@
 //! the loop counts each command's weight against its per-turn budget.
 
 use crate::gateway::ToLoop;
-use crate::message::{deliver_weight, Committed, Delivery, Target};
+use crate::message::{Committed, Delivery, Target};
 use crate::shared::SharedRef;
 use crate::storage::append::Outlet;
 use crate::storage::writer::{Job, LaneJob};
@@ -146,9 +146,10 @@ impl Pusher {
             push_no: c.push_no,
             queued: c.queued,
         });
-        // A piece's weight stays near `TARGETS_PER_DELIVER` whatever the payload.
-        let per_piece =
-            (TARGETS_PER_DELIVER / deliver_weight(1, delivery.message.payload.len())).max(1);
+        // A piece's weight stays at most that of `TARGETS_PER_DELIVER` small RECVs
+        // whatever the payload.
+        let per_receiver = 1 + delivery.message.payload.len() / 1024;
+        let per_piece = (TARGETS_PER_DELIVER / per_receiver).max(1);
         for (index, targets) in self.targets.iter_mut().enumerate() {
             while !targets.is_empty() {
                 let rest = targets.split_off(targets.len().min(per_piece));
