@@ -900,11 +900,11 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
         }
         let mut start = match client_seq {
             Some(seq) => seq.saturating_add(1),
-            None if b.only_unread == 1 || b.version > 0 => conv.read_to + 1,
+            None if b.only_unread == 1 || b.version > 0 => conv.read_to.saturating_add(1),
             None => 0,
         };
         if conv.deleted_at > 0 && start <= conv.deleted_at {
-            start = conv.deleted_at + 1;
+            start = conv.deleted_at.saturating_add(1);
         }
         let recents = reader
             .channel_messages(key, start.saturating_sub(1), u32::MAX, msg_count, true)

@@ -509,3 +509,28 @@ fn a_message_one_device_gave_up_is_queued_while_another_device_lives() {
     assert_eq!(client_msg_nos(&list), sent);
     assert_channel_order_and_no_duplicates(&list);
 }
+
+#[test]
+fn a_graceful_stop_queues_what_devices_had_not_acknowledged() {
+    // Reservations live in memory: a clean stop must turn every unacknowledged RECV into
+    // a queue entry before storage stops.
+    let dir = temp_dir("stop-queue");
+    let mut config = ruyi::Config::for_test(&dir);
+    config.max_sends_per_sec = 0;
+    let server = ruyi::Server::start(config.clone()).expect("starts");
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    let mut bob = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
+    let sent: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    for no in &sent {
+        alice.send("bob", PERSON, b"{}", no);
+        assert_eq!(alice.sendack().reason_code, reason::SUCCESS);
+        bob.recv(); // never acknowledged
+    }
+    server.stop();
+    drop(bob);
+    let server = ruyi::Server::start(config).expect("restarts");
+    let list = queue(server.http_addr(), "bob");
+    assert_eq!(client_msg_nos(&list), sent);
+}

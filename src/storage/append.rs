@@ -73,7 +73,17 @@ pub fn store_message(
         committed.message = Arc::new(message);
         return Ok(committed);
     }
-    let seq = state.last_seq + 1;
+    let Some(seq) = state.last_seq.checked_add(1) else {
+        // 4 billion messages in one channel: refuse this one, fail no batch.
+        log::error!(
+            "channel {:?} has used every seq; send refused",
+            message.channel
+        );
+        committed.outcome.reason = reason::SYSTEM_ERROR;
+        committed.duplicate = true;
+        committed.message = Arc::new(message);
+        return Ok(committed);
+    };
     let row = state.row;
     message.message_seq = seq;
     message.timestamp = now_secs();
