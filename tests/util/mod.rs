@@ -13,6 +13,16 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// A test that cannot run here (an outside component is missing) says so loudly and
+/// passes on a developer's machine; under `CI=true` it fails, so CI never passes by
+/// skipping.
+pub fn skip(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and this test cannot run: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 pub fn init() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
