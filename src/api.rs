@@ -9,7 +9,7 @@ use crate::http::{
 };
 use crate::message::ChannelKey;
 use crate::shared::SharedRef;
-use crate::storage::Reader;
+use crate::storage::{self, Reader};
 use rusqlite::params;
 use ruyi_proto::person_channel_id;
 use ruyi_proto::types::channel_type;
@@ -92,6 +92,7 @@ pub fn device_quit(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
             let kick = ToLoop::Kick {
                 conn: d.conn,
                 notify: true,
+                code: ruyi_proto::types::reason::CONNECT_KICK,
                 reason: String::new(),
                 after: Duration::from_secs(2),
             };
@@ -139,12 +140,13 @@ fn channel_ref(body: &[u8], allow_person: bool) -> Result<(ChannelBody, ChannelK
 /// `POST /channel/info`: upserts a channel's flags only (HTTP_API.md §5.2).
 pub fn channel_info(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     let (b, key) = channel_ref(body, true)?;
-    let k = key.clone();
+    let (k, banned) = (key.clone(), b.ban == 1);
     exec(
         shared,
         Box::new(move |c| crate::http::upsert_channel_flags(c, &k, &b)),
     )?;
-    invalidate(shared, Some(key));
+    invalidate(shared, Some(key.clone()));
+    crate::http::end_banned_sessions(shared, &key, banned);
     Ok(ok())
 }
 
@@ -546,6 +548,27 @@ pub fn metrics(shared: &SharedRef) -> Answer {
         "ruyi_online_users_connections {}",
         shared.registry.len()
     );
+    let dir = &shared.config.data_dir;
+    for (name, help, value) in [
+        (
+            "ruyi_storage_db_bytes",
+            "Size of the database file.",
+            storage::db_bytes(dir),
+        ),
+        (
+            "ruyi_storage_wal_bytes",
+            "Size of the write-ahead log (bounded near wal_max_bytes).",
+            storage::wal_bytes(dir),
+        ),
+        (
+            "ruyi_storage_lane_depth",
+            "Offline-queue jobs from the loops waiting for the storage writer.",
+            shared.writer.lane_len() as u64,
+        ),
+    ] {
+        family(name, "gauge", help);
+        let _ = writeln!(lines, "{name} {value}");
+    }
     family("ruyi_queue_depth", "gauge", "Jobs waiting per pool queue.");
     let _ = writeln!(
         lines,
@@ -773,7 +796,9 @@ pub fn send_batch(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     use base64::Engine as _;
     let b: SendBatchBody = parse(body)?;
     if !valid_id(&b.from_uid) {
-        return Err(bad("from_uid is required and must not contain @ # &"));
+        return Err(bad(
+            "from_uid is required and must not contain @ # & nor be reserved (PROTOCOL.md §8.3)",
+        ));
     }
     if b.subscribers.is_empty() {
         return Err(bad("subscribers is required"));

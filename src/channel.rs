@@ -135,6 +135,9 @@ impl Worker {
         }
         if !req.system {
             if let Some(me) = self.person_info(&req.from_uid)? {
+                if me.ban {
+                    return Err(reason::BAN); // Its sessions are being closed too.
+                }
                 if me.send_ban {
                     return Err(reason::SEND_BAN);
                 }
@@ -263,6 +266,7 @@ impl Worker {
             push_no,
             recipients,
             queued,
+            command: req.system && req.flags.sync_once(),
             webhook_offline,
             reply: req.reply,
         };

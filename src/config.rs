@@ -94,6 +94,17 @@ pub struct Config {
     /// entries for members with no device online; larger groups rely on channel history, as
     /// in WuKongIM (HTTP_API.md §7).
     pub offline_queue_max_group: usize,
+    /// Browser origins allowed to call the HTTP API (`origin.rs`), e.g.
+    /// `https://admin.example.com`; `*` allows any. Default: none, so a request with an
+    /// `Origin` header that is not the API's own is refused with 403 (WuKongIM allows all).
+    pub cors_origins: Vec<String>,
+    /// Host names, beyond loopback ones, that a loopback-bound HTTP API answers (against
+    /// DNS rebinding: `origin.rs`). Default: none.
+    pub allowed_hosts: Vec<String>,
+    /// The WAL size past which the checkpointer forces it to start over
+    /// (`storage::checkpointer`). Default 64 MiB: a few seconds of writes at full speed,
+    /// so restarts are rare, and disk use stays near the database's own size.
+    pub wal_max_bytes: u64,
     /// Entries one user's offline queue holds at most; past it the oldest go (counted in
     /// `ruyi_offline_trimmed_total`) and those messages are found in channel history
     /// instead (`storage/queue.rs`). Default 10,000: a month of a busy user's commands
@@ -150,6 +161,9 @@ impl Default for Config {
             http_request_timeout: Duration::from_secs(10),
             offline_queue_max_group: 1000,
             offline_queue_max_per_user: 10_000,
+            wal_max_bytes: 64 << 20,
+            cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             max_pending_acks: 256,
             recv_retry_interval: Duration::from_secs(60),
             recv_retry_limit: 5,
@@ -191,6 +205,9 @@ impl Config {
         if self.commit_interval > Duration::from_millis(100) {
             // Every SENDACK may wait this long; beyond 100 ms it is a typo, not a policy.
             return Err("commit_interval must be at most 100 ms (100000 us)".into());
+        }
+        if self.wal_max_bytes < 1 << 20 {
+            return Err("wal_max_bytes must be at least 1 MiB (1048576)".into());
         }
         if self.node_id > 1023 {
             return Err("node_id must be at most 1023 (10 bits of the message id)".into());

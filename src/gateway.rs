@@ -57,8 +57,10 @@ pub enum ToLoop {
     Kick {
         /// Which connection.
         conn: ConnId,
-        /// Send DISCONNECT(12) first.
+        /// Send DISCONNECT with `code` first.
         notify: bool,
+        /// The DISCONNECT's reason code: 12 (kicked) or 19 (banned).
+        code: u8,
         /// Reason text of the DISCONNECT.
         reason: String,
         /// Close this long after the notice.
@@ -453,7 +455,10 @@ impl Gateway {
     }
 
     fn on_connect(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, c: ConnectPacket) -> Flow {
-        if c.uid.is_empty() || c.uid.contains(['@', '#', '&']) {
+        if c.uid.is_empty()
+            || c.uid.contains(['@', '#', '&'])
+            || crate::message::is_reserved_id(&c.uid)
+        {
             log::debug!(
                 "conn={} CONNECT with invalid uid {:?}; closing",
                 conn.id(),
@@ -511,8 +516,12 @@ impl Gateway {
             },
             _ => send.payload.clone(),
         };
-        if send.channel_id.is_empty() || send.channel_id.contains(['@', '#', '&']) {
-            // A person id with '@' would forge a combined id; an empty one names nothing.
+        if send.channel_id.is_empty()
+            || send.channel_id.contains(['@', '#', '&'])
+            || crate::message::is_reserved_id(&send.channel_id)
+        {
+            // A person id with '@' would forge a combined id, a reserved one a system
+            // channel (`X____cmd`); an empty one names nothing.
             let outcome = crate::message::SendOutcome {
                 message_id: self.shared.ids.next(),
                 message_seq: 0,
@@ -778,6 +787,7 @@ impl Gateway {
         let kick = ToLoop::Kick {
             conn: old,
             notify,
+            code: reason::CONNECT_KICK,
             reason: "login in other device".into(),
             after: KICK_GRACE,
         };
@@ -1062,6 +1072,7 @@ impl Handler for Gateway {
             ToLoop::Kick {
                 conn: id,
                 notify,
+                code,
                 reason,
                 after,
             } => {
@@ -1070,7 +1081,7 @@ impl Handler for Gateway {
                 };
                 if notify {
                     let packet = Packet::Disconnect(DisconnectPacket {
-                        reason_code: reason::CONNECT_KICK,
+                        reason_code: code,
                         reason,
                     });
                     let (version, ws) = (s.version, s.ws.is_some());

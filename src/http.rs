@@ -65,6 +65,9 @@ pub struct HttpRequest {
     pub body: Bytes,
     /// Whether to keep the connection open after the response.
     pub keep_alive: bool,
+    /// The origin to name in `Access-Control-Allow-Origin`, when it is an allowed one
+    /// (`origin.rs`).
+    pub cors: Option<String>,
 }
 
 /// Builds a complete response with a JSON body.
@@ -74,10 +77,22 @@ pub fn response(status: u16, body: &str, keep_alive: bool) -> Bytes {
 
 /// Builds a complete response with a body of `content_type`.
 pub fn response_typed(status: u16, content_type: &str, body: &str, keep_alive: bool) -> Bytes {
+    response_full(status, content_type, body, keep_alive, None)
+}
+
+/// [`response_typed`], with CORS headers for `cors` (an allowed origin: `origin.rs`).
+pub fn response_full(
+    status: u16,
+    content_type: &str,
+    body: &str,
+    keep_alive: bool,
+    cors: Option<&str>,
+) -> Bytes {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         411 => "Length Required",
@@ -88,9 +103,12 @@ pub fn response_typed(status: u16, content_type: &str, body: &str, keep_alive: b
         _ => "Status",
     };
     let mut out = BytesMut::with_capacity(160 + body.len());
+    let cors = cors.map_or(String::new(), |origin| {
+        format!("Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n")
+    });
     out.put_slice(
         format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nAccess-Control-Allow-Origin: *\r\nConnection: {}\r\n\r\n",
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{cors}Connection: {}\r\n\r\n",
             body.len(),
             if keep_alive { "keep-alive" } else { "close" }
         )
@@ -193,29 +211,64 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
             }
         }
     }
-    // CORS is wide open (HTTP_API.md §1.1): answer preflights before anything else, since a
-    // browser never sends custom headers (the manager token) on them.
-    if req.method == Some("OPTIONS") {
-        let asked = req
-            .headers
+    // Bare LF line endings: another parser in front (a proxy) may frame this request
+    // differently, so refuse it rather than guess (RFC 9112 §2.2).
+    if input[..head_len]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || input[i - 1] != b'\r'))
+    {
+        refuse(conn, 400, "bare LF line endings are not accepted; use CRLF");
+        return input.len();
+    }
+    let header = |name: &str| {
+        req.headers
             .iter()
-            .find(|h| {
-                h.name
-                    .eq_ignore_ascii_case("access-control-request-headers")
-            })
-            .map(|h| String::from_utf8_lossy(h.value).into_owned())
-            .unwrap_or_else(|| "content-type, token".into());
-        let asked: String = asked.chars().filter(|c| *c != '\r' && *c != '\n').collect();
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    // Browsers: Host and Origin decide before anything runs (origin.rs).
+    let config = &shared.config;
+    let cors = match crate::origin::check(
+        header("host"),
+        header("origin"),
+        config.http_addr.ip().is_loopback(),
+        &config.cors_origins,
+        &config.allowed_hosts,
+    ) {
+        crate::origin::Verdict::Allow(cors) => cors,
+        crate::origin::Verdict::Refuse(why) => {
+            refuse(conn, 403, why);
+            return input.len();
+        }
+    };
+    // Every method's body is framed by its Content-Length, OPTIONS included: a body left
+    // unread would be parsed as the next request (a desync behind a proxy).
+    let content_length = content_length.unwrap_or(0);
+    if content_length > MAX_BODY_BYTES {
+        refuse(conn, 413, "request body too large");
+        return input.len();
+    }
+    let total = head_len + content_length;
+    if input.len() < total {
+        return 0; // The engine keeps the bytes; the body is still arriving.
+    }
+    // Preflights come without the manager token (browsers never send custom headers on
+    // them), so they are answered before the token check, and only for allowed origins.
+    if req.method == Some("OPTIONS") {
+        let allow = match &cors {
+            Some(origin) => format!(
+                "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: content-type, token\r\nAccess-Control-Max-Age: 86400\r\n"
+            ),
+            None => "Allow: GET, POST, OPTIONS\r\n".to_owned(),
+        };
         conn.queue_slice(
-            format!(
-                "HTTP/1.1 204 No Content\r\nAccess-Control-Allow-Origin: *\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\nAccess-Control-Allow-Headers: {asked}\r\nAccess-Control-Max-Age: 86400\r\nContent-Length: 0\r\n\r\n"
-            )
-            .as_bytes(),
+            format!("HTTP/1.1 204 No Content\r\n{allow}Content-Length: 0\r\n\r\n").as_bytes(),
         );
         if !keep_alive {
             conn.close();
         }
-        return head_len;
+        return total;
     }
     // The manager token (HTTP_API.md §1.2): when configured, every request carries it in a
     // `token` header or gets an empty 401. Compared in constant time.
@@ -233,15 +286,6 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
             return input.len();
         }
     }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > MAX_BODY_BYTES {
-        refuse(conn, 413, "request body too large");
-        return input.len();
-    }
-    let total = head_len + content_length;
-    if input.len() < total {
-        return 0; // The engine keeps the bytes; the body is still arriving.
-    }
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let request = HttpRequest {
@@ -251,6 +295,7 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
         query: query.to_owned(),
         body: Bytes::copy_from_slice(&input[head_len..total]),
         keep_alive,
+        cors,
     };
     match shared.http.try_send(request) {
         Ok(()) => conn.pause_reading(),
@@ -277,11 +322,19 @@ pub fn run(shared: SharedRef, rx: Receiver<HttpRequest>, reader: Reader) {
         let (status, body) = route(&shared, &reader, &req);
         let msg = ToLoop::Http {
             conn: req.conn,
-            response: if req.path.ends_with("/metrics") && status == 200 {
-                // Prometheus' text exposition format.
-                response_typed(status, "text/plain; version=0.0.4", &body, req.keep_alive)
-            } else {
-                response(status, &body, req.keep_alive)
+            response: {
+                let content_type = if req.path.ends_with("/metrics") && status == 200 {
+                    "text/plain; version=0.0.4" // Prometheus' text exposition format.
+                } else {
+                    "application/json"
+                };
+                response_full(
+                    status,
+                    content_type,
+                    &body,
+                    req.keep_alive,
+                    req.cors.as_deref(),
+                )
             },
             close: !req.keep_alive,
         };
@@ -439,8 +492,10 @@ fn route(shared: &SharedRef, reader: &Reader, req: &HttpRequest) -> Answer {
 }
 
 /// Ids must not contain the characters WuKongIM reserves (HTTP_API.md §1.4).
+/// A uid or channel id a caller may name: not empty, none of `@ # &` (they build combined
+/// and special ids), not reserved ([`crate::message::is_reserved_id`]).
 pub(crate) fn valid_id(id: &str) -> bool {
-    !id.is_empty() && !id.contains(['@', '#', '&'])
+    !id.is_empty() && !id.contains(['@', '#', '&']) && !crate::message::is_reserved_id(id)
 }
 
 /// Runs a write on the storage writer and waits for its commit.
@@ -530,6 +585,7 @@ fn user_token(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answer
             let kick = ToLoop::Kick {
                 conn: d.conn,
                 notify: true,
+                code: reason::CONNECT_KICK,
                 reason: "token changed".into(),
                 after: Duration::from_secs(10),
             };
@@ -637,7 +693,7 @@ fn channel_upsert(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         return Err(bad(&format!("subscriber {s:?} is empty or contains @ # &")));
     }
     let key = ChannelKey::new(b.channel_id.clone(), b.channel_type);
-    let k = key.clone();
+    let (k, banned) = (key.clone(), b.ban == 1);
     exec(
         shared,
         Box::new(move |tx| {
@@ -648,8 +704,28 @@ fn channel_upsert(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
             Ok(())
         }),
     )?;
-    invalidate(shared, Some(key));
+    invalidate(shared, Some(key.clone()));
+    end_banned_sessions(shared, &key, banned);
     Ok(ok())
+}
+
+/// A ban on a user (their person channel) reaches the sessions they have open: each gets
+/// DISCONNECT 19 (Ban) and is closed after the notice. Their SENDs are refused with 19 from
+/// the moment the channel workers drop the cached flags (`invalidate`, before this).
+pub(crate) fn end_banned_sessions(shared: &SharedRef, key: &ChannelKey, banned: bool) {
+    if !banned || key.channel_type != channel_type::PERSON {
+        return;
+    }
+    for d in shared.registry.devices(&key.id) {
+        let kick = ToLoop::Kick {
+            conn: d.conn,
+            notify: true,
+            code: reason::BAN,
+            reason: "banned".into(),
+            after: crate::gateway::KICK_GRACE,
+        };
+        let _ = shared.loops().for_conn(d.conn).post(kick);
+    }
 }
 
 fn subscriber_add(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
@@ -749,7 +825,7 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     };
     if explicit.is_none() && !valid_id(&b.channel_id) {
         return Err(bad(
-            "channel_id or subscribers is required; ids must not contain @ # &",
+            "channel_id or subscribers is required; ids must not contain @ # & nor be reserved (PROTOCOL.md §8.3)",
         ));
     }
     if b.channel_type == 0 {
@@ -762,7 +838,9 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         return Err(bad("payload is required"));
     }
     if !b.from_uid.is_empty() && !valid_id(&b.from_uid) {
-        return Err(bad("from_uid must not contain @ # &"));
+        return Err(bad(
+            "from_uid must not contain @ # & nor be reserved (PROTOCOL.md §8.3)",
+        ));
     }
     if [&b.from_uid, &b.channel_id, &b.client_msg_no]
         .iter()

@@ -17,6 +17,7 @@ pub mod http;
 pub mod ids;
 pub mod mailbox;
 pub mod message;
+pub mod origin;
 pub mod pusher;
 pub mod rate;
 pub mod registry;

@@ -81,6 +81,18 @@ struct Cli {
     /// from RUYI_MANAGER_TOKEN, which keeps it out of process listings
     #[arg(long, env = "RUYI_MANAGER_TOKEN", hide_env_values = true)]
     manager_token: Option<String>,
+    /// Browser origins allowed to call the HTTP API, comma-separated (e.g.
+    /// https://admin.example.com; `*` for any). Default: none (requests from other
+    /// origins get 403; WuKongIM allows all)
+    #[arg(long, value_delimiter = ',')]
+    cors_origins: Option<Vec<String>>,
+    /// Host names besides loopback ones that a loopback-bound HTTP API answers,
+    /// comma-separated (against DNS rebinding) [default: none]
+    #[arg(long, value_delimiter = ',')]
+    allowed_hosts: Option<Vec<String>>,
+    /// The WAL size in bytes past which it is forced to start over [default: 67108864]
+    #[arg(long)]
+    wal_max_bytes: Option<u64>,
 }
 
 /// The TOML file: every key optional; unknown keys are an error, so a typo is not silently
@@ -103,6 +115,9 @@ struct FileConfig {
     max_frame_bytes: Option<usize>,
     offline_queue_max_group: Option<usize>,
     offline_queue_max_per_user: Option<u32>,
+    wal_max_bytes: Option<u64>,
+    cors_origins: Option<Vec<String>>,
+    allowed_hosts: Option<Vec<String>>,
     node_id: Option<u16>,
     max_connections: Option<usize>,
     max_conns_per_ip: Option<usize>,
@@ -140,6 +155,7 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.offline_queue_max_per_user = f
             .offline_queue_max_per_user
             .unwrap_or(c.offline_queue_max_per_user);
+        c.wal_max_bytes = f.wal_max_bytes.unwrap_or(c.wal_max_bytes);
         c.node_id = f.node_id.unwrap_or(c.node_id);
         c.max_connections = f.max_connections.unwrap_or(c.max_connections);
         c.max_connections_per_ip = f.max_conns_per_ip.unwrap_or(c.max_connections_per_ip);
@@ -152,6 +168,8 @@ fn load(cli: Cli) -> Result<Config, String> {
             .map_or(c.commit_interval, Duration::from_micros);
         c.webhook_url = f.webhook_url.or(c.webhook_url);
         c.manager_token = f.manager_token.map(Secret::from).or(c.manager_token);
+        c.cors_origins = f.cors_origins.unwrap_or(c.cors_origins);
+        c.allowed_hosts = f.allowed_hosts.unwrap_or(c.allowed_hosts);
     }
     c.tcp_addr = cli.tcp_addr.unwrap_or(c.tcp_addr);
     c.ws_addr = cli.ws_addr.unwrap_or(c.ws_addr);
@@ -171,6 +189,9 @@ fn load(cli: Cli) -> Result<Config, String> {
         .commit_interval_us
         .map_or(c.commit_interval, Duration::from_micros);
     c.manager_token = cli.manager_token.map(Secret::from).or(c.manager_token);
+    c.cors_origins = cli.cors_origins.unwrap_or(c.cors_origins);
+    c.allowed_hosts = cli.allowed_hosts.unwrap_or(c.allowed_hosts);
+    c.wal_max_bytes = cli.wal_max_bytes.unwrap_or(c.wal_max_bytes);
     Ok(c)
 }
 

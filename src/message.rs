@@ -9,6 +9,18 @@ use std::sync::Arc;
 /// The system uid: HTTP sends without `from_uid` (PROTOCOL.md §8.3).
 pub const SYSTEM_UID: &str = "____system";
 
+/// True for the ids Ruyi keeps for itself (PROTOCOL.md §8.3): anything with `____` in it
+/// (the system uid, device and manager ids, the command-channel suffix), the visitor
+/// suffix `___vstr`, the temp suffix `@tmp`, and `systemcmdonline`. No user, device login
+/// or channel may take one: a uid ending in `____cmd` could otherwise write into another
+/// pair's command channel, next to the app server's real commands.
+pub fn is_reserved_id(id: &str) -> bool {
+    id.contains("____")
+        || id.ends_with("___vstr")
+        || id.ends_with("@tmp")
+        || id == "systemcmdonline"
+}
+
 /// A channel as storage keys it: the combined `a@b` id for person chats.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelKey {
@@ -183,6 +195,12 @@ pub struct Planned {
     /// `offline_queue_max_group`): a recipient with no device online gets a queue entry,
     /// and a delivery that misses is queued.
     pub queued: bool,
+    /// A command from the app server (an HTTP send with `sync_once`): queued for every
+    /// recipient whatever their state or the group's size (HTTP_API.md §7 (a)). A client's
+    /// SEND with the SyncOnce flag only marks its RECVs (PROTOCOL.md §8.4) and is queued by
+    /// the offline rules like any message: a client must not write a row per member of a
+    /// 50,000-member group.
+    pub command: bool,
     /// Recipients for the `msg.offline` webhook: no master-level device online (filled only
     /// when webhooks are configured).
     pub webhook_offline: Vec<String>,

@@ -60,6 +60,8 @@ pub struct Server {
     ws_addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
     checkpoint_stop: Arc<AtomicBool>,
+    /// Held until the server is dropped: one server per data directory.
+    _lock: storage::DataDirLock,
 }
 
 fn spawn(
@@ -82,7 +84,9 @@ impl Server {
     /// See [`StartError`].
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
-        let writer_conn = storage::open_writer(&config.data_dir, config.sync_full)?;
+        let lock = storage::lock_data_dir(&config.data_dir)?;
+        let writer_conn =
+            storage::open_writer(&config.data_dir, config.sync_full, config.wal_max_bytes)?;
         let floor = storage::open_reader(&config.data_dir)?
             .max_message_id()
             .map_err(StorageError::from)?;
@@ -167,8 +171,9 @@ impl Server {
             Writer::new(writer_conn, writer_rx, pusher, settings, stats, stopping).run();
         })?;
         let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
+        let wal_max = shared.config.wal_max_bytes;
         spawn(&mut threads, "ruyi-checkpoint".into(), move || {
-            storage::checkpointer(dir, stop)
+            storage::checkpointer(dir, wal_max, stop)
         })?;
         for (i, rx) in channel_rxs.into_iter().enumerate() {
             let (s, reader) = (
@@ -214,6 +219,7 @@ impl Server {
             ws_addr,
             threads,
             checkpoint_stop,
+            _lock: lock,
         })
     }
 

@@ -147,6 +147,9 @@ impl Webhooks {
         let (offline_tx, offline_rx) = outbox();
         let stats = Arc::new(WebhookStats::default());
         let agent = ureq::AgentBuilder::new()
+            // A hostile endpoint must not bounce the server's requests elsewhere (an
+            // internal host): a redirect is an answer other than 200, so a failure.
+            .redirects(0)
             .timeout_connect(Duration::from_secs(5))
             .timeout_read(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))

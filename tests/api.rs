@@ -582,14 +582,21 @@ fn a_deleted_channel_never_reuses_a_seq_even_after_a_restart() {
 }
 
 #[test]
-fn cors_preflights_are_answered_even_with_a_manager_token() {
-    let server = start("cors", |c| c.manager_token = Some("t".into()));
+fn cors_preflights_from_a_listed_origin_are_answered_even_with_a_manager_token() {
+    let server = start("cors", |c| {
+        c.manager_token = Some("t".into());
+        c.cors_origins = vec!["https://admin.example".into()];
+    });
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(server.http_addr()).unwrap();
-    s.write_all(b"OPTIONS /user/token HTTP/1.1\r\nAccess-Control-Request-Headers: content-type, token\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"OPTIONS /user/token HTTP/1.1\r\nHost: localhost\r\nOrigin: https://admin.example\r\nAccess-Control-Request-Headers: content-type, token\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 204"), "{out}");
+    assert!(
+        out.contains("Access-Control-Allow-Origin: https://admin.example"),
+        "{out}"
+    );
     assert!(out.contains("Access-Control-Allow-Headers: content-type, token"));
 }
 

@@ -147,3 +147,32 @@ fn a_hanging_webhook_never_slows_delivery() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_redirecting_endpoint_cannot_bounce_the_server_elsewhere() {
+    // The "internal host" a hostile endpoint points the server at.
+    let (internal, internal_rx) = receiver(false);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{internal}/steal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let server = start("hook-redirect", |c| {
+        c.webhook_url = Some(format!("http://{hook}/hook"));
+        c.token_auth = false;
+    });
+    let _c = Client::ok(server.tcp_addr(), &Login::new("u1", "x"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        internal_rx.try_recv().is_err(),
+        "the server followed a webhook redirect"
+    );
+}

@@ -271,7 +271,7 @@ pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<
     let mut s = std::net::TcpStream::connect(addr)?;
     write!(
         s,
-        "POST {path} HTTP/1.1\r\nHost: load\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut out = String::new();

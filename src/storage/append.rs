@@ -1,6 +1,7 @@
 //! Appending one message inside the writer's transaction: dedupe, the channel seq, the
 //! row, and every queued recipient's slot (`message::QueueSlot`): a stored entry for a
-//! recipient the plan found no device of (or for every recipient of a SyncOnce message), a
+//! recipient the plan found no device of (or for every recipient of an app server's
+//! command, `Planned::command`), a
 //! reserved seq for one it found. Slots are given here, in commit order, so each user's
 //! queue follows each channel's seqs. Writer thread only.
 
@@ -40,6 +41,7 @@ pub fn store_message(
         push_no,
         recipients,
         queued,
+        command,
         webhook_offline,
         reply,
     } = planned;
@@ -49,7 +51,7 @@ pub fn store_message(
         recipients,
         slots: Vec::new(),
         push_no,
-        queued: queued && !message.flags.no_persist() && !message.flags.sync_once(),
+        queued: queued && !message.flags.no_persist() && !command,
         webhook_offline,
         reply,
         outcome: SendOutcome {
@@ -113,8 +115,8 @@ pub fn store_message(
         message.message_id,
         seq,
     );
-    if queued || message.flags.sync_once() {
-        assign_slots(conn, queues, &message, row, &mut committed)?;
+    if queued || command {
+        assign_slots(conn, queues, &message, row, command, &mut committed)?;
     }
     // Person chats get a conversation for both sides with their first message (PROTOCOL.md
     // §9.6); groups get theirs when subscribers are added.
@@ -144,9 +146,9 @@ fn assign_slots(
     queues: &mut Queues,
     message: &crate::message::Message,
     row: i64,
+    command: bool,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
-    let sync_once = message.flags.sync_once();
     let mut reached = vec![false; committed.recipients.len()];
     for t in &committed.targets {
         if let Some(r) = reached.get_mut(t.recipient as usize) {
@@ -158,7 +160,7 @@ fn assign_slots(
         if *uid == message.from_uid {
             continue; // The sender is online by definition.
         }
-        slots[index] = if sync_once || !reached[index] {
+        slots[index] = if command || !reached[index] {
             let keep = message.channel.id.ends_with("____cmd");
             QueueSlot {
                 seq: queues.append(conn, uid, row, message.message_seq, keep)?,

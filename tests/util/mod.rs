@@ -68,7 +68,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, V
     let (status, text) = exchange(
         addr,
         &format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     );
@@ -79,7 +79,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, V
 pub fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
     exchange(
         addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
     )
 }
 
@@ -130,6 +130,31 @@ impl<'a> Login<'a> {
 }
 
 impl Client {
+    /// The CONNACK, or None when the server closed the connection without one.
+    fn connack(&mut self) -> Option<ConnackPacket> {
+        match self.read_packet(Duration::from_secs(10)) {
+            Some(Packet::Connack(ack)) => Some(ack),
+            _ => None,
+        }
+    }
+
+    /// True when the server closes a CONNECT for `uid` without answering it (PROTOCOL.md
+    /// §6.2: an invalid uid).
+    pub fn connect_is_dropped(addr: SocketAddr, uid: &str) -> bool {
+        let stream = TcpStream::connect(addr).unwrap();
+        let mut c = Client::from_stream(stream);
+        c.write(&Packet::Connect(ConnectPacket {
+            version: LATEST_VERSION,
+            device_flag: 1,
+            device_id: "dev".into(),
+            uid: uid.into(),
+            token: "t".into(),
+            client_timestamp: 1_700_000_000_000,
+            client_key: String::new(),
+        }));
+        c.connack().is_none()
+    }
+
     /// Connects and sends CONNECT; returns the client and the CONNACK.
     pub fn login(addr: SocketAddr, l: &Login<'_>) -> (Client, ConnackPacket) {
         let stream = TcpStream::connect(addr).unwrap();
@@ -159,7 +184,7 @@ impl Client {
                 String::new()
             },
         }));
-        let Some(Packet::Connack(ack)) = c.read_packet(Duration::from_secs(10)) else {
+        let Some(ack) = c.connack() else {
             panic!("no CONNACK for {}", l.uid)
         };
         if ack.reason_code == 1 {

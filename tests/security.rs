@@ -1,0 +1,228 @@
+//! The ways in a security review found (RELIABILITY.md, "Hostile and broken clients"),
+//! each attacked the way the finding describes, over raw sockets where a client library
+//! would hide the attack.
+
+mod util;
+
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+use util::*;
+
+/// Writes `request` as it is and returns everything the server answers until it closes.
+fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connects");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request).expect("writes");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn token_post(host: &str, extra: &str) -> Vec<u8> {
+    let body = json!({"uid": "victim", "token": "evil", "device_flag": 1}).to_string();
+    format!(
+        "POST /user/token HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// True when `uid` can log in with `token` (so a token registration went through).
+fn token_works(server: &ruyi::Server, uid: &str, token: &str) -> bool {
+    let (_, ack) = Client::login(server.tcp_addr(), &Login::new(uid, token));
+    ack.reason_code == 1
+}
+
+#[test]
+fn a_web_page_cannot_drive_the_loopback_api() {
+    let server = start("cors-deny", |_| {});
+    let http = server.http_addr();
+    // A cross-site "simple request" (text/plain POST, no preflight) from a page.
+    let out = raw(
+        http,
+        &token_post("127.0.0.1", "Origin: https://evil.example\r\n"),
+    );
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(!out.contains("Access-Control-Allow-Origin"), "{out}");
+    // DNS rebinding: the page's requests carry its own host name.
+    let out = raw(http, &token_post("evil.example:5001", ""));
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(
+        !token_works(&server, "victim", "evil"),
+        "a refused request ran"
+    );
+    // Tools send no Origin: curl and app servers keep working, with no CORS headers.
+    let out = raw(http, &token_post("localhost:5001", ""));
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(!out.contains("Access-Control-Allow-Origin"), "{out}");
+    assert!(token_works(&server, "victim", "evil"));
+}
+
+#[test]
+fn listed_origins_and_hosts_are_served_with_cors_headers() {
+    let server = start("cors-allow", |c| {
+        c.cors_origins = vec!["https://admin.example".into()];
+        c.allowed_hosts = vec!["im.internal".into()];
+    });
+    let out = raw(
+        server.http_addr(),
+        &token_post("im.internal:5001", "Origin: https://admin.example\r\n"),
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("Access-Control-Allow-Origin: https://admin.example\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("Vary: Origin"), "{out}");
+}
+
+#[test]
+fn a_request_hidden_in_an_options_body_never_runs() {
+    let server = start("options-body", |_| {});
+    let hidden = token_post("127.0.0.1", "");
+    let mut smuggle = format!(
+        "OPTIONS /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        hidden.len()
+    )
+    .into_bytes();
+    smuggle.extend_from_slice(&hidden);
+    let mut s = std::net::TcpStream::connect(server.http_addr()).expect("connects");
+    s.set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    s.write_all(&smuggle).expect("writes");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out); // keep-alive: ends on the timeout
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1").count(), 1, "two answers: {out}");
+    assert!(
+        !token_works(&server, "victim", "evil"),
+        "the hidden POST ran"
+    );
+}
+
+#[test]
+fn bare_lf_line_endings_are_refused() {
+    let server = start("bare-lf", |_| {});
+    let body = json!({"uid": "victim", "token": "evil", "device_flag": 1}).to_string();
+    let request = format!(
+        "POST /user/token HTTP/1.1\nHost: 127.0.0.1\nContent-Length: {}\n\n{body}",
+        body.len()
+    );
+    let out = raw(server.http_addr(), request.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(!token_works(&server, "victim", "evil"));
+}
+
+#[test]
+fn reserved_ids_cannot_be_registered_logged_in_or_addressed() {
+    let server = start("reserved", |_| {});
+    let http = server.http_addr();
+    for uid in [
+        "a@b____cmd",
+        "x____cmd",
+        "____system",
+        "____manager",
+        "v___vstr",
+        "systemcmdonline",
+    ] {
+        let (status, _) = post(
+            http,
+            "/user/token",
+            json!({"uid": uid, "token": "t", "device_flag": 1}),
+        );
+        assert_eq!(status, 400, "registered {uid}");
+        let (status, _) = post(
+            http,
+            "/channel",
+            json!({"channel_id": uid, "channel_type": 2, "subscribers": ["u"]}),
+        );
+        assert_eq!(status, 400, "created channel {uid}");
+    }
+    // CONNECT with a reserved uid is closed without a CONNACK, like an invalid one.
+    assert!(Client::connect_is_dropped(server.tcp_addr(), "b____cmd"));
+    assert!(Client::connect_is_dropped(server.tcp_addr(), "____system"));
+    // A logged-in user cannot address a command channel.
+    register(&server, "alice", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    alice.send("bob____cmd", 1, b"{}", "forged");
+    assert_eq!(
+        alice.sendack().reason_code,
+        ruyi_proto::types::reason::CHANNEL_ID_ERROR
+    );
+}
+
+#[test]
+fn a_clients_sync_once_send_is_queued_only_by_the_offline_rules() {
+    // A member's SyncOnce SEND to a group above offline_queue_max_group must not write a
+    // queue row per member (5 M rows for a group of 50,000 stalled every send for 10 s).
+    let server = start("client-syncone", |c| {
+        c.offline_queue_max_group = 10;
+        c.max_sends_per_sec = 0;
+    });
+    let http = server.http_addr();
+    let members: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    let (status, _) = post(
+        http,
+        "/channel",
+        json!({"channel_id": "big", "channel_type": 2, "subscribers": members}),
+    );
+    assert_eq!(status, 200);
+    register(&server, "m0", "t", 1, 0);
+    let mut m0 = Client::ok(server.tcp_addr(), &Login::new("m0", "t"));
+    m0.send_with(
+        1,
+        "big",
+        2,
+        b"{}",
+        "so",
+        ruyi_proto::Flags(ruyi_proto::Flags::SYNC_ONCE),
+    );
+    assert_eq!(m0.sendack().reason_code, ruyi_proto::types::reason::SUCCESS);
+    for m in &members[1..] {
+        let (_, list) = post(http, "/message/sync", json!({"uid": m, "limit": 10}));
+        assert_eq!(
+            list,
+            json!([]),
+            "{m} got a queue row from a client's SyncOnce"
+        );
+    }
+}
+
+#[test]
+fn a_ban_closes_live_sessions_and_refuses_their_sends_at_once() {
+    let server = start("ban-live", |_| {});
+    let http = server.http_addr();
+    register(&server, "mallory", "t", 1, 0);
+    let mut m = Client::ok(server.tcp_addr(), &Login::new("mallory", "t"));
+    m.send("bob", 1, b"{}", "before");
+    assert_eq!(m.sendack().reason_code, ruyi_proto::types::reason::SUCCESS);
+    let (status, _) = post(
+        http,
+        "/channel/info",
+        json!({"channel_id": "mallory", "channel_type": 1, "ban": 1}),
+    );
+    assert_eq!(status, 200);
+    m.send("bob", 1, b"{}", "after");
+    let mut refused = false;
+    let mut disconnected = false;
+    while let Some(p) = m.read_packet(Duration::from_secs(5)) {
+        match p {
+            ruyi_proto::Packet::Sendack(a) => {
+                refused = a.reason_code == ruyi_proto::types::reason::BAN;
+            }
+            ruyi_proto::Packet::Disconnect(d) => {
+                disconnected = d.reason_code == ruyi_proto::types::reason::BAN;
+            }
+            _ => {}
+        }
+    }
+    assert!(refused, "a banned user's SEND was accepted");
+    assert!(disconnected, "a banned user's session got no DISCONNECT 19");
+    assert!(
+        m.closed_within(Duration::from_secs(5)),
+        "a banned session stays open"
+    );
+}
