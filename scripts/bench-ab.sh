@@ -5,6 +5,9 @@
 # Prints one line per run and the medians; JSON per run under target/bench/ab/.
 #
 #   scripts/bench-ab.sh OLD_BIN NEW_BIN [seconds] [rounds]     (defaults: 5 s, 3 rounds)
+#   NEW_FLAGS="..." adds flags for the new binary only (limits the old one does not know,
+#   e.g. NEW_FLAGS="--max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0
+#   --max-send-bytes-per-sec 0" for binaries after 8e60f44).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old=$1 new=$2 seconds=${3:-5} rounds=${4:-3}
@@ -17,10 +20,12 @@ load=target/release/ruyi-load
 
 run() { # bin name load-args... ; writes $out/name.json
   local bin=$1 name=$2; shift 2
-  local data tcp http
+  local data tcp http extra=()
+  # shellcheck disable=SC2206
+  [ "$bin" = "$new" ] && extra=(${NEW_FLAGS:-})
   data=$(mktemp -d)
   tcp=$((10000 + RANDOM % 20000)); http=$((tcp + 1))
-  "$bin" --no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --no-encryption \
+  "$bin" --no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --no-encryption "${extra[@]}" \
     --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" --http-addr "127.0.0.1:$http" \
     --ws-addr "127.0.0.1:$((tcp + 2))" >"$data/server.log" 2>&1 &
   local pid=$!

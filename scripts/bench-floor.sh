@@ -20,7 +20,7 @@ serve() { # kind tcp http data -> starts a server, prints its pid
   if [ "$kind" = floor ]; then
     "$bin/ruyi-load" floor --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" >"$data/server.log" 2>&1 &
   else
-    "$bin/ruyi" --no-token-auth --no-encryption --max-conns-per-ip 0 --max-sends-per-sec 0 \
+    "$bin/ruyi" --no-token-auth --no-encryption --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0 \
       --data-dir "$data" --tcp-addr "127.0.0.1:$tcp" --http-addr "127.0.0.1:$http" \
       --ws-addr "127.0.0.1:$((tcp + 2))" >"$data/server.log" 2>&1 &
   fi

@@ -17,7 +17,7 @@ run_one() { # name encrypt(0/1) load-args...
   local name=$1 encrypt=$2; shift 2
   # Load from one address at full speed: the abuse limits (per-address connections,
   # sends per second) would measure themselves, not the server.
-  local data tcp http flags=(--no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0)
+  local data tcp http flags=(--no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0)
   data=$(mktemp -d)
   tcp=$((10000 + RANDOM % 20000)); http=$((tcp + 1))
   [ "$encrypt" = 0 ] && flags+=(--no-encryption)

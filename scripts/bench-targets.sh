@@ -17,7 +17,7 @@ bin=target/release
 
 run() { # name encrypt(0/1) load-args... ; prints nothing, writes $out/name.json
   local name=$1 encrypt=$2; shift 2
-  local data tcp http flags=(--no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0) enc=()
+  local data tcp http flags=(--no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0) enc=()
   data=$(mktemp -d)
   tcp=$((10000 + RANDOM % 20000)); http=$((tcp + 1))
   [ "$encrypt" = 0 ] && flags+=(--no-encryption)

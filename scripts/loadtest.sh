@@ -28,7 +28,7 @@ source scripts/lib.sh
 start_server() { # extra ruyi flags...
   # The abuse limits (per-address connections, sends per second) are off: the load comes
   # from one machine at full speed on purpose.
-  start_ruyi --max-conns-per-ip 0 --max-sends-per-sec 0 "$@" || exit 1
+  start_ruyi --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0 "$@" || exit 1
 }
 pid=
 trap '[ -n "$pid" ] && stop_ruyi' EXIT

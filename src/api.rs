@@ -505,6 +505,16 @@ pub fn metrics(shared: &SharedRef) -> Answer {
             c.rate_limited.load(Relaxed),
         ),
         (
+            "ruyi_logins_limited_total",
+            "Logins refused by a login rate or max_conns_per_uid (CONNACK 22).",
+            c.logins_limited.load(Relaxed),
+        ),
+        (
+            "ruyi_prelogin_shed_total",
+            "Connections closed because unauthenticated input passed its budget.",
+            c.prelogin_shed.load(Relaxed),
+        ),
+        (
             "ruyi_recv_evicted_total",
             "Unacknowledged RECVs that left a full retry list for the offline queue.",
             c.evicted_recvs.load(Relaxed),

@@ -13,6 +13,7 @@ use ruyi_proto::crypto::{constant_time_eq, server_handshake};
 use ruyi_proto::types::{channel_type, reason};
 use ruyi_proto::{ConnackPacket, ConnectPacket, CryptoError, LATEST_VERSION};
 use ruyi_reactor::ConnId;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A CONNECT waiting for a worker.
@@ -22,6 +23,8 @@ pub struct AuthRequest {
     pub conn: ConnId,
     /// What it sent.
     pub connect: ConnectPacket,
+    /// The peer's address, for the per-address login limit.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Polling period for the stop flag while idle.
@@ -73,6 +76,15 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
             session: None,
         }
     };
+    // Before any lookup or key exchange: a refused login must cost next to nothing.
+    let clock_ms = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let ip_ok = req
+        .peer
+        .is_none_or(|ip| shared.logins_by_ip.take(ip, clock_ms));
+    if !ip_ok || !shared.logins_by_uid.take(c.uid.clone(), clock_ms) {
+        shared.counters.logins_limited.fetch_add(1, Relaxed);
+        return refuse(reason::RATE_LIMIT);
+    }
     let level = if shared.config.token_auth {
         match reader.device(&c.uid, c.device_flag) {
             Ok(Some(d))
@@ -97,6 +109,14 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
             log::error!("ban lookup for {}: {e}", c.uid);
             return refuse(reason::SYSTEM_ERROR);
         }
+    }
+    let others = shared
+        .registry
+        .count_other_devices(&c.uid, c.device_flag, &c.device_id);
+    if others >= shared.config.max_conns_per_uid {
+        shared.counters.logins_limited.fetch_add(1, Relaxed);
+        log::debug!("uid={} refused: {others} connections already", c.uid);
+        return refuse(reason::RATE_LIMIT);
     }
     let (cipher, server_key, salt) = if shared.config.encryption {
         match server_handshake(&c.client_key) {

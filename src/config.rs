@@ -94,6 +94,28 @@ pub struct Config {
     /// entries for members with no device online; larger groups rely on channel history, as
     /// in WuKongIM (HTTP_API.md §7).
     pub offline_queue_max_group: usize,
+    /// SEND payload bytes per second per connection, after a burst of twice that; over it
+    /// the SEND is answered with reason 22 (RateLimit). Counted with the SEND count limit:
+    /// 200 sends/s of 700 KB each would otherwise be allowed. Default 2 MiB/s (a photo or
+    /// two a second). 0 = no limit.
+    pub max_send_bytes_per_sec: u32,
+    /// Logins per second from one peer address (after a burst of twice that); over it the
+    /// CONNECT is refused with CONNACK 22 before any key exchange. Default 100: a replayed
+    /// valid token otherwise costs the server two X25519 operations per try, without end.
+    /// Raise it behind a reverse proxy or carrier NAT. 0 = no limit.
+    pub max_logins_per_sec_per_ip: u32,
+    /// Logins per second for one uid (after a burst of twice that), refused the same way.
+    /// Default 20: an SDK reconnects every few seconds at most. 0 = no limit.
+    pub max_logins_per_sec_per_uid: u32,
+    /// Connections one uid may hold at once over all its devices (a new login of the same
+    /// device does not count the one it replaces); past it a login gets CONNACK 22.
+    /// Default 16: slave devices never replace each other, so without a cap one account
+    /// could hold thousands of connections that each cost an encryption per message.
+    pub max_conns_per_uid: usize,
+    /// Input bytes that connections which have not logged in may hold, over all of them;
+    /// past it such connections are closed. Default 64 MiB: 4,096 half-sent logins of the
+    /// largest size accepted before login (16 KiB).
+    pub prelogin_budget_bytes: usize,
     /// Browser origins allowed to call the HTTP API (`origin.rs`), e.g.
     /// `https://admin.example.com`; `*` allows any. Default: none, so a request with an
     /// `Origin` header that is not the API's own is refused with 403 (WuKongIM allows all).
@@ -163,6 +185,11 @@ impl Default for Config {
             offline_queue_max_per_user: 10_000,
             wal_max_bytes: 64 << 20,
             cors_origins: Vec::new(),
+            prelogin_budget_bytes: 64 << 20,
+            max_send_bytes_per_sec: 2 << 20,
+            max_logins_per_sec_per_ip: 100,
+            max_logins_per_sec_per_uid: 20,
+            max_conns_per_uid: 16,
             allowed_hosts: Vec::new(),
             max_pending_acks: 256,
             recv_retry_interval: Duration::from_secs(60),
@@ -206,6 +233,13 @@ impl Config {
             // Every SENDACK may wait this long; beyond 100 ms it is a typo, not a policy.
             return Err("commit_interval must be at most 100 ms (100000 us)".into());
         }
+        if self.max_logins_per_sec_per_ip > 1_000_000 || self.max_logins_per_sec_per_uid > 1_000_000
+        {
+            return Err("login limits must be at most 1000000 per second (0 turns one off)".into());
+        }
+        if self.max_conns_per_uid == 0 {
+            return Err("max_conns_per_uid must be greater than zero".into());
+        }
         if self.wal_max_bytes < 1 << 20 {
             return Err("wal_max_bytes must be at least 1 MiB (1048576)".into());
         }
@@ -220,6 +254,23 @@ impl Config {
         crate::rate::SendLimit {
             rate: self.max_sends_per_sec,
             burst: self.max_sends_per_sec.saturating_mul(2),
+        }
+    }
+
+    /// The SEND byte limit as the token bucket takes it: in KiB, a burst of two seconds.
+    pub fn send_bytes_limit(&self) -> crate::rate::SendLimit {
+        let kib = self.max_send_bytes_per_sec.div_ceil(1024);
+        crate::rate::SendLimit {
+            rate: kib,
+            burst: kib.saturating_mul(2),
+        }
+    }
+
+    /// A login limit (per address or per uid) as a token bucket: a burst of two seconds.
+    pub fn login_limit(per_sec: u32) -> crate::rate::SendLimit {
+        crate::rate::SendLimit {
+            rate: per_sec,
+            burst: per_sec.saturating_mul(2),
         }
     }
 

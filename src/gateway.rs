@@ -44,6 +44,11 @@ pub const KICK_GRACE: Duration = Duration::from_secs(2);
 /// leave the retry list and go to the user's offline queue (never silently).
 pub const MAX_PENDING_ACK_BYTES: usize = 1 << 20;
 
+/// The largest frame a connection may send before it has logged in. A CONNECT is a few
+/// hundred bytes (uid, token, device id, a 44-byte key); without this bound 1,000
+/// half-sent "CONNECT"s declaring 1 MiB each held 2.2 GB for the 4 s login window.
+pub const PRELOGIN_MAX_FRAME: usize = 16 << 10;
+
 /// Messages from the pools to a loop.
 #[derive(Debug)]
 pub enum ToLoop {
@@ -189,6 +194,11 @@ pub struct ImSession {
     on_retry_list: bool,
     /// SEND credit (`Config::max_sends_per_sec`).
     sends: SendBucket,
+    /// SEND byte credit in KiB (`Config::max_send_bytes_per_sec`).
+    send_kib: SendBucket,
+    /// Input bytes held for this connection while it is not logged in, as charged to the
+    /// server-wide budget (`Config::prelogin_budget_bytes`).
+    held: usize,
 }
 
 /// The WebSocket side of a connection on the WS listener.
@@ -250,6 +260,8 @@ pub struct Gateway {
     buf: BytesMut,
     /// `Config::send_limit`, copied once.
     send_limit: SendLimit,
+    /// `Config::send_bytes_limit`, copied once.
+    send_kib_limit: SendLimit,
 }
 
 impl Gateway {
@@ -257,6 +269,7 @@ impl Gateway {
     pub fn new(shared: SharedRef, loops: Handles<ToLoop>) -> Gateway {
         Gateway {
             send_limit: shared.config.send_limit(),
+            send_kib_limit: shared.config.send_bytes_limit(),
             shared,
             loops,
             kicks: Vec::new(),
@@ -268,6 +281,44 @@ impl Gateway {
             last_retry_scan: Instant::now(),
             buf: BytesMut::with_capacity(4096),
         }
+    }
+
+    /// The largest frame `s` may send now: small until it has logged in.
+    fn frame_limit(&self, s: &ImSession) -> usize {
+        if s.phase == Phase::Ready {
+            self.shared.config.max_frame_bytes
+        } else {
+            PRELOGIN_MAX_FRAME.min(self.shared.config.max_frame_bytes)
+        }
+    }
+
+    /// Charges what a connection that has not logged in holds (`unread` input bytes, plus
+    /// its WebSocket stream) to the server-wide budget; past the budget, a connection that
+    /// holds anything is closed (counted): a storm of half-sent logins costs at most the
+    /// budget, however many addresses it comes from.
+    fn charge_prelogin(&self, conn: &mut ConnCtx<'_>, s: &mut ImSession, unread: usize) {
+        let held = unread + s.ws.as_ref().map_or(0, |w| w.stream.len());
+        let total = &self.shared.prelogin_bytes;
+        let now = if held >= s.held {
+            total.fetch_add(held - s.held, Relaxed) + (held - s.held)
+        } else {
+            total.fetch_sub(s.held - held, Relaxed) - (s.held - held)
+        };
+        s.held = held;
+        if held > 0 && now > self.shared.config.prelogin_budget_bytes {
+            self.shared.counters.prelogin_shed.fetch_add(1, Relaxed);
+            log::debug!(
+                "conn={} closed: unauthenticated input over budget",
+                conn.id()
+            );
+            conn.close();
+        }
+    }
+
+    /// Gives back what a connection held against the pre-login budget (logged in, or gone).
+    fn release_prelogin(&self, s: &mut ImSession) {
+        self.shared.prelogin_bytes.fetch_sub(s.held, Relaxed);
+        s.held = 0;
     }
 
     /// Encodes `packet` for `version` and queues it (as one WebSocket message when `ws`).
@@ -287,16 +338,15 @@ impl Gateway {
         let mut consumed = 0;
         while !conn.is_closing() {
             let rest = &input[consumed..];
-            let (packet, used) =
-                match decode_packet(rest, s.version, self.shared.config.max_frame_bytes) {
-                    Ok(Some(p)) => p,
-                    Ok(None) => break,
-                    Err(e) => {
-                        log::debug!("conn={} uid={} bad frame: {e}; closing", conn.id(), s.uid);
-                        conn.close();
-                        return input.len();
-                    }
-                };
+            let (packet, used) = match decode_packet(rest, s.version, self.frame_limit(s)) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    log::debug!("conn={} uid={} bad frame: {e}; closing", conn.id(), s.uid);
+                    conn.close();
+                    return input.len();
+                }
+            };
             match self.on_packet(conn, s, packet) {
                 Flow::Next => consumed += used,
                 Flow::Pause => {
@@ -343,7 +393,9 @@ impl Gateway {
             }
         }
         // One maximal protocol frame plus its header may span several messages.
-        let max_message = self.shared.config.max_frame_bytes + 8;
+        let limit = self.frame_limit(s);
+        let max_message = limit + 8;
+        let Some(state) = s.ws.as_mut() else { return 0 };
         while consumed < input.len() {
             match state.decoder.decode(&input[consumed..], max_message) {
                 Ok(None) => break,
@@ -376,7 +428,7 @@ impl Gateway {
                 }
             }
         }
-        if state.stream.len() > self.shared.config.max_frame_bytes + (64 << 10) {
+        if state.stream.len() > limit + limit.min(64 << 10) {
             // The protocol side is paused (login, backpressure) and the client keeps
             // sending: same bound as the engine's input cap.
             conn.close();
@@ -470,6 +522,7 @@ impl Gateway {
         let request = AuthRequest {
             conn: conn.id(),
             connect: c,
+            peer: conn.peer_addr().ok().map(|a| a.ip()),
         };
         match self.shared.auth.try_send(request) {
             Ok(()) => {
@@ -489,7 +542,14 @@ impl Gateway {
 
     fn on_send(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, send: SendPacket) -> Flow {
         // Before the decryption: a flood over the limit must cost as little as possible.
-        if !s.sends.take(self.send_limit, self.clock_ms(conn)) {
+        // Counted in messages and in bytes: a few huge SENDs cost as much as many small.
+        let now_ms = self.clock_ms(conn);
+        let kib = u32::try_from(send.payload.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        let counted = s.sends.take(self.send_limit, now_ms);
+        if !counted || !s.send_kib.take_n(self.send_kib_limit, now_ms, kib) {
+            if counted {
+                s.sends.refund(self.send_limit);
+            }
             self.shared.counters.rate_limited.fetch_add(1, Relaxed);
             let outcome = crate::message::SendOutcome {
                 message_id: 0,
@@ -567,6 +627,7 @@ impl Gateway {
             Err(TrySendError::Full(_)) => {
                 // The SEND is read again once the queue drains: it must not pay twice.
                 s.sends.refund(self.send_limit);
+                s.send_kib.refund_n(self.send_kib_limit, kib);
                 Flow::Stall
             }
             Err(TrySendError::Disconnected(_)) => Flow::Close,
@@ -641,6 +702,7 @@ impl Gateway {
             return;
         };
         s.phase = Phase::Ready;
+        self.release_prelogin(s);
         s.version = info.version;
         s.device_flag = info.device_flag;
         s.level = info.level;
@@ -1046,14 +1108,25 @@ impl Handler for Gateway {
             pending_bytes: 0,
             on_retry_list: false,
             sends: SendBucket::full(self.send_limit, self.clock_ms(conn)),
+            send_kib: SendBucket::full(self.send_kib_limit, self.clock_ms(conn)),
+            held: 0,
             ws,
         }))
     }
 
     fn on_data(&mut self, conn: &mut ConnCtx<'_>, state: &mut Session, input: &[u8]) -> usize {
         match state {
-            Session::Im(s) if s.ws.is_some() => self.on_ws_data(conn, s, input),
-            Session::Im(s) => self.on_im_data(conn, s, input),
+            Session::Im(s) => {
+                let consumed = if s.ws.is_some() {
+                    self.on_ws_data(conn, s, input)
+                } else {
+                    self.on_im_data(conn, s, input)
+                };
+                if s.phase != Phase::Ready {
+                    self.charge_prelogin(conn, s, input.len().saturating_sub(consumed));
+                }
+                consumed
+            }
             Session::Http(h) => {
                 http::on_data(&self.shared, conn, h, input, &mut self.http_deadlines)
             }
@@ -1112,7 +1185,8 @@ impl Handler for Gateway {
     }
 
     fn on_close(&mut self, id: ConnId, state: Session, reason: CloseReason) {
-        if let Session::Im(s) = state {
+        if let Session::Im(mut s) = state {
+            self.release_prelogin(&mut s);
             if s.phase == Phase::Ready {
                 self.shared.registry.remove(&s.uid, id);
                 self.online_webhook(&s.uid, s.device_flag, id, false);

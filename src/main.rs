@@ -93,6 +93,20 @@ struct Cli {
     /// The WAL size in bytes past which it is forced to start over [default: 67108864]
     #[arg(long)]
     wal_max_bytes: Option<u64>,
+    /// SEND payload bytes per second per connection, burst twice that; over it SENDACK 22;
+    /// 0 = no limit [default: 2097152]
+    #[arg(long)]
+    max_send_bytes_per_sec: Option<u32>,
+    /// Logins per second from one address, burst twice that; over it CONNACK 22; 0 = no
+    /// limit. Raise it behind a proxy or NAT [default: 100]
+    #[arg(long)]
+    max_logins_per_sec_per_ip: Option<u32>,
+    /// Logins per second for one uid, burst twice that; 0 = no limit [default: 20]
+    #[arg(long)]
+    max_logins_per_sec_per_uid: Option<u32>,
+    /// Connections one uid may hold at once [default: 16]
+    #[arg(long)]
+    max_conns_per_uid: Option<usize>,
 }
 
 /// The TOML file: every key optional; unknown keys are an error, so a typo is not silently
@@ -118,6 +132,11 @@ struct FileConfig {
     wal_max_bytes: Option<u64>,
     cors_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
+    max_send_bytes_per_sec: Option<u32>,
+    max_logins_per_sec_per_ip: Option<u32>,
+    max_logins_per_sec_per_uid: Option<u32>,
+    max_conns_per_uid: Option<usize>,
+    prelogin_budget_bytes: Option<usize>,
     node_id: Option<u16>,
     max_connections: Option<usize>,
     max_conns_per_ip: Option<usize>,
@@ -170,6 +189,15 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.manager_token = f.manager_token.map(Secret::from).or(c.manager_token);
         c.cors_origins = f.cors_origins.unwrap_or(c.cors_origins);
         c.allowed_hosts = f.allowed_hosts.unwrap_or(c.allowed_hosts);
+        c.max_send_bytes_per_sec = f.max_send_bytes_per_sec.unwrap_or(c.max_send_bytes_per_sec);
+        c.max_logins_per_sec_per_ip = f
+            .max_logins_per_sec_per_ip
+            .unwrap_or(c.max_logins_per_sec_per_ip);
+        c.max_logins_per_sec_per_uid = f
+            .max_logins_per_sec_per_uid
+            .unwrap_or(c.max_logins_per_sec_per_uid);
+        c.max_conns_per_uid = f.max_conns_per_uid.unwrap_or(c.max_conns_per_uid);
+        c.prelogin_budget_bytes = f.prelogin_budget_bytes.unwrap_or(c.prelogin_budget_bytes);
     }
     c.tcp_addr = cli.tcp_addr.unwrap_or(c.tcp_addr);
     c.ws_addr = cli.ws_addr.unwrap_or(c.ws_addr);
@@ -192,6 +220,16 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.cors_origins = cli.cors_origins.unwrap_or(c.cors_origins);
     c.allowed_hosts = cli.allowed_hosts.unwrap_or(c.allowed_hosts);
     c.wal_max_bytes = cli.wal_max_bytes.unwrap_or(c.wal_max_bytes);
+    c.max_send_bytes_per_sec = cli
+        .max_send_bytes_per_sec
+        .unwrap_or(c.max_send_bytes_per_sec);
+    c.max_logins_per_sec_per_ip = cli
+        .max_logins_per_sec_per_ip
+        .unwrap_or(c.max_logins_per_sec_per_ip);
+    c.max_logins_per_sec_per_uid = cli
+        .max_logins_per_sec_per_uid
+        .unwrap_or(c.max_logins_per_sec_per_uid);
+    c.max_conns_per_uid = cli.max_conns_per_uid.unwrap_or(c.max_conns_per_uid);
     Ok(c)
 }
 

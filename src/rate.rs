@@ -1,4 +1,7 @@
-//! The per-connection SEND rate limit (`Config::max_sends_per_sec`).
+//! Rate limits as token buckets: SENDs per connection (`Config::max_sends_per_sec`), SEND
+//! bytes per connection (`Config::max_send_bytes_per_sec`, counted in KiB), and logins per
+//! peer address and per uid ([`KeyedBuckets`], `Config::max_logins_per_sec_per_ip` and
+//! `_per_uid`).
 //!
 //! A token bucket: a connection may send `burst` messages at once and `rate` per second
 //! after that. A SEND over the limit is answered with SENDACK reason 22 (RateLimit,
@@ -43,6 +46,21 @@ impl SendBucket {
 
     /// Takes credit for one message, or returns false if there is none.
     pub fn take(&mut self, limit: SendLimit, now_ms: u64) -> bool {
+        self.take_n(limit, now_ms, 1)
+    }
+
+    /// True when the bucket has refilled to its cap by `now_ms` (nothing to remember).
+    pub fn is_full(&self, limit: SendLimit, now_ms: u64) -> bool {
+        let earned = now_ms
+            .saturating_sub(self.at_ms)
+            .saturating_mul(u64::from(limit.rate));
+        u64::from(self.milli).saturating_add(earned) >= u64::from(limit.burst.max(1)) * 1000
+    }
+
+    /// Takes credit for `units` (at least one), or returns false if there is not that
+    /// much; a request larger than the whole burst passes only from a full bucket, which it
+    /// then empties, so nothing is refused for ever.
+    pub fn take_n(&mut self, limit: SendLimit, now_ms: u64, units: u32) -> bool {
         if !limit.is_on() {
             return true;
         }
@@ -53,20 +71,77 @@ impl SendBucket {
             .saturating_mul(u64::from(limit.rate));
         let credit = u64::from(self.milli).saturating_add(earned).min(cap);
         self.at_ms = self.at_ms.max(now_ms);
-        if credit < 1000 {
+        let cost = (u64::from(units.max(1)) * 1000).min(cap);
+        if credit < cost {
             self.milli = credit as u32;
             return false;
         }
-        self.milli = (credit - 1000) as u32;
+        self.milli = (credit - cost) as u32;
         true
     }
 
     /// Gives back the credit of one message that was taken but not sent (the channel
     /// queue was full and the SEND will be read again).
     pub fn refund(&mut self, limit: SendLimit) {
-        let cap = limit.burst.max(1).saturating_mul(1000);
-        self.milli = self.milli.saturating_add(1000).min(cap);
+        self.refund_n(limit, 1);
     }
+
+    /// Gives back `units` taken for a SEND that will be read again.
+    pub fn refund_n(&mut self, limit: SendLimit, units: u32) {
+        let cap = limit.burst.max(1).saturating_mul(1000);
+        self.milli = self
+            .milli
+            .saturating_add(units.saturating_mul(1000))
+            .min(cap);
+    }
+}
+
+/// Token buckets by key (a peer address, a uid), for limits that span connections; shared
+/// by the auth workers. Sharded so workers rarely meet on a lock; a lock is held for one
+/// map operation. Bounded: past [`KEYS_PER_SHARD`] keys a shard forgets every bucket that
+/// has refilled (it would start full anyway).
+#[derive(Debug)]
+pub struct KeyedBuckets<K> {
+    limit: SendLimit,
+    shards: Vec<std::sync::Mutex<std::collections::HashMap<K, SendBucket>>>,
+}
+
+/// Keys per shard before the refilled ones are forgotten.
+pub const KEYS_PER_SHARD: usize = 4096;
+
+impl<K: std::hash::Hash + Eq> KeyedBuckets<K> {
+    /// Buckets of `limit` (off when its rate is 0).
+    pub fn new(limit: SendLimit) -> Self {
+        KeyedBuckets {
+            limit,
+            shards: (0..16).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Takes one unit for `key` at `now_ms`; false when over the limit.
+    pub fn take(&self, key: K, now_ms: u64) -> bool {
+        if !self.limit.is_on() {
+            return true;
+        }
+        let shard = &self.shards[shard_of(&key, self.shards.len())];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= KEYS_PER_SHARD {
+            let limit = self.limit;
+            map.retain(|_, b| !b.is_full(limit, now_ms));
+        }
+        let limit = self.limit;
+        map.entry(key)
+            .or_insert_with(|| SendBucket::full(limit, now_ms))
+            .take(limit, now_ms)
+    }
+}
+
+/// A stable shard for `key` (the same key always meets the same lock).
+fn shard_of<K: std::hash::Hash>(key: &K, shards: usize) -> usize {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % shards as u64) as usize
 }
 
 #[cfg(test)]
@@ -74,6 +149,31 @@ mod tests {
     use super::*;
 
     const LIMIT: SendLimit = SendLimit { rate: 10, burst: 3 };
+
+    #[test]
+    fn keyed_buckets_limit_each_key_and_stay_bounded() {
+        let k = KeyedBuckets::new(LIMIT);
+        assert!((0..3).all(|_| k.take("a", 0)));
+        assert!(!k.take("a", 0), "a's burst is spent");
+        assert!(k.take("b", 0), "b has its own");
+        for i in 0..(20 * KEYS_PER_SHARD as u64) {
+            k.take(format!("k{i}").leak() as &str, 10_000 + i);
+        }
+        let held: usize = k.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= 16 * KEYS_PER_SHARD, "{held} keys held");
+    }
+
+    #[test]
+    fn take_n_charges_units_and_a_huge_request_needs_a_full_bucket() {
+        let mut b = SendBucket::full(LIMIT, 0);
+        assert!(b.take_n(LIMIT, 0, 2));
+        assert!(!b.take_n(LIMIT, 0, 2), "one unit left");
+        assert!(
+            b.take_n(LIMIT, 1000, 100),
+            "a full bucket lets any size through once"
+        );
+        assert!(!b.take(LIMIT, 1000));
+    }
 
     #[test]
     fn a_burst_passes_then_the_rate_holds() {

@@ -173,6 +173,20 @@ impl Registry {
         })
     }
 
+    /// The user's connections, not counting those of `device_flag` + `device_id` (a new
+    /// login of that device replaces them).
+    pub fn count_other_devices(&self, uid: &str, device_flag: u8, device_id: &str) -> usize {
+        let shard = self.shards[shard_of(uid)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        shard.get(uid).map_or(0, |devices| {
+            devices
+                .iter()
+                .filter(|d| d.device_flag != device_flag || d.device_id != device_id)
+                .count()
+        })
+    }
+
     /// True when the user has at least one authenticated connection.
     pub fn is_online(&self, uid: &str) -> bool {
         let shard = self.shards[shard_of(uid)]

@@ -122,6 +122,13 @@ impl Server {
             webhooks,
             counters: Counters::default(),
             queue_stats: Arc::default(),
+            prelogin_bytes: Default::default(),
+            logins_by_ip: crate::rate::KeyedBuckets::new(Config::login_limit(
+                config.max_logins_per_sec_per_ip,
+            )),
+            logins_by_uid: crate::rate::KeyedBuckets::new(Config::login_limit(
+                config.max_logins_per_sec_per_uid,
+            )),
             started: std::time::Instant::now(),
             config,
         });

@@ -35,6 +35,10 @@ pub struct Counters {
     pub rate_limited: AtomicU64,
     /// Unacknowledged RECVs that left a full retry list for the offline queue.
     pub evicted_recvs: AtomicU64,
+    /// Connections closed because unauthenticated input passed its server-wide budget.
+    pub prelogin_shed: AtomicU64,
+    /// Logins refused by a login rate or the connections-per-uid cap.
+    pub logins_limited: AtomicU64,
 }
 
 /// The queues into the pools and everything else the pools share.
@@ -60,6 +64,12 @@ pub struct Shared {
     pub stopping: Arc<AtomicBool>,
     /// Counters.
     pub counters: Counters,
+    /// Login rate per peer address (`Config::max_logins_per_sec_per_ip`).
+    pub logins_by_ip: crate::rate::KeyedBuckets<std::net::IpAddr>,
+    /// Login rate per uid (`Config::max_logins_per_sec_per_uid`).
+    pub logins_by_uid: crate::rate::KeyedBuckets<String>,
+    /// Input bytes held by connections that have not logged in (`gateway.rs`).
+    pub prelogin_bytes: std::sync::atomic::AtomicUsize,
     /// The offline queue's counters, kept by the storage writer.
     pub queue_stats: Arc<crate::storage::queue::QueueStats>,
     /// When the server started (uptime in `/varz`).

@@ -226,3 +226,158 @@ fn a_ban_closes_live_sessions_and_refuses_their_sends_at_once() {
         "a banned session stays open"
     );
 }
+
+/// The start of a CONNECT frame (packet type 1) whose remaining length says `declared`
+/// bytes follow: a varint, as the protocol writes it.
+fn connect_header(declared: usize) -> Vec<u8> {
+    let mut out = vec![0x10];
+    let mut n = declared;
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+#[test]
+fn before_login_a_frame_may_not_be_large() {
+    let server = start("prelogin-frame", |_| {});
+    let mut s = std::net::TcpStream::connect(server.tcp_addr()).expect("connects");
+    s.write_all(&connect_header(1 << 20)).expect("writes");
+    s.write_all(&[0u8; 1024]).expect("writes");
+    let mut c = Client::from_stream(s);
+    assert!(
+        c.closed_within(Duration::from_secs(1)),
+        "a 1 MiB CONNECT was buffered for the login window"
+    );
+}
+
+#[test]
+fn half_sent_logins_share_one_byte_budget() {
+    let server = start("prelogin-budget", |c| c.prelogin_budget_bytes = 64 << 10);
+    let held: Vec<_> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(server.tcp_addr()).expect("connects");
+            s.write_all(&connect_header(15 << 10)).expect("writes");
+            s.write_all(&vec![b'x'; 12 << 10]).expect("writes");
+            std::thread::sleep(Duration::from_millis(20));
+            Client::from_stream(s)
+        })
+        .collect();
+    let shed = held
+        .into_iter()
+        .map(|mut c| c.closed_within(Duration::from_millis(300)))
+        .filter(|&closed| closed)
+        .count();
+    // 20 × 12 KiB against 64 KiB: at most 5 fit, the rest are closed at once.
+    assert!(shed >= 14, "only {shed} of 20 half-sent logins were shed");
+    assert!(
+        shed <= 17,
+        "{shed} shed: those within the budget must wait for their login"
+    );
+    // A real login still works, and the budget was given back.
+    register(&server, "ok", "t", 1, 0);
+    let _ok = Client::ok(server.tcp_addr(), &Login::new("ok", "t"));
+    let (_, metrics) = http_text(server.http_addr(), "/metrics");
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("ruyi_prelogin_shed_total ") && !l.ends_with(" 0")));
+}
+
+fn login_code(addr: SocketAddr, uid: &str, device_id: &str) -> u8 {
+    let (_, ack) = Client::login(
+        addr,
+        &Login {
+            device_id,
+            ..Login::new(uid, "x")
+        },
+    );
+    ack.reason_code
+}
+
+#[test]
+fn logins_are_rate_limited_per_address_and_per_uid_before_any_key_exchange() {
+    let server = start("login-rate", |c| {
+        c.token_auth = false;
+        c.max_logins_per_sec_per_ip = 5; // burst 10
+        c.max_logins_per_sec_per_uid = 2; // burst 4
+    });
+    let tcp = server.tcp_addr();
+    let refused = (0..20)
+        .filter(|i| login_code(tcp, &format!("u{i}"), "d") == ruyi_proto::types::reason::RATE_LIMIT)
+        .count();
+    assert!(
+        (8..=12).contains(&refused),
+        "{refused} of 20 refused at 5/s, burst 10"
+    );
+    std::thread::sleep(Duration::from_millis(2100)); // the address's bucket refills
+    let same_uid = (0..8)
+        .filter(|i| {
+            login_code(tcp, "replayed", &format!("d{i}")) == ruyi_proto::types::reason::RATE_LIMIT
+        })
+        .count();
+    assert!(
+        same_uid >= 3,
+        "a replayed login was refused only {same_uid} times of 8"
+    );
+    let (_, metrics) = http_text(server.http_addr(), "/metrics");
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("ruyi_logins_limited_total ") && !l.ends_with(" 0")));
+}
+
+#[test]
+fn one_uid_holds_a_bounded_number_of_connections() {
+    let server = start("conns-per-uid", |c| {
+        c.token_auth = false;
+        c.max_conns_per_uid = 3;
+    });
+    let tcp = server.tcp_addr();
+    let held: Vec<Client> = (0..3)
+        .map(|i| {
+            Client::ok(
+                tcp,
+                &Login {
+                    device_id: ["a", "b", "c"][i],
+                    ..Login::new("many", "x")
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        login_code(tcp, "many", "d"),
+        ruyi_proto::types::reason::RATE_LIMIT
+    );
+    // A new login of a device already connected replaces it: not refused.
+    assert_eq!(
+        login_code(tcp, "many", "a"),
+        ruyi_proto::types::reason::SUCCESS
+    );
+    drop(held);
+}
+
+#[test]
+fn sends_are_limited_in_bytes_as_well_as_count() {
+    let server = start("send-bytes", |c| {
+        c.token_auth = false;
+        c.max_send_bytes_per_sec = 64 << 10; // burst 128 KiB
+    });
+    let mut c = Client::ok(server.tcp_addr(), &Login::new("big", "x"));
+    let body = vec![b'z'; 100 << 10];
+    c.send("peer", 1, &body, "b1");
+    assert_eq!(c.sendack().reason_code, ruyi_proto::types::reason::SUCCESS);
+    c.send("peer", 1, &body, "b2");
+    assert_eq!(
+        c.sendack().reason_code,
+        ruyi_proto::types::reason::RATE_LIMIT
+    );
+    c.send("peer", 1, b"{}", "small");
+    assert_eq!(
+        c.sendack().reason_code,
+        ruyi_proto::types::reason::SUCCESS,
+        "small ones still pass"
+    );
+}
