@@ -155,6 +155,9 @@ pub struct Config {
     /// Webhook endpoint (`http://host:port/path`), or `None` for no webhooks. Events are
     /// POSTed to `<url>?event=<name>` (HTTP_API.md §9).
     pub webhook_url: Option<String>,
+    /// Extra trusted certificates (PEM) for an `https://` webhook endpoint, beside the
+    /// Mozilla roots: an internal CA, or a self-signed endpoint.
+    pub webhook_ca_file: Option<PathBuf>,
     /// SQLite `synchronous`: `FULL` (default) survives power loss; `NORMAL` survives a
     /// process crash (`kill -9`) but may lose the last commits on power loss.
     pub sync_full: bool,
@@ -199,6 +202,7 @@ impl Default for Config {
             commit_interval: Duration::from_millis(1),
             sync_full: true,
             webhook_url: None,
+            webhook_ca_file: None,
             manager_token: None,
         }
     }
@@ -225,6 +229,15 @@ impl Config {
         if self.max_sends_per_sec > 1_000_000 {
             // The send bucket counts thousandths of a message in a u32 (src/rate.rs).
             return Err("max_sends_per_sec must be at most 1000000 (0 turns it off)".into());
+        }
+        if let Some(url) = &self.webhook_url {
+            let rest = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+                .ok_or("webhook_url must start with http:// or https://")?;
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err("webhook_url has no host".into());
+            }
         }
         if self.max_connections == 0 {
             return Err("max_connections must be greater than zero".into());

@@ -58,9 +58,13 @@ struct Cli {
     /// SQLite synchronous=NORMAL instead of FULL: survives kill -9, not power loss
     #[arg(long)]
     sync_normal: bool,
-    /// Webhook endpoint (http://host:port/path); events go to <url>?event=<name>
+    /// Webhook endpoint (http:// or https://host:port/path); events go to
+    /// <url>?event=<name>
     #[arg(long)]
     webhook_url: Option<String>,
+    /// Extra trusted certificates (PEM) for an https webhook endpoint (an internal CA)
+    #[arg(long, value_name = "FILE")]
+    webhook_ca_file: Option<PathBuf>,
     /// Connections open at most; lowered to what the open-file limit holds
     /// [default: 1000000]
     #[arg(long)]
@@ -123,6 +127,7 @@ struct FileConfig {
     loops: Option<usize>,
     sync_full: Option<bool>,
     webhook_url: Option<String>,
+    webhook_ca_file: Option<PathBuf>,
     manager_token: Option<String>,
     idle_timeout_secs: Option<u64>,
     connect_timeout_secs: Option<u64>,
@@ -186,6 +191,7 @@ fn load(cli: Cli) -> Result<Config, String> {
             .commit_interval_us
             .map_or(c.commit_interval, Duration::from_micros);
         c.webhook_url = f.webhook_url.or(c.webhook_url);
+        c.webhook_ca_file = f.webhook_ca_file.or(c.webhook_ca_file);
         c.manager_token = f.manager_token.map(Secret::from).or(c.manager_token);
         c.cors_origins = f.cors_origins.unwrap_or(c.cors_origins);
         c.allowed_hosts = f.allowed_hosts.unwrap_or(c.allowed_hosts);
@@ -210,6 +216,7 @@ fn load(cli: Cli) -> Result<Config, String> {
         (c.loops, c.channel_workers) = (n, n);
     }
     c.webhook_url = cli.webhook_url.or(c.webhook_url);
+    c.webhook_ca_file = cli.webhook_ca_file.or(c.webhook_ca_file);
     c.max_connections = cli.max_connections.unwrap_or(c.max_connections);
     c.max_connections_per_ip = cli.max_conns_per_ip.unwrap_or(c.max_connections_per_ip);
     c.max_sends_per_sec = cli.max_sends_per_sec.unwrap_or(c.max_sends_per_sec);

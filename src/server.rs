@@ -102,9 +102,12 @@ impl Server {
         let mut threads = Vec::new();
         let webhooks = match config.webhook_url.clone() {
             Some(url) => {
-                let (hooks, hook_threads) =
-                    crate::webhook::Webhooks::start(url, Arc::clone(&stopping))
-                        .map_err(|e| StartError::Spawn("webhooks".into(), e))?;
+                let (hooks, hook_threads) = crate::webhook::Webhooks::start(
+                    url,
+                    config.webhook_ca_file.as_deref(),
+                    Arc::clone(&stopping),
+                )
+                .map_err(|e| StartError::Spawn("webhooks".into(), e))?;
                 threads.extend(hook_threads);
                 Some(hooks)
             }

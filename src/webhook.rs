@@ -16,8 +16,11 @@
 //! - `msg.offline`: one POST per message, no retry, on its own thread so a slow answer
 //!   does not hold up the other events.
 //!
-//! Success is HTTP 200 exactly. Timeouts: connect 5 s, read 10 s, whole request 30 s.
-//! Plain `http://` endpoints only (the crate is built without TLS).
+//! Success is HTTP 200 exactly; redirects are not followed (a hostile endpoint could bounce
+//! the server's requests to an internal host). Timeouts: connect 5 s, read 10 s, whole
+//! request 30 s. `http://` and `https://` endpoints; https uses rustls with the Mozilla
+//! roots (webpki-roots) plus, when `webhook_ca_file` is set, the certificates in that PEM
+//! file (an internal CA).
 
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -140,8 +143,10 @@ impl Webhooks {
     /// When a thread cannot be spawned.
     pub fn start(
         url: String,
+        ca_file: Option<&std::path::Path>,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<(Webhooks, Vec<std::thread::JoinHandle<()>>)> {
+        let tls = tls_config(ca_file)?;
         let (online_tx, online_rx) = outbox();
         let (notify_tx, notify_rx) = outbox();
         let (offline_tx, offline_rx) = outbox();
@@ -150,6 +155,7 @@ impl Webhooks {
             // A hostile endpoint must not bounce the server's requests elsewhere (an
             // internal host): a redirect is an answer other than 200, so a failure.
             .redirects(0)
+            .tls_config(tls)
             .timeout_connect(Duration::from_secs(5))
             .timeout_read(Duration::from_secs(10))
             .timeout(Duration::from_secs(30))
@@ -227,6 +233,36 @@ impl Webhooks {
             self.dropped("msg.offline");
         }
     }
+}
+
+/// The TLS settings for https endpoints: the Mozilla roots, plus the certificates in
+/// `ca_file` (PEM) when given.
+///
+/// # Errors
+/// The file cannot be read, or holds something that is not a usable certificate.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> std::io::Result<Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn spawn(

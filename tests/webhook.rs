@@ -176,3 +176,85 @@ fn a_redirecting_endpoint_cannot_bounce_the_server_elsewhere() {
         "the server followed a webhook redirect"
     );
 }
+
+#[test]
+fn an_https_endpoint_gets_events_over_tls() {
+    // A self-signed endpoint on 127.0.0.1, trusted through webhook_ca_file.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::V4(
+        std::net::Ipv4Addr::LOCALHOST,
+    ))];
+    let cert = params.self_signed(&key).unwrap();
+    let dir = temp_dir("https-hook");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let tls = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (tls, tx) = (std::sync::Arc::clone(&tls), tx.clone());
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(tls).unwrap();
+                let mut reader = BufReader::new(rustls::StreamOwned::new(conn, stream));
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut len = 0;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                let _ = tx.send(line);
+                let stream = reader.get_mut();
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            });
+        }
+    });
+    let server = start("hook-https", |c| {
+        c.webhook_url = Some(format!("https://{addr}/hook"));
+        c.webhook_ca_file = Some(ca.clone());
+        c.token_auth = false;
+    });
+    let _c = Client::ok(server.tcp_addr(), &Login::new("tls-user", "x"));
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no event reached the https endpoint");
+    assert!(line.contains("event=user.onlinestatus"), "{line}");
+}
+
+#[test]
+fn a_webhook_url_without_a_scheme_is_refused_at_start() {
+    let mut config = ruyi::Config::for_test(temp_dir("hook-bad"));
+    config.webhook_url = Some("ftp://example/hook".into());
+    let err = ruyi::Server::start(config).expect_err("an ftp webhook started");
+    assert!(err.to_string().contains("http:// or https://"), "{err}");
+}
