@@ -1040,6 +1040,11 @@ pub fn conversation_change(
     if b.uid.is_empty() || b.channel_id.is_empty() || b.channel_type == 0 {
         return Err(bad("uid, channel_id and channel_type are required"));
     }
+    if !valid_id(&b.uid) || !valid_id(&b.channel_id) {
+        return Err(bad(
+            "uid and channel_id must not contain @ # & nor be reserved (PROTOCOL.md §8.3)",
+        ));
+    }
     let key = if b.channel_type == channel_type::PERSON {
         ChannelKey::new(
             person_channel_id(&b.uid, &b.channel_id),

@@ -76,12 +76,13 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
             session: None,
         }
     };
-    // Before any lookup or key exchange: a refused login must cost next to nothing.
+    // The per-address rate (off by default: behind a proxy every user shares one
+    // address) comes before any lookup. The per-uid rate comes after the token matched,
+    // so nobody can spend another user's allowance with wrong tokens, and before the key
+    // exchange, the cost it protects.
     let clock_ms = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let ip_ok = req
-        .peer
-        .is_none_or(|ip| shared.logins_by_ip.take(ip, clock_ms));
-    if !ip_ok || !shared.logins_by_uid.take(c.uid.clone(), clock_ms) {
+    let address = req.peer.map(crate::rate::address_key);
+    if address.is_some_and(|a| !shared.logins_by_ip.take(a, clock_ms)) {
         shared.counters.logins_limited.fetch_add(1, Relaxed);
         return refuse(reason::RATE_LIMIT);
     }
@@ -109,6 +110,10 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
             log::error!("ban lookup for {}: {e}", c.uid);
             return refuse(reason::SYSTEM_ERROR);
         }
+    }
+    if !shared.logins_by_uid.take(&c.uid, clock_ms) {
+        shared.counters.logins_limited.fetch_add(1, Relaxed);
+        return refuse(reason::RATE_LIMIT);
     }
     let others = shared
         .registry

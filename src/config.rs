@@ -99,13 +99,16 @@ pub struct Config {
     /// 200 sends/s of 700 KB each would otherwise be allowed. Default 2 MiB/s (a photo or
     /// two a second). 0 = no limit.
     pub max_send_bytes_per_sec: u32,
-    /// Logins per second from one peer address (after a burst of twice that); over it the
-    /// CONNECT is refused with CONNACK 22 before any key exchange. Default 100: a replayed
-    /// valid token otherwise costs the server two X25519 operations per try, without end.
-    /// Raise it behind a reverse proxy or carrier NAT. 0 = no limit.
+    /// Logins per second from one peer address (IPv4, or IPv6 /64; after a burst of twice
+    /// that), refused with CONNACK 22 before any lookup. Default 0 (off): behind a reverse
+    /// proxy or carrier NAT every user shares an address, and a limit there would let one
+    /// client lock everyone out. Turn it on when clients connect directly.
     pub max_logins_per_sec_per_ip: u32,
-    /// Logins per second for one uid (after a burst of twice that), refused the same way.
-    /// Default 20: an SDK reconnects every few seconds at most. 0 = no limit.
+    /// Logins per second for one uid (after a burst of twice that), counted once the token
+    /// matched and refused with CONNACK 22 before the key exchange. Default 20: an SDK
+    /// reconnects every few seconds at most, while a replayed valid token would otherwise
+    /// cost two X25519 operations per try without end. Wrong tokens do not count, so
+    /// nobody can spend another user's allowance. 0 = no limit.
     pub max_logins_per_sec_per_uid: u32,
     /// Connections one uid may hold at once over all its devices (a new login of the same
     /// device does not count the one it replaces); past it a login gets CONNACK 22.
@@ -190,7 +193,7 @@ impl Default for Config {
             cors_origins: Vec::new(),
             prelogin_budget_bytes: 64 << 20,
             max_send_bytes_per_sec: 2 << 20,
-            max_logins_per_sec_per_ip: 100,
+            max_logins_per_sec_per_ip: 0,
             max_logins_per_sec_per_uid: 20,
             max_conns_per_uid: 16,
             allowed_hosts: Vec::new(),

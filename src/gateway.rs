@@ -409,9 +409,12 @@ impl Gateway {
                     consumed += used;
                     match event {
                         ws::Event::Data(bytes) => state.stream.extend_from_slice(&bytes),
-                        ws::Event::Ping(payload) => {
+                        // Before login a ping gets no pong: a client that never reads
+                        // could otherwise pile up output the pre-login budget does not see.
+                        ws::Event::Ping(payload) if s.phase == Phase::Ready => {
                             conn.queue_slice(&ws::frame(ws::OP_PONG, &payload))
                         }
+                        ws::Event::Ping(_) => {}
                         ws::Event::Pong => {}
                         ws::Event::Close(_) => {
                             // Packets that arrived before the close frame still count
@@ -544,7 +547,13 @@ impl Gateway {
         // Before the decryption: a flood over the limit must cost as little as possible.
         // Counted in messages and in bytes: a few huge SENDs cost as much as many small.
         let now_ms = self.clock_ms(conn);
-        let kib = u32::try_from(send.payload.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        // Everything the SEND makes the server store and forward, not the payload alone.
+        let bytes = send.payload.len()
+            + send.client_msg_no.len()
+            + send.topic.len()
+            + send.channel_id.len()
+            + send.msg_key.len();
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
         let counted = s.sends.take(self.send_limit, now_ms);
         if !counted || !s.send_kib.take_n(self.send_kib_limit, now_ms, kib) {
             if counted {

@@ -227,6 +227,18 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
     };
+    // Two Host or Origin headers: a proxy in front may read the other one (RFC 9112 §3.2).
+    let twice = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+            > 1
+    };
+    if twice("host") || twice("origin") {
+        refuse(conn, 400, "more than one Host or Origin header");
+        return input.len();
+    }
     // Browsers: Host and Origin decide before anything runs (origin.rs).
     let config = &shared.config;
     let cors = match crate::origin::check(
@@ -242,6 +254,24 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
             return input.len();
         }
     };
+    // The manager token (HTTP_API.md §1.2): when configured, every request carries it in a
+    // `token` header or gets an empty 401. Compared in constant time.
+    // Checked on the head, before any body is waited for: a caller without the token
+    // cannot make the server hold a megabyte per connection. Preflights are exempt.
+    if let (Some(expected), false) = (&shared.config.manager_token, req.method == Some("OPTIONS")) {
+        let given = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("token"))
+            .map(|h| h.value);
+        if !given
+            .is_some_and(|g| ruyi_proto::crypto::constant_time_eq(g, expected.expose().as_bytes()))
+        {
+            conn.queue(response_typed(401, "application/json", "", false));
+            conn.close();
+            return input.len();
+        }
+    }
     // Every method's body is framed by its Content-Length, OPTIONS included: a body left
     // unread would be parsed as the next request (a desync behind a proxy).
     let content_length = content_length.unwrap_or(0);
@@ -254,7 +284,8 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
         return 0; // The engine keeps the bytes; the body is still arriving.
     }
     // Preflights come without the manager token (browsers never send custom headers on
-    // them), so they are answered before the token check, and only for allowed origins.
+    // them), so the token check skipped them; they get CORS headers only for allowed
+    // origins.
     if req.method == Some("OPTIONS") {
         let allow = match &cors {
             Some(origin) => format!(
@@ -269,22 +300,6 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
             conn.close();
         }
         return total;
-    }
-    // The manager token (HTTP_API.md §1.2): when configured, every request carries it in a
-    // `token` header or gets an empty 401. Compared in constant time.
-    if let Some(expected) = &shared.config.manager_token {
-        let given = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("token"))
-            .map(|h| h.value);
-        if !given
-            .is_some_and(|g| ruyi_proto::crypto::constant_time_eq(g, expected.expose().as_bytes()))
-        {
-            conn.queue(response_typed(401, "application/json", "", false));
-            conn.close();
-            return input.len();
-        }
     }
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));

@@ -101,8 +101,8 @@ struct Cli {
     /// 0 = no limit [default: 2097152]
     #[arg(long)]
     max_send_bytes_per_sec: Option<u32>,
-    /// Logins per second from one address, burst twice that; over it CONNACK 22; 0 = no
-    /// limit. Raise it behind a proxy or NAT [default: 100]
+    /// Logins per second from one address (IPv6: /64), burst twice that; over it CONNACK
+    /// 22. Off by default: behind a proxy or NAT all users share one address [default: 0]
     #[arg(long)]
     max_logins_per_sec_per_ip: Option<u32>,
     /// Logins per second for one uid, burst twice that; 0 = no limit [default: 20]

@@ -29,7 +29,7 @@ pub enum Verdict {
 
 /// The host part of a `Host` header value, without the port, lower-cased.
 fn host_name(host: &str) -> String {
-    let host = host.trim();
+    let host = host.trim().trim_end_matches('.');
     let name = if let Some(rest) = host.strip_prefix('[') {
         // [v6]:port
         rest.split(']').next().unwrap_or_default()
@@ -38,7 +38,7 @@ fn host_name(host: &str) -> String {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(host, |(name, _)| name)
     };
-    name.to_ascii_lowercase()
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn is_loopback_name(name: &str) -> bool {
@@ -81,10 +81,12 @@ pub fn check(
     if cors_origins.iter().any(|o| o.eq_ignore_ascii_case(&origin)) {
         return Verdict::Allow(Some(origin));
     }
-    // The API's own origin: a page it served itself (same scheme, host and port).
+    // The API's own origin: a page it served itself, or through a TLS proxy in front (same
+    // host and port; the Host check above already vouched for the host).
     let own = host.is_some_and(|h| {
         origin
             .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
             .is_some_and(|o| o.eq_ignore_ascii_case(h.trim()))
     });
     if own {
@@ -131,6 +133,11 @@ mod tests {
             judge("127.0.0.1:5001", Some("http://127.0.0.1:5001"), &[]),
             Verdict::Allow(None),
             "the API's own pages"
+        );
+        assert_eq!(
+            judge("localhost.:5001", Some("https://localhost.:5001"), &[]),
+            Verdict::Allow(None),
+            "a trailing dot, served through TLS"
         );
         assert_eq!(
             judge(

@@ -1,7 +1,7 @@
 //! Rate limits as token buckets: SENDs per connection (`Config::max_sends_per_sec`), SEND
 //! bytes per connection (`Config::max_send_bytes_per_sec`, counted in KiB), and logins per
-//! peer address and per uid ([`KeyedBuckets`], `Config::max_logins_per_sec_per_ip` and
-//! `_per_uid`).
+//! uid and (optionally) per peer address ([`KeyedBuckets`], `Config::max_logins_per_sec_per_uid`
+//! and `_per_ip`).
 //!
 //! A token bucket: a connection may send `burst` messages at once and `rate` per second
 //! after that. A SEND over the limit is answered with SENDACK reason 22 (RateLimit,
@@ -97,51 +97,68 @@ impl SendBucket {
 }
 
 /// Token buckets by key (a peer address, a uid), for limits that span connections; shared
-/// by the auth workers. Sharded so workers rarely meet on a lock; a lock is held for one
-/// map operation. Bounded: past [`KEYS_PER_SHARD`] keys a shard forgets every bucket that
-/// has refilled (it would start full anyway).
+/// by the auth workers. A key is kept as a 64-bit hash under a per-process random seed, so
+/// an entry is 16 bytes whatever the key's length and nobody can aim a key at another's
+/// bucket. Sharded so workers rarely meet on a lock; a lock is held for one map operation.
+/// Bounded: past [`KEYS_PER_SHARD`] keys a shard forgets every bucket that has refilled
+/// (it would start full anyway).
 #[derive(Debug)]
-pub struct KeyedBuckets<K> {
+pub struct KeyedBuckets {
     limit: SendLimit,
-    shards: Vec<std::sync::Mutex<std::collections::HashMap<K, SendBucket>>>,
+    seed: std::collections::hash_map::RandomState,
+    shards: Vec<std::sync::Mutex<std::collections::HashMap<u64, SendBucket>>>,
 }
 
 /// Keys per shard before the refilled ones are forgotten.
 pub const KEYS_PER_SHARD: usize = 4096;
 
-impl<K: std::hash::Hash + Eq> KeyedBuckets<K> {
+/// Shards of a [`KeyedBuckets`].
+const SHARDS: usize = 16;
+
+impl KeyedBuckets {
     /// Buckets of `limit` (off when its rate is 0).
     pub fn new(limit: SendLimit) -> Self {
         KeyedBuckets {
             limit,
-            shards: (0..16).map(|_| Default::default()).collect(),
+            seed: std::collections::hash_map::RandomState::new(),
+            shards: (0..SHARDS).map(|_| Default::default()).collect(),
         }
     }
 
+    /// True when the limit is on at all.
+    pub fn is_on(&self) -> bool {
+        self.limit.is_on()
+    }
+
     /// Takes one unit for `key` at `now_ms`; false when over the limit.
-    pub fn take(&self, key: K, now_ms: u64) -> bool {
+    pub fn take(&self, key: impl std::hash::Hash, now_ms: u64) -> bool {
         if !self.limit.is_on() {
             return true;
         }
-        let shard = &self.shards[shard_of(&key, self.shards.len())];
+        use std::hash::BuildHasher;
+        let hash = self.seed.hash_one(key);
+        let shard = &self.shards[(hash % SHARDS as u64) as usize];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = self.limit;
         if map.len() >= KEYS_PER_SHARD {
-            let limit = self.limit;
             map.retain(|_, b| !b.is_full(limit, now_ms));
         }
-        let limit = self.limit;
-        map.entry(key)
+        map.entry(hash)
             .or_insert_with(|| SendBucket::full(limit, now_ms))
             .take(limit, now_ms)
     }
 }
 
-/// A stable shard for `key` (the same key always meets the same lock).
-fn shard_of<K: std::hash::Hash>(key: &K, shards: usize) -> usize {
-    use std::hash::Hasher;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % shards as u64) as usize
+/// The key a login limit counts a peer under: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's block, as the per-address connection limit counts it).
+pub fn address_key(ip: std::net::IpAddr) -> u128 {
+    match ip {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => u128::from(u32::from(v4)),
+            None => (u128::from(v6) >> 64) | (1 << 64),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -156,11 +173,26 @@ mod tests {
         assert!((0..3).all(|_| k.take("a", 0)));
         assert!(!k.take("a", 0), "a's burst is spent");
         assert!(k.take("b", 0), "b has its own");
+        let long = "u".repeat(16 << 10);
         for i in 0..(20 * KEYS_PER_SHARD as u64) {
-            k.take(format!("k{i}").leak() as &str, 10_000 + i);
+            k.take((&long, i), 10_000 + i);
         }
         let held: usize = k.shards.iter().map(|s| s.lock().unwrap().len()).sum();
-        assert!(held <= 16 * KEYS_PER_SHARD, "{held} keys held");
+        assert!(held <= SHARDS * KEYS_PER_SHARD, "{held} keys held");
+    }
+
+    #[test]
+    fn an_ipv6_block_is_one_address() {
+        let a: std::net::IpAddr = "2001:db8:1:2::a".parse().unwrap();
+        let b: std::net::IpAddr = "2001:db8:1:2::b".parse().unwrap();
+        let c: std::net::IpAddr = "2001:db8:1:3::a".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            address_key(mapped),
+            address_key("10.0.0.1".parse().unwrap())
+        );
     }
 
     #[test]

@@ -60,8 +60,6 @@ pub struct Server {
     ws_addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
     checkpoint_stop: Arc<AtomicBool>,
-    /// Held until the server is dropped: one server per data directory.
-    _lock: storage::DataDirLock,
 }
 
 fn spawn(
@@ -176,8 +174,12 @@ impl Server {
             Arc::clone(&shared.stopping),
         );
         let pusher = Box::new(crate::pusher::Pusher::new(Arc::clone(&shared)));
-        // The writer stops on the flag once its queue is empty.
+        // The writer stops on the flag once its queue is empty. It holds the data
+        // directory's lock until it has stopped writing: dropping a `Server` without
+        // `stop` lets its threads wind down for a moment, and another server on the same
+        // directory must not start writing meanwhile.
         spawn(&mut threads, "ruyi-writer".into(), move || {
+            let _lock = lock;
             Writer::new(writer_conn, writer_rx, pusher, settings, stats, stopping).run();
         })?;
         let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
@@ -229,7 +231,6 @@ impl Server {
             ws_addr,
             threads,
             checkpoint_stop,
-            _lock: lock,
         })
     }
 

@@ -65,9 +65,9 @@ pub struct Shared {
     /// Counters.
     pub counters: Counters,
     /// Login rate per peer address (`Config::max_logins_per_sec_per_ip`).
-    pub logins_by_ip: crate::rate::KeyedBuckets<std::net::IpAddr>,
+    pub logins_by_ip: crate::rate::KeyedBuckets,
     /// Login rate per uid (`Config::max_logins_per_sec_per_uid`).
-    pub logins_by_uid: crate::rate::KeyedBuckets<String>,
+    pub logins_by_uid: crate::rate::KeyedBuckets,
     /// Input bytes held by connections that have not logged in (`gateway.rs`).
     pub prelogin_bytes: std::sync::atomic::AtomicUsize,
     /// The offline queue's counters, kept by the storage writer.

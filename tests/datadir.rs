@@ -117,3 +117,18 @@ fn the_wal_stays_bounded_under_sustained_writes() {
         "WAL size not exported"
     );
 }
+
+#[test]
+fn an_existing_data_directory_open_to_others_is_tightened() {
+    let dir = temp_dir("loose");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let db = dir.join("ruyi.db");
+    std::fs::write(&db, b"").expect("an empty database");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let server = ruyi::Server::start(ruyi::Config::for_test(&dir)).expect("starts");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&db), 0o600);
+    server.stop();
+}

@@ -299,11 +299,42 @@ fn login_code(addr: SocketAddr, uid: &str, device_id: &str) -> u8 {
 }
 
 #[test]
-fn logins_are_rate_limited_per_address_and_per_uid_before_any_key_exchange() {
-    let server = start("login-rate", |c| {
+fn a_replayed_login_is_rate_limited_but_wrong_tokens_cannot_lock_a_user_out() {
+    let server = start("login-rate", |c| c.max_logins_per_sec_per_uid = 2); // burst 4
+    let tcp = server.tcp_addr();
+    register(&server, "alice", "right", 1, 0);
+    // Anyone can send CONNECTs naming alice with wrong tokens, as fast as they like: they
+    // fail (2) and spend none of her allowance.
+    for _ in 0..40 {
+        let (_, ack) = Client::login(tcp, &Login::new("alice", "wrong"));
+        assert_eq!(ack.reason_code, ruyi_proto::types::reason::AUTH_FAIL);
+    }
+    assert_eq!(
+        login_with(tcp, "alice", "right", "d0"),
+        ruyi_proto::types::reason::SUCCESS
+    );
+    // Her valid token replayed: each try past the rate costs no key exchange, only a 22.
+    let refused = (1..9)
+        .filter(|i| {
+            login_with(tcp, "alice", "right", &format!("d{i}"))
+                == ruyi_proto::types::reason::RATE_LIMIT
+        })
+        .count();
+    assert!(
+        refused >= 4,
+        "a replayed login was refused only {refused} times of 8"
+    );
+    let (_, metrics) = http_text(server.http_addr(), "/metrics");
+    assert!(metrics
+        .lines()
+        .any(|l| l.starts_with("ruyi_logins_limited_total ") && !l.ends_with(" 0")));
+}
+
+#[test]
+fn the_per_address_login_rate_is_opt_in() {
+    let server = start("login-ip", |c| {
         c.token_auth = false;
         c.max_logins_per_sec_per_ip = 5; // burst 10
-        c.max_logins_per_sec_per_uid = 2; // burst 4
     });
     let tcp = server.tcp_addr();
     let refused = (0..20)
@@ -313,20 +344,44 @@ fn logins_are_rate_limited_per_address_and_per_uid_before_any_key_exchange() {
         (8..=12).contains(&refused),
         "{refused} of 20 refused at 5/s, burst 10"
     );
-    std::thread::sleep(Duration::from_millis(2100)); // the address's bucket refills
-    let same_uid = (0..8)
-        .filter(|i| {
-            login_code(tcp, "replayed", &format!("d{i}")) == ruyi_proto::types::reason::RATE_LIMIT
-        })
-        .count();
-    assert!(
-        same_uid >= 3,
-        "a replayed login was refused only {same_uid} times of 8"
+}
+
+fn login_with(addr: SocketAddr, uid: &str, token: &str, device_id: &str) -> u8 {
+    let (_, ack) = Client::login(
+        addr,
+        &Login {
+            device_id,
+            ..Login::new(uid, token)
+        },
     );
-    let (_, metrics) = http_text(server.http_addr(), "/metrics");
-    assert!(metrics
-        .lines()
-        .any(|l| l.starts_with("ruyi_logins_limited_total ") && !l.ends_with(" 0")));
+    ack.reason_code
+}
+
+#[test]
+fn without_the_manager_token_no_body_is_waited_for() {
+    let server = start("token-head", |c| c.manager_token = Some("m".into()));
+    let mut s = std::net::TcpStream::connect(server.http_addr()).expect("connects");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    s.write_all(b"POST /user/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n0123456789")
+        .expect("writes");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.starts_with("HTTP/1.1 401"),
+        "the server waited for the body: {out}"
+    );
+}
+
+#[test]
+fn two_host_headers_are_refused() {
+    let server = start("two-hosts", |_| {});
+    let out = raw(
+        server.http_addr(),
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
 }
 
 #[test]
@@ -357,6 +412,26 @@ fn one_uid_holds_a_bounded_number_of_connections() {
         ruyi_proto::types::reason::SUCCESS
     );
     drop(held);
+}
+
+#[test]
+fn the_byte_limit_counts_every_field_not_the_payload_alone() {
+    let server = start("send-fields", |c| {
+        c.token_auth = false;
+        c.max_send_bytes_per_sec = 64 << 10; // burst 128 KiB
+    });
+    let mut c = Client::ok(server.tcp_addr(), &Login::new("fields", "x"));
+    let big_no = "n".repeat(30 << 10);
+    let codes: Vec<u8> = (0..6)
+        .map(|i| {
+            c.send("peer", 1, b"", &format!("{big_no}{i}"));
+            c.sendack().reason_code
+        })
+        .collect();
+    assert!(
+        codes.contains(&ruyi_proto::types::reason::RATE_LIMIT),
+        "180 KiB of client_msg_no passed a 128 KiB burst: {codes:?}"
+    );
 }
 
 #[test]

@@ -73,7 +73,7 @@ struct Phase {
 /// An attack: runs until `stop`, counting the hostile connections it opens.
 type Attack = fn(&HostileArgs, &AtomicBool, &AtomicU64);
 
-const PHASES: [(&str, Option<Attack>); 13] = [
+const PHASES: [(&str, Option<Attack>); 16] = [
     ("quiet baseline", None),
     ("random bytes", Some(random_bytes)),
     ("length prefix of 100 MiB", Some(huge_length)),
@@ -91,6 +91,12 @@ const PHASES: [(&str, Option<Attack>); 13] = [
     (
         "a member that never reads, group flooded",
         Some(never_reads),
+    ),
+    ("2,000 half-sent 15 KiB logins", Some(half_sent_logins)),
+    ("one valid login replayed", Some(replayed_login)),
+    (
+        "one uid, 400 connections, 700 KB to itself",
+        Some(one_uid_many_connections),
     ),
     ("quiet again", None),
 ];
@@ -258,6 +264,17 @@ fn half_frames(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
 /// Keeps `count` connections open, each having sent `hello`, replacing those the server
 /// closes, until `stop`.
 fn hold_open(addr: SocketAddr, stop: &AtomicBool, opened: &AtomicU64, count: usize, hello: &[u8]) {
+    hold_open_with(addr, stop, opened, count, |_| hello.to_vec());
+}
+
+/// [`hold_open`] where connection `n` sends `hello(n)`.
+fn hold_open_with(
+    addr: SocketAddr,
+    stop: &AtomicBool,
+    opened: &AtomicU64,
+    count: usize,
+    hello: impl Fn(u64) -> Vec<u8>,
+) {
     let mut held: Vec<TcpStream> = Vec::new();
     while !stop.load(Ordering::Acquire) {
         held.retain_mut(|s| {
@@ -269,7 +286,7 @@ fn hold_open(addr: SocketAddr, stop: &AtomicBool, opened: &AtomicU64, count: usi
             let n = opened.fetch_add(1, Ordering::Relaxed);
             match hostile_connect(addr, n) {
                 Ok(mut s) => {
-                    let _ = s.write_all(hello);
+                    let _ = s.write_all(&hello(n));
                     held.push(s);
                 }
                 Err(_) => break,
@@ -400,4 +417,66 @@ fn never_reads(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
 fn base64_of(len: usize) -> String {
     // 'A' * 4k is base64 of zero bytes: valid and cheap to build.
     "A".repeat(len / 3 * 4)
+}
+
+/// The first bytes of a CONNECT whose body is declared `declared` bytes long (fixed header
+/// and base-128 remaining length, PROTOCOL.md §2).
+fn connect_prefix(declared: usize) -> Vec<u8> {
+    let mut out = vec![0x10];
+    let mut n = declared;
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            return out;
+        }
+    }
+}
+
+fn half_sent_logins(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // 2,000 connections each holding 12 KiB of a CONNECT declared 15 KiB long: 24 MB of
+    // unauthenticated input, under the 16 KiB pre-login frame bound; past the server's
+    // pre-login byte budget the newest are shed.
+    let mut hello = connect_prefix(15 << 10);
+    hello.extend(std::iter::repeat_n(b'x', 12 << 10));
+    hold_open(args.tcp, stop, opened, 2000, &hello);
+}
+
+fn replayed_login(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // The same valid login (token auth is off here, so any is valid) as fast as it is
+    // answered: each one the login rates let through costs the server a key exchange.
+    let hello = connect_bytes("replayer", client_key());
+    repeat(stop, opened, |n| hit(args.tcp, n, &hello));
+}
+
+fn one_uid_many_connections(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
+    // One account tries to hold 400 connections (each another device, so none replaces
+    // another) that never read, and its app sends it 700 KB messages, four a second: each
+    // is encrypted once per connection the server let it keep.
+    let payload = base64_of(700_000);
+    let send = serde_json::json!({"from_uid": "hog", "channel_id": "hog", "channel_type": 1, "payload": payload}).to_string();
+    let stop_sends = std::sync::Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (http, stop_sends) = (args.http, std::sync::Arc::clone(&stop_sends));
+        std::thread::spawn(move || {
+            while !stop_sends.load(Ordering::Acquire) {
+                let _ = im::http_post(http, "/message/send", &send);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        })
+    };
+    hold_open_with(args.tcp, stop, opened, 400, |n| {
+        packet(&Packet::Connect(ConnectPacket {
+            version: 4,
+            device_flag: 1,
+            device_id: format!("hog-{n}"),
+            uid: "hog".into(),
+            token: "x".into(),
+            client_timestamp: 0,
+            client_key: client_key(),
+        }))
+    });
+    stop_sends.store(true, Ordering::Release);
+    let _ = sender.join();
 }

@@ -67,8 +67,22 @@ pub struct DataDirLock {
     _file: std::fs::File,
 }
 
-/// Creates the data directory if needed (mode 0700: it holds tokens and every message)
-/// and takes its lock.
+/// Clears the group and other bits of `path` beyond `mode`.
+fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let current = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if current & !mode != 0 {
+        log::warn!(
+            "{}: mode {current:o} let others read it; set to {mode:o}",
+            path.display()
+        );
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(current & mode))?;
+    }
+    Ok(())
+}
+
+/// Creates the data directory if needed (mode 0700: it holds tokens and every message;
+/// an existing one is tightened to it, and its files to 0600) and takes its lock.
 ///
 /// # Errors
 /// The directory or lock file cannot be created, or another process holds the lock
@@ -85,6 +99,15 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, StorageError> {
         .mode(0o700)
         .create(data_dir)
         .map_err(dir_error)?;
+    // A directory (and files) from before this rule, or made by hand, are tightened too:
+    // the mode given at creation does nothing to what exists.
+    tighten(data_dir, 0o700).map_err(dir_error)?;
+    for name in ["ruyi.db", "ruyi.db-wal", "ruyi.db-shm", LOCK_FILE] {
+        let path = data_dir.join(name);
+        if path.exists() {
+            tighten(&path, 0o600).map_err(dir_error)?;
+        }
+    }
     let path = data_dir.join(LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -162,6 +185,9 @@ pub fn open_writer(
     Ok(conn)
 }
 
+/// How long a RESTART checkpoint waits for readers and the writer at most.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How often the checkpointer folds the WAL back into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -183,10 +209,10 @@ pub fn db_bytes(data_dir: &Path) -> u64 {
 /// while the whole WAL is checkpointed. Under steady writes a `PASSIVE` checkpoint (which
 /// never blocks anyone) always ends a few frames behind the writer, so the WAL never starts
 /// over and grows without bound (964 MB in 30 s at 1,800 messages/s, before this). So when
-/// the WAL passes `wal_max_bytes` the checkpointer runs `RESTART`: it waits for the
-/// writer's current transaction, holds the next one back for the moment it takes to copy
-/// the last frames (a passive pass ran just before), and the writer's next transaction
-/// starts the WAL over, cut back to `journal_size_limit`. Disk use: the database plus at
+/// the WAL passes `wal_max_bytes` and a passive pass has copied every frame, the
+/// checkpointer runs `RESTART`: it waits (at most `RESTART_WAIT`) for readers of older
+/// frames and the writer's current transaction, and the writer's next transaction starts
+/// the WAL over, cut back to `journal_size_limit`. Disk use: the database plus at
 /// most about `wal_max_bytes` plus what is written in one check period.
 pub fn checkpointer(
     data_dir: PathBuf,
@@ -200,20 +226,38 @@ pub fn checkpointer(
             return;
         }
     };
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    // A RESTART holds new write transactions back while it waits: it may wait this long
+    // at most, so the writer (busy timeout 5 s) never fails a batch on it and SENDACKs
+    // stall at most this much; a busy RESTART is tried again the next period.
+    let _ = conn.busy_timeout(RESTART_WAIT);
     let _ = conn.pragma_update(None, "journal_size_limit", wal_max_bytes as i64);
+    // The WAL's size at the last RESTART: it only shrinks at the writer's next
+    // transaction, and an idle server must not RESTART every period meanwhile.
+    let mut restarted_at = None;
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::sleep(CHECKPOINT_EVERY);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            log::warn!("checkpoint failed: {e}");
-            continue;
-        }
-        if wal_bytes(&data_dir) > wal_max_bytes {
-            let restart =
-                conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
-            match restart {
+        // (busy, frames in the WAL, frames copied back)
+        let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        let (log_frames, copied) = match passive {
+            Ok(counts) => counts,
+            Err(e) => {
+                log::warn!("checkpoint failed: {e}");
+                continue;
+            }
+        };
+        let wal = wal_bytes(&data_dir);
+        // Only once the passive pass copied everything: the RESTART then has nothing left
+        // to copy and holds the writer back for a moment, not for a copy.
+        if wal > wal_max_bytes && log_frames == copied && restarted_at != Some(wal) {
+            restarted_at = Some(wal);
+            match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
                 Ok(0) => log::debug!("WAL past {wal_max_bytes} bytes: restarted"),
-                Ok(_) => log::debug!("WAL restart checkpoint busy; next period"),
+                Ok(_) => {
+                    restarted_at = None; // busy: try again next period
+                    log::debug!("WAL restart checkpoint busy; next period");
+                }
                 Err(e) => log::warn!("restart checkpoint failed: {e}"),
             }
         }
