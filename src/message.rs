@@ -271,9 +271,13 @@ pub struct Delivery {
     pub queued: bool,
 }
 
-/// Payload bytes that count as one more unit of a delivery's weight: encrypting and
-/// copying a RECV costs in proportion to its payload.
-const WEIGHT_BYTES: usize = 1024;
+/// Small receivers a KiB of payload weighs as. Encrypting and base64-encoding a RECV's
+/// payload costs per receiver in proportion to its size (about 2.5 ms for 700 KB here,
+/// against ~3.5 µs for a small encrypted RECV): deliberately counted high, so that one
+/// large message to a few connections is cut into pieces a turn can finish quickly (one
+/// uid's 16 connections getting 700 KB four times a second cost healthy users 127x p99
+/// when a whole delivery counted as 16 × 43 units; RELIABILITY.md).
+const RECEIVERS_PER_KIB: usize = 16;
 
 /// Receivers of a small message that weigh as much as one frame in a loop's turn budget.
 /// A frame from another thread is copied into one connection's queue; a receiver of a
@@ -286,7 +290,12 @@ const RECEIVERS_PER_UNIT: usize = 16;
 /// The work of delivering one message of `payload_len` bytes to `targets` receivers, in
 /// the units of a loop's per-turn budget (`max_commands_per_turn`, where a frame is 1).
 pub fn deliver_weight(targets: usize, payload_len: usize) -> usize {
-    (targets.max(1) * (1 + payload_len / WEIGHT_BYTES)).div_ceil(RECEIVERS_PER_UNIT)
+    (targets.max(1) * receiver_weight(payload_len)).div_ceil(RECEIVERS_PER_UNIT)
+}
+
+/// What one receiver of a `payload_len`-byte message weighs, in small receivers.
+pub fn receiver_weight(payload_len: usize) -> usize {
+    1 + payload_len / 1024 * RECEIVERS_PER_KIB
 }
 
 impl Delivery {

@@ -148,7 +148,7 @@ impl Pusher {
         });
         // A piece's weight stays at most that of `TARGETS_PER_DELIVER` small RECVs
         // whatever the payload.
-        let per_receiver = 1 + delivery.message.payload.len() / 1024;
+        let per_receiver = crate::message::receiver_weight(delivery.message.payload.len());
         let per_piece = (TARGETS_PER_DELIVER / per_receiver).max(1);
         for (index, targets) in self.targets.iter_mut().enumerate() {
             while !targets.is_empty() {

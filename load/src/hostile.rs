@@ -447,7 +447,16 @@ fn replayed_login(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
     // The same valid login (token auth is off here, so any is valid) as fast as it is
     // answered: each one the login rates let through costs the server a key exchange.
     let hello = connect_bytes("replayer", client_key());
-    repeat(stop, opened, |n| hit(args.tcp, n, &hello));
+    repeat(stop, opened, |n| {
+        let Ok(mut s) = hostile_connect(args.tcp, n) else {
+            std::thread::sleep(Duration::from_millis(10));
+            return;
+        };
+        // Wait for the CONNACK, then hang up and log in again.
+        let _ = s.write_all(&hello);
+        let mut connack = [0u8; 256];
+        let _ = s.read(&mut connack);
+    });
 }
 
 fn one_uid_many_connections(args: &HostileArgs, stop: &AtomicBool, opened: &AtomicU64) {
