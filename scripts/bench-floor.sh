@@ -38,7 +38,8 @@ measure() { # kind name load-args... -> deliveries/s
     sleep 0.05
   done
   "$bin/ruyi-load" "$@" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" --warmup 2 \
-    --seconds "$seconds" --server-pid "$pid" --json "$out/$name-$kind.json" >"$out/$name-$kind.txt" 2>&1 || true
+    --seconds "$seconds" --server-pid "$pid" --json "$out/$name-$kind.json" >"$out/$name-$kind.txt" 2>&1 \
+    || { echo "FAILED: $name: messages lost or duplicated, or the run failed (see above or its .txt)" >&2; kill "$pid" 2>/dev/null; exit 1; }
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -rf "$data"

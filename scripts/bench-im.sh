@@ -30,7 +30,8 @@ run_one() { # name encrypt(0/1) load-args...
   done
   local enc=(); [ "$encrypt" = 1 ] && enc=(--encrypt)
   "$bin/ruyi-load" "$@" "${enc[@]}" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" \
-    --warmup 2 --seconds "$seconds" --server-pid "$pid" --json "$out/$name.json" || true
+    --warmup 2 --seconds "$seconds" --server-pid "$pid" --json "$out/$name.json" \
+    || { echo "FAILED: $name: messages lost or duplicated, or the run failed (see above or its .txt)" >&2; kill "$pid" 2>/dev/null; exit 1; }
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -rf "$data"

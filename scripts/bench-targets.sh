@@ -30,7 +30,8 @@ run() { # name encrypt(0/1) load-args... ; prints nothing, writes $out/name.json
     sleep 0.05
   done
   "$bin/ruyi-load" "$@" "${enc[@]}" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" \
-    --warmup 2 --seconds "$seconds" --server-pid "$pid" --json "$out/$name.json" >"$out/$name.txt" 2>&1 || true
+    --warmup 2 --seconds "$seconds" --server-pid "$pid" --json "$out/$name.json" >"$out/$name.txt" 2>&1 \
+    || { echo "FAILED: $name: messages lost or duplicated, or the run failed (see above or its .txt)" >&2; kill "$pid" 2>/dev/null; exit 1; }
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -rf "$data"

@@ -33,11 +33,14 @@ start_server() { # extra ruyi flags...
 pid=
 trap '[ -n "$pid" ] && stop_ruyi' EXIT
 
-load() { # name args...
+load() { # name args...; a run that lost or duplicated anything stops the whole script
   local name=$1; shift
-  "$bin/ruyi-load" "$@" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" --warmup 2 \
+  if ! "$bin/ruyi-load" "$@" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" --warmup 2 \
     --seconds "$secs" --server-pid "$pid" --prefix "$name" --json "$out/$name.json" \
-    --svg "$out/$name.svg" | tee -a "$out/summary.txt"
+    --svg "$out/$name.svg" | tee -a "$out/summary.txt"; then
+    echo "FAILED: $name: messages lost or duplicated, or the run failed" | tee -a "$out/summary.txt" >&2
+    exit 1
+  fi
 }
 
 # Encryption off for the plaintext scenarios (a server with encryption on refuses logins

@@ -4,12 +4,14 @@
 //! then senders keep `--window` SENDs in flight each (closed loop) and every receiver
 //! answers each RECV with a RECVACK, as the SDKs do. The payload carries the send time and
 //! a per-sender counter, so the tool measures SENDACK latency (send → SENDACK at the
-//! sender) and delivery latency (send → RECV at each receiver), and counts lost and
-//! duplicated deliveries: each receiver expects every sender's counter to rise by exactly
-//! one.
+//! sender) and delivery latency (send → RECV at each receiver).
 //!
 //! Worker threads each own a `mio::Poll` and a share of the connections; the run has a
-//! warm-up, a measured window, and stops by itself.
+//! warm-up, a measured window, and a drain: senders stop, and every worker reads on until
+//! its SENDs are all answered and its input has been quiet for [`DRAIN_QUIET`] (at most
+//! [`DRAIN_LIMIT`]). Then every message the server acknowledged is checked at every
+//! receiver that should have it (`ledger.rs`): lost, duplicated and reordered are reported
+//! apart, and a run that lost or duplicated anything fails (exit status 1).
 
 use crate::report::{self, Percentiles};
 use crate::wire::Framing;
@@ -139,6 +141,8 @@ struct Plan {
     target: Option<(String, u8)>,
     /// Index of this sender among all senders (for loss accounting), if it sends.
     sender_index: Option<usize>,
+    /// The group this connection is a member of (it receives the group's messages).
+    member_of: Option<String>,
 }
 
 /// The connections of a run, and how many of them send.
@@ -155,12 +159,14 @@ impl Plans {
                 uid: format!("{prefix}-a{i}"),
                 target: Some((format!("{prefix}-b{i}"), 1)),
                 sender_index: Some(self.senders),
+                member_of: None,
             });
             self.senders += 1;
             self.list.push(Plan {
                 uid: format!("{prefix}-b{i}"),
                 target: None,
                 sender_index: None,
+                member_of: None,
             });
         }
     }
@@ -187,6 +193,7 @@ impl Plans {
                     uid,
                     target: sends.then(|| (gid.clone(), 2)),
                     sender_index: sends.then_some(self.senders),
+                    member_of: Some(gid.clone()),
                 });
                 self.senders += usize::from(sends);
             }
@@ -213,8 +220,12 @@ pub(crate) struct ImReport {
     pub(crate) sendack_latency: Percentiles,
     pub(crate) delivery_latency: Percentiles,
     pub(crate) refused: u64,
+    /// Acknowledged messages missing at a receiver that should have them, after the drain.
     pub(crate) lost: u64,
+    /// Messages a receiver got more than once.
     pub(crate) duplicated: u64,
+    /// Messages a receiver got after a later one of the same sender (nothing missing).
+    pub(crate) reordered: u64,
     server_cpu_seconds: Option<f64>,
     deliveries_per_server_cpu_sec: Option<f64>,
     /// Per second of the measured window: [sends, deliveries].
@@ -223,13 +234,31 @@ pub(crate) struct ImReport {
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
+/// The drain ends once a worker's SENDs are all answered and its input has been quiet this
+/// long: deliveries trail their SENDACKs by at most a few milliseconds on a healthy server.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
+
+/// The drain ends at this limit whatever is still missing (and is then counted lost).
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
 fn nanos_since_epoch(t: Instant) -> u64 {
     t.duration_since(*EPOCH.get_or_init(Instant::now))
         .as_nanos() as u64
 }
 
 pub fn run_person(args: &PersonArgs) -> io::Result<()> {
-    person(args).map(drop)
+    person(args).and_then(|r| judged(&r))
+}
+
+/// The run fails when it lost or duplicated anything (module docs).
+fn judged(report: &ImReport) -> io::Result<()> {
+    if report.lost + report.duplicated > 0 {
+        return Err(io::Error::other(format!(
+            "{}: {} acknowledged messages lost, {} duplicated",
+            report.scenario, report.lost, report.duplicated
+        )));
+    }
+    Ok(())
 }
 
 /// The person scenario, its report returned as well as printed.
@@ -246,7 +275,7 @@ pub fn run_group(args: &GroupArgs) -> io::Result<()> {
         "group {}x{} senders {}",
         args.groups, args.members, args.senders
     );
-    run(&args.im, &scenario, plans).map(drop)
+    run(&args.im, &scenario, plans).and_then(|r| judged(&r))
 }
 
 pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
@@ -264,7 +293,7 @@ pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
         "mixed {} pairs + {}x{} + 1x{}",
         args.pairs, args.groups, args.members, args.large
     );
-    run(&args.im, &scenario, plans).map(drop)
+    run(&args.im, &scenario, plans).and_then(|r| judged(&r))
 }
 
 pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<String> {
@@ -343,11 +372,34 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         )?;
     }
     let secs = args.seconds as f64;
-    // A gap at a receiver is a loss unless the server refused that SEND (a rate limit, say):
-    // a refused message was never accepted, so it was never owed.
-    let refused: std::collections::HashSet<(usize, u64)> =
-        t.refused_counters.iter().copied().collect();
-    let lost = t.missing.iter().filter(|m| !refused.contains(m)).count() as u64;
+    let mut acked: HashMap<usize, Vec<u64>> = HashMap::new();
+    for &(sender, counter) in &t.acked {
+        acked.entry(sender).or_default().push(counter);
+    }
+    let sending: Vec<crate::ledger::Sender<'_>> = plans
+        .iter()
+        .filter_map(|p| {
+            let (target, ctype) = p.target.as_ref()?;
+            Some(crate::ledger::Sender {
+                index: p.sender_index?,
+                uid: &p.uid,
+                target: (target, *ctype),
+            })
+        })
+        .collect();
+    let receivers: Vec<crate::ledger::Receiver<'_>> = t
+        .received
+        .iter()
+        .filter_map(|(global, seen)| {
+            let p = plans.get(*global)?;
+            Some(crate::ledger::Receiver {
+                uid: &p.uid,
+                member_of: p.member_of.as_deref(),
+                seen,
+            })
+        })
+        .collect();
+    let lost = crate::ledger::lost(&sending, &receivers, &acked);
     let report = ImReport {
         scenario: scenario.to_owned(),
         transport: if args.ws.is_some() { "ws" } else { "tcp" },
@@ -367,12 +419,13 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         refused: t.refused,
         lost,
         duplicated: t.duplicated,
+        reordered: t.reordered,
         server_cpu_seconds: server_cpu,
         deliveries_per_server_cpu_sec: server_cpu.map(|c| t.deliveries as f64 / c.max(1e-9)),
         timeline: t.timeline.clone(),
     };
     println!(
-        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} server_cpu={:.2}s",
+        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} server_cpu={:.2}s",
         report.scenario,
         report.transport,
         report.connections,
@@ -386,6 +439,7 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         report.refused,
         report.lost,
         report.duplicated,
+        report.reordered,
         report.server_cpu_seconds.unwrap_or(f64::NAN)
     );
     if let Some(path) = &args.svg {
@@ -403,6 +457,8 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
 struct Conn {
     stream: TcpStream,
     plan: Plan,
+    /// Index of its plan in the run.
+    global: usize,
     framing: Framing,
     /// Bytes read from the socket, not yet unframed.
     raw: Vec<u8>,
@@ -423,8 +479,8 @@ struct Conn {
     next_send_at: Instant,
     next_counter: u64,
     client_seq: u32,
-    /// Per sender: the last counter received (loss and duplicate accounting).
-    last_seen: HashMap<usize, u64>,
+    /// Per sender: the counters received (`ledger.rs`).
+    seen: HashMap<usize, crate::ledger::Seen>,
 }
 
 impl Conn {
@@ -449,11 +505,12 @@ struct WorkerResult {
     sends: u64,
     deliveries: u64,
     refused: u64,
-    /// (sender, counter) of each SEND the server refused: never delivered, not lost.
-    refused_counters: Vec<(usize, u64)>,
-    /// (sender, counter) missing at a receiver, once per receiver: lost unless refused.
-    missing: Vec<(usize, u64)>,
+    /// (sender, counter) of each SEND the server acknowledged, whenever in the run.
+    acked: Vec<(usize, u64)>,
+    /// (plan index, what it received) of every connection, after the drain.
+    received: Vec<(usize, HashMap<usize, crate::ledger::Seen>)>,
     duplicated: u64,
+    reordered: u64,
     sendack: Histogram<u64>,
     delivery: Histogram<u64>,
     /// Per second of the measured window: [sends, deliveries].
@@ -466,9 +523,10 @@ impl WorkerResult {
             sends: 0,
             deliveries: 0,
             refused: 0,
-            refused_counters: Vec::new(),
-            missing: Vec::new(),
+            acked: Vec::new(),
+            received: Vec::new(),
             duplicated: 0,
+            reordered: 0,
             sendack: report::latency_histogram(),
             delivery: report::latency_histogram(),
             timeline: Vec::new(),
@@ -480,9 +538,10 @@ impl WorkerResult {
         self.sends += other.sends;
         self.deliveries += other.deliveries;
         self.refused += other.refused;
-        self.refused_counters.extend(other.refused_counters);
-        self.missing.extend(other.missing);
+        self.acked.extend(other.acked);
+        self.received.extend(other.received);
         self.duplicated += other.duplicated;
+        self.reordered += other.reordered;
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize(other.timeline.len(), [0, 0]);
         }
@@ -526,6 +585,7 @@ fn worker(
         let mut c = Conn {
             stream,
             plan,
+            global,
             framing: Framing::new(args.ws.is_some(), global as u32),
             raw: Vec::new(),
             input: Vec::new(),
@@ -539,7 +599,7 @@ fn worker(
             next_send_at: start,
             next_counter: 1,
             client_seq: 1,
-            last_seen: HashMap::new(),
+            seen: HashMap::new(),
         };
         c.framing.start(server, &mut c.output);
         let connect = Packet::Connect(ConnectPacket {
@@ -565,6 +625,7 @@ fn worker(
     let mut started: Option<Instant> = None;
     let mut measure: Option<(Instant, Instant)> = None;
     let login_deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_input = Instant::now();
     // Paced senders are topped up on this period; closed-loop ones on every SENDACK.
     let pace_tick = Duration::from_millis(1);
     let paced = args.rate > 0.0;
@@ -586,8 +647,13 @@ fn worker(
             }
         }
         if let Some((_, until)) = measure {
+            // The drain (module docs): no new SENDs; done once every SEND is answered and
+            // the input has been quiet a while, or at the limit.
             if now >= until {
-                break;
+                let answered = conns.iter().all(|c| c.in_flight.is_empty());
+                if (answered && now >= last_input + DRAIN_QUIET) || now >= until + DRAIN_LIMIT {
+                    break;
+                }
             }
         } else if now > login_deadline {
             return Err(io::Error::other(
@@ -602,6 +668,10 @@ fn worker(
         poll.poll(&mut events, Some(timeout))?;
         let now = Instant::now();
         let window = measure.and_then(|(from, until)| (now >= from && now < until).then_some(from));
+        let draining = measure.is_some_and(|(_, until)| now >= until);
+        if !events.is_empty() {
+            last_input = now;
+        }
         for event in events.iter() {
             let c = &mut conns[event.token().0];
             if event.is_readable() {
@@ -614,13 +684,13 @@ fn worker(
                     )));
                 }
                 handle_input(c, args, now, window, logged_in, &mut r)?;
-                if started.is_some() && !paced {
+                if started.is_some() && !paced && !draining {
                     top_up(c, args, now)?;
                 }
             }
             flush(c)?;
         }
-        if paced && started.is_some() {
+        if paced && started.is_some() && !draining {
             for c in &mut conns {
                 if c.next_send_at <= now {
                     top_up(c, args, now)?;
@@ -629,6 +699,7 @@ fn worker(
             }
         }
     }
+    r.received = conns.into_iter().map(|c| (c.global, c.seen)).collect();
     Ok(r)
 }
 
@@ -670,14 +741,16 @@ fn handle_input(
                     .position(|f| f.0 == ack.client_seq)
                     .and_then(|i| c.in_flight.remove(i));
                 if ack.reason_code != 1 {
-                    r.refused += 1;
+                    r.refused += 1; // Never accepted, so never owed.
+                } else {
                     if let (Some(sender), Some((_, _, counter))) = (c.plan.sender_index, sent) {
-                        r.refused_counters.push((sender, counter));
+                        r.acked.push((sender, counter));
                     }
-                } else if let (Some(from), Some((_, sent, _))) = (window, sent) {
-                    r.sends += 1;
-                    r.tick(from, now, 0);
-                    report::record(&mut r.sendack, now.saturating_duration_since(sent));
+                    if let (Some(from), Some((_, sent, _))) = (window, sent) {
+                        r.sends += 1;
+                        r.tick(from, now, 0);
+                        report::record(&mut r.sendack, now.saturating_duration_since(sent));
+                    }
                 }
             }
             Packet::Recv(recv) => {
@@ -697,12 +770,10 @@ fn handle_input(
                         u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default()) as usize;
                     let counter =
                         u64::from_be_bytes(payload[16..24].try_into().unwrap_or_default());
-                    let last = c.last_seen.entry(sender).or_insert(0);
-                    if counter <= *last {
-                        r.duplicated += 1;
-                    } else {
-                        r.missing.extend((*last + 1..counter).map(|m| (sender, m)));
-                        *last = counter;
+                    match c.seen.entry(sender).or_default().record(counter) {
+                        crate::ledger::Arrival::New => {}
+                        crate::ledger::Arrival::Duplicate => r.duplicated += 1,
+                        crate::ledger::Arrival::Reordered => r.reordered += 1,
                     }
                     if let Some(from) = window {
                         r.deliveries += 1;

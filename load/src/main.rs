@@ -12,6 +12,7 @@ mod floor;
 mod hostile;
 mod idle;
 mod im;
+mod ledger;
 mod procfs;
 mod report;
 mod wire;
