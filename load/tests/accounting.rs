@@ -27,6 +27,9 @@ enum Fault {
 
 type Peers = Arc<Mutex<HashMap<String, TcpStream>>>;
 
+/// A RECV held back (for a swap): its receiver and its bytes.
+type Held = Arc<Mutex<Option<(String, Vec<u8>)>>>;
+
 fn encode(p: &Packet) -> Vec<u8> {
     let mut buf = BytesMut::new();
     p.encode(5, &mut buf).expect("encodes");
@@ -39,13 +42,7 @@ fn deliver(peers: &Peers, to: &str, recv: &[u8]) {
     }
 }
 
-fn serve(
-    stream: TcpStream,
-    fault: Fault,
-    peers: Peers,
-    count: Arc<AtomicU64>,
-    held: Arc<Mutex<Option<(String, Vec<u8>)>>>,
-) {
+fn serve(stream: TcpStream, fault: Fault, peers: Peers, count: Arc<AtomicU64>, held: Held) {
     let mut input = Vec::new();
     let mut chunk = [0u8; 65536];
     let mut out = stream.try_clone().expect("clone");
