@@ -9,7 +9,7 @@ use crate::shared::SharedRef;
 use crate::storage::Reader;
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use ruyi_proto::crypto::{constant_time_eq, server_handshake};
+use ruyi_proto::crypto::server_handshake;
 use ruyi_proto::types::{channel_type, reason};
 use ruyi_proto::{ConnackPacket, ConnectPacket, CryptoError, LATEST_VERSION};
 use ruyi_reactor::ConnId;
@@ -88,10 +88,7 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
     }
     let level = if shared.config.token_auth {
         match reader.device(&c.uid, c.device_flag) {
-            Ok(Some(d))
-                if !d.token.is_empty()
-                    && constant_time_eq(d.token.as_bytes(), c.token.as_bytes()) =>
-            {
+            Ok(Some(d)) if !d.token.is_empty() && shared.tokens.matches(&d.token, &c.token) => {
                 d.level
             }
             Ok(_) => return refuse(reason::AUTH_FAIL),

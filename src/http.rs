@@ -576,7 +576,9 @@ fn user_token(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answer
             return Ok((200, json!({"status": reason::DISBAND}).to_string()));
         }
     }
-    let (uid, token, flag, level) = (b.uid.clone(), b.token, b.device_flag, b.device_level.min(1));
+    // Stored as its keyed hash, never as entered (`tokens.rs`).
+    let token = shared.tokens.hash(&b.token);
+    let (uid, flag, level) = (b.uid.clone(), b.device_flag, b.device_level.min(1));
     exec(
         shared,
         Box::new(move |tx| {

@@ -24,6 +24,7 @@ pub mod registry;
 pub mod server;
 pub mod shared;
 pub mod storage;
+pub mod tokens;
 pub mod webhook;
 
 pub mod ws;

@@ -28,8 +28,11 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "ruyi", version, about, long_about = None)]
 struct Cli {
+    /// What to do instead of serving (default: serve).
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML file with settings (see README for the keys).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Binary protocol listener (WuKongIM `addr`) [default: 0.0.0.0:5100]
     #[arg(long)]
@@ -43,7 +46,7 @@ struct Cli {
     #[arg(long)]
     http_addr: Option<SocketAddr>,
     /// Directory for the SQLite database [default: data]
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
     /// Accept any token at CONNECT (local tests and benchmarks only)
     #[arg(long)]
@@ -111,6 +114,19 @@ struct Cli {
     /// Connections one uid may hold at once [default: 16]
     #[arg(long)]
     max_conns_per_uid: Option<usize>,
+}
+
+/// What the binary does besides serving.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Writes a consistent copy of the database (of --data-dir, or the config's) to FILE,
+    /// while a server may be running and writing: restore by putting it in an empty data
+    /// directory as ruyi.db (README, "Backup and restore").
+    Backup {
+        /// Where the copy goes; must not exist yet.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
 }
 
 /// The TOML file: every key optional; unknown keys are an error, so a typo is not silently
@@ -244,13 +260,27 @@ fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // A panic anywhere stops the process loudly rather than leave a half-dead server.
     ruyi::exit_on_panic();
-    let config = match load(Cli::parse()) {
+    let mut cli = Cli::parse();
+    let command = cli.command.take();
+    let config = match load(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ruyi: {e}");
             std::process::exit(2);
         }
     };
+    if let Some(Command::Backup { to }) = command {
+        match ruyi::storage::backup(&config.data_dir, &to) {
+            Ok(bytes) => {
+                println!("ruyi: backed up {} ({bytes} bytes)", to.display());
+                return;
+            }
+            Err(e) => {
+                eprintln!("ruyi: backup failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     // SIGTERM and SIGINT start a graceful stop: stop accepting, flush what the loops hold,
     // let storage commit what it has, exit. A second signal while stopping exits at once.
     let stop = Arc::new(AtomicBool::new(false));

@@ -85,6 +85,8 @@ impl Server {
         let lock = storage::lock_data_dir(&config.data_dir)?;
         let writer_conn =
             storage::open_writer(&config.data_dir, config.sync_full, config.wal_max_bytes)?;
+        let tokens = crate::tokens::TokenHasher::load_or_create(&config.data_dir)?;
+        crate::tokens::hash_plain_tokens(&writer_conn, &tokens).map_err(StorageError::from)?;
         let floor = storage::open_reader(&config.data_dir)?
             .max_message_id()
             .map_err(StorageError::from)?;
@@ -124,6 +126,7 @@ impl Server {
             counters: Counters::default(),
             queue_stats: Arc::default(),
             prelogin_bytes: Default::default(),
+            tokens,
             logins_by_ip: crate::rate::KeyedBuckets::new(Config::login_limit(
                 config.max_logins_per_sec_per_ip,
             )),

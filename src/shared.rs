@@ -64,6 +64,8 @@ pub struct Shared {
     pub stopping: Arc<AtomicBool>,
     /// Counters.
     pub counters: Counters,
+    /// Hashes device tokens (`tokens.rs`).
+    pub tokens: crate::tokens::TokenHasher,
     /// Login rate per peer address (`Config::max_logins_per_sec_per_ip`).
     pub logins_by_ip: crate::rate::KeyedBuckets,
     /// Login rate per uid (`Config::max_logins_per_sec_per_uid`).

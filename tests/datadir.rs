@@ -132,3 +132,143 @@ fn an_existing_data_directory_open_to_others_is_tightened() {
     assert_eq!(mode(&db), 0o600);
     server.stop();
 }
+
+#[test]
+fn an_online_backup_finishes_under_load_and_restores_every_acknowledged_message() {
+    let dir = temp_dir("backup");
+    let (tcp, http) = (free_addr(), free_addr());
+    let server = RuyiProcess::spawn(&dir, tcp, http);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Writes go on, without a pause, for the whole backup.
+    let sender = {
+        let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+        std::thread::spawn(move || {
+            let mut c = Client::ok(tcp, &Login::new("writer", "x"));
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                c.send("reader", PERSON, &[b'b'; 2048], &format!("m{n}"));
+                let ack = c.sendack();
+                assert_eq!(ack.reason_code, reason::SUCCESS);
+                acked
+                    .lock()
+                    .expect("lock")
+                    .push((ack.message_seq, ack.message_id));
+                n += 1;
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = acked.lock().expect("lock").clone();
+    let copy = dir.with_extension("backup.db");
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ruyi"))
+        .args(["backup", "--to"])
+        .arg(&copy)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the backup took {:?}",
+        started.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender");
+    drop(server);
+    assert!(
+        before.len() > 50,
+        "only {} messages before the backup",
+        before.len()
+    );
+    let mode = std::fs::metadata(&copy).expect("copy").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the copy holds every token");
+    // Restore: the copy as ruyi.db in an empty data directory.
+    let restored = temp_dir("restored");
+    std::fs::copy(&copy, restored.join("ruyi.db")).expect("restore");
+    let (tcp2, http2) = (free_addr(), free_addr());
+    let server = RuyiProcess::spawn(&restored, tcp2, http2);
+    let stored = history(server.http, "writer", "reader", PERSON);
+    let stored: std::collections::HashMap<u32, i64> = stored.into_iter().collect();
+    for (seq, id) in &before {
+        assert_eq!(
+            stored.get(seq),
+            Some(id),
+            "acknowledged seq {seq} missing from the backup"
+        );
+    }
+    // A second backup to the same file is refused, not overwritten.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_ruyi"))
+        .args(["backup", "--to"])
+        .arg(&copy)
+        .arg("--data-dir")
+        .arg(&restored)
+        .output()
+        .expect("runs");
+    assert!(!again.status.success());
+}
+
+#[test]
+fn tokens_are_stored_as_keyed_hashes_and_old_plain_ones_are_converted() {
+    let dir = temp_dir("token-hash");
+    let server = ruyi::Server::start(ruyi::Config::for_test(&dir)).expect("starts");
+    register(&server, "hashed", "secret-token-1", 1, 0);
+    assert_eq!(
+        Client::login(server.tcp_addr(), &Login::new("hashed", "secret-token-1"))
+            .1
+            .reason_code,
+        reason::SUCCESS
+    );
+    assert_eq!(
+        Client::login(server.tcp_addr(), &Login::new("hashed", "secret-token-2"))
+            .1
+            .reason_code,
+        reason::AUTH_FAIL
+    );
+    server.stop();
+    let db = rusqlite::Connection::open(dir.join("ruyi.db")).expect("opens");
+    let stored: String = db
+        .query_row("SELECT token FROM devices WHERE uid = 'hashed'", [], |r| {
+            r.get(0)
+        })
+        .expect("row");
+    assert!(
+        stored.starts_with("h1:") && !stored.contains("secret"),
+        "{stored}"
+    );
+    // A row from before hashing, as an older Ruyi wrote it.
+    db.execute(
+        "INSERT INTO devices (uid, device_flag, token, device_level, updated_at) VALUES ('legacy', 1, 'plain-old', 0, 0)",
+        [],
+    )
+    .expect("insert");
+    drop(db);
+    let server = ruyi::Server::start(ruyi::Config::for_test(&dir)).expect("restarts");
+    assert_eq!(
+        Client::login(server.tcp_addr(), &Login::new("legacy", "plain-old"))
+            .1
+            .reason_code,
+        reason::SUCCESS,
+        "an old plain token still logs in after the conversion"
+    );
+    server.stop();
+    let db = rusqlite::Connection::open(dir.join("ruyi.db")).expect("opens");
+    let stored: String = db
+        .query_row("SELECT token FROM devices WHERE uid = 'legacy'", [], |r| {
+            r.get(0)
+        })
+        .expect("row");
+    assert!(stored.starts_with("h1:"), "{stored}");
+    let mode = std::fs::metadata(dir.join("token.key"))
+        .expect("key")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}

@@ -102,7 +102,13 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, StorageError> {
     // A directory (and files) from before this rule, or made by hand, are tightened too:
     // the mode given at creation does nothing to what exists.
     tighten(data_dir, 0o700).map_err(dir_error)?;
-    for name in ["ruyi.db", "ruyi.db-wal", "ruyi.db-shm", LOCK_FILE] {
+    for name in [
+        "ruyi.db",
+        "ruyi.db-wal",
+        "ruyi.db-shm",
+        LOCK_FILE,
+        "token.key",
+    ] {
         let path = data_dir.join(name);
         if path.exists() {
             tighten(&path, 0o600).map_err(dir_error)?;
@@ -287,6 +293,47 @@ fn collect_within_budget<T>(
         }
     }
     Ok(out)
+}
+
+/// Writes a consistent copy of the database in `data_dir` to `to` (which must not exist),
+/// mode 0600, and returns its size. Safe while a server runs and writes: `VACUUM INTO` on
+/// a read-only connection copies one snapshot (WAL mode lets the writer go on meanwhile),
+/// so unlike `sqlite3 .backup`, which starts over whenever the database changes under it,
+/// it finishes under continuous writes. Whatever was committed (SENDACKed) when it began is
+/// in the copy; later commits are not.
+///
+/// # Errors
+/// The database cannot be opened or read, or `to` exists or cannot be written.
+pub fn backup(data_dir: &Path, to: &Path) -> Result<u64, StorageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file_error = |source| StorageError::Dir {
+        path: to.to_owned(),
+        source,
+    };
+    if !db_path(data_dir).exists() {
+        return Err(StorageError::Dir {
+            path: db_path(data_dir),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no database here"),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        db_path(data_dir),
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // Created empty and 0600 first (SQLite writes into an empty file), so the copy of
+    // every token and message is never readable by others, not even for a moment.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .map_err(file_error)?;
+    let target = to
+        .to_str()
+        .ok_or_else(|| file_error(std::io::Error::other("the path is not UTF-8")))?;
+    conn.execute("VACUUM INTO ?1", [target])?;
+    Ok(std::fs::metadata(to).map_err(file_error)?.len())
 }
 
 /// A read-only connection for a pool thread.
