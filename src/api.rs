@@ -505,6 +505,11 @@ pub fn metrics(shared: &SharedRef) -> Answer {
             c.rate_limited.load(Relaxed),
         ),
         (
+            "ruyi_storage_failed_batches_total",
+            "Storage batches that failed and were rolled back (their sends got reason 15).",
+            shared.storage_health.failed_batches.load(Relaxed),
+        ),
+        (
             "ruyi_logins_limited_total",
             "Logins refused by a login rate or max_conns_per_uid (CONNACK 22).",
             c.logins_limited.load(Relaxed),

@@ -242,6 +242,24 @@ impl Config {
                 return Err("webhook_url has no host".into());
             }
         }
+        for (name, value) in [
+            ("idle_timeout_secs", self.idle_timeout),
+            ("connect_timeout_secs", self.connect_timeout),
+            ("http_request_timeout_secs", self.http_request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(format!("{name} must be greater than zero"));
+            }
+        }
+        if self.max_frame_bytes < 1024 || self.max_frame_bytes > ruyi_proto::MAX_BODY_BYTES {
+            return Err(format!(
+                "max_frame_bytes must be between 1024 and {} (the protocol's limit)",
+                ruyi_proto::MAX_BODY_BYTES
+            ));
+        }
+        if self.prelogin_budget_bytes < 16 << 10 {
+            return Err("prelogin_budget_bytes must be at least 16384 (one login)".into());
+        }
         if self.max_connections == 0 {
             return Err("max_connections must be greater than zero".into());
         }
@@ -263,6 +281,35 @@ impl Config {
             return Err("node_id must be at most 1023 (10 bits of the message id)".into());
         }
         Ok(())
+    }
+
+    /// The settings an operator should see at start, in one line (no secrets: only
+    /// whether a manager token and a webhook are set).
+    pub fn summary(&self) -> String {
+        format!(
+            "version {} | token auth {} | encryption {} | sync {} | loops {} | \
+             manager token {} | webhook {} | cors origins {} | max connections {} ({} per ip, {} per uid) | \
+             sends {}/s and {} B/s per connection | logins {}/s per uid, {}/s per ip | \
+             offline queue {} per user, groups up to {} | wal {} B",
+            env!("CARGO_PKG_VERSION"),
+            on(self.token_auth),
+            on(self.encryption),
+            if self.sync_full { "FULL" } else { "NORMAL" },
+            self.loops,
+            if self.manager_token.is_some() { "set" } else { "none" },
+            if self.webhook_url.is_some() { "set" } else { "none" },
+            self.cors_origins.len(),
+            self.max_connections,
+            self.max_connections_per_ip,
+            self.max_conns_per_uid,
+            self.max_sends_per_sec,
+            self.max_send_bytes_per_sec,
+            self.max_logins_per_sec_per_uid,
+            self.max_logins_per_sec_per_ip,
+            self.offline_queue_max_per_user,
+            self.offline_queue_max_group,
+            self.wal_max_bytes,
+        )
     }
 
     /// The SEND rate limit as the token bucket takes it: a burst of two seconds' worth.
@@ -304,6 +351,14 @@ impl Config {
     }
 }
 
+fn on(yes: bool) -> &'static str {
+    if yes {
+        "on"
+    } else {
+        "OFF"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +374,35 @@ mod tests {
             !shown.contains("m-7c21") && shown.contains("redacted"),
             "{shown}"
         );
+        let summary = c.summary();
+        assert!(
+            !summary.contains("m-7c21") && summary.contains("manager token set"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused() {
+        for broken in [
+            Config {
+                idle_timeout: Duration::ZERO,
+                ..Config::default()
+            },
+            Config {
+                connect_timeout: Duration::ZERO,
+                ..Config::default()
+            },
+            Config {
+                max_frame_bytes: 0,
+                ..Config::default()
+            },
+            Config {
+                webhook_url: Some("example.com/hook".into()),
+                ..Config::default()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+        assert!(Config::default().validate().is_ok());
     }
 }

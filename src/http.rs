@@ -257,8 +257,12 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
     // The manager token (HTTP_API.md §1.2): when configured, every request carries it in a
     // `token` header or gets an empty 401. Compared in constant time.
     // Checked on the head, before any body is waited for: a caller without the token
-    // cannot make the server hold a megabyte per connection. Preflights are exempt.
-    if let (Some(expected), false) = (&shared.config.manager_token, req.method == Some("OPTIONS")) {
+    // cannot make the server hold a megabyte per connection. Preflights are exempt, and
+    // so are the probes (`open_probe`): a load balancer or Prometheus must not hold a
+    // credential that can send as anyone.
+    let exempt = req.method == Some("OPTIONS")
+        || (req.method == Some("GET") && req.path.is_some_and(open_probe));
+    if let (Some(expected), false) = (&shared.config.manager_token, exempt) {
         let given = req
             .headers
             .iter()
@@ -375,11 +379,38 @@ pub(crate) fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Answ
 /// A route handler: the shared state, this worker's read connection, the request.
 pub type Handler = fn(&SharedRef, &Reader, &HttpRequest) -> Result<Answer, Answer>;
 
+/// The routes served without the manager token: liveness, readiness and metrics (counters
+/// and gauges, no ids or secrets). `/varz` stays behind the token: it shows settings.
+fn open_probe(target: &str) -> bool {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    matches!(path, "/health" | "/healthz" | "/ready" | "/metrics")
+}
+
+/// `GET /ready`: 200 while the server can take messages; 503 with the reasons while it is
+/// stopping or storage's last commit failed (a full disk, an I/O error), so a load
+/// balancer sends clients elsewhere. `/health` only says the process answers.
+fn ready(shared: &SharedRef) -> Answer {
+    let mut reasons = Vec::new();
+    if shared.is_stopping() {
+        reasons.push("stopping".to_owned());
+    }
+    if let Some(error) = shared.storage_health.failing() {
+        reasons.push(format!("storage: {error}"));
+    }
+    if reasons.is_empty() {
+        (200, json!({"status": "ok"}).to_string())
+    } else {
+        (503, json!({"status": 503, "reasons": reasons}).to_string())
+    }
+}
+
 /// Every route, at its WuKongIM path; each is also served under `/v1` (HTTP_API.md §1.1).
 const ROUTES: &[(&str, &str, Handler)] = &[
     ("GET", "/health", |_, _, _| {
         Ok((200, json!({"status": "ok"}).to_string()))
     }),
+    ("GET", "/ready", |s, _, _| Ok(ready(s))),
     ("GET", "/healthz", |_, _, _| {
         Ok((200, json!({"status": "ok"}).to_string()))
     }),

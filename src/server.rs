@@ -125,6 +125,7 @@ impl Server {
             webhooks,
             counters: Counters::default(),
             queue_stats: Arc::default(),
+            storage_health: Arc::default(),
             prelogin_bytes: Default::default(),
             tokens,
             logins_by_ip: crate::rate::KeyedBuckets::new(Config::login_limit(
@@ -172,8 +173,9 @@ impl Server {
             commit_interval: shared.config.commit_interval,
             max_queue_per_user: shared.config.offline_queue_max_per_user,
         };
-        let (stats, stopping) = (
+        let (stats, health, stopping) = (
             Arc::clone(&shared.queue_stats),
+            Arc::clone(&shared.storage_health),
             Arc::clone(&shared.stopping),
         );
         let pusher = Box::new(crate::pusher::Pusher::new(Arc::clone(&shared)));
@@ -183,7 +185,16 @@ impl Server {
         // directory must not start writing meanwhile.
         spawn(&mut threads, "ruyi-writer".into(), move || {
             let _lock = lock;
-            Writer::new(writer_conn, writer_rx, pusher, settings, stats, stopping).run();
+            Writer::new(
+                writer_conn,
+                writer_rx,
+                pusher,
+                settings,
+                stats,
+                health,
+                stopping,
+            )
+            .run();
         })?;
         let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
         let wal_max = shared.config.wal_max_bytes;
@@ -226,6 +237,17 @@ impl Server {
             "ruyi: binary protocol on {tcp_addr}, WebSocket on {ws_addr}, HTTP API on {http_addr}, data in {}",
             shared.config.data_dir.display()
         );
+        log::info!("ruyi: {}", shared.config.summary());
+        if !shared.config.token_auth {
+            log::warn!(
+                "ruyi: token auth is OFF: anyone can log in as anyone (tests and benchmarks only)"
+            );
+        }
+        if !shared.config.encryption {
+            log::warn!(
+                "ruyi: encryption is OFF: the official SDKs need it, and messages travel in clear"
+            );
+        }
         Ok(Server {
             engine,
             shared,

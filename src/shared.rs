@@ -72,6 +72,8 @@ pub struct Shared {
     pub logins_by_uid: crate::rate::KeyedBuckets,
     /// Input bytes held by connections that have not logged in (`gateway.rs`).
     pub prelogin_bytes: std::sync::atomic::AtomicUsize,
+    /// Whether storage commits (`/ready`).
+    pub storage_health: Arc<crate::storage::writer::StorageHealth>,
     /// The offline queue's counters, kept by the storage writer.
     pub queue_stats: Arc<crate::storage::queue::QueueStats>,
     /// When the server started (uptime in `/varz`).

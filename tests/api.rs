@@ -704,3 +704,30 @@ fn messages_can_be_fetched_by_seq_id_and_client_msg_no() {
         "system-device sends skip membership checks"
     );
 }
+
+#[test]
+fn probes_need_no_manager_token_and_ready_says_ok() {
+    let server = start("probes", |c| c.manager_token = Some("m".into()));
+    let http = server.http_addr();
+    for path in ["/health", "/ready", "/metrics", "/v1/ready"] {
+        assert_eq!(
+            util::http_text(http, path).0,
+            200,
+            "{path} needs a credential"
+        );
+    }
+    assert_eq!(
+        util::http_text(http, "/varz").0,
+        401,
+        "/varz shows settings"
+    );
+    assert_eq!(
+        util::http_text(http, "/ready").1,
+        json!({"status": "ok"}).to_string()
+    );
+    let (_, metrics) = util::http_text(http, "/metrics");
+    assert!(
+        metrics.contains("ruyi_storage_failed_batches_total 0"),
+        "{metrics}"
+    );
+}

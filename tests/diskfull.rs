@@ -133,6 +133,8 @@ fn a_full_disk_fails_sends_with_a_reason_loses_nothing_acknowledged_and_recovers
         Some(Packet::Pong)
     ));
     assert_eq!(http_get_status(http, "/health"), 200);
+    // ...but not ready: a load balancer must send clients elsewhere while commits fail.
+    assert_eq!(http_get_status(http, "/ready"), 503, "ready on a full disk");
 
     // Space returns: sends succeed and the seqs carry on from the last acknowledged one.
     fs.resize("64m");
@@ -157,6 +159,11 @@ fn a_full_disk_fails_sends_with_a_reason_loses_nothing_acknowledged_and_recovers
         "sends did not recover when space returned"
     );
     acked.extend(after.iter().map(|a| (a.1, a.2)));
+    assert_eq!(
+        http_get_status(http, "/ready"),
+        200,
+        "not ready again after recovery"
+    );
     let next = acked
         .iter()
         .map(|a| a.0)

@@ -116,6 +116,29 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// Whether storage commits: read by `/ready` and `/metrics`, written by the writer.
+#[derive(Debug, Default)]
+pub struct StorageHealth {
+    /// The last batch's error, when the last batch failed; `None` after a commit.
+    last_error: std::sync::Mutex<Option<String>>,
+    /// Batches that failed and were rolled back.
+    pub failed_batches: std::sync::atomic::AtomicU64,
+}
+
+impl StorageHealth {
+    /// The error of the last batch, if it failed (the newest commit decides).
+    pub fn failing(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+}
+
 /// How the writer is tuned (from `Config`).
 #[derive(Clone, Copy, Debug)]
 pub struct WriterSettings {
@@ -138,6 +161,7 @@ pub struct Writer {
     queues: Queues,
     /// Lane jobs that failed, with when they first failed; run first in the next batch.
     retry: Vec<(LaneJob, Instant)>,
+    health: Arc<StorageHealth>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -161,6 +185,7 @@ impl Writer {
         outlet: Box<dyn Outlet>,
         settings: WriterSettings,
         stats: Arc<QueueStats>,
+        health: Arc<StorageHealth>,
         stopping: Arc<std::sync::atomic::AtomicBool>,
     ) -> Writer {
         Writer {
@@ -174,6 +199,7 @@ impl Writer {
             channels: channels::new_cache(),
             queues: Queues::new(settings.max_queue_per_user, stats),
             retry: Vec::new(),
+            health,
             stopping,
         }
     }
@@ -240,7 +266,13 @@ impl Writer {
         let mut unapplied = Vec::new();
         let mut lane_done = Vec::new();
         let mut out = Vec::with_capacity(jobs);
-        match self.apply(batch, &mut applied, &mut unapplied, &mut lane_done) {
+        let result = self.apply(batch, &mut applied, &mut unapplied, &mut lane_done);
+        self.health
+            .set(result.as_ref().err().map(ToString::to_string));
+        if result.is_err() {
+            self.health.failed_batches.fetch_add(1, Relaxed);
+        }
+        match result {
             Ok(()) => {
                 for a in applied {
                     match a {
