@@ -199,7 +199,8 @@ fn varz_metrics_and_route_describe_the_server() {
 #[test]
 fn a_manager_token_guards_every_route() {
     let server = start("manager", |c| c.manager_token = Some("s3cret".into()));
-    let (status, body) = http(server.http_addr(), "GET", "/health", &Value::Null);
+    // Every route but the probes (`probes_need_no_manager_token_and_ready_says_ok`).
+    let (status, body) = http(server.http_addr(), "GET", "/varz", &Value::Null);
     assert_eq!(
         (status, body),
         (401, Value::Null),
@@ -207,7 +208,7 @@ fn a_manager_token_guards_every_route() {
     );
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(server.http_addr()).unwrap();
-    s.write_all(b"GET /health HTTP/1.1\r\ntoken: s3cret\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /varz HTTP/1.1\r\ntoken: s3cret\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
