@@ -256,6 +256,44 @@ fn load(cli: Cli) -> Result<Config, String> {
     Ok(c)
 }
 
+/// A second SIGTERM or SIGINT during the drain forces an exit only after this long: an
+/// impatient double Ctrl-C, or a supervisor that sends the signal twice, must not cut a
+/// drain that takes a second.
+const FORCE_AFTER: Duration = Duration::from_secs(3);
+
+/// Watches the signals on a thread of its own (module docs of `main`): the first SIGTERM or
+/// SIGINT sets `stop`; another one, `FORCE_AFTER` later, exits at once (status 1); SIGHUP
+/// is logged and ignored.
+fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::SIGHUP;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::Builder::new()
+        .name("ruyi-signals".into())
+        .spawn(move || {
+            let mut first: Option<std::time::Instant> = None;
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    log::info!("ruyi: SIGHUP ignored (nothing to reload; stop with SIGTERM)");
+                    continue;
+                }
+                match first {
+                    None => {
+                        first = Some(std::time::Instant::now());
+                        stop.store(true, Ordering::Release);
+                    }
+                    Some(at) if at.elapsed() >= FORCE_AFTER => {
+                        log::warn!("ruyi: second stop signal: exiting without finishing the drain");
+                        std::process::exit(1);
+                    }
+                    Some(_) => log::info!(
+                        "ruyi: already stopping; send it again after {FORCE_AFTER:?} to force"
+                    ),
+                }
+            }
+        })?;
+    Ok(())
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     // A panic anywhere stops the process loudly rather than leave a half-dead server.
@@ -282,16 +320,12 @@ fn main() {
         }
     }
     // SIGTERM and SIGINT start a graceful stop: stop accepting, flush what the loops hold,
-    // let storage commit what it has, exit. A second signal while stopping exits at once.
+    // let storage commit what it has, exit. SIGHUP (a closed terminal, a reload habit)
+    // must not kill a server: it is logged and ignored, as nothing is reloadable yet.
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [SIGTERM, SIGINT] {
-        if let Err(e) =
-            signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
-                .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)))
-        {
-            eprintln!("ruyi: cannot install the signal handler: {e}");
-            std::process::exit(1);
-        }
+    if let Err(e) = watch_signals(Arc::clone(&stop)) {
+        eprintln!("ruyi: cannot install the signal handler: {e}");
+        std::process::exit(1);
     }
     ruyi::server::raise_open_file_limit();
     let server = match Server::start(config) {

@@ -7,7 +7,7 @@
 mod util;
 
 use ruyi_proto::types::{channel_type, reason};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use util::*;
 
@@ -75,11 +75,29 @@ fn sigterm_stops_gracefully_and_keeps_everything() {
     for _ in 0..10 {
         assert_eq!(alice.sendack().reason_code, reason::SUCCESS);
     }
+    // SIGHUP (a closed terminal) does not stop it.
     // SAFETY: kill(2) with a PID we spawned and a valid signal number.
     assert_eq!(
-        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) },
         0
     );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "SIGHUP killed the server"
+    );
+    assert_eq!(
+        util::http(server.http, "GET", "/health", &Value::Null).0,
+        200
+    );
+    // SIGTERM twice at once: the second does not cut the drain short (a clean exit).
+    for _ in 0..2 {
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+            0
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = server.child.try_wait().unwrap() {
