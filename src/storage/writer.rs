@@ -348,7 +348,13 @@ impl Writer {
         let mut failed_lane = Vec::new();
         let mut jobs = batch.drain(..);
         let result = (|| {
-            let mut tx = self.conn.transaction()?;
+            // IMMEDIATE: the write lock is taken here, through the busy handler. A
+            // deferred transaction reads first and upgrades later, and an upgrade that
+            // meets the checkpointer's RESTART (which holds writers back for a moment)
+            // fails at once with "database is locked" instead of waiting.
+            let mut tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             // Earlier failures first: they are older than anything in the batch.
             for (job, first_failed) in retries {
                 match run_lane(&mut tx, &mut self.channels, &mut self.queues, &job) {
