@@ -228,8 +228,10 @@ impl<M: Send> Acceptor<M> {
         if let Err(e) = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)) {
             log::debug!("set SO_LINGER for {peer}: {e}");
         }
-        drop(stream);
+        // Counted before the reset goes out: whoever sees the reset also sees the count (the
+        // engine test reads it right after its connection is refused).
         let refused = self.global.refused_per_ip.fetch_add(1, Ordering::Relaxed) + 1;
+        drop(stream);
         if self
             .last_refusal_warn
             .is_none_or(|t| t.elapsed() >= GATE_WARN_INTERVAL)
