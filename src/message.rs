@@ -156,6 +156,18 @@ pub struct Target {
     pub recipient: u32,
 }
 
+/// Per recipient (index into a message's recipient list), whether `targets` holds a
+/// connection of theirs: the plan found them online.
+pub fn reached(targets: &[Target], recipients: usize) -> Vec<bool> {
+    let mut reached = vec![false; recipients];
+    for t in targets {
+        if let Some(r) = reached.get_mut(t.recipient as usize) {
+            *r = true;
+        }
+    }
+    reached
+}
+
 /// One recipient's place in their offline queue for one message (HTTP_API.md §7).
 ///
 /// The storage writer gives every queued recipient a per-user seq **when the message

@@ -196,12 +196,7 @@ fn recheck_offline(
     if !slots.iter().any(|s| s.stored) {
         return;
     }
-    let mut reached = vec![false; slots.len()];
-    for t in targets.iter() {
-        if let Some(r) = reached.get_mut(t.recipient as usize) {
-            *r = true;
-        }
-    }
+    let reached = crate::message::reached(targets, slots.len());
     let mut conns: Vec<ConnId> = Vec::new();
     for (index, slot) in slots.iter().enumerate() {
         let recipient = index as u32;

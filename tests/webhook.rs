@@ -13,6 +13,28 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use util::*;
 
+/// Reads one HTTP request: its request line and body; `None` at the end of the stream.
+fn read_request(reader: &mut impl BufRead) -> Option<(String, Vec<u8>)> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut len = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        if h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    Some((line, body))
+}
+
 /// A receiver that records `(event, body)` for every POST and answers 200, or, with
 /// `hang`, accepts and never answers.
 fn receiver(hang: bool) -> (SocketAddr, mpsc::Receiver<(String, Value)>) {
@@ -31,25 +53,8 @@ fn receiver(hang: bool) -> (SocketAddr, mpsc::Receiver<(String, Value)>) {
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut stream = stream;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
+                while let Some((line, body)) = read_request(&mut reader) {
                     let target = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    let mut len = 0;
-                    loop {
-                        let mut h = String::new();
-                        reader.read_line(&mut h).unwrap();
-                        if h == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    reader.read_exact(&mut body).unwrap();
                     let event = target.split("event=").nth(1).unwrap_or("").to_owned();
                     let _ = tx.send((event, serde_json::from_slice(&body).unwrap()));
                     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
@@ -212,23 +217,9 @@ fn an_https_endpoint_gets_events_over_tls() {
             std::thread::spawn(move || {
                 let conn = rustls::ServerConnection::new(tls).unwrap();
                 let mut reader = BufReader::new(rustls::StreamOwned::new(conn, stream));
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                let Some((line, _body)) = read_request(&mut reader) else {
                     return;
-                }
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    reader.read_line(&mut h).unwrap();
-                    if h == "\r\n" {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; len];
-                reader.read_exact(&mut body).unwrap();
+                };
                 let _ = tx.send(line);
                 let stream = reader.get_mut();
                 let _ = stream.write_all(

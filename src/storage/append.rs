@@ -149,12 +149,7 @@ fn assign_slots(
     command: bool,
     committed: &mut Committed,
 ) -> rusqlite::Result<()> {
-    let mut reached = vec![false; committed.recipients.len()];
-    for t in &committed.targets {
-        if let Some(r) = reached.get_mut(t.recipient as usize) {
-            *r = true;
-        }
-    }
+    let reached = crate::message::reached(&committed.targets, committed.recipients.len());
     let mut slots = vec![QueueSlot::default(); committed.recipients.len()];
     for (index, uid) in committed.recipients.iter().enumerate() {
         if *uid == message.from_uid {
