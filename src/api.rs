@@ -472,7 +472,7 @@ pub fn metrics(shared: &SharedRef) -> Answer {
         );
     }
     let c = &shared.counters;
-    let q = &shared.queue_stats;
+    let q = &shared.queue.stats;
     for (name, help, value) in [
         (
             "ruyi_sends_total",

@@ -498,8 +498,8 @@ const ROUTES: &[(&str, &str, Handler)] = &[
     ("POST", "/conversations/delete", |s, _, r| {
         conv(s, r, ConversationOp::Delete)
     }),
-    ("POST", "/message/sync", |_, rd, r| {
-        message_sync(rd, &r.body)
+    ("POST", "/message/sync", |s, rd, r| {
+        message_sync(s, rd, &r.body)
     }),
     ("POST", "/message/syncack", |s, _, r| {
         message_syncack(s, &r.body)
@@ -1082,8 +1082,10 @@ struct SyncBody {
 
 /// Offline-queue sync (HTTP_API.md §7): entries above `min(message_seq, cursor)` (or the
 /// cursor when `message_seq` is 0), oldest first; `message_seq` in each object is the
-/// per-user seq, `channel_message_seq` the channel's.
-fn message_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
+/// per-user seq, `channel_message_seq` the channel's. The read goes through the queue's
+/// exposure record (`storage/exposure.rs`), so a missed delivery is never written behind
+/// what it returns.
+fn message_sync(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
     let b: SyncBody = parse(body)?;
     if b.uid.is_empty() {
         return Err(bad("uid is required"));
@@ -1093,15 +1095,22 @@ fn message_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
     }
     let limit = if b.limit == 0 { 200 } else { b.limit.min(1000) } as usize;
     let storage = |e: rusqlite::Error| (500, error_body(500, &format!("storage: {e}")));
-    let cursor = reader.offline_cursor(&b.uid).map_err(storage)?;
     let requested = u32::try_from(b.message_seq).unwrap_or(u32::MAX);
-    let after = if requested > 0 {
-        requested.min(cursor)
-    } else {
-        cursor
-    };
-    let entries = reader
-        .offline_after(&b.uid, after, limit)
+    let entries = shared
+        .queue
+        .exposure
+        .expose(&b.uid, || {
+            let cursor = reader.offline_cursor(&b.uid)?;
+            let after = if requested > 0 {
+                requested.min(cursor)
+            } else {
+                cursor
+            };
+            let entries = reader.offline_after(&b.uid, after, limit)?;
+            let highest = entries.last().map_or(0, |e| e.user_seq);
+            Ok((entries, highest))
+        })
+        .map_err(|_| (503, error_body(503, "storage busy")))?
         .map_err(storage)?;
     let mut list: Vec<Value> = entries
         .iter()

@@ -124,7 +124,7 @@ impl Server {
             stopping,
             webhooks,
             counters: Counters::default(),
-            queue_stats: Arc::default(),
+            queue: Arc::default(),
             storage_health: Arc::default(),
             prelogin_bytes: Default::default(),
             tokens,
@@ -174,7 +174,7 @@ impl Server {
             max_queue_per_user: shared.config.offline_queue_max_per_user,
         };
         let (stats, health, stopping) = (
-            Arc::clone(&shared.queue_stats),
+            Arc::clone(&shared.queue),
             Arc::clone(&shared.storage_health),
             Arc::clone(&shared.stopping),
         );

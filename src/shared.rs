@@ -74,8 +74,8 @@ pub struct Shared {
     pub prelogin_bytes: std::sync::atomic::AtomicUsize,
     /// Whether storage commits (`/ready`).
     pub storage_health: Arc<crate::storage::writer::StorageHealth>,
-    /// The offline queue's counters, kept by the storage writer.
-    pub queue_stats: Arc<crate::storage::queue::QueueStats>,
+    /// The offline queue's counters and sync exposure, kept with the storage writer.
+    pub queue: Arc<crate::storage::queue::QueueShared>,
     /// When the server started (uptime in `/varz`).
     pub started: std::time::Instant,
     /// Webhook producers, when a webhook URL is configured.

@@ -257,22 +257,28 @@ fn item4_churn_leaves_a_complete_queue_in_channel_order() {
         .flat_map(|t| t.join().expect("sender"))
         .collect();
     assert!(acked.len() > 100, "only {} sent", acked.len());
+    // No sync has shown bob's queue, so every miss goes back at its reserved seq, also
+    // below entries stored after it (storage/exposure.rs). The first sync waits until the
+    // last connection's misses are written: one read showing the queue early would send
+    // later misses to the end, by design.
+    let requeued = || counter(server.http_addr(), "ruyi_offline_requeued_total");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = requeued();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = requeued();
+        if now == seen || Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
     let list = queue_of_at_least(server.http_addr(), "bob", acked.len());
-    // Channel order holds except for misses the server wrote at the end because a row
-    // above their reserved seq was stored first (storage/queue.rs: writing them in place
-    // could let a client's syncack delete them unseen). Each such entry is counted; no
-    // other reorder may appear. Known gap of issue 12: see RELIABILITY.md.
-    let breaks = channel_order_breaks(&list);
-    let (_, metrics) = http_text(server.http_addr(), "/metrics");
-    let late: usize = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ruyi_offline_requeued_late_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the late counter is exported");
-    assert!(
-        breaks <= late,
-        "{breaks} reorders, only {late} counted as late"
+    assert_eq!(
+        counter(server.http_addr(), "ruyi_offline_requeued_late_total"),
+        0,
+        "a miss went to the end of the queue"
     );
+    assert_channel_order_and_no_duplicates(&list);
     let mut queued = client_msg_nos(&list);
     queued.sort();
     acked.sort();
@@ -280,6 +286,46 @@ fn item4_churn_leaves_a_complete_queue_in_channel_order() {
         queued, acked,
         "the queue is not exactly what was acknowledged"
     );
+}
+
+#[test]
+fn item4_a_miss_goes_back_below_an_entry_stored_after_it() {
+    // bob's device gets m live and never acknowledges it; a command is then stored for him
+    // at a higher seq; the device goes. No sync has shown the command, so m is written at
+    // the seq reserved for it: the queue reads m, then the command.
+    let server = start("in-place", |c| c.max_sends_per_sec = 0);
+    let http = server.http_addr();
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    let mut bob = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
+    alice.send("bob", PERSON, b"{}", "m");
+    alice.sendack();
+    assert_eq!(bob.recv().client_msg_no, "m"); // never acknowledged
+    let cmd = json!({"header": {"sync_once": 1}, "from_uid": "app", "subscribers": ["bob"], "payload": b64(b"{\"cmd\":1}")});
+    assert_eq!(post(http, "/message/send", cmd).0, 200);
+    drop(bob);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter(http, "ruyi_offline_requeued_total") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let list = queue(http, "bob");
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(
+        list[0]["client_msg_no"], "m",
+        "m was not put back first: {list:?}"
+    );
+    assert_eq!(counter(http, "ruyi_offline_requeued_late_total"), 0);
+}
+
+/// A counter from `/metrics`.
+fn counter(http: SocketAddr, name: &str) -> u64 {
+    let (_, metrics) = http_text(http, "/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not exported"))
 }
 
 #[test]

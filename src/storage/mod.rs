@@ -16,6 +16,7 @@
 
 pub mod append;
 pub mod channels;
+pub mod exposure;
 pub mod lru;
 pub mod queue;
 pub mod schema;

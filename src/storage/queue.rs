@@ -6,11 +6,13 @@
 //!   online), or as a reservation for a recipient that gets a RECV
 //!   ([`crate::message::QueueSlot`]). A delivery that misses is written at its reserved
 //!   seq, so the queue follows each channel's seqs however late the miss is noticed.
-//! - ...but only while no row above that seq was ever stored for the user. A client may
-//!   have read rows above it, and its `syncack` of them would delete a row written behind
-//!   what it read, unseen. So a reserved seq below the highest stored one is given up and
-//!   the entry goes to the end instead (counted: `requeued_late`); each channel's order
-//!   then still holds unless a stored entry of the same channel lies between.
+//! - ...but only while no client can have read a row above that seq: its `syncack` of
+//!   them would delete a row written behind what it read, unseen. So the reserved seq is
+//!   used when it is above every row stored for the user, or above the cursor and above
+//!   everything `/message/sync` has shown of the queue (`exposure.rs`, which also keeps a
+//!   sync from reading while such a write is uncommitted). Otherwise the entry goes to the
+//!   end (counted: `requeued_late`); each channel's order then still holds unless a
+//!   stored entry of the same channel lies between.
 //! - `syncack` raises the cursor to at most the highest seq *stored*: the next entry is
 //!   always above the cursor, so it is always visible.
 //! - A message is in a user's queue at most once while its entry is there (checked
@@ -28,6 +30,7 @@
 //! - `last >= stored_max >= cursor` for a cached user; both only grow while cached (also
 //!   across a failed batch: the rolled-back seqs stay used, a harmless gap).
 
+use super::exposure::Exposure;
 use super::lru::LruMap;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -38,6 +41,15 @@ pub const USER_CACHE_BYTES: usize = 64 << 20;
 
 /// Inserts into one user's queue between two checks of its length.
 pub const TRIM_EVERY: u32 = 64;
+
+/// What the writer's queues share with the rest of the server.
+#[derive(Debug, Default)]
+pub struct QueueShared {
+    /// Counters, exported by `/metrics`.
+    pub stats: QueueStats,
+    /// What `/message/sync` has shown (module rules).
+    pub exposure: Exposure,
+}
 
 /// Counters of the queue's unusual paths, exported by `/metrics`.
 #[derive(Debug, Default)]
@@ -70,17 +82,17 @@ struct UserQueue {
 pub struct Queues {
     users: LruMap<String, UserQueue>,
     max_per_user: u32,
-    /// Shared with the metrics.
-    pub stats: Arc<QueueStats>,
+    /// Shared with the metrics and `/message/sync`.
+    pub shared: Arc<QueueShared>,
 }
 
 impl Queues {
     /// Queues bounded at `max_per_user` entries per user.
-    pub fn new(max_per_user: u32, stats: Arc<QueueStats>) -> Queues {
+    pub fn new(max_per_user: u32, shared: Arc<QueueShared>) -> Queues {
         Queues {
             users: LruMap::new(USER_CACHE_BYTES),
             max_per_user: max_per_user.max(1),
-            stats,
+            shared,
         }
     }
 
@@ -165,7 +177,7 @@ impl Queues {
                 )?
                 .execute(params![uid, max])?;
             if gone > 0 {
-                self.stats.trimmed.fetch_add(gone as u64, Relaxed);
+                self.shared.stats.trimmed.fetch_add(gone as u64, Relaxed);
                 log::warn!("uid={uid}: {gone} oldest offline entries over the bound of {max}");
             }
         }
@@ -192,14 +204,18 @@ impl Queues {
             return Ok(());
         }
         let stored_max = self.user(conn, uid)?.stored_max;
-        // Above every stored row, so above anything a client read and the cursor; but
-        // after a cache eviction a reload may have issued this seq again.
-        let usable = reserved > stored_max
+        // After a cache eviction a reload may have issued this seq again.
+        let free = reserved > 0
             && !conn
                 .prepare_cached(
                     "SELECT EXISTS (SELECT 1 FROM offline WHERE uid = ?1 AND seq = ?2)",
                 )?
                 .query_row(params![uid, reserved], |r| r.get::<_, bool>(0))?;
+        // Above every stored row: above anything a client read and the cursor. Below one:
+        // above the cursor, and above everything a sync has shown (`exposure.rs`).
+        let usable = free
+            && (reserved > stored_max
+                || (reserved > cursor(conn, uid)? && self.shared.exposure.claim(uid, reserved)));
         let at = if usable {
             let user = self.user(conn, uid)?;
             // After an eviction the reloaded `last` can be below a live reservation.
@@ -207,7 +223,7 @@ impl Queues {
             reserved
         } else {
             if reserved > 0 {
-                self.stats.requeued_late.fetch_add(1, Relaxed);
+                self.shared.stats.requeued_late.fetch_add(1, Relaxed);
             }
             let seq = self.reserve(conn, uid)?;
             if seq == 0 {
@@ -216,7 +232,7 @@ impl Queues {
             seq
         };
         self.insert(conn, uid, at, (row, channel_seq), keep)?;
-        self.stats.requeued.fetch_add(1, Relaxed);
+        self.shared.stats.requeued.fetch_add(1, Relaxed);
         Ok(())
     }
 
@@ -232,7 +248,7 @@ impl Queues {
             .prepare_cached("UPDATE offline SET delivered = 1 WHERE uid = ?1 AND seq = ?2")?
             .execute(params![uid, seq])?;
         if marked > 0 {
-            self.stats.delivered.fetch_add(1, Relaxed);
+            self.shared.stats.delivered.fetch_add(1, Relaxed);
             advance(conn, uid)?;
         }
         Ok(())

@@ -34,7 +34,7 @@
 
 use super::append::{store_message, Outlet};
 use super::channels::{self, Channels};
-use super::queue::{QueueStats, Queues};
+use super::queue::{QueueShared, Queues};
 use crate::mailbox::Mailbox;
 use crate::message::{ChannelKey, Committed, Message, Planned};
 use crossbeam_channel::Sender;
@@ -184,7 +184,7 @@ impl Writer {
         rx: Mailbox<Job>,
         outlet: Box<dyn Outlet>,
         settings: WriterSettings,
-        stats: Arc<QueueStats>,
+        queue: Arc<QueueShared>,
         health: Arc<StorageHealth>,
         stopping: Arc<std::sync::atomic::AtomicBool>,
     ) -> Writer {
@@ -197,7 +197,7 @@ impl Writer {
                 ..settings
             },
             channels: channels::new_cache(),
-            queues: Queues::new(settings.max_queue_per_user, stats),
+            queues: Queues::new(settings.max_queue_per_user, queue),
             retry: Vec::new(),
             health,
             stopping,
@@ -267,6 +267,8 @@ impl Writer {
         let mut lane_done = Vec::new();
         let mut out = Vec::with_capacity(jobs);
         let result = self.apply(batch, &mut applied, &mut unapplied, &mut lane_done);
+        // Committed or rolled back: reads of the users it wrote behind may go on.
+        self.queues.shared.exposure.settle();
         self.health
             .set(result.as_ref().err().map(ToString::to_string));
         if result.is_err() {
@@ -326,7 +328,7 @@ impl Writer {
 
     fn keep_for_retry(&mut self, job: LaneJob, first_failed: Instant) {
         if first_failed.elapsed() >= LANE_GIVE_UP {
-            self.queues.stats.lane_dropped.fetch_add(1, Relaxed);
+            self.queues.shared.stats.lane_dropped.fetch_add(1, Relaxed);
             log::error!("storage: gave up on {job:?} after {LANE_GIVE_UP:?} of failures");
         } else {
             self.retry.push((job, first_failed));
