@@ -289,33 +289,72 @@ fn item4_churn_leaves_a_complete_queue_in_channel_order() {
 }
 
 #[test]
-fn item4_a_miss_goes_back_below_an_entry_stored_after_it() {
-    // bob's device gets m live and never acknowledges it; a command is then stored for him
-    // at a higher seq; the device goes. No sync has shown the command, so m is written at
-    // the seq reserved for it: the queue reads m, then the command.
-    let server = start("in-place", |c| c.max_sends_per_sec = 0);
+fn a_miss_never_goes_below_a_seq_a_live_command_showed() {
+    // bob's phone holds m unacknowledged; his web client logs in after m was pushed (so it
+    // does not hold m) and gets a command live, whose RECV carries bob's per-user seq; the
+    // phone goes. m must not be written below that seq: the web client may syncack it
+    // (HTTP_API.md §7) and would delete m unseen.
+    let server = start("shown-by-recv", |c| c.max_sends_per_sec = 0);
     let http = server.http_addr();
     register(&server, "alice", "t", 1, 0);
     register(&server, "bob", "t", 1, 0);
+    register(&server, "bob", "w", 2, 0);
     let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
-    let mut bob = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
+    let mut phone = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
     alice.send("bob", PERSON, b"{}", "m");
     alice.sendack();
-    assert_eq!(bob.recv().client_msg_no, "m"); // never acknowledged
+    assert_eq!(phone.recv().client_msg_no, "m"); // never acknowledged
+    let web_login = Login {
+        device_flag: 2,
+        ..Login::new("bob", "w")
+    };
+    let mut web = Client::ok(server.tcp_addr(), &web_login);
     let cmd = json!({"header": {"sync_once": 1}, "from_uid": "app", "subscribers": ["bob"], "payload": b64(b"{\"cmd\":1}")});
     assert_eq!(post(http, "/message/send", cmd).0, 200);
-    drop(bob);
+    let live = web.recv();
+    drop(phone);
     let deadline = Instant::now() + Duration::from_secs(5);
     while counter(http, "ruyi_offline_requeued_total") == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let list = queue(http, "bob");
-    assert_eq!(list.len(), 2, "{list:?}");
+    let ack = json!({"uid": "bob", "last_message_seq": live.message_seq});
+    assert_eq!(post(http, "/message/syncack", ack).0, 200);
+    let left = client_msg_nos(&queue(http, "bob"));
     assert_eq!(
-        list[0]["client_msg_no"], "m",
-        "m was not put back first: {list:?}"
+        left,
+        vec!["m".to_owned()],
+        "m was lost behind the acked seq"
     );
-    assert_eq!(counter(http, "ruyi_offline_requeued_late_total"), 0);
+}
+
+#[test]
+fn misses_keep_their_order_when_the_first_goes_to_the_end() {
+    // The phone holds m0 and m1 (one chat) unacknowledged, and a command between them
+    // whose RECV showed its seq. m0's seq is below it, so m0 goes to the end; m1's is
+    // above it, but m1 must not go back in place ahead of m0.
+    let server = start("late-sticks", |c| c.max_sends_per_sec = 0);
+    let http = server.http_addr();
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    let mut phone = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
+    alice.send("bob", PERSON, b"{}", "m0");
+    alice.sendack();
+    let cmd = json!({"header": {"sync_once": 1}, "from_uid": "app", "subscribers": ["bob"], "payload": b64(b"{\"cmd\":1}")});
+    assert_eq!(post(http, "/message/send", cmd).0, 200);
+    alice.send("bob", PERSON, b"{}", "m1");
+    alice.sendack();
+    for _ in 0..3 {
+        phone.recv(); // none acknowledged
+    }
+    drop(phone);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counter(http, "ruyi_offline_requeued_total") < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let list = queue(http, "bob");
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert_channel_order_and_no_duplicates(&list);
 }
 
 /// A counter from `/metrics`.

@@ -157,10 +157,13 @@ fn assign_slots(
         }
         slots[index] = if command || !reached[index] {
             let keep = message.channel.id.ends_with("____cmd");
-            QueueSlot {
-                seq: queues.append(conn, uid, row, message.message_seq, keep)?,
-                stored: true,
+            let seq = queues.append(conn, uid, row, message.message_seq, keep)?;
+            if message.flags.sync_once() && seq > 0 {
+                // A RECV of it carries this per-user seq, which a client may syncack: no
+                // miss may be written below it from now on (`exposure.rs`).
+                queues.shared.exposure.show(uid, seq);
             }
+            QueueSlot { seq, stored: true }
         } else {
             QueueSlot {
                 seq: queues.reserve(conn, uid)?,

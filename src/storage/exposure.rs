@@ -1,5 +1,6 @@
-//! What `/message/sync` has shown of each user's offline queue, so the writer can put a
-//! missed delivery back at its reserved seq without hiding it (`queue.rs` rules).
+//! What clients may know of each user's offline queue (the seqs `/message/sync` returned,
+//! and those RECVs of SyncOnce messages carried), so the writer can put a missed delivery
+//! back at its reserved seq without hiding it (`queue.rs` rules).
 //!
 //! # The hazard
 //! A delivery that misses is written at the seq reserved for it, which may lie below
@@ -51,17 +52,23 @@ pub struct Busy;
 pub struct Exposure {
     state: Mutex<State>,
     settled: Condvar,
-    hashers: [RandomState; ROWS],
+    /// One per table row, and one for the keys of `reading` and `claimed`.
+    hashers: [RandomState; ROWS + 1],
 }
+
+/// A user as the maps know it: a salted 64-bit hash, computed outside the lock (a uid is
+/// client input of any length). Two users sharing one only make each other wait or go
+/// to the end of the queue, never the reverse.
+type UserKey = u64;
 
 #[derive(Debug)]
 struct State {
-    /// `ROWS` rows of `COLUMNS` counters: the highest seq read, per hash.
+    /// `ROWS` rows of `COLUMNS` counters: the highest seq shown, per hash.
     shown: Vec<u32>,
     /// Sync reads running, per user.
-    reading: HashMap<String, u32>,
+    reading: HashMap<UserKey, u32>,
     /// Users with an in-place write not yet committed or rolled back.
-    claimed: HashMap<String, u32>,
+    claimed: HashMap<UserKey, u32>,
 }
 
 impl Default for Exposure {
@@ -73,7 +80,7 @@ impl Default for Exposure {
                 claimed: HashMap::new(),
             }),
             settled: Condvar::new(),
-            hashers: [RandomState::new(), RandomState::new()],
+            hashers: [RandomState::new(), RandomState::new(), RandomState::new()],
         }
     }
 }
@@ -87,10 +94,36 @@ impl Exposure {
 
     fn cells(&self, uid: &str) -> [usize; ROWS] {
         let mut cells = [0; ROWS];
-        for (row, hasher) in self.hashers.iter().enumerate() {
+        for (row, hasher) in self.hashers[..ROWS].iter().enumerate() {
             cells[row] = row * COLUMNS + (hasher.hash_one(uid) as usize % COLUMNS);
         }
         cells
+    }
+
+    fn key(&self, uid: &str) -> UserKey {
+        self.hashers[ROWS].hash_one(uid)
+    }
+
+    fn shown_in(&self, state: &State, cells: &[usize; ROWS]) -> u32 {
+        cells.iter().map(|&c| state.shown[c]).min().unwrap_or(0)
+    }
+
+    /// The highest seq of `uid`'s queue that may have been shown to a client.
+    pub fn shown(&self, uid: &str) -> u32 {
+        let cells = self.cells(uid);
+        self.shown_in(&self.lock(), &cells)
+    }
+
+    /// Records that a client may know `uid`'s seqs up to `seq` by another way than a sync:
+    /// a RECV of a SyncOnce message carries its per-user seq (HTTP_API.md §7), which the
+    /// client may `syncack`. Also used by the writer to keep a miss it sent to the end of
+    /// the queue ahead of later misses (`queue.rs`).
+    pub fn show(&self, uid: &str, seq: u32) {
+        let cells = self.cells(uid);
+        let mut state = self.lock();
+        for c in cells {
+            state.shown[c] = state.shown[c].max(seq);
+        }
     }
 
     /// Runs `read`, a read of `uid`'s queue that returns what it read and the highest seq
@@ -105,8 +138,9 @@ impl Exposure {
         read: impl FnOnce() -> Result<(T, u32), E>,
     ) -> Result<Result<T, E>, Busy> {
         let deadline = Instant::now() + SETTLE_WAIT;
+        let key = self.key(uid);
         let mut state = self.lock();
-        while state.claimed.contains_key(uid) {
+        while state.claimed.contains_key(&key) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Busy);
@@ -117,29 +151,31 @@ impl Exposure {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        *state.reading.entry(uid.to_owned()).or_default() += 1;
+        *state.reading.entry(key).or_default() += 1;
         drop(state);
         // Unregisters on every path, a panic in `read` included.
         let guard = Reading {
             exposure: self,
-            uid,
+            key,
         };
         let result = read();
         let highest = result.as_ref().map_or(0, |(_, highest)| *highest);
-        guard.finish(highest);
+        if highest > 0 {
+            self.show(uid, highest);
+        }
+        drop(guard);
         Ok(result.map(|(value, _)| value))
     }
 
     /// Whether the writer may write `uid`'s entry at `seq`, below entries already stored
     /// (module docs). When it may, the claim holds until [`Exposure::settle`].
     pub fn claim(&self, uid: &str, seq: u32) -> bool {
-        let cells = self.cells(uid);
+        let (cells, key) = (self.cells(uid), self.key(uid));
         let mut state = self.lock();
-        let shown = cells.iter().map(|&c| state.shown[c]).min().unwrap_or(0);
-        if state.reading.contains_key(uid) || seq <= shown {
+        if state.reading.contains_key(&key) || seq <= self.shown_in(&state, &cells) {
             return false;
         }
-        *state.claimed.entry(uid.to_owned()).or_default() += 1;
+        *state.claimed.entry(key).or_default() += 1;
         true
     }
 
@@ -156,29 +192,16 @@ impl Exposure {
 /// A running sync read, unregistered when dropped.
 struct Reading<'a> {
     exposure: &'a Exposure,
-    uid: &'a str,
-}
-
-impl Reading<'_> {
-    fn finish(self, highest: u32) {
-        if highest > 0 {
-            let cells = self.exposure.cells(self.uid);
-            let mut state = self.exposure.lock();
-            for c in cells {
-                state.shown[c] = state.shown[c].max(highest);
-            }
-        }
-        // `drop` unregisters.
-    }
+    key: UserKey,
 }
 
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
         let mut state = self.exposure.lock();
-        if let Some(n) = state.reading.get_mut(self.uid) {
+        if let Some(n) = state.reading.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                state.reading.remove(self.uid);
+                state.reading.remove(&self.key);
             }
         }
     }
@@ -203,6 +226,9 @@ mod tests {
         assert!(!e.claim("bob", 3));
         assert!(e.claim("bob", 8));
         assert!(e.claim("alice", 2), "another user's reads do not count");
+        e.show("alice", 9); // a RECV carried alice's seq 9
+        assert!(!e.claim("alice", 9));
+        assert_eq!(e.shown("alice"), 9);
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //!   online), or as a reservation for a recipient that gets a RECV
 //!   ([`crate::message::QueueSlot`]). A delivery that misses is written at its reserved
 //!   seq, so the queue follows each channel's seqs however late the miss is noticed.
-//! - ...but only while no client can have read a row above that seq: its `syncack` of
-//!   them would delete a row written behind what it read, unseen. So the reserved seq is
-//!   used when it is above every row stored for the user, or above the cursor and above
-//!   everything `/message/sync` has shown of the queue (`exposure.rs`, which also keeps a
-//!   sync from reading while such a write is uncommitted). Otherwise the entry goes to the
-//!   end (counted: `requeued_late`); each channel's order then still holds unless a
-//!   stored entry of the same channel lies between.
+//! - ...but only while no client can know a seq at or above it: its `syncack` would
+//!   delete a row written behind what it knew, unseen. A client knows seqs from
+//!   `/message/sync` and from RECVs of SyncOnce messages (HTTP_API.md §7); `exposure.rs`
+//!   records both, and keeps a sync from reading while such a write is uncommitted. So
+//!   the reserved seq is used when it is above the cursor and above everything shown
+//!   (and free). Otherwise the entry goes to the end (counted: `requeued_late`), and
+//!   counts as shown from then on, so the misses reserved before it (earlier in their
+//!   channels) follow it to the end rather than go in place ahead of it. Each channel's
+//!   order then holds unless a stored entry of the same channel lies between.
 //! - `syncack` raises the cursor to at most the highest seq *stored*: the next entry is
 //!   always above the cursor, so it is always visible.
 //! - A message is in a user's queue at most once while its entry is there (checked
@@ -213,9 +215,13 @@ impl Queues {
                 .query_row(params![uid, reserved], |r| r.get::<_, bool>(0))?;
         // Above every stored row: above anything a client read and the cursor. Below one:
         // above the cursor, and above everything a sync has shown (`exposure.rs`).
+        let exposure = &self.shared.exposure;
         let usable = free
-            && (reserved > stored_max
-                || (reserved > cursor(conn, uid)? && self.shared.exposure.claim(uid, reserved)));
+            && if reserved > stored_max {
+                reserved > exposure.shown(uid)
+            } else {
+                reserved > cursor(conn, uid)? && exposure.claim(uid, reserved)
+            };
         let at = if usable {
             let user = self.user(conn, uid)?;
             // After an eviction the reloaded `last` can be below a live reservation.
@@ -229,6 +235,9 @@ impl Queues {
             if seq == 0 {
                 return Ok(());
             }
+            // Misses reserved before this one (earlier in their channels) must not go in
+            // place ahead of it now.
+            self.shared.exposure.show(uid, seq);
             seq
         };
         self.insert(conn, uid, at, (row, channel_seq), keep)?;
