@@ -58,6 +58,18 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
     // The client reads CONNACK with the version it sent; the session speaks min(that, 5).
     let version = c.version.min(LATEST_VERSION);
     let refuse = |code: u8| -> AuthOutcome {
+        if matches!(code, reason::AUTH_FAIL | reason::BAN) {
+            // What an operator must see (a password-guessing run, a banned user's
+            // client retrying), at most one line per 10 s with the count held back.
+            let failed = shared.counters.logins_failed.fetch_add(1, Relaxed) + 1;
+            if let Some(held) = shared.login_warnings.allow() {
+                let from = req.peer.map_or_else(|| "?".to_owned(), |p| p.to_string());
+                log::warn!(
+                    "login refused for uid {:?} from {from}: reason {code} ({held} more not logged since the last line; {failed} in all)",
+                    c.uid
+                );
+            }
+        }
         log::debug!(
             "conn={} uid={} login refused: reason {code}",
             req.conn,

@@ -287,11 +287,10 @@ impl Config {
     /// whether a manager token and a webhook are set).
     pub fn summary(&self) -> String {
         format!(
-            "version {} | token auth {} | encryption {} | sync {} | loops {} | \
+            "token auth {} | encryption {} | sync {} | loops {} | \
              manager token {} | webhook {} | cors origins {} | max connections {} ({} per ip, {} per uid) | \
              sends {}/s and {} B/s per connection | logins {}/s per uid, {}/s per ip | \
              offline queue {} per user, groups up to {} | wal {} B",
-            env!("CARGO_PKG_VERSION"),
             on(self.token_auth),
             on(self.encryption),
             if self.sync_full { "FULL" } else { "NORMAL" },

@@ -625,6 +625,7 @@ impl Gateway {
                 conn: conn.id(),
                 client_seq: send.client_seq,
                 flags: send.flags,
+                received: Instant::now(),
             },
         };
         let queue = self.shared.channel_queue(&request.key);

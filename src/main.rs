@@ -26,7 +26,7 @@ use std::time::Duration;
 /// Every flag can also be set in the TOML file given with --config (same names, with
 /// underscores: `tcp_addr = "0.0.0.0:5100"`); flags win over the file.
 #[derive(Parser, Debug)]
-#[command(name = "ruyi", version, about, long_about = None)]
+#[command(name = "ruyi", version = ruyi::metrics::VERSION_LINE, about, long_about = None)]
 struct Cli {
     /// What to do instead of serving (default: serve).
     #[command(subcommand)]
@@ -295,7 +295,7 @@ fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    ruyi::logging::init();
     // A panic anywhere stops the process loudly rather than leave a half-dead server.
     ruyi::exit_on_panic();
     let mut cli = Cli::parse();

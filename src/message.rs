@@ -128,6 +128,8 @@ pub enum Reply {
         client_seq: u32,
         /// The SEND's header flags, echoed in the SENDACK.
         flags: Flags,
+        /// When the SEND was decoded (for the SENDACK latency histogram).
+        received: std::time::Instant,
     },
     /// An HTTP request: answer on this channel.
     Http(crossbeam_channel::Sender<SendOutcome>),

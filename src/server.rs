@@ -125,6 +125,8 @@ impl Server {
             webhooks,
             counters: Counters::default(),
             queue: Arc::default(),
+            latency: Arc::default(),
+            login_warnings: crate::logging::LogEvery::new(std::time::Duration::from_secs(10)),
             storage_health: Arc::default(),
             prelogin_bytes: Default::default(),
             tokens,
@@ -237,7 +239,11 @@ impl Server {
             "ruyi: binary protocol on {tcp_addr}, WebSocket on {ws_addr}, HTTP API on {http_addr}, data in {}",
             shared.config.data_dir.display()
         );
-        log::info!("ruyi: {}", shared.config.summary());
+        log::info!(
+            "ruyi {}: {}",
+            crate::metrics::VERSION_LINE,
+            shared.config.summary()
+        );
         if !shared.config.token_auth {
             log::warn!(
                 "ruyi: token auth is OFF: anyone can log in as anyone (tests and benchmarks only)"

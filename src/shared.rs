@@ -39,6 +39,10 @@ pub struct Counters {
     pub prelogin_shed: AtomicU64,
     /// Logins refused by a login rate or the connections-per-uid cap.
     pub logins_limited: AtomicU64,
+    /// Logins refused for a wrong token, a ban or a failed key exchange.
+    pub logins_failed: AtomicU64,
+    /// HTTP `/message/send` calls answered with a status other than success.
+    pub http_sends_failed: AtomicU64,
 }
 
 /// The queues into the pools and everything else the pools share.
@@ -76,6 +80,10 @@ pub struct Shared {
     pub storage_health: Arc<crate::storage::writer::StorageHealth>,
     /// The offline queue's counters and sync exposure, kept with the storage writer.
     pub queue: Arc<crate::storage::queue::QueueShared>,
+    /// Latency histograms (`metrics.rs`).
+    pub latency: Arc<crate::metrics::Latencies>,
+    /// Rate of the failed-login warning (`auth.rs`).
+    pub login_warnings: crate::logging::LogEvery,
     /// When the server started (uptime in `/varz`).
     pub started: std::time::Instant,
     /// Webhook producers, when a webhook URL is configured.
@@ -120,7 +128,9 @@ impl Shared {
                 conn,
                 client_seq,
                 flags,
+                received,
             } => {
+                self.latency.sendack.observe(received.elapsed());
                 let mut buf = BytesMut::with_capacity(24);
                 SendackPacket {
                     flags,

@@ -22,6 +22,7 @@
 //! roots (webpki-roots) plus, when `webhook_ca_file` is set, the certificates in that PEM
 //! file (an internal CA).
 
+use crate::logging::LogEvery;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct WebhookStats {
     pub failures: AtomicU64,
     /// Events dropped: queue full, or out of retries.
     pub dropped: AtomicU64,
+    /// Time per POST, to its response or failure.
+    pub post_seconds: crate::metrics::Histogram,
 }
 
 /// One event queue, bounded in events and in bytes: the producers' end.
@@ -132,8 +135,7 @@ pub struct Webhooks {
     offline: Outbox<Value>,
     /// Counters.
     pub stats: Arc<WebhookStats>,
-    last_drop_warn: Arc<AtomicU64>,
-    started: Instant,
+    drop_warnings: Arc<LogEvery>,
 }
 
 impl Webhooks {
@@ -164,6 +166,7 @@ impl Webhooks {
             agent,
             url: Arc::new(url),
             stats: Arc::clone(&stats),
+            failure_warnings: Arc::new(LogEvery::new(Duration::from_secs(10))),
         };
         let mut threads = Vec::new();
         let (p, s) = (post.clone(), Arc::clone(&stop));
@@ -187,8 +190,7 @@ impl Webhooks {
             notify: notify_tx,
             offline: offline_tx,
             stats,
-            last_drop_warn: Arc::new(AtomicU64::new(0)),
-            started: Instant::now(),
+            drop_warnings: Arc::new(LogEvery::new(Duration::from_secs(10))),
         };
         Ok((hooks, threads))
     }
@@ -196,19 +198,21 @@ impl Webhooks {
     fn dropped(&self, what: &str) {
         self.stats.dropped.fetch_add(1, Relaxed);
         // Warn at most every 10 s (STYLE §5).
-        let now = self.started.elapsed().as_secs();
-        let last = self.last_drop_warn.load(Relaxed);
-        if now >= last + 10
-            && self
-                .last_drop_warn
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_ok()
-        {
+        if self.drop_warnings.allow().is_some() {
             log::warn!(
                 "webhook {what} queue full: dropping events ({} dropped so far)",
                 self.stats.dropped.load(Relaxed)
             );
         }
+    }
+
+    /// Events waiting to be posted, and their estimated bytes.
+    pub fn queued(&self) -> (usize, usize) {
+        let (o, n, f) = (&self.online, &self.notify, &self.offline);
+        (
+            o.tx.len() + n.tx.len() + f.tx.len(),
+            o.bytes.load(Relaxed) + n.bytes.load(Relaxed) + f.bytes.load(Relaxed),
+        )
     }
 
     /// Queues a `user.onlinestatus` entry: `uid-flag-online-connid-flagconns-uidconns`.
@@ -277,6 +281,7 @@ struct Poster {
     agent: ureq::Agent,
     url: Arc<String>,
     stats: Arc<WebhookStats>,
+    failure_warnings: Arc<LogEvery>,
 }
 
 impl Poster {
@@ -284,7 +289,8 @@ impl Poster {
     fn post(&self, event: &str, body: &str) -> bool {
         let sep = if self.url.contains('?') { '&' } else { '?' };
         let url = format!("{}{sep}event={event}", self.url);
-        let ok = match self
+        let started = Instant::now();
+        let failure = match self
             .agent
             .post(&url)
             .set("Content-Type", "application/json")
@@ -292,21 +298,29 @@ impl Poster {
         {
             // Read the body to its end: ureq returns the connection to its pool only then.
             Ok(resp) => {
-                let ok = resp.status() == 200;
+                let status = resp.status();
                 let _ = std::io::copy(&mut resp.into_reader(), &mut std::io::sink());
-                ok
+                (status != 200).then(|| format!("answered HTTP {status}"))
             }
-            Err(ureq::Error::Status(_, resp)) => {
+            Err(ureq::Error::Status(status, resp)) => {
                 let _ = std::io::copy(&mut resp.into_reader(), &mut std::io::sink());
-                false
+                Some(format!("answered HTTP {status}"))
             }
-            Err(ureq::Error::Transport(t)) => {
-                // The kind only: the full error quotes the URL, which may carry a secret
-                // in its query string.
-                log::debug!("webhook {event}: {}", t.kind());
-                false
-            }
+            // The kind only: the full error quotes the URL, which may carry a secret in
+            // its query string.
+            Err(ureq::Error::Transport(t)) => Some(t.kind().to_string()),
         };
+        self.stats.post_seconds.observe(started.elapsed());
+        let ok = failure.is_none();
+        if let Some(cause) = failure {
+            match self.failure_warnings.allow() {
+                Some(held) => log::warn!(
+                    "webhook {event} failed: {cause} ({held} more failures in the last 10 s not logged; {} in all)",
+                    self.stats.failures.load(Relaxed) + 1
+                ),
+                None => log::debug!("webhook {event} failed: {cause}"),
+            }
+        }
         let counter = if ok {
             &self.stats.delivered
         } else {

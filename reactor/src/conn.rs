@@ -14,6 +14,8 @@ use crate::outbound::Outbound;
 use crate::per_ip::IpSlot;
 use crate::ListenerId;
 use mio::net::TcpStream;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 /// Bit flags of one connection; see the module invariants.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,7 +70,13 @@ pub(crate) struct ConnIo {
 }
 
 impl ConnIo {
-    pub fn new(stream: TcpStream, generation: u32, listener: ListenerId, now_tick: u64) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        generation: u32,
+        listener: ListenerId,
+        now_tick: u64,
+        queued_out: Arc<AtomicUsize>,
+    ) -> Self {
         let mut flags = Flags::default();
         // A freshly accepted socket has an empty send buffer: assume writable and let the
         // first `WouldBlock` correct us, rather than wait for the first WRITABLE edge.
@@ -80,7 +88,7 @@ impl ConnIo {
             flags,
             ip_slot: IpSlot::none(),
             input: Vec::new(),
-            outbound: Outbound::new(),
+            outbound: Outbound::counted(queued_out),
             last_active_tick: now_tick,
             idle_ticks: 0,
             scheduled_tick: 0,

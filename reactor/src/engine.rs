@@ -122,7 +122,7 @@ impl EngineBuilder {
             handles.push(LoopHandle::new(index, tx, Arc::clone(&shared)));
             loop_parts.push((poll, rx, shared));
         }
-        let handles = Handles::new(handles);
+        let handles = Handles::new(handles, Arc::clone(&global));
         let mut listeners: Vec<mio::net::TcpListener> = self
             .listeners
             .into_iter()

@@ -777,7 +777,8 @@ impl<H: Handler> EventLoop<H> {
                 self.global.connection_closed();
                 continue;
             }
-            let mut io = ConnIo::new(stream, generation, listener, self.core.now_tick);
+            let queued_out = Arc::clone(&self.core.shared.stats.queued_out);
+            let mut io = ConnIo::new(stream, generation, listener, self.core.now_tick, queued_out);
             io.ip_slot = ip_slot; // moved: released when the connection drops
             self.core
                 .set_idle_timeout(id, &mut io, self.config.idle_timeout);

@@ -274,12 +274,14 @@ impl<M: Send> LoopHandle<M> {
 /// Handles to every loop of an engine, routing by [`ConnId::loop_index`].
 pub struct Handles<M> {
     loops: Arc<[LoopHandle<M>]>,
+    global: Arc<crate::event_loop::Global>,
 }
 
 impl<M> Clone for Handles<M> {
     fn clone(&self) -> Self {
         Handles {
             loops: Arc::clone(&self.loops),
+            global: Arc::clone(&self.global),
         }
     }
 }
@@ -293,10 +295,19 @@ impl<M> fmt::Debug for Handles<M> {
 }
 
 impl<M> Handles<M> {
-    pub(crate) fn new(loops: Vec<LoopHandle<M>>) -> Self {
+    pub(crate) fn new(loops: Vec<LoopHandle<M>>, global: Arc<crate::event_loop::Global>) -> Self {
         Handles {
             loops: loops.into(),
+            global,
         }
+    }
+
+    /// Connections reset at accept because their source address was at
+    /// `max_connections_per_ip` (the same count as `Engine::refused_per_ip`).
+    pub fn refused_per_ip(&self) -> u64 {
+        self.global
+            .refused_per_ip
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The handle of the loop that owns `conn`.

@@ -21,6 +21,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// Slices per `writev` call. Linux' `IOV_MAX` is 1024; more is refused with `EINVAL`.
 pub const MAX_IOV: usize = 1024;
@@ -68,12 +70,40 @@ pub struct Outbound {
     frames: VecDeque<Bytes>,
     tail: BytesMut,
     queued_bytes: usize,
+    /// The loop's total of queued bytes, kept in step with `queued_bytes` (when set).
+    gauge: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        // A connection closed with bytes still queued: they leave the loop's total.
+        self.count(0, self.queued_bytes);
+    }
 }
 
 impl Outbound {
     /// An empty queue; allocates nothing.
     pub fn new() -> Outbound {
         Outbound::default()
+    }
+
+    /// An empty queue that keeps `gauge` (a loop's total) in step with its own count.
+    pub fn counted(gauge: Arc<AtomicUsize>) -> Outbound {
+        let mut q = Outbound::default();
+        q.gauge = Some(gauge);
+        q
+    }
+
+    fn count(&self, added: usize, removed: usize) {
+        if let Some(g) = &self.gauge {
+            // Relaxed: a gauge read now and then; only the owning loop writes it.
+            if added > 0 {
+                g.fetch_add(added, Relaxed);
+            }
+            if removed > 0 {
+                g.fetch_sub(removed, Relaxed);
+            }
+        }
     }
 
     /// Bytes waiting to be written.
@@ -95,6 +125,7 @@ impl Outbound {
         }
         self.seal_tail();
         self.queued_bytes += frame.len();
+        self.count(frame.len(), 0);
         self.frames.push_back(frame);
     }
 
@@ -111,6 +142,7 @@ impl Outbound {
         }
         self.tail.extend_from_slice(bytes);
         self.queued_bytes += bytes.len();
+        self.count(bytes.len(), 0);
     }
 
     /// Moves the tail's bytes (not its spare capacity) to the back of `frames`, so that a
@@ -204,6 +236,7 @@ impl Outbound {
     fn consume(&mut self, mut n: usize) {
         debug_assert!(n <= self.queued_bytes, "kernel wrote more than we gave it");
         self.queued_bytes -= n;
+        self.count(0, n);
         while n > 0 {
             match self.frames.front_mut() {
                 Some(front) if front.len() <= n => {
@@ -235,6 +268,7 @@ impl Outbound {
 
     /// Drops everything queued (the connection is closing without a flush).
     pub fn clear(&mut self) {
+        self.count(0, self.queued_bytes);
         self.frames = VecDeque::new();
         self.tail = BytesMut::new();
         self.queued_bytes = 0;
@@ -305,6 +339,25 @@ mod tests {
 
     fn frame(byte: u8, len: usize) -> Bytes {
         Bytes::from(vec![byte; len])
+    }
+
+    #[test]
+    fn the_loop_gauge_follows_queue_write_clear_and_drop() {
+        let gauge = Arc::new(AtomicUsize::new(0));
+        let mut a = Outbound::counted(Arc::clone(&gauge));
+        let mut b = Outbound::counted(Arc::clone(&gauge));
+        a.queue(frame(1, 10));
+        a.queue(frame(2, 5000));
+        b.queue_slice(&[3; 7]);
+        assert_eq!(gauge.load(Relaxed), 5017);
+        let mut sink = Trickle::new(1000, 2);
+        let _ = a.flush_to(&mut sink, usize::MAX);
+        assert_eq!(gauge.load(Relaxed), 5017 - sink.out.len());
+        assert_eq!(gauge.load(Relaxed), a.queued_bytes() + 7);
+        b.clear();
+        assert_eq!(gauge.load(Relaxed), a.queued_bytes());
+        drop(a);
+        assert_eq!(gauge.load(Relaxed), 0);
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct LoopStats {
     pub turns: AtomicU64,
     /// Times a connection used up its read budget and was put on the backlog (R4).
     pub read_budget_yields: AtomicU64,
+    /// Bytes queued for writing on this loop's connections now (a gauge). Shared with each
+    /// connection's [`crate::outbound::Outbound`], which keeps it as it queues, writes and
+    /// drops bytes.
+    pub queued_out: std::sync::Arc<AtomicUsize>,
 }
 
 impl LoopStats {
@@ -116,6 +120,7 @@ impl LoopStats {
             stale_commands: self.stale_commands.load(Relaxed),
             turns: self.turns.load(Relaxed),
             read_budget_yields: self.read_budget_yields.load(Relaxed),
+            queued_out: self.queued_out.load(Relaxed),
         }
     }
 }
@@ -145,4 +150,6 @@ pub struct LoopStatsSnapshot {
     pub turns: u64,
     /// See [`LoopStats::read_budget_yields`].
     pub read_budget_yields: u64,
+    /// Bytes queued for writing, at the time of the snapshot.
+    pub queued_out: usize,
 }

@@ -123,6 +123,8 @@ pub struct StorageHealth {
     last_error: std::sync::Mutex<Option<String>>,
     /// Batches that failed and were rolled back.
     pub failed_batches: std::sync::atomic::AtomicU64,
+    /// Time per batch, `BEGIN` to `COMMIT` returned (or the rollback).
+    pub commit_seconds: crate::metrics::Histogram,
 }
 
 impl StorageHealth {
@@ -266,7 +268,9 @@ impl Writer {
         let mut unapplied = Vec::new();
         let mut lane_done = Vec::new();
         let mut out = Vec::with_capacity(jobs);
+        let started = Instant::now();
         let result = self.apply(batch, &mut applied, &mut unapplied, &mut lane_done);
+        self.health.commit_seconds.observe(started.elapsed());
         // Committed or rolled back: reads of the users it wrote behind may go on.
         self.queues.shared.exposure.settle();
         self.health
