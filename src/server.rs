@@ -82,14 +82,40 @@ impl Server {
     /// See [`StartError`].
     pub fn start(config: Config) -> Result<Server, StartError> {
         config.validate().map_err(StartError::Config)?;
+        // The ports first: a port in use is the commonest start failure, and it must not
+        // cost a database open, a migration or a token conversion first.
+        let engine_config = EngineConfig {
+            loops: config.loops.max(1),
+            // Ticks drive kick timers, retries and the resumption of paused connections.
+            tick: Duration::from_millis(20),
+            max_inbound_bytes: config.max_frame_bytes + (64 << 10),
+            max_connections: connection_budget(config.max_connections),
+            max_connections_per_ip: config.max_connections_per_ip,
+            // A reconnect storm after a restart arrives faster than one accept turn: a
+            // backlog of 1,024 overflowed at 5,000 simultaneous connects here and cost the
+            // dropped SYNs a one-second retransmit. The kernel caps it at somaxconn.
+            listen_backlog: 4096,
+            // The same budget as the gateway's deadline closes: 3,200 per second per loop.
+            max_idle_closes_per_tick: crate::gateway::DEADLINE_CLOSES_PER_TICK,
+            ..EngineConfig::default()
+        };
+        let mut builder = Engine::builder(engine_config);
+        let tcp = builder.listen(config.tcp_addr)?;
+        let http = builder.listen(config.http_addr)?;
+        let ws = builder.listen(config.ws_addr)?;
+        debug_assert_eq!(
+            (tcp.index(), http.index(), ws.index()),
+            (LISTENER_TCP, LISTENER_HTTP, LISTENER_WS)
+        );
         let lock = storage::lock_data_dir(&config.data_dir)?;
         let writer_conn =
             storage::open_writer(&config.data_dir, config.sync_full, config.wal_max_bytes)?;
         let tokens = crate::tokens::TokenHasher::load_or_create(&config.data_dir)?;
-        crate::tokens::hash_plain_tokens(&writer_conn, &tokens).map_err(StorageError::from)?;
+        crate::tokens::hash_plain_tokens(&writer_conn, &tokens)
+            .map_err(storage::in_db(&config.data_dir))?;
         let floor = storage::open_reader(&config.data_dir)?
             .max_message_id()
-            .map_err(StorageError::from)?;
+            .map_err(storage::in_db(&config.data_dir))?;
 
         let (writer_tx, writer_rx) = mailbox::bounded(WRITER_QUEUE);
         let (auth_tx, auth_rx) = bounded(AUTH_QUEUE);
@@ -139,31 +165,7 @@ impl Server {
             started: std::time::Instant::now(),
             config,
         });
-        let config = &shared.config;
 
-        let engine_config = EngineConfig {
-            loops: config.loops.max(1),
-            // Ticks drive kick timers, retries and the resumption of paused connections.
-            tick: Duration::from_millis(20),
-            max_inbound_bytes: config.max_frame_bytes + (64 << 10),
-            max_connections: connection_budget(config.max_connections),
-            max_connections_per_ip: config.max_connections_per_ip,
-            // A reconnect storm after a restart arrives faster than one accept turn: a
-            // backlog of 1,024 overflowed at 5,000 simultaneous connects here and cost the
-            // dropped SYNs a one-second retransmit. The kernel caps it at somaxconn.
-            listen_backlog: 4096,
-            // The same budget as the gateway's deadline closes: 3,200 per second per loop.
-            max_idle_closes_per_tick: crate::gateway::DEADLINE_CLOSES_PER_TICK,
-            ..EngineConfig::default()
-        };
-        let mut builder = Engine::builder(engine_config);
-        let tcp = builder.listen(config.tcp_addr)?;
-        let http = builder.listen(config.http_addr)?;
-        let ws = builder.listen(config.ws_addr)?;
-        debug_assert_eq!(
-            (tcp.index(), http.index(), ws.index()),
-            (LISTENER_TCP, LISTENER_HTTP, LISTENER_WS)
-        );
         let for_loops = Arc::clone(&shared);
         let engine = builder
             .start(move |_, handles| Gateway::new(Arc::clone(&for_loops), handles.clone()))?;

@@ -303,3 +303,31 @@ fn tokens_are_stored_as_keyed_hashes_and_old_plain_ones_are_converted() {
         & 0o777;
     assert_eq!(mode, 0o600);
 }
+
+#[test]
+fn a_port_in_use_is_refused_before_the_database_is_touched() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = temp_dir("port-taken");
+    let mut config = ruyi::Config::for_test(dir.clone());
+    config.http_addr = taken.local_addr().unwrap();
+    let err = ruyi::Server::start(config).expect_err("started on a taken port");
+    assert!(
+        err.to_string().contains(&taken.local_addr().unwrap().to_string()),
+        "the error does not name the address: {err}"
+    );
+    assert!(
+        !ruyi::storage::db_path(&dir).exists(),
+        "the database was created before the ports were checked"
+    );
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_is_named_in_the_error() {
+    let dir = temp_dir("bad-db");
+    std::fs::write(ruyi::storage::db_path(&dir), b"this is not a database, it is text").unwrap();
+    let err = ruyi::Server::start(ruyi::Config::for_test(dir.clone())).expect_err("started");
+    assert!(
+        err.to_string().contains(&ruyi::storage::db_path(&dir).display().to_string()),
+        "the error does not name the file: {err}"
+    );
+}

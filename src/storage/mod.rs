@@ -42,6 +42,14 @@ pub enum StorageError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// SQLite said no about this database file (opening, migrating, first reads).
+    #[error("database {}: {source}", path.display())]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
     /// The writer thread is gone (shutting down).
     #[error("the storage writer has stopped")]
     WriterGone,
@@ -151,6 +159,14 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("ruyi.db")
 }
 
+/// Names the database file in a SQLite error: an operator must see which file failed.
+pub fn in_db(data_dir: &Path) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
+    move |source| StorageError::Database {
+        path: db_path(data_dir),
+        source,
+    }
+}
+
 /// Opens (creating if needed) the database and applies migrations; the writer's connection.
 ///
 /// # Errors
@@ -173,23 +189,26 @@ pub fn open_writer(
             path: db_path(data_dir),
             source,
         })?;
-    let mut conn = Connection::open(db_path(data_dir))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        if sync_full { "FULL" } else { "NORMAL" },
-    )?;
-    // Checkpoints do not run on the writer: `checkpointer` copies the WAL back into the
-    // database from its own connection, so the writer only ever appends to the WAL.
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    // When the WAL restarts after a full checkpoint, it is cut back to this size.
-    conn.pragma_update(None, "journal_size_limit", wal_max_bytes as i64)?;
-    // 64 MiB of page cache: a batch touches the newest pages of many channels at once.
-    conn.pragma_update(None, "cache_size", -65536)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    schema::migrate(&mut conn)?;
-    Ok(conn)
+    let open = || -> rusqlite::Result<Connection> {
+        let mut conn = Connection::open(db_path(data_dir))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            if sync_full { "FULL" } else { "NORMAL" },
+        )?;
+        // Checkpoints do not run on the writer: `checkpointer` copies the WAL back into
+        // the database from its own connection, so the writer only ever appends to it.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // When the WAL restarts after a full checkpoint, it is cut back to this size.
+        conn.pragma_update(None, "journal_size_limit", wal_max_bytes as i64)?;
+        // 64 MiB of page cache: a batch touches the newest pages of many channels at once.
+        conn.pragma_update(None, "cache_size", -65536)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        Ok(conn)
+    };
+    open().map_err(in_db(data_dir))
 }
 
 /// How long a RESTART checkpoint waits for readers and the writer at most.
@@ -347,8 +366,10 @@ pub fn open_reader(data_dir: &Path) -> Result<Reader, StorageError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI,
-    )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    )
+    .map_err(in_db(data_dir))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(in_db(data_dir))?;
     Ok(Reader { conn })
 }
 

@@ -290,7 +290,10 @@ impl Writer {
                 }
             }
             Err(e) => {
-                log::error!("storage: a batch of {jobs} jobs failed and was rolled back: {e}");
+                log::error!(
+                    "storage {}: a batch of {jobs} jobs failed and was rolled back: {e}",
+                    self.conn.path().unwrap_or("?")
+                );
                 // Channel seqs handed out in this batch were never stored: forget them and
                 // reload from the database, so a channel's seqs neither gap nor repeat.
                 // Users' queue seqs stay issued (`queue.rs` invariants): a gap, harmless.
