@@ -70,6 +70,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Time a new connection has to send CONNECT (WuKongIM: 2 s before data, 4 s in login).
     pub connect_timeout: Duration,
+    /// On a graceful stop, client connections are closed spread over this window, so their
+    /// reconnects do not arrive elsewhere as one herd (`drain.rs`); `/ready` says 503
+    /// meanwhile. 0 closes them all at once. Default 5 s: inside Docker's 10 s stop grace.
+    pub shutdown_drain: Duration,
     /// Connections open at most, over every listener. The server lowers it to what the
     /// process's open-file limit can hold (the limit minus 5% for storage, listeners and
     /// webhooks); at the limit new connections wait in the kernel's backlog until some
@@ -182,6 +186,7 @@ impl Default for Config {
             http_workers: 2,
             idle_timeout: Duration::from_secs(180),
             connect_timeout: Duration::from_secs(4),
+            shutdown_drain: Duration::from_secs(5),
             max_frame_bytes: ruyi_proto::MAX_BODY_BYTES,
             max_connections: 1_000_000,
             max_connections_per_ip: 1000,
@@ -345,6 +350,7 @@ impl Config {
             data_dir: data_dir.into(),
             loops: 2,
             channel_workers: 2,
+            shutdown_drain: Duration::ZERO,
             ..Config::default()
         }
     }

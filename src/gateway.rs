@@ -71,6 +71,12 @@ pub enum ToLoop {
         /// Close this long after the notice.
         after: Duration,
     },
+    /// The server is stopping: close this loop's client connections over `window`
+    /// (`drain.rs`).
+    Drain {
+        /// The drain window.
+        window: Duration,
+    },
     /// An HTTP response; `close` ends the connection after it.
     Http {
         /// Which connection.
@@ -237,6 +243,9 @@ enum Flow {
 /// with 20 ms ticks, 3,200 per second per loop; a larger burst is spread over ticks.
 pub const DEADLINE_CLOSES_PER_TICK: usize = 64;
 
+/// The engine's tick: kick timers, retries, deadlines and the shutdown drain run on it.
+pub const TICK: Duration = Duration::from_millis(20);
+
 /// One loop's handler. See the module docs.
 #[derive(Debug)]
 pub struct Gateway {
@@ -262,6 +271,8 @@ pub struct Gateway {
     send_limit: SendLimit,
     /// `Config::send_bytes_limit`, copied once.
     send_kib_limit: SendLimit,
+    /// Client connections still to close, once the server is stopping.
+    drain: Option<crate::drain::Drain>,
 }
 
 impl Gateway {
@@ -280,6 +291,7 @@ impl Gateway {
             http_deadlines: VecDeque::new(),
             last_retry_scan: Instant::now(),
             buf: BytesMut::with_capacity(4096),
+            drain: None,
         }
     }
 
@@ -510,6 +522,11 @@ impl Gateway {
     }
 
     fn on_connect(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, c: ConnectPacket) -> Flow {
+        if self.drain.is_some() {
+            // Stopping: a close without CONNACK, which the SDKs retry (a refusing CONNACK
+            // would stop them for good, PROTOCOL.md §6).
+            return Flow::Close;
+        }
         if c.uid.is_empty()
             || c.uid.contains(['@', '#', '&'])
             || crate::message::is_reserved_id(&c.uid)
@@ -1172,6 +1189,16 @@ impl Handler for Gateway {
                 }
                 self.kicks.push((conn.now() + after, id));
             }
+            ToLoop::Drain { window } => {
+                let mut conns = lp.conn_ids();
+                conns.retain(|&id| matches!(lp.conn(id), Some((_, Session::Im(_)))));
+                log::info!(
+                    "loop {}: closing {} client connections over {window:?}",
+                    lp.loop_index(),
+                    conns.len()
+                );
+                self.drain = Some(crate::drain::Drain::new(conns, window, lp.now()));
+            }
             ToLoop::Http {
                 conn: id,
                 response,
@@ -1212,6 +1239,18 @@ impl Handler for Gateway {
 
     fn on_tick(&mut self, lp: &mut LoopCtx<'_, Session>) {
         let now = lp.now();
+        if let Some(drain) = self.drain.as_mut() {
+            for id in drain.due(now) {
+                if let Some((mut conn, Session::Im(s))) = lp.conn(id) {
+                    if s.ws.as_ref().is_some_and(|w| w.open) {
+                        let mut payload = ws::close_code::GOING_AWAY.to_be_bytes().to_vec();
+                        payload.extend_from_slice(b"server stopping");
+                        conn.queue_slice(&ws::frame(ws::OP_CLOSE, &payload));
+                    }
+                    conn.close_after_flush();
+                }
+            }
+        }
         if !self.kicks.is_empty() {
             let (due, later): (Vec<_>, Vec<_>) =
                 self.kicks.drain(..).partition(|(at, _)| *at <= now);

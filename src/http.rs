@@ -440,7 +440,7 @@ fn open_probe(target: &str) -> bool {
 /// balancer sends clients elsewhere. `/health` only says the process answers.
 fn ready(shared: &SharedRef) -> Answer {
     let mut reasons = Vec::new();
-    if shared.is_stopping() {
+    if shared.is_stopping() || shared.draining.load(std::sync::atomic::Ordering::Acquire) {
         reasons.push("stopping".to_owned());
     }
     if let Some(error) = shared.storage_health.failing() {

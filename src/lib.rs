@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod drain;
 pub mod fault;
 pub mod gateway;
 pub mod http;

@@ -80,6 +80,10 @@ struct Cli {
     /// 0 = no limit [default: 200]
     #[arg(long)]
     max_sends_per_sec: Option<u32>,
+    /// On SIGTERM, client connections are closed spread over this many seconds, so their
+    /// reconnects do not arrive elsewhere as one herd; 0 = all at once [default: 5]
+    #[arg(long)]
+    shutdown_drain_secs: Option<u64>,
     /// Microseconds from one storage commit's start to the next at least, so one fsync
     /// serves every message that arrived meanwhile; 0 = commit at once [default: 1000]
     #[arg(long)]
@@ -164,6 +168,7 @@ struct FileConfig {
     max_sends_per_sec: Option<u32>,
     http_request_timeout_secs: Option<u64>,
     commit_interval_us: Option<u64>,
+    shutdown_drain_secs: Option<u64>,
 }
 
 fn load(cli: Cli) -> Result<Config, String> {
@@ -206,6 +211,9 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.commit_interval = f
             .commit_interval_us
             .map_or(c.commit_interval, Duration::from_micros);
+        c.shutdown_drain = f
+            .shutdown_drain_secs
+            .map_or(c.shutdown_drain, Duration::from_secs);
         c.webhook_url = f.webhook_url.or(c.webhook_url);
         c.webhook_ca_file = f.webhook_ca_file.or(c.webhook_ca_file);
         c.manager_token = f.manager_token.map(Secret::from).or(c.manager_token);
@@ -253,6 +261,9 @@ fn load(cli: Cli) -> Result<Config, String> {
         .max_logins_per_sec_per_uid
         .unwrap_or(c.max_logins_per_sec_per_uid);
     c.max_conns_per_uid = cli.max_conns_per_uid.unwrap_or(c.max_conns_per_uid);
+    c.shutdown_drain = cli
+        .shutdown_drain_secs
+        .map_or(c.shutdown_drain, Duration::from_secs);
     Ok(c)
 }
 

@@ -87,7 +87,7 @@ impl Server {
         let engine_config = EngineConfig {
             loops: config.loops.max(1),
             // Ticks drive kick timers, retries and the resumption of paused connections.
-            tick: Duration::from_millis(20),
+            tick: crate::gateway::TICK,
             max_inbound_bytes: config.max_frame_bytes + (64 << 10),
             max_connections: connection_budget(config.max_connections),
             max_connections_per_ip: config.max_connections_per_ip,
@@ -148,6 +148,7 @@ impl Server {
             writer: writer_tx,
             loops: OnceLock::new(),
             stopping,
+            draining: AtomicBool::new(false),
             webhooks,
             counters: Counters::default(),
             queue: Arc::default(),
@@ -295,11 +296,29 @@ impl Server {
     /// Stops accepting, flushes what the loops hold, lets the pools drain, and joins them.
     /// Messages already acknowledged are durable whatever happens here.
     pub fn stop(mut self) {
+        self.drain();
         self.engine.stop(StopMode::Soft);
         self.shared.stopping.store(true, Ordering::Release);
         self.checkpoint_stop.store(true, Ordering::Release);
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+impl Server {
+    /// Closes client connections spread over `shutdown_drain` (`drain.rs`) and waits
+    /// until they are gone or the window (and a second) has passed.
+    fn drain(&self) {
+        let window = self.shared.config.shutdown_drain;
+        self.shared.draining.store(true, Ordering::Release);
+        for handle in self.shared.loops().loops() {
+            // Blocking: every loop must hear it, and each takes it within a turn.
+            let _ = handle.post(ToLoop::Drain { window });
+        }
+        let deadline = std::time::Instant::now() + window + Duration::from_secs(1);
+        while !self.shared.registry.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct Shared {
     pub loops: OnceLock<Handles<ToLoop>>,
     /// Set when the server is stopping; pool threads exit when they see it.
     pub stopping: Arc<AtomicBool>,
+    /// Set when a graceful stop begins its drain (`drain.rs`): `/ready` says 503.
+    pub draining: AtomicBool,
     /// Counters.
     pub counters: Counters,
     /// Hashes device tokens (`tokens.rs`).

@@ -36,6 +36,8 @@ pub const OP_PONG: u8 = 0xA;
 pub mod close_code {
     /// Normal closure.
     pub const NORMAL: u16 = 1000;
+    /// Going away: the server is stopping.
+    pub const GOING_AWAY: u16 = 1001;
     /// Protocol error (unmasked frame, bad opcode, bad fragmentation).
     pub const PROTOCOL_ERROR: u16 = 1002;
     /// Message too big.

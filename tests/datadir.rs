@@ -312,7 +312,8 @@ fn a_port_in_use_is_refused_before_the_database_is_touched() {
     config.http_addr = taken.local_addr().unwrap();
     let err = ruyi::Server::start(config).expect_err("started on a taken port");
     assert!(
-        err.to_string().contains(&taken.local_addr().unwrap().to_string()),
+        err.to_string()
+            .contains(&taken.local_addr().unwrap().to_string()),
         "the error does not name the address: {err}"
     );
     assert!(
@@ -324,10 +325,15 @@ fn a_port_in_use_is_refused_before_the_database_is_touched() {
 #[test]
 fn a_database_that_cannot_be_opened_is_named_in_the_error() {
     let dir = temp_dir("bad-db");
-    std::fs::write(ruyi::storage::db_path(&dir), b"this is not a database, it is text").unwrap();
+    std::fs::write(
+        ruyi::storage::db_path(&dir),
+        b"this is not a database, it is text",
+    )
+    .unwrap();
     let err = ruyi::Server::start(ruyi::Config::for_test(dir.clone())).expect_err("started");
     assert!(
-        err.to_string().contains(&ruyi::storage::db_path(&dir).display().to_string()),
+        err.to_string()
+            .contains(&ruyi::storage::db_path(&dir).display().to_string()),
         "the error does not name the file: {err}"
     );
 }

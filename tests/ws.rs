@@ -255,3 +255,85 @@ fn websocket_protocol_violations_close_only_that_connection() {
     healthy.send_packet(&Packet::Ping, 5);
     assert_eq!(healthy.message().unwrap(), (ws::OP_BINARY, PONG.to_vec()));
 }
+
+#[test]
+fn a_graceful_stop_closes_clients_spread_over_the_drain_window_without_a_kick() {
+    // Issue 15 item 9. A DISCONNECT would make the SDKs stop reconnecting (PROTOCOL.md
+    // §5.8): TCP clients get a plain close, WebSocket clients a close frame 1001, spread
+    // over the drain window; meanwhile /ready says 503 and new logins are turned away
+    // without a CONNACK (which the SDKs would also take as final).
+    let window = Duration::from_secs(1);
+    let server = start("drain", |c| c.shutdown_drain = window);
+    let (tcp, http) = (server.tcp_addr(), server.http_addr());
+    let tcp_clients: Vec<Client> = (0..24)
+        .map(|i| {
+            let uid = format!("t{i}");
+            register(&server, &uid, "t", 1, 0);
+            Client::ok(tcp, &Login::new(&uid, "t"))
+        })
+        .collect();
+    let ws_clients: Vec<WsClient> = (0..4)
+        .map(|i| {
+            let uid = format!("w{i}");
+            register(&server, &uid, "t", 1, 0);
+            let mut w = WsClient::open(server.ws_addr());
+            w.login(&uid, 5);
+            w
+        })
+        .collect();
+    let began = std::time::Instant::now();
+    let stopper = std::thread::spawn(move || server.stop());
+    let mut watchers = Vec::new();
+    for mut c in tcp_clients {
+        watchers.push(std::thread::spawn(move || {
+            while let Some(p) = c.read_packet(Duration::from_secs(5)) {
+                assert!(
+                    !matches!(p, Packet::Disconnect(_)),
+                    "a DISCONNECT: the SDKs would never reconnect"
+                );
+            }
+            (std::time::Instant::now(), None)
+        }));
+    }
+    for mut w in ws_clients {
+        watchers.push(std::thread::spawn(move || {
+            let mut code = None;
+            while let Some((op, payload)) = w.message() {
+                if op == ws::OP_CLOSE && payload.len() >= 2 {
+                    code = Some(u16::from_be_bytes([payload[0], payload[1]]));
+                }
+            }
+            assert_eq!(
+                code,
+                Some(ws::close_code::GOING_AWAY),
+                "no close frame 1001"
+            );
+            (std::time::Instant::now(), code)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(http_text(http, "/ready").0, 503, "ready while draining");
+    assert!(
+        Client::connect_is_dropped(tcp, "t0"),
+        "a login was taken during the drain"
+    );
+    let mut closes = Vec::new();
+    for w in watchers {
+        let (at, code) = w.join().unwrap();
+        if let Some(code) = code {
+            assert_eq!(code, ws::close_code::GOING_AWAY);
+        }
+        closes.push(at.duration_since(began));
+    }
+    stopper.join().unwrap();
+    closes.sort();
+    let (first, last) = (closes[0], closes[closes.len() - 1]);
+    assert!(
+        last - first >= window / 2,
+        "closes not spread: {first:?} .. {last:?}"
+    );
+    assert!(
+        last < window + Duration::from_secs(3),
+        "the drain overran: {last:?}"
+    );
+}

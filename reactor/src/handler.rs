@@ -197,6 +197,16 @@ impl<S> LoopCtx<'_, S> {
         self.slab.len()
     }
 
+    /// Every live connection of this loop (not those closing), in slot order: for work
+    /// that visits them all, such as a drain at shutdown. Allocates; not for a hot path.
+    pub fn conn_ids(&self) -> Vec<ConnId> {
+        self.slab
+            .iter()
+            .filter(|(_, c)| !c.io.flags.contains(Flags::CLOSING))
+            .map(|(slot, c)| ConnId::new(self.core.loop_index, slot, c.io.generation))
+            .collect()
+    }
+
     /// The live connection named by `id`, or `None` when it has closed or its slot now
     /// holds a newer connection (the generation check of R8), or it is closing.
     pub fn conn(&mut self, id: ConnId) -> Option<(ConnCtx<'_>, &mut S)> {
