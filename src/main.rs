@@ -131,6 +131,10 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         to: PathBuf,
     },
+    /// Reads the settings (flags, --config file, environment), checks them as a start
+    /// would, prints the summary and exits: 0 when they would start, 2 when not. Touches
+    /// neither ports nor the data directory.
+    Check,
 }
 
 /// The TOML file: every key optional; unknown keys are an error, so a typo is not silently
@@ -318,6 +322,18 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(Command::Check) = command {
+        match config.validate() {
+            Ok(()) => {
+                println!("ruyi: settings ok: {}", config.summary());
+                return;
+            }
+            Err(e) => {
+                eprintln!("ruyi: configuration: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Some(Command::Backup { to }) = command {
         match ruyi::storage::backup(&config.data_dir, &to) {
             Ok(bytes) => {
@@ -343,7 +359,14 @@ fn main() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ruyi: {e}");
-            std::process::exit(1);
+            // 2: the settings are wrong, and starting again cannot help (a supervisor can
+            // tell, `packaging/ruyi.service`); 1: anything else, which may pass.
+            let status = if matches!(e, ruyi::server::StartError::Config(_)) {
+                2
+            } else {
+                1
+            };
+            std::process::exit(status);
         }
     };
     while !stop.load(Ordering::Acquire) {
