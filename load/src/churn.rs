@@ -25,7 +25,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct ChurnArgs {
     /// Binary protocol address.
     #[arg(long, default_value = "127.0.0.1:5100")]
@@ -68,6 +68,20 @@ struct Report {
     duplicated: u64,
 }
 
+/// The meaning of each figure of [`Report`] (`meta.rs`).
+const UNITS: &[(&str, &str)] = &[
+    ("pairs", "sender/receiver pairs"),
+    ("cycles", "receiver disconnect/reconnect cycles, all pairs"),
+    ("logins", "receiver logins, all pairs"),
+    ("online", "messages the receivers got as live RECVs"),
+    ("synced", "messages the receivers got from /message/sync"),
+    (
+        "lost",
+        "acknowledged messages never received, after the final sync",
+    ),
+    ("duplicated", "messages received more than once"),
+];
+
 pub fn run(args: &ChurnArgs) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let threads: Vec<_> = (0..args.pairs)
@@ -101,7 +115,8 @@ pub fn run(args: &ChurnArgs) -> io::Result<()> {
         total.lost,
         total.duplicated
     );
-    crate::report::write_json(args.json.as_deref(), &total)?;
+    let meta = crate::meta::collect("churn", None, args, UNITS);
+    crate::meta::write_json(args.json.as_deref(), &meta, &total)?;
     if total.lost + total.duplicated > 0 {
         return Err(io::Error::other("messages were lost or duplicated"));
     }

@@ -1,11 +1,16 @@
 //! `ruyi-load connect`: a connect storm, then an idle hold of the logged-in connections.
 //!
-//! Phase 1 opens `--conns` connections at `--rate` per second (0 = as fast as possible),
-//! each logging in with CONNECT (with the key exchange when `--encrypt`) and waiting for
-//! its CONNACK: it reports authenticated connects per second, CONNACK latency from the
-//! scheduled start, and failures by kind. Phase 2 holds them for `--hold` seconds, each
-//! sending PING every `--ping-every` seconds as the SDKs do, and samples the server's RSS
-//! and CPU from /proc: RSS per held connection and CPU per second of holding.
+//! Phase 1 opens `--conns` connections at `--rate` per second (0 = as fast as possible, a
+//! batch of [`OPEN_BATCH`] between polls), each logging in with CONNECT and waiting for its
+//! CONNACK; with `--encrypt` it does an SDK's whole work: a key pair before the CONNECT,
+//! the session key derived from the CONNACK. It reports authenticated connects per second,
+//! login latency (from the scheduled time, or the connection's opening when unpaced, to
+//! the session key), the client's crypto CPU per login, and failures by kind. Phase 2
+//! holds them for `--hold` seconds, each sending PING every `--ping-every` seconds as the
+//! SDKs do, and samples the server's RSS and CPU from /proc: RSS per held connection
+//! (signed) and CPU per second of holding, up to the end of the hold (not the teardown).
+//! Run it against a freshly started server: a warm one has memory to reuse, which makes
+//! the RSS delta meaningless.
 //!
 //! Past one process's open-file limit the connections are spread over `--processes`
 //! worker processes (this binary, run again with `--worker`), and over 127.0.0.x source
@@ -18,7 +23,7 @@ use bytes::BytesMut;
 use clap::Args;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use ruyi_proto::crypto::{public_key_b64, random_secret};
+use ruyi_proto::crypto::{public_key_b64, random_secret, SessionCipher};
 use ruyi_proto::{decode_packet, ConnectPacket, Packet, MAX_BODY_BYTES};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Write};
@@ -27,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize)]
 pub struct ConnectArgs {
     /// Binary protocol address.
     #[arg(long, default_value = "127.0.0.1:5100")]
@@ -83,8 +88,13 @@ struct WorkerReport {
     closed_while_held: usize,
     pings: u64,
     pongs: u64,
-    /// CONNACK latency of each login, in microseconds.
+    /// Login latency of each login, in microseconds: the CONNECT's scheduled time (paced)
+    /// or its opening (unpaced) to the CONNACK read and, with `--encrypt`, the session key
+    /// derived from it, as an SDK must before it can send.
     connack_us: Vec<u64>,
+    /// Client CPU for the key exchange, in microseconds: making the key pairs and deriving
+    /// the session keys (what every SDK login costs the client).
+    client_crypto_us: u64,
     /// First connect attempt to last CONNACK, seconds.
     connect_seconds: f64,
 }
@@ -96,7 +106,8 @@ struct Report {
     conns: usize,
     processes: usize,
     sources: u8,
-    offered_rate: f64,
+    /// Connections per second offered; `None` (null) = no limit.
+    offered_rate: Option<f64>,
     connected: usize,
     failed_connect: usize,
     refused_login: usize,
@@ -109,15 +120,50 @@ struct Report {
     closed_while_held: usize,
     server_rss_before_bytes: Option<u64>,
     server_rss_held_bytes: Option<u64>,
+    /// Signed: a server that gave memory back while connections arrived reads negative.
     server_rss_per_conn_bytes: Option<f64>,
     server_cpu_per_sec_held: Option<f64>,
+    client_crypto_us_per_login: Option<f64>,
 }
+
+/// The unit or meaning of each figure of [`Report`] (`meta.rs`).
+const UNITS: &[(&str, &str)] = &[
+    ("conns", "connections attempted"),
+    ("processes", "client worker processes"),
+    ("sources", "source addresses 127.0.0.1 ..= 127.0.0.<sources>"),
+    ("offered_rate", "connections per second offered; null = no limit (as fast as possible)"),
+    ("connected", "logins that got CONNACK success"),
+    ("failed_connect", "connections that failed before a CONNACK"),
+    ("refused_login", "CONNACKs with a failure reason"),
+    ("timed_out", "connections with no CONNACK within --connect-timeout"),
+    ("connects_per_sec", "connected / seconds from the first connect to the last CONNACK"),
+    ("connack_latency", "microseconds from a CONNECT's scheduled time (paced) or its opening (unpaced) to the CONNACK read and, encrypted, the session key derived: p50_us, p99_us, p999_us, max_us"),
+    ("hold_seconds", "seconds the logged-in connections were held"),
+    ("pings", "PINGs sent while held"),
+    ("pongs", "PONGs received while held"),
+    ("closed_while_held", "logged-in connections closed by the server or the network while held"),
+    ("server_rss_before_bytes", "server resident memory before the storm, bytes"),
+    ("server_rss_held_bytes", "server resident memory with every connection logged in, bytes"),
+    ("server_rss_per_conn_bytes", "(held - before) / connected, bytes; signed"),
+    ("server_cpu_per_sec_held", "server CPU seconds per second while holding (teardown excluded)"),
+    ("client_crypto_us_per_login", "client CPU microseconds per login for the key pair and the session key; null unencrypted"),
+];
 
 /// What workers tell the coordinator.
 enum Msg {
+    /// Its connects are done: the hold begins.
     Ready,
+    /// Its hold is over; the teardown begins.
+    Held,
     Done(WorkerReport),
     Failed(String),
+}
+
+/// A worker's phase change, for the coordinator's samples.
+#[derive(Clone, Copy)]
+enum Phase {
+    Ready,
+    Held,
 }
 
 pub fn run(args: &ConnectArgs) -> io::Result<()> {
@@ -133,9 +179,12 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
     if args.processes == 1 {
         let (args, tx) = (args.clone(), tx.clone());
         std::thread::spawn(move || {
-            let ready = tx.clone();
-            let msg = match worker(&args, 0, &mut || {
-                let _ = ready.send(Msg::Ready);
+            let phases = tx.clone();
+            let msg = match worker(&args, 0, &mut |phase| {
+                let _ = phases.send(match phase {
+                    Phase::Ready => Msg::Ready,
+                    Phase::Held => Msg::Held,
+                });
             }) {
                 Ok(r) => Msg::Done(r),
                 Err(e) => Msg::Failed(e.to_string()),
@@ -149,11 +198,22 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
     }
     drop(tx);
     // Every worker ready: the connections are all up; sample the server while held.
-    let mut ready = 0;
+    let (mut ready, mut held) = (0, 0);
     let mut reports = Vec::new();
     let mut held_sample: Option<(u64, f64, Instant)> = None;
+    let mut cpu_per_sec = None;
     while let Ok(msg) = rx.recv() {
         match msg {
+            // The hold is over everywhere: CPU up to here, before any teardown.
+            Msg::Held => {
+                held += 1;
+                if let (true, Some((_, cpu, at)), Some(pid)) =
+                    (held == args.processes, held_sample, args.server_pid)
+                {
+                    let spent = crate::procfs::cpu_seconds(pid)? - cpu;
+                    cpu_per_sec = Some(spent / at.elapsed().as_secs_f64().max(1e-9));
+                }
+            }
             Msg::Ready => {
                 ready += 1;
                 if ready == args.processes {
@@ -172,12 +232,6 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
             Msg::Failed(e) => return Err(io::Error::other(format!("worker: {e}"))),
         }
     }
-    let cpu_per_sec = match (held_sample, args.server_pid) {
-        (Some((_, cpu, at)), Some(pid)) => {
-            Some((crate::procfs::cpu_seconds(pid)? - cpu) / at.elapsed().as_secs_f64().max(1e-9))
-        }
-        _ => None,
-    };
     for mut c in children {
         let _ = c.wait();
     }
@@ -197,6 +251,7 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
         total.closed_while_held += r.closed_while_held;
         total.pings += r.pings;
         total.pongs += r.pongs;
+        total.client_crypto_us += r.client_crypto_us;
         total.connect_seconds = total.connect_seconds.max(r.connect_seconds);
     }
     let rss_held = held_sample.map(|s| s.0);
@@ -206,7 +261,7 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
         conns: args.conns,
         processes: args.processes,
         sources: args.sources,
-        offered_rate: args.rate,
+        offered_rate: (args.rate > 0.0).then_some(args.rate),
         connected: total.connected,
         failed_connect: total.failed_connect,
         refused_login: total.refused_login,
@@ -221,11 +276,14 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
         server_rss_held_bytes: rss_held,
         server_rss_per_conn_bytes: rss_before
             .zip(rss_held)
-            .map(|(b, h)| h.saturating_sub(b) as f64 / total.connected.max(1) as f64),
+            .map(|(b, h)| (h as f64 - b as f64) / total.connected.max(1) as f64),
         server_cpu_per_sec_held: cpu_per_sec,
+        client_crypto_us_per_login: args
+            .encrypt
+            .then(|| total.client_crypto_us as f64 / total.connected.max(1) as f64),
     };
     println!(
-        "connect [{}] encrypt={} conns={} connected={} connects/s={:.0} connack p50={}us p99={}us failed={} refused={} timed_out={} held {}s: pings={} pongs={} closed={} server rss/conn={} cpu/s held={}",
+        "connect [{}] encrypt={} conns={} connected={} connects/s={:.0} connack p50={}us p99={}us failed={} refused={} timed_out={} held {}s: pings={} pongs={} closed={} server rss/conn={} cpu/s held={} client crypto/login={}",
         report.transport,
         report.encrypt,
         report.conns,
@@ -246,8 +304,19 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
         report
             .server_cpu_per_sec_held
             .map_or("-".into(), |c| format!("{c:.3}")),
+        report
+            .client_crypto_us_per_login
+            .map_or("-".into(), |c| format!("{c:.0}us")),
     );
-    report::write_json(args.json.as_deref(), &report)
+    let meta = crate::meta::collect("connect", args.server_pid, args, UNITS);
+    crate::meta::write_json(args.json.as_deref(), &meta, &report)?;
+    if report.connected == 0 {
+        return Err(io::Error::other(format!(
+            "no connection logged in ({} failed, {} refused, {} timed out)",
+            report.failed_connect, report.refused_login, report.timed_out
+        )));
+    }
+    Ok(())
 }
 
 /// Starts worker `index` as a child process and forwards what it reports to `tx`.
@@ -284,6 +353,7 @@ fn spawn_child(
         for line in io::BufReader::new(stdout).lines() {
             let msg = match line {
                 Ok(l) if l == "ready" => Msg::Ready,
+                Ok(l) if l == "held" => Msg::Held,
                 Ok(l) => match serde_json::from_str(&l) {
                     Ok(r) => Msg::Done(r),
                     Err(_) => continue, // not a report line
@@ -297,8 +367,14 @@ fn spawn_child(
 }
 
 fn run_as_child(args: &ConnectArgs, index: usize) -> io::Result<()> {
-    let report = worker(args, index, &mut || {
-        println!("ready");
+    let report = worker(args, index, &mut |phase| {
+        println!(
+            "{}",
+            match phase {
+                Phase::Ready => "ready",
+                Phase::Held => "held",
+            }
+        );
         let _ = io::stdout().flush();
     })?;
     println!(
@@ -319,6 +395,8 @@ struct Conn {
     scheduled: Instant,
     state: State,
     next_ping: Instant,
+    /// The key exchange's secret, until the session key is derived.
+    secret: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,12 +424,21 @@ impl Conn {
             scratch: BytesMut::new(),
             scheduled,
             next_ping: scheduled,
+            secret: None,
         }
     }
 }
 
+/// Connections an unpaced storm opens between two polls: CONNECTs go out (and CONNACKs
+/// come back) while the rest are still being opened, instead of after all of them.
+const OPEN_BATCH: usize = 64;
+
 /// Runs worker `index`'s share: connections index, index + P, index + 2P, ...
-fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Result<WorkerReport> {
+fn worker(
+    args: &ConnectArgs,
+    index: usize,
+    notify: &mut dyn FnMut(Phase),
+) -> io::Result<WorkerReport> {
     let mine: Vec<usize> = (index..args.conns).step_by(args.processes).collect();
     let server = args.ws.unwrap_or(args.tcp);
     let mut poll = Poll::new()?;
@@ -369,11 +456,14 @@ fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Resu
     let mut hold_until: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        // Open the connections that are due (all of them at once without a rate).
-        while opened < mine.len() {
+        // Open the connections that are due (unpaced: a batch per pass).
+        let batch_end = opened + OPEN_BATCH;
+        while opened < mine.len() && opened < batch_end {
             let global = mine[opened];
-            let scheduled = interval.map_or(start, |i| start + i.mul_f64(global as f64));
-            if scheduled > now {
+            // Unpaced, a login is timed from its own opening.
+            let scheduled =
+                interval.map_or_else(Instant::now, |i| start + i.mul_f64(global as f64));
+            if scheduled > now && interval.is_some() {
                 break;
             }
             let source = crate::im::source_of(global, args.sources);
@@ -382,8 +472,14 @@ fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Resu
                     let framing = Framing::new(args.ws.is_some(), global as u32);
                     let mut c = Conn::new(framing, Some(stream), scheduled);
                     c.framing.start(server, &mut c.output);
+                    // The SDK's work for a login: a key pair now, the session key at CONNACK.
                     let key = if args.encrypt {
-                        public_key_b64(random_secret().map_err(io::Error::other)?)
+                        let began = Instant::now();
+                        let secret = random_secret().map_err(io::Error::other)?;
+                        let key = public_key_b64(secret);
+                        c.secret = Some(secret);
+                        r.client_crypto_us += began.elapsed().as_micros() as u64;
+                        key
                     } else {
                         String::new()
                     };
@@ -423,7 +519,7 @@ fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Resu
                 }
             }
             r.connect_seconds = last_connack.duration_since(start).as_secs_f64();
-            ready();
+            notify(Phase::Ready);
             let held_from = Instant::now();
             hold_until = Some(held_from + Duration::from_secs(args.hold));
             // Spread the PINGs over one period.
@@ -435,6 +531,7 @@ fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Resu
         }
         if let Some(until) = hold_until {
             if now >= until {
+                notify(Phase::Held);
                 break;
             }
             let period = Duration::from_secs(args.ping_every.max(1));
@@ -453,11 +550,11 @@ fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Resu
         }
         let timeout = match (hold_until, interval) {
             (Some(_), _) => Duration::from_millis(50),
+            (None, None) if opened < mine.len() => Duration::ZERO,
             (None, Some(i)) if opened < mine.len() => i.min(Duration::from_millis(5)),
             _ => Duration::from_millis(5),
         };
         poll.poll(&mut events, Some(timeout))?;
-        let now = Instant::now();
         for event in events.iter() {
             let c = &mut conns[event.token().0];
             let Some(stream) = c.stream.as_mut() else {
@@ -474,11 +571,23 @@ fn worker(args: &ConnectArgs, index: usize, ready: &mut dyn FnMut()) -> io::Resu
                                 Packet::Connack(ack) if c.state == State::Pending => {
                                     pending -= 1;
                                     if ack.reason_code == 1 {
+                                        if let Some(secret) = c.secret.take() {
+                                            let began = Instant::now();
+                                            SessionCipher::derive(
+                                                secret,
+                                                &ack.server_key,
+                                                &ack.salt,
+                                            )
+                                            .map_err(io::Error::other)?;
+                                            r.client_crypto_us +=
+                                                began.elapsed().as_micros() as u64;
+                                        }
+                                        let done = Instant::now();
                                         c.state = State::LoggedIn;
                                         r.connected += 1;
-                                        last_connack = now;
+                                        last_connack = done;
                                         r.connack_us.push(
-                                            now.saturating_duration_since(c.scheduled).as_micros()
+                                            done.saturating_duration_since(c.scheduled).as_micros()
                                                 as u64,
                                         );
                                     } else {

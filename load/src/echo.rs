@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct EchoArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7000")]
@@ -153,8 +153,32 @@ pub fn run(args: &EchoArgs) -> io::Result<()> {
         report.errors,
         report.server_cpu_seconds.unwrap_or(f64::NAN),
     );
-    report::write_json(args.json.as_deref(), &report)
+    let meta = crate::meta::collect("echo", args.server_pid, args, UNITS);
+    crate::meta::write_json(args.json.as_deref(), &meta, &report)
 }
+
+/// The meaning of each figure of the echo report (`meta.rs`).
+const UNITS: &[(&str, &str)] = &[
+    ("conns", "client connections"),
+    ("size", "bytes per message"),
+    (
+        "depth",
+        "messages in flight per connection (1 = request/response)",
+    ),
+    (
+        "msgs_per_sec",
+        "echoed messages per second of the measured window",
+    ),
+    (
+        "latency",
+        "microseconds from a message's write to its echo: p50_us, p99_us, p999_us, max_us",
+    ),
+    ("errors", "connection errors"),
+    (
+        "server_cpu_seconds",
+        "user + system CPU seconds of the server during the measured window",
+    ),
+];
 
 fn worker(
     args: &EchoArgs,

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, serde::Serialize)]
 pub struct HostileArgs {
     /// Binary protocol address.
     #[arg(long, default_value = "127.0.0.1:5100")]
@@ -154,8 +154,42 @@ pub fn run(args: &HostileArgs) -> io::Result<()> {
         );
         phases.push(phase);
     }
-    crate::report::write_json(args.json.as_deref(), &phases)
+    #[derive(serde::Serialize)]
+    struct Phases {
+        phases: Vec<Phase>,
+    }
+    let meta = crate::meta::collect("hostile", args.server_pid, args, UNITS);
+    crate::meta::write_json(args.json.as_deref(), &meta, &Phases { phases })
 }
+
+/// The meaning of each figure of a [`Phase`] (`meta.rs`).
+const UNITS: &[(&str, &str)] = &[
+    (
+        "phases",
+        "one entry per phase: the quiet baseline, then one hostile kind each",
+    ),
+    (
+        "sendack",
+        "healthy pairs' SENDACK latency in the phase, microseconds from the scheduled send",
+    ),
+    (
+        "delivery",
+        "healthy pairs' delivery latency in the phase, microseconds",
+    ),
+    (
+        "p99_ratio",
+        "the phase's healthy p99 delivery latency / the quiet baseline's",
+    ),
+    ("healthy_sends", "healthy SENDs acknowledged in the phase"),
+    ("refused", "healthy SENDs refused"),
+    ("lost", "healthy acknowledged messages never delivered"),
+    ("duplicated", "healthy messages delivered twice"),
+    ("attacks", "hostile connections opened in the phase"),
+    (
+        "server_rss_bytes",
+        "server resident memory at the end of the phase, bytes",
+    ),
+];
 
 fn healthy_args(args: &HostileArgs, phase: usize) -> ImArgs {
     ImArgs {

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize)]
 pub struct ImArgs {
     /// Binary protocol address.
     #[arg(long, default_value = "127.0.0.1:5100")]
@@ -60,7 +60,7 @@ pub struct ImArgs {
     /// hosts would (each source has its own 64k ports and its own per-address limit).
     #[arg(long, default_value_t = 1)]
     pub sources: u8,
-    /// Payload bytes per message (at least 16).
+    /// Payload bytes per message (at least 24: a timestamp, the sender and a counter).
     #[arg(long, default_value_t = 100)]
     pub size: usize,
     /// Client worker threads.
@@ -219,6 +219,8 @@ pub(crate) struct ImReport {
     deliveries_per_sec: f64,
     pub(crate) sendack_latency: Percentiles,
     pub(crate) delivery_latency: Percentiles,
+    /// Paced runs: a SEND's scheduled time to its encoding, the client's own floor.
+    client_send_lag: Option<Percentiles>,
     pub(crate) refused: u64,
     /// Acknowledged messages missing at a receiver that should have them, after the drain.
     pub(crate) lost: u64,
@@ -232,7 +234,34 @@ pub(crate) struct ImReport {
     timeline: Vec<[u64; 2]>,
 }
 
+/// The unit or meaning of each figure of [`ImReport`] (`meta.rs`).
+const UNITS: &[(&str, &str)] = &[
+    ("connections", "connections logged in"),
+    ("senders", "connections that send"),
+    ("window", "SENDs in flight per sender at most"),
+    ("rate_per_sender", "SENDs per second per sender; 0 = unpaced (closed loop, as fast as the window allows)"),
+    ("size", "payload bytes per message"),
+    ("seconds", "length of the measured window, after the warm-up, in seconds"),
+    ("sends", "SENDs acknowledged (SENDACK success) in the measured window"),
+    ("sends_per_sec", "sends / seconds"),
+    ("deliveries", "RECVs received in the measured window"),
+    ("deliveries_per_sec", "deliveries / seconds"),
+    ("sendack_latency", "microseconds from a SEND's scheduled time (paced) or its encoding (unpaced) to its SENDACK: p50_us, p99_us, p999_us, max_us"),
+    ("delivery_latency", "microseconds from a message's scheduled time or encoding to its RECV at a receiver"),
+    ("client_send_lag", "microseconds from a paced SEND's scheduled time to its encoding: the client's own floor, included in both latencies; null when unpaced"),
+    ("refused", "SENDs answered with a failure reason, whole run"),
+    ("lost", "acknowledged messages missing at a receiver after the drain, whole run"),
+    ("duplicated", "messages a receiver got more than once, whole run"),
+    ("reordered", "messages a receiver got after a later one of the same sender, whole run"),
+    ("server_cpu_seconds", "user + system CPU seconds of the server during the measured window"),
+    ("deliveries_per_server_cpu_sec", "deliveries / server_cpu_seconds"),
+    ("timeline", "per 1-second slot of the measured window: [sends, deliveries]"),
+];
+
 static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// The poll token of a worker's pacing timer (connections use their index).
+const TIMER: Token = Token(usize::MAX);
 
 /// The drain ends once a worker's SENDs are all answered and its input has been quiet this
 /// long: deliveries trail their SENDACKs by at most a few milliseconds on a healthy server.
@@ -416,6 +445,7 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         deliveries_per_sec: t.deliveries as f64 / secs,
         sendack_latency: Percentiles::of(&t.sendack),
         delivery_latency: Percentiles::of(&t.delivery),
+        client_send_lag: (args.rate > 0.0).then(|| Percentiles::of(&t.send_lag)),
         refused: t.refused,
         lost,
         duplicated: t.duplicated,
@@ -425,7 +455,7 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         timeline: t.timeline.clone(),
     };
     println!(
-        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} server_cpu={:.2}s",
+        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} server_cpu={:.2}s{}",
         report.scenario,
         report.transport,
         report.connections,
@@ -440,17 +470,34 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         report.lost,
         report.duplicated,
         report.reordered,
-        report.server_cpu_seconds.unwrap_or(f64::NAN)
+        report.server_cpu_seconds.unwrap_or(f64::NAN),
+        report.client_send_lag.map_or(String::new(), |l| format!(
+            " client lag p50={}us p99={}us",
+            l.p50_us, l.p99_us
+        )),
     );
     if let Some(path) = &args.svg {
         crate::chart::write(
             path,
-            &format!("ruyi-load {} [{}]", report.scenario, report.transport),
+            &format!(
+                "ruyi-load {} [{}] encrypt={} window={} rate={} {}s",
+                report.scenario,
+                report.transport,
+                if args.encrypt { "on" } else { "off" },
+                args.window,
+                if args.rate > 0.0 {
+                    format!("{}/s per sender", args.rate)
+                } else {
+                    "unpaced".to_owned()
+                },
+                args.seconds
+            ),
             &report.timeline,
             &[("SENDACK", &t.sendack), ("delivery", &t.delivery)],
         )?;
     }
-    report::write_json(args.json.as_deref(), &report)?;
+    let meta = crate::meta::collect(scenario, args.server_pid, args, UNITS);
+    crate::meta::write_json(args.json.as_deref(), &meta, &report)?;
     Ok(report)
 }
 
@@ -513,6 +560,8 @@ struct WorkerResult {
     reordered: u64,
     sendack: Histogram<u64>,
     delivery: Histogram<u64>,
+    /// Paced sends: scheduled time to encoding.
+    send_lag: Histogram<u64>,
     /// Per second of the measured window: [sends, deliveries].
     timeline: Vec<[u64; 2]>,
 }
@@ -529,6 +578,7 @@ impl WorkerResult {
             reordered: 0,
             sendack: report::latency_histogram(),
             delivery: report::latency_histogram(),
+            send_lag: report::latency_histogram(),
             timeline: Vec::new(),
         }
     }
@@ -550,6 +600,9 @@ impl WorkerResult {
             mine[1] += theirs[1];
         }
         self.sendack.add(&other.sendack).map_err(io::Error::other)?;
+        self.send_lag
+            .add(&other.send_lag)
+            .map_err(io::Error::other)?;
         self.delivery.add(&other.delivery).map_err(io::Error::other)
     }
 
@@ -626,9 +679,12 @@ fn worker(
     let mut measure: Option<(Instant, Instant)> = None;
     let login_deadline = Instant::now() + Duration::from_secs(60);
     let mut last_input = Instant::now();
-    // Paced senders are topped up on this period; closed-loop ones on every SENDACK.
-    let pace_tick = Duration::from_millis(1);
+    // Paced senders are topped up when their next SEND is due (closed-loop ones on every
+    // SENDACK), woken by a timerfd: `poll`'s own timeout is whole milliseconds
+    // (`timer.rs`). `client_send_lag` reports how close to its time a SEND leaves.
     let paced = args.rate > 0.0;
+    let mut next_due: Option<Instant> = None;
+    let timer = crate::timer::Timer::new(poll.registry(), TIMER)?;
     loop {
         let now = Instant::now();
         if started.is_none() && logged_in.load(Ordering::Acquire) >= total {
@@ -642,7 +698,7 @@ fn worker(
                     let spread = (i as f64 / n) / args.rate;
                     c.next_send_at = now + Duration::from_secs_f64(spread);
                 }
-                top_up(c, args, now)?;
+                top_up(c, args, now, &mut r.send_lag)?;
                 flush(c)?;
             }
         }
@@ -660,12 +716,10 @@ fn worker(
                 "not every connection logged in within 60 s",
             ));
         }
-        let timeout = if paced && started.is_some() {
-            pace_tick
-        } else {
-            Duration::from_millis(20)
-        };
-        poll.poll(&mut events, Some(timeout))?;
+        if let Some(due) = next_due {
+            timer.arm(due)?;
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(20)))?;
         let now = Instant::now();
         let window = measure.and_then(|(from, until)| (now >= from && now < until).then_some(from));
         let draining = measure.is_some_and(|(_, until)| now >= until);
@@ -673,6 +727,10 @@ fn worker(
             last_input = now;
         }
         for event in events.iter() {
+            if event.token() == TIMER {
+                timer.clear();
+                continue;
+            }
             let c = &mut conns[event.token().0];
             if event.is_readable() {
                 if crate::wire::read_available(&mut c.stream, &mut buf, &mut c.raw)? {
@@ -685,18 +743,26 @@ fn worker(
                 }
                 handle_input(c, args, now, window, logged_in, &mut r)?;
                 if started.is_some() && !paced && !draining {
-                    top_up(c, args, now)?;
+                    top_up(c, args, now, &mut r.send_lag)?;
                 }
             }
             flush(c)?;
         }
         if paced && started.is_some() && !draining {
+            let now = Instant::now();
+            next_due = None;
             for c in &mut conns {
                 if c.next_send_at <= now {
-                    top_up(c, args, now)?;
+                    top_up(c, args, now, &mut r.send_lag)?;
                     flush(c)?;
                 }
+                // A sender with a full window waits for a SENDACK, which wakes the poll.
+                if c.plan.sender_index.is_some() && c.logged_in && c.in_flight.len() < args.window {
+                    next_due = Some(next_due.map_or(c.next_send_at, |d| d.min(c.next_send_at)));
+                }
             }
+        } else {
+            next_due = None;
         }
     }
     r.received = conns.into_iter().map(|c| (c.global, c.seen)).collect();
@@ -800,7 +866,7 @@ fn handle_input(
 /// Starts SENDs until `window` are in flight (closed loop), or sends those that are due
 /// (paced: one every 1/rate seconds, each stamped with its scheduled time, so a stalled
 /// server shows up in the latency instead of silently lowering the offered load).
-fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
+fn top_up(c: &mut Conn, args: &ImArgs, now: Instant, lag: &mut Histogram<u64>) -> io::Result<()> {
     let (Some((target, channel_type)), Some(sender)) = (c.plan.target.clone(), c.plan.sender_index)
     else {
         return Ok(());
@@ -817,6 +883,7 @@ fn top_up(c: &mut Conn, args: &ImArgs, now: Instant) -> io::Result<()> {
         };
         if let Some(interval) = interval {
             c.next_send_at += interval;
+            report::record(lag, Instant::now().saturating_duration_since(stamp));
         }
         let mut plain = vec![b'x'; args.size];
         plain[0..8].copy_from_slice(&nanos_since_epoch(stamp).to_be_bytes());

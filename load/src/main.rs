@@ -13,8 +13,10 @@ mod hostile;
 mod idle;
 mod im;
 mod ledger;
+mod meta;
 mod procfs;
 mod report;
+mod timer;
 mod wire;
 
 /// Connects a blocking socket (from `source` when given), then hands it to `poll` as a
@@ -25,7 +27,11 @@ fn connect_registered(
     token: mio::Token,
     source: Option<std::net::Ipv4Addr>,
 ) -> std::io::Result<mio::net::TcpStream> {
-    let std_stream = connect_from(addr, source)?;
+    // The error names the address: "Connection refused" alone does not say which.
+    let std_stream = connect_from(addr, source).map_err(|e| {
+        let from = source.map_or_else(String::new, |s| format!(" from {s}"));
+        std::io::Error::new(e.kind(), format!("connect to {addr}{from}: {e}"))
+    })?;
     std_stream.set_nodelay(true)?;
     std_stream.set_nonblocking(true)?;
     let mut stream = mio::net::TcpStream::from_std(std_stream);
