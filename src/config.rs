@@ -222,6 +222,12 @@ impl Config {
     /// # Errors
     /// A message naming what to change.
     pub fn validate(&self) -> Result<(), String> {
+        if self.shutdown_drain > MAX_SHUTDOWN_DRAIN {
+            return Err(format!(
+                "shutdown_drain_secs must be at most {} (a stop that long outlives every supervisor's patience)",
+                MAX_SHUTDOWN_DRAIN.as_secs()
+            ));
+        }
         if !self.http_addr.ip().is_loopback()
             && self
                 .manager_token
@@ -355,6 +361,9 @@ impl Config {
         }
     }
 }
+
+/// The longest drain a stop may take (`Config::shutdown_drain`).
+pub const MAX_SHUTDOWN_DRAIN: Duration = Duration::from_secs(60);
 
 fn on(yes: bool) -> &'static str {
     if yes {

@@ -5,10 +5,17 @@
 //! No DISCONNECT packet is sent: the official SDKs treat a server DISCONNECT as a kick and
 //! never reconnect (PROTOCOL.md §5.8, JSSDK.md §6). A WebSocket gets a close frame 1001
 //! ("going away"), a TCP connection a plain close after its pending output; both make an
-//! SDK reconnect with its own back-off. What a device had not acknowledged goes to its
-//! user's offline queue, as for any close.
+//! SDK reconnect with its own back-off. At its turn a logged-in connection gets nothing
+//! more, is still read for [`ACK_GRACE`] so the acknowledgements on their way count, and
+//! is then closed; what it had not acknowledged goes to its user's offline queue, as for
+//! any close.
 
 use ruyi_reactor::ConnId;
+
+/// How long a logged-in connection is still read after its turn, with nothing more sent
+/// to it, before it is closed: RECVACKs already on their way arrive and count, rather
+/// than their messages going back to the offline queue and being delivered twice.
+pub const ACK_GRACE: Duration = Duration::from_millis(500);
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 

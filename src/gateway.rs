@@ -198,6 +198,9 @@ pub struct ImSession {
     ws: Option<Box<WsState>>,
     /// True while the connection is on the loop's retry list.
     on_retry_list: bool,
+    /// The server is stopping and this connection's turn came (`drain.rs`): nothing more
+    /// is sent to it, its acknowledgements are still read until it is closed.
+    draining: bool,
     /// SEND credit (`Config::max_sends_per_sec`).
     sends: SendBucket,
     /// SEND byte credit in KiB (`Config::max_send_bytes_per_sec`).
@@ -792,6 +795,16 @@ impl Gateway {
             if s.phase != Phase::Ready {
                 continue;
             }
+            if s.draining {
+                // Not sent: kept for `on_close` to requeue, as for a closing connection.
+                if persistent {
+                    let p = PendingAck::new(delivery, target.recipient, Bytes::new(), now);
+                    if p.requeue {
+                        s.pending.push_back(p);
+                    }
+                }
+                continue;
+            }
             let view = RecvView::of(delivery, &s.uid, target.recipient);
             let frame = match &s.cipher {
                 Some(cipher) if !Setting(m.setting).has(Setting::NO_ENCRYPT) => {
@@ -949,6 +962,9 @@ impl Gateway {
             let Some((mut conn, Session::Im(s))) = lp.conn(id) else {
                 continue;
             };
+            if s.draining {
+                continue; // Nothing more is sent; `on_close` requeues what is pending.
+            }
             let mut dropped_bytes = 0;
             let mut exhausted = Vec::new();
             let ws = s.ws.is_some();
@@ -1134,6 +1150,7 @@ impl Handler for Gateway {
             pending: VecDeque::new(),
             pending_bytes: 0,
             on_retry_list: false,
+            draining: false,
             sends: SendBucket::full(self.send_limit, self.clock_ms(conn)),
             send_kib: SendBucket::full(self.send_kib_limit, self.clock_ms(conn)),
             held: 0,
@@ -1247,7 +1264,15 @@ impl Handler for Gateway {
                         payload.extend_from_slice(b"server stopping");
                         conn.queue_slice(&ws::frame(ws::OP_CLOSE, &payload));
                     }
-                    conn.close_after_flush();
+                    if s.phase == Phase::Ready {
+                        // Stop sending, but read the RECVACKs already on their way for a
+                        // moment: closing at once would requeue, and so deliver twice,
+                        // what the device had already acknowledged.
+                        s.draining = true;
+                        self.kicks.push((now + crate::drain::ACK_GRACE, id));
+                    } else {
+                        conn.close_after_flush();
+                    }
                 }
             }
         }

@@ -25,6 +25,7 @@ use ruyi_reactor::{ConnCtx, ConnId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -273,6 +274,17 @@ fn parse_request(shared: &SharedRef, conn: &mut ConnCtx<'_>, input: &[u8]) -> us
         if !given
             .is_some_and(|g| ruyi_proto::crypto::constant_time_eq(g, expected.expose().as_bytes()))
         {
+            // Counted, and named at most once per 10 s: token guessing must show.
+            let refused = shared.counters.http_unauthorized.fetch_add(1, Relaxed) + 1;
+            if let Some(held) = shared.http_auth_warnings.allow() {
+                let from = conn
+                    .peer_addr()
+                    .map_or_else(|_| "?".into(), |a| a.ip().to_string());
+                log::warn!(
+                    target: "ruyi::audit",
+                    "HTTP request without the manager token from {from}: 401 ({held} more not logged since the last line; {refused} in all)"
+                );
+            }
             conn.queue(response_typed(401, "application/json", "", false));
             conn.close();
             return input.len();
@@ -974,7 +986,7 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         .map_err(|_| (503, error_body(503, "send timed out")))?;
     if outcome.reason != reason::SUCCESS {
         // WuKongIM's answer (HTTP 200 with the reason as status), counted for alerts.
-        (shared.counters.http_sends_failed).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.counters.http_sends_failed.fetch_add(1, Relaxed);
         return Ok((200, json!({"status": outcome.reason}).to_string()));
     }
     if explicit.is_some() {

@@ -323,7 +323,14 @@ fn main() {
         }
     };
     if let Some(Command::Check) = command {
-        match config.validate() {
+        let ca = config.webhook_ca_file.as_deref();
+        let checked = config.validate().and_then(|()| match ca {
+            Some(path) => ruyi::webhook::tls_config(Some(path))
+                .map(|_| ())
+                .map_err(|e| format!("webhook_ca_file: {e}")),
+            None => Ok(()),
+        });
+        match checked {
             Ok(()) => {
                 println!("ruyi: settings ok: {}", config.summary());
                 return;

@@ -71,6 +71,9 @@ pub struct Kick {
 #[derive(Debug)]
 pub struct Registry {
     shards: Vec<RwLock<HashMap<String, Vec<Device>>>>,
+    /// Devices over all shards, kept under each shard's write lock (read by metrics and
+    /// the shutdown drain without walking the users).
+    count: std::sync::atomic::AtomicUsize,
     /// Read at every login; ticked by the storage writer.
     pub clock: PushClock,
 }
@@ -79,6 +82,7 @@ impl Default for Registry {
     fn default() -> Self {
         Registry {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            count: std::sync::atomic::AtomicUsize::new(0),
             clock: PushClock::default(),
         }
     }
@@ -131,6 +135,8 @@ impl Registry {
             })
             .collect();
         devices.push(device);
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         kicks
     }
 
@@ -140,7 +146,11 @@ impl Registry {
             .write()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(devices) = shard.get_mut(uid) {
+            let before = devices.len();
             devices.retain(|d| d.conn != conn);
+            let gone = before - devices.len();
+            self.count
+                .fetch_sub(gone, std::sync::atomic::Ordering::Relaxed);
             if devices.is_empty() {
                 shard.remove(uid);
             }
@@ -205,16 +215,7 @@ impl Registry {
 
     /// Authenticated connections over all users.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .map(Vec::len)
-                    .sum::<usize>()
-            })
-            .sum()
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// True when nobody is online.
@@ -256,8 +257,11 @@ mod tests {
         assert!(r.add("u1", dev(2, 1, 0, "b")).is_empty());
         let mut out = Vec::new();
         assert_eq!(r.conns_of("u1", &mut out), 2);
+        assert_eq!(r.len(), 2);
         r.remove("u1", ConnId::new(0, 1, 1));
+        r.remove("u1", ConnId::new(0, 1, 1)); // twice: counted once
         assert_eq!(r.devices("u1").len(), 1);
+        assert_eq!(r.len(), 1);
         r.remove("u1", ConnId::new(0, 2, 1));
         assert!(r.is_empty());
     }

@@ -133,7 +133,13 @@ impl Server {
                     config.webhook_ca_file.as_deref(),
                     Arc::clone(&stopping),
                 )
-                .map_err(|e| StartError::Spawn("webhooks".into(), e))?;
+                .map_err(|e| match e.kind() {
+                    // A CA file that cannot be read or parsed is a setting, not a fault.
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::NotFound => {
+                        StartError::Config(format!("webhook_ca_file: {e}"))
+                    }
+                    _ => StartError::Spawn("webhooks".into(), e),
+                })?;
                 threads.extend(hook_threads);
                 Some(hooks)
             }
@@ -153,7 +159,8 @@ impl Server {
             counters: Counters::default(),
             queue: Arc::default(),
             latency: Arc::default(),
-            login_warnings: crate::logging::LogEvery::new(std::time::Duration::from_secs(10)),
+            login_warnings: crate::logging::LogEvery::new(Duration::from_secs(10)),
+            http_auth_warnings: crate::logging::LogEvery::new(Duration::from_secs(10)),
             storage_health: Arc::default(),
             prelogin_bytes: Default::default(),
             tokens,
@@ -316,7 +323,8 @@ impl Server {
             // Blocking: every loop must hear it, and each takes it within a turn.
             let _ = handle.post(ToLoop::Drain { window });
         }
-        let deadline = std::time::Instant::now() + window + Duration::from_secs(1);
+        let deadline =
+            std::time::Instant::now() + window + crate::drain::ACK_GRACE + Duration::from_secs(1);
         while !self.shared.registry.is_empty() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }

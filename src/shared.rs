@@ -43,6 +43,8 @@ pub struct Counters {
     pub logins_failed: AtomicU64,
     /// HTTP `/message/send` calls answered with a status other than success.
     pub http_sends_failed: AtomicU64,
+    /// HTTP requests refused for a missing or wrong manager token (401).
+    pub http_unauthorized: AtomicU64,
 }
 
 /// The queues into the pools and everything else the pools share.
@@ -86,6 +88,8 @@ pub struct Shared {
     pub latency: Arc<crate::metrics::Latencies>,
     /// Rate of the failed-login warning (`auth.rs`).
     pub login_warnings: crate::logging::LogEvery,
+    /// Rate of the warning for HTTP requests without the manager token (`http.rs`).
+    pub http_auth_warnings: crate::logging::LogEvery,
     /// When the server started (uptime in `/varz`).
     pub started: std::time::Instant,
     /// Webhook producers, when a webhook URL is configured.

@@ -253,11 +253,20 @@ pub fn tls_config(ca_file: Option<&std::path::Path>) -> std::io::Result<Arc<rust
     if let Some(path) = ca_file {
         let certs = CertificateDer::pem_file_iter(path)
             .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+        let mut added = 0;
         for cert in certs {
             let cert = cert.map_err(|e| invalid(format!("{}: {e}", path.display())))?;
             roots
                 .add(cert)
                 .map_err(|e| invalid(format!("{}: {e}", path.display())))?;
+            added += 1;
+        }
+        // A file with no certificate in it is a mistake, not "trust nothing more".
+        if added == 0 {
+            return Err(invalid(format!(
+                "{}: no PEM certificate in it",
+                path.display()
+            )));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -238,3 +238,15 @@ fn the_binary_logs_admin_calls_and_failed_logins_with_addresses_never_secrets() 
         "not a millisecond timestamp: {first}"
     );
 }
+
+#[test]
+fn requests_without_the_manager_token_are_counted() {
+    let server = start("unauthorized", |c| c.manager_token = Some("s3cret".into()));
+    let http = server.http_addr();
+    for _ in 0..3 {
+        assert_eq!(http_text(http, "/varz").0, 401);
+    }
+    // /metrics needs no token (README: probes and scrapers hold no credential).
+    let m = metrics(http);
+    assert_eq!(m["ruyi_http_unauthorized_total"], 3.0);
+}

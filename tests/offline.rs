@@ -643,3 +643,63 @@ fn a_graceful_stop_queues_what_devices_had_not_acknowledged() {
     let list = queue(server.http_addr(), "bob");
     assert_eq!(client_msg_nos(&list), sent);
 }
+
+#[test]
+fn a_drained_device_that_acknowledged_gets_nothing_twice_and_loses_nothing() {
+    // Issue 15 item 9 with the review's finding: the drain closes connections while
+    // messages flow. What bob acknowledged must not come back from his queue after the
+    // restart; what alice had acknowledged must be at bob or in his queue.
+    let dir = temp_dir("drain-acks");
+    let mut config = ruyi::Config::for_test(&dir);
+    config.max_sends_per_sec = 0;
+    config.shutdown_drain = Duration::from_millis(400);
+    let server = ruyi::Server::start(config.clone()).expect("starts");
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let tcp = server.tcp_addr();
+    let mut bob = Client::ok(tcp, &Login::new("bob", "t"));
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        while let Some(p) = bob.read_packet(Duration::from_secs(5)) {
+            if let Packet::Recv(r) = p {
+                got.push(bob.open(r.clone()).client_msg_no.clone());
+                if !bob.try_recvack(&r) {
+                    break;
+                }
+            }
+        }
+        got
+    });
+    let sender = std::thread::spawn(move || {
+        let mut alice = Client::ok(tcp, &Login::new("alice", "t"));
+        let mut acked = Vec::new();
+        for i in 0.. {
+            let no = format!("d{i}");
+            alice.send("bob", PERSON, b"{}", &no);
+            match alice.read_packet(Duration::from_secs(5)) {
+                Some(Packet::Sendack(a)) if a.reason_code == reason::SUCCESS => acked.push(no),
+                _ => break,
+            }
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    server.stop();
+    let got = reader.join().expect("reader");
+    let acked = sender.join().expect("sender");
+    assert!(acked.len() > 10, "only {} sent", acked.len());
+    let server = ruyi::Server::start(config).expect("restarts");
+    let queued = client_msg_nos(&queue(server.http_addr(), "bob"));
+    let twice: Vec<&String> = queued.iter().filter(|no| got.contains(no)).collect();
+    assert!(
+        twice.is_empty(),
+        "{} acknowledged messages came back from the queue: {twice:?}",
+        twice.len()
+    );
+    for no in &acked {
+        assert!(
+            got.contains(no) || queued.contains(no),
+            "{no} was acknowledged to alice and reached bob neither way"
+        );
+    }
+}

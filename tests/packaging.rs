@@ -107,3 +107,26 @@ fn check_refuses_settings_that_cannot_start_with_status_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("manager token"));
 }
+
+#[test]
+fn check_refuses_an_unreadable_webhook_ca_and_a_drain_past_a_minute() {
+    let dir = temp_dir("check-ca");
+    let bad = dir.join("ca.pem");
+    std::fs::write(&bad, "not a certificate").unwrap();
+    for args in [
+        vec![
+            "--webhook-url".to_owned(),
+            "https://hooks.internal/x".to_owned(),
+            "--webhook-ca-file".to_owned(),
+            bad.display().to_string(),
+        ],
+        vec!["--shutdown-drain-secs".to_owned(), "3600".to_owned()],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ruyi"))
+            .args(&args)
+            .arg("check")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} passed the check");
+    }
+}

@@ -33,7 +33,7 @@ fn totals(shared: &SharedRef) -> (usize, u64, u64, u64) {
 pub fn varz(shared: &SharedRef) -> Answer {
     let (conns, bytes_in, bytes_out, slow) = totals(shared);
     let c = &shared.counters;
-    let p = process::read();
+    let p = process::cached();
     let v = json!({
         "server_id": shared.config.node_id.to_string(),
         "server_name": "ruyi",
@@ -140,7 +140,7 @@ pub fn metrics(shared: &SharedRef) -> Answer {
 }
 
 fn process_metrics(m: &mut Exposition) {
-    let p = process::read();
+    let p = process::cached();
     let figures = [
         (
             "process_resident_memory_bytes",
@@ -282,6 +282,7 @@ fn counters(shared: &SharedRef, m: &mut Exposition) {
         ("ruyi_storage_failed_batches_total", "Storage batches that failed and were rolled back (their sends got reason 15).", shared.storage_health.failed_batches.load(Relaxed)),
         ("ruyi_http_sends_failed_total", "HTTP /message/send calls answered with a WuKongIM status other than success (15: storage failed).", c.http_sends_failed.load(Relaxed)),
         ("ruyi_logins_failed_total", "Logins refused for a wrong token, a ban or a failed key exchange.", c.logins_failed.load(Relaxed)),
+        ("ruyi_http_unauthorized_total", "HTTP requests refused without the manager token (401).", c.http_unauthorized.load(Relaxed)),
         ("ruyi_logins_limited_total", "Logins refused by a login rate or max_conns_per_uid (CONNACK 22).", c.logins_limited.load(Relaxed)),
         ("ruyi_prelogin_shed_total", "Connections closed because unauthenticated input passed its budget.", c.prelogin_shed.load(Relaxed)),
         ("ruyi_recv_evicted_total", "Unacknowledged RECVs that left a full retry list for the offline queue.", c.evicted_recvs.load(Relaxed)),

@@ -26,6 +26,27 @@ fn sysconf(name: libc::c_int) -> Option<u64> {
     u64::try_from(v).ok().filter(|&v| v > 0)
 }
 
+/// How long a reading is served again: counting open descriptors walks `/proc/self/fd`,
+/// one entry per connection, and `/metrics` needs no credential, so a scrape flood must
+/// not cost a walk each.
+pub const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The figures, read at most once per [`CACHE_FOR`] whoever asks.
+pub fn cached() -> Process {
+    use std::sync::Mutex;
+    use std::time::Instant;
+    static LAST: Mutex<Option<(Instant, Process)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    match *last {
+        Some((at, p)) if at.elapsed() < CACHE_FOR => p,
+        _ => {
+            let p = read();
+            *last = Some((Instant::now(), p));
+            p
+        }
+    }
+}
+
 /// Reads the figures now. Each that cannot be read is `None`.
 pub fn read() -> Process {
     let page = sysconf(libc::_SC_PAGESIZE).unwrap_or(4096);
