@@ -4,10 +4,14 @@
 # and against the release `ruyi` (unencrypted, token auth off, abuse limits off), one
 # after the other on fresh ports. Prints deliveries/s of both and ruyi/floor.
 #
-#   scripts/bench-floor.sh [seconds]      (default 5 measured seconds per run)
+#   scripts/bench-floor.sh [seconds]          (default 5 measured seconds per run)
+#   scripts/bench-floor.sh [seconds] paced    paced person chat instead: 1,000 pairs,
+#       window 64, at 10, 20, 30 and 41 SENDs/s per sender (10,000 to 41,000 sends/s);
+#       prints SENDACK p50/p99, the load client's own lag p50/p99 and server CPU-s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
+mode=${2:-throughput}
 out=target/bench/floor
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.txt
@@ -48,6 +52,26 @@ r = json.load(open(sys.argv[1]))
 print("%.0f %d %d %d" % (r["deliveries_per_sec"], r["delivery_latency"]["p99_us"], r["lost"], r["duplicated"]))' \
     "$out/$name-$kind.json" 2>/dev/null || echo "0 0 ? ?"
 }
+
+if [ "$mode" = paced ]; then
+  paced() { # kind rate -> "p50 p99 lag50 lag99 cpu lost dup"
+    measure "$1" "paced-$2" person --pairs 1000 --window 64 --rate "$2" >/dev/null || return 1
+    python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+s, l = r["sendack_latency"], r["client_send_lag"]
+print(s["p50_us"], s["p99_us"], l["p50_us"], l["p99_us"], "%.2f" % r["server_cpu_seconds"], r["lost"], r["duplicated"])' \
+      "$out/paced-$2-$1.json"
+  }
+  printf "%-8s %-6s %22s %18s %8s %s\n" sends/s server "SENDACK p50/p99 (us)" "client lag (us)" cpu-s lost/dup | tee "$out/summary.txt"
+  for rate in 10 20 30 41; do
+    for kind in floor ruyi; do
+      row=$(paced "$kind" "$rate") || { echo "FAILED: $kind at $rate/s per sender" >&2; exit 1; }
+      read -r p50 p99 l50 l99 cpu lost dup <<<"$row"
+      printf "%-8s %-6s %22s %18s %8s %s/%s\n" "$((rate * 1000))" "$kind" "$p50 / $p99" "$l50 / $l99" "$cpu" "$lost" "$dup" | tee -a "$out/summary.txt"
+    done
+  done
+  exit 0
+fi
 
 printf "%-14s %14s %14s %8s   %s\n" workload floor/s ruyi/s ruyi/floor "p99 floor/ruyi (us), lost/dup"
 for spec in "person-1000|person --pairs 1000 --window 8" \
