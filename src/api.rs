@@ -4,20 +4,21 @@
 
 use crate::gateway::ToLoop;
 use crate::http::{
-    bad, error_body, exec, invalidate, message_json, ok, parse, valid_id, Answer, ChannelBody,
+    admin, bad, error_body, invalidate, message_json, ok, parse, valid_id, Answer, ChannelBody,
     HttpRequest,
 };
 use crate::message::ChannelKey;
 use crate::shared::SharedRef;
+use crate::storage::admin::AdminWrite;
+use crate::storage::admin::{ConversationOp, ListKind, ListOp};
 use crate::storage::Reader;
-use rusqlite::params;
 use ruyi_proto::person_channel_id;
 use ruyi_proto::types::channel_type;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-fn storage_error(e: rusqlite::Error) -> Answer {
+fn storage_error(e: crate::storage::DbError) -> Answer {
     (500, error_body(500, &format!("storage: {e}")))
 }
 
@@ -73,16 +74,12 @@ pub fn device_quit(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     if !(-1..=2).contains(&b.device_flag) {
         return Err(bad("device_flag must be 0, 1, 2 or -1"));
     }
-    let (uid, flag) = (b.uid.clone(), b.device_flag);
-    exec(
+    admin(
         shared,
-        Box::new(move |c| {
-            c.execute(
-                "UPDATE devices SET token = '' WHERE uid = ?1 AND (device_flag = ?2 OR ?2 = -1)",
-                params![uid, flag],
-            )
-            .map(|_| ())
-        }),
+        vec![AdminWrite::ClearTokens {
+            uid: b.uid.clone(),
+            device_flag: u8::try_from(b.device_flag).ok(),
+        }],
     )?;
     for d in shared.registry.devices(&b.uid) {
         if b.device_flag == -1 || i32::from(d.device_flag) == b.device_flag {
@@ -137,11 +134,8 @@ fn channel_ref(body: &[u8], allow_person: bool) -> Result<(ChannelBody, ChannelK
 /// `POST /channel/info`: upserts a channel's flags only (HTTP_API.md §5.2).
 pub fn channel_info(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     let (b, key) = channel_ref(body, true)?;
-    let (k, banned) = (key.clone(), b.ban == 1);
-    exec(
-        shared,
-        Box::new(move |c| crate::http::upsert_channel_flags(c, &k, &b)),
-    )?;
+    let banned = b.ban == 1;
+    admin(shared, vec![crate::http::channel_flags(&key, &b)])?;
     invalidate(shared, Some(key.clone()));
     crate::http::end_banned_sessions(shared, &key, banned);
     Ok(ok())
@@ -153,40 +147,7 @@ pub fn channel_info(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
 /// a restart.
 pub fn channel_delete(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     let (_, key) = channel_ref(body, false)?;
-    let k = key.clone();
-    crate::http::exec_forgetting(
-        shared,
-        Some(key.clone()),
-        Box::new(move |c| {
-            c.execute(
-                "INSERT INTO channels (channel_id, channel_type, disband) VALUES (?1, ?2, 1)
-                 ON CONFLICT (channel_id, channel_type) DO UPDATE SET disband = 1",
-                params![k.id, k.channel_type],
-            )?;
-            let row: i64 = c.query_row(
-                "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
-                params![k.id, k.channel_type],
-                |r| r.get(0),
-            )?;
-            // Keep the seq high-water mark before the messages go (never reuse a seq).
-            c.execute(
-                "UPDATE channels SET last_seq = MAX(last_seq, (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?1))
-                 WHERE id = ?1",
-                [row],
-            )?;
-            for table in [
-                "subscribers",
-                "denylist",
-                "allowlist",
-                "conversations",
-                "offline",
-            ] {
-                c.execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [row])?;
-            }
-            c.execute("DELETE FROM messages WHERE channel = ?1", [row])?;
-            Ok(())
-        }),
-    )?;
+    admin(shared, vec![AdminWrite::DeleteChannel { key: key.clone() }])?;
     invalidate(shared, Some(key));
     Ok(ok())
 }
@@ -198,32 +159,12 @@ pub fn subscriber_remove(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answ
     if b.subscribers.is_empty() {
         return Err(bad("subscribers is required"));
     }
-    let k = key.clone();
-    exec(
+    admin(
         shared,
-        Box::new(move |c| {
-            let row: Option<i64> = c
-                .query_row(
-                    "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
-                    params![k.id, k.channel_type],
-                    |r| r.get(0),
-                )
-                .ok();
-            let Some(row) = row else { return Ok(()) };
-            for uid in &b.subscribers {
-                c.execute(
-                    "DELETE FROM subscribers WHERE channel = ?1 AND uid = ?2",
-                    params![row, uid],
-                )?;
-                if k.channel_type != channel_type::LIVE {
-                    c.execute(
-                        "DELETE FROM conversations WHERE channel = ?1 AND uid = ?2",
-                        params![row, uid],
-                    )?;
-                }
-            }
-            Ok(())
-        }),
+        vec![AdminWrite::RemoveSubscribers {
+            key: key.clone(),
+            uids: b.subscribers,
+        }],
     )?;
     invalidate(shared, Some(key));
     Ok(ok())
@@ -373,19 +314,6 @@ struct ListBody {
     uids: Vec<String>,
 }
 
-/// What a blacklist or whitelist route does to its list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListOp {
-    /// Add the uids.
-    Add,
-    /// Replace the list with the uids (empty clears).
-    Set,
-    /// Remove the uids.
-    Remove,
-    /// Clear the list.
-    RemoveAll,
-}
-
 /// `POST /channel/blacklist_*` and `/channel/whitelist_*` (HTTP_API.md §5.6–5.7). Person
 /// lists belong to the owner: `channel_id` = owner uid, type 1. Blacklisting removes the
 /// listed users' conversation with the channel, unblacklisting brings it back (not for
@@ -394,7 +322,7 @@ pub enum ListOp {
 pub fn list_change(
     shared: &SharedRef,
     body: &[u8],
-    table: &'static str,
+    kind: ListKind,
     op: ListOp,
 ) -> Result<Answer, Answer> {
     let b: ListBody = parse(body)?;
@@ -411,80 +339,14 @@ pub fn list_change(
         return Err(bad(&format!("uid {u:?} is empty or contains @ # &")));
     }
     let key = ChannelKey::new(b.channel_id.clone(), b.channel_type);
-    let k = key.clone();
-    let uids = b.uids;
-    exec(
+    admin(
         shared,
-        Box::new(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
-                params![k.id, k.channel_type],
-            )?;
-            let row: i64 = c.query_row(
-                "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
-                params![k.id, k.channel_type],
-                |r| r.get(0),
-            )?;
-            if matches!(op, ListOp::Set | ListOp::RemoveAll) {
-                c.execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [row])?;
-            }
-            for uid in &uids {
-                match op {
-                    ListOp::Add | ListOp::Set => {
-                        c.execute(
-                            &format!(
-                                "INSERT OR IGNORE INTO {table} (channel, uid) VALUES (?1, ?2)"
-                            ),
-                            params![row, uid],
-                        )?;
-                    }
-                    ListOp::Remove => {
-                        c.execute(
-                            &format!("DELETE FROM {table} WHERE channel = ?1 AND uid = ?2"),
-                            params![row, uid],
-                        )?;
-                    }
-                    ListOp::RemoveAll => {}
-                }
-            }
-            let live = k.channel_type == channel_type::LIVE;
-            let now = crate::http::now_secs();
-            match (table, op) {
-                ("denylist", ListOp::Add | ListOp::Set) if !live => {
-                    for uid in &uids {
-                        c.execute(
-                            "DELETE FROM conversations WHERE uid = ?1 AND channel = ?2",
-                            params![uid, row],
-                        )?;
-                    }
-                }
-                ("denylist", ListOp::Remove) if !live => {
-                    for uid in &uids {
-                        c.execute(
-                            "INSERT OR IGNORE INTO conversations (uid, channel, read_to, deleted_at, updated_at)
-                             VALUES (?1, ?2, (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?2), 0, ?3)",
-                            params![uid, row, now],
-                        )?;
-                    }
-                }
-                ("allowlist", ListOp::Add) if k.channel_type == channel_type::PERSON => {
-                    for uid in &uids {
-                        let combined = person_channel_id(&k.id, uid);
-                        c.execute(
-                            "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
-                            params![combined, channel_type::PERSON],
-                        )?;
-                        c.execute(
-                            "INSERT OR IGNORE INTO conversations (uid, channel, read_to, deleted_at, updated_at)
-                             SELECT ?1, id, 0, 0, ?3 FROM channels WHERE channel_id = ?2 AND channel_type = 1",
-                            params![k.id, combined, now],
-                        )?;
-                    }
-                }
-                _ => {}
-            }
-            Ok(())
-        }),
+        vec![AdminWrite::List {
+            key: key.clone(),
+            kind,
+            op,
+            uids: b.uids,
+        }],
     )?;
     invalidate(shared, Some(key));
     Ok(ok())
@@ -742,17 +604,6 @@ struct ConversationBody {
     unread: i64,
 }
 
-/// What a conversation mutation does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConversationOp {
-    /// `read_to` = the channel's last seq.
-    ClearUnread,
-    /// `read_to` = last − unread, only ever forward.
-    SetUnread,
-    /// `deleted_at` = the channel's last seq.
-    Delete,
-}
-
 /// `POST /conversations/clearUnread`, `/setUnread`, `/delete` (HTTP_API.md §8.2).
 pub fn conversation_change(
     shared: &SharedRef,
@@ -776,54 +627,14 @@ pub fn conversation_change(
     } else {
         ChannelKey::new(b.channel_id, b.channel_type)
     };
-    let (uid, unread) = (b.uid, b.unread);
-    exec(
+    admin(
         shared,
-        Box::new(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
-                params![key.id, key.channel_type],
-            )?;
-            let (row, last): (i64, i64) = c.query_row(
-                "SELECT id, (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = channels.id)
-                 FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
-                params![key.id, key.channel_type],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            let now = crate::http::now_secs();
-            c.execute(
-                "INSERT OR IGNORE INTO conversations (uid, channel, read_to, deleted_at, updated_at) VALUES (?1, ?2, 0, 0, ?3)",
-                params![uid, row, now],
-            )?;
-            match op {
-                ConversationOp::ClearUnread => {
-                    c.execute(
-                        "UPDATE conversations SET read_to = ?3 WHERE uid = ?1 AND channel = ?2",
-                        params![uid, row, last],
-                    )?;
-                }
-                ConversationOp::SetUnread => {
-                    let target = if unread <= 0 {
-                        last
-                    } else if unread > last {
-                        (last - 1).max(0)
-                    } else {
-                        last - unread
-                    };
-                    c.execute(
-                        "UPDATE conversations SET read_to = MAX(read_to, ?3) WHERE uid = ?1 AND channel = ?2",
-                        params![uid, row, target],
-                    )?;
-                }
-                ConversationOp::Delete => {
-                    c.execute(
-                        "UPDATE conversations SET deleted_at = ?3 WHERE uid = ?1 AND channel = ?2",
-                        params![uid, row, last],
-                    )?;
-                }
-            }
-            Ok(())
-        }),
+        vec![AdminWrite::Conversation {
+            uid: b.uid,
+            key,
+            op,
+            unread: b.unread,
+        }],
     )?;
     Ok(ok())
 }
@@ -831,27 +642,9 @@ pub fn conversation_change(
 /// `POST /channel/subscriber_remove_all` (HTTP_API.md §5.4).
 pub fn subscriber_remove_all(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     let (_, key) = channel_ref(body, false)?;
-    let k = key.clone();
-    exec(
+    admin(
         shared,
-        Box::new(move |c| {
-            let row: Option<i64> = c
-                .query_row(
-                    "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
-                    params![k.id, k.channel_type],
-                    |r| r.get(0),
-                )
-                .ok();
-            let Some(row) = row else { return Ok(()) };
-            if k.channel_type != channel_type::LIVE {
-                c.execute(
-                    "DELETE FROM conversations WHERE channel = ?1 AND uid IN (SELECT uid FROM subscribers WHERE channel = ?1)",
-                    [row],
-                )?;
-            }
-            c.execute("DELETE FROM subscribers WHERE channel = ?1", [row])
-                .map(|_| ())
-        }),
+        vec![AdminWrite::RemoveAllSubscribers { key: key.clone() }],
     )?;
     invalidate(shared, Some(key));
     Ok(ok())

@@ -7,18 +7,18 @@
 //! This issue's routes: `/health`, `/user/token`, `/channel`, `/channel/subscriber_add`,
 //! `/message/send`, `/message/sync`, `/message/syncack`, each also under `/v1`.
 
-use crate::api::{ConversationOp, ListOp};
 use crate::channel::{ChannelJob, SendRequest};
 use crate::gateway::ToLoop;
 use crate::message::{ChannelKey, Message, Reply, SYSTEM_UID};
 use crate::shared::SharedRef;
-use crate::storage::writer::{ExecFn, Job};
+use crate::storage::admin::{AdminWrite, ChannelFlags};
+use crate::storage::admin::{ConversationOp, ListKind, ListOp};
+use crate::storage::writer::Job;
 use crate::storage::Reader;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
-use rusqlite::params;
 use ruyi_proto::types::{channel_type, reason};
 use ruyi_proto::{person_channel_id, person_peer, Flags};
 use ruyi_reactor::{ConnCtx, ConnId};
@@ -512,28 +512,28 @@ const ROUTES: &[(&str, &str, Handler)] = &[
         crate::api::send_batch(s, &r.body)
     }),
     ("POST", "/channel/blacklist_add", |s, _, r| {
-        list(s, r, "denylist", ListOp::Add)
+        list(s, r, ListKind::Deny, ListOp::Add)
     }),
     ("POST", "/channel/blacklist_set", |s, _, r| {
-        list(s, r, "denylist", ListOp::Set)
+        list(s, r, ListKind::Deny, ListOp::Set)
     }),
     ("POST", "/channel/blacklist_remove", |s, _, r| {
-        list(s, r, "denylist", ListOp::Remove)
+        list(s, r, ListKind::Deny, ListOp::Remove)
     }),
     ("POST", "/channel/blacklist_remove_all", |s, _, r| {
-        list(s, r, "denylist", ListOp::RemoveAll)
+        list(s, r, ListKind::Deny, ListOp::RemoveAll)
     }),
     ("POST", "/channel/whitelist_add", |s, _, r| {
-        list(s, r, "allowlist", ListOp::Add)
+        list(s, r, ListKind::Allow, ListOp::Add)
     }),
     ("POST", "/channel/whitelist_set", |s, _, r| {
-        list(s, r, "allowlist", ListOp::Set)
+        list(s, r, ListKind::Allow, ListOp::Set)
     }),
     ("POST", "/channel/whitelist_remove", |s, _, r| {
-        list(s, r, "allowlist", ListOp::Remove)
+        list(s, r, ListKind::Allow, ListOp::Remove)
     }),
     ("POST", "/channel/whitelist_remove_all", |s, _, r| {
-        list(s, r, "allowlist", ListOp::RemoveAll)
+        list(s, r, ListKind::Allow, ListOp::RemoveAll)
     }),
     ("GET", "/channel/whitelist", |_, rd, r| {
         crate::api::whitelist(rd, r)
@@ -573,10 +573,10 @@ const ROUTES: &[(&str, &str, Handler)] = &[
 fn list(
     shared: &SharedRef,
     req: &HttpRequest,
-    table: &'static str,
+    kind: ListKind,
     op: ListOp,
 ) -> Result<Answer, Answer> {
-    crate::api::list_change(shared, &req.body, table, op)
+    crate::api::list_change(shared, &req.body, kind, op)
 }
 
 fn conv(shared: &SharedRef, req: &HttpRequest, op: ConversationOp) -> Result<Answer, Answer> {
@@ -608,21 +608,12 @@ pub(crate) fn valid_id(id: &str) -> bool {
     !id.is_empty() && !id.contains(['@', '#', '&']) && !crate::message::is_reserved_id(id)
 }
 
-/// Runs a write on the storage writer and waits for its commit.
-pub(crate) fn exec(shared: &SharedRef, work: ExecFn) -> Result<(), Answer> {
-    exec_forgetting(shared, None, work)
-}
-
-/// Like [`exec`], and the writer drops `forget` from its channel cache first.
-pub(crate) fn exec_forgetting(
-    shared: &SharedRef,
-    forget: Option<ChannelKey>,
-    work: ExecFn,
-) -> Result<(), Answer> {
+/// Runs administrative writes on the storage writer, together, and waits for their commit.
+pub(crate) fn admin(shared: &SharedRef, writes: Vec<AdminWrite>) -> Result<(), Answer> {
     let (done, wait) = crossbeam_channel::bounded(1);
     shared
         .writer
-        .send(Job::Exec { work, done, forget })
+        .send(Job::Admin { writes, done })
         .map_err(|_| (503, error_body(503, "storage stopped")))?;
     match wait.recv_timeout(BACKEND_TIMEOUT) {
         Ok(Ok(())) => Ok(()),
@@ -635,12 +626,6 @@ pub(crate) fn invalidate(shared: &SharedRef, key: Option<ChannelKey>) {
     for q in &shared.channels {
         let _ = q.send(ChannelJob::Invalidate(key.clone()));
     }
-}
-
-pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[derive(Deserialize)]
@@ -673,18 +658,14 @@ fn user_token(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answer
     }
     // Stored as its keyed hash, never as entered (`tokens.rs`).
     let token = shared.tokens.hash(&b.token);
-    let (uid, flag, level) = (b.uid.clone(), b.device_flag, b.device_level.min(1));
-    exec(
+    admin(
         shared,
-        Box::new(move |tx| {
-            tx.execute(
-                "INSERT INTO devices (uid, device_flag, token, device_level, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (uid, device_flag) DO UPDATE SET token = excluded.token,
-                     device_level = excluded.device_level, updated_at = excluded.updated_at",
-                params![uid, flag, token, level, now_secs()],
-            )
-            .map(|_| ())
-        }),
+        vec![AdminWrite::SetToken {
+            uid: b.uid.clone(),
+            device_flag: b.device_flag,
+            token_hash: token,
+            level: b.device_level.min(1),
+        }],
     )?;
     if b.device_level == 1 {
         // A new master token kicks the live connections of that device flag (§4.1).
@@ -707,21 +688,19 @@ fn user_token(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answer
     Ok(ok())
 }
 
-/// Writes a channel's flags, creating it if needed: every flag is overwritten with the
-/// request's value, missing = 0 (HTTP_API.md §5.1).
-pub(crate) fn upsert_channel_flags(
-    c: &rusqlite::Connection,
-    k: &ChannelKey,
-    b: &ChannelBody,
-) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT INTO channels (channel_id, channel_type, ban, disband, send_ban, large, allow_stranger)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (channel_id, channel_type) DO UPDATE SET ban = excluded.ban, disband = excluded.disband,
-             send_ban = excluded.send_ban, large = excluded.large, allow_stranger = excluded.allow_stranger",
-        params![k.id, k.channel_type, b.ban, b.disband, b.send_ban, b.large, b.allow_stranger],
-    )
-    .map(|_| ())
+/// A channel's flags as the request gives them: every flag is overwritten, missing = 0
+/// (HTTP_API.md §5.1).
+pub(crate) fn channel_flags(key: &ChannelKey, b: &ChannelBody) -> AdminWrite {
+    AdminWrite::ChannelFlags {
+        key: key.clone(),
+        flags: ChannelFlags {
+            ban: b.ban,
+            disband: b.disband,
+            send_ban: b.send_ban,
+            large: b.large,
+            allow_stranger: b.allow_stranger,
+        },
+    }
 }
 
 /// The body of the channel routes (`/channel`, `/channel/info`, subscriber routes).
@@ -749,47 +728,6 @@ pub(crate) struct ChannelBody {
     pub temp_subscriber: u8,
 }
 
-fn add_subscribers(
-    tx: &rusqlite::Connection,
-    key: &ChannelKey,
-    reset: bool,
-    subscribers: &[String],
-) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
-        params![key.id, key.channel_type],
-    )?;
-    let row: i64 = tx.query_row(
-        "SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2",
-        params![key.id, key.channel_type],
-        |r| r.get(0),
-    )?;
-    if reset {
-        tx.execute("DELETE FROM subscribers WHERE channel = ?1", [row])?;
-    }
-    let last_seq: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?1",
-        [row],
-        |r| r.get(0),
-    )?;
-    for uid in subscribers {
-        let added = tx.execute(
-            "INSERT OR IGNORE INTO subscribers (channel, uid) VALUES (?1, ?2)",
-            params![row, uid],
-        )?;
-        // New members start with nothing unread (HTTP_API.md §5.3); Live channels keep no
-        // conversations.
-        if added > 0 && key.channel_type != channel_type::LIVE {
-            tx.execute(
-                "INSERT INTO conversations (uid, channel, read_to, deleted_at, updated_at) VALUES (?1, ?2, ?3, 0, ?4)
-                 ON CONFLICT (uid, channel) DO UPDATE SET read_to = excluded.read_to, updated_at = excluded.updated_at",
-                params![uid, row, last_seq, now_secs()],
-            )?;
-        }
-    }
-    Ok(())
-}
-
 fn channel_upsert(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
     let b: ChannelBody = parse(body)?;
     if !valid_id(&b.channel_id) {
@@ -805,17 +743,16 @@ fn channel_upsert(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         return Err(bad(&format!("subscriber {s:?} is empty or contains @ # &")));
     }
     let key = ChannelKey::new(b.channel_id.clone(), b.channel_type);
-    let (k, banned) = (key.clone(), b.ban == 1);
-    exec(
-        shared,
-        Box::new(move |tx| {
-            upsert_channel_flags(tx, &k, &b)?;
-            if !b.subscribers.is_empty() || b.reset == 1 {
-                add_subscribers(tx, &k, b.reset == 1, &b.subscribers)?;
-            }
-            Ok(())
-        }),
-    )?;
+    let banned = b.ban == 1;
+    let mut writes = vec![channel_flags(&key, &b)];
+    if !b.subscribers.is_empty() || b.reset == 1 {
+        writes.push(AdminWrite::AddSubscribers {
+            key: key.clone(),
+            reset: b.reset == 1,
+            uids: b.subscribers,
+        });
+    }
+    admin(shared, writes)?;
     invalidate(shared, Some(key.clone()));
     end_banned_sessions(shared, &key, banned);
     Ok(ok())
@@ -862,11 +799,13 @@ fn subscriber_add(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
         return Err(bad(&format!("subscriber {s:?} contains @ # &")));
     }
     let key = ChannelKey::new(b.channel_id.clone(), b.channel_type);
-    let k = key.clone();
-    let (reset, subs) = (b.reset == 1, b.subscribers);
-    exec(
+    admin(
         shared,
-        Box::new(move |tx| add_subscribers(tx, &k, reset, &subs)),
+        vec![AdminWrite::AddSubscribers {
+            key: key.clone(),
+            reset: b.reset == 1,
+            uids: b.subscribers,
+        }],
     )?;
     invalidate(shared, Some(key));
     Ok(ok())
@@ -1160,7 +1099,7 @@ fn message_sync(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answ
         return Err(bad("limit and message_seq must not be negative"));
     }
     let limit = if b.limit == 0 { 200 } else { b.limit.min(1000) } as usize;
-    let storage = |e: rusqlite::Error| (500, error_body(500, &format!("storage: {e}")));
+    let storage = |e: crate::storage::DbError| (500, error_body(500, &format!("storage: {e}")));
     let requested = u32::try_from(b.message_seq).unwrap_or(u32::MAX);
     let entries = shared
         .queue

@@ -8,7 +8,7 @@
 //! A backup restored without its key loses the tokens (the app server registers them
 //! again at the users' next login); README, "Backup and restore".
 //!
-//! Rows from before this rule hold plain tokens; [`hash_plain_tokens`] converts them once
+//! Rows from before this rule hold plain tokens; [`crate::storage::admin::hash_plain_tokens`] converts them once
 //! at start.
 
 use crate::storage::StorageError;
@@ -99,33 +99,6 @@ impl TokenHasher {
                 self.hash(presented).as_bytes(),
             )
     }
-}
-
-/// Converts the plain tokens of rows written before tokens were hashed; returns how many.
-///
-/// # Errors
-/// SQLite errors.
-pub fn hash_plain_tokens(
-    conn: &rusqlite::Connection,
-    hasher: &TokenHasher,
-) -> rusqlite::Result<usize> {
-    let plain: Vec<(String, i64, String)> = conn
-        .prepare("SELECT uid, device_flag, token FROM devices WHERE token != '' AND token NOT LIKE 'h1:%'")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (uid, flag, token) in &plain {
-        conn.execute(
-            "UPDATE devices SET token = ?3 WHERE uid = ?1 AND device_flag = ?2",
-            rusqlite::params![uid, flag, hasher.hash(token)],
-        )?;
-    }
-    if !plain.is_empty() {
-        log::info!(
-            "storage: {} plain device tokens replaced by their hashes",
-            plain.len()
-        );
-    }
-    Ok(plain.len())
 }
 
 #[cfg(test)]

@@ -14,6 +14,9 @@
 //! [`open_reader`]; WAL lets them read while the writer commits. No connection is ever
 //! used on an event-loop thread.
 
+pub mod admin;
+/// What a store's operations fail with (today SQLite's error: the seam's one name for it).
+pub use rusqlite::Error as DbError;
 pub mod append;
 pub mod channels;
 pub mod exposure;

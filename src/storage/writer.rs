@@ -32,11 +32,12 @@
 //! The channel cache, the dedupe window and the offline-queue rules live in `channels.rs`,
 //! `queue.rs` and `append.rs`.
 
+use super::admin::AdminWrite;
 use super::append::{store_message, Outlet};
 use super::channels::{self, Channels};
 use super::queue::{QueueShared, Queues};
 use crate::mailbox::Mailbox;
-use crate::message::{ChannelKey, Committed, Message, Planned};
+use crate::message::{Committed, Message, Planned};
 use crossbeam_channel::Sender;
 use rusqlite::Connection;
 use ruyi_proto::types::reason;
@@ -51,23 +52,17 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 /// counted): long enough for an operator to clear a full disk.
 pub const LANE_GIVE_UP: Duration = Duration::from_secs(600);
 
-/// An administrative write from the HTTP API, run inside the batch's transaction under a
-/// savepoint so its failure does not fail the batch.
-pub type ExecFn = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
-
 /// Work for the writer.
 pub enum Job {
     /// Store a message, assign its seq, fill offline queues.
     Message(Box<Planned>),
-    /// An administrative write; the result goes back on `done`.
-    Exec {
-        /// The write.
-        work: ExecFn,
+    /// Administrative writes (`admin.rs`), applied together under one savepoint, so they
+    /// take effect together or not at all; the result goes back on `done`.
+    Admin {
+        /// The writes, in order.
+        writes: Vec<AdminWrite>,
         /// Where to report (an error as text).
         done: Sender<Result<(), String>>,
-        /// A channel whose cached numbers and dedupe window this write makes stale
-        /// (channel deletion); dropped from the cache after the write.
-        forget: Option<ChannelKey>,
     },
     /// Work from a loop that may not be lost (module docs).
     Lane(LaneJob),
@@ -109,7 +104,7 @@ impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Job::Message(p) => write!(f, "Job::Message({:?})", p.message.channel),
-            Job::Exec { .. } => f.write_str("Job::Exec"),
+            Job::Admin { writes, .. } => write!(f, "Job::Admin({writes:?})"),
             Job::SyncAck { uid, seq, .. } => write!(f, "Job::SyncAck({uid}, {seq})"),
             Job::Lane(job) => write!(f, "Job::Lane({job:?})"),
         }
@@ -392,12 +387,17 @@ impl Writer {
                             }
                         }
                     }
-                    Job::Exec { work, done, forget } => {
-                        if let Some(key) = forget {
-                            self.channels.remove(&key);
+                    Job::Admin { writes, done } => {
+                        // Cached numbers and dedupe windows this write makes stale
+                        // (channel deletion) go first; a failed write only reloads them.
+                        for key in writes.iter().filter_map(AdminWrite::forgets) {
+                            self.channels.remove(key);
                         }
-                        let sp = tx.savepoint_with_name("exec")?;
-                        let result = work(&sp).and_then(|()| sp.commit()); // or rolls back
+                        let sp = tx.savepoint_with_name("admin")?;
+                        let result = writes
+                            .iter()
+                            .try_for_each(|w| super::admin::apply(&sp, w))
+                            .and_then(|()| sp.commit()); // or rolls back
                         if let Err(e) = result {
                             applied.push(Applied::Done(done, Err(e.to_string())));
                             rolled_back(&tx, e)?;
@@ -441,7 +441,7 @@ impl Writer {
                     Job::Message(p) => {
                         unapplied.push(Unapplied::Message(p.reply, p.message.message_id))
                     }
-                    Job::Exec { done, .. } | Job::SyncAck { done, .. } => {
+                    Job::Admin { done, .. } | Job::SyncAck { done, .. } => {
                         unapplied.push(Unapplied::Done(done))
                     }
                     Job::Lane(job) => lane_done.push((job, Instant::now())),
