@@ -111,7 +111,7 @@ impl Server {
         let writer_conn =
             storage::open_writer(&config.data_dir, config.sync_full, config.wal_max_bytes)?;
         let tokens = crate::tokens::TokenHasher::load_or_create(&config.data_dir)?;
-        storage::admin::hash_plain_tokens(&writer_conn, |t| tokens.hash(t))
+        storage::sqlite::admin::hash_plain_tokens(&writer_conn, |t| tokens.hash(t))
             .map_err(storage::in_db(&config.data_dir))?;
         let floor = storage::open_reader(&config.data_dir)?
             .max_message_id()

@@ -7,8 +7,8 @@
 
 use super::channels::{self, Channels};
 use super::queue::Queues;
+use super::tx::{Result, WriteTx};
 use crate::message::{Committed, Planned, QueueSlot, SendOutcome};
-use rusqlite::{params, Connection};
 use ruyi_proto::types::{channel_type, reason};
 use std::sync::Arc;
 
@@ -28,13 +28,13 @@ fn now_secs() -> i32 {
 /// Stores `planned` (unless NoPersist or a resend) and plans its delivery.
 ///
 /// # Errors
-/// SQLite errors; the caller fails the whole batch.
-pub fn store_message(
-    conn: &Connection,
+/// The store's errors; the caller fails the whole batch.
+pub fn store_message<T: WriteTx + ?Sized>(
+    tx: &T,
     channels: &mut Channels,
     queues: &mut Queues,
     planned: Planned,
-) -> rusqlite::Result<Committed> {
+) -> Result<Committed> {
     let Planned {
         mut message,
         targets,
@@ -67,7 +67,7 @@ pub fn store_message(
         committed.message = Arc::new(message);
         return Ok(committed);
     }
-    let state = channels::state(conn, channels, &message.channel)?;
+    let state = channels::state(tx, channels, &message.channel)?;
     if let Some((id, seq)) = state.recall(&message.from_uid, &message.client_msg_no) {
         committed.outcome.message_id = id;
         committed.outcome.message_seq = seq;
@@ -89,25 +89,7 @@ pub fn store_message(
     let row = state.row;
     message.message_seq = seq;
     message.timestamp = now_secs();
-    conn.prepare_cached(
-        "INSERT INTO messages (channel, seq, message_id, client_msg_no, from_uid, addressed_to, timestamp,
-                               setting, flags, expire, topic, payload)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?
-    .execute(params![
-        row,
-        seq,
-        message.message_id,
-        message.client_msg_no,
-        message.from_uid,
-        message.addressed_to,
-        message.timestamp,
-        message.setting,
-        message.flags.0 & !ruyi_proto::Flags::DUP,
-        message.expire,
-        message.topic,
-        &message.payload[..],
-    ])?;
+    tx.insert_message(row, &message)?;
     state.last_seq = seq;
     state.remember(
         &message.from_uid,
@@ -116,7 +98,7 @@ pub fn store_message(
         seq,
     );
     if queued || command {
-        assign_slots(conn, queues, &message, row, command, &mut committed)?;
+        assign_slots(tx, queues, &message, row, command, &mut committed)?;
     }
     // Person chats get a conversation for both sides with their first message (PROTOCOL.md
     // §9.6); groups get theirs when subscribers are added.
@@ -125,13 +107,9 @@ pub fn store_message(
         && !message.channel.id.ends_with("____cmd")
     {
         if let Some((a, b)) = message.channel.id.split_once('@') {
-            let now = now_secs();
+            let now = i64::from(now_secs());
             for uid in [a, b] {
-                conn.prepare_cached(
-                    "INSERT OR IGNORE INTO conversations (uid, channel, read_to, deleted_at, updated_at)
-                     VALUES (?1, ?2, 0, 0, ?3)",
-                )?
-                .execute(params![uid, row, now])?;
+                tx.ensure_conversation(uid, row, now)?;
             }
         }
     }
@@ -141,14 +119,14 @@ pub fn store_message(
 }
 
 /// Gives every recipient but the sender a queue slot (module docs).
-fn assign_slots(
-    conn: &Connection,
+fn assign_slots<T: WriteTx + ?Sized>(
+    tx: &T,
     queues: &mut Queues,
     message: &crate::message::Message,
     row: i64,
     command: bool,
     committed: &mut Committed,
-) -> rusqlite::Result<()> {
+) -> Result<()> {
     let reached = crate::message::reached(&committed.targets, committed.recipients.len());
     let mut slots = vec![QueueSlot::default(); committed.recipients.len()];
     for (index, uid) in committed.recipients.iter().enumerate() {
@@ -157,7 +135,7 @@ fn assign_slots(
         }
         slots[index] = if command || !reached[index] {
             let keep = message.channel.id.ends_with("____cmd");
-            let seq = queues.append(conn, uid, row, message.message_seq, keep)?;
+            let seq = queues.append(tx, uid, row, message.message_seq, keep)?;
             if message.flags.sync_once() && seq > 0 {
                 // A RECV of it carries this per-user seq, which a client may syncack: no
                 // miss may be written below it from now on (`exposure.rs`).
@@ -166,7 +144,7 @@ fn assign_slots(
             QueueSlot { seq, stored: true }
         } else {
             QueueSlot {
-                seq: queues.reserve(conn, uid)?,
+                seq: queues.reserve(tx, uid)?,
                 stored: false,
             }
         };

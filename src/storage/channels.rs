@@ -15,8 +15,8 @@
 //! caught too.
 
 use super::lru::LruMap;
+use super::tx::{Result, WriteTx};
 use crate::message::ChannelKey;
-use rusqlite::{params, Connection};
 use std::collections::{HashMap, VecDeque};
 
 /// Recent (from_uid, client_msg_no) pairs remembered per channel for dedupe. The SDK
@@ -97,59 +97,33 @@ pub fn new_cache() -> Channels {
 /// The state of `key`, loaded (and the channel row created) on first use.
 ///
 /// # Errors
-/// SQLite errors.
-pub fn state<'a>(
-    conn: &Connection,
+/// The store's errors.
+pub fn state<'a, T: WriteTx + ?Sized>(
+    tx: &T,
     cache: &'a mut Channels,
     key: &ChannelKey,
-) -> rusqlite::Result<&'a mut ChannelState> {
+) -> Result<&'a mut ChannelState> {
     if !cache.contains_key(key) {
-        let loaded = load(conn, key)?;
+        let loaded = load(tx, key)?;
         let cost = 256 + key.id.len() + DEDUPE_PER_CHANNEL * BYTES_PER_PAIR;
         cache.insert(key.clone(), loaded, cost);
     }
     Ok(cache.get_mut(key).expect("inserted above"))
 }
 
-fn load(conn: &Connection, key: &ChannelKey) -> rusqlite::Result<ChannelState> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO channels (channel_id, channel_type) VALUES (?1, ?2)",
-    )?
-    .execute(params![key.id, key.channel_type])?;
-    let row: i64 = conn
-        .prepare_cached("SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2")?
-        .query_row(params![key.id, key.channel_type], |r| r.get(0))?;
-    // A deleted channel's messages are gone but its seq is not reused: channels.last_seq
-    // keeps the high-water mark (see `api::channel_delete`).
-    let last_seq: u32 = conn
-        .prepare_cached(
-            "SELECT MAX((SELECT COALESCE(MAX(seq), 0) FROM messages WHERE channel = ?1),
-                        (SELECT last_seq FROM channels WHERE id = ?1))",
-        )?
-        .query_row([row], |r| r.get(0))?;
+fn load<T: WriteTx + ?Sized>(tx: &T, key: &ChannelKey) -> Result<ChannelState> {
+    let row = tx.ensure_channel(key)?;
+    // A deleted channel's messages are gone but its seq is not reused: the store keeps the
+    // high-water mark (`AdminWrite::DeleteChannel`).
+    let last_seq = tx.channel_high_water(row)?;
     let mut state = ChannelState {
         row,
         last_seq,
         recent: HashMap::new(),
         order: VecDeque::new(),
     };
-    let mut stmt = conn.prepare_cached(
-        "SELECT from_uid, client_msg_no, message_id, seq FROM messages
-         WHERE channel = ?1 AND seq > ?2 ORDER BY seq",
-    )?;
-    let recent = stmt.query_map(
-        params![row, last_seq.saturating_sub(DEDUPE_PER_CHANNEL as u32)],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get(2)?,
-                r.get(3)?,
-            ))
-        },
-    )?;
-    for entry in recent {
-        let (from, cmn, id, seq) = entry?;
+    let after = last_seq.saturating_sub(DEDUPE_PER_CHANNEL as u32);
+    for (from, cmn, id, seq) in tx.recent_messages(row, after)? {
         state.remember(&from, &cmn, id, seq);
     }
     Ok(state)

@@ -23,6 +23,8 @@ pub mod exposure;
 pub mod lru;
 pub mod queue;
 pub mod schema;
+pub mod sqlite;
+pub mod tx;
 pub mod writer;
 
 use crate::message::{ChannelKey, Message};

@@ -34,7 +34,7 @@
 
 use super::exposure::Exposure;
 use super::lru::LruMap;
-use rusqlite::{params, Connection, OptionalExtension};
+use super::tx::{Result, WriteTx};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
@@ -98,14 +98,11 @@ impl Queues {
         }
     }
 
-    fn user(&mut self, conn: &Connection, uid: &str) -> rusqlite::Result<&mut UserQueue> {
+    fn user<T: WriteTx + ?Sized>(&mut self, tx: &T, uid: &str) -> Result<&mut UserQueue> {
         if !self.users.contains_key(uid) {
             // Nothing issued above both the entries and the cursor can still be waited on,
             // except reservations forgotten by an eviction (handled in `requeue`).
-            let max_entry: u32 = conn
-                .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM offline WHERE uid = ?1")?
-                .query_row([uid], |r| r.get(0))?;
-            let last = max_entry.max(cursor(conn, uid)?);
+            let last = tx.offline_max_seq(uid)?.max(tx.offline_cursor(uid)?);
             let cost = 96 + uid.len();
             self.users.insert(
                 uid.to_owned(),
@@ -122,8 +119,8 @@ impl Queues {
 
     /// Reserves the user's next seq for a delivery; 0 when the user's seqs are exhausted
     /// (4 billion issued: logged, the message is then not queued for them).
-    pub fn reserve(&mut self, conn: &Connection, uid: &str) -> rusqlite::Result<u32> {
-        let user = self.user(conn, uid)?;
+    pub fn reserve<T: WriteTx + ?Sized>(&mut self, tx: &T, uid: &str) -> Result<u32> {
+        let user = self.user(tx, uid)?;
         match user.last.checked_add(1) {
             Some(next) => {
                 user.last = next;
@@ -138,46 +135,37 @@ impl Queues {
 
     /// Appends a stored entry for message (`row`, `channel_seq`); its seq, or 0 (see
     /// [`Queues::reserve`]). `keep`: a command-channel message, never trimmed.
-    pub fn append(
+    pub fn append<T: WriteTx + ?Sized>(
         &mut self,
-        conn: &Connection,
+        tx: &T,
         uid: &str,
         row: i64,
         channel_seq: u32,
         keep: bool,
-    ) -> rusqlite::Result<u32> {
-        let seq = self.reserve(conn, uid)?;
+    ) -> Result<u32> {
+        let seq = self.reserve(tx, uid)?;
         if seq > 0 {
-            self.insert(conn, uid, seq, (row, channel_seq), keep)?;
+            self.insert(tx, uid, seq, (row, channel_seq), keep)?;
         }
         Ok(seq)
     }
 
-    fn insert(
+    fn insert<T: WriteTx + ?Sized>(
         &mut self,
-        conn: &Connection,
+        tx: &T,
         uid: &str,
         seq: u32,
         (row, channel_seq): (i64, u32),
         keep: bool,
-    ) -> rusqlite::Result<()> {
-        conn.prepare_cached(
-            "INSERT INTO offline (uid, seq, channel, channel_seq, keep) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![uid, seq, row, channel_seq, keep])?;
+    ) -> Result<()> {
+        tx.offline_insert(uid, seq, row, channel_seq, keep)?;
         let max = self.max_per_user;
-        let user = self.user(conn, uid)?;
+        let user = self.user(tx, uid)?;
         user.stored_max = user.stored_max.max(seq);
         user.since_trim += 1;
         if user.since_trim >= TRIM_EVERY {
             user.since_trim = 0;
-            let gone = conn
-                .prepare_cached(
-                    "DELETE FROM offline WHERE uid = ?1 AND keep = 0 AND seq <= (
-                        SELECT seq FROM offline WHERE uid = ?1 AND keep = 0
-                        ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-                )?
-                .execute(params![uid, max])?;
+            let gone = tx.offline_trim(uid, max)?;
             if gone > 0 {
                 self.shared.stats.trimmed.fetch_add(gone as u64, Relaxed);
                 log::warn!("uid={uid}: {gone} oldest offline entries over the bound of {max}");
@@ -189,30 +177,20 @@ impl Queues {
     /// Writes the entry of a delivery that missed, at its `reserved` seq when it still can
     /// (module rules), else at the end. Nothing when the message is queued already. `keep`
     /// as for [`Queues::append`].
-    pub fn requeue(
+    pub fn requeue<T: WriteTx + ?Sized>(
         &mut self,
-        conn: &Connection,
+        tx: &T,
         uid: &str,
         (row, channel_seq): (i64, u32),
         reserved: u32,
         keep: bool,
-    ) -> rusqlite::Result<()> {
-        let queued: bool = conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM offline WHERE uid = ?1 AND channel = ?2 AND channel_seq = ?3)",
-            )?
-            .query_row(params![uid, row, channel_seq], |r| r.get(0))?;
-        if queued {
+    ) -> Result<()> {
+        if tx.offline_holds(uid, row, channel_seq)? {
             return Ok(());
         }
-        let stored_max = self.user(conn, uid)?.stored_max;
+        let stored_max = self.user(tx, uid)?.stored_max;
         // After a cache eviction a reload may have issued this seq again.
-        let free = reserved > 0
-            && !conn
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM offline WHERE uid = ?1 AND seq = ?2)",
-                )?
-                .query_row(params![uid, reserved], |r| r.get::<_, bool>(0))?;
+        let free = reserved > 0 && !tx.offline_seq_taken(uid, reserved)?;
         // Above every stored row: above anything a client read and the cursor. Below one:
         // above the cursor, and above everything a sync has shown (`exposure.rs`).
         let exposure = &self.shared.exposure;
@@ -220,10 +198,10 @@ impl Queues {
             && if reserved > stored_max {
                 reserved > exposure.shown(uid)
             } else {
-                reserved > cursor(conn, uid)? && exposure.claim(uid, reserved)
+                reserved > tx.offline_cursor(uid)? && exposure.claim(uid, reserved)
             };
         let at = if usable {
-            let user = self.user(conn, uid)?;
+            let user = self.user(tx, uid)?;
             // After an eviction the reloaded `last` can be below a live reservation.
             user.last = user.last.max(reserved);
             reserved
@@ -231,7 +209,7 @@ impl Queues {
             if reserved > 0 {
                 self.shared.stats.requeued_late.fetch_add(1, Relaxed);
             }
-            let seq = self.reserve(conn, uid)?;
+            let seq = self.reserve(tx, uid)?;
             if seq == 0 {
                 return Ok(());
             }
@@ -240,79 +218,46 @@ impl Queues {
             self.shared.exposure.show(uid, seq);
             seq
         };
-        self.insert(conn, uid, at, (row, channel_seq), keep)?;
+        self.insert(tx, uid, at, (row, channel_seq), keep)?;
         self.shared.stats.requeued.fetch_add(1, Relaxed);
         Ok(())
     }
 
     /// Marks entry `seq` delivered (a RECVACK) and moves the cursor across the run of
     /// delivered entries above it.
-    pub fn mark_delivered(
+    pub fn mark_delivered<T: WriteTx + ?Sized>(
         &mut self,
-        conn: &Connection,
+        tx: &T,
         uid: &str,
         seq: u32,
-    ) -> rusqlite::Result<()> {
-        let marked = conn
-            .prepare_cached("UPDATE offline SET delivered = 1 WHERE uid = ?1 AND seq = ?2")?
-            .execute(params![uid, seq])?;
-        if marked > 0 {
+    ) -> Result<()> {
+        if tx.offline_mark_delivered(uid, seq)? {
             self.shared.stats.delivered.fetch_add(1, Relaxed);
-            advance(conn, uid)?;
+            advance(tx, uid)?;
         }
         Ok(())
     }
 
     /// `/message/syncack`: the cursor rises to `seq`, clamped to the highest seq stored,
     /// and on across delivered entries; entries at or below it are deleted.
-    pub fn sync_ack(&mut self, conn: &Connection, uid: &str, seq: u32) -> rusqlite::Result<()> {
-        let seq = seq.min(self.user(conn, uid)?.stored_max);
+    pub fn sync_ack<T: WriteTx + ?Sized>(&mut self, tx: &T, uid: &str, seq: u32) -> Result<()> {
+        let seq = seq.min(self.user(tx, uid)?.stored_max);
         if seq > 0 {
-            set_cursor(conn, uid, seq)?;
+            tx.offline_raise_cursor(uid, seq)?;
         }
-        advance(conn, uid)
+        advance(tx, uid)
     }
-}
-
-/// The user's cursor (0 when never acknowledged).
-fn cursor(conn: &Connection, uid: &str) -> rusqlite::Result<u32> {
-    Ok(conn
-        .prepare_cached("SELECT cursor FROM offline_cursor WHERE uid = ?1")?
-        .query_row([uid], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0))
-}
-
-/// Raises the cursor (never lowers it) and deletes what it covers.
-fn set_cursor(conn: &Connection, uid: &str, seq: u32) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO offline_cursor (uid, cursor) VALUES (?1, ?2)
-         ON CONFLICT (uid) DO UPDATE SET cursor = MAX(cursor, excluded.cursor)",
-    )?
-    .execute(params![uid, seq])?;
-    conn.prepare_cached(
-        "DELETE FROM offline WHERE uid = ?1 AND seq <= (SELECT cursor FROM offline_cursor WHERE uid = ?1)",
-    )?
-    .execute([uid])?;
-    Ok(())
 }
 
 /// Entries read per step while walking a delivered run.
 const WALK_STEP: usize = 256;
 
 /// Moves the cursor across the delivered entries just above it (module rules).
-fn advance(conn: &Connection, uid: &str) -> rusqlite::Result<()> {
-    let start = cursor(conn, uid)?;
+fn advance<T: WriteTx + ?Sized>(tx: &T, uid: &str) -> Result<()> {
+    let start = tx.offline_cursor(uid)?;
     let mut to = start;
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, delivered FROM offline WHERE uid = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    )?;
     loop {
-        let rows = stmt
-            .query_map(params![uid, to, WALK_STEP as i64], |r| {
-                Ok((r.get::<_, u32>(0)?, r.get::<_, bool>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = tx.offline_walk(uid, to, WALK_STEP)?;
         let full = rows.len() == WALK_STEP;
         let mut blocked = false;
         for (seq, delivered) in rows {
@@ -327,7 +272,7 @@ fn advance(conn: &Connection, uid: &str) -> rusqlite::Result<()> {
         }
     }
     if to > start {
-        set_cursor(conn, uid, to)?;
+        tx.offline_raise_cursor(uid, to)?;
     }
     Ok(())
 }

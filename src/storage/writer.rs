@@ -36,6 +36,7 @@ use super::admin::AdminWrite;
 use super::append::{store_message, Outlet};
 use super::channels::{self, Channels};
 use super::queue::{QueueShared, Queues};
+use super::tx::WriteTx;
 use crate::mailbox::Mailbox;
 use crate::message::{Committed, Message, Planned};
 use crossbeam_channel::Sender;
@@ -376,7 +377,7 @@ impl Writer {
                         let reply =
                             std::mem::replace(&mut planned.reply, crate::message::Reply::None);
                         let message_id = planned.message.message_id;
-                        match store_message(&tx, &mut self.channels, &mut self.queues, *planned) {
+                        match store_message(&*tx, &mut self.channels, &mut self.queues, *planned) {
                             Ok(mut committed) => {
                                 committed.reply = reply;
                                 applied.push(Applied::Message(committed));
@@ -396,7 +397,7 @@ impl Writer {
                         let sp = tx.savepoint_with_name("admin")?;
                         let result = writes
                             .iter()
-                            .try_for_each(|w| super::admin::apply(&sp, w))
+                            .try_for_each(|w| sp.admin(w))
                             .and_then(|()| sp.commit()); // or rolls back
                         if let Err(e) = result {
                             applied.push(Applied::Done(done, Err(e.to_string())));
@@ -419,7 +420,7 @@ impl Writer {
                         let sp = tx.savepoint_with_name("syncack")?;
                         let result = self
                             .queues
-                            .sync_ack(&sp, &uid, seq)
+                            .sync_ack(&*sp, &uid, seq)
                             .and_then(|()| sp.commit());
                         if let Err(e) = result {
                             applied.push(Applied::Done(done, Err(e.to_string())));
@@ -476,11 +477,11 @@ fn run_lane(
             message,
             reserved,
         } => {
-            let row = channels::state(&sp, channels, &message.channel)?.row;
+            let row = channels::state(&*sp, channels, &message.channel)?.row;
             let keep = message.channel.id.ends_with("____cmd");
-            queues.requeue(&sp, uid, (row, message.message_seq), *reserved, keep)?;
+            queues.requeue(&*sp, uid, (row, message.message_seq), *reserved, keep)?;
         }
-        LaneJob::Delivered { uid, seq } => queues.mark_delivered(&sp, uid, *seq)?,
+        LaneJob::Delivered { uid, seq } => queues.mark_delivered(&*sp, uid, *seq)?,
     }
     sp.commit()
 }

@@ -1,0 +1,64 @@
+//! The storage seam's write side: what the storage writer does inside its open batch
+//! transaction, as primitive operations a backend provides. The rules built on them
+//! (the channel seq and dedupe window in `channels.rs`, appending a message in
+//! `append.rs`, the offline queue in `queue.rs`) are written once, against this trait, so
+//! every backend keeps the same semantics (issue 16).
+//!
+//! Every method runs inside the writer's transaction (or one of its savepoints) and
+//! changes nothing outside it: a rolled-back batch leaves no trace.
+
+use super::admin::AdminWrite;
+use super::DbError;
+use crate::message::{ChannelKey, Message};
+
+/// What the operations return.
+pub type Result<T> = std::result::Result<T, DbError>;
+
+/// One recent message of a channel, for the dedupe window: (from_uid, client_msg_no,
+/// message_id, seq).
+pub type RecentMessage = (String, String, i64, u32);
+
+/// The writer's primitive operations (module docs). Seqs are `u32` as on the wire.
+pub trait WriteTx {
+    /// The channel's row id, the row created (every flag 0) when missing.
+    fn ensure_channel(&self, key: &ChannelKey) -> Result<i64>;
+    /// The highest seq the channel ever used: its newest message's, or the high-water
+    /// mark a deletion left, whichever is higher.
+    fn channel_high_water(&self, row: i64) -> Result<u32>;
+    /// The channel's messages with seq above `after`, oldest first.
+    fn recent_messages(&self, row: i64, after: u32) -> Result<Vec<RecentMessage>>;
+    /// Stores `message` (its `message_seq` is set) in channel `row`.
+    fn insert_message(&self, row: i64, message: &Message) -> Result<()>;
+    /// Gives `uid` a conversation with channel `row` unless it has one.
+    fn ensure_conversation(&self, uid: &str, row: i64, now_secs: i64) -> Result<()>;
+
+    /// The highest seq of `uid`'s queue entries (0 when none).
+    fn offline_max_seq(&self, uid: &str) -> Result<u32>;
+    /// `uid`'s cursor (0 when never acknowledged).
+    fn offline_cursor(&self, uid: &str) -> Result<u32>;
+    /// Writes entry `seq` of `uid`'s queue: message (`channel`, `channel_seq`).
+    fn offline_insert(
+        &self,
+        uid: &str,
+        seq: u32,
+        channel: i64,
+        channel_seq: u32,
+        keep: bool,
+    ) -> Result<()>;
+    /// Deletes `uid`'s oldest trimmable (`keep` = false) entries beyond the newest `bound`
+    /// of them; returns how many went.
+    fn offline_trim(&self, uid: &str, bound: u32) -> Result<usize>;
+    /// Whether `uid`'s queue holds message (`channel`, `channel_seq`).
+    fn offline_holds(&self, uid: &str, channel: i64, channel_seq: u32) -> Result<bool>;
+    /// Whether `uid`'s queue has an entry at `seq`.
+    fn offline_seq_taken(&self, uid: &str, seq: u32) -> Result<bool>;
+    /// Marks entry `seq` delivered; returns whether there was one.
+    fn offline_mark_delivered(&self, uid: &str, seq: u32) -> Result<bool>;
+    /// Raises the cursor to `seq` (never lowers it) and deletes the entries it covers.
+    fn offline_raise_cursor(&self, uid: &str, seq: u32) -> Result<()>;
+    /// Up to `limit` entries of `uid` above `after`, oldest first: (seq, delivered).
+    fn offline_walk(&self, uid: &str, after: u32, limit: usize) -> Result<Vec<(u32, bool)>>;
+
+    /// An administrative write (`admin.rs`).
+    fn admin(&self, write: &AdminWrite) -> Result<()>;
+}
