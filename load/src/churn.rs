@@ -83,6 +83,7 @@ const UNITS: &[(&str, &str)] = &[
 ];
 
 pub fn run(args: &ChurnArgs) -> io::Result<()> {
+    let meta = crate::meta::collect("churn", None, args, UNITS);
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let threads: Vec<_> = (0..args.pairs)
         .map(|i| {
@@ -115,7 +116,6 @@ pub fn run(args: &ChurnArgs) -> io::Result<()> {
         total.lost,
         total.duplicated
     );
-    let meta = crate::meta::collect("churn", None, args, UNITS);
     crate::meta::write_json(args.json.as_deref(), &meta, &total)?;
     if total.lost + total.duplicated > 0 {
         return Err(io::Error::other("messages were lost or duplicated"));

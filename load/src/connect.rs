@@ -92,9 +92,12 @@ struct WorkerReport {
     /// or its opening (unpaced) to the CONNACK read and, with `--encrypt`, the session key
     /// derived from it, as an SDK must before it can send.
     connack_us: Vec<u64>,
-    /// Client CPU for the key exchange, in microseconds: making the key pairs and deriving
-    /// the session keys (what every SDK login costs the client).
-    client_crypto_us: u64,
+    /// Client time making key pairs, in microseconds, and how many it made (one per
+    /// connection opened, logged in or not).
+    keypair_us: u64,
+    keypairs: usize,
+    /// Client time deriving session keys from CONNACKs, in microseconds (one per login).
+    derive_us: u64,
     /// First connect attempt to last CONNACK, seconds.
     connect_seconds: f64,
 }
@@ -146,7 +149,7 @@ const UNITS: &[(&str, &str)] = &[
     ("server_rss_held_bytes", "server resident memory with every connection logged in, bytes"),
     ("server_rss_per_conn_bytes", "(held - before) / connected, bytes; signed"),
     ("server_cpu_per_sec_held", "server CPU seconds per second while holding (teardown excluded)"),
-    ("client_crypto_us_per_login", "client CPU microseconds per login for the key pair and the session key; null unencrypted"),
+    ("client_crypto_us_per_login", "client microseconds per login for one key pair and one session key (wall-clock on cores the server shares: an upper bound on the CPU); null unencrypted"),
 ];
 
 /// What workers tell the coordinator.
@@ -173,6 +176,7 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
     if args.processes == 0 || args.sources == 0 || args.rate < 0.0 {
         return Err(io::Error::other("processes and sources > 0, rate >= 0"));
     }
+    let meta = crate::meta::collect("connect", args.server_pid, args, UNITS);
     let rss_before = args.server_pid.map(crate::procfs::rss_bytes).transpose()?;
     let (tx, rx) = mpsc::channel();
     let mut children = Vec::new();
@@ -204,12 +208,11 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
     let mut cpu_per_sec = None;
     while let Ok(msg) = rx.recv() {
         match msg {
-            // The hold is over everywhere: CPU up to here, before any teardown.
+            // The first worker's hold is over: CPU up to here, before any teardown (the
+            // others hold as long or longer; their holds began later).
             Msg::Held => {
                 held += 1;
-                if let (true, Some((_, cpu, at)), Some(pid)) =
-                    (held == args.processes, held_sample, args.server_pid)
-                {
+                if let (1, Some((_, cpu, at)), Some(pid)) = (held, held_sample, args.server_pid) {
                     let spent = crate::procfs::cpu_seconds(pid)? - cpu;
                     cpu_per_sec = Some(spent / at.elapsed().as_secs_f64().max(1e-9));
                 }
@@ -218,13 +221,22 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
                 ready += 1;
                 if ready == args.processes {
                     if let Some(pid) = args.server_pid {
-                        // Let the last logins settle before reading RSS.
-                        std::thread::sleep(Duration::from_millis(500));
-                        held_sample = Some((
-                            crate::procfs::rss_bytes(pid)?,
-                            crate::procfs::cpu_seconds(pid)?,
-                            Instant::now(),
-                        ));
+                        // Let the last logins settle before reading RSS; not when a worker's
+                        // hold may end meanwhile (its teardown would be in the sample).
+                        if args.hold >= 2 {
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        if held == 0 {
+                            held_sample = Some((
+                                crate::procfs::rss_bytes(pid)?,
+                                crate::procfs::cpu_seconds(pid)?,
+                                Instant::now(),
+                            ));
+                        } else {
+                            log::warn!(
+                                "a worker's hold ended before all logged in: no RSS or CPU figure"
+                            );
+                        }
                     }
                 }
             }
@@ -251,7 +263,9 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
         total.closed_while_held += r.closed_while_held;
         total.pings += r.pings;
         total.pongs += r.pongs;
-        total.client_crypto_us += r.client_crypto_us;
+        total.keypair_us += r.keypair_us;
+        total.keypairs += r.keypairs;
+        total.derive_us += r.derive_us;
         total.connect_seconds = total.connect_seconds.max(r.connect_seconds);
     }
     let rss_held = held_sample.map(|s| s.0);
@@ -278,9 +292,10 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
             .zip(rss_held)
             .map(|(b, h)| (h as f64 - b as f64) / total.connected.max(1) as f64),
         server_cpu_per_sec_held: cpu_per_sec,
-        client_crypto_us_per_login: args
-            .encrypt
-            .then(|| total.client_crypto_us as f64 / total.connected.max(1) as f64),
+        client_crypto_us_per_login: args.encrypt.then(|| {
+            total.keypair_us as f64 / total.keypairs.max(1) as f64
+                + total.derive_us as f64 / total.connected.max(1) as f64
+        }),
     };
     println!(
         "connect [{}] encrypt={} conns={} connected={} connects/s={:.0} connack p50={}us p99={}us failed={} refused={} timed_out={} held {}s: pings={} pongs={} closed={} server rss/conn={} cpu/s held={} client crypto/login={}",
@@ -308,12 +323,16 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
             .client_crypto_us_per_login
             .map_or("-".into(), |c| format!("{c:.0}us")),
     );
-    let meta = crate::meta::collect("connect", args.server_pid, args, UNITS);
     crate::meta::write_json(args.json.as_deref(), &meta, &report)?;
-    if report.connected == 0 {
+    if report.connected < report.conns || report.closed_while_held > 0 {
         return Err(io::Error::other(format!(
-            "no connection logged in ({} failed, {} refused, {} timed out)",
-            report.failed_connect, report.refused_login, report.timed_out
+            "{} of {} logged in ({} failed, {} refused, {} timed out), {} closed while held",
+            report.connected,
+            report.conns,
+            report.failed_connect,
+            report.refused_login,
+            report.timed_out,
+            report.closed_while_held
         )));
     }
     Ok(())
@@ -433,6 +452,9 @@ impl Conn {
 /// come back) while the rest are still being opened, instead of after all of them.
 const OPEN_BATCH: usize = 64;
 
+/// The poll token of a worker's pacing timer (connections use their index).
+const TIMER: Token = Token(usize::MAX);
+
 /// Runs worker `index`'s share: connections index, index + P, index + 2P, ...
 fn worker(
     args: &ConnectArgs,
@@ -442,6 +464,7 @@ fn worker(
     let mine: Vec<usize> = (index..args.conns).step_by(args.processes).collect();
     let server = args.ws.unwrap_or(args.tcp);
     let mut poll = Poll::new()?;
+    let timer = crate::timer::Timer::new(poll.registry(), TIMER)?;
     let mut events = Events::with_capacity(1024);
     let mut r = WorkerReport::default();
     let start = Instant::now();
@@ -478,7 +501,8 @@ fn worker(
                         let secret = random_secret().map_err(io::Error::other)?;
                         let key = public_key_b64(secret);
                         c.secret = Some(secret);
-                        r.client_crypto_us += began.elapsed().as_micros() as u64;
+                        r.keypair_us += began.elapsed().as_micros() as u64;
+                        r.keypairs += 1;
                         key
                     } else {
                         String::new()
@@ -495,6 +519,9 @@ fn worker(
                             client_key: key,
                         }),
                     )?;
+                    // Out now, not after the rest of the batch is opened: the login is
+                    // timed from here. (A connect still in progress keeps it queued.)
+                    let _ = flush(&mut c);
                     conns.push(c);
                     pending += 1;
                 }
@@ -554,8 +581,19 @@ fn worker(
             (None, Some(i)) if opened < mine.len() => i.min(Duration::from_millis(5)),
             _ => Duration::from_millis(5),
         };
+        // Paced: woken at the next connection's time by the timer (`timer.rs`), not by
+        // the poll's whole-millisecond timeout.
+        if let (Some(i), Some(&next)) = (interval, mine.get(opened)) {
+            if hold_until.is_none() {
+                timer.arm(start + i.mul_f64(next as f64))?;
+            }
+        }
         poll.poll(&mut events, Some(timeout))?;
         for event in events.iter() {
+            if event.token() == TIMER {
+                timer.clear();
+                continue;
+            }
             let c = &mut conns[event.token().0];
             let Some(stream) = c.stream.as_mut() else {
                 continue;
@@ -579,8 +617,7 @@ fn worker(
                                                 &ack.salt,
                                             )
                                             .map_err(io::Error::other)?;
-                                            r.client_crypto_us +=
-                                                began.elapsed().as_micros() as u64;
+                                            r.derive_us += began.elapsed().as_micros() as u64;
                                         }
                                         let done = Instant::now();
                                         c.state = State::LoggedIn;

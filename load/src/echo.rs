@@ -89,6 +89,7 @@ struct WorkerResult {
 }
 
 pub fn run(args: &EchoArgs) -> io::Result<()> {
+    let meta = crate::meta::collect("echo", args.server_pid, args, UNITS);
     if args.size == 0 || args.depth == 0 || args.threads == 0 || args.conns == 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -153,7 +154,6 @@ pub fn run(args: &EchoArgs) -> io::Result<()> {
         report.errors,
         report.server_cpu_seconds.unwrap_or(f64::NAN),
     );
-    let meta = crate::meta::collect("echo", args.server_pid, args, UNITS);
     crate::meta::write_json(args.json.as_deref(), &meta, &report)
 }
 

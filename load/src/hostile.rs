@@ -102,6 +102,7 @@ const PHASES: [(&str, Option<Attack>); 16] = [
 ];
 
 pub fn run(args: &HostileArgs) -> io::Result<()> {
+    let meta = crate::meta::collect("hostile", args.server_pid, args, UNITS);
     let mut phases: Vec<Phase> = Vec::new();
     let mut baseline_p99 = None;
     for (i, (name, attack)) in PHASES.iter().enumerate() {
@@ -154,12 +155,23 @@ pub fn run(args: &HostileArgs) -> io::Result<()> {
         );
         phases.push(phase);
     }
+    let lossy: Vec<&str> = phases
+        .iter()
+        .filter(|p| p.lost + p.duplicated > 0)
+        .map(|p| p.name)
+        .collect();
     #[derive(serde::Serialize)]
     struct Phases {
         phases: Vec<Phase>,
     }
-    let meta = crate::meta::collect("hostile", args.server_pid, args, UNITS);
-    crate::meta::write_json(args.json.as_deref(), &meta, &Phases { phases })
+    crate::meta::write_json(args.json.as_deref(), &meta, &Phases { phases })?;
+    if !lossy.is_empty() {
+        return Err(io::Error::other(format!(
+            "healthy messages lost or duplicated in: {}",
+            lossy.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 /// The meaning of each figure of a [`Phase`] (`meta.rs`).

@@ -86,7 +86,7 @@ pub struct ImArgs {
     pub prefix: String,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize)]
 pub struct PersonArgs {
     #[command(flatten)]
     pub im: ImArgs,
@@ -95,7 +95,7 @@ pub struct PersonArgs {
     pub pairs: usize,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize)]
 pub struct GroupArgs {
     #[command(flatten)]
     pub im: ImArgs,
@@ -112,7 +112,7 @@ pub struct GroupArgs {
 
 /// WuKongIM's published benchmark mix, all at once: person pairs, many small groups and
 /// one large group, every member a connection of its own.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Serialize)]
 pub struct MixedArgs {
     #[command(flatten)]
     pub im: ImArgs,
@@ -228,6 +228,8 @@ pub(crate) struct ImReport {
     pub(crate) duplicated: u64,
     /// Messages a receiver got after a later one of the same sender (nothing missing).
     pub(crate) reordered: u64,
+    /// SENDs still without a SENDACK when the drain gave up.
+    pub(crate) unanswered: u64,
     server_cpu_seconds: Option<f64>,
     deliveries_per_server_cpu_sec: Option<f64>,
     /// Per second of the measured window: [sends, deliveries].
@@ -248,11 +250,12 @@ const UNITS: &[(&str, &str)] = &[
     ("deliveries_per_sec", "deliveries / seconds"),
     ("sendack_latency", "microseconds from a SEND's scheduled time (paced) or its encoding (unpaced) to its SENDACK: p50_us, p99_us, p999_us, max_us"),
     ("delivery_latency", "microseconds from a message's scheduled time or encoding to its RECV at a receiver"),
-    ("client_send_lag", "microseconds from a paced SEND's scheduled time to its encoding: the client's own floor, included in both latencies; null when unpaced"),
+    ("client_send_lag", "microseconds from a paced SEND's scheduled time to its encoding, in the measured window: the client's own lateness, included in both latencies (also any time a full window held the SEND back); null when unpaced"),
     ("refused", "SENDs answered with a failure reason, whole run"),
     ("lost", "acknowledged messages missing at a receiver after the drain, whole run"),
     ("duplicated", "messages a receiver got more than once, whole run"),
     ("reordered", "messages a receiver got after a later one of the same sender, whole run"),
+    ("unanswered", "SENDs with no SENDACK when the drain ended (10 s after the window at most): a stalled server; fails the run"),
     ("server_cpu_seconds", "user + system CPU seconds of the server during the measured window"),
     ("deliveries_per_server_cpu_sec", "deliveries / server_cpu_seconds"),
     ("timeline", "per 1-second slot of the measured window: [sends, deliveries]"),
@@ -281,10 +284,10 @@ pub fn run_person(args: &PersonArgs) -> io::Result<()> {
 
 /// The run fails when it lost or duplicated anything (module docs).
 fn judged(report: &ImReport) -> io::Result<()> {
-    if report.lost + report.duplicated > 0 {
+    if report.lost + report.duplicated + report.unanswered > 0 {
         return Err(io::Error::other(format!(
-            "{}: {} acknowledged messages lost, {} duplicated",
-            report.scenario, report.lost, report.duplicated
+            "{}: {} acknowledged messages lost, {} duplicated, {} SENDs never answered",
+            report.scenario, report.lost, report.duplicated, report.unanswered
         )));
     }
     Ok(())
@@ -294,7 +297,8 @@ fn judged(report: &ImReport) -> io::Result<()> {
 pub(crate) fn person(args: &PersonArgs) -> io::Result<ImReport> {
     let mut plans = Plans::default();
     plans.pairs(&args.im.prefix, args.pairs);
-    run(&args.im, &format!("person {}", args.pairs), plans)
+    let settings = serde_json::to_value(args).unwrap_or_default();
+    run(&args.im, &format!("person {}", args.pairs), plans, settings)
 }
 
 pub fn run_group(args: &GroupArgs) -> io::Result<()> {
@@ -304,7 +308,8 @@ pub fn run_group(args: &GroupArgs) -> io::Result<()> {
         "group {}x{} senders {}",
         args.groups, args.members, args.senders
     );
-    run(&args.im, &scenario, plans).and_then(|r| judged(&r))
+    let settings = serde_json::to_value(args).unwrap_or_default();
+    run(&args.im, &scenario, plans, settings).and_then(|r| judged(&r))
 }
 
 pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
@@ -322,7 +327,8 @@ pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
         "mixed {} pairs + {}x{} + 1x{}",
         args.pairs, args.groups, args.members, args.large
     );
-    run(&args.im, &scenario, plans).and_then(|r| judged(&r))
+    let settings = serde_json::to_value(args).unwrap_or_default();
+    run(&args.im, &scenario, plans, settings).and_then(|r| judged(&r))
 }
 
 pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<String> {
@@ -345,7 +351,12 @@ pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<
         .map_or(String::new(), |(_, b)| b.to_owned()))
 }
 
-fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
+fn run(
+    args: &ImArgs,
+    scenario: &str,
+    plans: Plans,
+    settings: serde_json::Value,
+) -> io::Result<ImReport> {
     if args.size < 24
         || args.window == 0
         || args.threads == 0
@@ -358,6 +369,8 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         ));
     }
     let _ = EPOCH.get_or_init(Instant::now);
+    let subcommand = scenario.split(' ').next().unwrap_or(scenario);
+    let meta = crate::meta::collect(subcommand, args.server_pid, &settings, UNITS);
     let Plans {
         list: plans,
         senders,
@@ -450,12 +463,13 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         lost,
         duplicated: t.duplicated,
         reordered: t.reordered,
+        unanswered: t.unanswered,
         server_cpu_seconds: server_cpu,
         deliveries_per_server_cpu_sec: server_cpu.map(|c| t.deliveries as f64 / c.max(1e-9)),
         timeline: t.timeline.clone(),
     };
     println!(
-        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} server_cpu={:.2}s{}",
+        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} unanswered={} server_cpu={:.2}s{}",
         report.scenario,
         report.transport,
         report.connections,
@@ -470,6 +484,7 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
         report.lost,
         report.duplicated,
         report.reordered,
+        report.unanswered,
         report.server_cpu_seconds.unwrap_or(f64::NAN),
         report.client_send_lag.map_or(String::new(), |l| format!(
             " client lag p50={}us p99={}us",
@@ -496,7 +511,6 @@ fn run(args: &ImArgs, scenario: &str, plans: Plans) -> io::Result<ImReport> {
             &[("SENDACK", &t.sendack), ("delivery", &t.delivery)],
         )?;
     }
-    let meta = crate::meta::collect(scenario, args.server_pid, args, UNITS);
     crate::meta::write_json(args.json.as_deref(), &meta, &report)?;
     Ok(report)
 }
@@ -558,6 +572,7 @@ struct WorkerResult {
     received: Vec<(usize, HashMap<usize, crate::ledger::Seen>)>,
     duplicated: u64,
     reordered: u64,
+    unanswered: u64,
     sendack: Histogram<u64>,
     delivery: Histogram<u64>,
     /// Paced sends: scheduled time to encoding.
@@ -576,6 +591,7 @@ impl WorkerResult {
             received: Vec::new(),
             duplicated: 0,
             reordered: 0,
+            unanswered: 0,
             sendack: report::latency_histogram(),
             delivery: report::latency_histogram(),
             send_lag: report::latency_histogram(),
@@ -592,6 +608,7 @@ impl WorkerResult {
         self.received.extend(other.received);
         self.duplicated += other.duplicated;
         self.reordered += other.reordered;
+        self.unanswered += other.unanswered;
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize(other.timeline.len(), [0, 0]);
         }
@@ -698,7 +715,7 @@ fn worker(
                     let spread = (i as f64 / n) / args.rate;
                     c.next_send_at = now + Duration::from_secs_f64(spread);
                 }
-                top_up(c, args, now, &mut r.send_lag)?;
+                top_up(c, args, now, None)?;
                 flush(c)?;
             }
         }
@@ -743,17 +760,18 @@ fn worker(
                 }
                 handle_input(c, args, now, window, logged_in, &mut r)?;
                 if started.is_some() && !paced && !draining {
-                    top_up(c, args, now, &mut r.send_lag)?;
+                    top_up(c, args, now, None)?;
                 }
             }
             flush(c)?;
         }
         if paced && started.is_some() && !draining {
             let now = Instant::now();
+            let measuring = measure.is_some_and(|(from, until)| now >= from && now < until);
             next_due = None;
             for c in &mut conns {
                 if c.next_send_at <= now {
-                    top_up(c, args, now, &mut r.send_lag)?;
+                    top_up(c, args, now, measuring.then_some(&mut r.send_lag))?;
                     flush(c)?;
                 }
                 // A sender with a full window waits for a SENDACK, which wakes the poll.
@@ -765,6 +783,7 @@ fn worker(
             next_due = None;
         }
     }
+    r.unanswered = conns.iter().map(|c| c.in_flight.len() as u64).sum();
     r.received = conns.into_iter().map(|c| (c.global, c.seen)).collect();
     Ok(r)
 }
@@ -866,7 +885,13 @@ fn handle_input(
 /// Starts SENDs until `window` are in flight (closed loop), or sends those that are due
 /// (paced: one every 1/rate seconds, each stamped with its scheduled time, so a stalled
 /// server shows up in the latency instead of silently lowering the offered load).
-fn top_up(c: &mut Conn, args: &ImArgs, now: Instant, lag: &mut Histogram<u64>) -> io::Result<()> {
+/// `lag` records paced sends' lateness (in the measured window only, as the latencies).
+fn top_up(
+    c: &mut Conn,
+    args: &ImArgs,
+    now: Instant,
+    lag: Option<&mut Histogram<u64>>,
+) -> io::Result<()> {
     let (Some((target, channel_type)), Some(sender)) = (c.plan.target.clone(), c.plan.sender_index)
     else {
         return Ok(());
@@ -875,15 +900,19 @@ fn top_up(c: &mut Conn, args: &ImArgs, now: Instant, lag: &mut Histogram<u64>) -
         return Ok(());
     }
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let mut lag = lag;
     while c.in_flight.len() < args.window {
         let stamp = match interval {
-            None => now,
+            // Unpaced: timed from its encoding, not from when the poll returned.
+            None => Instant::now(),
             Some(_) if c.next_send_at > now => break,
             Some(_) => c.next_send_at,
         };
         if let Some(interval) = interval {
             c.next_send_at += interval;
-            report::record(lag, Instant::now().saturating_duration_since(stamp));
+            if let Some(lag) = lag.as_deref_mut() {
+                report::record(lag, Instant::now().saturating_duration_since(stamp));
+            }
         }
         let mut plain = vec![b'x'; args.size];
         plain[0..8].copy_from_slice(&nanos_since_epoch(stamp).to_be_bytes());

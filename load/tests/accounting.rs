@@ -23,6 +23,8 @@ enum Fault {
     Swap(u64),
     /// Delivers message `n` twice.
     Duplicate(u64),
+    /// Answers and delivers nothing from message `n` on: a stalled server.
+    Mute(u64),
 }
 
 type Peers = Arc<Mutex<HashMap<String, TcpStream>>>;
@@ -70,6 +72,9 @@ fn serve(stream: TcpStream, fault: Fault, peers: Peers, count: Arc<AtomicU64>, h
                 }
                 Packet::Send(send) => {
                     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    if matches!(fault, Fault::Mute(k) if n >= k) {
+                        continue;
+                    }
                     let ack = Packet::Sendack(SendackPacket {
                         message_id: n as i64,
                         client_seq: send.client_seq,
@@ -160,6 +165,29 @@ fn run(fault: Fault) -> (bool, u64, u64, u64) {
         field("dup"),
         field("reordered"),
     )
+}
+
+#[test]
+fn sends_a_stalled_server_never_answers_fail_the_run() {
+    let addr = fake_server(Fault::Mute(100));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ruyi-load"))
+        .args([
+            "person",
+            "--pairs",
+            "1",
+            "--window",
+            "4",
+            "--warmup",
+            "0",
+            "--seconds",
+            "1",
+        ])
+        .args(["--tcp", &addr.to_string()])
+        .output()
+        .expect("ruyi-load runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a stalled server passed: {text}");
+    assert!(text.contains("unanswered=4"), "{text}");
 }
 
 #[test]
