@@ -198,7 +198,7 @@ impl Server {
         spawn(&mut threads, "ruyi-writer".into(), move || {
             let _lock = lock;
             Writer::new(
-                writer_conn,
+                Box::new(storage::sqlite::tx::SqliteWriter::new(writer_conn)),
                 writer_rx,
                 pusher,
                 settings,

@@ -17,8 +17,16 @@
 //! `storage/` names its crate.
 
 pub mod admin;
-/// What a store's operations fail with (today SQLite's error: the seam's one name for it).
-pub use rusqlite::Error as DbError;
+/// What a store's operations fail with: the backend's own error, shown as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite said no.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL (or the connection to it) said no.
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+}
 pub mod append;
 pub mod channels;
 pub mod exposure;
@@ -49,13 +57,13 @@ pub enum StorageError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// SQLite said no about this database file (opening, migrating, first reads).
+    /// The store said no at start (opening, migrating, first reads).
     #[error("database {}: {source}", path.display())]
     Database {
-        /// The database file.
+        /// The database: a file, or a server and database name (no password).
         path: PathBuf,
-        /// What SQLite said.
-        source: rusqlite::Error,
+        /// What it said.
+        source: DbError,
     },
     /// The writer thread is gone (shutting down).
     #[error("the storage writer has stopped")]

@@ -62,3 +62,24 @@ pub trait WriteTx {
     /// An administrative write (`admin.rs`).
     fn admin(&self, write: &AdminWrite) -> Result<()>;
 }
+
+/// The writer's open batch transaction (`writer.rs`).
+pub trait Batch {
+    /// The transaction's operations.
+    fn tx(&self) -> &dyn WriteTx;
+    /// Runs `f` under a savepoint: its changes stay when it succeeds and vanish when it
+    /// fails, and the batch goes on either way unless [`Batch::broken`].
+    fn savepoint(&mut self, f: &mut dyn FnMut(&dyn WriteTx) -> Result<()>) -> Result<()>;
+    /// Whether the whole transaction is gone (SQLite rolls everything back on some errors,
+    /// a full disk among them): the batch must then fail.
+    fn broken(&self) -> bool;
+}
+
+/// The writer's connection to its store.
+pub trait WriteStore: Send {
+    /// Runs `f` in one transaction and commits it; rolls back when `f` or the commit
+    /// fails. Only after this returns `Ok` is anything durable (SENDACK after commit).
+    fn batch(&mut self, f: &mut dyn FnMut(&mut dyn Batch) -> Result<()>) -> Result<()>;
+    /// The store as logs name it (a file, or a server and database, never a password).
+    fn name(&self) -> String;
+}

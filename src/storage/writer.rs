@@ -36,11 +36,11 @@ use super::admin::AdminWrite;
 use super::append::{store_message, Outlet};
 use super::channels::{self, Channels};
 use super::queue::{QueueShared, Queues};
-use super::tx::WriteTx;
+use super::tx::{Batch, WriteStore};
+use super::DbError;
 use crate::mailbox::Mailbox;
 use crate::message::{Committed, Message, Planned};
 use crossbeam_channel::Sender;
-use rusqlite::Connection;
 use ruyi_proto::types::reason;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -149,9 +149,9 @@ pub struct WriterSettings {
 }
 
 /// The writer thread's state.
-#[allow(missing_debug_implementations)] // Holds the outlet and a SQLite connection.
+#[allow(missing_debug_implementations)] // Holds the outlet and the store's connection.
 pub struct Writer {
-    conn: Connection,
+    store: Box<dyn WriteStore>,
     rx: Mailbox<Job>,
     outlet: Box<dyn Outlet>,
     settings: WriterSettings,
@@ -176,9 +176,9 @@ enum Unapplied {
 }
 
 impl Writer {
-    /// A writer over `conn` (opened with `storage::open_writer`).
+    /// A writer over `store`.
     pub fn new(
-        conn: Connection,
+        store: Box<dyn WriteStore>,
         rx: Mailbox<Job>,
         outlet: Box<dyn Outlet>,
         settings: WriterSettings,
@@ -187,7 +187,7 @@ impl Writer {
         stopping: Arc<std::sync::atomic::AtomicBool>,
     ) -> Writer {
         Writer {
-            conn,
+            store,
             rx,
             outlet,
             settings: WriterSettings {
@@ -288,7 +288,7 @@ impl Writer {
             Err(e) => {
                 log::error!(
                     "storage {}: a batch of {jobs} jobs failed and was rolled back: {e}",
-                    self.conn.path().unwrap_or("?")
+                    self.store.name()
                 );
                 // Channel seqs handed out in this batch were never stored: forget them and
                 // reload from the database, so a channel's seqs neither gap nor repeat.
@@ -348,26 +348,21 @@ impl Writer {
         applied: &mut Vec<Applied>,
         unapplied: &mut Vec<Unapplied>,
         lane_done: &mut Vec<(LaneJob, Instant)>,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), DbError> {
         let retries = std::mem::take(&mut self.retry);
+        let mut retries = retries.into_iter();
         let mut failed_lane = Vec::new();
         let mut jobs = batch.drain(..);
-        let result = (|| {
-            // IMMEDIATE: the write lock is taken here, through the busy handler. A
-            // deferred transaction reads first and upgrades later, and an upgrade that
-            // meets the checkpointer's RESTART (which holds writers back for a moment)
-            // fails at once with "database is locked" instead of waiting.
-            let mut tx = self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (channels, queues) = (&mut self.channels, &mut self.queues);
+        let result = self.store.batch(&mut |b: &mut dyn Batch| {
             // Earlier failures first: they are older than anything in the batch.
-            for (job, first_failed) in retries {
-                match run_lane(&mut tx, &mut self.channels, &mut self.queues, &job) {
+            for (job, first_failed) in retries.by_ref() {
+                match run_lane(b, channels, queues, &job) {
                     Ok(()) => lane_done.push((job, first_failed)),
                     Err(e) => {
                         log::warn!("storage: {job:?} failed again: {e}");
                         failed_lane.push((job, first_failed));
-                        rolled_back(&tx, e)?;
+                        rolled_back(b, e)?;
                     }
                 }
             }
@@ -377,7 +372,7 @@ impl Writer {
                         let reply =
                             std::mem::replace(&mut planned.reply, crate::message::Reply::None);
                         let message_id = planned.message.message_id;
-                        match store_message(&*tx, &mut self.channels, &mut self.queues, *planned) {
+                        match store_message(b.tx(), channels, queues, *planned) {
                             Ok(mut committed) => {
                                 committed.reply = reply;
                                 applied.push(Applied::Message(committed));
@@ -392,51 +387,36 @@ impl Writer {
                         // Cached numbers and dedupe windows this write makes stale
                         // (channel deletion) go first; a failed write only reloads them.
                         for key in writes.iter().filter_map(AdminWrite::forgets) {
-                            self.channels.remove(key);
+                            channels.remove(key);
                         }
-                        let sp = tx.savepoint_with_name("admin")?;
-                        let result = writes
-                            .iter()
-                            .try_for_each(|w| sp.admin(w))
-                            .and_then(|()| sp.commit()); // or rolls back
-                        if let Err(e) = result {
-                            applied.push(Applied::Done(done, Err(e.to_string())));
-                            rolled_back(&tx, e)?;
-                        } else {
-                            applied.push(Applied::Done(done, Ok(())));
-                        }
+                        let result =
+                            b.savepoint(&mut |tx| writes.iter().try_for_each(|w| tx.admin(w)));
+                        settle(b, done, result, applied)?;
                     }
-                    Job::Lane(job) => {
-                        match run_lane(&mut tx, &mut self.channels, &mut self.queues, &job) {
-                            Ok(()) => lane_done.push((job, Instant::now())),
-                            Err(e) => {
-                                log::warn!("storage: {job:?} failed: {e}; will retry");
-                                failed_lane.push((job, Instant::now()));
-                                rolled_back(&tx, e)?;
-                            }
+                    Job::Lane(job) => match run_lane(b, channels, queues, &job) {
+                        Ok(()) => lane_done.push((job, Instant::now())),
+                        Err(e) => {
+                            log::warn!("storage: {job:?} failed: {e}; will retry");
+                            failed_lane.push((job, Instant::now()));
+                            rolled_back(b, e)?;
                         }
-                    }
+                    },
                     Job::SyncAck { uid, seq, done } => {
-                        let sp = tx.savepoint_with_name("syncack")?;
-                        let result = self
-                            .queues
-                            .sync_ack(&*sp, &uid, seq)
-                            .and_then(|()| sp.commit());
-                        if let Err(e) = result {
-                            applied.push(Applied::Done(done, Err(e.to_string())));
-                            rolled_back(&tx, e)?;
-                        } else {
-                            applied.push(Applied::Done(done, Ok(())));
-                        }
+                        let result = b.savepoint(&mut |tx| queues.sync_ack(tx, &uid, seq));
+                        settle(b, done, result, applied)?;
                     }
                 }
             }
-            tx.commit()
-        })();
+            Ok(())
+        });
         for (job, first_failed) in failed_lane {
             self.keep_for_retry(job, first_failed);
         }
         if result.is_err() {
+            // Retries the batch never reached are kept too.
+            for (job, first_failed) in retries {
+                lane_done.push((job, first_failed));
+            }
             for job in jobs {
                 match job {
                     Job::Message(p) => {
@@ -453,10 +433,30 @@ impl Writer {
     }
 }
 
+/// Records a savepointed job's outcome for its caller; fails the batch when the store
+/// rolled the whole transaction back (`rolled_back`).
+fn settle(
+    b: &dyn Batch,
+    done: Sender<Result<(), String>>,
+    result: Result<(), DbError>,
+    applied: &mut Vec<Applied>,
+) -> Result<(), DbError> {
+    match result {
+        Ok(()) => {
+            applied.push(Applied::Done(done, Ok(())));
+            Ok(())
+        }
+        Err(e) => {
+            applied.push(Applied::Done(done, Err(e.to_string())));
+            rolled_back(b, e)
+        }
+    }
+}
+
 /// After a savepoint failed with `e`: fine if only the savepoint was rolled back, but if
-/// SQLite rolled back the whole transaction (module docs) the batch must fail with `e`.
-fn rolled_back(tx: &rusqlite::Transaction<'_>, e: rusqlite::Error) -> rusqlite::Result<()> {
-    if tx.is_autocommit() {
+/// the store rolled back the whole transaction (module docs) the batch must fail with `e`.
+fn rolled_back(b: &dyn Batch, e: DbError) -> Result<(), DbError> {
+    if b.broken() {
         Err(e)
     } else {
         Ok(())
@@ -465,23 +465,21 @@ fn rolled_back(tx: &rusqlite::Transaction<'_>, e: rusqlite::Error) -> rusqlite::
 
 /// Runs one lane job under a savepoint, so its failure leaves the batch intact.
 fn run_lane(
-    tx: &mut rusqlite::Transaction<'_>,
+    b: &mut dyn Batch,
     channels: &mut Channels,
     queues: &mut Queues,
     job: &LaneJob,
-) -> rusqlite::Result<()> {
-    let sp = tx.savepoint_with_name("lane")?;
-    match job {
+) -> Result<(), DbError> {
+    b.savepoint(&mut |tx| match job {
         LaneJob::Requeue {
             uid,
             message,
             reserved,
         } => {
-            let row = channels::state(&*sp, channels, &message.channel)?.row;
+            let row = channels::state(tx, channels, &message.channel)?.row;
             let keep = message.channel.id.ends_with("____cmd");
-            queues.requeue(&*sp, uid, (row, message.message_seq), *reserved, keep)?;
+            queues.requeue(tx, uid, (row, message.message_seq), *reserved, keep)
         }
-        LaneJob::Delivered { uid, seq } => queues.mark_delivered(&*sp, uid, *seq)?,
-    }
-    sp.commit()
+        LaneJob::Delivered { uid, seq } => queues.mark_delivered(tx, uid, *seq),
+    })
 }

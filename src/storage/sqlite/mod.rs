@@ -34,10 +34,10 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Names the database file in a SQLite error: an operator must see which file failed.
-pub fn in_db(data_dir: &Path) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
+pub fn in_db<E: Into<super::DbError>>(data_dir: &Path) -> impl Fn(E) -> StorageError + '_ {
     move |source| StorageError::Database {
         path: db_path(data_dir),
-        source,
+        source: source.into(),
     }
 }
 
@@ -274,75 +274,87 @@ impl Reader {
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn device(&self, uid: &str, device_flag: u8) -> rusqlite::Result<Option<Device>> {
-        self.conn
-            .prepare_cached(
-                "SELECT token, device_level FROM devices WHERE uid = ?1 AND device_flag = ?2",
-            )?
-            .query_row(params![uid, device_flag], |r| {
-                Ok(Device {
-                    token: r.get(0)?,
-                    level: r.get(1)?,
+    pub fn device(&self, uid: &str, device_flag: u8) -> super::tx::Result<Option<Device>> {
+        let run = || -> rusqlite::Result<Option<Device>> {
+            self.conn
+                .prepare_cached(
+                    "SELECT token, device_level FROM devices WHERE uid = ?1 AND device_flag = ?2",
+                )?
+                .query_row(params![uid, device_flag], |r| {
+                    Ok(Device {
+                        token: r.get(0)?,
+                        level: r.get(1)?,
+                    })
                 })
-            })
-            .optional()
+                .optional()
+        };
+        Ok(run()?)
     }
 
     /// Flags and lists of a channel, or `None` if it was never created.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn channel(&self, key: &ChannelKey) -> rusqlite::Result<Option<ChannelInfo>> {
-        let row = self
-            .conn
-            .prepare_cached("SELECT id, ban, disband, send_ban FROM channels WHERE channel_id = ?1 AND channel_type = ?2")?
-            .query_row(params![key.id, key.channel_type], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?))
-            })
-            .optional()?;
-        let Some((id, ban, disband, send_ban)) = row else {
-            return Ok(None);
+    pub fn channel(&self, key: &ChannelKey) -> super::tx::Result<Option<ChannelInfo>> {
+        let run = || -> rusqlite::Result<Option<ChannelInfo>> {
+            let row = self
+                .conn
+                .prepare_cached("SELECT id, ban, disband, send_ban FROM channels WHERE channel_id = ?1 AND channel_type = ?2")?
+                .query_row(params![key.id, key.channel_type], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?, r.get::<_, bool>(3)?))
+                })
+                .optional()?;
+            let Some((id, ban, disband, send_ban)) = row else {
+                return Ok(None);
+            };
+            let list = |table: &str| -> rusqlite::Result<Vec<String>> {
+                let mut stmt = self.conn.prepare_cached(&format!(
+                    "SELECT uid FROM {table} WHERE channel = ?1 ORDER BY uid"
+                ))?;
+                let rows = stmt.query_map([id], |r| r.get(0))?;
+                rows.collect()
+            };
+            Ok(Some(ChannelInfo {
+                ban,
+                disband,
+                send_ban,
+                subscribers: list("subscribers")?.into(),
+                denylist: list("denylist")?,
+                allowlist: list("allowlist")?,
+            }))
         };
-        let list = |table: &str| -> rusqlite::Result<Vec<String>> {
-            let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT uid FROM {table} WHERE channel = ?1 ORDER BY uid"
-            ))?;
-            let rows = stmt.query_map([id], |r| r.get(0))?;
-            rows.collect()
-        };
-        Ok(Some(ChannelInfo {
-            ban,
-            disband,
-            send_ban,
-            subscribers: list("subscribers")?.into(),
-            denylist: list("denylist")?,
-            allowlist: list("allowlist")?,
-        }))
+        Ok(run()?)
     }
 
     /// The largest message id stored (0 when empty): the id generator's floor.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn max_message_id(&self) -> rusqlite::Result<i64> {
-        self.conn.query_row(
-            "SELECT COALESCE(MAX(message_id), 0) FROM messages",
-            [],
-            |r| r.get(0),
-        )
+    pub fn max_message_id(&self) -> super::tx::Result<i64> {
+        let run = || -> rusqlite::Result<i64> {
+            self.conn.query_row(
+                "SELECT COALESCE(MAX(message_id), 0) FROM messages",
+                [],
+                |r| r.get(0),
+            )
+        };
+        Ok(run()?)
     }
 
     /// The user's offline-queue cursor (0 when never acknowledged).
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn offline_cursor(&self, uid: &str) -> rusqlite::Result<u32> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT cursor FROM offline_cursor WHERE uid = ?1")?
-            .query_row([uid], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0))
+    pub fn offline_cursor(&self, uid: &str) -> super::tx::Result<u32> {
+        let run = || -> rusqlite::Result<u32> {
+            Ok(self
+                .conn
+                .prepare_cached("SELECT cursor FROM offline_cursor WHERE uid = ?1")?
+                .query_row([uid], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0))
+        };
+        Ok(run()?)
     }
 
     /// Undelivered queue entries with user seq above `after`, oldest first, at most
@@ -356,7 +368,7 @@ impl Reader {
         uid: &str,
         after: u32,
         limit: usize,
-    ) -> rusqlite::Result<Vec<OfflineEntry>> {
+    ) -> super::tx::Result<Vec<OfflineEntry>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT o.seq, m.seq, m.message_id, m.client_msg_no, m.from_uid, m.addressed_to, m.timestamp,
                     m.setting, m.flags, m.expire, m.topic, m.payload, c.channel_id, c.channel_type
@@ -373,7 +385,7 @@ impl Reader {
                 message: message_from_row(r, 1)?,
             })
         })?;
-        collect_within_budget(rows, |e| e.message.payload.len())
+        Ok(collect_within_budget(rows, |e| e.message.payload.len())?)
     }
 
     /// Messages of a channel with `low < seq <= high`, at most `limit` and about
@@ -389,7 +401,7 @@ impl Reader {
         high: u32,
         limit: usize,
         newest: bool,
-    ) -> rusqlite::Result<Option<Vec<Message>>> {
+    ) -> super::tx::Result<Option<Vec<Message>>> {
         let row: Option<i64> = self
             .conn
             .prepare_cached("SELECT id FROM channels WHERE channel_id = ?1 AND channel_type = ?2")?
@@ -424,7 +436,7 @@ impl Reader {
         &self,
         key: &ChannelKey,
         by: MessageKey<'_>,
-    ) -> rusqlite::Result<Option<Message>> {
+    ) -> super::tx::Result<Option<Message>> {
         let (column, value): (&str, rusqlite::types::Value) = match by {
             MessageKey::Id(id) => ("message_id", id.into()),
             MessageKey::ClientMsgNo(no) => ("client_msg_no", no.to_owned().into()),
@@ -436,43 +448,50 @@ impl Reader {
              WHERE c.channel_id = ?1 AND c.channel_type = ?2 AND m.{column} = ?3
              ORDER BY m.seq LIMIT 1"
         );
-        self.conn
+        Ok(self
+            .conn
             .prepare_cached(&sql)?
             .query_row(params![key.id, key.channel_type, value], |r| {
                 message_from_row(r, 0)
             })
-            .optional()
+            .optional()?)
     }
 
     /// A user's conversations (at most `limit`): channel, read position, deletion mark.
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn conversations(&self, uid: &str, limit: usize) -> rusqlite::Result<Vec<Conversation>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT ch.channel_id, ch.channel_type, c.read_to, c.deleted_at FROM conversations c
-             JOIN channels ch ON ch.id = c.channel WHERE c.uid = ?1 ORDER BY c.updated_at DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![uid, limit as i64], |r| {
-            Ok(Conversation {
-                channel: ChannelKey::new(r.get::<_, String>(0)?, r.get(1)?),
-                read_to: r.get(2)?,
-                deleted_at: r.get(3)?,
-            })
-        })?;
-        rows.collect()
+    pub fn conversations(&self, uid: &str, limit: usize) -> super::tx::Result<Vec<Conversation>> {
+        let run = || -> rusqlite::Result<Vec<Conversation>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT ch.channel_id, ch.channel_type, c.read_to, c.deleted_at FROM conversations c
+                 JOIN channels ch ON ch.id = c.channel WHERE c.uid = ?1 ORDER BY c.updated_at DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![uid, limit as i64], |r| {
+                Ok(Conversation {
+                    channel: ChannelKey::new(r.get::<_, String>(0)?, r.get(1)?),
+                    read_to: r.get(2)?,
+                    deleted_at: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        };
+        Ok(run()?)
     }
 
     /// The last seq of a channel (0 when it has no messages).
     ///
     /// # Errors
     /// SQLite errors.
-    pub fn last_seq(&self, key: &ChannelKey) -> rusqlite::Result<u32> {
-        self.conn
-            .prepare_cached(
-                                "SELECT MAX(c.last_seq, (SELECT COALESCE(MAX(m.seq), 0) FROM messages m WHERE m.channel = c.id))
-                 FROM channels c WHERE c.channel_id = ?1 AND c.channel_type = ?2",
-            )?
-            .query_row(params![key.id, key.channel_type], |r| r.get(0))
+    pub fn last_seq(&self, key: &ChannelKey) -> super::tx::Result<u32> {
+        let run = || -> rusqlite::Result<u32> {
+            self.conn
+                .prepare_cached(
+                                    "SELECT MAX(c.last_seq, (SELECT COALESCE(MAX(m.seq), 0) FROM messages m WHERE m.channel = c.id))
+                     FROM channels c WHERE c.channel_id = ?1 AND c.channel_type = ?2",
+                )?
+                .query_row(params![key.id, key.channel_type], |r| r.get(0))
+        };
+        Ok(run()?)
     }
 }
