@@ -47,8 +47,12 @@ pub struct Config {
     /// tokens and send as anyone (HTTP_API.md §1.2; the manager token arrives with the
     /// full API).
     pub http_addr: SocketAddr,
-    /// SQLite database directory (created if missing).
+    /// Data directory (created if missing): the SQLite database when the store is SQLite,
+    /// the token key (`tokens.rs`) and the directory lock in any case.
     pub data_dir: PathBuf,
+    /// Where messages and state live: `sqlite` (`<data_dir>/ruyi.db`, the default) or a
+    /// `postgres://user:password@host:port/db` URL (`storage/postgres/`).
+    pub store: String,
     /// Check the token registered with `POST /user/token` at CONNECT. On by default (a
     /// secure default; WuKongIM's is off). Turn off only for local tests and benchmarks.
     pub token_auth: bool,
@@ -178,6 +182,7 @@ impl Default for Config {
             http_addr: "127.0.0.1:5001".parse().expect("static address"),
             ws_addr: "0.0.0.0:5200".parse().expect("static address"),
             data_dir: PathBuf::from("data"),
+            store: "sqlite".to_owned(),
             token_auth: true,
             encryption: true,
             loops: cores,

@@ -45,9 +45,14 @@ struct Cli {
     /// [default: 127.0.0.1:5001]
     #[arg(long)]
     http_addr: Option<SocketAddr>,
-    /// Directory for the SQLite database [default: data]
+    /// Data directory: the SQLite database, the token key and the lock [default: data]
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Where messages and state live: `sqlite` (in --data-dir) or
+    /// postgres://user:password@host:port/db. Also read from RUYI_STORE, which keeps the
+    /// password out of process listings [default: sqlite]
+    #[arg(long, env = "RUYI_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Accept any token at CONNECT (local tests and benchmarks only)
     #[arg(long)]
     no_token_auth: bool,
@@ -146,6 +151,7 @@ struct FileConfig {
     ws_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     token_auth: Option<bool>,
     encryption: Option<bool>,
     loops: Option<usize>,
@@ -185,6 +191,7 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.ws_addr = f.ws_addr.unwrap_or(c.ws_addr);
         c.http_addr = f.http_addr.unwrap_or(c.http_addr);
         c.data_dir = f.data_dir.unwrap_or(c.data_dir);
+        c.store = f.store.unwrap_or(c.store);
         c.token_auth = f.token_auth.unwrap_or(c.token_auth);
         c.encryption = f.encryption.unwrap_or(c.encryption);
         c.sync_full = f.sync_full.unwrap_or(c.sync_full);
@@ -237,6 +244,7 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.ws_addr = cli.ws_addr.unwrap_or(c.ws_addr);
     c.http_addr = cli.http_addr.unwrap_or(c.http_addr);
     c.data_dir = cli.data_dir.unwrap_or(c.data_dir);
+    c.store = cli.store.unwrap_or(c.store);
     c.token_auth &= !cli.no_token_auth;
     c.encryption &= !cli.no_encryption;
     c.sync_full &= !cli.sync_normal;
@@ -340,6 +348,10 @@ fn main() {
                 std::process::exit(2);
             }
         }
+    }
+    if let (Some(Command::Backup { .. }), false) = (&command, config.store == "sqlite") {
+        eprintln!("ruyi: backup copies the SQLite store; back up PostgreSQL with its own tools (pg_dump, or a replica)");
+        std::process::exit(2);
     }
     if let Some(Command::Backup { to }) = command {
         match ruyi::storage::backup(&config.data_dir, &to) {

@@ -107,15 +107,21 @@ impl Server {
             (tcp.index(), http.index(), ws.index()),
             (LISTENER_TCP, LISTENER_HTTP, LISTENER_WS)
         );
+        let store = storage::Store::parse(
+            &config.store,
+            config.data_dir.clone(),
+            config.sync_full,
+            config.wal_max_bytes,
+        )?;
         let lock = storage::lock_data_dir(&config.data_dir)?;
-        let writer_conn =
-            storage::open_writer(&config.data_dir, config.sync_full, config.wal_max_bytes)?;
         let tokens = crate::tokens::TokenHasher::load_or_create(&config.data_dir)?;
-        storage::sqlite::admin::hash_plain_tokens(&writer_conn, |t| tokens.hash(t))
-            .map_err(storage::in_db(&config.data_dir))?;
-        let floor = storage::open_reader(&config.data_dir)?
-            .max_message_id()
-            .map_err(storage::in_db(&config.data_dir))?;
+        let write_store = store.open_writer(|t| tokens.hash(t))?;
+        let floor = store.open_reader()?.max_message_id().map_err(|source| {
+            storage::StorageError::Database {
+                path: store.name().into(),
+                source,
+            }
+        })?;
 
         let (writer_tx, writer_rx) = mailbox::bounded(WRITER_QUEUE);
         let (auth_tx, auth_rx) = bounded(AUTH_QUEUE);
@@ -198,7 +204,7 @@ impl Server {
         spawn(&mut threads, "ruyi-writer".into(), move || {
             let _lock = lock;
             Writer::new(
-                Box::new(storage::sqlite::tx::SqliteWriter::new(writer_conn)),
+                write_store,
                 writer_rx,
                 pusher,
                 settings,
@@ -208,36 +214,28 @@ impl Server {
             )
             .run();
         })?;
-        let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
-        let wal_max = shared.config.wal_max_bytes;
-        spawn(&mut threads, "ruyi-checkpoint".into(), move || {
-            storage::checkpointer(dir, wal_max, stop)
-        })?;
+        if store.is_sqlite() {
+            // SQLite's WAL is folded back by a thread of its own (`storage/sqlite`).
+            let (dir, stop) = (shared.config.data_dir.clone(), Arc::clone(&checkpoint_stop));
+            let wal_max = shared.config.wal_max_bytes;
+            spawn(&mut threads, "ruyi-checkpoint".into(), move || {
+                storage::checkpointer(dir, wal_max, stop)
+            })?;
+        }
         for (i, rx) in channel_rxs.into_iter().enumerate() {
-            let (s, reader) = (
-                Arc::clone(&shared),
-                storage::open_reader(&shared.config.data_dir)?,
-            );
+            let (s, reader) = (Arc::clone(&shared), store.open_reader()?);
             spawn(&mut threads, format!("ruyi-channel-{i}"), move || {
                 crate::channel::run(s, rx, reader)
             })?;
         }
         for i in 0..shared.config.auth_workers.max(1) {
-            let (s, rx, reader) = (
-                Arc::clone(&shared),
-                auth_rx.clone(),
-                storage::open_reader(&shared.config.data_dir)?,
-            );
+            let (s, rx, reader) = (Arc::clone(&shared), auth_rx.clone(), store.open_reader()?);
             spawn(&mut threads, format!("ruyi-auth-{i}"), move || {
                 crate::auth::run(s, rx, reader)
             })?;
         }
         for i in 0..shared.config.http_workers.max(1) {
-            let (s, rx, reader) = (
-                Arc::clone(&shared),
-                http_rx.clone(),
-                storage::open_reader(&shared.config.data_dir)?,
-            );
+            let (s, rx, reader) = (Arc::clone(&shared), http_rx.clone(), store.open_reader()?);
             spawn(&mut threads, format!("ruyi-http-{i}"), move || {
                 crate::http::run(s, rx, reader)
             })?;
@@ -250,8 +248,9 @@ impl Server {
             shared.config.data_dir.display()
         );
         log::info!(
-            "ruyi {}: {}",
+            "ruyi {}: store {} | {}",
             crate::metrics::VERSION_LINE,
+            store.name(),
             shared.config.summary()
         );
         if !shared.config.token_auth {

@@ -119,3 +119,16 @@ impl AdminWrite {
         }
     }
 }
+
+/// `setUnread`'s new read position: `unread` messages before the channel's `last` seq,
+/// all read when `unread` is 0 or less, never before the first message. Only ever moves
+/// forward (the store keeps the higher of this and the old one).
+pub fn unread_target(last: i64, unread: i64) -> i64 {
+    if unread <= 0 {
+        last
+    } else if unread > last {
+        (last - 1).max(0)
+    } else {
+        last - unread
+    }
+}

@@ -25,14 +25,19 @@ pub enum DbError {
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL (or the connection to it) said no.
     #[error(transparent)]
-    Postgres(#[from] postgres::Error),
+    Postgres(#[from] ::postgres::Error),
+    /// The store cannot be reached now (a reconnect is pending).
+    #[error("{0}")]
+    Unavailable(String),
 }
 pub mod append;
 pub mod channels;
 pub mod exposure;
 pub mod lru;
+pub mod postgres;
 pub mod queue;
 pub mod sqlite;
+pub mod store;
 pub mod tx;
 pub mod writer;
 
@@ -40,8 +45,9 @@ use crate::message::{ChannelKey, Message};
 use std::path::{Path, PathBuf};
 
 pub use sqlite::{
-    backup, checkpointer, db_bytes, db_path, in_db, open_reader, open_writer, wal_bytes, Reader,
+    backup, checkpointer, db_bytes, db_path, in_db, open_reader, open_writer, wal_bytes,
 };
+pub use store::{Reader, Store};
 
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]

@@ -260,13 +260,7 @@ fn change_conversation(
             )?;
         }
         ConversationOp::SetUnread => {
-            let target = if unread <= 0 {
-                last
-            } else if unread > last {
-                (last - 1).max(0)
-            } else {
-                last - unread
-            };
+            let target = crate::storage::admin::unread_target(last, unread);
             c.execute(
                 "UPDATE conversations SET read_to = MAX(read_to, ?3) WHERE uid = ?1 AND channel = ?2",
                 params![uid, row, target],

@@ -1,0 +1,362 @@
+//! [`WriteTx`], [`Batch`] and [`WriteStore`] on PostgreSQL.
+//!
+//! The `postgres` client's calls take `&mut`, the seam's `&self`: the open transaction
+//! sits in a `RefCell`, borrowed for one statement at a time (the writer thread alone uses
+//! it). Statements are prepared once per connection and kept.
+
+use super::ConnInfo;
+use crate::message::{ChannelKey, Message};
+use crate::storage::admin::AdminWrite;
+use crate::storage::tx::{Batch, RecentMessage, Result, WriteStore, WriteTx};
+use crate::storage::DbError;
+use postgres::types::ToSql;
+use postgres::{Client, Row, Statement, Transaction};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Prepared statements of one connection, by their text.
+pub type Statements = RefCell<HashMap<&'static str, Statement>>;
+
+/// The open transaction (or savepoint) and the connection's statements.
+#[allow(missing_debug_implementations)] // A client transaction: nothing to show.
+pub struct PgTx<'a, 'c> {
+    tx: RefCell<Transaction<'c>>,
+    statements: &'a Statements,
+}
+
+impl PgTx<'_, '_> {
+    fn statement(&self, sql: &'static str) -> Result<Statement> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.borrow_mut().prepare(sql)?;
+        self.statements.borrow_mut().insert(sql, s.clone());
+        Ok(s)
+    }
+
+    pub(super) fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().execute(&s, params)?)
+    }
+
+    pub(super) fn query(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query(&s, params)?)
+    }
+
+    pub(super) fn query_opt(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        let s = self.statement(sql)?;
+        Ok(self.tx.borrow_mut().query_opt(&s, params)?)
+    }
+
+    /// A statement built at run time (a table name): not kept.
+    pub(super) fn execute_dynamic(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        Ok(self.tx.borrow_mut().execute(sql, params)?)
+    }
+}
+
+/// A seq or flag as the schema stores it.
+fn n(v: impl Into<i64>) -> i64 {
+    v.into()
+}
+
+/// A stored number back as a `u32` seq (never above `u32::MAX`: written from one).
+fn seq(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+impl WriteTx for PgTx<'_, '_> {
+    fn ensure_channel(&self, key: &ChannelKey) -> Result<i64> {
+        self.execute(
+            "INSERT INTO channels (channel_id, channel_type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&key.id, &n(key.channel_type)],
+        )?;
+        let row = self.query(
+            "SELECT id FROM channels WHERE channel_id = $1 AND channel_type = $2",
+            &[&key.id, &n(key.channel_type)],
+        )?;
+        Ok(row.first().map(|r| r.get(0)).unwrap_or_default())
+    }
+
+    fn channel_high_water(&self, row: i64) -> Result<u32> {
+        let r = self.query(
+            "SELECT GREATEST(c.last_seq, COALESCE((SELECT MAX(seq) FROM messages WHERE channel = c.id), 0))
+             FROM channels c WHERE c.id = $1",
+            &[&row],
+        )?;
+        Ok(r.first().map_or(0, |r| seq(r.get(0))))
+    }
+
+    fn recent_messages(&self, row: i64, after: u32) -> Result<Vec<RecentMessage>> {
+        let rows = self.query(
+            "SELECT from_uid, client_msg_no, message_id, seq FROM messages
+             WHERE channel = $1 AND seq > $2 ORDER BY seq",
+            &[&row, &n(after)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), seq(r.get(3))))
+            .collect())
+    }
+
+    fn insert_message(&self, row: i64, m: &Message) -> Result<()> {
+        self.execute(
+            "INSERT INTO messages (channel, seq, message_id, client_msg_no, from_uid, addressed_to, timestamp,
+                                   setting, flags, expire, topic, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &row,
+                &n(m.message_seq),
+                &m.message_id,
+                &m.client_msg_no,
+                &m.from_uid,
+                &m.addressed_to,
+                &n(m.timestamp),
+                &n(m.setting),
+                &n(m.flags.0 & !ruyi_proto::Flags::DUP),
+                &n(m.expire),
+                &m.topic,
+                &&m.payload[..],
+            ],
+        )?;
+        // The channel's counter row moves with every message, under this transaction's
+        // row lock: two writers of one channel queue on it, and a seq one of them took
+        // from a stale cache fails on the primary key instead of repeating (issue 16).
+        self.execute(
+            "UPDATE channels SET last_seq = GREATEST(last_seq, $2) WHERE id = $1",
+            &[&row, &n(m.message_seq)],
+        )?;
+        Ok(())
+    }
+
+    fn ensure_conversation(&self, uid: &str, row: i64, now_secs: i64) -> Result<()> {
+        self.execute(
+            "INSERT INTO conversations (uid, channel, read_to, deleted_at, updated_at)
+             VALUES ($1, $2, 0, 0, $3) ON CONFLICT DO NOTHING",
+            &[&uid, &row, &now_secs],
+        )?;
+        Ok(())
+    }
+
+    fn offline_max_seq(&self, uid: &str) -> Result<u32> {
+        let r = self.query(
+            "SELECT COALESCE(MAX(seq), 0) FROM offline WHERE uid = $1",
+            &[&uid],
+        )?;
+        Ok(r.first().map_or(0, |r| seq(r.get(0))))
+    }
+
+    fn offline_cursor(&self, uid: &str) -> Result<u32> {
+        Ok(self
+            .query_opt("SELECT cursor FROM offline_cursor WHERE uid = $1", &[&uid])?
+            .map_or(0, |r| seq(r.get(0))))
+    }
+
+    fn offline_insert(
+        &self,
+        uid: &str,
+        at: u32,
+        channel: i64,
+        channel_seq: u32,
+        keep: bool,
+    ) -> Result<()> {
+        self.execute(
+            "INSERT INTO offline (uid, seq, channel, channel_seq, keep) VALUES ($1, $2, $3, $4, $5)",
+            &[&uid, &n(at), &channel, &n(channel_seq), &keep],
+        )?;
+        Ok(())
+    }
+
+    fn offline_trim(&self, uid: &str, bound: u32) -> Result<usize> {
+        let gone = self.execute(
+            "DELETE FROM offline WHERE uid = $1 AND keep = FALSE AND seq <= (
+                SELECT seq FROM offline WHERE uid = $1 AND keep = FALSE
+                ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+            &[&uid, &n(bound)],
+        )?;
+        Ok(gone as usize)
+    }
+
+    fn offline_holds(&self, uid: &str, channel: i64, channel_seq: u32) -> Result<bool> {
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM offline WHERE uid = $1 AND channel = $2 AND channel_seq = $3 LIMIT 1",
+                &[&uid, &channel, &n(channel_seq)],
+            )?
+            .is_some())
+    }
+
+    fn offline_seq_taken(&self, uid: &str, at: u32) -> Result<bool> {
+        Ok(self
+            .query_opt(
+                "SELECT 1 FROM offline WHERE uid = $1 AND seq = $2",
+                &[&uid, &n(at)],
+            )?
+            .is_some())
+    }
+
+    fn offline_mark_delivered(&self, uid: &str, at: u32) -> Result<bool> {
+        Ok(self.execute(
+            "UPDATE offline SET delivered = TRUE WHERE uid = $1 AND seq = $2",
+            &[&uid, &n(at)],
+        )? > 0)
+    }
+
+    fn offline_raise_cursor(&self, uid: &str, at: u32) -> Result<()> {
+        self.execute(
+            "INSERT INTO offline_cursor (uid, cursor) VALUES ($1, $2)
+             ON CONFLICT (uid) DO UPDATE SET cursor = GREATEST(offline_cursor.cursor, excluded.cursor)",
+            &[&uid, &n(at)],
+        )?;
+        self.execute(
+            "DELETE FROM offline WHERE uid = $1 AND seq <= (SELECT cursor FROM offline_cursor WHERE uid = $1)",
+            &[&uid],
+        )?;
+        Ok(())
+    }
+
+    fn offline_walk(&self, uid: &str, after: u32, limit: usize) -> Result<Vec<(u32, bool)>> {
+        let rows = self.query(
+            "SELECT seq, delivered FROM offline WHERE uid = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&uid, &n(after), &(limit as i64)],
+        )?;
+        Ok(rows.iter().map(|r| (seq(r.get(0)), r.get(1))).collect())
+    }
+
+    fn admin(&self, write: &AdminWrite) -> Result<()> {
+        super::admin::apply(self, write)
+    }
+}
+
+struct PgBatch<'a, 'c> {
+    tx: PgTx<'a, 'c>,
+    /// Set when a savepoint failed because the connection went: nothing can follow.
+    broken: bool,
+}
+
+impl Batch for PgBatch<'_, '_> {
+    fn tx(&self) -> &dyn WriteTx {
+        &self.tx
+    }
+
+    fn savepoint(&mut self, f: &mut dyn FnMut(&dyn WriteTx) -> Result<()>) -> Result<()> {
+        let mut outer = self.tx.tx.borrow_mut();
+        let inner = outer.transaction()?;
+        let sp = PgTx {
+            tx: RefCell::new(inner),
+            statements: self.tx.statements,
+        };
+        match f(&sp) {
+            Ok(()) => Ok(sp.tx.into_inner().commit()?),
+            Err(e) => {
+                if matches!(&e, DbError::Postgres(p) if p.is_closed()) {
+                    self.broken = true;
+                }
+                Err(e) // dropping the savepoint rolls it back
+            }
+        }
+    }
+
+    fn broken(&self) -> bool {
+        self.broken
+    }
+}
+
+/// How long the writer waits between attempts to reach a PostgreSQL it lost.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// The writer's PostgreSQL connection; reconnects, at most once per
+/// [`RECONNECT_EVERY`], when it finds the connection gone (each batch meanwhile fails:
+/// its SENDs get reason 15, nothing is acknowledged).
+pub struct PgWriter {
+    info: ConnInfo,
+    client: Option<Client>,
+    statements: Statements,
+    last_attempt: Option<Instant>,
+}
+
+impl std::fmt::Debug for PgWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgWriter")
+            .field("store", &self.info.name)
+            .finish()
+    }
+}
+
+impl PgWriter {
+    /// The writer over a connected, migrated `client`.
+    pub fn new(info: ConnInfo, client: Client) -> PgWriter {
+        PgWriter {
+            info,
+            client: Some(client),
+            statements: RefCell::default(),
+            last_attempt: None,
+        }
+    }
+}
+
+/// The writer's client, reconnected first when it was lost (see [`PgWriter`]).
+fn connected<'a>(
+    client: &'a mut Option<Client>,
+    info: &ConnInfo,
+    last_attempt: &mut Option<Instant>,
+    statements: &Statements,
+) -> Result<&'a mut Client> {
+    if client.as_ref().is_some_and(Client::is_closed) {
+        log::error!("storage: lost the connection to {}", info.name);
+        *client = None;
+    }
+    if client.is_none() {
+        if last_attempt.is_some_and(|at| at.elapsed() < RECONNECT_EVERY) {
+            return Err(DbError::Unavailable(format!(
+                "{} is unreachable; retrying every {RECONNECT_EVERY:?}",
+                info.name
+            )));
+        }
+        *last_attempt = Some(Instant::now());
+        let fresh = info.connect()?;
+        log::info!("storage: reconnected to {}", info.name);
+        // Prepared statements belonged to the old connection.
+        statements.borrow_mut().clear();
+        *client = Some(fresh);
+    }
+    client
+        .as_mut()
+        .ok_or_else(|| DbError::Unavailable(info.name.clone()))
+}
+
+impl WriteStore for PgWriter {
+    fn batch(&mut self, f: &mut dyn FnMut(&mut dyn Batch) -> Result<()>) -> Result<()> {
+        let client = connected(
+            &mut self.client,
+            &self.info,
+            &mut self.last_attempt,
+            &self.statements,
+        )?;
+        let statements = &self.statements;
+        let tx = client.transaction()?;
+        let mut batch = PgBatch {
+            tx: PgTx {
+                tx: RefCell::new(tx),
+                statements,
+            },
+            broken: false,
+        };
+        f(&mut batch)?; // on error, dropping the transaction rolls it back
+        batch.tx.tx.into_inner().commit()?;
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        self.info.name.clone()
+    }
+}
