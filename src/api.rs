@@ -4,8 +4,7 @@
 
 use crate::gateway::ToLoop;
 use crate::http::{
-    admin, bad, error_body, invalidate, message_json, ok, parse, valid_id, Answer, ChannelBody,
-    HttpRequest,
+    admin, bad, invalidate, message_json, ok, parse, valid_id, Answer, ChannelBody, HttpRequest,
 };
 use crate::message::ChannelKey;
 use crate::shared::SharedRef;
@@ -19,7 +18,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn storage_error(e: crate::storage::DbError) -> Answer {
-    (500, error_body(500, &format!("storage: {e}")))
+    crate::http::storage_answer(&e)
 }
 
 /// Query-string value of `name` (`+` and `%XX` decoded).

@@ -424,6 +424,13 @@ fn audit(req: &HttpRequest, status: u16, took: Duration) {
 /// An HTTP status and a JSON body.
 pub type Answer = (u16, String);
 
+/// A store error as the HTTP API answers it: 503 when the store cannot be reached (try
+/// again), 500 when it refused.
+pub(crate) fn storage_answer(e: &crate::storage::DbError) -> Answer {
+    let status = if e.is_unavailable() { 503 } else { 500 };
+    (status, error_body(status, &format!("storage: {e}")))
+}
+
 pub(crate) fn ok() -> Answer {
     (200, json!({"status": 200}).to_string())
 }
@@ -1099,7 +1106,7 @@ fn message_sync(shared: &SharedRef, reader: &Reader, body: &[u8]) -> Result<Answ
         return Err(bad("limit and message_seq must not be negative"));
     }
     let limit = if b.limit == 0 { 200 } else { b.limit.min(1000) } as usize;
-    let storage = |e: crate::storage::DbError| (500, error_body(500, &format!("storage: {e}")));
+    let storage = |e: crate::storage::DbError| storage_answer(&e);
     let requested = u32::try_from(b.message_seq).unwrap_or(u32::MAX);
     let entries = shared
         .queue

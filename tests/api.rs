@@ -555,7 +555,8 @@ fn a_deleted_channel_never_reuses_a_seq_even_after_a_restart() {
         );
         v["data"]["message_seq"].as_u64().unwrap()
     };
-    let server = ruyi::Server::start(ruyi::Config::for_test(&dir)).unwrap();
+    let config = test_config_in(&dir);
+    let server = ruyi::Server::start(config.clone()).unwrap();
     post(
         server.http_addr(),
         "/channel",
@@ -578,7 +579,7 @@ fn a_deleted_channel_never_reuses_a_seq_even_after_a_restart() {
     );
     assert_eq!(send(&server), 3, "the writer's numbers carry on");
     server.stop();
-    let server = ruyi::Server::start(ruyi::Config::for_test(&dir)).unwrap();
+    let server = ruyi::Server::start(config).unwrap();
     assert_eq!(send(&server), 4, "and survive a restart");
 }
 

@@ -167,6 +167,7 @@ fn an_existing_data_directory_open_to_others_is_tightened() {
 #[test]
 fn an_online_backup_finishes_under_load_and_restores_every_acknowledged_message() {
     let dir = temp_dir("backup");
+    pin_sqlite(&dir);
     let (tcp, http) = (free_addr(), free_addr());
     let server = RuyiProcess::spawn(&dir, tcp, http);
     let stop = Arc::new(AtomicBool::new(false));
@@ -222,6 +223,7 @@ fn an_online_backup_finishes_under_load_and_restores_every_acknowledged_message(
     assert_eq!(mode, 0o600, "the copy holds every token");
     // Restore: the copy as ruyi.db in an empty data directory.
     let restored = temp_dir("restored");
+    pin_sqlite(&restored);
     std::fs::copy(&copy, restored.join("ruyi.db")).expect("restore");
     let (tcp2, http2) = (free_addr(), free_addr());
     let server = RuyiProcess::spawn(&restored, tcp2, http2);

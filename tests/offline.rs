@@ -623,8 +623,7 @@ fn a_message_one_device_gave_up_is_queued_while_another_device_lives() {
 fn a_graceful_stop_queues_what_devices_had_not_acknowledged() {
     // Reservations live in memory: a clean stop must turn every unacknowledged RECV into
     // a queue entry before storage stops.
-    let dir = temp_dir("stop-queue");
-    let mut config = ruyi::Config::for_test(&dir);
+    let mut config = test_config("stop-queue");
     config.max_sends_per_sec = 0;
     let server = ruyi::Server::start(config.clone()).expect("starts");
     register(&server, "alice", "t", 1, 0);
@@ -649,8 +648,7 @@ fn a_drained_device_that_acknowledged_gets_nothing_twice_and_loses_nothing() {
     // Issue 15 item 9 with the review's finding: the drain closes connections while
     // messages flow. What bob acknowledged must not come back from his queue after the
     // restart; what alice had acknowledged must be at bob or in his queue.
-    let dir = temp_dir("drain-acks");
-    let mut config = ruyi::Config::for_test(&dir);
+    let mut config = test_config("drain-acks");
     config.max_sends_per_sec = 0;
     config.shutdown_drain = Duration::from_millis(400);
     let server = ruyi::Server::start(config.clone()).expect("starts");

@@ -30,6 +30,18 @@ pub enum DbError {
     #[error("{0}")]
     Unavailable(String),
 }
+
+impl DbError {
+    /// True when the store could not be reached (rather than refusing a statement): the
+    /// HTTP API answers 503, and the caller may try again.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Unavailable(_) => true,
+            DbError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            DbError::Sqlite(_) => false,
+        }
+    }
+}
 pub mod append;
 pub mod channels;
 pub mod exposure;

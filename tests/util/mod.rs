@@ -41,10 +41,69 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The PostgreSQL server the suite runs on (`RUYI_TEST_PG`: an admin URL naming database
+/// `postgres`, as `scripts/pg-test-server.sh` prints it); `None`: the suite runs on SQLite.
+pub fn pg_admin() -> Option<String> {
+    std::env::var("RUYI_TEST_PG").ok().filter(|v| !v.is_empty())
+}
+
+/// A store for one test server: `sqlite`, or a new, empty PostgreSQL database when the
+/// suite runs on PostgreSQL (issue 16: every storage test runs on both).
+pub fn test_store(name: &str) -> String {
+    let Some(admin) = pg_admin() else {
+        return "sqlite".to_owned();
+    };
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    let db = format!(
+        "t_{clean}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut client =
+        postgres::Client::connect(&admin, postgres::NoTls).expect("the test PostgreSQL answers");
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .expect("a test database");
+    admin.replacen("/postgres?", &format!("/{db}?"), 1)
+}
+
+/// The test config for a server named `name`: ephemeral ports, a fresh data directory,
+/// and the suite's store.
+pub fn test_config(name: &str) -> Config {
+    let mut config = Config::for_test(temp_dir(name));
+    config.store = test_store(name);
+    config
+}
+
+/// Makes the binary started on `dir` ([`RuyiProcess`]) use SQLite whatever the suite's
+/// store: for the tests of SQLite's own files (its WAL, its backup).
+pub fn pin_sqlite(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("test-store"), "sqlite").unwrap();
+}
+
+/// [`test_config`] with data in `dir`.
+pub fn test_config_in(dir: &std::path::Path) -> Config {
+    let mut config = Config::for_test(dir);
+    config.store = test_store(&dir.file_name().unwrap_or_default().to_string_lossy());
+    config
+}
+
 /// Starts an in-process server on ephemeral ports with `tweak` applied to the test config.
 pub fn start(name: &str, tweak: impl FnOnce(&mut Config)) -> Server {
     init();
-    let mut config = Config::for_test(temp_dir(name));
+    let mut config = test_config(name);
     tweak(&mut config);
     Server::start(config).expect("server starts")
 }
@@ -410,9 +469,17 @@ impl RuyiProcess {
         http: SocketAddr,
         env: &[(&str, &str)],
     ) -> RuyiProcess {
+        let store = std::fs::read_to_string(data.join("test-store")).unwrap_or_else(|_| {
+            // Kept next to the data, so a restart of this "machine" finds its database.
+            let store = test_store("proc");
+            std::fs::create_dir_all(data).unwrap();
+            std::fs::write(data.join("test-store"), &store).unwrap();
+            store
+        });
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_ruyi"))
             .arg("--data-dir")
             .arg(data)
+            .args(["--store", &store])
             .args([
                 "--tcp-addr",
                 &tcp.to_string(),
