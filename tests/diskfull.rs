@@ -99,6 +99,7 @@ fn a_full_disk_fails_sends_with_a_reason_loses_nothing_acknowledged_and_recovers
         }
     };
     let data = fs.path().join("data");
+    pin_sqlite(&data); // the disk under test is the data directory's
     let (tcp, http) = (free_addr(), free_addr());
     let mut server = RuyiProcess::spawn(&data, tcp, http);
     let mut alice = Client::ok(tcp, &Login::new("alice", "any"));

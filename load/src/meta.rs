@@ -129,7 +129,7 @@ fn server(pid: u32) -> Server {
         .map(|raw| {
             raw.split(|&b| b == 0)
                 .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .map(|a| redact(&String::from_utf8_lossy(a)))
                 .collect()
         })
         .unwrap_or_default();
@@ -138,6 +138,27 @@ fn server(pid: u32) -> Server {
         pid,
         command,
         version,
+    }
+}
+
+/// An argument with any URL password replaced (`postgres://user:secret@host` becomes
+/// `postgres://user:***@host`): results are shared, passwords are not.
+fn redact(arg: &str) -> String {
+    let Some(scheme_end) = arg.find("://") else {
+        return arg.to_owned();
+    };
+    let rest = &arg[scheme_end + 3..];
+    let Some(at) = rest.find('@') else {
+        return arg.to_owned();
+    };
+    match rest[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &arg[..scheme_end + 3],
+            &rest[..colon],
+            &rest[at..]
+        ),
+        None => arg.to_owned(),
     }
 }
 
@@ -173,6 +194,16 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_redacted() {
+        assert_eq!(
+            redact("postgres://ruyi:s3cret@db:5432/ruyi"),
+            "postgres://ruyi:***@db:5432/ruyi"
+        );
+        assert_eq!(redact("postgres://ruyi@db/ruyi"), "postgres://ruyi@db/ruyi");
+        assert_eq!(redact("--store"), "--store");
+    }
 
     #[test]
     fn dates_are_civil() {

@@ -79,8 +79,13 @@ impl ConnInfo {
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .application_name("ruyi")
+            // A link that goes silent (a partition, a moved failover address) is noticed
+            // by TCP keepalives rather than after the kernel's retransmissions give up.
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            // SENDACK after a durable commit, whatever the role's or database's default.
             .options(&format!(
-                "-c statement_timeout={}",
+                "-c statement_timeout={} -c synchronous_commit=on",
                 STATEMENT_TIMEOUT.as_millis()
             ));
         Ok(ConnInfo { config, name })

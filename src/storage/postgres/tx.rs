@@ -249,21 +249,32 @@ impl Batch for PgBatch<'_, '_> {
     }
 
     fn savepoint(&mut self, f: &mut dyn FnMut(&dyn WriteTx) -> Result<()>) -> Result<()> {
+        // Any failure of SAVEPOINT, RELEASE or ROLLBACK TO leaves PostgreSQL's transaction
+        // aborted, and a COMMIT of an aborted transaction is a rollback that reports
+        // success: the batch must fail instead (`broken`).
         let mut outer = self.tx.tx.borrow_mut();
-        let inner = outer.transaction()?;
+        let inner = match outer.transaction() {
+            Ok(inner) => inner,
+            Err(e) => {
+                self.broken = true;
+                return Err(e.into());
+            }
+        };
         let sp = PgTx {
             tx: RefCell::new(inner),
             statements: self.tx.statements,
         };
-        match f(&sp) {
-            Ok(()) => Ok(sp.tx.into_inner().commit()?),
-            Err(e) => {
-                if matches!(&e, DbError::Postgres(p) if p.is_closed()) {
-                    self.broken = true;
-                }
-                Err(e) // dropping the savepoint rolls it back
-            }
+        let result = f(&sp);
+        let inner = sp.tx.into_inner();
+        let ended = match &result {
+            Ok(()) => inner.commit(),
+            Err(_) => inner.rollback(),
+        };
+        if let Err(e) = ended {
+            self.broken = true;
+            return Err(e.into());
         }
+        result
     }
 
     fn broken(&self) -> bool {
@@ -352,7 +363,12 @@ impl WriteStore for PgWriter {
             broken: false,
         };
         f(&mut batch)?; // on error, dropping the transaction rolls it back
-        batch.tx.tx.into_inner().commit()?;
+        let mut tx = batch.tx.tx.into_inner();
+        // PostgreSQL answers COMMIT of an aborted transaction with a rollback that the
+        // client reports as success. A statement fails in an aborted one: the batch fails
+        // and nothing is acknowledged, whatever aborted it.
+        tx.batch_execute("SELECT 1")?;
+        tx.commit()?;
         Ok(())
     }
 
