@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# SQLite against PostgreSQL (issue 16), same run, same machine: person chat's durable
+# sends/s (1,000 pairs, window 8) and the two fan-out shapes, one fresh release server per
+# row, PostgreSQL on a private server (scripts/pg-test-server.sh) on the same cores.
+#
+#   scripts/bench-store.sh [seconds]      (default 5 measured seconds per run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-5}
+out=target/bench/store
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.txt
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+cargo build --release -q -p ruyi -p ruyi-load
+eval "$(bash scripts/pg-test-server.sh start)"
+trap 'bash scripts/pg-test-server.sh stop "$RUYI_TEST_PG_DIR"' EXIT
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+flags="--no-encryption --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0"
+run() { # store name load-args... -> "deliveries/s sends/s sendack-p99-us server-cpu-s"
+  local store=$1 name=$2; shift 2
+  local url=sqlite
+  if [ "$store" = postgres ]; then
+    # A fresh database per row (run() is called in a subshell: no counter survives it).
+    local db=bench_${name//-/_}
+    psql -q "$RUYI_TEST_PG" -c "CREATE DATABASE $db" >/dev/null
+    url=${RUYI_TEST_PG/\/postgres\?//$db?}
+  fi
+  # shellcheck disable=SC2086
+  start_ruyi $flags --store "$url" || exit 1
+  "target/release/ruyi-load" "$@" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" --warmup 2 \
+    --seconds "$seconds" --server-pid "$pid" --prefix "$name" --json "$out/$name-$store.json" \
+    >"$out/$name-$store.txt" 2>&1 || { echo "FAILED: $name on $store (see $out/$name-$store.txt)" >&2; stop_ruyi; exit 1; }
+  stop_ruyi
+  python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print("%.0f %.0f %d %.2f" % (r["deliveries_per_sec"], r["sends_per_sec"], r["sendack_latency"]["p99_us"], r["server_cpu_seconds"]))' \
+    "$out/$name-$store.json"
+}
+printf "%-14s %-9s %14s %10s %14s %8s\n" workload store deliveries/s sends/s "SENDACK p99 us" cpu-s | tee "$out/summary.txt"
+for spec in "person-1000|person --pairs 1000 --window 8" \
+            "group-1x1000|group --groups 1 --members 1000 --senders 1 --window 32" \
+            "group-100x10|group --groups 100 --members 10 --senders 1 --window 8"; do
+  name=${spec%%|*}; args=${spec#*|}
+  for store in sqlite postgres; do
+    # shellcheck disable=SC2086
+    row=$(run "$store" "$name" $args) || exit 1
+    read -r d s p c <<<"$row"
+    printf "%-14s %-9s %14s %10s %14s %8s\n" "$name" "$store" "$d" "$s" "$p" "$c" | tee -a "$out/summary.txt"
+  done
+done
