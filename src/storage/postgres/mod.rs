@@ -13,6 +13,7 @@
 //! and reads answer errors (HTTP 503). Every statement is bounded by `statement_timeout`.
 
 pub mod admin;
+pub mod pending;
 pub mod schema;
 pub mod tx;
 

@@ -4,6 +4,7 @@
 //! sits in a `RefCell`, borrowed for one statement at a time (the writer thread alone uses
 //! it). Statements are prepared once per connection and kept.
 
+use super::pending::Pending;
 use super::ConnInfo;
 use crate::message::{ChannelKey, Message};
 use crate::storage::admin::AdminWrite;
@@ -23,9 +24,34 @@ pub type Statements = RefCell<HashMap<&'static str, Statement>>;
 pub struct PgTx<'a, 'c> {
     tx: RefCell<Transaction<'c>>,
     statements: &'a Statements,
+    /// Rows held back until the next other statement (`pending.rs`).
+    pending: RefCell<Pending>,
 }
 
-impl PgTx<'_, '_> {
+impl<'a, 'c> PgTx<'a, 'c> {
+    fn new(tx: Transaction<'c>, statements: &'a Statements) -> PgTx<'a, 'c> {
+        PgTx {
+            tx: RefCell::new(tx),
+            statements,
+            pending: RefCell::default(),
+        }
+    }
+
+    /// Writes the held rows (`pending.rs`): before any other statement, a savepoint's end
+    /// and the commit.
+    pub(super) fn flush(&self) -> Result<()> {
+        if self.pending.borrow().is_empty() {
+            return Ok(());
+        }
+        let statements = self.pending.borrow_mut().take();
+        for (sql, params) in statements {
+            let s = self.statement(sql)?;
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
+            self.tx.borrow_mut().execute(&s, &refs)?;
+        }
+        Ok(())
+    }
+
     fn statement(&self, sql: &'static str) -> Result<Statement> {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
@@ -36,6 +62,7 @@ impl PgTx<'_, '_> {
     }
 
     pub(super) fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        self.flush()?;
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().execute(&s, params)?)
     }
@@ -45,6 +72,7 @@ impl PgTx<'_, '_> {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>> {
+        self.flush()?;
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().query(&s, params)?)
     }
@@ -54,12 +82,14 @@ impl PgTx<'_, '_> {
         sql: &'static str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Option<Row>> {
+        self.flush()?;
         let s = self.statement(sql)?;
         Ok(self.tx.borrow_mut().query_opt(&s, params)?)
     }
 
     /// A statement built at run time (a table name): not kept.
     pub(super) fn execute_dynamic(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        self.flush()?;
         Ok(self.tx.borrow_mut().execute(sql, params)?)
     }
 }
@@ -109,32 +139,11 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn insert_message(&self, row: i64, m: &Message) -> Result<()> {
-        self.execute(
-            "INSERT INTO messages (channel, seq, message_id, client_msg_no, from_uid, addressed_to, timestamp,
-                                   setting, flags, expire, topic, payload)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &[
-                &row,
-                &n(m.message_seq),
-                &m.message_id,
-                &m.client_msg_no,
-                &m.from_uid,
-                &m.addressed_to,
-                &n(m.timestamp),
-                &n(m.setting),
-                &n(m.flags.0 & !ruyi_proto::Flags::DUP),
-                &n(m.expire),
-                &m.topic,
-                &&m.payload[..],
-            ],
-        )?;
-        // The channel's counter row moves with every message, under this transaction's
-        // row lock: two writers of one channel queue on it, and a seq one of them took
-        // from a stale cache fails on the primary key instead of repeating (issue 16).
-        self.execute(
-            "UPDATE channels SET last_seq = GREATEST(last_seq, $2) WHERE id = $1",
-            &[&row, &n(m.message_seq)],
-        )?;
+        // Held, with the channel's counter move, until the next other statement
+        // (`pending.rs`). The counter row moves under this transaction's row lock: two
+        // writers of one channel queue on it, and a seq one of them took from a stale cache
+        // fails on the primary key instead of repeating (issue 16).
+        self.pending.borrow_mut().message(row, m);
         Ok(())
     }
 
@@ -169,10 +178,9 @@ impl WriteTx for PgTx<'_, '_> {
         channel_seq: u32,
         keep: bool,
     ) -> Result<()> {
-        self.execute(
-            "INSERT INTO offline (uid, seq, channel, channel_seq, keep) VALUES ($1, $2, $3, $4, $5)",
-            &[&uid, &n(at), &channel, &n(channel_seq), &keep],
-        )?;
+        self.pending
+            .borrow_mut()
+            .offline(uid, at, channel, channel_seq, keep);
         Ok(())
     }
 
@@ -252,6 +260,12 @@ impl Batch for PgBatch<'_, '_> {
         // Any failure of SAVEPOINT, RELEASE or ROLLBACK TO leaves PostgreSQL's transaction
         // aborted, and a COMMIT of an aborted transaction is a rollback that reports
         // success: the batch must fail instead (`broken`).
+        // What the batch holds is written first: the savepoint's statements must see it,
+        // and a rollback of the savepoint must not take it along.
+        if let Err(e) = self.tx.flush() {
+            self.broken = true;
+            return Err(e);
+        }
         let mut outer = self.tx.tx.borrow_mut();
         let inner = match outer.transaction() {
             Ok(inner) => inner,
@@ -260,11 +274,9 @@ impl Batch for PgBatch<'_, '_> {
                 return Err(e.into());
             }
         };
-        let sp = PgTx {
-            tx: RefCell::new(inner),
-            statements: self.tx.statements,
-        };
-        let result = f(&sp);
+        let sp = PgTx::new(inner, self.tx.statements);
+        // Its held rows are written before it is released (or dropped with it).
+        let result = f(&sp).and_then(|()| sp.flush());
         let inner = sp.tx.into_inner();
         let ended = match &result {
             Ok(()) => inner.commit(),
@@ -356,13 +368,11 @@ impl WriteStore for PgWriter {
         let statements = &self.statements;
         let tx = client.transaction()?;
         let mut batch = PgBatch {
-            tx: PgTx {
-                tx: RefCell::new(tx),
-                statements,
-            },
+            tx: PgTx::new(tx, statements),
             broken: false,
         };
         f(&mut batch)?; // on error, dropping the transaction rolls it back
+        batch.tx.flush()?;
         let mut tx = batch.tx.tx.into_inner();
         // PostgreSQL answers COMMIT of an aborted transaction with a rollback that the
         // client reports as success. A statement fails in an aborted one: the batch fails
