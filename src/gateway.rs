@@ -588,6 +588,16 @@ impl Gateway {
             self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
             return Flow::Next;
         }
+        if send.client_msg_no.contains('\0') || send.topic.contains('\0') {
+            // Stored as text, which cannot hold NUL (see `message::is_reserved_id`).
+            let outcome = crate::message::SendOutcome {
+                message_id: self.shared.ids.next(),
+                message_seq: 0,
+                reason: reason::PAYLOAD_DECODE_ERROR,
+            };
+            self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
+            return Flow::Next;
+        }
         let encrypted = s.cipher.is_some() && !send.setting.has(Setting::NO_ENCRYPT);
         let payload = match (&s.cipher, encrypted) {
             (Some(cipher), true) => match cipher.open_send(&send) {

@@ -900,6 +900,9 @@ fn message_send(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
             "from_uid must not contain @ # & nor be reserved (PROTOCOL.md §8.3)",
         ));
     }
+    if b.client_msg_no.contains('\0') {
+        return Err(bad("client_msg_no must not contain NUL"));
+    }
     if [&b.from_uid, &b.channel_id, &b.client_msg_no]
         .iter()
         .any(|s| s.len() > ruyi_proto::MAX_STRING_BYTES)

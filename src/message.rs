@@ -15,7 +15,10 @@ pub const SYSTEM_UID: &str = "____system";
 /// or channel may take one: a uid ending in `____cmd` could otherwise write into another
 /// pair's command channel, next to the app server's real commands.
 pub fn is_reserved_id(id: &str) -> bool {
-    id.contains("____")
+    // NUL: valid UTF-8, but no SQL text column takes it (PostgreSQL refuses the whole
+    // statement, which would fail everyone's batch), so no id may hold it.
+    id.contains('\0')
+        || id.contains("____")
         || id.ends_with("___vstr")
         || id.ends_with("@tmp")
         || id == "systemcmdonline"

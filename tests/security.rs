@@ -466,3 +466,27 @@ fn sends_are_limited_in_bytes_as_well_as_count() {
         "small ones still pass"
     );
 }
+
+#[test]
+fn a_nul_byte_in_an_id_or_a_client_msg_no_is_refused_and_fails_nobody_elses_send() {
+    use ruyi_proto::types::{channel_type::PERSON, reason};
+    // SQL text cannot hold NUL: on PostgreSQL one such value would fail the whole batch
+    // it is in, everyone's messages with it (issue 16). Refused at the edge instead.
+    let server = start("nul", |c| c.max_sends_per_sec = 0);
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    let mut bob = Client::ok(server.tcp_addr(), &Login::new("bob", "t"));
+    alice.send("bob", PERSON, b"{}", "a\0b");
+    assert_eq!(alice.sendack().reason_code, reason::PAYLOAD_DECODE_ERROR);
+    alice.send("b\0b", PERSON, b"{}", "ok-id");
+    assert_eq!(alice.sendack().reason_code, reason::CHANNEL_ID_ERROR);
+    bob.send("alice", PERSON, b"{}", "fine");
+    assert_eq!(bob.sendack().reason_code, reason::SUCCESS);
+    let http = server.http_addr();
+    let body = json!({"channel_id": "bob", "channel_type": PERSON, "from_uid": "alice",
+        "client_msg_no": "x\u{0}y", "payload": "e30="});
+    assert_eq!(post(http, "/message/send", body).0, 400);
+    let token = json!({"uid": "n\u{0}l", "token": "t", "device_flag": 1});
+    assert_eq!(post(http, "/user/token", token).0, 400);
+}
