@@ -590,13 +590,8 @@ impl Gateway {
         }
         if send.client_msg_no.contains('\0') || send.topic.contains('\0') {
             // Stored as text, which cannot hold NUL (see `message::is_reserved_id`).
-            let outcome = crate::message::SendOutcome {
-                message_id: self.shared.ids.next(),
-                message_seq: 0,
-                reason: reason::PAYLOAD_DECODE_ERROR,
-            };
-            self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
-            return Flow::Next;
+            let ws = s.ws.is_some();
+            return self.refuse_send(conn, &send, reason::PAYLOAD_DECODE_ERROR, s.version, ws);
         }
         let encrypted = s.cipher.is_some() && !send.setting.has(Setting::NO_ENCRYPT);
         let payload = match (&s.cipher, encrypted) {
@@ -604,13 +599,9 @@ impl Gateway {
                 Ok(plain) => Bytes::from(plain),
                 Err(e) => {
                     log::debug!("conn={} uid={} SEND refused: {e}", conn.id(), s.uid);
-                    let outcome = crate::message::SendOutcome {
-                        message_id: self.shared.ids.next(),
-                        message_seq: 0,
-                        reason: reason::PAYLOAD_DECODE_ERROR,
-                    };
-                    self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
-                    return Flow::Next;
+                    let (version, ws) = (s.version, s.ws.is_some());
+                    let code = reason::PAYLOAD_DECODE_ERROR;
+                    return self.refuse_send(conn, &send, code, version, ws);
                 }
             },
             _ => send.payload.clone(),
@@ -621,13 +612,8 @@ impl Gateway {
         {
             // A person id with '@' would forge a combined id, a reserved one a system
             // channel (`X____cmd`); an empty one names nothing.
-            let outcome = crate::message::SendOutcome {
-                message_id: self.shared.ids.next(),
-                message_seq: 0,
-                reason: reason::CHANNEL_ID_ERROR,
-            };
-            self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
-            return Flow::Next;
+            let ws = s.ws.is_some();
+            return self.refuse_send(conn, &send, reason::CHANNEL_ID_ERROR, s.version, ws);
         }
         let key = if send.channel_type == channel_type::PERSON {
             ChannelKey::new(
@@ -678,6 +664,25 @@ impl Gateway {
     fn clock_ms(&self, conn: &ConnCtx<'_>) -> u64 {
         let elapsed = conn.now().saturating_duration_since(self.shared.started);
         u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Answers `send` with SENDACK `code`, nothing stored; the refusal still gets a message
+    /// id, as WuKongIM gives one.
+    fn refuse_send(
+        &mut self,
+        conn: &mut ConnCtx<'_>,
+        send: &SendPacket,
+        code: u8,
+        version: u8,
+        ws: bool,
+    ) -> Flow {
+        let outcome = crate::message::SendOutcome {
+            message_id: self.shared.ids.next(),
+            message_seq: 0,
+            reason: code,
+        };
+        self.queue_sendack(conn, send, outcome, version, ws);
+        Flow::Next
     }
 
     fn queue_sendack(
