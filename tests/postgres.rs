@@ -226,3 +226,31 @@ fn two_servers_on_one_database_keep_every_channel_dense_and_unique() {
         );
     }
 }
+
+#[test]
+fn a_batch_of_large_messages_is_written_in_several_statements_and_stored_whole() {
+    // The writer holds a batch's rows and, past 16 MiB held, writes them at once (PostgreSQL
+    // refuses a statement over 1 GiB). This drives that mid-batch write: a broadcast of
+    // 300 KiB to 120 users (36 MiB in one batch) must be stored whole. (The 1 GiB refusal
+    // itself is not reproduced here: too large for a test.)
+    let Some(pg) = Pg::start() else { return };
+    let store = pg.database("largebatch");
+    let server = start("pg-large", |c| c.store = store.clone());
+    let users: Vec<String> = (0..120).map(|i| format!("u{i}")).collect();
+    let payload = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 300 << 10])
+    };
+    let body = json!({"from_uid": "app", "subscribers": users, "payload": payload});
+    let (status, v) = post(server.http_addr(), "/message/sendbatch", body);
+    assert_eq!(status, 200, "{v}");
+    let mut db = postgres::Client::connect(&store, postgres::NoTls).unwrap();
+    let stored: i64 = db
+        .query_one(
+            "SELECT COUNT(*) FROM messages WHERE octet_length(payload) = $1",
+            &[&(300i32 << 10)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 120);
+}

@@ -134,8 +134,8 @@ fn fake_server(fault: Fault) -> SocketAddr {
     addr
 }
 
-/// Runs one person pair against a server with `fault`: (exit success, lost, dup, reordered).
-fn run(fault: Fault) -> (bool, u64, u64, u64) {
+/// Runs one person pair against a server with `fault`: (exit success, its summary line).
+fn run_raw(fault: Fault) -> (bool, String) {
     let addr = fake_server(fault);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ruyi-load"))
         .args([
@@ -152,41 +152,28 @@ fn run(fault: Fault) -> (bool, u64, u64, u64) {
         .args(["--tcp", &addr.to_string()])
         .output()
         .expect("ruyi-load runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// [`run_raw`], its counts read: (exit success, lost, dup, reordered).
+fn run(fault: Fault) -> (bool, u64, u64, u64) {
+    let (ok, text) = run_raw(fault);
     let field = |name: &str| -> u64 {
         text.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{name}=")))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name}= in {text}"))
     };
-    (
-        out.status.success(),
-        field("lost"),
-        field("dup"),
-        field("reordered"),
-    )
+    (ok, field("lost"), field("dup"), field("reordered"))
 }
 
 #[test]
 fn sends_a_stalled_server_never_answers_fail_the_run() {
-    let addr = fake_server(Fault::Mute(100));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ruyi-load"))
-        .args([
-            "person",
-            "--pairs",
-            "1",
-            "--window",
-            "4",
-            "--warmup",
-            "0",
-            "--seconds",
-            "1",
-        ])
-        .args(["--tcp", &addr.to_string()])
-        .output()
-        .expect("ruyi-load runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "a stalled server passed: {text}");
+    let (ok, text) = run_raw(Fault::Mute(100));
+    assert!(!ok, "a stalled server passed: {text}");
     assert!(text.contains("unanswered=4"), "{text}");
 }
 

@@ -192,6 +192,28 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, StorageError> {
 /// for 10,000 messages of 1 MiB would load 10 GB before anything could trim it.
 pub const READ_BUDGET_BYTES: usize = 2 << 20;
 
+/// Collects rows until their payloads pass [`READ_BUDGET_BYTES`] (at least one row), so a
+/// read stops early whatever the backend.
+///
+/// # Errors
+/// The first row that failed.
+pub(crate) fn within_budget<T, E>(
+    rows: impl Iterator<Item = Result<T, E>>,
+    payload_len: impl Fn(&T) -> usize,
+) -> Result<Vec<T>, E> {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let row = row?;
+        bytes += payload_len(&row);
+        out.push(row);
+        if bytes >= READ_BUDGET_BYTES {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Device {
     /// The registered token.

@@ -162,9 +162,6 @@ impl std::fmt::Debug for PgReader {
     }
 }
 
-/// Payload bytes one read of several messages loads at most (as SQLite's).
-use super::READ_BUDGET_BYTES;
-
 fn n(v: impl Into<i64>) -> i64 {
     v.into()
 }
@@ -193,19 +190,6 @@ fn message_from_row(r: &Row, at: usize) -> Message {
             u8::try_from(r.get::<_, i64>(at + 12)).unwrap_or_default(),
         ),
     }
-}
-
-fn within_budget<T>(rows: Vec<T>, payload_len: impl Fn(&T) -> usize) -> Vec<T> {
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    for row in rows {
-        bytes += payload_len(&row);
-        out.push(row);
-        if bytes >= READ_BUDGET_BYTES {
-            break;
-        }
-    }
-    out
 }
 
 impl PgReader {
@@ -320,14 +304,13 @@ impl PgReader {
              LIMIT $3",
             &[&uid, &n(after), &(limit as i64)],
         )?;
-        let entries = rows
-            .iter()
-            .map(|r| OfflineEntry {
+        let entries = rows.iter().map(|r| {
+            Ok::<_, DbError>(OfflineEntry {
                 user_seq: seq(r.get(0)),
                 message: message_from_row(r, 1),
             })
-            .collect();
-        Ok(within_budget(entries, |e| e.message.payload.len()))
+        });
+        super::within_budget(entries, |e| e.message.payload.len())
     }
 
     /// See the SQLite reader.
@@ -364,9 +347,11 @@ impl PgReader {
                 &n(key.channel_type),
             ],
         )?;
-        let messages = rows.iter().map(|r| message_from_row(r, 0)).collect();
+        let messages = rows
+            .iter()
+            .map(|r| Ok::<_, DbError>(message_from_row(r, 0)));
         // Read from the end the caller asked for, so a cut keeps what is nearest to it.
-        let mut list = within_budget(messages, |m: &Message| m.payload.len());
+        let mut list = super::within_budget(messages, |m| m.payload.len())?;
         list.sort_by_key(|m| m.message_seq);
         Ok(Some(list))
     }

@@ -36,7 +36,14 @@ pub struct Pending {
     o_channel: Vec<i64>,
     o_channel_seq: Vec<i64>,
     o_keep: Vec<bool>,
+    /// Payload bytes held: past [`FLUSH_BYTES`] the rows are written at once.
+    bytes: usize,
 }
+
+/// Payload bytes the writer holds back at most. A statement carries every held row, and
+/// PostgreSQL refuses a message over 1 GiB: a batch of a thousand 1 MiB messages must go in
+/// several statements, not fail everyone's sends.
+pub const FLUSH_BYTES: usize = 16 << 20;
 
 /// The statements that write held rows, one round trip each.
 pub const INSERT_MESSAGES: &str = "INSERT INTO messages (channel, seq, message_id, client_msg_no,
@@ -69,6 +76,7 @@ impl Pending {
         self.m_expire.push(i64::from(m.expire));
         self.m_topic.push(m.topic.clone());
         self.m_payload.push(m.payload.to_vec());
+        self.bytes += m.payload.len() + m.client_msg_no.len() + m.topic.len() + 64;
         let top = self.counters.entry(row).or_default();
         *top = (*top).max(i64::from(m.message_seq));
     }
@@ -80,6 +88,11 @@ impl Pending {
         self.o_channel.push(channel);
         self.o_channel_seq.push(i64::from(channel_seq));
         self.o_keep.push(keep);
+    }
+
+    /// True when the held rows should be written now ([`FLUSH_BYTES`]).
+    pub fn is_full(&self) -> bool {
+        self.bytes >= FLUSH_BYTES
     }
 
     /// True when nothing is held.

@@ -143,7 +143,14 @@ impl WriteTx for PgTx<'_, '_> {
         // (`pending.rs`). The counter row moves under this transaction's row lock: two
         // writers of one channel queue on it, and a seq one of them took from a stale cache
         // fails on the primary key instead of repeating (issue 16).
-        self.pending.borrow_mut().message(row, m);
+        let full = {
+            let mut pending = self.pending.borrow_mut();
+            pending.message(row, m);
+            pending.is_full()
+        };
+        if full {
+            self.flush()?;
+        }
         Ok(())
     }
 

@@ -19,9 +19,7 @@ pub mod admin;
 pub mod schema;
 pub mod tx;
 
-use super::{
-    ChannelInfo, Conversation, Device, MessageKey, OfflineEntry, StorageError, READ_BUDGET_BYTES,
-};
+use super::{ChannelInfo, Conversation, Device, MessageKey, OfflineEntry, StorageError};
 use crate::message::{ChannelKey, Message};
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -164,24 +162,6 @@ pub fn checkpointer(
     }
     // A last full pass so a clean shutdown leaves a small WAL.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-}
-
-/// Collects rows until `limit` is reached or their payloads pass [`READ_BUDGET_BYTES`].
-fn collect_within_budget<T>(
-    rows: impl Iterator<Item = rusqlite::Result<T>>,
-    payload_len: impl Fn(&T) -> usize,
-) -> rusqlite::Result<Vec<T>> {
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    for row in rows {
-        let row = row?;
-        bytes += payload_len(&row);
-        out.push(row);
-        if bytes >= READ_BUDGET_BYTES {
-            break;
-        }
-    }
-    Ok(out)
 }
 
 /// Writes a consistent copy of the database in `data_dir` to `to` (which must not exist),
@@ -385,7 +365,7 @@ impl Reader {
                 message: message_from_row(r, 1)?,
             })
         })?;
-        Ok(collect_within_budget(rows, |e| e.message.payload.len())?)
+        Ok(super::within_budget(rows, |e| e.message.payload.len())?)
     }
 
     /// Messages of a channel with `low < seq <= high`, at most `limit` and about
@@ -421,7 +401,7 @@ impl Reader {
             |r| message_from_row(r, 0),
         )?;
         // Read from the end the caller asked for, so a cut keeps what is nearest to it.
-        let mut list = collect_within_budget(rows, |m| m.payload.len())?;
+        let mut list = super::within_budget(rows, |m| m.payload.len())?;
         list.sort_by_key(|m| m.message_seq);
         Ok(Some(list))
     }
