@@ -4,6 +4,7 @@
 # row, PostgreSQL on a private server (scripts/pg-test-server.sh) on the same cores.
 #
 #   scripts/bench-store.sh [seconds]      (default 5 measured seconds per run)
+#   PERF=1 scripts/bench-store.sh         (also perf-records person chat on each store)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
@@ -26,16 +27,43 @@ run() { # store name load-args... -> "deliveries/s sends/s sendack-p99-us server
     psql -q "$RUYI_TEST_PG" -c "CREATE DATABASE $db" >/dev/null
     url=${RUYI_TEST_PG/\/postgres\?//$db?}
   fi
+  [ "$store" = postgres ] && lsn0=$(psql -qtA "$RUYI_TEST_PG" -c "SELECT pg_current_wal_lsn()")
   # shellcheck disable=SC2086
   start_ruyi $flags --store "$url" || exit 1
+  if [ -n "${PERF:-}" ] && [ "$name" = person-1000 ]; then
+    # Where the time goes: Ruyi's threads sampled for the measured seconds.
+    perf record -q -F 499 -g -o "$out/$name-$store.perf" -p "$pid" -- sleep $((seconds + 2)) \
+      >/dev/null 2>&1 &
+  fi
   "target/release/ruyi-load" "$@" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" --warmup 2 \
     --seconds "$seconds" --server-pid "$pid" --prefix "$name" --json "$out/$name-$store.json" \
     >"$out/$name-$store.txt" 2>&1 || { echo "FAILED: $name on $store (see $out/$name-$store.txt)" >&2; stop_ruyi; exit 1; }
+  wait  # perf, when it ran
+  if [ "$store" = postgres ]; then cost "$db" "$lsn0" >"$out/$name-cost.txt"; fi
   stop_ruyi
   python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))
 print("%.0f %.0f %d %.2f" % (r["deliveries_per_sec"], r["sends_per_sec"], r["sendack_latency"]["p99_us"], r["server_cpu_seconds"]))' \
     "$out/$name-$store.json"
+}
+# What one message cost PostgreSQL over the server's whole run (setup and warm-up
+# included): WAL bytes, rows written, round trips and messages per batch.
+cost() { # db lsn0
+  local m; m=$(curl -s "http://127.0.0.1:$http/metrics")
+  metric() { awk -v n="$1" '$1 == n { print $2 }' <<<"$m"; }
+  local stored batches trips
+  stored=$(metric ruyi_stored_total); batches=$(metric ruyi_storage_commit_seconds_count)
+  trips=$(metric ruyi_storage_round_trips_total)
+  psql -qtA "$RUYI_TEST_PG" -c "SELECT pg_stat_force_next_flush()" >/dev/null 2>&1 || true
+  sleep 1  # the statistics collector's delay
+  psql -qtA -F ' ' "$RUYI_TEST_PG" -c "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$2'),
+      tup_inserted, tup_updated, tup_deleted FROM pg_stat_database WHERE datname = '$1'" |
+    python3 -c 'import sys
+wal, ins, upd, dele = map(float, sys.stdin.read().split())
+stored, batches, trips = map(float, sys.argv[1:4])
+print("messages %d  batches %d (%.1f messages each)  round trips %.1f per batch, %.3f per message" % (stored, batches, stored / batches, trips / batches, trips / stored))
+print("per message: WAL %.0f bytes  rows inserted %.2f  updated %.2f  deleted %.2f" % (wal / stored, ins / stored, upd / stored, dele / stored))' \
+      "$stored" "$batches" "$trips"
 }
 pg_max=0
 printf "%-14s %-9s %14s %10s %14s %8s\n" workload store deliveries/s sends/s "SENDACK p99 us" cpu-s | tee "$out/summary.txt"
@@ -49,6 +77,7 @@ for spec in "person-1000|person --pairs 1000 --window 8" \
     read -r d s p c <<<"$row"
     printf "%-14s %-9s %14s %10s %14s %8s\n" "$name" "$store" "$d" "$s" "$p" "$c" | tee -a "$out/summary.txt"
     if [ "$name/$store" = person-1000/postgres ]; then pg_max=$s; fi
+    if [ "$store" = postgres ]; then sed 's/^/    /' "$out/$name-cost.txt" | tee -a "$out/summary.txt"; fi
   done
 done
 # SENDACK latency at half of PostgreSQL's maximum, paced, on both stores (issue 16's goal:

@@ -5,6 +5,7 @@
 #   eval "$(scripts/pg-test-server.sh start)"   # exports RUYI_TEST_PG and RUYI_TEST_PG_DIR
 #   scripts/pg-test-server.sh stop "$RUYI_TEST_PG_DIR"
 #   scripts/pg-test-server.sh down DIR | up DIR   # crash it (immediate stop), start it again
+#   scripts/pg-test-server.sh tls DIR PORT CERT KEY  # TLS-only TCP on 127.0.0.1:PORT
 #
 # PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres` system
 # user that Debian's package creates, and its commands run through `runuser`.
@@ -47,5 +48,25 @@ shared_buffers = 64MB" | as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
     dir=${2:?usage: $0 up DIR}
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
     ;;
-  *) echo "usage: $0 start | stop DIR | down DIR | up DIR" >&2; exit 2 ;;
+  tls)
+    # Serve TCP on 127.0.0.1:PORT with TLS only (plain TCP is refused), with the given
+    # certificate and key; the Unix socket keeps trust auth (its name follows the port).
+    dir=${2:?usage: $0 tls DIR PORT CERT KEY}; port=${3:?}; cert=${4:?}; key=${5:?}
+    for f in "$cert:server.crt" "$key:server.key"; do
+      as_owner tee "$dir/data/${f#*:}" <"${f%%:*}" >/dev/null
+      as_owner chmod 0600 "$dir/data/${f#*:}"
+    done
+    echo "listen_addresses = '127.0.0.1'
+port = $port
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'" | as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
+    { echo "hostnossl all all 127.0.0.1/32 reject"
+      echo "hostssl all all 127.0.0.1/32 trust"
+      as_owner cat "$dir/data/pg_hba.conf"; } >"$dir/hba.new"
+    as_owner tee "$dir/data/pg_hba.conf" <"$dir/hba.new" >/dev/null
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart \
+      >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+    ;;
+  *) echo "usage: $0 start | stop DIR | down DIR | up DIR | tls DIR PORT CERT KEY" >&2; exit 2 ;;
 esac

@@ -53,6 +53,15 @@ pub struct Config {
     /// Where messages and state live: `sqlite` (`<data_dir>/ruyi.db`, the default) or a
     /// `postgres://user:password@host:port/db` URL (`storage/postgres/`).
     pub store: String,
+    /// PostgreSQL only: read connections the pool threads share (the writer holds one
+    /// more). Default 16.
+    pub store_pool_size: usize,
+    /// PostgreSQL only: how long one statement may run before PostgreSQL cancels it, and
+    /// how long a read waits for a free pooled connection. Default 10 s.
+    pub store_statement_timeout: Duration,
+    /// PostgreSQL only: extra trusted certificates (PEM) for `sslmode=require`, beside the
+    /// Mozilla roots (the database's own CA).
+    pub store_ca_file: Option<PathBuf>,
     /// Check the token registered with `POST /user/token` at CONNECT. On by default (a
     /// secure default; WuKongIM's is off). Turn off only for local tests and benchmarks.
     pub token_auth: bool,
@@ -183,6 +192,9 @@ impl Default for Config {
             ws_addr: "0.0.0.0:5200".parse().expect("static address"),
             data_dir: PathBuf::from("data"),
             store: "sqlite".to_owned(),
+            store_pool_size: 16,
+            store_statement_timeout: Duration::from_secs(10),
+            store_ca_file: None,
             token_auth: true,
             encryption: true,
             loops: cores,
@@ -244,6 +256,14 @@ impl Config {
                  set --manager-token or bind it to 127.0.0.1",
                 self.http_addr
             ));
+        }
+        if !(1..=1000).contains(&self.store_pool_size) {
+            return Err("store_pool_size must be between 1 and 1000".into());
+        }
+        if self.store_statement_timeout < Duration::from_millis(100)
+            || self.store_statement_timeout > Duration::from_secs(3600)
+        {
+            return Err("store_statement_timeout_ms must be between 100 and 3600000".into());
         }
         if self.max_sends_per_sec > 1_000_000 {
             // The send bucket counts thousandths of a message in a u32 (src/rate.rs).

@@ -27,6 +27,7 @@ pub mod registry;
 pub mod server;
 pub mod shared;
 pub mod storage;
+pub mod tls;
 pub mod tokens;
 pub mod webhook;
 

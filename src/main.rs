@@ -53,6 +53,17 @@ struct Cli {
     /// password out of process listings [default: sqlite]
     #[arg(long, env = "RUYI_STORE", hide_env_values = true)]
     store: Option<String>,
+    /// PostgreSQL: read connections the pool threads share; the writer holds one more
+    /// [default: 16]
+    #[arg(long, value_name = "N")]
+    store_pool_size: Option<usize>,
+    /// PostgreSQL: how long a statement may run before it is cancelled [default: 10000]
+    #[arg(long, value_name = "MS")]
+    store_statement_timeout_ms: Option<u64>,
+    /// PostgreSQL with sslmode=require: extra trusted certificates (PEM), e.g. the
+    /// database's own CA; the server's certificate is always verified
+    #[arg(long, value_name = "FILE")]
+    store_ca_file: Option<PathBuf>,
     /// Accept any token at CONNECT (local tests and benchmarks only)
     #[arg(long)]
     no_token_auth: bool,
@@ -152,6 +163,9 @@ struct FileConfig {
     http_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     store: Option<String>,
+    store_pool_size: Option<usize>,
+    store_statement_timeout_ms: Option<u64>,
+    store_ca_file: Option<PathBuf>,
     token_auth: Option<bool>,
     encryption: Option<bool>,
     loops: Option<usize>,
@@ -192,6 +206,11 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.http_addr = f.http_addr.unwrap_or(c.http_addr);
         c.data_dir = f.data_dir.unwrap_or(c.data_dir);
         c.store = f.store.unwrap_or(c.store);
+        c.store_pool_size = f.store_pool_size.unwrap_or(c.store_pool_size);
+        c.store_statement_timeout = f
+            .store_statement_timeout_ms
+            .map_or(c.store_statement_timeout, Duration::from_millis);
+        c.store_ca_file = f.store_ca_file.or(c.store_ca_file);
         c.token_auth = f.token_auth.unwrap_or(c.token_auth);
         c.encryption = f.encryption.unwrap_or(c.encryption);
         c.sync_full = f.sync_full.unwrap_or(c.sync_full);
@@ -245,6 +264,11 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.http_addr = cli.http_addr.unwrap_or(c.http_addr);
     c.data_dir = cli.data_dir.unwrap_or(c.data_dir);
     c.store = cli.store.unwrap_or(c.store);
+    c.store_pool_size = cli.store_pool_size.unwrap_or(c.store_pool_size);
+    c.store_statement_timeout = cli
+        .store_statement_timeout_ms
+        .map_or(c.store_statement_timeout, Duration::from_millis);
+    c.store_ca_file = cli.store_ca_file.or(c.store_ca_file);
     c.token_auth &= !cli.no_token_auth;
     c.encryption &= !cli.no_encryption;
     c.sync_full &= !cli.sync_normal;
@@ -332,12 +356,20 @@ fn main() {
     };
     if let Some(Command::Check) = command {
         let ca = config.webhook_ca_file.as_deref();
-        let checked = config.validate().and_then(|()| match ca {
-            Some(path) => ruyi::webhook::tls_config(Some(path))
-                .map(|_| ())
-                .map_err(|e| format!("webhook_ca_file: {e}")),
-            None => Ok(()),
-        });
+        let checked = config
+            .validate()
+            .and_then(|()| match ca {
+                Some(path) => ruyi::tls::client_config(Some(path))
+                    .map(|_| ())
+                    .map_err(|e| format!("webhook_ca_file: {e}")),
+                None => Ok(()),
+            })
+            // The store URL and its CA file, without connecting.
+            .and_then(|()| {
+                ruyi::server::store_of(&config)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            });
         match checked {
             Ok(()) => {
                 println!("ruyi: settings ok: {}", config.summary());

@@ -62,6 +62,24 @@ pub struct Server {
     checkpoint_stop: Arc<AtomicBool>,
 }
 
+/// The store `config` names (parsed, not opened).
+///
+/// # Errors
+/// A `store` value or a PostgreSQL setting that cannot be used; the message names it.
+pub fn store_of(config: &Config) -> Result<storage::Store, storage::StorageError> {
+    storage::Store::parse(
+        &config.store,
+        config.data_dir.clone(),
+        config.sync_full,
+        config.wal_max_bytes,
+        storage::PgSettings {
+            pool_size: config.store_pool_size,
+            statement_timeout: config.store_statement_timeout,
+            ca_file: config.store_ca_file.clone(),
+        },
+    )
+}
+
 fn spawn(
     threads: &mut Vec<JoinHandle<()>>,
     name: String,
@@ -107,12 +125,7 @@ impl Server {
             (tcp.index(), http.index(), ws.index()),
             (LISTENER_TCP, LISTENER_HTTP, LISTENER_WS)
         );
-        let store = storage::Store::parse(
-            &config.store,
-            config.data_dir.clone(),
-            config.sync_full,
-            config.wal_max_bytes,
-        )?;
+        let store = store_of(&config)?;
         let lock = storage::lock_data_dir(&config.data_dir)?;
         let tokens = crate::tokens::TokenHasher::load_or_create(&config.data_dir)?;
         let write_store = store.open_writer(|t| tokens.hash(t))?;

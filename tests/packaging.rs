@@ -109,7 +109,7 @@ fn check_refuses_settings_that_cannot_start_with_status_2() {
 }
 
 #[test]
-fn check_refuses_an_unreadable_webhook_ca_and_a_drain_past_a_minute() {
+fn check_refuses_unusable_ca_files_stores_and_a_drain_past_a_minute() {
     let dir = temp_dir("check-ca");
     let bad = dir.join("ca.pem");
     std::fs::write(&bad, "not a certificate").unwrap();
@@ -121,6 +121,15 @@ fn check_refuses_an_unreadable_webhook_ca_and_a_drain_past_a_minute() {
             bad.display().to_string(),
         ],
         vec!["--shutdown-drain-secs".to_owned(), "3600".to_owned()],
+        // The store's URL, its CA file and its pool, checked without connecting.
+        vec![
+            "--store".to_owned(),
+            "postgres://u@db.internal/ruyi?sslmode=require".to_owned(),
+            "--store-ca-file".to_owned(),
+            bad.display().to_string(),
+        ],
+        vec!["--store".to_owned(), "mysql://db.internal/ruyi".to_owned()],
+        vec!["--store-pool-size".to_owned(), "0".to_owned()],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_ruyi"))
             .args(&args)

@@ -45,12 +45,28 @@ impl Pg {
     }
 
     fn ctl(&self, what: &str) {
+        self.ctl_with(what, &[]);
+    }
+
+    fn ctl_with(&self, what: &str, args: &[&str]) {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-server.sh");
         let status = Command::new("bash")
             .args([script, what, &self.dir])
+            .args(args)
             .status()
             .unwrap();
         assert!(status.success(), "pg-test-server.sh {what}");
+    }
+
+    /// How many connections the servers hold to database `name`.
+    fn ruyi_connections(&self, name: &str) -> i64 {
+        let mut c = postgres::Client::connect(&self.admin, postgres::NoTls).unwrap();
+        c.query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'ruyi'",
+            &[&name],
+        )
+        .unwrap()
+        .get(0)
     }
 
     /// A new empty database: its URL.
@@ -88,76 +104,118 @@ fn a_wrong_store_url_fails_the_start_naming_host_and_database_never_the_password
     );
 }
 
+/// Everything in `uid`'s offline queue, paged as a client does (sync, syncack, sync on):
+/// the client_msg_nos, or `None` when a read fails.
+fn drain_queue(http: std::net::SocketAddr, uid: &str) -> Option<Vec<String>> {
+    let mut all = Vec::new();
+    loop {
+        let (status, list) = post(http, "/message/sync", json!({"uid": uid, "limit": 1000}));
+        if status != 200 {
+            return None;
+        }
+        let list = list.as_array()?.clone();
+        let Some(last) = list.last() else {
+            return Some(all);
+        };
+        let last_seq = last["message_seq"].as_u64()?;
+        all.extend(
+            list.iter()
+                .filter_map(|m| m["client_msg_no"].as_str().map(str::to_owned)),
+        );
+        let (status, _) = post(
+            http,
+            "/message/syncack",
+            json!({"uid": uid, "last_message_seq": last_seq}),
+        );
+        if status != 200 {
+            return None;
+        }
+    }
+}
+
 #[test]
 fn sends_fail_with_15_while_postgres_is_down_and_succeed_again_after() {
+    // Four senders keep sending through a PostgreSQL crash (immediate stop) and restart.
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
     let Some(pg) = Pg::start() else { return };
     let store = pg.database("outage");
     let server = start("pg-outage", |c| {
         c.store = store.clone();
         c.max_sends_per_sec = 0;
     });
-    register(&server, "alice", "t", 1, 0);
     register(&server, "bob", "t", 1, 0);
-    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
-    let mut acked = Vec::new();
-    let mut send = |alice: &mut Client, no: String| {
-        alice.send("bob", PERSON, b"{}", &no);
-        let code = alice.sendack().reason_code;
-        if code == reason::SUCCESS {
-            acked.push(no);
-        }
-        code
-    };
-    for i in 0..20 {
-        assert_eq!(send(&mut alice, format!("before-{i}")), reason::SUCCESS);
-    }
-    pg.ctl("down");
-    assert_eq!(
-        send(&mut alice, "during".into()),
-        reason::SYSTEM_ERROR,
-        "a send was acknowledged with its store down"
+    let (stop, count) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
     );
-    let (status, _) = post(
+    let senders: Vec<_> = (0..4)
+        .map(|i| {
+            let (tcp, stop, count) = (server.tcp_addr(), Arc::clone(&stop), Arc::clone(&count));
+            register(&server, &format!("s{i}"), "t", 1, 0);
+            std::thread::spawn(move || {
+                let mut c = Client::ok(tcp, &Login::new(&format!("s{i}"), "t"));
+                let (mut acked, mut refused) = (Vec::new(), 0);
+                for n in 0.. {
+                    if stop.load(Relaxed) {
+                        break;
+                    }
+                    let no = format!("s{i}-{n}");
+                    c.send("bob", PERSON, b"{}", &no);
+                    match c.sendack().reason_code {
+                        reason::SUCCESS => {
+                            acked.push(no);
+                            count.fetch_add(1, Relaxed);
+                        }
+                        reason::SYSTEM_ERROR => refused += 1,
+                        other => panic!("SENDACK {other} during an outage"),
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    pg.ctl("down");
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, body) = post(
         server.http_addr(),
         "/message/sync",
         json!({"uid": "bob", "limit": 10}),
     );
-    assert_eq!(status, 503, "a read with the store down");
+    assert_eq!(status, 503, "a read with the store down: {body}");
+    assert!(
+        body["msg"].is_string(),
+        "a 503 without a JSON message: {body}"
+    );
+    let during = count.load(Relaxed);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        count.load(Relaxed),
+        during,
+        "sends were acknowledged with the store down"
+    );
     pg.ctl("up");
-    // The writer reconnects at most once a second: the first sends after may still fail.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut i = 0;
-    while send(&mut alice, format!("after-{i}")) != reason::SUCCESS {
-        assert!(Instant::now() < deadline, "sends never recovered");
-        std::thread::sleep(Duration::from_millis(200));
-        i += 1;
-    }
-    for j in 0..20 {
-        assert_eq!(send(&mut alice, format!("later-{j}")), reason::SUCCESS);
-    }
-    // Everything acknowledged is in bob's queue (he was never online), once.
-    let mut queued: Vec<String> = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while queued.len() < acked.len() && Instant::now() < deadline {
-        let (status, list) = post(
-            server.http_addr(),
-            "/message/sync",
-            json!({"uid": "bob", "limit": 1000}),
-        );
-        if status == 200 {
-            queued = list
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["client_msg_no"].as_str().unwrap().to_owned())
-                .collect();
-        }
+    // The writer reconnects at most once a second; then sends go through again.
+    let recovered_by = Instant::now() + Duration::from_secs(15);
+    while count.load(Relaxed) < during + 200 {
+        assert!(Instant::now() < recovered_by, "sends never recovered");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let mut want = acked.clone();
-    want.sort();
+    stop.store(true, Relaxed);
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for s in senders {
+        let (a, r) = s.join().unwrap();
+        acked.extend(a);
+        refused += r;
+    }
+    assert!(refused > 0, "no send was refused while PostgreSQL was down");
+    // Everything acknowledged is in bob's queue (he was never online), once.
+    let mut queued = drain_queue(server.http_addr(), "bob").expect("reads recovered");
+    acked.sort();
     queued.sort();
-    assert_eq!(queued, want, "the queue is not what was acknowledged");
+    assert_eq!(queued, acked, "the queue is not what was acknowledged");
 }
 
 #[test]
@@ -253,4 +311,182 @@ fn a_batch_of_large_messages_is_written_in_several_statements_and_stored_whole()
         .unwrap()
         .get(0);
     assert_eq!(stored, 120);
+}
+
+#[test]
+fn tls_to_postgres_verifies_the_server_and_encrypts_every_connection() {
+    let Some(pg) = Pg::start() else { return };
+    pg.database("tlsdb");
+    // A self-signed certificate for 127.0.0.1, trusted through store_ca_file.
+    let (cert, key) = localhost_cert();
+    let dir = temp_dir("pg-tls-files");
+    let (ca, key_file) = (dir.join("ca.pem"), dir.join("server.key"));
+    std::fs::write(&ca, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let port = free_addr().port();
+    pg.ctl_with(
+        "tls",
+        &[
+            &port.to_string(),
+            ca.to_str().unwrap(),
+            key_file.to_str().unwrap(),
+        ],
+    );
+    let url = format!("postgresql://postgres@127.0.0.1:{port}/tlsdb?sslmode=require");
+
+    // Without the CA the server's certificate cannot be verified: no start, and why.
+    let data = temp_dir("pg-tls-noca");
+    let out = Command::new(env!("CARGO_BIN_EXE_ruyi"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--store", &url])
+        .args(["--tcp-addr", &free_addr().to_string()])
+        .args(["--http-addr", &free_addr().to_string()])
+        .args(["--ws-addr", &free_addr().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started on an unverified certificate"
+    );
+    assert!(
+        stderr.to_lowercase().contains("certificate"),
+        "the refusal does not say why: {stderr}"
+    );
+
+    // With it: messages go through, and every connection the server holds is encrypted
+    // (plain TCP is refused by this PostgreSQL anyway).
+    let server = start("pg-tls", |c| {
+        c.store = url.clone();
+        c.store_ca_file = Some(ca.clone());
+    });
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    alice.send("bob", PERSON, b"over tls", "tls-1");
+    assert_eq!(alice.sendack().reason_code, reason::SUCCESS);
+    let mut admin = postgres::Client::connect(
+        &format!("host={} port={port} user=postgres dbname=postgres", pg.dir),
+        postgres::NoTls,
+    )
+    .unwrap();
+    let rows = admin
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = 'tlsdb' AND a.application_name = 'ruyi'",
+            &[],
+        )
+        .unwrap();
+    assert!(
+        rows.len() >= 2,
+        "the writer and a reader: {} rows",
+        rows.len()
+    );
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(0)),
+        "a connection in plain text"
+    );
+}
+
+#[test]
+fn the_read_pool_holds_at_most_its_size_in_connections_under_load() {
+    let Some(pg) = Pg::start() else { return };
+    let store = pg.database("poolsize");
+    let server = start("pg-pool", |c| {
+        c.store = store.clone();
+        c.store_pool_size = 2;
+        c.http_workers = 6;
+        c.auth_workers = 4;
+        c.max_logins_per_sec_per_uid = 0;
+    });
+    for i in 0..8 {
+        register(&server, &format!("u{i}"), "t", 1, 0);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let (http, tcp) = (server.http_addr(), server.tcp_addr());
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut answered = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let uid = format!("u{i}");
+                    let (status, body) =
+                        post(http, "/message/sync", json!({"uid": uid, "limit": 10}));
+                    assert_eq!(status, 200, "a read with the pool busy: {body}");
+                    drop(Client::ok(tcp, &Login::new(&uid, "t")));
+                    answered += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    let mut most = 0;
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        most = most.max(pg.ruyi_connections("poolsize"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert!(
+        answered > 50,
+        "only {answered} rounds: the test proves nothing"
+    );
+    assert!(most >= 2, "the pool was never used ({most} connections)");
+    assert!(
+        most <= 3,
+        "{most} connections: the writer's and a pool of 2 at most"
+    );
+}
+
+#[test]
+fn a_statement_stuck_behind_a_lock_is_cancelled_at_the_statement_timeout() {
+    let Some(pg) = Pg::start() else { return };
+    let store = pg.database("stuck");
+    let server = start("pg-stuck", |c| {
+        c.store = store.clone();
+        c.store_statement_timeout = Duration::from_millis(500);
+    });
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    alice.send("bob", PERSON, b"{}", "before");
+    assert_eq!(alice.sendack().reason_code, reason::SUCCESS);
+    // Another client of the database holds every message row's table.
+    let mut other = postgres::Client::connect(&store, postgres::NoTls).unwrap();
+    let mut hold = other.transaction().unwrap();
+    hold.batch_execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let at = Instant::now();
+    alice.send("bob", PERSON, b"{}", "stuck");
+    assert_eq!(alice.sendack().reason_code, reason::SYSTEM_ERROR);
+    assert!(
+        at.elapsed() < Duration::from_secs(5),
+        "the send waited {:?} on a 500 ms statement timeout",
+        at.elapsed()
+    );
+    let (status, body) = post(
+        server.http_addr(),
+        "/channel/messagesync",
+        json!({"login_uid": "alice", "channel_id": "bob", "channel_type": PERSON, "limit": 10}),
+    );
+    assert_eq!(status, 503, "a read behind the lock: {body}");
+    hold.rollback().unwrap();
+    alice.send("bob", PERSON, b"{}", "after");
+    assert_eq!(alice.sendack().reason_code, reason::SUCCESS);
+    let (status, body) = post(
+        server.http_addr(),
+        "/channel/messagesync",
+        json!({"login_uid": "alice", "channel_id": "bob", "channel_type": PERSON, "limit": 10}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let nos: Vec<&str> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["client_msg_no"].as_str().unwrap())
+        .collect();
+    assert_eq!(nos, ["before", "after"], "the refused send was stored");
 }

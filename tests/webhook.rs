@@ -185,12 +185,7 @@ fn a_redirecting_endpoint_cannot_bounce_the_server_elsewhere() {
 #[test]
 fn an_https_endpoint_gets_events_over_tls() {
     // A self-signed endpoint on 127.0.0.1, trusted through webhook_ca_file.
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::V4(
-        std::net::Ipv4Addr::LOCALHOST,
-    ))];
-    let cert = params.self_signed(&key).unwrap();
+    let (cert, key) = localhost_cert();
     let dir = temp_dir("https-hook");
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, cert.pem()).unwrap();

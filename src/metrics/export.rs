@@ -279,6 +279,7 @@ fn counters(shared: &SharedRef, m: &mut Exposition) {
         ("ruyi_recv_retries_total", "RECVs re-sent for lack of a RECVACK.", c.retries.load(Relaxed)),
         ("ruyi_dropped_posts_total", "Loop-to-pool posts dropped on a full queue.", c.dropped_posts.load(Relaxed)),
         ("ruyi_rate_limited_sends_total", "SENDs answered with reason 22 (max_sends_per_sec).", c.rate_limited.load(Relaxed)),
+        ("ruyi_storage_round_trips_total", "Requests the storage writer sent PostgreSQL (statements, BEGIN, savepoints, COMMIT); 0 on SQLite.", storage::postgres::tx::ROUND_TRIPS.load(Relaxed)),
         ("ruyi_storage_failed_batches_total", "Storage batches that failed and were rolled back (their sends got reason 15).", shared.storage_health.failed_batches.load(Relaxed)),
         ("ruyi_http_sends_failed_total", "HTTP /message/send calls answered with a WuKongIM status other than success (15: storage failed).", c.http_sends_failed.load(Relaxed)),
         ("ruyi_logins_failed_total", "Logins refused for a wrong token, a ban or a failed key exchange.", c.logins_failed.load(Relaxed)),

@@ -8,13 +8,15 @@
 //!   (`admin.rs`), lane jobs requeue missed deliveries. These rules are written once,
 //!   against [`tx::WriteTx`], a trait of primitive operations inside the open transaction;
 //!   only after `COMMIT` are outcomes handed on (SENDACK after commit).
-//! - **Readers** ([`Reader`]): one connection per pool thread (auth, channel workers,
-//!   HTTP), for lookups and history.
+//! - **Readers** ([`Reader`]): one per pool thread (auth, channel workers, HTTP), for
+//!   lookups and history: its own SQLite connection, or a share of PostgreSQL's bounded
+//!   pool (`postgres/conn.rs`).
 //! - **What is not SQL**: the data directory's lock and permissions (here), and what only
 //!   the writer's memory holds (`exposure.rs`, `lru.rs`).
 //!
-//! The backend today is SQLite (`sqlite/`): the embedded default. Nothing outside
-//! `storage/` names its crate.
+//! Two backends fill it: SQLite (`sqlite/`), the embedded default, and PostgreSQL
+//! (`postgres/`), chosen by `--store` (`store.rs`). Nothing outside `storage/` names
+//! either's crate.
 
 pub mod admin;
 /// What a store's operations fail with: the backend's own error, shown as it is.
@@ -23,21 +25,45 @@ pub enum DbError {
     /// SQLite said no.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
-    /// PostgreSQL (or the connection to it) said no.
-    #[error(transparent)]
+    /// PostgreSQL (or the connection to it) said no. Shown with its causes: the client's
+    /// own text is a category ("db error", "error performing TLS handshake").
+    #[error("{}", causes(.0))]
     Postgres(#[from] ::postgres::Error),
     /// The store cannot be reached now (a reconnect is pending).
     #[error("{0}")]
     Unavailable(String),
 }
 
+/// `e` and each error that caused it, joined by ": ".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 impl DbError {
-    /// True when the store could not be reached (rather than refusing a statement): the
-    /// HTTP API answers 503, and the caller may try again.
+    /// True when the store could not answer now (rather than refusing a statement): the
+    /// HTTP API answers 503, and the caller may try again. On PostgreSQL: the connection
+    /// (closed, or no answer at all), and the server's transient refusals: SQLSTATE
+    /// classes 08 (connection), 53 (out of resources), 57 (cancelled: the statement
+    /// timeout, an admin shutdown), 40 (serialization failure, deadlock) and 55P03 (lock
+    /// not available).
     pub fn is_unavailable(&self) -> bool {
         match self {
             DbError::Unavailable(_) => true,
-            DbError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            DbError::Postgres(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none_or(|db| {
+                        let code = db.code().code();
+                        ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c))
+                            || code == "55P03"
+                    })
+            }
             DbError::Sqlite(_) => false,
         }
     }
@@ -56,6 +82,7 @@ pub mod writer;
 use crate::message::{ChannelKey, Message};
 use std::path::{Path, PathBuf};
 
+pub use postgres::PgSettings;
 pub use sqlite::{
     backup, checkpointer, db_bytes, db_path, in_db, open_reader, open_writer, wal_bytes,
 };

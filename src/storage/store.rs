@@ -1,11 +1,12 @@
 //! Which store the server runs on (`Config::store`), and the one [`Reader`] type the pools
 //! hold whatever it is.
 
-use super::postgres::{ConnInfo, PgReader};
+use super::postgres::{ConnInfo, PgReader, PgSettings, Pool};
 use super::tx::WriteStore;
 use super::{ChannelInfo, Conversation, DbError, Device, MessageKey, OfflineEntry, StorageError};
 use crate::message::{ChannelKey, Message};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// A store, as `--store` names it.
 #[derive(Clone, Debug)]
@@ -17,8 +18,12 @@ pub enum Store {
         wal_max_bytes: u64,
     },
     /// A PostgreSQL database (`--store postgres://…`).
-    Postgres(Box<ConnInfo>),
+    Postgres(Box<ConnInfo>, PoolSlot),
 }
+
+/// The read pool every [`Reader`] of one PostgreSQL store shares, opened by the first.
+#[derive(Clone, Debug, Default)]
+pub struct PoolSlot(Arc<Mutex<Option<Arc<Pool>>>>);
 
 impl Store {
     /// The store `url` names: `sqlite` (or empty), or a `postgres://` / `postgresql://` URL.
@@ -30,6 +35,7 @@ impl Store {
         data_dir: PathBuf,
         sync_full: bool,
         wal_max_bytes: u64,
+        pg: PgSettings,
     ) -> Result<Store, StorageError> {
         match url {
             "" | "sqlite" => Ok(Store::Sqlite {
@@ -37,9 +43,9 @@ impl Store {
                 sync_full,
                 wal_max_bytes,
             }),
-            u if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                Ok(Store::Postgres(Box::new(ConnInfo::parse(u)?)))
-            }
+            u if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok(
+                Store::Postgres(Box::new(ConnInfo::parse(u, pg)?), PoolSlot::default()),
+            ),
             _ => Err(StorageError::Database {
                 path: PathBuf::from("(the --store setting)"),
                 source: DbError::Unavailable(
@@ -58,7 +64,7 @@ impl Store {
     pub fn name(&self) -> String {
         match self {
             Store::Sqlite { data_dir, .. } => super::db_path(data_dir).display().to_string(),
-            Store::Postgres(info) => info.name.clone(),
+            Store::Postgres(info, _) => info.name.clone(),
         }
     }
 
@@ -82,7 +88,7 @@ impl Store {
                     .map_err(super::in_db(data_dir))?;
                 Ok(Box::new(super::sqlite::tx::SqliteWriter::new(conn)))
             }
-            Store::Postgres(info) => {
+            Store::Postgres(info, _) => {
                 let writer = super::postgres::open_writer(info)?;
                 let converted = super::postgres::hash_plain_tokens(info, hash)?;
                 if converted > 0 {
@@ -100,7 +106,17 @@ impl Store {
     pub fn open_reader(&self) -> Result<Reader, StorageError> {
         match self {
             Store::Sqlite { data_dir, .. } => Ok(Reader::Sqlite(super::open_reader(data_dir)?)),
-            Store::Postgres(info) => Ok(Reader::Postgres(Box::new(PgReader::open(info)?))),
+            Store::Postgres(info, slot) => {
+                let mut pool = slot
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let pool = match &*pool {
+                    Some(pool) => Arc::clone(pool),
+                    None => Arc::clone(pool.insert(Arc::new(Pool::open(info)?))),
+                };
+                Ok(Reader::Postgres(Box::new(PgReader::new(pool))))
+            }
         }
     }
 }

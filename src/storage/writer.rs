@@ -160,6 +160,8 @@ pub struct Writer {
     /// Lane jobs that failed, with when they first failed; run first in the next batch.
     retry: Vec<(LaneJob, Instant)>,
     health: Arc<StorageHealth>,
+    /// A lost store fails every batch until it is back: one line a second says so.
+    failure_log: crate::logging::LogEvery,
     stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -198,6 +200,7 @@ impl Writer {
             queues: Queues::new(settings.max_queue_per_user, queue),
             retry: Vec::new(),
             health,
+            failure_log: crate::logging::LogEvery::new(Duration::from_secs(1)),
             stopping,
         }
     }
@@ -286,10 +289,13 @@ impl Writer {
                 }
             }
             Err(e) => {
-                log::error!(
-                    "storage {}: a batch of {jobs} jobs failed and was rolled back: {e}",
-                    self.store.name()
-                );
+                if let Some(held) = self.failure_log.allow() {
+                    log::error!(
+                        "storage {}: a batch of {jobs} jobs failed and was rolled back: {e} \
+                         ({held} more failed batches not logged)",
+                        self.store.name()
+                    );
+                }
                 // Channel seqs handed out in this batch were never stored: forget them and
                 // reload from the database, so a channel's seqs neither gap nor repeat.
                 // Users' queue seqs stay issued (`queue.rs` invariants): a gap, harmless.

@@ -557,3 +557,13 @@ pub fn history(http: SocketAddr, login: &str, channel: &str, ctype: u8) -> Vec<(
         start = last + 1;
     }
 }
+
+/// A self-signed certificate for 127.0.0.1 and its key: a TLS peer to trust by CA file.
+pub fn localhost_cert() -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::IpAddress(std::net::IpAddr::V4(
+        std::net::Ipv4Addr::LOCALHOST,
+    ))];
+    (params.self_signed(&key).unwrap(), key)
+}

@@ -7,106 +7,24 @@
 //! PostgreSQL has flushed the commit to its WAL.
 //!
 //! # Connections
-//! The writer holds one connection and each pool thread (auth, channel workers, HTTP) one
-//! of its own; none is used on a loop thread. A lost connection is reopened at the next
-//! use, at most once a second; meanwhile writes fail (reason 15, nothing acknowledged)
-//! and reads answer errors (HTTP 503). Every statement is bounded by `statement_timeout`.
+//! See [`conn`]: the writer's own connection, a bounded pool for the read paths, optional
+//! TLS. Every statement is bounded by `statement_timeout`.
 
 pub mod admin;
+pub mod conn;
 pub mod pending;
 pub mod schema;
 pub mod tx;
+
+pub use conn::{ConnInfo, PgSettings, Pool};
 
 use super::{ChannelInfo, Conversation, DbError, Device, MessageKey, OfflineEntry, StorageError};
 use crate::message::{ChannelKey, Message};
 use bytes::Bytes;
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row};
+use postgres::Row;
 use ruyi_proto::Flags;
-use std::cell::RefCell;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-/// How long a connection attempt may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long one statement may run before PostgreSQL cancels it.
-pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where the store is, and its name for logs (no password).
-#[derive(Clone)]
-pub struct ConnInfo {
-    config: postgres::Config,
-    /// `host:port/database`, as logs and errors name the store.
-    pub name: String,
-}
-
-impl std::fmt::Debug for ConnInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name)
-    }
-}
-
-impl ConnInfo {
-    /// Parses `url` (`postgres://user:password@host:port/db`, or key=value pairs).
-    ///
-    /// # Errors
-    /// A URL the client cannot parse; the message never repeats the password.
-    pub fn parse(url: &str) -> Result<ConnInfo, StorageError> {
-        let mut config: postgres::Config =
-            url.parse()
-                .map_err(|e: postgres::Error| StorageError::Database {
-                    path: PathBuf::from("(the --store URL)"),
-                    source: DbError::Unavailable(format!("cannot parse the PostgreSQL URL: {e}")),
-                })?;
-        let hosts: Vec<String> = config
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                postgres::config::Host::Tcp(name) => name.clone(),
-                postgres::config::Host::Unix(path) => path.display().to_string(),
-            })
-            .collect();
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let name = format!(
-            "postgres {}:{port}/{}",
-            if hosts.is_empty() {
-                "localhost".to_owned()
-            } else {
-                hosts.join(",")
-            },
-            config.get_dbname().unwrap_or("(default)")
-        );
-        config
-            .connect_timeout(CONNECT_TIMEOUT)
-            .application_name("ruyi")
-            // A link that goes silent (a partition, a moved failover address) is noticed
-            // by TCP keepalives rather than after the kernel's retransmissions give up.
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            // SENDACK after a durable commit, whatever the role's or database's default.
-            .options(&format!(
-                "-c statement_timeout={} -c synchronous_commit=on",
-                STATEMENT_TIMEOUT.as_millis()
-            ));
-        Ok(ConnInfo { config, name })
-    }
-
-    /// A new connection.
-    ///
-    /// # Errors
-    /// The server cannot be reached or refuses the login.
-    pub fn connect(&self) -> Result<Client, DbError> {
-        Ok(self.config.connect(NoTls)?)
-    }
-
-    fn fail(&self) -> impl Fn(DbError) -> StorageError + '_ {
-        move |source| StorageError::Database {
-            path: PathBuf::from(&self.name),
-            source,
-        }
-    }
-}
+use std::sync::Arc;
 
 /// Connects the writer and brings the schema up to date.
 ///
@@ -146,18 +64,15 @@ pub fn hash_plain_tokens(
     run().map_err(info.fail())
 }
 
-/// A pool thread's read connection; reopened at the next use when lost (at most once a
-/// second).
+/// A pool thread's reads: each statement borrows a connection from the shared [`Pool`].
 pub struct PgReader {
-    info: ConnInfo,
-    client: RefCell<Option<Client>>,
-    last_attempt: RefCell<Option<Instant>>,
+    pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for PgReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgReader")
-            .field("store", &self.info.name)
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -193,39 +108,26 @@ fn message_from_row(r: &Row, at: usize) -> Message {
 }
 
 impl PgReader {
-    /// A reader for `info` (connects now, so a wrong URL fails the start).
-    ///
-    /// # Errors
-    /// The server cannot be reached.
-    pub fn open(info: &ConnInfo) -> Result<PgReader, StorageError> {
-        let client = info.connect().map_err(info.fail())?;
-        Ok(PgReader {
-            info: info.clone(),
-            client: RefCell::new(Some(client)),
-            last_attempt: RefCell::new(None),
-        })
+    /// A reader on `pool`.
+    pub fn new(pool: Arc<Pool>) -> PgReader {
+        PgReader { pool }
     }
 
+    /// Runs one read. A pooled connection that died while idle (PostgreSQL restarted) is
+    /// only found out by using it: such a failure is tried once more on a fresh one, which
+    /// is safe for a read.
     fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, DbError> {
-        let mut slot = self.client.borrow_mut();
-        if slot.as_ref().is_some_and(Client::is_closed) {
-            *slot = None;
-        }
-        if slot.is_none() {
-            let mut last = self.last_attempt.borrow_mut();
-            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
-                return Err(DbError::Unavailable(format!(
-                    "{} is unreachable",
-                    self.info.name
-                )));
+        let mut lease = self.pool.get()?;
+        match lease.query(sql, params) {
+            Err(e) if lease.is_closed() => {
+                drop(lease);
+                // The others idle since before the restart are as dead.
+                self.pool.discard_idle();
+                log::debug!("storage: a pooled connection was lost ({e}); reading again");
+                Ok(self.pool.get()?.query(sql, params)?)
             }
-            *last = Some(Instant::now());
-            *slot = Some(self.info.connect()?);
+            read => Ok(read?),
         }
-        let client = slot
-            .as_mut()
-            .ok_or_else(|| DbError::Unavailable(self.info.name.clone()))?;
-        Ok(client.query(sql, params)?)
     }
 
     /// See the SQLite reader.

@@ -14,7 +14,17 @@ use postgres::types::ToSql;
 use postgres::{Client, Row, Statement, Transaction};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+/// Requests the writer sent PostgreSQL, each one round trip (statements, prepares,
+/// BEGIN, savepoints, COMMIT): `/metrics` shows it as `ruyi_storage_round_trips_total`,
+/// and against the batch count it says what a batch costs.
+pub static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+fn trips(n: u64) {
+    ROUND_TRIPS.fetch_add(n, Relaxed);
+}
 
 /// Prepared statements of one connection, by their text.
 pub type Statements = RefCell<HashMap<&'static str, Statement>>;
@@ -46,6 +56,7 @@ impl<'a, 'c> PgTx<'a, 'c> {
         let statements = self.pending.borrow_mut().take();
         for (sql, params) in statements {
             let s = self.statement(sql)?;
+            trips(1);
             let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
             self.tx.borrow_mut().execute(&s, &refs)?;
         }
@@ -56,6 +67,7 @@ impl<'a, 'c> PgTx<'a, 'c> {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
+        trips(1);
         let s = self.tx.borrow_mut().prepare(sql)?;
         self.statements.borrow_mut().insert(sql, s.clone());
         Ok(s)
@@ -64,6 +76,7 @@ impl<'a, 'c> PgTx<'a, 'c> {
     pub(super) fn execute(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         self.flush()?;
         let s = self.statement(sql)?;
+        trips(1);
         Ok(self.tx.borrow_mut().execute(&s, params)?)
     }
 
@@ -74,6 +87,7 @@ impl<'a, 'c> PgTx<'a, 'c> {
     ) -> Result<Vec<Row>> {
         self.flush()?;
         let s = self.statement(sql)?;
+        trips(1);
         Ok(self.tx.borrow_mut().query(&s, params)?)
     }
 
@@ -84,12 +98,14 @@ impl<'a, 'c> PgTx<'a, 'c> {
     ) -> Result<Option<Row>> {
         self.flush()?;
         let s = self.statement(sql)?;
+        trips(1);
         Ok(self.tx.borrow_mut().query_opt(&s, params)?)
     }
 
     /// A statement built at run time (a table name): not kept.
     pub(super) fn execute_dynamic(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         self.flush()?;
+        trips(1);
         Ok(self.tx.borrow_mut().execute(sql, params)?)
     }
 }
@@ -274,6 +290,7 @@ impl Batch for PgBatch<'_, '_> {
             return Err(e);
         }
         let mut outer = self.tx.tx.borrow_mut();
+        trips(2); // SAVEPOINT, and RELEASE or ROLLBACK TO
         let inner = match outer.transaction() {
             Ok(inner) => inner,
             Err(e) => {
@@ -364,18 +381,39 @@ fn connected<'a>(
         .ok_or_else(|| DbError::Unavailable(info.name.clone()))
 }
 
-impl WriteStore for PgWriter {
-    fn batch(&mut self, f: &mut dyn FnMut(&mut dyn Batch) -> Result<()>) -> Result<()> {
+/// Where a batch failed: at its BEGIN (nothing of it sent) or after.
+enum Failed {
+    Begin(postgres::Error),
+    Later(DbError),
+}
+
+impl From<DbError> for Failed {
+    fn from(e: DbError) -> Failed {
+        Failed::Later(e)
+    }
+}
+
+impl From<postgres::Error> for Failed {
+    fn from(e: postgres::Error) -> Failed {
+        Failed::Later(e.into())
+    }
+}
+
+impl PgWriter {
+    fn run(
+        &mut self,
+        f: &mut dyn FnMut(&mut dyn Batch) -> Result<()>,
+    ) -> std::result::Result<(), Failed> {
         let client = connected(
             &mut self.client,
             &self.info,
             &mut self.last_attempt,
             &self.statements,
         )?;
-        let statements = &self.statements;
-        let tx = client.transaction()?;
+        trips(3); // BEGIN, the check below and COMMIT
+        let tx = client.transaction().map_err(Failed::Begin)?;
         let mut batch = PgBatch {
-            tx: PgTx::new(tx, statements),
+            tx: PgTx::new(tx, &self.statements),
             broken: false,
         };
         f(&mut batch)?; // on error, dropping the transaction rolls it back
@@ -387,6 +425,26 @@ impl WriteStore for PgWriter {
         tx.batch_execute("SELECT 1")?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+impl WriteStore for PgWriter {
+    fn batch(&mut self, f: &mut dyn FnMut(&mut dyn Batch) -> Result<()>) -> Result<()> {
+        match self.run(f) {
+            Ok(()) => Ok(()),
+            Err(Failed::Later(e)) => Err(e),
+            // The connection died while idle (PostgreSQL restarted): nothing of this batch
+            // was sent, so one fresh connection may take it instead of failing it.
+            Err(Failed::Begin(e)) if e.as_db_error().is_none() => {
+                log::error!("storage: lost the connection to {} ({e})", self.info.name);
+                (self.client, self.last_attempt) = (None, None);
+                self.run(f).map_err(|failed| match failed {
+                    Failed::Begin(e) => e.into(),
+                    Failed::Later(e) => e,
+                })
+            }
+            Err(Failed::Begin(e)) => Err(e.into()),
+        }
     }
 
     fn name(&self) -> String {
