@@ -30,15 +30,17 @@ run() { # store name load-args... -> "deliveries/s sends/s sendack-p99-us server
   [ "$store" = postgres ] && lsn0=$(psql -qtA "$RUYI_TEST_PG" -c "SELECT pg_current_wal_lsn()")
   # shellcheck disable=SC2086
   start_ruyi $flags --store "$url" || exit 1
+  local perf_pid=
   if [ -n "${PERF:-}" ] && [ "$name" = person-1000 ]; then
     # Where the time goes: Ruyi's threads sampled for the measured seconds.
     perf record -q -F 499 -g -o "$out/$name-$store.perf" -p "$pid" -- sleep $((seconds + 2)) \
       >/dev/null 2>&1 &
+    perf_pid=$!
   fi
   "target/release/ruyi-load" "$@" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" --warmup 2 \
     --seconds "$seconds" --server-pid "$pid" --prefix "$name" --json "$out/$name-$store.json" \
     >"$out/$name-$store.txt" 2>&1 || { echo "FAILED: $name on $store (see $out/$name-$store.txt)" >&2; stop_ruyi; exit 1; }
-  wait  # perf, when it ran
+  if [ -n "$perf_pid" ]; then wait "$perf_pid" || true; fi
   if [ "$store" = postgres ]; then cost "$db" "$lsn0" >"$out/$name-cost.txt"; fi
   stop_ruyi
   python3 -c 'import json, sys

@@ -5,6 +5,7 @@
 #   eval "$(scripts/pg-test-server.sh start)"   # exports RUYI_TEST_PG and RUYI_TEST_PG_DIR
 #   scripts/pg-test-server.sh stop "$RUYI_TEST_PG_DIR"
 #   scripts/pg-test-server.sh down DIR | up DIR   # crash it (immediate stop), start it again
+#   scripts/pg-test-server.sh restart DIR         # fast shutdown, then start
 #   scripts/pg-test-server.sh tls DIR PORT CERT KEY  # TLS-only TCP on 127.0.0.1:PORT
 #
 # PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres` system
@@ -44,6 +45,12 @@ shared_buffers = 64MB" | as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
     dir=${2:?usage: $0 down DIR}
     as_owner "$bindir/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null
     ;;
+  restart)
+    # The usual way: a fast shutdown (clients told FATAL 57P01), then a start.
+    dir=${2:?usage: $0 restart DIR}
+    as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart \
+      >/dev/null
+    ;;
   up)
     dir=${2:?usage: $0 up DIR}
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
@@ -68,5 +75,5 @@ ssl_key_file = 'server.key'" | as_owner tee -a "$dir/data/postgresql.conf" >/dev
     as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart \
       >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
     ;;
-  *) echo "usage: $0 start | stop DIR | down DIR | up DIR | tls DIR PORT CERT KEY" >&2; exit 2 ;;
+  *) echo "usage: $0 start | stop DIR | down DIR | up DIR | restart DIR | tls DIR PORT CERT KEY" >&2; exit 2 ;;
 esac

@@ -21,12 +21,21 @@ use std::sync::OnceLock;
 /// The exit status after a panic (`EX_SOFTWARE` in sysexits.h: an internal error).
 pub const PANIC_EXIT_CODE: i32 = 70;
 
+/// Threads whose name starts with this only run a third-party call and hand its result
+/// over a channel (a PostgreSQL connect, which panics when the process is out of file
+/// descriptors): they hold none of the shared state a panic could leave half changed, so
+/// their panic is reported and ends only them; the waiting side sees an error.
+pub const CONTAINED: &str = "ruyi-contained-";
+
 /// Installs the crash policy (module docs). Call once, before the server starts.
 pub fn exit_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
         let thread = std::thread::current();
+        if thread.name().is_some_and(|n| n.starts_with(CONTAINED)) {
+            return; // its owner sees the panic as an error (see CONTAINED)
+        }
         log::error!(
             "thread {} panicked: stopping the process (exit {PANIC_EXIT_CODE}) so a supervisor \
              restarts it; acknowledged messages are durable",

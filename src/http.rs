@@ -426,9 +426,16 @@ pub type Answer = (u16, String);
 
 /// A store error as the HTTP API answers it: 503 when the store cannot be reached (try
 /// again), 500 when it refused.
+/// A storage failure as the API answers it: 503 when trying again may work, else 500,
+/// with the error's first line (the details, a database's DETAIL and HINT, go to the log).
 pub(crate) fn storage_answer(e: &crate::storage::DbError) -> Answer {
     let status = if e.is_unavailable() { 503 } else { 500 };
-    (status, error_body(status, &format!("storage: {e}")))
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    if status == 500 {
+        log::warn!("storage error answered 500: {text}");
+    }
+    (status, error_body(status, &format!("storage: {first}")))
 }
 
 pub(crate) fn ok() -> Answer {

@@ -490,3 +490,70 @@ fn a_statement_stuck_behind_a_lock_is_cancelled_at_the_statement_timeout() {
         .collect();
     assert_eq!(nos, ["before", "after"], "the refused send was stored");
 }
+
+#[test]
+fn the_first_send_after_a_postgres_restart_is_stored() {
+    // A fast shutdown tells each connection FATAL before closing it; the writer finds out
+    // at its next BEGIN, when nothing of the batch was sent: it takes a fresh connection
+    // instead of failing the batch.
+    let Some(pg) = Pg::start() else { return };
+    let store = pg.database("restart");
+    let server = start("pg-restart", |c| c.store = store.clone());
+    register(&server, "alice", "t", 1, 0);
+    register(&server, "bob", "t", 1, 0);
+    let mut alice = Client::ok(server.tcp_addr(), &Login::new("alice", "t"));
+    alice.send("bob", PERSON, b"{}", "before");
+    assert_eq!(alice.sendack().reason_code, reason::SUCCESS);
+    pg.ctl("restart");
+    alice.send("bob", PERSON, b"{}", "after");
+    assert_eq!(
+        alice.sendack().reason_code,
+        reason::SUCCESS,
+        "the first send after"
+    );
+    // Reads, likewise, on connections that idled through it.
+    let (status, body) = post(
+        server.http_addr(),
+        "/message/sync",
+        json!({"uid": "bob", "limit": 10}),
+    );
+    assert_eq!(status, 200, "the first read after: {body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn a_store_that_accepts_and_never_answers_fails_the_start_in_seconds() {
+    // A black hole (a paused proxy, a stuck balancer): TCP connects, nothing answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for s in hole.incoming().take(8) {
+            kept.push(s);
+        }
+    });
+    for url in [
+        format!("postgres://u@127.0.0.1:{port}/db"),
+        format!("postgres://u@127.0.0.1:{port}/db?sslmode=require"),
+    ] {
+        let at = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_ruyi"))
+            .arg("--data-dir")
+            .arg(temp_dir("pg-hole"))
+            .args(["--store", &url])
+            .args(["--tcp-addr", &free_addr().to_string()])
+            .args(["--http-addr", &free_addr().to_string()])
+            .args(["--ws-addr", &free_addr().to_string()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started on a black hole");
+        assert!(
+            at.elapsed() < Duration::from_secs(20),
+            "{url}: gave up after {:?}",
+            at.elapsed()
+        );
+        assert!(stderr.contains("no answer"), "{stderr}");
+    }
+    drop(held);
+}

@@ -34,6 +34,19 @@ pub enum DbError {
     Unavailable(String),
 }
 
+/// True when an I/O error is among `e`'s causes (a lost link, a timeout, a failed TLS
+/// handshake: tokio-rustls reports its errors as I/O).
+fn io_caused(e: &dyn std::error::Error) -> bool {
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// `e` and each error that caused it, joined by ": ".
 fn causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -49,21 +62,23 @@ fn causes(e: &dyn std::error::Error) -> String {
 impl DbError {
     /// True when the store could not answer now (rather than refusing a statement): the
     /// HTTP API answers 503, and the caller may try again. On PostgreSQL: the connection
-    /// (closed, or no answer at all), and the server's transient refusals: SQLSTATE
-    /// classes 08 (connection), 53 (out of resources), 57 (cancelled: the statement
-    /// timeout, an admin shutdown), 40 (serialization failure, deadlock) and 55P03 (lock
-    /// not available).
+    /// (closed, or an I/O error on the way), and the server's transient refusals: SQLSTATE
+    /// classes 08 (connection), 53 (out of resources; not 53400, a setting), 57 (the
+    /// statement timeout, a shutdown; not 57P04, a dropped database), 40 (serialization
+    /// failure, deadlock) and 55P03 (lock not available). A value that cannot be decoded
+    /// is not: it will not go away.
     pub fn is_unavailable(&self) -> bool {
         match self {
             DbError::Unavailable(_) => true,
-            DbError::Postgres(e) => {
-                e.is_closed()
-                    || e.as_db_error().is_none_or(|db| {
-                        let code = db.code().code();
-                        ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c))
-                            || code == "55P03"
-                    })
-            }
+            DbError::Postgres(e) => match e.as_db_error() {
+                Some(db) => {
+                    let code = db.code().code();
+                    (["08", "53", "57", "40"].iter().any(|c| code.starts_with(c))
+                        || code == "55P03")
+                        && !["53400", "57P04"].contains(&code)
+                }
+                None => e.is_closed() || io_caused(e),
+            },
             DbError::Sqlite(_) => false,
         }
     }

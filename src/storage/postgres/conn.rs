@@ -23,12 +23,17 @@ use super::super::{DbError, StorageError};
 use postgres::config::SslMode;
 use postgres::{Client, NoTls};
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connection attempts still waiting for a server that stopped answering, at most: past
+/// this, new attempts fail at once instead of adding threads.
+const MAX_HANGING: usize = 4;
 
 /// After a failed connection attempt, how long borrowers fail at once.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -62,6 +67,8 @@ pub struct ConnInfo {
     config: postgres::Config,
     /// Set when the URL asks for TLS.
     tls: Option<MakeRustlsConnect>,
+    /// Connection attempts under way (see [`ConnInfo::connect`]).
+    connecting: Arc<AtomicUsize>,
     /// `host:port/database`, as logs and errors name the store.
     pub name: String,
     pub settings: PgSettings,
@@ -86,9 +93,7 @@ impl ConnInfo {
         };
         // libpq's verifying modes: the client crate knows only `require`, and ours always
         // verifies (module docs).
-        let url = url
-            .replace("sslmode=verify-full", "sslmode=require")
-            .replace("sslmode=verify-ca", "sslmode=require");
+        let url = verifying_sslmode_as_require(url);
         let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
             setting(format!("cannot parse the PostgreSQL URL: {e}"))
         })?;
@@ -127,6 +132,11 @@ impl ConnInfo {
             // by TCP keepalives rather than after the kernel's retransmissions give up.
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            // A request the server's kernel never acknowledges fails after this, rather
+            // than after the kernel's retransmissions give up (~15 minutes).
+            .tcp_user_timeout(Duration::from_secs(20))
             // SENDACK after a durable commit, whatever the role's or database's default.
             .options(&format!(
                 "-c statement_timeout={} -c synchronous_commit=on",
@@ -135,6 +145,7 @@ impl ConnInfo {
         Ok(ConnInfo {
             config,
             tls,
+            connecting: Arc::default(),
             name,
             settings,
         })
@@ -149,11 +160,55 @@ impl ConnInfo {
     ///
     /// # Errors
     /// The server cannot be reached, refuses the login, or (TLS) fails the certificate check.
+    ///
+    /// # Bounded
+    /// The client's `connect_timeout` covers the TCP connect only; a server (or a proxy, or
+    /// a black hole) that accepts and then never answers would hold the caller through
+    /// the TLS and login exchange for ever. So the attempt runs on a contained thread
+    /// (`fault::CONTAINED`: the client also panics when file descriptors run out) and the
+    /// caller waits [`CONNECT_TIMEOUT`] at most; an abandoned attempt ends on its own
+    /// (keepalives) and at most [`MAX_HANGING`] may hang at once.
     pub fn connect(&self) -> Result<Client, DbError> {
-        Ok(match &self.tls {
-            Some(tls) => self.config.connect(tls.clone())?,
-            None => self.config.connect(NoTls)?,
-        })
+        if self.connecting.fetch_add(1, Relaxed) >= MAX_HANGING {
+            self.connecting.fetch_sub(1, Relaxed);
+            return Err(DbError::Unavailable(format!(
+                "{}: earlier connection attempts still hang",
+                self.name
+            )));
+        }
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let (config, tls, connecting) = (
+            self.config.clone(),
+            self.tls.clone(),
+            Arc::clone(&self.connecting),
+        );
+        let attempt = move || {
+            let _count = Attempt(connecting);
+            let _ = done.send(match tls {
+                Some(tls) => config.connect(tls),
+                None => config.connect(NoTls),
+            });
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}pg-connect", crate::fault::CONTAINED))
+            .spawn(attempt);
+        if let Err(e) = spawned {
+            // The closure, and with it the count, was dropped.
+            return Err(DbError::Unavailable(format!(
+                "{}: cannot start a connection attempt: {e}",
+                self.name
+            )));
+        }
+        match result.recv_timeout(CONNECT_TIMEOUT) {
+            Ok(connected) => Ok(connected?),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(DbError::Unavailable(format!(
+                "{}: no answer within {CONNECT_TIMEOUT:?}",
+                self.name
+            ))),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(DbError::Unavailable(
+                format!("{}: the connection attempt failed (see the log)", self.name),
+            )),
+        }
     }
 
     pub(super) fn fail(&self) -> impl Fn(DbError) -> StorageError + '_ {
@@ -161,6 +216,35 @@ impl ConnInfo {
             path: PathBuf::from(&self.name),
             source,
         }
+    }
+}
+
+/// Counts one connection attempt until it ends, however it ends (a panic included).
+struct Attempt(Arc<AtomicUsize>);
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// `url` with libpq's verifying `sslmode` values (`verify-ca`, `verify-full`), which the
+/// client crate does not know, written as `require` (which verifies here: module docs).
+/// Only a whole `sslmode=` parameter changes (a URL's query, or a key=value string's
+/// words), never the same text inside a password or another value.
+fn verifying_sslmode_as_require(url: &str) -> String {
+    let rewrite = |param: &str| match param {
+        "sslmode=verify-ca" | "sslmode=verify-full" => "sslmode=require".to_owned(),
+        other => other.to_owned(),
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else {
+            return url.to_owned();
+        };
+        let query: Vec<String> = query.split('&').map(rewrite).collect();
+        format!("{base}?{}", query.join("&"))
+    } else {
+        url.split(' ').map(rewrite).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -220,11 +304,14 @@ impl Pool {
     /// last [`RETRY_AFTER`]; the connect error when a new connection fails.
     pub fn get(&self) -> Result<Lease<'_>, DbError> {
         let deadline = Instant::now() + self.info.settings.statement_timeout;
+        // Closing a client talks to its server: never under the lock.
+        let mut dead = Vec::new();
         let mut state = self.lock();
         loop {
             while let Some(client) = state.idle.pop() {
                 if client.is_closed() {
                     state.open -= 1;
+                    dead.push(client);
                     continue;
                 }
                 return Ok(Lease {
@@ -282,10 +369,13 @@ impl Pool {
     /// Closes every idle connection: after one was found dead, the rest that idled
     /// through the same outage are too, and each would fail one request to find out.
     pub fn discard_idle(&self) {
-        let mut state = self.lock();
-        state.open -= state.idle.len();
-        state.idle.clear();
+        let idle = {
+            let mut state = self.lock();
+            state.open -= state.idle.len();
+            std::mem::take(&mut state.idle)
+        };
         self.returned.notify_all();
+        drop(idle); // closing talks to the server: after the lock
     }
 }
 
@@ -321,11 +411,42 @@ impl std::ops::DerefMut for Lease<'_> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        let mut state = self.pool.lock();
-        match self.client.take() {
-            Some(client) if !client.is_closed() => state.idle.push(client),
-            _ => state.open -= 1,
-        }
+        let client = self.client.take();
+        let dead = {
+            let mut state = self.pool.lock();
+            match client {
+                Some(client) if !client.is_closed() => {
+                    state.idle.push(client);
+                    None
+                }
+                dead => {
+                    state.open -= 1;
+                    dead
+                }
+            }
+        };
         self.pool.returned.notify_one();
+        drop(dead); // closing talks to the server: after the lock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verifying_sslmode_as_require as rewrite;
+
+    #[test]
+    fn only_a_whole_sslmode_parameter_is_rewritten() {
+        assert_eq!(
+            rewrite("postgres://u:p@h/db?sslmode=verify-full&application_name=x"),
+            "postgres://u:p@h/db?sslmode=require&application_name=x"
+        );
+        assert_eq!(
+            rewrite("host=h sslmode=verify-ca dbname=d"),
+            "host=h sslmode=require dbname=d"
+        );
+        // The same text inside a password or another value stays as it is.
+        let inside = "postgres://u:sslmode=verify-ca@h/db?options=sslmode=verify-full";
+        assert_eq!(rewrite(inside), inside);
+        assert_eq!(rewrite("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -433,9 +433,13 @@ impl WriteStore for PgWriter {
         match self.run(f) {
             Ok(()) => Ok(()),
             Err(Failed::Later(e)) => Err(e),
-            // The connection died while idle (PostgreSQL restarted): nothing of this batch
-            // was sent, so one fresh connection may take it instead of failing it.
-            Err(Failed::Begin(e)) if e.as_db_error().is_none() => {
+            // The connection died while idle (PostgreSQL restarted, or ended it after
+            // `idle_session_timeout`: a FATAL it reads first, or no answer at all):
+            // nothing of this batch was sent, so one fresh connection may take it.
+            Err(Failed::Begin(e))
+                if e.as_db_error().is_none()
+                    || self.client.as_ref().is_none_or(Client::is_closed) =>
+            {
                 log::error!("storage: lost the connection to {} ({e})", self.info.name);
                 (self.client, self.last_attempt) = (None, None);
                 self.run(f).map_err(|failed| match failed {

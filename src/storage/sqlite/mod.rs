@@ -121,7 +121,9 @@ pub fn db_bytes(data_dir: &Path) -> u64 {
 /// message costs about five pages with its index and queue entry); a `stat` every
 /// `WATCH_EVERY` keeps the overshoot to what is written in a few milliseconds. Disk use:
 /// the database plus about `wal_max_bytes` plus what is written in one watch period and
-/// one checkpoint.
+/// one checkpoint, except while a reader holds an old snapshot (a backup): then no
+/// checkpoint can restart the WAL, and RESTARTs are tried with a growing pause (up to a
+/// second) so the writer is not starved meanwhile.
 pub fn checkpointer(
     data_dir: PathBuf,
     wal_max_bytes: u64,
@@ -143,10 +145,18 @@ pub fn checkpointer(
     // transaction, and an idle server must not RESTART at every look meanwhile.
     let mut restarted_at = None;
     let mut last_pass = std::time::Instant::now();
+    // After a busy RESTART (a reader holds an old snapshot: a backup, a long history
+    // read), the next waits this long, doubling to a second: each RESTART holds the
+    // writer back up to RESTART_WAIT, and one every few milliseconds would starve it.
+    let (mut backoff, mut retry_at) = (CHECKPOINT_EVERY, std::time::Instant::now());
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::sleep(WATCH_EVERY);
-        let over = wal_bytes(&data_dir) > wal_max_bytes;
-        if !over && last_pass.elapsed() < CHECKPOINT_EVERY {
+        let wal = wal_bytes(&data_dir);
+        // Over the bound with a RESTART due: now. Otherwise a passive pass each period.
+        let restart_due = wal > wal_max_bytes
+            && restarted_at != Some(wal)
+            && std::time::Instant::now() >= retry_at;
+        if !restart_due && last_pass.elapsed() < CHECKPOINT_EVERY {
             continue;
         }
         last_pass = std::time::Instant::now();
@@ -154,17 +164,22 @@ pub fn checkpointer(
             log::warn!("checkpoint failed: {e}");
             continue;
         }
-        let wal = wal_bytes(&data_dir);
-        if wal > wal_max_bytes && restarted_at != Some(wal) {
-            restarted_at = Some(wal);
-            match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
-                Ok(0) => log::debug!("WAL past {wal_max_bytes} bytes: restarted"),
-                Ok(_) => {
-                    restarted_at = None; // busy: try again at the next look
-                    log::debug!("WAL restart checkpoint busy; trying again");
-                }
-                Err(e) => log::warn!("restart checkpoint failed: {e}"),
+        if !restart_due {
+            continue;
+        }
+        restarted_at = Some(wal);
+        match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => {
+                backoff = CHECKPOINT_EVERY;
+                log::debug!("WAL past {wal_max_bytes} bytes: restarted");
             }
+            Ok(_) => {
+                restarted_at = None;
+                retry_at = std::time::Instant::now() + backoff;
+                log::debug!("WAL restart checkpoint busy; trying again in {backoff:?}");
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(e) => log::warn!("restart checkpoint failed: {e}"),
         }
     }
     // A last full pass so a clean shutdown leaves a small WAL.
