@@ -179,7 +179,7 @@ fn a_reader_holding_an_old_snapshot_does_not_starve_the_writer() {
     let server = ruyi::Server::start(config).expect("starts");
     let mut c = Client::ok(server.tcp_addr(), &Login::new("w", "x"));
     let body = vec![b'w'; 4096];
-    let mut send = |c: &mut Client, n: usize| {
+    let send = |c: &mut Client, n: usize| {
         let at = Instant::now();
         c.send("peer", PERSON, &body, &format!("w-{n}"));
         assert_eq!(c.sendack().reason_code, reason::SUCCESS, "send {n}");
