@@ -93,3 +93,14 @@ r = json.load(open(sys.argv[1])); s = r["sendack_latency"]; l = r["client_send_l
 print("%-9s sends/s %.0f  SENDACK p50 %d us  p99 %d us  client lag p99 %d us  cpu-s %.2f" % (sys.argv[2], r["sends_per_sec"], s["p50_us"], s["p99_us"], l["p99_us"], r["server_cpu_seconds"]))' \
     "$out/half-$store.json" "$store" | tee -a "$out/summary.txt"
 done
+# Where the latency goal holds: a ladder of lower paced rates, both stores.
+echo "SENDACK latency by paced rate (1,000 senders, window 64):" | tee -a "$out/summary.txt"
+for r in 5 10 20; do
+  for store in sqlite postgres; do
+    row=$(run "$store" "rate-$r" person --pairs 1000 --window 64 --rate "$r") || exit 1
+    python3 -c 'import json, sys
+r = json.load(open(sys.argv[1])); s = r["sendack_latency"]; l = r["client_send_lag"]
+print("%6d/s %-9s sends/s %.0f  SENDACK p50 %d us  p99 %d us  client lag p99 %d us  cpu-s %.2f" % (int(sys.argv[3]) * 1000, sys.argv[2], r["sends_per_sec"], s["p50_us"], s["p99_us"], l["p99_us"], r["server_cpu_seconds"]))' \
+      "$out/rate-$r-$store.json" "$store" "$r" | tee -a "$out/summary.txt"
+  done
+done
