@@ -133,7 +133,9 @@ impl Worker {
         if let Some(list) = &req.recipients {
             return Ok(Arc::clone(list)); // An API send to a subscriber list.
         }
-        if !req.system {
+        // The API's own sends, and system uids' (HTTP_API.md §4.4), skip the checks.
+        let system = req.system || self.shared.system_uids.contains(&req.from_uid);
+        if !system {
             if let Some(me) = self.person_info(&req.from_uid)? {
                 if me.ban {
                     return Err(reason::BAN); // Its sessions are being closed too.
@@ -145,7 +147,7 @@ impl Worker {
         }
         if req.key.channel_type == channel_type::PERSON {
             let peer = req.addressed_to.as_str();
-            if !req.system {
+            if !system {
                 if let Some(peer_info) = self.person_info(peer)? {
                     if contains(&peer_info.denylist, &req.from_uid) {
                         return Err(reason::IN_BLACKLIST);
@@ -160,7 +162,7 @@ impl Worker {
         }
         let Some(info) = self.info(&req.key)? else {
             // A group nobody created has no subscribers (WuKongIM answers the same).
-            return Err(if req.system {
+            return Err(if system {
                 reason::CHANNEL_NOT_EXIST
             } else {
                 reason::SUBSCRIBER_NOT_EXIST
@@ -172,7 +174,7 @@ impl Worker {
         if info.disband {
             return Err(reason::DISBAND);
         }
-        if !req.system && req.key.channel_type != channel_type::INFO {
+        if !system && req.key.channel_type != channel_type::INFO {
             if contains(&info.denylist, &req.from_uid) {
                 return Err(reason::IN_BLACKLIST);
             }
@@ -189,6 +191,12 @@ impl Worker {
     fn send(&mut self, req: SendRequest) {
         let message_id = self.shared.ids.next();
         let recipients = match self.check(&req) {
+            // Messages are never pushed to system uids (HTTP_API.md §4.4).
+            Ok(r) if !self.shared.system_uids.is_empty() => r
+                .iter()
+                .filter(|uid| !self.shared.system_uids.contains(uid))
+                .cloned()
+                .collect(),
             Ok(r) => r,
             Err(code) => {
                 log::debug!(
@@ -230,7 +238,7 @@ impl Worker {
         }
         // msg.offline: recipients other than the sender with no master-level device online
         // (PROTOCOL.md §9.5); only computed when someone listens.
-        let webhook_offline = if self.shared.webhooks.is_some() && !req.flags.no_persist() {
+        let webhook_offline = if self.shared.webhooks.is_some() {
             recipients
                 .iter()
                 .filter(|uid| **uid != req.from_uid)

@@ -47,6 +47,18 @@ pub struct Config {
     /// tokens and send as anyone (HTTP_API.md §1.2; the manager token arrives with the
     /// full API).
     pub http_addr: SocketAddr,
+    /// The address clients are told to connect to (`/route`): WuKongIM's `external.ip`.
+    /// Unset: the listener's own address, or this machine's first non-loopback address
+    /// when the listener is on a wildcard address (`advertise.rs`).
+    pub external_ip: Option<String>,
+    /// The whole TCP address to advertise (`host:port`), when a proxy or NAT publishes
+    /// another: WuKongIM's `external.tcpAddr`.
+    pub external_tcp_addr: Option<String>,
+    /// The whole WebSocket address to advertise (`ws://host:port`): `external.wsAddr`.
+    pub external_ws_addr: Option<String>,
+    /// A TLS WebSocket address to advertise (`wss://host:port`, served by a proxy in
+    /// front): `external.wssAddr`. Unset: none.
+    pub external_wss_addr: Option<String>,
     /// Data directory (created if missing): the SQLite database when the store is SQLite,
     /// the token key (`tokens.rs`) and the directory lock in any case.
     pub data_dir: PathBuf,
@@ -191,6 +203,10 @@ impl Default for Config {
             http_addr: "127.0.0.1:5001".parse().expect("static address"),
             ws_addr: "0.0.0.0:5200".parse().expect("static address"),
             data_dir: PathBuf::from("data"),
+            external_ip: None,
+            external_tcp_addr: None,
+            external_ws_addr: None,
+            external_wss_addr: None,
             store: "sqlite".to_owned(),
             store_pool_size: 16,
             store_statement_timeout: Duration::from_secs(10),
@@ -256,6 +272,22 @@ impl Config {
                  set --manager-token or bind it to 127.0.0.1",
                 self.http_addr
             ));
+        }
+        for (name, value, scheme) in [
+            ("external_ip", &self.external_ip, ""),
+            ("external_tcp_addr", &self.external_tcp_addr, ""),
+            ("external_ws_addr", &self.external_ws_addr, "ws://"),
+            ("external_wss_addr", &self.external_wss_addr, "wss://"),
+        ] {
+            let Some(value) = value else { continue };
+            let rest = value.strip_prefix(scheme).unwrap_or("");
+            if rest.is_empty() || rest.contains(char::is_whitespace) {
+                return Err(format!(
+                    "{name} must be a {}host{}",
+                    scheme,
+                    if name == "external_ip" { "" } else { ":port" }
+                ));
+            }
         }
         if !(1..=1000).contains(&self.store_pool_size) {
             return Err("store_pool_size must be between 1 and 1000".into());

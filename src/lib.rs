@@ -6,8 +6,8 @@
 //! loop → channel pool → storage writer (commit, then the pusher on the same thread) →
 //! loops.
 
+pub mod advertise;
 pub mod answer;
-pub mod api;
 pub mod auth;
 pub mod channel;
 pub mod config;
@@ -27,6 +27,7 @@ pub mod registry;
 pub mod server;
 pub mod shared;
 pub mod storage;
+pub mod system_uids;
 pub mod tls;
 pub mod tokens;
 pub mod webhook;

@@ -45,6 +45,19 @@ struct Cli {
     /// [default: 127.0.0.1:5001]
     #[arg(long)]
     http_addr: Option<SocketAddr>,
+    /// The address clients are told to connect to (/route); default: the listener's, or
+    /// this machine's first non-loopback address for a wildcard listener
+    #[arg(long, value_name = "IP")]
+    external_ip: Option<String>,
+    /// The whole TCP address to advertise (host:port), e.g. a load balancer's
+    #[arg(long, value_name = "HOST:PORT")]
+    external_tcp_addr: Option<String>,
+    /// The whole WebSocket address to advertise (ws://host:port)
+    #[arg(long, value_name = "URL")]
+    external_ws_addr: Option<String>,
+    /// A TLS WebSocket address to advertise (wss://host:port, served by a proxy in front)
+    #[arg(long, value_name = "URL")]
+    external_wss_addr: Option<String>,
     /// Data directory: the SQLite database, the token key and the lock [default: data]
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
@@ -162,6 +175,10 @@ struct FileConfig {
     ws_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    external_ip: Option<String>,
+    external_tcp_addr: Option<String>,
+    external_ws_addr: Option<String>,
+    external_wss_addr: Option<String>,
     store: Option<String>,
     store_pool_size: Option<usize>,
     store_statement_timeout_ms: Option<u64>,
@@ -206,6 +223,10 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.http_addr = f.http_addr.unwrap_or(c.http_addr);
         c.data_dir = f.data_dir.unwrap_or(c.data_dir);
         c.store = f.store.unwrap_or(c.store);
+        c.external_ip = f.external_ip.or(c.external_ip);
+        c.external_tcp_addr = f.external_tcp_addr.or(c.external_tcp_addr);
+        c.external_ws_addr = f.external_ws_addr.or(c.external_ws_addr);
+        c.external_wss_addr = f.external_wss_addr.or(c.external_wss_addr);
         c.store_pool_size = f.store_pool_size.unwrap_or(c.store_pool_size);
         c.store_statement_timeout = f
             .store_statement_timeout_ms
@@ -264,6 +285,10 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.http_addr = cli.http_addr.unwrap_or(c.http_addr);
     c.data_dir = cli.data_dir.unwrap_or(c.data_dir);
     c.store = cli.store.unwrap_or(c.store);
+    c.external_ip = cli.external_ip.or(c.external_ip);
+    c.external_tcp_addr = cli.external_tcp_addr.or(c.external_tcp_addr);
+    c.external_ws_addr = cli.external_ws_addr.or(c.external_ws_addr);
+    c.external_wss_addr = cli.external_wss_addr.or(c.external_wss_addr);
     c.store_pool_size = cli.store_pool_size.unwrap_or(c.store_pool_size);
     c.store_statement_timeout = cli
         .store_statement_timeout_ms

@@ -27,6 +27,7 @@ use crate::message::{Committed, Delivery, Target};
 use crate::shared::SharedRef;
 use crate::storage::append::Outlet;
 use crate::storage::writer::{Job, LaneJob};
+use ruyi_proto::types::reason;
 use ruyi_reactor::ConnId;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -42,12 +43,14 @@ pub const BATCH_WEIGHT: usize = 1024;
 /// loop is cut in pieces, so the loop can look at its sockets between them.
 pub const TARGETS_PER_DELIVER: usize = 256;
 
-/// `msg.notify` for every stored message, `msg.offline` when some recipients have no master
-/// device online (HTTP_API.md §9.3–9.4). Non-blocking: full webhook queues drop.
-fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, node_id: u16) {
+/// `msg.notify` for every stored message, `msg.offline` for every sent one (NoPersist
+/// included) when some recipients have no master device online (HTTP_API.md §9.3–9.4). Non-blocking: full webhook queues drop.
+fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, stored: bool, node_id: u16) {
     let m = &c.message;
     let size = crate::webhook::message_event_bytes(m.payload.len());
-    hooks.notify(crate::http::message_json(m, None), size);
+    if stored {
+        hooks.notify(crate::http::message_json(m, None), size);
+    }
     if !c.webhook_offline.is_empty() {
         let mut v = crate::http::message_json(m, None);
         v["channel_id"] = serde_json::json!(m.addressed_to);
@@ -119,11 +122,15 @@ impl Pusher {
 
     fn route(&mut self, c: Committed) {
         let shared = &self.shared;
-        if c.outcome.message_seq > 0 && !c.duplicate {
+        let stored = c.outcome.message_seq > 0;
+        if stored && !c.duplicate {
             shared.counters.stored.fetch_add(1, Relaxed);
-            if let Some(hooks) = &shared.webhooks {
-                send_webhooks(hooks, &c, shared.config.node_id);
-            }
+        }
+        // A NoPersist message is never stored (seq 0) but is sent: msg.offline still
+        // applies to it (HTTP_API.md §9.3 excludes only Agent channels and EVENT frames).
+        let sent = stored || (c.message.flags.no_persist() && c.outcome.reason == reason::SUCCESS);
+        if let (Some(hooks), true, false) = (&shared.webhooks, sent, c.duplicate) {
+            send_webhooks(hooks, &c, stored, shared.config.node_id);
         }
         if let Some((conn, frame)) = shared.reply_frame(c.reply, c.outcome) {
             self.commands[conn.loop_index()].push(ToLoop::Frame(conn, frame));

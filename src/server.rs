@@ -164,7 +164,20 @@ impl Server {
             }
             None => None,
         };
+        let advertised = crate::advertise::Advertised::resolve(
+            &config,
+            builder.local_addr(tcp)?,
+            builder.local_addr(ws)?,
+        );
+        let system_uids = store.open_reader()?.system_uids().map_err(|source| {
+            storage::StorageError::Database {
+                path: store.name().into(),
+                source,
+            }
+        })?;
         let shared = Arc::new(Shared {
+            system_uids: crate::system_uids::SystemUids::new(system_uids),
+            advertised,
             registry: Registry::default(),
             ids: IdGenerator::new(config.node_id, floor),
             channels: channel_txs,

@@ -52,6 +52,10 @@ pub struct Counters {
 pub struct Shared {
     /// Configuration.
     pub config: Config,
+    /// System uids (HTTP_API.md §4.4), as stored.
+    pub system_uids: crate::system_uids::SystemUids,
+    /// Where clients are told to connect (`/route`).
+    pub advertised: crate::advertise::Advertised,
     /// uid → connections.
     pub registry: Registry,
     /// Message ids.

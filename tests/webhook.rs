@@ -244,3 +244,50 @@ fn a_webhook_url_without_a_scheme_is_refused_at_start() {
     let err = ruyi::Server::start(config).expect_err("an ftp webhook started");
     assert!(err.to_string().contains("http:// or https://"), "{err}");
 }
+
+#[test]
+fn a_no_persist_message_still_gets_msg_offline_but_no_msg_notify() {
+    // HTTP_API.md §9.3 excludes only Agent channels and EVENT frames from msg.offline;
+    // msg.notify is for stored messages (§9.4).
+    let (hook, events) = receiver(false);
+    let server = start("webhook-nopersist", |c| {
+        c.webhook_url = Some(format!("http://{hook}/hook"))
+    });
+    register(&server, "amy", "t", 1, 0);
+    let mut amy = Client::ok(server.tcp_addr(), &Login::new("amy", "t"));
+    amy.send_with(
+        1,
+        "ben",
+        channel_type::PERSON,
+        b"{}",
+        "np1",
+        ruyi_proto::Flags(ruyi_proto::Flags::NO_PERSIST),
+    );
+    assert_eq!(amy.sendack().reason_code, reason::SUCCESS);
+    amy.send("ben", channel_type::PERSON, b"{}", "stored1");
+    assert_eq!(amy.sendack().reason_code, reason::SUCCESS);
+    let (mut offline, mut notified) = (Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while offline.len() < 2 || notified.is_empty() {
+        let (event, body) = events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the offline events and the stored message's notify");
+        match event.as_str() {
+            "msg.offline" => offline.push(body["client_msg_no"].as_str().unwrap().to_owned()),
+            "msg.notify" => notified.extend(
+                body.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["client_msg_no"].as_str().unwrap().to_owned()),
+            ),
+            _ => {}
+        }
+    }
+    offline.sort();
+    assert_eq!(offline, ["np1", "stored1"]);
+    assert_eq!(
+        notified,
+        ["stored1"],
+        "a NoPersist message was notified as stored"
+    );
+}

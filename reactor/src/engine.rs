@@ -73,6 +73,20 @@ impl EngineBuilder {
         Ok(id)
     }
 
+    /// The address `listener` is bound to (its real port when it was asked for port 0),
+    /// known before the engine starts.
+    ///
+    /// # Errors
+    /// The socket cannot say (it was closed).
+    pub fn local_addr(&self, listener: ListenerId) -> Result<SocketAddr> {
+        self.listeners[listener.index()]
+            .local_addr()
+            .map_err(|source| Error::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })
+    }
+
     /// Starts the acceptor and `config.loops` event loops. `factory(loop_index, handles)`
     /// runs once on each loop's thread to make that loop's handler.
     ///

@@ -81,6 +81,8 @@ pub enum AdminWrite {
         key: ChannelKey,
         flags: ChannelFlags,
     },
+    /// `/user/systemuids_add` (`add`) and `_remove`.
+    SystemUids { uids: Vec<String>, add: bool },
     /// `/channel`, `/channel/subscriber_add`: new members start with nothing unread.
     AddSubscribers {
         key: ChannelKey,
@@ -92,7 +94,9 @@ pub enum AdminWrite {
     /// `/channel/subscriber_remove_all`.
     RemoveAllSubscribers { key: ChannelKey },
     /// `/channel/delete`: disbanded; members, lists, conversations, queue entries and
-    /// messages deleted; the seq high-water mark kept, so no seq is ever reused.
+    /// messages deleted; the seq high-water mark kept, so no seq is ever reused. The row
+    /// keeps `disband = 2` ("deleted", which refuses sends as disbanded does): members
+    /// added again make it a fresh channel (flags cleared, seqs going on).
     DeleteChannel { key: ChannelKey },
     /// The deny and allow lists.
     List {

@@ -155,6 +155,14 @@ impl Reader {
         both!(self, r => r.channel(key))
     }
 
+    /// Every system uid (HTTP_API.md §4.4), sorted.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub fn system_uids(&self) -> Result<Vec<String>, DbError> {
+        both!(self, r => r.system_uids())
+    }
+
     /// The largest message id stored (0 when empty): the id generator's floor.
     ///
     /// # Errors

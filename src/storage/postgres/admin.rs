@@ -80,6 +80,11 @@ pub fn apply(tx: &PgTx<'_, '_>, w: &AdminWrite) -> Result<()> {
         }
         AdminWrite::AddSubscribers { key, reset, uids } => {
             let row = tx.ensure_channel(key)?;
+            // A deleted channel that gets members again is a fresh one (its seqs go on).
+            tx.execute(
+                "UPDATE channels SET disband = 0, ban = 0, send_ban = 0 WHERE id = $1 AND disband = 2",
+                &[&row],
+            )?;
             if *reset {
                 tx.execute("DELETE FROM subscribers WHERE channel = $1", &[&row])?;
             }
@@ -128,10 +133,20 @@ pub fn apply(tx: &PgTx<'_, '_>, w: &AdminWrite) -> Result<()> {
             }
             tx.execute("DELETE FROM subscribers WHERE channel = $1", &[&row])?;
         }
+        AdminWrite::SystemUids { uids, add } => {
+            let sql = if *add {
+                "INSERT INTO system_uids (uid) VALUES ($1) ON CONFLICT DO NOTHING"
+            } else {
+                "DELETE FROM system_uids WHERE uid = $1"
+            };
+            for uid in uids {
+                tx.execute(sql, &[uid])?;
+            }
+        }
         AdminWrite::DeleteChannel { key } => {
             tx.execute(
-                "INSERT INTO channels (channel_id, channel_type, disband) VALUES ($1, $2, 1)
-                 ON CONFLICT (channel_id, channel_type) DO UPDATE SET disband = 1",
+                "INSERT INTO channels (channel_id, channel_type, disband) VALUES ($1, $2, 2)
+                 ON CONFLICT (channel_id, channel_type) DO UPDATE SET disband = 2",
                 &[&key.id, &n(key.channel_type)],
             )?;
             let row = tx.ensure_channel(key)?;

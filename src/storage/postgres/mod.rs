@@ -286,7 +286,9 @@ impl PgReader {
     pub fn conversations(&self, uid: &str, limit: usize) -> Result<Vec<Conversation>, DbError> {
         let rows = self.query(
             "SELECT ch.channel_id, ch.channel_type, c.read_to, c.deleted_at FROM conversations c
-             JOIN channels ch ON ch.id = c.channel WHERE c.uid = $1 ORDER BY c.updated_at DESC LIMIT $2",
+             JOIN channels ch ON ch.id = c.channel WHERE c.uid = $1
+                 ORDER BY (SELECT m.message_id FROM messages m WHERE m.channel = c.channel ORDER BY m.seq DESC LIMIT 1) DESC NULLS LAST,
+                     c.updated_at DESC LIMIT $2",
             &[&uid, &(limit as i64)],
         )?;
         Ok(rows
@@ -300,6 +302,15 @@ impl PgReader {
                 deleted_at: seq(r.get(3)),
             })
             .collect())
+    }
+
+    /// See the SQLite reader.
+    pub fn system_uids(&self) -> Result<Vec<String>, DbError> {
+        let rows = self.query(
+            "SELECT uid FROM system_uids ORDER BY uid COLLATE \"C\"",
+            &[],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// See the SQLite reader.

@@ -69,6 +69,8 @@ const MIGRATIONS: &[&str] = &["
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (uid, channel)
     );
+", "
+    CREATE TABLE system_uids (uid TEXT PRIMARY KEY);
 "];
 
 /// Brings the database to the newest schema (module docs).

@@ -96,6 +96,16 @@ pub fn apply(c: &Connection, w: &AdminWrite) -> rusqlite::Result<()> {
             c.execute("DELETE FROM subscribers WHERE channel = ?1", [row])?;
         }
         AdminWrite::DeleteChannel { key } => delete_channel(c, key)?,
+        AdminWrite::SystemUids { uids, add } => {
+            let sql = if *add {
+                "INSERT OR IGNORE INTO system_uids (uid) VALUES (?1)"
+            } else {
+                "DELETE FROM system_uids WHERE uid = ?1"
+            };
+            for uid in uids {
+                c.prepare_cached(sql)?.execute([uid])?;
+            }
+        }
         AdminWrite::List {
             key,
             kind,
@@ -119,6 +129,11 @@ fn add_subscribers(
     uids: &[String],
 ) -> rusqlite::Result<()> {
     let row = ensure_channel(c, key)?;
+    // A deleted channel that gets members again is a fresh one (its seqs go on).
+    c.execute(
+        "UPDATE channels SET disband = 0, ban = 0, send_ban = 0 WHERE id = ?1 AND disband = 2",
+        [row],
+    )?;
     if reset {
         c.execute("DELETE FROM subscribers WHERE channel = ?1", [row])?;
     }
@@ -143,8 +158,8 @@ fn add_subscribers(
 
 fn delete_channel(c: &Connection, key: &ChannelKey) -> rusqlite::Result<()> {
     c.execute(
-        "INSERT INTO channels (channel_id, channel_type, disband) VALUES (?1, ?2, 1)
-         ON CONFLICT (channel_id, channel_type) DO UPDATE SET disband = 1",
+        "INSERT INTO channels (channel_id, channel_type, disband) VALUES (?1, ?2, 2)
+         ON CONFLICT (channel_id, channel_type) DO UPDATE SET disband = 2",
         params![key.id, key.channel_type],
     )?;
     let row = ensure_channel(c, key)?;

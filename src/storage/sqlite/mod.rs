@@ -459,7 +459,9 @@ impl Reader {
             .optional()?)
     }
 
-    /// A user's conversations (at most `limit`): channel, read position, deletion mark.
+    /// A user's conversations (at most `limit`): channel, read position, deletion mark;
+    /// those whose channel holds the newest message first (message ids grow with time),
+    /// so a cap keeps the active ones.
     ///
     /// # Errors
     /// SQLite errors.
@@ -467,7 +469,9 @@ impl Reader {
         let run = || -> rusqlite::Result<Vec<Conversation>> {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT ch.channel_id, ch.channel_type, c.read_to, c.deleted_at FROM conversations c
-                 JOIN channels ch ON ch.id = c.channel WHERE c.uid = ?1 ORDER BY c.updated_at DESC LIMIT ?2",
+                 JOIN channels ch ON ch.id = c.channel WHERE c.uid = ?1
+                 ORDER BY (SELECT m.message_id FROM messages m WHERE m.channel = c.channel ORDER BY m.seq DESC LIMIT 1) DESC NULLS LAST,
+                     c.updated_at DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![uid, limit as i64], |r| {
                 Ok(Conversation {
@@ -476,6 +480,21 @@ impl Reader {
                     deleted_at: r.get(3)?,
                 })
             })?;
+            rows.collect()
+        };
+        Ok(run()?)
+    }
+
+    /// Every system uid (HTTP_API.md §4.4), sorted.
+    ///
+    /// # Errors
+    /// SQLite errors.
+    pub fn system_uids(&self) -> super::tx::Result<Vec<String>> {
+        let run = || -> rusqlite::Result<Vec<String>> {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT uid FROM system_uids ORDER BY uid")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect()
         };
         Ok(run()?)
@@ -493,6 +512,8 @@ impl Reader {
                      FROM channels c WHERE c.channel_id = ?1 AND c.channel_type = ?2",
                 )?
                 .query_row(params![key.id, key.channel_type], |r| r.get(0))
+                .optional()
+                .map(Option::unwrap_or_default) // a channel never stored: 0
         };
         Ok(run()?)
     }

@@ -86,6 +86,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE offline ADD COLUMN delivered INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE offline ADD COLUMN keep INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX offline_by_message ON offline (uid, channel, channel_seq);",
+    // 4: system uids (HTTP_API.md §4.4): they skip send checks and get no pushes.
+    "CREATE TABLE system_uids (uid TEXT PRIMARY KEY) WITHOUT ROWID;",
 ];
 
 /// Brings `conn` to the newest schema, one migration per transaction.

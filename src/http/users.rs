@@ -1,0 +1,172 @@
+//! User routes (HTTP_API.md §4): tokens, device quit, online status, system uids.
+
+use super::{admin, bad, ok, parse, storage_answer, valid_id, Answer};
+use crate::gateway::ToLoop;
+use crate::message::{ChannelKey, SYSTEM_UID};
+use crate::shared::SharedRef;
+use crate::storage::admin::AdminWrite;
+use crate::storage::Reader;
+use ruyi_proto::types::{channel_type, reason};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[derive(Deserialize)]
+struct TokenBody {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    device_flag: u8,
+    #[serde(default)]
+    device_level: u8,
+}
+
+pub(crate) fn user_token(
+    shared: &SharedRef,
+    reader: &Reader,
+    body: &[u8],
+) -> Result<Answer, Answer> {
+    let b: TokenBody = parse(body)?;
+    if !valid_id(&b.uid) || b.uid == SYSTEM_UID {
+        return Err(bad("uid is empty or contains @ # &"));
+    }
+    if b.token.is_empty() {
+        return Err(bad("token is required"));
+    }
+    if let Ok(Some(me)) = reader.channel(&ChannelKey::new(b.uid.clone(), channel_type::PERSON)) {
+        if me.ban {
+            return Ok((200, json!({"status": reason::BAN}).to_string()));
+        }
+        if me.disband {
+            return Ok((200, json!({"status": reason::DISBAND}).to_string()));
+        }
+    }
+    // Stored as its keyed hash, never as entered (`tokens.rs`).
+    let token = shared.tokens.hash(&b.token);
+    admin(
+        shared,
+        vec![AdminWrite::SetToken {
+            uid: b.uid.clone(),
+            device_flag: b.device_flag,
+            token_hash: token,
+            level: b.device_level.min(1),
+        }],
+    )?;
+    if b.device_level == 1 {
+        // A new master token kicks the live connections of that device flag (§4.1).
+        for d in shared
+            .registry
+            .devices(&b.uid)
+            .into_iter()
+            .filter(|d| d.device_flag == b.device_flag)
+        {
+            let kick = ToLoop::Kick {
+                conn: d.conn,
+                notify: true,
+                code: reason::CONNECT_KICK,
+                reason: "token changed".into(),
+                after: Duration::from_secs(10),
+            };
+            let _ = shared.loops().for_conn(d.conn).post(kick);
+        }
+    }
+    Ok(ok())
+}
+
+#[derive(Deserialize)]
+struct DeviceQuitBody {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    device_flag: i32,
+}
+
+/// `POST /user/device_quit`: clears the token of that flag (-1: all three) and kicks its
+/// live connections with DISCONNECT(12), closing them 2 s later (HTTP_API.md §4.2).
+pub fn device_quit(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let b: DeviceQuitBody = parse(body)?;
+    if !valid_id(&b.uid) {
+        return Err(bad("uid is empty or contains @ # &"));
+    }
+    if !(-1..=2).contains(&b.device_flag) {
+        return Err(bad("device_flag must be 0, 1, 2 or -1"));
+    }
+    admin(
+        shared,
+        vec![AdminWrite::ClearTokens {
+            uid: b.uid.clone(),
+            device_flag: u8::try_from(b.device_flag).ok(),
+        }],
+    )?;
+    for d in shared.registry.devices(&b.uid) {
+        if b.device_flag == -1 || i32::from(d.device_flag) == b.device_flag {
+            let kick = ToLoop::Kick {
+                conn: d.conn,
+                notify: true,
+                code: ruyi_proto::types::reason::CONNECT_KICK,
+                reason: String::new(),
+                after: Duration::from_secs(2),
+            };
+            let _ = shared.loops().for_conn(d.conn).post(kick);
+        }
+    }
+    Ok(ok())
+}
+
+/// `POST /user/onlinestatus`: one entry per live connection of the listed uids
+/// (HTTP_API.md §4.3).
+pub fn online_status(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
+    let uids: Vec<String> = parse(body)?;
+    if uids.is_empty() {
+        return Ok(ok());
+    }
+    let list: Vec<Value> = uids
+        .iter()
+        .flat_map(|uid| {
+            shared
+                .registry
+                .devices(uid)
+                .into_iter()
+                .map(move |d| json!({"uid": uid, "device_flag": d.device_flag, "online": 1}))
+        })
+        .collect();
+    Ok((200, Value::Array(list).to_string()))
+}
+
+#[derive(Deserialize)]
+struct UidsBody {
+    #[serde(default)]
+    uids: Vec<String>,
+}
+
+/// `POST /user/systemuids_add` (`add`) and `/user/systemuids_remove` (HTTP_API.md §4.4):
+/// stored first, then the channel workers' copy changes.
+pub fn system_uids_change(shared: &SharedRef, body: &[u8], add: bool) -> Result<Answer, Answer> {
+    let b: UidsBody = parse(body)?;
+    if b.uids.is_empty() {
+        return Err(bad("uids is required"));
+    }
+    if b.uids.len() > 1000 {
+        return Err(bad("at most 1000 uids per request"));
+    }
+    if let Some(bad_uid) = b.uids.iter().find(|u| !valid_id(u)) {
+        return Err(bad(&format!("invalid uid {bad_uid:?}")));
+    }
+    admin(
+        shared,
+        vec![AdminWrite::SystemUids {
+            uids: b.uids.clone(),
+            add,
+        }],
+    )?;
+    shared.system_uids.change(&b.uids, add);
+    Ok(ok())
+}
+
+/// `GET /user/systemuids`: every system uid, sorted (HTTP_API.md §4.4).
+pub fn system_uids(reader: &Reader) -> Result<Answer, Answer> {
+    let uids = reader.system_uids().map_err(|e| storage_answer(&e))?;
+    Ok((200, json!(uids).to_string()))
+}
