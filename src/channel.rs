@@ -147,7 +147,8 @@ impl Worker {
         }
         if req.key.channel_type == channel_type::PERSON {
             let peer = req.addressed_to.as_str();
-            if !system {
+            // A system uid as the recipient always accepts (PROTOCOL.md §9.2).
+            if !system && !self.shared.system_uids.contains(peer) {
                 if let Some(peer_info) = self.person_info(peer)? {
                     if contains(&peer_info.denylist, &req.from_uid) {
                         return Err(reason::IN_BLACKLIST);
@@ -192,12 +193,7 @@ impl Worker {
         let message_id = self.shared.ids.next();
         let recipients = match self.check(&req) {
             // Messages are never pushed to system uids (HTTP_API.md §4.4).
-            Ok(r) if !self.shared.system_uids.is_empty() => r
-                .iter()
-                .filter(|uid| !self.shared.system_uids.contains(uid))
-                .cloned()
-                .collect(),
-            Ok(r) => r,
+            Ok(r) => self.shared.system_uids.without(&r).map_or(r, Into::into),
             Err(code) => {
                 log::debug!(
                     "uid={} send to {:?} refused: reason {code}",

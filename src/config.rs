@@ -281,6 +281,18 @@ impl Config {
         ] {
             let Some(value) = value else { continue };
             let rest = value.strip_prefix(scheme).unwrap_or("");
+            // Never advertise a wildcard: no client can dial it.
+            let host = match rest.rsplit_once(':') {
+                Some((host, _)) if name != "external_ip" => host,
+                _ => rest,
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+            {
+                return Err(format!("{name} names a wildcard address ({value})"));
+            }
             if rest.is_empty() || rest.contains(char::is_whitespace) {
                 return Err(format!(
                     "{name} must be a {}host{}",

@@ -61,7 +61,7 @@ fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, stored: bool, 
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()));
         let uids: usize = c.webhook_offline.iter().map(|u| u.len() + 3).sum();
-        hooks.offline(v, size + uids);
+        hooks.offline(v, size + uids, !stored);
     }
 }
 

@@ -60,6 +60,8 @@ pub struct Server {
     ws_addr: SocketAddr,
     threads: Vec<JoinHandle<()>>,
     checkpoint_stop: Arc<AtomicBool>,
+    /// This server's node id, leased on PostgreSQL (released after the last commit).
+    lease: Option<storage::postgres::NodeLease>,
 }
 
 /// The store `config` names (parsed, not opened).
@@ -129,6 +131,9 @@ impl Server {
         let lock = storage::lock_data_dir(&config.data_dir)?;
         let tokens = crate::tokens::TokenHasher::load_or_create(&config.data_dir)?;
         let write_store = store.open_writer(|t| tokens.hash(t))?;
+        // The holder's name comes from this data directory's key: stable across restarts,
+        // different for every other data directory (`postgres/lease.rs`).
+        let lease = store.claim_node(config.node_id, &tokens.hash("ruyi node lease holder"))?;
         let floor = store.open_reader()?.max_message_id().map_err(|source| {
             storage::StorageError::Database {
                 path: store.name().into(),
@@ -297,6 +302,7 @@ impl Server {
             ws_addr,
             threads,
             checkpoint_stop,
+            lease,
         })
     }
 
@@ -335,6 +341,7 @@ impl Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        drop(self.lease.take()); // after the writer's last commit
     }
 }
 

@@ -16,6 +16,9 @@ pub struct SystemUids {
     /// False while the set is empty: the fast path.
     any: AtomicBool,
     set: RwLock<HashSet<String>>,
+    /// Held by a route across its store write and the reload after it, so changes reach
+    /// memory in the order they were stored.
+    pub changing: std::sync::Mutex<()>,
 }
 
 impl SystemUids {
@@ -25,6 +28,7 @@ impl SystemUids {
         SystemUids {
             any: AtomicBool::new(!set.is_empty()),
             set: RwLock::new(set),
+            changing: std::sync::Mutex::new(()),
         }
     }
 
@@ -43,19 +47,28 @@ impl SystemUids {
         !self.any.load(Ordering::Acquire)
     }
 
-    /// Adds (`add`) or removes `uids`, after the store did.
-    pub fn change(&self, uids: &[String], add: bool) {
+    /// `uids` without the system uids among them (one lock for the whole list), or `None`
+    /// when there is none among them.
+    pub fn without(&self, uids: &[String]) -> Option<Vec<String>> {
+        if self.is_empty() {
+            return None;
+        }
+        let set = self
+            .set
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        uids.iter()
+            .any(|u| set.contains(u))
+            .then(|| uids.iter().filter(|u| !set.contains(*u)).cloned().collect())
+    }
+
+    /// Becomes exactly `uids` (as the store holds them now).
+    pub fn replace(&self, uids: Vec<String>) {
         let mut set = self
             .set
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for uid in uids {
-            if add {
-                set.insert(uid.clone());
-            } else {
-                set.remove(uid);
-            }
-        }
+        *set = uids.into_iter().collect();
         self.any.store(!set.is_empty(), Ordering::Release);
     }
 }

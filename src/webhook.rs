@@ -93,8 +93,17 @@ fn outbox<T>() -> (Outbox<T>, Inbox<T>) {
 impl<T> Outbox<T> {
     /// Queues `event` charged `size` bytes; false when the queue is full either way.
     fn try_send(&self, event: T, size: usize) -> bool {
+        self.try_send_within(event, size, 1)
+    }
+
+    /// [`Self::try_send`] into `1 / share` of the queue: what may be dropped first keeps
+    /// the rest free for what matters more.
+    fn try_send_within(&self, event: T, size: usize, share: usize) -> bool {
+        if self.tx.len() >= QUEUE / share {
+            return false;
+        }
         let before = self.bytes.fetch_add(size, Relaxed);
-        if before + size > QUEUE_BYTES || self.tx.try_send((event, size)).is_err() {
+        if before + size > QUEUE_BYTES / share || self.tx.try_send((event, size)).is_err() {
             self.bytes.fetch_sub(size, Relaxed);
             return false;
         }
@@ -232,8 +241,12 @@ impl Webhooks {
     }
 
     /// Queues a `msg.offline` object (message fields plus `to_uids`) of about `size` bytes.
-    pub fn offline(&self, message: Value, size: usize) {
-        if !self.offline.try_send(message, size) {
+    /// A NoPersist message's (`transient`: typing indicators and the like, which can come
+    /// in floods) only while the queue is less than half full, so a flood of them never
+    /// crowds out a stored message's push.
+    pub fn offline(&self, message: Value, size: usize, transient: bool) {
+        let share = if transient { 2 } else { 1 };
+        if !self.offline.try_send_within(message, size, share) {
             self.dropped("msg.offline");
         }
     }

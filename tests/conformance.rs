@@ -112,6 +112,15 @@ fn route_never_answers_a_wildcard_address() {
     let mut bad = ruyi::Config::for_test(temp_dir("conf-route-bad"));
     bad.external_ws_addr = Some("im.example.com:5200".into());
     assert!(bad.validate().is_err(), "a ws address without ws://");
+    for (ip, tcp) in [(Some("0.0.0.0"), None), (None, Some("[::]:5100"))] {
+        let mut bad = ruyi::Config::for_test(temp_dir("conf-route-bad"));
+        bad.external_ip = ip.map(Into::into);
+        bad.external_tcp_addr = tcp.map(Into::into);
+        assert!(
+            bad.validate().is_err(),
+            "a wildcard advertised: {ip:?} {tcp:?}"
+        );
+    }
 }
 
 #[test]
@@ -325,6 +334,20 @@ fn expect_100_continue_and_chunked_bodies_are_understood() {
             "{}".to_owned(),
             "417",
         ),
+        // Smuggling shapes: a bare LF ends a size line for some proxies.
+        (head, "1;\nX\r\nA\r\n0\r\n\r\n".to_owned(), "400"),
+        // HTTP/1.0 has no chunked coding.
+        (
+            "POST /user/token HTTP/1.0\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "0\r\n\r\n".to_owned(),
+            "400",
+        ),
+        // What needs no token takes no body.
+        (
+            "OPTIONS / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "1;aaaa".to_owned(),
+            "400",
+        ),
     ] {
         let out = exchange_raw(http, head, body.as_bytes(), false);
         assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{head:?}: {out}");
@@ -465,4 +488,90 @@ fn last_message_and_sync_messages_answer_per_channel() {
     assert_eq!(nos, ["ba-6", "ab-5", "ab-4"]);
     assert_eq!(v[0]["user_last_msg_seq"], 5, "a's newest own message");
     assert_eq!(v[1]["messages"], json!([]));
+}
+
+#[test]
+fn sync_messages_stays_within_its_budget_and_reads_a_channel_once() {
+    let server = start("conf-recent-budget", |_| {});
+    let http = server.http_addr();
+    let payload = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(vec![b'p'; 1024])
+    };
+    for g in 0..3 {
+        let group =
+            json!({"channel_id": format!("big{g}"), "channel_type": GROUP, "subscribers": ["a"]});
+        assert_eq!(post(http, "/channel", group).0, 200);
+        for i in 0..1000 {
+            let (status, v) = post(
+                http,
+                "/message/send",
+                json!({"from_uid": "a", "channel_id": format!("big{g}"), "channel_type": GROUP,
+                       "client_msg_no": format!("b{g}-{i}"), "payload": payload}),
+            );
+            assert_eq!(status, 200, "{v}");
+        }
+    }
+    let mut channels: Vec<Value> = (0..3)
+        .map(|g| json!({"channel_id": format!("big{g}"), "channel_type": GROUP, "last_msg_seq": 0}))
+        .collect();
+    // The same channel named over and over.
+    channels.extend(vec![channels[0].clone(); 500]);
+    let body = json!({"uid": "a", "msg_count": 1000, "channels": channels});
+    let (status, v) = post(http, "/conversation/syncMessages", body);
+    let text = v.to_string();
+    assert_eq!(status, 200);
+    assert!(
+        text.len() < 3 << 20,
+        "{} bytes answered for 3,000 KiB-sized messages",
+        text.len()
+    );
+    let counts: Vec<usize> = (0..3)
+        .map(|i| v[i]["messages"].as_array().unwrap().len())
+        .collect();
+    let total: usize = counts.iter().sum();
+    assert!(
+        counts[0] > 0 && total < 3000,
+        "the budget did not cut: {counts:?}"
+    );
+    assert_eq!(
+        v[3]["messages"],
+        json!([]),
+        "a channel named twice was read twice"
+    );
+}
+
+#[test]
+fn a_system_uid_recipient_accepts_even_from_a_user_it_blacklisted() {
+    let server = start("conf-sys-recipient", |_| {});
+    let http = server.http_addr();
+    let deny = json!({"channel_id": "bot", "channel_type": PERSON, "uids": ["u"]});
+    assert_eq!(post(http, "/channel/blacklist_add", deny).0, 200);
+    register(&server, "u", "t", 1, 0);
+    let mut u = Client::ok(server.tcp_addr(), &Login::new("u", "t"));
+    u.send("bot", PERSON, b"{}", "denied");
+    assert_eq!(u.sendack().reason_code, reason::IN_BLACKLIST);
+    assert_eq!(
+        post(http, "/user/systemuids_add", json!({"uids": ["bot"]})).0,
+        200
+    );
+    u.send("bot", PERSON, b"{}", "accepted");
+    assert_eq!(u.sendack().reason_code, reason::SUCCESS);
+}
+
+#[test]
+fn last_msg_seqs_past_32_bits_mean_the_client_has_everything() {
+    let server = start("conf-lastseqs", |_| {});
+    let http = server.http_addr();
+    send(http, "a", "b", PERSON, "one");
+    let (_, list) = post(
+        http,
+        "/conversation/sync",
+        json!({"uid": "a", "msg_count": 5, "last_msg_seqs": "b:1:5000000000"}),
+    );
+    assert_eq!(
+        list,
+        json!([]),
+        "a seq past 32 bits was ignored, not clamped"
+    );
 }

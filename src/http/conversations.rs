@@ -43,14 +43,15 @@ pub(crate) const CONVERSATION_LIMIT: usize = 1000;
 /// `POST /conversation/sync`: the recent-chat list with the newest messages of each
 /// (HTTP_API.md §8.1, PROTOCOL.md §9.6).
 ///
-/// Unread follows §9.6: the user's own latest message moves read_to. It is looked for among
-/// the messages read (the newest `msg_count` from the start seq): one older than all of
-/// them leaves every one of them unread anyway, so nothing is lost by not scanning further
-/// (a per-user scan of a channel has no index).
+/// Unread follows §9.6, with one simplification: the user's own latest message (which
+/// moves read_to) is looked for among the messages read, the newest `msg_count` (one, once
+/// the budget below is spent); an older one is not seen, and unread then counts from
+/// read_to (a per-user scan of a channel has no index).
 ///
-/// Memory: once the recents read pass the answer's budget, later conversations read only
-/// their newest message (they are listed, with fewer recents), so a large `msg_count`
-/// over many conversations cannot make one request hold whole histories.
+/// Memory: the messages read are counted at about their JSON size; once that passes the
+/// answer's budget, later conversations read only their newest message and are listed
+/// without recents, so a large `msg_count` over many conversations cannot make one
+/// request hold whole histories.
 pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
     let b: ConversationSyncBody = parse(body)?;
     if b.uid.is_empty() {
@@ -65,7 +66,8 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
         .split('|')
         .filter_map(|entry| {
             let mut parts = entry.rsplitn(3, ':');
-            let seq = parts.next()?.parse().ok()?;
+            // 64-bit, clamped to a channel's 32-bit seqs.
+            let seq = u32::try_from(parts.next()?.parse::<u64>().ok()?).unwrap_or(u32::MAX);
             let ctype = parts.next()?.parse().ok()?;
             Some(((parts.next()?.to_owned(), ctype), seq))
         })
@@ -103,16 +105,18 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
         if conv.deleted_at > 0 && start <= conv.deleted_at {
             start = conv.deleted_at.saturating_add(1);
         }
-        let count = if read_bytes > crate::answer::ANSWER_BUDGET_BYTES {
-            1
-        } else {
-            msg_count
-        };
+        let spent = read_bytes > crate::answer::ANSWER_BUDGET_BYTES;
         let mut recents = reader
-            .channel_messages(key, start.saturating_sub(1), u32::MAX, count, true)
+            .channel_messages(
+                key,
+                start.saturating_sub(1),
+                u32::MAX,
+                if spent { 1 } else { msg_count },
+                true,
+            )
             .map_err(storage_error)?
             .unwrap_or_default();
-        read_bytes += recents.iter().map(|m| m.payload.len()).sum::<usize>();
+        read_bytes += recents.iter().map(json_estimate).sum::<usize>();
         let own_latest = recents
             .iter()
             .filter(|m| m.from_uid == b.uid)
@@ -147,7 +151,11 @@ pub fn conversation_sync(reader: &Reader, body: &[u8]) -> Result<Answer, Answer>
                 "offset_msg_seq": 0,
                 "readed_to_msg_seq": read_to,
                 "version": i64::from(ts) * 1_000_000_000,
-                "recents": recents.iter().rev().map(|m| message_json(m, Some(&b.uid))).collect::<Vec<_>>(),
+                // Past the budget the conversation is listed without recents: holding its
+                // newest message (up to 1 MiB) for each of 1,000 would cost a gigabyte.
+                "recents": if spent { Vec::new() } else {
+                    recents.iter().rev().map(|m| message_json(m, Some(&b.uid))).collect::<Vec<_>>()
+                },
             }),
         ));
     }
@@ -250,6 +258,11 @@ struct SyncMessagesBody {
     order_by_last: u8,
 }
 
+/// About what `m` costs in an answer's JSON: its payload in base64 and the other fields.
+fn json_estimate(m: &crate::message::Message) -> usize {
+    m.payload.len() * 4 / 3 + 300 + m.client_msg_no.len() + m.from_uid.len() + m.channel.id.len()
+}
+
 /// Channels one `/conversation/syncMessages` may name at most.
 const SYNC_MESSAGES_CHANNELS: usize = 1000;
 
@@ -258,8 +271,9 @@ const SYNC_MESSAGES_CHANNELS: usize = 1000;
 /// Choices where the spec is silent: `channel_id` is the storage id (`a@b`, either
 /// order) or, for a person chat, the peer's uid; the messages come newest first with
 /// `order_by_last` = 1, oldest first otherwise; `user_last_msg_seq` is the seq of the
-/// newest of them `uid` sent (0 if none). Past the answer's budget, later channels get
-/// their newest message only.
+/// newest of them `uid` sent (0 if none). The answer stays within its budget (about
+/// 2 MiB of JSON): past it, later channels come without messages; a channel named twice is
+/// read once.
 pub fn sync_messages(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
     let b: SyncMessagesBody = parse(body)?;
     if b.uid.is_empty() {
@@ -274,22 +288,36 @@ pub fn sync_messages(reader: &Reader, body: &[u8]) -> Result<Answer, Answer> {
         b.msg_count.min(MAX_RECENTS) as usize
     };
     let (mut out, mut read_bytes) = (Vec::new(), 0);
+    let mut seen = std::collections::HashSet::new();
     for c in &b.channels {
         if c.channel_id.is_empty() || c.channel_type == 0 {
             return Err(bad("each channel needs channel_id and channel_type"));
         }
         let key = stored_channel(&c.channel_id, c.channel_type, Some(&b.uid))?;
-        let count = if read_bytes > crate::answer::ANSWER_BUDGET_BYTES {
-            1
-        } else {
-            msg_count
-        };
         let after = u32::try_from(c.last_msg_seq).unwrap_or(u32::MAX);
-        let mut messages = reader
-            .channel_messages(&key, after, u32::MAX, count, true)
-            .map_err(storage_error)?
-            .unwrap_or_default();
-        read_bytes += messages.iter().map(|m| m.payload.len()).sum::<usize>();
+        // A channel named twice is read once; past the budget, channels are answered
+        // without messages (the client asks again from where it got to).
+        let mut messages =
+            if !seen.insert(key.clone()) || read_bytes > crate::answer::ANSWER_BUDGET_BYTES {
+                Vec::new()
+            } else {
+                reader
+                    .channel_messages(&key, after, u32::MAX, msg_count, true)
+                    .map_err(storage_error)?
+                    .unwrap_or_default()
+            };
+        // Within the budget: the newest of them that fit (at least one), since the newest
+        // are what a client shows; the oldest go.
+        let mut kept = 0;
+        for m in messages.iter().rev() {
+            let size = json_estimate(m);
+            if kept > 0 && read_bytes + size > crate::answer::ANSWER_BUDGET_BYTES {
+                break;
+            }
+            read_bytes += size;
+            kept += 1;
+        }
+        messages.drain(..messages.len() - kept);
         let own = messages
             .iter()
             .filter(|m| m.from_uid == b.uid)

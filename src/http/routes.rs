@@ -99,11 +99,11 @@ pub(crate) const ROUTES: &[(&str, &str, Handler)] = &[
     ("POST", "/route/batch", |s, _, r| {
         super::node::route_batch(s, &r.body)
     }),
-    ("POST", "/user/systemuids_add", |s, _, r| {
-        super::users::system_uids_change(s, &r.body, true)
+    ("POST", "/user/systemuids_add", |s, rd, r| {
+        super::users::system_uids_change(s, rd, &r.body, true)
     }),
-    ("POST", "/user/systemuids_remove", |s, _, r| {
-        super::users::system_uids_change(s, &r.body, false)
+    ("POST", "/user/systemuids_remove", |s, rd, r| {
+        super::users::system_uids_change(s, rd, &r.body, false)
     }),
     ("GET", "/user/systemuids", |_, rd, _| {
         super::users::system_uids(rd)

@@ -142,8 +142,15 @@ struct UidsBody {
 }
 
 /// `POST /user/systemuids_add` (`add`) and `/user/systemuids_remove` (HTTP_API.md §4.4):
-/// stored first, then the channel workers' copy changes.
-pub fn system_uids_change(shared: &SharedRef, body: &[u8], add: bool) -> Result<Answer, Answer> {
+/// stored first, then the channel workers' copy is reloaded from the store, both under
+/// one lock, so concurrent changes reach memory in the order they were stored. (A write
+/// answered 503 that commits later is seen at the next change.)
+pub fn system_uids_change(
+    shared: &SharedRef,
+    reader: &Reader,
+    body: &[u8],
+    add: bool,
+) -> Result<Answer, Answer> {
     let b: UidsBody = parse(body)?;
     if b.uids.is_empty() {
         return Err(bad("uids is required"));
@@ -154,15 +161,16 @@ pub fn system_uids_change(shared: &SharedRef, body: &[u8], add: bool) -> Result<
     if let Some(bad_uid) = b.uids.iter().find(|u| !valid_id(u)) {
         return Err(bad(&format!("invalid uid {bad_uid:?}")));
     }
-    admin(
-        shared,
-        vec![AdminWrite::SystemUids {
-            uids: b.uids.clone(),
-            add,
-        }],
-    )?;
-    shared.system_uids.change(&b.uids, add);
-    Ok(ok())
+    let _order = shared
+        .system_uids
+        .changing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let stored = admin(shared, vec![AdminWrite::SystemUids { uids: b.uids, add }]);
+    // Whatever the answer: memory is what the store holds now.
+    let now = reader.system_uids().map_err(|e| storage_answer(&e))?;
+    shared.system_uids.replace(now);
+    stored.map(|()| ok())
 }
 
 /// `GET /user/systemuids`: every system uid, sorted (HTTP_API.md §4.4).

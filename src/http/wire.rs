@@ -222,6 +222,11 @@ fn parse_request(
         refuse(conn, 400, "both Transfer-Encoding and Content-Length");
         return input.len();
     }
+    if chunked && req.version != Some(1) {
+        // HTTP/1.0 has no chunked coding: the framing is faulty (RFC 9112 §6.1).
+        refuse(conn, 400, "Transfer-Encoding in an HTTP/1.0 request");
+        return input.len();
+    }
     // Bare LF line endings: another parser in front (a proxy) may frame this request
     // differently, so refuse it rather than guess (RFC 9112 §2.2).
     if input[..head_len]
@@ -273,6 +278,12 @@ fn parse_request(
     // credential that can send as anyone.
     let exempt = req.method == Some("OPTIONS")
         || (req.method == Some("GET") && req.path.is_some_and(open_probe));
+    // What needs no token takes no body (a few bytes, ignored, at most): else anyone could
+    // make the server hold a megabyte.
+    if exempt && (chunked || content_length.unwrap_or(0) > 1024) {
+        refuse(conn, 400, "this request takes no body");
+        return input.len();
+    }
     if let (Some(expected), false) = (&shared.config.manager_token, exempt) {
         let given = req
             .headers
@@ -378,43 +389,74 @@ enum Dechunk {
     TooLarge,
 }
 
+/// Chunked input (sizes, extensions, data, trailers) a request may take at most: the
+/// body's limit and 32 KiB of framing, inside the engine's input cap (1 MiB + 64 KiB, with
+/// the head), so a body too finely chunked gets 413 rather than a silent close.
+const MAX_CHUNKED_INPUT: usize = MAX_BODY_BYTES + (32 << 10);
+
+/// A chunk-size line or a trailer line at most (extensions included).
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// The next line of `input` from `at`, strictly: ended by CRLF, no other control byte but
+/// HTAB in it (a bare LF is where another parser in front may cut the line elsewhere: a
+/// request smuggled past it). `Ok(None)` while it is incomplete.
+fn strict_line(input: &[u8], at: usize) -> Result<Option<&[u8]>, Dechunk> {
+    let rest = &input[at..input.len().min(at + MAX_CHUNK_LINE + 2)];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f);
+    match end {
+        None if rest.len() > MAX_CHUNK_LINE => Err(Dechunk::Malformed),
+        None => Ok(None),
+        Some(end) if rest[end] != b'\r' => Err(Dechunk::Malformed),
+        Some(end) if end + 1 == rest.len() => Ok(None), // the LF is still to come
+        Some(end) if rest[end + 1] == b'\n' => Ok(Some(&rest[..end])),
+        Some(_) => Err(Dechunk::Malformed),
+    }
+}
+
 /// Decodes a chunked body (RFC 9112 §7.1) at the start of `input`, from where `progress`
 /// stopped: true once it is whole (`progress` then holds the body and the bytes it took,
-/// trailers read and dropped), false while it is incomplete. The body is held to
-/// [`MAX_BODY_BYTES`] and its framing (chunk sizes, extensions, trailers) to as much
-/// again, so tiny chunks cannot make the server hold more.
+/// trailers read and dropped), false while it is incomplete. Strict where parsers
+/// disagree: a size is 1–16 hex digits, lines end in CRLF only and hold no control bytes,
+/// each line is at most [`MAX_CHUNK_LINE`]; all of it at most [`MAX_CHUNKED_INPUT`]. Each
+/// read looks only at what arrived since the last whole line.
 fn dechunk(input: &[u8], progress: &mut Chunked) -> Result<bool, Dechunk> {
     loop {
         let at = progress.used;
-        if at - progress.body.len() > MAX_BODY_BYTES {
+        if at > MAX_CHUNKED_INPUT {
             return Err(Dechunk::TooLarge);
         }
-        let (line, size) = match httparse::parse_chunk_size(&input[at..]) {
-            Ok(httparse::Status::Complete(found)) => found,
-            Ok(httparse::Status::Partial) => return Ok(false),
-            Err(_) => return Err(Dechunk::Malformed),
+        let Some(line) = strict_line(input, at)? else {
+            return Ok(false);
         };
-        let size = usize::try_from(size).map_err(|_| Dechunk::TooLarge)?;
-        let data = at + line;
+        let digits = line.split(|&b| b == b';').next().unwrap_or_default();
+        if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(Dechunk::Malformed);
+        }
+        let size = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| usize::from_str_radix(d, 16).ok())
+            .ok_or(Dechunk::TooLarge)?;
+        let data = at + line.len() + 2;
         if size == 0 {
-            // Trailer fields, then an empty line.
-            let mut end_of = data;
+            // Trailer fields, each a strict line, then an empty line.
+            let mut next = data;
             loop {
-                let Some(end) = input[end_of..].windows(2).position(|w| w == b"\r\n") else {
-                    return if input.len() - data > MAX_HEAD_BYTES {
-                        Err(Dechunk::TooLarge)
-                    } else {
-                        Ok(false)
-                    };
+                if next > MAX_CHUNKED_INPUT {
+                    return Err(Dechunk::TooLarge);
+                }
+                let Some(trailer) = strict_line(input, next)? else {
+                    return Ok(false);
                 };
-                end_of += end + 2;
-                if end == 0 {
-                    progress.used = end_of;
+                next += trailer.len() + 2;
+                if trailer.is_empty() {
+                    progress.used = next;
                     return Ok(true);
                 }
             }
         }
-        if progress.body.len() + size > MAX_BODY_BYTES {
+        if progress.body.len() + size > MAX_BODY_BYTES || data + size > MAX_CHUNKED_INPUT {
             return Err(Dechunk::TooLarge);
         }
         if input.len() < data + size + 2 {
@@ -431,4 +473,63 @@ fn dechunk(input: &[u8], progress: &mut Chunked) -> Result<bool, Dechunk> {
 fn refuse(conn: &mut ConnCtx<'_>, status: u16, msg: &str) {
     conn.queue(response(status, &error_body(status, msg), false));
     conn.close_after_flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dechunk, Chunked, Dechunk, MAX_BODY_BYTES};
+
+    fn run(input: &[u8]) -> Result<bool, Dechunk> {
+        dechunk(input, &mut Chunked::default())
+    }
+
+    #[test]
+    fn chunked_bodies_decode_across_reads() {
+        let whole = b"5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let mut progress = Chunked::default();
+        for cut in [3, 12, 20, 30] {
+            assert!(matches!(dechunk(&whole[..cut], &mut progress), Ok(false)));
+        }
+        assert!(matches!(dechunk(whole, &mut progress), Ok(true)));
+        assert_eq!(progress.body, b"hello world");
+        assert_eq!(&whole[progress.used..], b"NEXT", "pipelined bytes are left");
+    }
+
+    #[test]
+    fn chunk_framing_parsers_disagree_on_is_refused() {
+        for bad in [
+            &b"1;\nX\r\nA\r\n0\r\n\r\n"[..], // a bare LF in a size line
+            b"\r\n\r\n",                     // an empty size
+            b";x\r\n\r\n",                   // an extension without a size
+            b"0\r\nX: a\nb\r\n\r\n",         // a bare LF in a trailer
+            b"1\r\nAB\r\n",                  // data longer than its size
+            b"1 \r\nA\r\n0\r\n\r\n",         // whitespace after the size
+            b"00000000000000001\r\nA\r\n",   // more than 16 digits
+        ] {
+            assert!(
+                matches!(run(bad), Err(Dechunk::Malformed)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_line_or_too_much_framing_is_refused_at_once() {
+        // An extension that never ends: refused once it passes a line's bound, not
+        // rescanned on every read until the input cap.
+        let mut long = b"1;".to_vec();
+        long.extend_from_slice(&[b'a'; 70_000]);
+        assert!(run(&long).is_err());
+        // A body under the limit, chunked so finely its framing passes the allowance.
+        let mut fine = Vec::new();
+        for _ in 0..(1_000_000 / 64) {
+            fine.extend_from_slice(b"40\r\n");
+            fine.extend_from_slice(&[b'x'; 64]);
+            fine.extend_from_slice(b"\r\n");
+        }
+        assert!(matches!(run(&fine), Err(Dechunk::TooLarge)));
+        let big = format!("{:x}\r\n", MAX_BODY_BYTES + 1);
+        assert!(matches!(run(big.as_bytes()), Err(Dechunk::TooLarge)));
+    }
 }

@@ -99,6 +99,25 @@ impl Store {
         }
     }
 
+    /// Claims `node_id` for this data directory's `holder` (`postgres/lease.rs`): on
+    /// PostgreSQL, where several servers may share the database; `None` on SQLite, whose
+    /// data directory lock already allows one server.
+    ///
+    /// # Errors
+    /// The store's errors, or the node id is held by another live server.
+    pub fn claim_node(
+        &self,
+        node_id: u16,
+        holder: &str,
+    ) -> Result<Option<super::postgres::NodeLease>, StorageError> {
+        match self {
+            Store::Sqlite { .. } => Ok(None),
+            Store::Postgres(info, _) => {
+                super::postgres::lease::claim(info, node_id, holder).map(Some)
+            }
+        }
+    }
+
     /// A read connection for one pool thread.
     ///
     /// # Errors

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod pg;
+
 use bytes::{Bytes, BytesMut};
 use ruyi::{Config, Server};
 use ruyi_proto::crypto::{public_key_b64, random_secret};
@@ -496,12 +498,29 @@ impl RuyiProcess {
             .spawn()
             .unwrap();
         let process = RuyiProcess { child, tcp, http };
+        // Up means answering: the listeners are bound (and accept connections into their
+        // backlog) before storage is open, so a connect alone proves nothing.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(http).is_err() || TcpStream::connect(tcp).is_err() {
+        while !Self::answers_health(http) || TcpStream::connect(tcp).is_err() {
             assert!(Instant::now() < deadline, "ruyi did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
         process
+    }
+
+    /// True when `GET /health` on `http` answers 200 within a moment.
+    fn answers_health(http: SocketAddr) -> bool {
+        let Ok(mut s) = TcpStream::connect(http) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+        if s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
     }
 
     /// SIGKILL: no shutdown path runs.

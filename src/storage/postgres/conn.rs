@@ -2,10 +2,10 @@
 //! optional TLS), and the bounded pool the read paths share ([`Pool`]).
 //!
 //! # Connections
-//! The writer holds one connection of its own; the pool threads (auth, channel workers,
-//! HTTP) borrow from one [`Pool`] of at most `store_pool_size` connections for the length
-//! of one statement. So a server holds at most `store_pool_size + 1` connections, whatever
-//! its thread counts. None is ever used on a loop thread (R1).
+//! The writer holds one connection of its own, and the node lease's renewer one
+//! (`lease.rs`); the pool threads (auth, channel workers, HTTP) borrow from one [`Pool`] of
+//! at most `store_pool_size` connections for the length of one statement. So a server
+//! holds at most `store_pool_size + 2` connections, whatever its thread counts. None is ever used on a loop thread (R1).
 //!
 //! # When PostgreSQL is away
 //! A lost connection is dropped when it is next borrowed or returned, and a new one is

@@ -12,11 +12,13 @@
 
 pub mod admin;
 pub mod conn;
+pub mod lease;
 pub mod pending;
 pub mod schema;
 pub mod tx;
 
 pub use conn::{ConnInfo, PgSettings, Pool};
+pub use lease::NodeLease;
 
 use super::{ChannelInfo, Conversation, DbError, Device, MessageKey, OfflineEntry, StorageError};
 use crate::message::{ChannelKey, Message};

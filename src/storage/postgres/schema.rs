@@ -71,6 +71,13 @@ const MIGRATIONS: &[&str] = &["
     );
 ", "
     CREATE TABLE system_uids (uid TEXT PRIMARY KEY);
+", "
+    CREATE TABLE node_lease (
+        node_id BIGINT PRIMARY KEY,
+        incarnation BIGINT NOT NULL,
+        holder TEXT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
 "];
 
 /// Brings the database to the newest schema (module docs).

@@ -1,0 +1,174 @@
+//! Node leases: one row per node id in PostgreSQL, renewed on the database's own clock,
+//! so two live servers on one database never share a node id (message ids embed it: two
+//! would hand out the same ids). The first piece of the cluster's membership
+//! (`../shared/CLUSTER.md`, "Leases, ownership, node identity"; issue 17).
+//!
+//! # Claiming
+//! A server claims its `--node-id` at start. The claim succeeds when the row is free, its
+//! lease expired, or its holder is this server's own data directory (its identity comes
+//! from the data directory's key, and its lock is ours: the holder before us is dead, as
+//! after a `kill -9`). Otherwise it waits up to [`TTL`] plus a margin for the lease to
+//! lapse, and fails naming the node id if the other holder keeps renewing.
+//!
+//! # Holding
+//! A thread renews every [`RENEW_EVERY`]. While PostgreSQL is away it keeps trying (the
+//! lease may lapse; nobody can claim it meanwhile without the database either). If it
+//! finds the lease taken by another incarnation, two servers would share the node id: it
+//! panics, and the crash policy (`fault.rs`) stops the process. A clean stop deletes the
+//! row, so a restart claims at once.
+
+use super::ConnInfo;
+use crate::storage::{DbError, StorageError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a lease lives without renewal.
+pub const TTL: Duration = Duration::from_secs(10);
+
+/// How often a lease is renewed.
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+
+/// A claimed node id, renewed until dropped (then released).
+pub struct NodeLease {
+    stop: Arc<AtomicBool>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+    info: ConnInfo,
+    node_id: i64,
+    incarnation: i64,
+}
+
+impl std::fmt::Debug for NodeLease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeLease")
+            .field("node_id", &self.node_id)
+            .field("incarnation", &self.incarnation)
+            .finish()
+    }
+}
+
+impl NodeLease {
+    /// This claim's incarnation: 1 for the node id's first, one more at each claim.
+    pub fn incarnation(&self) -> i64 {
+        self.incarnation
+    }
+}
+
+fn ttl_ms() -> i64 {
+    i64::try_from(TTL.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Claims `node_id` for `holder` (module docs).
+///
+/// # Errors
+/// PostgreSQL errors, or the node id is held by another live server.
+pub fn claim(info: &ConnInfo, node_id: u16, holder: &str) -> Result<NodeLease, StorageError> {
+    let fail = info.fail();
+    let mut client = info.connect().map_err(&fail)?;
+    let node = i64::from(node_id);
+    let give_up = Instant::now() + TTL + Duration::from_secs(3);
+    let mut waiting = false;
+    let incarnation = loop {
+        let row = client
+            .query_opt(
+                "INSERT INTO node_lease (node_id, incarnation, holder, expires_at)
+                 VALUES ($1, 1, $2, now() + $3::bigint * interval '1 millisecond')
+                 ON CONFLICT (node_id) DO UPDATE SET incarnation = node_lease.incarnation + 1,
+                     holder = excluded.holder, expires_at = excluded.expires_at
+                 WHERE node_lease.expires_at < now() OR node_lease.holder = excluded.holder
+                 RETURNING incarnation",
+                &[&node, &holder, &ttl_ms()],
+            )
+            .map_err(|e| fail(DbError::from(e)))?;
+        if let Some(row) = row {
+            break row.get::<_, i64>(0);
+        }
+        if Instant::now() >= give_up {
+            return Err(fail(DbError::Unavailable(format!(
+                "node id {node_id} is in use by another server on this database (its lease \
+                 keeps being renewed); give each server its own --node-id"
+            ))));
+        }
+        if !waiting {
+            waiting = true;
+            log::warn!(
+                "node id {node_id} is leased by another server; waiting up to {:?} for the lease to lapse",
+                TTL
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    log::info!("storage: node id {node_id} claimed (incarnation {incarnation})");
+    let stop = Arc::new(AtomicBool::new(false));
+    let renewer = {
+        let (stop, info) = (Arc::clone(&stop), info.clone());
+        std::thread::Builder::new()
+            .name("ruyi-lease".into())
+            .spawn(move || renew(&info, node, incarnation, &stop))
+            .map_err(|e| {
+                fail(DbError::Unavailable(format!(
+                    "cannot start the lease thread: {e}"
+                )))
+            })?
+    };
+    Ok(NodeLease {
+        stop,
+        renewer: Some(renewer),
+        info: info.clone(),
+        node_id: node,
+        incarnation,
+    })
+}
+
+fn renew(info: &ConnInfo, node: i64, incarnation: i64, stop: &AtomicBool) {
+    let mut client = None;
+    let mut next = Instant::now() + RENEW_EVERY;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100));
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + RENEW_EVERY;
+        if client.as_ref().is_none_or(postgres::Client::is_closed) {
+            client = info.connect().ok();
+        }
+        let Some(c) = client.as_mut() else {
+            log::warn!(
+                "storage: cannot reach {} to renew node {node}'s lease",
+                info.name
+            );
+            continue;
+        };
+        match c.execute(
+            "UPDATE node_lease SET expires_at = now() + $3::bigint * interval '1 millisecond'
+             WHERE node_id = $1 AND incarnation = $2",
+            &[&node, &incarnation, &ttl_ms()],
+        ) {
+            Ok(1) => {}
+            Ok(_) => panic!(
+                "node {node}'s lease was taken by another server (incarnation {incarnation} \
+                 lost it): two servers would share a node id; stopping"
+            ),
+            Err(e) => {
+                log::warn!("storage: renewing node {node}'s lease failed: {e}");
+                client = None;
+            }
+        }
+    }
+}
+
+impl Drop for NodeLease {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.renewer.take() {
+            let _ = t.join();
+        }
+        // Released, so a restart claims at once; a failure leaves it to lapse.
+        if let Ok(mut c) = self.info.connect() {
+            let _ = c.execute(
+                "DELETE FROM node_lease WHERE node_id = $1 AND incarnation = $2",
+                &[&self.node_id, &self.incarnation],
+            );
+        }
+    }
+}
