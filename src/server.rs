@@ -130,10 +130,13 @@ impl Server {
         let store = store_of(&config)?;
         let lock = storage::lock_data_dir(&config.data_dir)?;
         let tokens = crate::tokens::TokenHasher::load_or_create(&config.data_dir)?;
-        let write_store = store.open_writer(|t| tokens.hash(t))?;
-        // The holder's name comes from this data directory's key: stable across restarts,
-        // different for every other data directory (`postgres/lease.rs`).
-        let lease = store.claim_node(config.node_id, &tokens.hash("ruyi node lease holder"))?;
+        let mut write_store = store.open_writer(|t| tokens.hash(t))?;
+        // The holder's name: this data directory on this running machine, whose lock we
+        // now hold (`storage::lease_holder`).
+        let lease = store.claim_node(config.node_id, &storage::lease_holder(&config.data_dir)?)?;
+        if let Some(lease) = &lease {
+            write_store.fence(lease.node_id(), lease.incarnation());
+        }
         let floor = store.open_reader()?.max_message_id().map_err(|source| {
             storage::StorageError::Database {
                 path: store.name().into(),
@@ -304,6 +307,11 @@ impl Server {
             checkpoint_stop,
             lease,
         })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.shared.config.data_dir
     }
 
     /// The binary-protocol address (the real port when configured with port 0).

@@ -165,6 +165,62 @@ fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// This data directory on this running machine, as a node-lease holder
+/// (`postgres/lease.rs`): the same only for a process that now holds this directory's
+/// lock, so a claim may take over a live-looking lease from it (the process before was
+/// killed). Made of a random id kept in the directory (`instance.id`; not `token.key`,
+/// which servers sharing a database must share), this boot's id, the host name and the
+/// directory's canonical path, hashed: a copied directory, another container or another
+/// machine differs in at least one.
+///
+/// # Errors
+/// `instance.id` cannot be read or created.
+pub fn lease_holder(data_dir: &Path) -> Result<String, StorageError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("instance.id");
+    let error = |source| StorageError::Dir {
+        path: path.clone(),
+        source,
+    };
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) => id,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let random = ruyi_proto::crypto::random_secret()
+                .map_err(|e| error(std::io::Error::other(e.to_string())))?;
+            let id: String = random[..16].iter().map(|b| format!("{b:02x}")).collect();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(error)?;
+            file.write_all(id.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(error)?;
+            id
+        }
+        Err(e) => return Err(error(e)),
+    };
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut h = Sha256::new();
+    for part in [
+        id.trim().as_bytes(),
+        read("/proc/sys/kernel/random/boot_id").trim().as_bytes(),
+        read("/proc/sys/kernel/hostname").trim().as_bytes(),
+        dir.as_os_str().as_encoded_bytes(),
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    Ok(h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Creates the data directory if needed (mode 0700: it holds tokens and every message;
 /// an existing one is tightened to it, and its files to 0600) and takes its lock.
 ///

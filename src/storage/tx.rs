@@ -82,4 +82,7 @@ pub trait WriteStore: Send {
     fn batch(&mut self, f: &mut dyn FnMut(&mut dyn Batch) -> Result<()>) -> Result<()>;
     /// The store as logs name it (a file, or a server and database, never a password).
     fn name(&self) -> String;
+    /// From now on, commit only while this server holds node `node_id`'s lease at
+    /// `incarnation` (`postgres/lease.rs`). A store without leases ignores it.
+    fn fence(&mut self, _node_id: i64, _incarnation: i64) {}
 }

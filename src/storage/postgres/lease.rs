@@ -5,17 +5,21 @@
 //!
 //! # Claiming
 //! A server claims its `--node-id` at start. The claim succeeds when the row is free, its
-//! lease expired, or its holder is this server's own data directory (its identity comes
-//! from the data directory's key, and its lock is ours: the holder before us is dead, as
-//! after a `kill -9`). Otherwise it waits up to [`TTL`] plus a margin for the lease to
+//! lease expired, or its holder is this same data directory on this same running machine
+//! (`storage::lease_holder`), whose lock we now hold: the holder before us is dead, as
+//! after a `kill -9`. Otherwise it waits up to [`TTL`] plus a margin for the lease to
 //! lapse, and fails naming the node id if the other holder keeps renewing.
 //!
-//! # Holding
-//! A thread renews every [`RENEW_EVERY`]. While PostgreSQL is away it keeps trying (the
-//! lease may lapse; nobody can claim it meanwhile without the database either). If it
-//! finds the lease taken by another incarnation, two servers would share the node id: it
-//! panics, and the crash policy (`fault.rs`) stops the process. A clean stop deletes the
-//! row, so a restart claims at once.
+//! # Holding, and fencing
+//! A thread renews every [`RENEW_EVERY`], and keeps trying while PostgreSQL is away. What
+//! makes the lease safe is not the renewer but the fence: every commit of the storage
+//! writer reads its lease row `FOR SHARE` (`tx.rs`, CLUSTER.md invariant 2), so a batch
+//! commits only while this incarnation holds an unexpired lease on PostgreSQL's own clock,
+//! and a takeover waits for commits in flight. A lapsed lease (the renewer cut off, the
+//! process paused) fails batches (SENDACK 15) until renewed; a lease taken by another
+//! incarnation fails them for good, and the renewer then panics so the crash policy
+//! (`fault.rs`) stops the process. A clean stop deletes the row, so a restart claims at
+//! once.
 
 use super::ConnInfo;
 use crate::storage::{DbError, StorageError};
@@ -48,6 +52,11 @@ impl std::fmt::Debug for NodeLease {
 }
 
 impl NodeLease {
+    /// The node id leased.
+    pub fn node_id(&self) -> i64 {
+        self.node_id
+    }
+
     /// This claim's incarnation: 1 for the node id's first, one more at each claim.
     pub fn incarnation(&self) -> i64 {
         self.incarnation
@@ -158,17 +167,31 @@ fn renew(info: &ConnInfo, node: i64, incarnation: i64, stop: &AtomicBool) {
 }
 
 impl Drop for NodeLease {
+    /// Released, so a restart claims at once: on a contained thread waited for at most
+    /// [`RELEASE_WAIT`] (a PostgreSQL that does not answer must not hold a stop for the
+    /// length of its timeouts); a release that does not happen leaves the lease to lapse.
+    /// The renewer is told to stop and not waited for.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.renewer.take() {
-            let _ = t.join();
-        }
-        // Released, so a restart claims at once; a failure leaves it to lapse.
-        if let Ok(mut c) = self.info.connect() {
-            let _ = c.execute(
-                "DELETE FROM node_lease WHERE node_id = $1 AND incarnation = $2",
-                &[&self.node_id, &self.incarnation],
-            );
+        drop(self.renewer.take());
+        let (info, node, incarnation) = (self.info.clone(), self.node_id, self.incarnation);
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        let release = std::thread::Builder::new()
+            .name(format!("{}lease-release", crate::fault::CONTAINED))
+            .spawn(move || {
+                if let Ok(mut c) = info.connect() {
+                    let _ = c.execute(
+                        "DELETE FROM node_lease WHERE node_id = $1 AND incarnation = $2",
+                        &[&node, &incarnation],
+                    );
+                }
+                let _ = done.send(());
+            });
+        if release.is_ok() {
+            let _ = wait.recv_timeout(RELEASE_WAIT);
         }
     }
 }
+
+/// How long a stop waits for its lease's release at most.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);

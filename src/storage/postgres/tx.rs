@@ -26,6 +26,9 @@ fn trips(n: u64) {
     ROUND_TRIPS.fetch_add(n, Relaxed);
 }
 
+/// (channel row, seq, message id) of the messages a batch wrote.
+pub type Written = RefCell<Vec<(i64, i64, i64)>>;
+
 /// Prepared statements of one connection, by their text.
 pub type Statements = RefCell<HashMap<&'static str, Statement>>;
 
@@ -34,15 +37,19 @@ pub type Statements = RefCell<HashMap<&'static str, Statement>>;
 pub struct PgTx<'a, 'c> {
     tx: RefCell<Transaction<'c>>,
     statements: &'a Statements,
+    /// (channel row, seq, message id) of every message this batch wrote: after a COMMIT
+    /// whose answer was lost, what tells whether it happened.
+    written: &'a Written,
     /// Rows held back until the next other statement (`pending.rs`).
     pending: RefCell<Pending>,
 }
 
 impl<'a, 'c> PgTx<'a, 'c> {
-    fn new(tx: Transaction<'c>, statements: &'a Statements) -> PgTx<'a, 'c> {
+    fn new(tx: Transaction<'c>, statements: &'a Statements, written: &'a Written) -> PgTx<'a, 'c> {
         PgTx {
             tx: RefCell::new(tx),
             statements,
+            written,
             pending: RefCell::default(),
         }
     }
@@ -164,6 +171,9 @@ impl WriteTx for PgTx<'_, '_> {
             pending.message(row, m);
             pending.is_full()
         };
+        self.written
+            .borrow_mut()
+            .push((row, i64::from(m.message_seq), m.message_id));
         if full {
             self.flush()?;
         }
@@ -298,7 +308,7 @@ impl Batch for PgBatch<'_, '_> {
                 return Err(e.into());
             }
         };
-        let sp = PgTx::new(inner, self.tx.statements);
+        let sp = PgTx::new(inner, self.tx.statements, self.tx.written);
         // Its held rows are written before it is released (or dropped with it).
         let result = f(&sp).and_then(|()| sp.flush());
         let inner = sp.tx.into_inner();
@@ -318,6 +328,12 @@ impl Batch for PgBatch<'_, '_> {
     }
 }
 
+/// How long a lost COMMIT's outcome is asked for at most (`PgWriter::committed`).
+const READ_BACK_FOR: Duration = Duration::from_secs(5);
+
+/// How often it is asked meanwhile.
+const READ_BACK_EVERY: Duration = Duration::from_millis(250);
+
 /// How long the writer waits between attempts to reach a PostgreSQL it lost.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 
@@ -329,6 +345,10 @@ pub struct PgWriter {
     client: Option<Client>,
     statements: Statements,
     last_attempt: Option<Instant>,
+    /// (node id, incarnation) of this server's lease: every commit checks it holds it.
+    fence: Option<(i64, i64)>,
+    /// The current batch's messages (see [`PgTx`]).
+    written: Written,
 }
 
 impl std::fmt::Debug for PgWriter {
@@ -347,6 +367,8 @@ impl PgWriter {
             client: Some(client),
             statements: RefCell::default(),
             last_attempt: None,
+            fence: None,
+            written: RefCell::default(),
         }
     }
 }
@@ -381,9 +403,11 @@ fn connected<'a>(
         .ok_or_else(|| DbError::Unavailable(info.name.clone()))
 }
 
-/// Where a batch failed: at its BEGIN (nothing of it sent) or after.
+/// Where a batch failed: at its BEGIN (nothing of it sent), at its COMMIT (it may have
+/// happened), or between.
 enum Failed {
     Begin(postgres::Error),
+    Commit(postgres::Error),
     Later(DbError),
 }
 
@@ -411,9 +435,10 @@ impl PgWriter {
             &self.statements,
         )?;
         trips(3); // BEGIN, the check below and COMMIT
+        self.written.borrow_mut().clear();
         let tx = client.transaction().map_err(Failed::Begin)?;
         let mut batch = PgBatch {
-            tx: PgTx::new(tx, &self.statements),
+            tx: PgTx::new(tx, &self.statements, &self.written),
             broken: false,
         };
         f(&mut batch)?; // on error, dropping the transaction rolls it back
@@ -422,9 +447,84 @@ impl PgWriter {
         // PostgreSQL answers COMMIT of an aborted transaction with a rollback that the
         // client reports as success. A statement fails in an aborted one: the batch fails
         // and nothing is acknowledged, whatever aborted it.
-        tx.batch_execute("SELECT 1")?;
-        tx.commit()?;
+        // The same statement fences the commit (CLUSTER.md invariant 2): it holds this
+        // server's lease row FOR SHARE until COMMIT, so a takeover (an UPDATE of the row)
+        // waits for it, and a batch whose lease lapsed or was taken fails instead of
+        // committing ids another server may be handing out too.
+        match self.fence {
+            None => tx.batch_execute("SELECT 1")?,
+            Some((node, incarnation)) => {
+                let held = tx.query_opt(
+                    "SELECT 1 FROM node_lease WHERE node_id = $1 AND incarnation = $2
+                     AND expires_at > now() FOR SHARE",
+                    &[&node, &incarnation],
+                )?;
+                if held.is_none() {
+                    return Err(DbError::Unavailable(format!(
+                        "node {node}'s lease (incarnation {incarnation}) lapsed or was taken: \
+                         refusing to commit"
+                    ))
+                    .into());
+                }
+            }
+        }
+        tx.commit().map_err(Failed::Commit)?;
         Ok(())
+    }
+
+    /// A failed COMMIT's outcome: success when it did commit after all ([`Self::committed`]).
+    fn after_lost_commit(&mut self, e: postgres::Error) -> Result<()> {
+        match self.committed() {
+            Some(true) => {
+                log::warn!("storage: the answer to a COMMIT was lost ({e}); it had committed");
+                Ok(())
+            }
+            _ => Err(e.into()),
+        }
+    }
+
+    /// After a COMMIT whose answer was lost with the connection: whether it happened, read
+    /// back on a fresh connection by the batch's messages (a transaction is all or
+    /// nothing: one of them stored means all were; CLUSTER.md invariant 1). `None` when
+    /// that cannot be told: no message in the batch, or PostgreSQL still unreachable.
+    ///
+    /// PostgreSQL may be restarting (the usual reason the answer was lost): it is asked
+    /// again every [`READ_BACK_EVERY`] for up to [`READ_BACK_FOR`], the writer holding its
+    /// other batches meanwhile (they could not commit either).
+    fn committed(&mut self) -> Option<bool> {
+        let written = std::mem::take(&mut *self.written.borrow_mut());
+        if written.is_empty() {
+            return None;
+        }
+        let give_up = Instant::now() + READ_BACK_FOR;
+        let client = loop {
+            (self.client, self.last_attempt) = (None, None);
+            match connected(
+                &mut self.client,
+                &self.info,
+                &mut self.last_attempt,
+                &self.statements,
+            ) {
+                Ok(_) => break self.client.as_mut()?,
+                Err(_) if Instant::now() < give_up => std::thread::sleep(READ_BACK_EVERY),
+                Err(_) => return None,
+            }
+        };
+        let (channels, seqs, ids): (Vec<i64>, Vec<i64>, Vec<i64>) = (
+            written.iter().map(|w| w.0).collect(),
+            written.iter().map(|w| w.1).collect(),
+            written.iter().map(|w| w.2).collect(),
+        );
+        let found = client
+            .query_opt(
+                "SELECT 1 FROM messages m
+                 JOIN UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS w(channel, seq, id)
+                   ON m.channel = w.channel AND m.seq = w.seq AND m.message_id = w.id
+                 LIMIT 1",
+                &[&channels, &seqs, &ids],
+            )
+            .ok()?;
+        Some(found.is_some())
     }
 }
 
@@ -442,16 +542,26 @@ impl WriteStore for PgWriter {
             {
                 log::error!("storage: lost the connection to {} ({e})", self.info.name);
                 (self.client, self.last_attempt) = (None, None);
-                self.run(f).map_err(|failed| match failed {
-                    Failed::Begin(e) => e.into(),
-                    Failed::Later(e) => e,
-                })
+                match self.run(f) {
+                    Ok(()) => Ok(()),
+                    Err(Failed::Begin(e)) => Err(e.into()),
+                    Err(Failed::Later(e)) => Err(e),
+                    Err(Failed::Commit(e)) => self.after_lost_commit(e),
+                }
             }
             Err(Failed::Begin(e)) => Err(e.into()),
+            // The answer to COMMIT was lost: read back whether it happened rather than
+            // answer 15 for messages that are stored (and then deduped on resend, with
+            // no RECV to the devices that were online).
+            Err(Failed::Commit(e)) => self.after_lost_commit(e),
         }
     }
 
     fn name(&self) -> String {
         self.info.name.clone()
+    }
+
+    fn fence(&mut self, node_id: i64, incarnation: i64) {
+        self.fence = Some((node_id, incarnation));
     }
 }
