@@ -40,8 +40,6 @@ impl TokenHasher {
     /// # Errors
     /// The file cannot be read or written, or holds something other than 32 bytes.
     pub fn load_or_create(data_dir: &Path) -> Result<TokenHasher, StorageError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let path = data_dir.join(KEY_FILE);
         let error = |source| StorageError::Dir {
             path: path.clone(),
@@ -60,15 +58,7 @@ impl TokenHasher {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = ruyi_proto::crypto::random_secret()
                     .map_err(|e| error(std::io::Error::other(e.to_string())))?;
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(error)?;
-                file.write_all(&key)
-                    .and_then(|()| file.sync_all())
-                    .map_err(error)?;
+                crate::storage::write_new_private(&path, &key).map_err(error)?;
                 Ok(TokenHasher { key })
             }
             Err(e) => Err(error(e)),

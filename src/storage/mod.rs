@@ -165,6 +165,22 @@ fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Creates `path` (it must not exist) for its owner only (0600) holding `bytes`, synced:
+/// the data directory's secrets and identity.
+///
+/// # Errors
+/// The file exists, or cannot be written.
+pub fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes).and_then(|()| file.sync_all())
+}
+
 /// This data directory on this running machine, as a node-lease holder
 /// (`postgres/lease.rs`): the same only for a process that now holds this directory's
 /// lock, so a claim may take over a live-looking lease from it (the process before was
@@ -177,8 +193,6 @@ fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
 /// `instance.id` cannot be read or created.
 pub fn lease_holder(data_dir: &Path) -> Result<String, StorageError> {
     use sha2::{Digest, Sha256};
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("instance.id");
     let error = |source| StorageError::Dir {
         path: path.clone(),
@@ -190,15 +204,7 @@ pub fn lease_holder(data_dir: &Path) -> Result<String, StorageError> {
             let random = ruyi_proto::crypto::random_secret()
                 .map_err(|e| error(std::io::Error::other(e.to_string())))?;
             let id: String = random[..16].iter().map(|b| format!("{b:02x}")).collect();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(error)?;
-            file.write_all(id.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(error)?;
+            write_new_private(&path, id.as_bytes()).map_err(error)?;
             id
         }
         Err(e) => return Err(error(e)),
