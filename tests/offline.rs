@@ -13,34 +13,6 @@ use std::time::{Duration, Instant};
 use util::*;
 
 /// The user's whole queue as `/message/sync` returns it (the cursor is not moved).
-fn queue(http: SocketAddr, uid: &str) -> Vec<Value> {
-    let (status, list) = post(http, "/message/sync", json!({"uid": uid, "limit": 1000}));
-    assert_eq!(status, 200, "{list}");
-    list.as_array().expect("an array").clone()
-}
-
-/// Reads the whole queue as a client does, page by page: sync, syncack the last seq, sync
-/// again, until a sync returns nothing or `n` entries were read (at most 10 s).
-fn drain(http: SocketAddr, uid: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut all = Vec::new();
-    while all.len() < n && Instant::now() < deadline {
-        let page = queue(http, uid);
-        let Some(last) = page.last().map(|m| m["message_seq"].clone()) else {
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        all.extend(page);
-        let (status, _) = post(
-            http,
-            "/message/syncack",
-            json!({"uid": uid, "last_message_seq": last}),
-        );
-        assert_eq!(status, 200);
-    }
-    all
-}
-
 fn client_msg_nos(list: &[Value]) -> Vec<String> {
     list.iter()
         .map(|m| {

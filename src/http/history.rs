@@ -6,8 +6,6 @@ use super::wire::HttpRequest;
 use super::{bad, parse, query_id_and_type, query_param, storage_error, stored_channel, Answer};
 use crate::message::ChannelKey;
 use crate::storage::Reader;
-use ruyi_proto::person_channel_id;
-use ruyi_proto::types::channel_type;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -41,14 +39,7 @@ pub fn channel_messagesync(reader: &Reader, body: &[u8]) -> Result<Answer, Answe
     if b.channel_id.is_empty() || b.channel_type == 0 {
         return Err(bad("channel_id and channel_type are required"));
     }
-    let key = if b.channel_type == channel_type::PERSON {
-        ChannelKey::new(
-            person_channel_id(&b.login_uid, &b.channel_id),
-            channel_type::PERSON,
-        )
-    } else {
-        ChannelKey::new(b.channel_id.clone(), b.channel_type)
-    };
+    let key = stored_channel(&b.channel_id, b.channel_type, Some(&b.login_uid))?;
     let limit = b.limit.min(10_000) as usize;
     let clamp = |seq: u64| u32::try_from(seq).unwrap_or(u32::MAX);
     let (start, end) = (clamp(b.start_message_seq), clamp(b.end_message_seq));
@@ -157,16 +148,7 @@ fn messages_key(b: &MessagesBody) -> Result<ChannelKey, Answer> {
     if b.channel_id.is_empty() || b.channel_type == 0 {
         return Err(bad("channel_id and channel_type are required"));
     }
-    if b.channel_type == channel_type::PERSON {
-        if b.login_uid.is_empty() {
-            return Err(bad("login_uid is required for person channels"));
-        }
-        return Ok(ChannelKey::new(
-            person_channel_id(&b.login_uid, &b.channel_id),
-            channel_type::PERSON,
-        ));
-    }
-    Ok(ChannelKey::new(b.channel_id.clone(), b.channel_type))
+    stored_channel(&b.channel_id, b.channel_type, Some(&b.login_uid))
 }
 
 /// `POST /messages`: messages by seq, then id, then client_msg_no, in the order asked;

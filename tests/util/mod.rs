@@ -586,3 +586,36 @@ pub fn localhost_cert() -> (rcgen::Certificate, rcgen::KeyPair) {
     ))];
     (params.self_signed(&key).unwrap(), key)
 }
+
+/// One page of `uid`'s offline queue (`/message/sync`, up to 1,000 entries).
+pub fn queue(http: SocketAddr, uid: &str) -> Vec<Value> {
+    let (status, list) = post(
+        http,
+        "/message/sync",
+        serde_json::json!({"uid": uid, "limit": 1000}),
+    );
+    assert_eq!(status, 200, "{list}");
+    list.as_array().expect("an array").clone()
+}
+
+/// Reads the whole queue as a client does, page by page: sync, syncack the last seq, sync
+/// again, until a sync returns nothing or `n` entries were read (at most 10 s).
+pub fn drain(http: SocketAddr, uid: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut all = Vec::new();
+    while all.len() < n && Instant::now() < deadline {
+        let page = queue(http, uid);
+        let Some(last) = page.last().map(|m| m["message_seq"].clone()) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        all.extend(page);
+        let (status, _) = post(
+            http,
+            "/message/syncack",
+            serde_json::json!({"uid": uid, "last_message_seq": last}),
+        );
+        assert_eq!(status, 200);
+    }
+    all
+}

@@ -151,11 +151,6 @@ impl ConnInfo {
         })
     }
 
-    /// True when connections are encrypted.
-    pub fn uses_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// A new connection.
     ///
     /// # Errors
