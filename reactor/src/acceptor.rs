@@ -9,12 +9,20 @@
 //! hysteresis keeps the gate from flapping); a one-second poll timeout while the gate is
 //! closed is the backstop against a missed wake.
 //!
+//! # Handing a socket over
+//! The balancer sees each loop's load as its connections plus the sockets handed to it and
+//! not yet registered (`LoopStats::pending_sockets`); a loop that is gone, whose inbox is
+//! full, or that holds `MAX_PENDING_SOCKETS` unregistered sockets counts as `usize::MAX`
+//! and is skipped. The acceptor never waits on one busy loop while another has room. When
+//! no loop has room it stops accepting for `BUSY_RECHECK` and leaves new arrivals in the
+//! kernel's backlog, as the gate does; so a loop's pending list stays bounded.
+//!
 //! # Invariants
-//! - `Global::connections` is incremented here before a socket is handed to a loop and
-//!   decremented by whoever drops the socket, so it never undercounts.
+//! - Every socket kept gets an [`Admission`] before it is handed over; it counts the socket
+//!   in `Global::connections` until whoever holds it drops it (`global.rs`).
 
 use crate::balancer::Balancer;
-use crate::event_loop::Global;
+use crate::global::{Admission, Global};
 use crate::inbox::{Command, LoopHandle};
 use crate::per_ip::IpSlot;
 use crate::ListenerId;
@@ -37,8 +45,16 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Poll timeout while the gate is closed, as a backstop against a lost gate wake-up.
 const GATE_RECHECK: Duration = Duration::from_secs(1);
 
-/// Minimum time between two "accept gate closed" warnings (STYLE §5: rate-limit warns).
+/// Minimum time between two "accept gate closed" warnings: a warning that repeats per
+/// event would flood the log exactly when the operator needs it readable.
 const GATE_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Sockets handed to one loop and not yet registered, at most. A loop registers 128 per
+/// turn (`ACCEPTS_PER_TURN`), so this is eight turns of a connect storm.
+pub(crate) const MAX_PENDING_SOCKETS: usize = 1024;
+
+/// How long the acceptor waits before it looks again when no loop has room.
+const BUSY_RECHECK: Duration = Duration::from_millis(5);
 
 pub(crate) struct Acceptor<M> {
     pub poll: Poll,
@@ -48,9 +64,6 @@ pub(crate) struct Acceptor<M> {
     pub global: Arc<Global>,
     pub max_connections: usize,
     pub stop: Arc<AtomicBool>,
-    /// Sockets handed to each loop so far; compared with the loop's `accepted` counter to
-    /// know how many are still in its inbox.
-    pub handed_over: Vec<u64>,
     /// Loops whose inbox is gone.
     pub dead: Vec<bool>,
     /// When the last per-address refusal was logged (warnings are rate-limited).
@@ -71,8 +84,8 @@ impl<M: Send> Acceptor<M> {
         let mut backoff_until: Option<Instant> = None;
         let mut last_gate_warn: Option<Instant> = None;
         loop {
-            let timeout = if backoff_until.is_some() {
-                Some(ACCEPT_ERROR_BACKOFF)
+            let timeout = if let Some(until) = backoff_until {
+                Some(until.saturating_duration_since(Instant::now()))
             } else if self.global.gate_closed.load(Ordering::Acquire) {
                 Some(GATE_RECHECK)
             } else {
@@ -100,6 +113,9 @@ impl<M: Send> Acceptor<M> {
                     AcceptEnd::Backoff => {
                         backoff_until = Some(Instant::now() + ACCEPT_ERROR_BACKOFF)
                     }
+                    // Every loop is behind: look again soon (an edge-triggered listener
+                    // would not report the waiting connections again).
+                    AcceptEnd::Busy => backoff_until = Some(Instant::now() + BUSY_RECHECK),
                     AcceptEnd::Stopped => {
                         if self.stop.load(Ordering::Acquire) {
                             break;
@@ -151,6 +167,13 @@ impl<M: Send> Acceptor<M> {
             if !self.gate_open(last_gate_warn) {
                 return AcceptEnd::Gated;
             }
+            // Accept only what some loop can take (module docs).
+            if self.loads().iter().all(|&l| l == usize::MAX) {
+                if self.dead.iter().all(|&d| d) {
+                    return AcceptEnd::Stopped;
+                }
+                return AcceptEnd::Busy;
+            }
             let (stream, peer) = match self.listeners[index].accept() {
                 Ok(pair) => pair,
                 Err(e) => match e.kind() {
@@ -182,41 +205,74 @@ impl<M: Send> Acceptor<M> {
             if let Err(e) = socket2::SockRef::from(&stream).set_nodelay(true) {
                 log::debug!("set TCP_NODELAY for {peer}: {e}");
             }
-            // A loop's load is its open connections plus the sockets still in its inbox:
-            // without the second term a burst of accepts all lands on whichever loop looked
-            // emptiest before the burst.
-            self.global.connections.fetch_add(1, Ordering::SeqCst);
-            let mut cmd = Command::Register {
+            let cmd = Command::Register {
                 stream,
                 listener: ListenerId(index as u16),
                 peer,
-                ip_slot,
+                admission: Admission::new(&self.global, ip_slot),
             };
-            // A loop that died (repeated poll failures, a panicking handler) is marked and
-            // skipped; the socket goes to another loop. Bounded: each loop can die once.
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                if self.dead.iter().all(|&d| d) || attempts > 2 * self.loops.len() {
-                    log::error!("no event loop is running; dropping a new connection from {peer}");
-                    self.global.connection_closed();
-                    return AcceptEnd::Stopped;
+            if !self.hand_over(cmd) {
+                log::error!("no event loop is running; dropped a new connection from {peer}");
+                return AcceptEnd::Stopped;
+            }
+        }
+    }
+
+    /// Gives a socket to the loop the balancer picks among those with room; a loop found
+    /// full is skipped, a loop found gone is marked dead. Only when every live loop turned
+    /// out full since the check before `accept` does it wait, on the least loaded one.
+    /// False when every loop is gone (the socket is dropped).
+    fn hand_over(&mut self, mut cmd: Command<M>) -> bool {
+        let mut full = vec![false; self.loops.len()];
+        loop {
+            let mut loads = self.loads();
+            for (load, &f) in loads.iter_mut().zip(&full) {
+                if f {
+                    *load = usize::MAX;
                 }
-                let chosen = self.pick();
-                self.handed_over[chosen] += 1;
-                // Blocking here is backpressure: a loop that cannot keep up with its inbox
-                // slows the accept rate. The acceptor is not a loop thread, so it may block
-                // (R2).
+            }
+            if self.dead.iter().all(|&d| d) {
+                return false;
+            }
+            let chosen = if loads.iter().all(|&l| l == usize::MAX) {
+                // Every live loop is full: block on one (backpressure), not spin.
+                let Some(chosen) = (0..self.loops.len()).find(|&i| !self.dead[i]) else {
+                    return false;
+                };
+                let pending = &self.loops[chosen].stats().pending_sockets;
+                pending.fetch_add(1, Ordering::Relaxed);
                 match self.loops[chosen].push_or_return(cmd) {
-                    Ok(()) => break,
+                    Ok(()) => return true,
                     Err(returned) => {
-                        log::error!("event loop {chosen} has stopped; accepting on the others");
-                        self.dead[chosen] = true;
+                        pending.fetch_sub(1, Ordering::Relaxed);
+                        self.mark_dead(chosen);
                         cmd = returned;
+                        continue;
                     }
+                }
+            } else {
+                self.pick(&loads)
+            };
+            let pending = &self.loops[chosen].stats().pending_sockets;
+            pending.fetch_add(1, Ordering::Relaxed);
+            match self.loops[chosen].try_push_or_return(cmd) {
+                Ok(()) => return true,
+                Err((returned, gone)) => {
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    if gone {
+                        self.mark_dead(chosen);
+                    } else {
+                        full[chosen] = true;
+                    }
+                    cmd = returned;
                 }
             }
         }
+    }
+
+    fn mark_dead(&mut self, index: usize) {
+        log::error!("event loop {index} has stopped; accepting on the others");
+        self.dead[index] = true;
     }
 }
 
@@ -244,32 +300,44 @@ impl<M: Send> Acceptor<M> {
         }
     }
 
-    /// Asks the balancer for a loop. A loop's load is its open connections plus the sockets
-    /// still in its inbox: without the second term a burst of accepts all lands on
-    /// whichever loop looked emptiest before the burst. Dead loops look full.
-    fn pick(&mut self) -> usize {
-        let loads: Vec<usize> = self
-            .loops
+    /// Each loop's load: its connections plus the sockets handed to it and not yet
+    /// registered; `usize::MAX` for a loop that is gone or holds `MAX_PENDING_SOCKETS`.
+    fn loads(&self) -> Vec<usize> {
+        self.loops
             .iter()
-            .zip(&self.handed_over)
             .zip(&self.dead)
-            .map(|((l, &handed), &dead)| {
-                if dead {
+            .map(|(l, &dead)| {
+                let pending = l.stats().pending_sockets.load(Ordering::Relaxed);
+                if dead || pending >= MAX_PENDING_SOCKETS {
                     return usize::MAX;
                 }
-                let taken = l.stats().accepted.load(Ordering::Relaxed);
-                let in_flight = handed.saturating_sub(taken) as usize;
-                l.stats().connections.load(Ordering::Relaxed) + in_flight
+                l.stats().connections.load(Ordering::Relaxed) + pending
             })
-            .collect();
-        self.balancer.pick(&loads)
+            .collect()
+    }
+
+    /// Asks the balancer for a loop among `loads`, at least one of which is below
+    /// `usize::MAX`. A balancer that ignores load (round-robin) and names a loop without
+    /// room gets the least loaded one instead.
+    fn pick(&mut self, loads: &[usize]) -> usize {
+        let chosen = self.balancer.pick(loads).min(loads.len() - 1);
+        if loads[chosen] != usize::MAX {
+            return chosen;
+        }
+        (0..loads.len()).min_by_key(|&i| loads[i]).unwrap_or(0)
     }
 }
 
 enum AcceptEnd {
+    /// `WouldBlock`: the next connection raises a new edge.
     Drained,
+    /// At `max_connections`: a loop wakes us below the mark.
     Gated,
+    /// Out of descriptors or memory, or an unexpected accept error: wait a little.
     Backoff,
+    /// No loop has room for another socket now.
+    Busy,
+    /// Stopping, or no loop is left.
     Stopped,
 }
 

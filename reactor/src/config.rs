@@ -11,7 +11,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     /// Number of event-loop threads. Default: the number of available cores, because each
-    /// loop is one busy thread and more loops than cores only adds context switches.
+    /// loop is one busy thread and more loops than cores only adds context switches. At
+    /// most 256.
     pub loops: usize,
     /// Which loop a new connection goes to.
     pub balancing: Balancing,
@@ -24,8 +25,8 @@ pub struct EngineConfig {
     /// accept. 0 = no limit. Default 0: an engine does not know whether its clients sit
     /// behind a NAT; the IM server sets its own default.
     pub max_connections_per_ip: usize,
-    /// `listen(2)` backlog. 1024 matches the usual `somaxconn` and absorbs connect storms
-    /// while the accept gate is closed.
+    /// `listen(2)` backlog. Default 1,024, the usual `somaxconn` (the kernel caps it
+    /// there); it absorbs connect storms while the accept gate is closed.
     pub listen_backlog: i32,
     /// Hard cap on bytes queued for one connection. Past it the connection is a slow consumer
     /// and is closed: its messages are stored, so it recovers by syncing after it reconnects.
@@ -46,9 +47,10 @@ pub struct EngineConfig {
     pub read_budget_bytes: usize,
     /// Bytes written to one connection per turn. Same reasoning as `read_budget_bytes`; a
     /// little larger because one write often carries a fan-out of many small frames.
+    /// Default 256 KiB.
     pub write_budget_bytes: usize,
     /// Size of each loop's scratch read buffer. One per loop, shared by all its connections,
-    /// so idle connections hold no read buffer at all.
+    /// so idle connections hold no read buffer at all. Default 64 KiB (one read budget).
     pub read_buffer_bytes: usize,
     /// Close a connection after this long without inbound bytes. `None`: never. Handlers can
     /// change it per connection (for example short before login, long after).
@@ -64,14 +66,29 @@ pub struct EngineConfig {
     /// Commands drained from a loop's inbox per turn before it looks at sockets again (gnet
     /// drains 256, rumqttd 500); a batch counts as the frames or messages it holds, so the
     /// budget bounds the work of a turn. The turn that crosses it finishes its last batch.
+    /// Default 1,024.
     pub max_commands_per_turn: usize,
     /// Capacity of each loop's inbox, in commands. Producers outside the loops block when it
     /// is full, which slows them to the loop's pace; loop threads only `try_send`.
+    /// Default 16,384.
     pub inbox_capacity: usize,
-    /// Events fetched per `poll` call. About 1024, as mio's examples and sozu use.
+    /// Bytes of frames (`LoopHandle::send` and `send_batch`) each loop's inbox holds at
+    /// most: without it, 16,384 commands of 64 KiB frames would be a gigabyte per loop
+    /// before any connection's `max_outbound_bytes` sees them. Blocking senders wait for
+    /// room, `try_` senders get `Full`; a single frame larger than the bound goes through
+    /// an empty inbox. Handler messages (`post`) are not counted here: their size is the
+    /// handler's to bound. Default 64 MiB.
+    pub max_inbox_bytes: usize,
+    /// Events fetched per `poll` call. Default 1,024, as mio's examples and sozu use.
     pub events_capacity: usize,
     /// How long a soft stop waits for queued output to drain before closing anyway.
+    /// Default 5 s.
     pub shutdown_grace: Duration,
+    /// How long a connection that is closing after its flush (`close_after_flush`, or a
+    /// peer's half-close with output queued) may take to read what is queued. Past it the
+    /// connection is closed anyway, with a reset since output is left: a peer that never
+    /// reads cannot hold a closing connection open. Default 10 s.
+    pub close_linger: Duration,
 }
 
 /// How the acceptor picks a loop for a new connection.
@@ -104,8 +121,10 @@ impl Default for EngineConfig {
             tick: Duration::from_millis(100),
             max_commands_per_turn: 1024,
             inbox_capacity: 16 << 10,
+            max_inbox_bytes: 64 << 20,
             events_capacity: 1024,
             shutdown_grace: Duration::from_secs(5),
+            close_linger: Duration::from_secs(10),
         }
     }
 }
@@ -127,6 +146,7 @@ impl EngineConfig {
             ("max_commands_per_turn", self.max_commands_per_turn),
             ("max_idle_closes_per_tick", self.max_idle_closes_per_tick),
             ("inbox_capacity", self.inbox_capacity),
+            ("max_inbox_bytes", self.max_inbox_bytes),
             ("events_capacity", self.events_capacity),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
@@ -137,6 +157,9 @@ impl EngineConfig {
         }
         if self.tick.is_zero() {
             return Err("tick must be greater than zero".into());
+        }
+        if self.close_linger.is_zero() {
+            return Err("close_linger must be greater than zero".into());
         }
         Ok(())
     }

@@ -2,30 +2,45 @@
 //!
 //! Owned by exactly one event loop thread for the connection's whole life.
 //!
+//! # The flags
+//!
+//! | flag                | set by                                          | cleared by                                   |
+//! |---------------------|-------------------------------------------------|----------------------------------------------|
+//! | `WRITABLE`          | registration, a WRITABLE event                  | a write that returned `WouldBlock`           |
+//! | `DIRTY`             | `Core::mark_dirty` (output queued)              | `flush_dirty` taking it off the dirty list   |
+//! | `BACKLOG`           | `Core::mark_backlog` (budget spent, resumed)    | `process_backlog` taking it off the list     |
+//! | `READ_PAUSED`       | `pause_reading`, `close_after_flush`            | `resume_reading` (not after a close began)   |
+//! | `READ_PENDING`      | a readable edge; a read that spent the budget   | a read that found the socket drained         |
+//! | `REDELIVER`         | `resume_reading`                                | the backlog pass offering buffered input     |
+//! | `CLOSE_AFTER_FLUSH` | `close_after_flush`, EOF with output queued     | never: the connection closes                 |
+//! | `PEER_CLOSED`       | EOF with output queued (a half-close)           | never                                        |
+//! | `SOFT_WATCHED`      | the queue going above the soft cap              | the tick that finds it back below            |
+//! | `CLOSING`           | `Core::mark_close`, from anywhere               | never: `reap` removes the connection         |
+//!
 //! # Invariants
 //! - `input` holds only bytes of a frame the handler could not consume yet; it is empty (and
 //!   unallocated) between frames, so an idle connection owns no read buffer.
-//! - `DIRTY` is set exactly while the connection is on its loop's dirty list, `BACKLOG`
-//!   exactly while it is on the backlog list, `CLOSING` once it is on the closing list.
+//! - `DIRTY`, `BACKLOG`, `SOFT_WATCHED` and `CLOSING` are set exactly while the connection
+//!   is on the matching work list (`core.rs`), so it is never listed twice.
 //! - `WRITABLE` is our belief that a write would not block: set at registration and by a
 //!   WRITABLE event, cleared only by a `WouldBlock` from the socket.
 
+use crate::global::Admission;
 use crate::outbound::Outbound;
-use crate::per_ip::IpSlot;
 use crate::ListenerId;
 use mio::net::TcpStream;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-/// Bit flags of one connection; see the module invariants.
+/// Bit flags of one connection; see the module docs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Flags(u8);
+pub(crate) struct Flags(u16);
 
 impl Flags {
     pub const WRITABLE: Flags = Flags(1);
     pub const DIRTY: Flags = Flags(1 << 1);
     pub const BACKLOG: Flags = Flags(1 << 2);
-    /// Reading is paused by the handler (backpressure).
+    /// Reading is paused by the handler (backpressure) or by a close in progress.
     pub const READ_PAUSED: Flags = Flags(1 << 3);
     /// The socket may hold unread bytes: a readable edge arrived while paused, or the read
     /// budget ran out before `WouldBlock`.
@@ -35,6 +50,11 @@ impl Flags {
     pub const REDELIVER: Flags = Flags(1 << 6);
     /// Close once the output queue is empty (reading is paused meanwhile).
     pub const CLOSE_AFTER_FLUSH: Flags = Flags(1 << 7);
+    /// The peer sent its FIN while output was queued: it is flushed, then the connection
+    /// closes as `PeerClosed`.
+    pub const PEER_CLOSED: Flags = Flags(1 << 8);
+    /// On the loop's `soft_watch` list.
+    pub const SOFT_WATCHED: Flags = Flags(1 << 9);
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
@@ -47,6 +67,13 @@ impl Flags {
     }
 }
 
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+    fn bitor(self, other: Flags) -> Flags {
+        Flags(self.0 | other.0)
+    }
+}
+
 /// The engine's part of a connection: socket, buffers, timers. The handler's part is the
 /// `state` beside it in [`Conn`].
 #[derive(Debug)]
@@ -55,8 +82,8 @@ pub(crate) struct ConnIo {
     pub generation: u32,
     pub listener: ListenerId,
     pub flags: Flags,
-    /// Claim on the source address's connection count, given back when the socket drops.
-    pub ip_slot: IpSlot,
+    /// This socket's place in the connection counts, given back when it drops.
+    pub _admission: Admission,
     pub input: Vec<u8>,
     pub outbound: Outbound,
     /// Tick of the last inbound bytes.
@@ -76,6 +103,7 @@ impl ConnIo {
         listener: ListenerId,
         now_tick: u64,
         queued_out: Arc<AtomicUsize>,
+        admission: Admission,
     ) -> Self {
         let mut flags = Flags::default();
         // A freshly accepted socket has an empty send buffer: assume writable and let the
@@ -86,7 +114,7 @@ impl ConnIo {
             generation,
             listener,
             flags,
-            ip_slot: IpSlot::none(),
+            _admission: admission,
             input: Vec::new(),
             outbound: Outbound::counted(queued_out),
             last_active_tick: now_tick,

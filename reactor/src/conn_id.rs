@@ -10,7 +10,10 @@
 //!   2^32 connections on that loop), so two connections that share a slot during the life of
 //!   any realistic id never share a generation.
 //! - A stale id is a privacy bug, not a nuisance: a message for the old user would reach the
-//!   new one. Only [`ConnId::matches`] decides whether an id names the live connection.
+//!   new one. An id names the live connection only when all three numbers match: the loop
+//!   (ids of different loops share slots and generations), the slot, and the generation.
+//!   Inside the engine one function makes that check (`event_loop::live`), and every id
+//!   that arrives from elsewhere goes through it.
 
 use std::fmt;
 
@@ -51,7 +54,8 @@ impl ConnId {
         self.generation
     }
 
-    /// True when this id names the connection that now has `generation` in this id's slot.
+    /// True when `generation` is this id's. Only part of the check (module docs): the loop
+    /// and the slot must match too.
     pub const fn matches(self, generation: u32) -> bool {
         self.generation == generation
     }

@@ -14,9 +14,10 @@
 use crate::acceptor::{Acceptor, ACCEPTOR_WAKER};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::event_loop::{EventLoop, Global, WAKER};
+use crate::event_loop::{EventLoop, WAKER};
+use crate::global::Global;
 use crate::handler::Handler;
-use crate::inbox::{Handles, LoopHandle, LoopShared, HARD_STOP, RUNNING, SOFT_STOP};
+use crate::inbox::{Handles, LoopHandle, LoopShared, HARD_STOP, SOFT_STOP};
 use crate::per_ip::PerIp;
 use crate::stats::LoopStatsSnapshot;
 use crate::ListenerId;
@@ -24,7 +25,7 @@ use crossbeam_channel::{Receiver, Sender};
 use mio::Poll;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -42,10 +43,20 @@ pub enum StopMode {
 }
 
 /// Collects listeners and configuration; [`EngineBuilder::start`] starts the engine.
-#[derive(Debug)]
 pub struct EngineBuilder {
     config: EngineConfig,
     listeners: Vec<std::net::TcpListener>,
+    balancer: Option<Box<dyn crate::Balancer>>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("config", &self.config)
+            .field("listeners", &self.listeners.len())
+            .field("custom_balancer", &self.balancer.is_some())
+            .finish()
+    }
 }
 
 impl EngineBuilder {
@@ -87,6 +98,14 @@ impl EngineBuilder {
             })
     }
 
+    /// Uses `balancer` to pick the loop of each new connection, instead of the one
+    /// `EngineConfig::balancing` names. It runs on the acceptor thread (module docs of
+    /// [`crate::balancer`]).
+    pub fn balancer(&mut self, balancer: Box<dyn crate::Balancer>) -> &mut Self {
+        self.balancer = Some(balancer);
+        self
+    }
+
     /// Starts the acceptor and `config.loops` event loops. `factory(loop_index, handles)`
     /// runs once on each loop's thread to make that loop's handler.
     ///
@@ -126,12 +145,7 @@ impl EngineBuilder {
         for index in 0..config.loops {
             let poll = Poll::new().map_err(Error::Poll)?;
             let waker = mio::Waker::new(poll.registry(), WAKER).map_err(Error::Poll)?;
-            let shared = Arc::new(LoopShared {
-                waker,
-                awake: AtomicBool::new(false),
-                stop: AtomicU8::new(RUNNING),
-                stats: Default::default(),
-            });
+            let shared = Arc::new(LoopShared::new(waker, config.max_inbox_bytes));
             let (tx, rx) = crossbeam_channel::bounded(config.inbox_capacity);
             handles.push(LoopHandle::new(index, tx, Arc::clone(&shared)));
             loop_parts.push((poll, rx, shared));
@@ -160,30 +174,27 @@ impl EngineBuilder {
 
         let factory = Arc::new(factory);
         for (index, (poll, rx, shared)) in loop_parts.into_iter().enumerate() {
-            let (factory, handles, config, global) = (
-                Arc::clone(&factory),
-                handles.clone(),
-                Arc::clone(&config),
-                Arc::clone(&global),
-            );
+            let (factory, handles, config) =
+                (Arc::clone(&factory), handles.clone(), Arc::clone(&config));
             let exit_tx = exit_tx.clone();
             // On error, `engine` is dropped here and hard-stops whatever already started.
             engine.spawn(format!("ruyi-loop-{index}"), move || {
                 // Made inside the thread: if the spawn fails, no exit is reported for it.
                 let _exit = ExitSignal(exit_tx);
                 let handler = factory(index, &handles);
-                EventLoop::new(index, poll, handler, rx, shared, config, global).run();
+                EventLoop::new(index, poll, handler, rx, shared, config).run();
             })?;
         }
         let acceptor = Acceptor {
             poll: acceptor_poll,
             listeners,
             loops: handles.loops().to_vec(),
-            balancer: crate::balancer::from_config(config.balancing),
+            balancer: self
+                .balancer
+                .unwrap_or_else(|| crate::balancer::from_config(config.balancing)),
             global,
             max_connections: config.max_connections,
             stop: Arc::clone(&engine.acceptor_stop),
-            handed_over: vec![0; config.loops],
             dead: vec![false; config.loops],
             last_refusal_warn: None,
         };
@@ -244,6 +255,7 @@ impl Engine<()> {
         EngineBuilder {
             config,
             listeners: Vec::new(),
+            balancer: None,
         }
     }
 }

@@ -2,13 +2,14 @@
 //!
 //! One handler lives on each event loop, made there by the factory given to
 //! [`crate::EngineBuilder::start`], so it can keep per-loop state without locks. Every
-//! callback runs on that loop's thread and must not block (R1): no SQLite, DNS, file I/O,
-//! sleeping or blocking channel sends. Hand such work to another thread and answer later
-//! through a [`crate::LoopHandle`].
+//! callback runs on that loop's thread and must not block (R1): no database, DNS, file
+//! I/O, sleeping or blocking channel sends, and only the `try_` forms of
+//! [`crate::LoopHandle`] and [`crate::Handles`] (a debug build panics on the blocking ones
+//! here). Hand slow work to another thread and answer later through a `LoopHandle`.
 
 use crate::conn::{ConnIo, Flags};
 use crate::conn_id::ConnId;
-use crate::event_loop::Core;
+use crate::core::Core;
 use crate::stats::CloseReason;
 use crate::ListenerId;
 use bytes::Bytes;
@@ -123,22 +124,21 @@ impl ConnCtx<'_> {
     }
 
     /// Closes the connection at the end of this turn. Output queued before the close gets
-    /// one last non-blocking write attempt.
+    /// one last non-blocking write attempt; if that leaves some unwritten, the close is a
+    /// reset rather than a FIN, so the peer cannot mistake a cut reply for a whole one. Use
+    /// [`ConnCtx::close_after_flush`] to send everything first.
     pub fn close(&mut self) {
         self.core.mark_close(self.id, self.io, CloseReason::Handler);
     }
 
     /// Closes the connection once everything queued so far is written: a response larger
     /// than one write (an HTTP body of megabytes, say) arrives whole, where `close` would
-    /// cut it after one attempt. Reading stops now. The output caps and the idle timeout
-    /// still apply, so a peer that never reads cannot hold the connection open.
+    /// cut it after one attempt (and reset the connection, so the peer knows). Reading
+    /// stops now. The peer has `EngineConfig::close_linger` to read it all; past that the
+    /// connection is reset, so a peer that never reads cannot hold it open.
     pub fn close_after_flush(&mut self) {
-        if self.io.outbound.is_empty() {
-            self.close();
-            return;
-        }
-        self.io.flags.insert(Flags::CLOSE_AFTER_FLUSH);
-        self.pause_reading();
+        self.core
+            .close_after_flush(self.id, self.io, CloseReason::Handler);
     }
 
     /// True once the connection is marked for close.
@@ -152,9 +152,14 @@ impl ConnCtx<'_> {
         self.io.flags.insert(Flags::READ_PAUSED);
     }
 
-    /// Resumes reading. Buffered input is offered to `on_data` again in this turn's backlog
-    /// pass, then the socket is read if it may hold more.
+    /// Resumes reading. The connection goes on the backlog: in the *next* turn's backlog
+    /// pass its buffered input is offered to `on_data` again, then the socket is read if
+    /// it may hold more. Ignored once a close has begun (`close_after_flush`, a
+    /// half-close).
     pub fn resume_reading(&mut self) {
+        if self.io.flags.contains(Flags::CLOSE_AFTER_FLUSH) {
+            return;
+        }
         if self.io.flags.contains(Flags::READ_PAUSED) {
             self.io.flags.remove(Flags::READ_PAUSED);
             self.io.flags.insert(Flags::REDELIVER);
@@ -168,7 +173,7 @@ impl ConnCtx<'_> {
     }
 
     /// Sets this connection's idle timeout, counted from its last inbound bytes. `None`
-    /// disables it.
+    /// disables it. Ignored once `close_after_flush` began: the linger is the deadline.
     pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) {
         self.core.set_idle_timeout(self.id, self.io, timeout);
     }
@@ -207,14 +212,12 @@ impl<S> LoopCtx<'_, S> {
             .collect()
     }
 
-    /// The live connection named by `id`, or `None` when it has closed or its slot now
-    /// holds a newer connection (the generation check of R8), or it is closing.
+    /// The live connection named by `id`, or `None` when it is another loop's, has closed,
+    /// its slot now holds a newer connection (the loop + slot + generation check of R8), or
+    /// it is closing.
     pub fn conn(&mut self, id: ConnId) -> Option<(ConnCtx<'_>, &mut S)> {
-        if id.loop_index() != self.core.loop_index {
-            return None;
-        }
-        let conn = self.slab.get_mut(id.slot())?;
-        if !id.matches(conn.io.generation) || conn.io.flags.contains(Flags::CLOSING) {
+        let conn = crate::event_loop::live(self.slab, self.core.loop_index, id)?;
+        if conn.io.flags.contains(Flags::CLOSING) {
             return None;
         }
         let ctx = ConnCtx {
@@ -230,11 +233,10 @@ impl<S> LoopCtx<'_, S> {
     /// for it (a message to requeue, say) can be left there instead of being decided while
     /// the rest of the world still counts the connection as open.
     pub fn closing(&mut self, id: ConnId) -> Option<&mut S> {
-        if id.loop_index() != self.core.loop_index {
-            return None;
-        }
-        let conn = self.slab.get_mut(id.slot())?;
-        (id.matches(conn.io.generation) && conn.io.flags.contains(Flags::CLOSING))
+        let conn = crate::event_loop::live(self.slab, self.core.loop_index, id)?;
+        conn.io
+            .flags
+            .contains(Flags::CLOSING)
             .then_some(&mut conn.state)
     }
 }

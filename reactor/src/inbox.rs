@@ -1,29 +1,67 @@
 //! The way into an event loop from other threads: a bounded crossbeam channel of
 //! [`Command`]s plus the loop's `mio::Waker`, with wake-ups coalesced by an atomic flag.
 //!
-//! # The wake protocol (R2)
-//! - A sender pushes its command, then sets `awake` with a swap and calls `Waker::wake` only
-//!   if the flag was clear. A thousand sends between two loop turns cost one wake syscall.
-//! - The loop clears `awake` *before* it drains the channel. A command pushed after the
-//!   clear either is seen by this drain or finds the flag clear and wakes the loop again, so
-//!   no wake-up is lost; the worst case is one spurious wake.
-//! - mio allows one `Waker` per `Poll` (mio `src/waker.rs`); the loop owns it through
-//!   [`LoopShared`].
+//! # The cross-thread write path, in one place (R2)
+//! 1. A thread holding a [`LoopHandle`] calls `send(conn, frame)` (or `post`, `close`, a
+//!    batch form). The command goes into the loop's bounded channel; frames also count
+//!    their bytes against the loop's `max_inbox_bytes`.
+//! 2. The sender then sets `awake` with a swap and calls `Waker::wake` only if the flag was
+//!    clear: a thousand sends between two loop turns cost one wake syscall.
+//! 3. The loop's `poll` returns with the waker's token. The event itself is ignored: the
+//!    loop drains its inbox on *every* turn, woken or not, so the token only ends the sleep.
+//! 4. `drain_inbox` clears `awake` *before* it reads the channel. A command pushed after the
+//!    clear either is seen by this drain or finds the flag clear and wakes the loop again,
+//!    so no wake-up is lost; the worst case is one spurious wake.
+//! 5. Each command's `ConnId` is checked against the slot (loop, slot, generation: R8), the
+//!    frame is queued on the connection's `Outbound`, and the end-of-turn flush writes it.
 //!
-//! # Full inbox
-//! Threads outside the loops block in [`LoopHandle::send`] until there is room: that slows a
-//! fast producer to the pace of the loop it feeds. Loop threads must use the `try_` forms
-//! and drop (and count) on `Full`, because two loops blocking on each other deadlock.
+//! The poll timeout never exceeds one tick (`Core::until_next_tick`), so even a lost
+//! wake-up would cost at most a tick; the tests hold the wake-up to far less with a
+//! 60-second tick.
+//!
+//! mio allows one `Waker` per `Poll` (mio `src/waker.rs`); the loop owns it through
+//! [`LoopShared`].
+//!
+//! # Full inbox (R1, R5)
+//! The inbox is bounded twice: `inbox_capacity` commands, and `max_inbox_bytes` of frames.
+//! Threads outside the loops block in [`LoopHandle::send`] until there is room: that slows
+//! a fast producer to the pace of the loop it feeds. Loop threads must use the `try_` forms
+//! and drop (and count) on `Full`, because two loops blocking on each other deadlock; a
+//! debug build panics when a loop thread calls a blocking form.
 
 use crate::conn_id::ConnId;
 use crate::stats::LoopStats;
 use crate::ListenerId;
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
+use std::cell::Cell;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+thread_local! {
+    /// True on an event loop's thread (set by `EventLoop::run`).
+    static ON_LOOP_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as an event loop's, for the blocking-call check.
+pub(crate) fn enter_loop_thread() {
+    ON_LOOP_THREAD.with(|t| t.set(true));
+}
+
+/// The check behind "a loop thread never blocks on an inbox" (R1): debug builds only.
+fn assert_may_block() {
+    debug_assert!(
+        !ON_LOOP_THREAD.with(Cell::get),
+        "a blocking LoopHandle call on an event loop thread: use the try_ form (R1)"
+    );
+}
+
+/// How long a sender waiting for inbox bytes sleeps before it looks again (a backstop:
+/// the loop wakes waiters as it drains).
+const ROOM_RECHECK: Duration = Duration::from_millis(20);
 
 /// What other threads ask an event loop to do.
 pub(crate) enum Command<M> {
@@ -32,8 +70,8 @@ pub(crate) enum Command<M> {
         stream: mio::net::TcpStream,
         listener: ListenerId,
         peer: SocketAddr,
-        /// The socket's claim on its source's connection count.
-        ip_slot: crate::per_ip::IpSlot,
+        /// The socket's place in the connection counts.
+        admission: crate::global::Admission,
     },
     /// Queue one frame on a connection.
     Send(ConnId, Bytes),
@@ -61,9 +99,32 @@ pub(crate) struct LoopShared {
     /// `RUNNING`, `SOFT_STOP` or `HARD_STOP`.
     pub stop: AtomicU8,
     pub stats: LoopStats,
+    /// Bytes of frames in the inbox now (R5).
+    pub inbox_bytes: AtomicUsize,
+    /// The bound on `inbox_bytes` (`EngineConfig::max_inbox_bytes`).
+    pub max_inbox_bytes: usize,
+    /// Senders waiting for `inbox_bytes` to fall.
+    waiting: AtomicUsize,
+    room: (Mutex<()>, Condvar),
+    /// Set when the loop has ended (its inbox no longer drains), a panic included.
+    pub gone: AtomicBool,
 }
 
 impl LoopShared {
+    pub fn new(waker: mio::Waker, max_inbox_bytes: usize) -> LoopShared {
+        LoopShared {
+            waker,
+            awake: AtomicBool::new(false),
+            stop: AtomicU8::new(RUNNING),
+            stats: LoopStats::default(),
+            inbox_bytes: AtomicUsize::new(0),
+            max_inbox_bytes,
+            waiting: AtomicUsize::new(0),
+            room: (Mutex::new(()), Condvar::new()),
+            gone: AtomicBool::new(false),
+        }
+    }
+
     /// Wakes the loop unless a wake-up is already pending.
     pub fn notify(&self) {
         if !self.awake.swap(true, Ordering::SeqCst) {
@@ -72,6 +133,56 @@ impl LoopShared {
                 log::error!("cannot wake event loop: {e}");
             }
         }
+    }
+
+    /// True when `bytes` more fit. A frame larger than the whole bound fits an empty inbox,
+    /// so no frame waits for ever.
+    fn has_room(&self, bytes: usize) -> bool {
+        let now = self.inbox_bytes.load(Ordering::Acquire);
+        bytes == 0 || now == 0 || now + bytes <= self.max_inbox_bytes
+    }
+
+    /// The loop took `bytes` of frames out of its inbox; wakes senders waiting for room.
+    pub fn drained_bytes(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        if self.waiting.load(Ordering::SeqCst) > 0 {
+            let _guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.room.1.notify_all();
+        }
+    }
+
+    /// The loop ended: senders waiting for room stop waiting.
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::SeqCst);
+        let _guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.room.1.notify_all();
+    }
+
+    /// Blocks until `bytes` more fit in the inbox or the loop is gone.
+    fn wait_for_room(&self, bytes: usize) -> Result<(), LoopGone> {
+        if self.has_room(bytes) {
+            return Ok(());
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let mut guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = loop {
+            if self.gone.load(Ordering::SeqCst) {
+                break Err(LoopGone);
+            }
+            if self.has_room(bytes) {
+                break Ok(());
+            }
+            guard = match self.room.1.wait_timeout(guard, ROOM_RECHECK) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        };
+        drop(guard);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        outcome
     }
 }
 
@@ -145,29 +256,64 @@ impl<M> LoopHandle<M> {
 }
 
 impl<M: Send> LoopHandle<M> {
-    /// Blocks while the inbox is full. Never call from a loop thread.
+    /// Blocks while the inbox is full (in commands or in bytes). Never call from a loop
+    /// thread (checked in debug builds).
     pub(crate) fn push(&self, cmd: Command<M>) -> Result<(), LoopGone> {
-        self.tx.send(cmd).map_err(|_| LoopGone)?;
-        self.shared.notify();
-        Ok(())
+        self.push_or_return(cmd).map_err(|_| LoopGone)
     }
 
     /// Like `push`, but hands the command back when the loop is gone, so the acceptor can
     /// give the socket to another loop.
     pub(crate) fn push_or_return(&self, cmd: Command<M>) -> Result<(), Command<M>> {
-        self.tx.send(cmd).map_err(|e| e.0)?;
+        assert_may_block();
+        let bytes = cmd.frame_bytes();
+        if self.shared.wait_for_room(bytes).is_err() {
+            return Err(cmd);
+        }
+        self.shared.inbox_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if let Err(e) = self.tx.send(cmd) {
+            self.shared.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            return Err(e.0);
+        }
         self.shared.notify();
         Ok(())
     }
 
     fn try_push(&self, cmd: Command<M>) -> Result<(), TrySendFailure> {
+        let bytes = cmd.frame_bytes();
+        if !self.shared.has_room(bytes) {
+            return Err(if self.shared.gone.load(Ordering::Acquire) {
+                TrySendFailure::Gone
+            } else {
+                TrySendFailure::Full
+            });
+        }
+        self.shared.inbox_bytes.fetch_add(bytes, Ordering::AcqRel);
         match self.tx.try_send(cmd) {
             Ok(()) => {
                 self.shared.notify();
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => Err(TrySendFailure::Full),
-            Err(TrySendError::Disconnected(_)) => Err(TrySendFailure::Gone),
+            Err(e) => {
+                self.shared.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                Err(match e {
+                    TrySendError::Full(_) => TrySendFailure::Full,
+                    TrySendError::Disconnected(_) => TrySendFailure::Gone,
+                })
+            }
+        }
+    }
+
+    /// [`LoopHandle::push_or_return`] for the acceptor, which must not wait on one full
+    /// loop while others have room: hands the command back when the inbox is full.
+    pub(crate) fn try_push_or_return(&self, cmd: Command<M>) -> Result<(), (Command<M>, bool)> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                self.shared.notify();
+                Ok(())
+            }
+            Err(TrySendError::Full(cmd)) => Err((cmd, false)),
+            Err(TrySendError::Disconnected(cmd)) => Err((cmd, true)),
         }
     }
 
@@ -269,12 +415,47 @@ impl<M: Send> LoopHandle<M> {
     pub fn try_close(&self, conn: ConnId) -> Result<(), TrySendFailure> {
         self.try_push(Command::Close(conn))
     }
+
+    /// Like [`LoopHandle::send_batch`], but never blocks.
+    ///
+    /// # Errors
+    /// As [`LoopHandle::try_send`]; on `Full` none of the frames was queued.
+    pub fn try_send_batch(&self, frames: Vec<(ConnId, Bytes)>) -> Result<(), TrySendFailure> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.try_push(Command::SendBatch(frames))
+    }
+
+    /// Like [`LoopHandle::post_batch`], but never blocks.
+    ///
+    /// # Errors
+    /// As [`LoopHandle::try_send`]; on `Full` none of the messages was delivered.
+    pub fn try_post_batch(&self, msgs: Vec<M>) -> Result<(), TrySendFailure> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        self.try_push(Command::Messages(msgs))
+    }
+}
+
+impl<M> Command<M> {
+    /// Bytes of frames this command carries (counted against `max_inbox_bytes`).
+    /// Handler messages count as none: their cost is the handler's to bound
+    /// (`Handler::message_weight` bounds the work of a turn, not memory).
+    pub(crate) fn frame_bytes(&self) -> usize {
+        match self {
+            Command::Send(_, frame) => frame.len(),
+            Command::SendBatch(frames) => frames.iter().map(|(_, f)| f.len()).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// Handles to every loop of an engine, routing by [`ConnId::loop_index`].
 pub struct Handles<M> {
     loops: Arc<[LoopHandle<M>]>,
-    global: Arc<crate::event_loop::Global>,
+    global: Arc<crate::global::Global>,
 }
 
 impl<M> Clone for Handles<M> {
@@ -295,7 +476,7 @@ impl<M> fmt::Debug for Handles<M> {
 }
 
 impl<M> Handles<M> {
-    pub(crate) fn new(loops: Vec<LoopHandle<M>>, global: Arc<crate::event_loop::Global>) -> Self {
+    pub(crate) fn new(loops: Vec<LoopHandle<M>>, global: Arc<crate::global::Global>) -> Self {
         Handles {
             loops: loops.into(),
             global,
@@ -340,5 +521,21 @@ impl<M: Send> Handles<M> {
     /// [`LoopGone`] when the loop has stopped.
     pub fn close(&self, conn: ConnId) -> Result<(), LoopGone> {
         self.for_conn(conn).close(conn)
+    }
+
+    /// Shorthand for `self.for_conn(conn).try_send(conn, frame)`: safe on a loop thread.
+    ///
+    /// # Errors
+    /// As [`LoopHandle::try_send`].
+    pub fn try_send(&self, conn: ConnId, frame: Bytes) -> Result<(), TrySendFailure> {
+        self.for_conn(conn).try_send(conn, frame)
+    }
+
+    /// Shorthand for `self.for_conn(conn).try_close(conn)`: safe on a loop thread.
+    ///
+    /// # Errors
+    /// As [`LoopHandle::try_send`].
+    pub fn try_close(&self, conn: ConnId) -> Result<(), TrySendFailure> {
+        self.for_conn(conn).try_close(conn)
     }
 }

@@ -32,6 +32,13 @@ impl IpSlot {
     pub fn none() -> IpSlot {
         IpSlot(None)
     }
+
+    /// The claim's slot number, or `u32::MAX` for none; the claim is then the caller's to
+    /// give back with [`PerIp::release`] (`global::Admission` does, saving the `Arc` per
+    /// connection).
+    pub fn into_raw(mut self) -> u32 {
+        self.0.take().map_or(u32::MAX, |(_, slot)| slot)
+    }
 }
 
 impl Drop for IpSlot {
@@ -85,8 +92,9 @@ impl PerIp {
         Some(IpSlot(Some((Arc::clone(self), slot))))
     }
 
-    /// Gives back a slot taken by `acquire` (from `IpSlot::drop` only).
-    fn release(&self, slot: u32) {
+    /// Gives back a slot taken by `acquire` (from `IpSlot::drop`, or the owner of
+    /// `IpSlot::into_raw`'s number).
+    pub fn release(&self, slot: u32) {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = t.entries.get_mut(slot as usize) else {
             debug_assert!(false, "released an unknown per-IP slot");

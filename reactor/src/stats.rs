@@ -62,9 +62,12 @@ impl CloseReason {
 /// Counters of one event loop. See the module docs for the memory ordering.
 #[derive(Debug, Default)]
 pub struct LoopStats {
-    /// Connections open on this loop now, counting sockets taken from the inbox and about
-    /// to be registered at the end of the turn.
+    /// Connections registered on this loop now.
     pub connections: AtomicUsize,
+    /// Sockets the acceptor handed to this loop that it has not registered yet (in its
+    /// inbox or waiting for the end of a turn). The acceptor's balancer counts them as load,
+    /// and hands a loop no more than `MAX_PENDING_SOCKETS` of them (`acceptor.rs`).
+    pub pending_sockets: AtomicUsize,
     /// Sockets this loop has taken from its inbox since it started.
     pub accepted: AtomicU64,
     /// Closes per [`CloseReason::index`].
@@ -85,6 +88,9 @@ pub struct LoopStats {
     pub turns: AtomicU64,
     /// Times a connection used up its read budget and was put on the backlog (R4).
     pub read_budget_yields: AtomicU64,
+    /// Closes that reset the connection because output was left unwritten (a slow
+    /// consumer, or a last write that did not take everything): `event_loop/close.rs`.
+    pub unwritten_resets: AtomicU64,
     /// Bytes queued for writing on this loop's connections now (a gauge). Shared with each
     /// connection's [`crate::outbound::Outbound`], which keeps it as it queues, writes and
     /// drops bytes.
@@ -110,6 +116,7 @@ impl LoopStats {
     pub fn snapshot(&self) -> LoopStatsSnapshot {
         LoopStatsSnapshot {
             connections: self.connections.load(Relaxed),
+            pending_sockets: self.pending_sockets.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
             closed: std::array::from_fn(|i| self.closed[i].load(Relaxed)),
             bytes_in: self.bytes_in.load(Relaxed),
@@ -120,6 +127,7 @@ impl LoopStats {
             stale_commands: self.stale_commands.load(Relaxed),
             turns: self.turns.load(Relaxed),
             read_budget_yields: self.read_budget_yields.load(Relaxed),
+            unwritten_resets: self.unwritten_resets.load(Relaxed),
             queued_out: self.queued_out.load(Relaxed),
         }
     }
@@ -130,6 +138,8 @@ impl LoopStats {
 pub struct LoopStatsSnapshot {
     /// See [`LoopStats::connections`].
     pub connections: usize,
+    /// See [`LoopStats::pending_sockets`].
+    pub pending_sockets: usize,
     /// See [`LoopStats::accepted`].
     pub accepted: u64,
     /// See [`LoopStats::closed`].
@@ -150,6 +160,8 @@ pub struct LoopStatsSnapshot {
     pub turns: u64,
     /// See [`LoopStats::read_budget_yields`].
     pub read_budget_yields: u64,
+    /// See [`LoopStats::unwritten_resets`].
+    pub unwritten_resets: u64,
     /// Bytes queued for writing, at the time of the snapshot.
     pub queued_out: usize,
 }

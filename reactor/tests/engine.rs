@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
-//! Engine behaviour over real loopback sockets (issue 2).
+//! Engine behaviour over real loopback sockets: many clients, foreign threads, stale ids,
+//! the caps, timers, stopping, the accept gate.
 
 mod util;
 
@@ -8,15 +9,7 @@ use bytes::Bytes;
 use ruyi_reactor::{CloseReason, EngineConfig, StopMode};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
-use util::{closed_by_server, connect, connect_from, expect_bytes, round_trip, TestEngine};
-
-fn config(loops: usize) -> EngineConfig {
-    EngineConfig {
-        loops,
-        tick: Duration::from_millis(10),
-        ..EngineConfig::default()
-    }
-}
+use util::{closed_by_server, config, connect, connect_from, expect_bytes, round_trip, TestEngine};
 
 #[test]
 fn echo_2000_concurrent_clients_over_two_loops() {
@@ -110,7 +103,7 @@ fn frames_from_four_foreign_threads_arrive_complete_and_in_producer_order() {
 }
 
 #[test]
-fn issue_2_stale_conn_id_never_reaches_the_new_connection_in_the_slot() {
+fn a_stale_conn_id_never_reaches_the_new_connection_in_the_slot() {
     let t = TestEngine::start(config(1), 1);
     let old_client = connect(t.addrs[0]);
     let old = t.next_open();
@@ -217,9 +210,21 @@ fn a_flooding_client_cannot_starve_the_others() {
     // Let the flood build up, then check the other client is still served promptly.
     std::thread::sleep(Duration::from_millis(200));
     let mut normal = connect(t.addrs[0]);
-    for i in 0..500 {
-        round_trip(&mut normal, format!("req {i}").as_bytes());
-    }
+    let mut latencies: Vec<Duration> = (0..500)
+        .map(|i| {
+            let sent = Instant::now();
+            round_trip(&mut normal, format!("req {i}").as_bytes());
+            sent.elapsed()
+        })
+        .collect();
+    latencies.sort();
+    // One loop, one core's worth of flood: every request still waits at most a few read
+    // budgets, not the flood. Generous bounds for a shared machine.
+    let (median, worst) = (latencies[250], latencies[499]);
+    assert!(
+        median < Duration::from_millis(20) && worst < Duration::from_millis(500),
+        "starved by the flood: median {median:?}, worst {worst:?}"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flooded = flooder.join().unwrap();
     assert!(
@@ -387,7 +392,7 @@ fn listeners_are_tagged() {
 }
 
 #[test]
-fn issue_2_an_id_from_another_loop_never_reaches_this_loops_connection() {
+fn an_id_from_another_loop_never_reaches_this_loops_connection() {
     let t = TestEngine::start(config(2), 2);
     // Two connections, one per loop (least connections), usually sharing slot and generation.
     let mut a = connect(t.addrs[1]);

@@ -4,11 +4,21 @@
 
 use crossbeam_channel::{Receiver, Sender};
 use ruyi_reactor::{
-    CloseReason, ConnCtx, ConnId, Engine, EngineConfig, Handler, ListenerId, LoopCtx,
+    CloseReason, ConnCtx, ConnId, Engine, EngineConfig, Handler, Handles, ListenerId, LoopCtx,
 };
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+/// An engine configuration for tests: `loops` loops and a 10 ms tick, so timers fire
+/// within a test's patience.
+pub fn config(loops: usize) -> EngineConfig {
+    EngineConfig {
+        loops,
+        tick: Duration::from_millis(10),
+        ..EngineConfig::default()
+    }
+}
 
 /// Installs the logger once; `RUST_LOG=debug cargo test` shows the engine's lines.
 pub fn init() {
@@ -65,14 +75,24 @@ pub enum Seen {
 /// Bytes the probe answers `FAREWELL` with before it closes: many write budgets' worth.
 pub const FAREWELL_BYTES: usize = 3 << 20;
 
-/// What a test posts to the probe's loops: bytes to queue on a connection.
+/// How long a posted `STALL` holds the probe's loop.
+pub const STALL: Duration = Duration::from_millis(400);
+
+/// What a test posts to the probe's loops: bytes to queue on a connection (`STALL`: hold
+/// the loop for [`STALL`] instead).
 pub type ProbeMsg = (ConnId, Vec<u8>);
 
-/// A test handler: echoes on listener 0 (except `FAREWELL`, answered with
-/// [`FAREWELL_BYTES`] and a close after the flush), swallows input on any other listener,
-/// queues posted [`ProbeMsg`] bytes, and reports opens and closes.
+/// A test handler: echoes on listener 0, except for these commands (each sent alone):
+/// - `FAREWELL`: [`FAREWELL_BYTES`] of 7s, then a close after the flush;
+/// - `SLAM`: the same bytes, then a plain close (one last write, the rest unwritten);
+/// - `PANIC`: the handler panics, which ends its loop;
+/// - `BLOCK`: the handler calls the blocking `Handles::send` (a debug build panics).
+///
+/// It swallows input on any other listener, queues posted [`ProbeMsg`] bytes, and reports
+/// opens and closes.
 pub struct Probe {
     events: Sender<Seen>,
+    handles: Handles<ProbeMsg>,
 }
 
 impl Handler for Probe {
@@ -85,17 +105,33 @@ impl Handler for Probe {
 
     fn on_data(&mut self, conn: &mut ConnCtx<'_>, _: &mut (), input: &[u8]) -> usize {
         if conn.listener().index() == 0 {
-            if input == b"FAREWELL" {
-                conn.queue_slice(&vec![7u8; FAREWELL_BYTES]);
-                conn.close_after_flush();
-            } else {
-                conn.queue_slice(input);
+            match input {
+                b"FAREWELL" => {
+                    conn.queue_slice(&vec![7u8; FAREWELL_BYTES]);
+                    conn.close_after_flush();
+                }
+                b"SLAM" => {
+                    conn.queue_slice(&vec![7u8; FAREWELL_BYTES]);
+                    conn.close();
+                }
+                b"PANIC" => panic!("the probe was told to panic"),
+                b"BLOCK" => {
+                    let _ = self
+                        .handles
+                        .send(conn.id(), bytes::Bytes::from_static(b"x"));
+                }
+                _ => conn.queue_slice(input),
             }
         }
         input.len()
     }
 
     fn on_message(&mut self, lp: &mut LoopCtx<'_, ()>, (id, bytes): ProbeMsg) {
+        if bytes == b"STALL" {
+            // Tests only: holds the loop so its inbox fills (a real handler never sleeps).
+            std::thread::sleep(STALL);
+            return;
+        }
         if let Some((mut conn, _)) = lp.conn(id) {
             conn.queue_slice(&bytes);
         }
@@ -115,8 +151,20 @@ pub struct TestEngine {
 
 impl TestEngine {
     pub fn start(config: EngineConfig, listeners: usize) -> TestEngine {
+        Self::start_with(config, listeners, None)
+    }
+
+    /// [`TestEngine::start`] with a balancer of the test's own.
+    pub fn start_with(
+        config: EngineConfig,
+        listeners: usize,
+        balancer: Option<Box<dyn ruyi_reactor::Balancer>>,
+    ) -> TestEngine {
         init();
         let mut builder = Engine::builder(config);
+        if let Some(balancer) = balancer {
+            builder.balancer(balancer);
+        }
         let ids: Vec<ListenerId> = (0..listeners)
             .map(|_| {
                 builder
@@ -126,7 +174,10 @@ impl TestEngine {
             .collect();
         let (tx, rx) = crossbeam_channel::unbounded();
         let engine = builder
-            .start(move |_, _| Probe { events: tx.clone() })
+            .start(move |_, handles| Probe {
+                events: tx.clone(),
+                handles: handles.clone(),
+            })
             .expect("start engine");
         let addrs = ids.iter().map(|&id| engine.local_addr(id)).collect();
         TestEngine {
@@ -178,4 +229,17 @@ pub fn connect_from(source: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("set read timeout");
     s
+}
+
+/// Reads until EOF or an error; returns the bytes and how the stream ended (`None`: EOF).
+pub fn read_to_end_or_error(stream: &mut TcpStream) -> (usize, Option<std::io::ErrorKind>) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (total, None),
+            Ok(n) => total += n,
+            Err(e) => return (total, Some(e.kind())),
+        }
+    }
 }

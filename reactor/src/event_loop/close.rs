@@ -1,0 +1,133 @@
+//! Closing: `reap` removes the connections marked for close this turn, and shutdown closes
+//! the rest.
+//!
+//! # How a close ends on the wire
+//! - **Graceful** (the peer closed, the handler, another thread, the idle timer, a
+//!   shutdown): one last non-blocking write of what is queued (`last_words`). If it all
+//!   went out: `shutdown(Write)` (a FIN after the last byte) and a bounded read to drain
+//!   input, so the close does not become a reset that destroys the last frame before the
+//!   peer reads it.
+//! - **Output left unwritten** after that last write, or dropped by the slow-consumer cap:
+//!   a reset (linger 0), never a FIN. A FIN would tell the peer the stream ended cleanly
+//!   when its end is missing; a reset says it did not (counted in `unwritten_resets`).
+//! - **An I/O error or input overflow**: the socket is dropped as it is.
+
+use super::{live, EventLoop};
+use crate::config::EngineConfig;
+use crate::conn::{ConnIo, Flags};
+use crate::conn_id::ConnId;
+use crate::core::Core;
+use crate::handler::Handler;
+use crate::inbox::Command;
+use crate::stats::{CloseReason, LoopStats};
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Bytes we read and discard from a socket we are about to close gracefully. Closing a
+/// socket with unread input makes the kernel send RST, which can destroy the last frame we
+/// wrote (a refusal CONNACK, say) before the peer reads it.
+const DISCARD_ON_CLOSE_BYTES: usize = 64 << 10;
+
+impl<H: Handler> EventLoop<H> {
+    /// Removes connections marked for close: the close on the wire (module docs),
+    /// deregister, the counts, and `Handler::on_close` with the state.
+    pub(super) fn reap(&mut self) {
+        while let Some((id, reason)) = self.core.closing.pop() {
+            if live(&mut self.slab, self.core.loop_index, id).is_none() {
+                continue;
+            }
+            let mut conn = self.slab.remove(id.slot());
+            match reason {
+                CloseReason::Io(_) | CloseReason::InputOverflow => {}
+                CloseReason::SlowConsumer => reset(&mut self.core, &mut conn.io),
+                CloseReason::Shutdown if self.hard_stop() => {}
+                _ => last_words(&mut self.core, &self.config, id, &mut conn.io),
+            }
+            if let Err(e) = self.poll.registry().deregister(&mut conn.io.stream) {
+                log::debug!("loop={} conn={id} deregister: {e}", self.core.loop_index);
+            }
+            drop(conn.io); // The socket, and its admission: the global counts drop here.
+            let stats = &self.core.shared.stats;
+            stats.connections.fetch_sub(1, Ordering::Relaxed);
+            LoopStats::add(&stats.closed[reason.index()], 1);
+            log::debug!(
+                "loop={} conn={id} closed: {}",
+                self.core.loop_index,
+                reason.name()
+            );
+            self.handler.on_close(id, conn.state, reason);
+        }
+    }
+
+    pub(super) fn close_all(&mut self) {
+        let ids: Vec<ConnId> = self
+            .slab
+            .iter()
+            .map(|(slot, c)| ConnId::new(self.core.loop_index, slot, c.io.generation))
+            .collect();
+        for id in ids {
+            if let Some(conn) = live(&mut self.slab, self.core.loop_index, id) {
+                self.core
+                    .mark_close(id, &mut conn.io, CloseReason::Shutdown);
+            }
+        }
+        self.reap();
+    }
+
+    /// Sockets handed over but never registered are dropped with their admissions.
+    pub(super) fn drop_undelivered(&mut self) {
+        let stats = &self.core.shared.stats;
+        for _ in self.pending_accepts.drain(..) {
+            stats.pending_sockets.fetch_sub(1, Ordering::Relaxed);
+        }
+        // Every connection is closed by now. Handler messages still go to the handler,
+        // which finds their connections gone and can account for them (a delivery that
+        // missed); frames and closes have nothing left to act on.
+        while let Ok(cmd) = self.rx.try_recv() {
+            self.core.shared.drained_bytes(cmd.frame_bytes());
+            match cmd {
+                Command::Register { .. } => {
+                    self.stats().pending_sockets.fetch_sub(1, Ordering::Relaxed);
+                }
+                Command::Message(_) | Command::Messages(_) => self.handle_command(cmd),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The last, non-blocking attempt to write what is queued before a graceful close; then a
+/// FIN and a bounded read when it all went out, or a reset when it did not (module docs).
+fn last_words(core: &mut Core, config: &EngineConfig, id: ConnId, io: &mut ConnIo) {
+    // Try even if the last write hit WouldBlock: the buffer may have drained since, and a
+    // write that would block just returns WouldBlock.
+    io.flags.insert(Flags::WRITABLE);
+    super::write::flush_conn(core, config, id, io);
+    if !io.outbound.is_empty() {
+        log::debug!(
+            "loop={} conn={id} closing with {} bytes unwritten: reset",
+            core.loop_index,
+            io.outbound.queued_bytes()
+        );
+        reset(core, io);
+        return;
+    }
+    let _ = io.stream.shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    let mut discarded = 0;
+    while discarded < DISCARD_ON_CLOSE_BYTES {
+        match io.stream.read(&mut sink) {
+            Ok(n) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+}
+
+/// Makes the coming close a reset: the peer must not take a cut stream for a whole one.
+fn reset(core: &mut Core, io: &mut ConnIo) {
+    LoopStats::add(&core.shared.stats.unwritten_resets, 1);
+    if let Err(e) = socket2::SockRef::from(&io.stream).set_linger(Some(Duration::ZERO)) {
+        log::debug!("loop={} set SO_LINGER: {e}", core.loop_index);
+    }
+}
