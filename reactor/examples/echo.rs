@@ -4,8 +4,8 @@
 //! cargo run --release -p ruyi-reactor --example echo -- 127.0.0.1:7000 [loops] [seconds]
 //! ```
 //! Every byte a client sends comes back. Read it next to `LIFECYCLE.md`: `on_data` sees the
-//! bytes of one read, queues them (no syscall), and the loop writes everything queued in
-//! the turn with one `writev` per connection.
+//! bytes of one read, queues them (no syscall), and at the end of the turn the loop writes
+//! everything queued for each connection with vectored writes (R6 in `RULES.md`).
 
 use ruyi_reactor::{ConnCtx, Engine, EngineConfig, Handler, StopMode};
 

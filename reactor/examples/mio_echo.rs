@@ -1,11 +1,20 @@
-//! The floor for the benchmarks: a minimal single-threaded mio echo server.
+//! The naive floor for the benchmarks: a minimal single-threaded mio echo server. Measure
+//! against it; do not copy it.
 //!
 //! ```text
 //! cargo run --release -p ruyi-reactor --example mio_echo -- 127.0.0.1:7002 [seconds]
 //! ```
 //! One thread, one `Poll`, a `Slab` of streams, read into one buffer and write straight back
-//! (buffering only what the socket refuses). No budgets, no caps, no cross-thread path: the
-//! least work an echo over mio can do, to show what the engine's bookkeeping costs per core.
+//! (buffering only what the socket refuses). It is the least work an echo over mio can do,
+//! to show what the engine's bookkeeping costs per core, and it gets there by breaking the
+//! rules in `RULES.md`:
+//! - it treats every accept error as `WouldBlock` (a full descriptor table ends the accept
+//!   pass silently instead of backing off);
+//! - it writes once per event instead of until `WouldBlock` or a budget, and has no
+//!   fairness budget at all (R3, R4): one flooding client holds the thread;
+//! - it buffers what the socket refuses without a limit (R5): a client that never reads
+//!   grows the server's memory for ever;
+//! - it has no timers, no cross-thread path, no stale-id checks and no orderly stop.
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};

@@ -1,14 +1,21 @@
 //! Picks the event loop for a new connection. Runs on the acceptor thread only.
 //!
-//! The acceptor passes the current connection count of every loop; a balancer returns an
-//! index into that slice. Counts are read with relaxed loads, so they may be a few
-//! connections stale, which is fine for balancing.
+//! The acceptor passes every loop's load: its registered connections plus the sockets
+//! handed to it and not registered yet (`LoopStats::pending_sockets`). A loop that cannot
+//! take a socket now (gone, its inbox full, or `MAX_PENDING_SOCKETS` in flight) shows
+//! `usize::MAX`; a balancer should not pick it, and if it does (round-robin ignores load)
+//! the acceptor takes the least loaded loop instead. Loads are read with relaxed loads, so
+//! they may be a few connections stale, which is fine for balancing.
+//!
+//! The engine's own balancers are chosen with `EngineConfig::balancing`; another one is
+//! plugged in with [`crate::EngineBuilder::balancer`].
 
 use crate::config::Balancing;
 
 /// Chooses a loop for each accepted connection.
 pub trait Balancer: Send {
-    /// Returns an index into `loads` (connections per loop). `loads` is never empty.
+    /// Returns an index into `loads` (module docs). `loads` is never empty, and at least
+    /// one entry is below `usize::MAX`.
     fn pick(&mut self, loads: &[usize]) -> usize;
 }
 

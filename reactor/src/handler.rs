@@ -57,8 +57,10 @@ pub trait Handler: 'static {
         let _ = (id, state, reason);
     }
 
-    /// Called once per `EngineConfig::tick` (default 100 ms) for periodic work such as
-    /// retries and resuming paused connections.
+    /// Called in the first turn of each new `EngineConfig::tick` (default 100 ms), at
+    /// most once per turn, for periodic work such as retries and resuming paused
+    /// connections. A turn longer than a tick skips the ticks in between: count time with
+    /// `LoopCtx::now`, not with calls.
     fn on_tick(&mut self, lp: &mut LoopCtx<'_, Self::State>) {
         let _ = lp;
     }

@@ -138,11 +138,23 @@ impl LoopShared {
     /// True when `bytes` more fit. A frame larger than the whole bound fits an empty inbox,
     /// so no frame waits for ever.
     fn has_room(&self, bytes: usize) -> bool {
+        if bytes == 0 {
+            return true;
+        }
         let now = self.inbox_bytes.load(Ordering::Acquire);
-        bytes == 0 || now == 0 || now + bytes <= self.max_inbox_bytes
+        now == 0 || now + bytes <= self.max_inbox_bytes
     }
 
-    /// The loop took `bytes` of frames out of its inbox; wakes senders waiting for room.
+    /// Counts `bytes` of frames going into the inbox. Commands without frames (messages,
+    /// closes, sockets) touch no shared counter: they are the hot path.
+    fn add_bytes(&self, bytes: usize) {
+        if bytes > 0 {
+            self.inbox_bytes.fetch_add(bytes, Ordering::AcqRel);
+        }
+    }
+
+    /// The loop took `bytes` of frames out of its inbox (or a send failed after counting
+    /// them); wakes senders waiting for room.
     pub fn drained_bytes(&self, bytes: usize) {
         if bytes == 0 {
             return;
@@ -270,9 +282,9 @@ impl<M: Send> LoopHandle<M> {
         if self.shared.wait_for_room(bytes).is_err() {
             return Err(cmd);
         }
-        self.shared.inbox_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.shared.add_bytes(bytes);
         if let Err(e) = self.tx.send(cmd) {
-            self.shared.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.shared.drained_bytes(bytes);
             return Err(e.0);
         }
         self.shared.notify();
@@ -288,14 +300,14 @@ impl<M: Send> LoopHandle<M> {
                 TrySendFailure::Full
             });
         }
-        self.shared.inbox_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.shared.add_bytes(bytes);
         match self.tx.try_send(cmd) {
             Ok(()) => {
                 self.shared.notify();
                 Ok(())
             }
             Err(e) => {
-                self.shared.inbox_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                self.shared.drained_bytes(bytes);
                 Err(match e {
                     TrySendError::Full(_) => TrySendFailure::Full,
                     TrySendError::Disconnected(_) => TrySendFailure::Gone,

@@ -135,8 +135,13 @@ fn a_hard_stop_closes_at_once_and_drops_queued_output() {
     let started = Instant::now();
     assert!(engine.stop(StopMode::Hard));
     assert!(started.elapsed() < Duration::from_secs(2));
-    let (n, _) = read_to_end_or_error(&mut c);
+    let (n, end) = read_to_end_or_error(&mut c);
     assert!(n < 32 << 20, "a hard stop still wrote everything");
+    assert_eq!(
+        end,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the cut stream ended like a whole one"
+    );
 }
 
 /// Sends every connection to the last loop.

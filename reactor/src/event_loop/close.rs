@@ -10,6 +10,7 @@
 //! - **Output left unwritten** after that last write, or dropped by the slow-consumer cap:
 //!   a reset (linger 0), never a FIN. A FIN would tell the peer the stream ended cleanly
 //!   when its end is missing; a reset says it did not (counted in `unwritten_resets`).
+//! - **A hard stop**: no last write; a reset if output is left, else a plain close.
 //! - **An I/O error or input overflow**: the socket is dropped as it is.
 
 use super::{live, EventLoop};
@@ -41,7 +42,12 @@ impl<H: Handler> EventLoop<H> {
             match reason {
                 CloseReason::Io(_) | CloseReason::InputOverflow => {}
                 CloseReason::SlowConsumer => reset(&mut self.core, &mut conn.io),
-                CloseReason::Shutdown if self.hard_stop() => {}
+                // A hard stop writes nothing more; a cut stream still ends in a reset.
+                CloseReason::Shutdown if self.hard_stop() => {
+                    if !conn.io.outbound.is_empty() {
+                        reset(&mut self.core, &mut conn.io);
+                    }
+                }
                 _ => last_words(&mut self.core, &self.config, id, &mut conn.io),
             }
             if let Err(e) = self.poll.registry().deregister(&mut conn.io.stream) {
