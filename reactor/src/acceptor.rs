@@ -13,9 +13,11 @@
 //! The balancer sees each loop's load as its connections plus the sockets handed to it and
 //! not yet registered (`LoopStats::pending_sockets`); a loop that is gone, whose inbox is
 //! full, or that holds `MAX_PENDING_SOCKETS` unregistered sockets counts as `usize::MAX`
-//! and is skipped. The acceptor never waits on one busy loop while another has room. When
-//! no loop has room it stops accepting for `BUSY_RECHECK` and leaves new arrivals in the
-//! kernel's backlog, as the gate does; so a loop's pending list stays bounded.
+//! and is skipped. The acceptor never waits on a loop. When no loop has room it stops
+//! accepting for `BUSY_RECHECK` and leaves new arrivals in the kernel's backlog, as the
+//! gate does; a socket it already accepted when every loop turned out full waits in
+//! `held` and goes first. So a loop's pending list stays bounded, and the stop flag is
+//! seen within `BUSY_RECHECK`.
 //!
 //! # Invariants
 //! - Every socket kept gets an [`Admission`] before it is handed over; it counts the socket
@@ -64,6 +66,9 @@ pub(crate) struct Acceptor<M> {
     pub global: Arc<Global>,
     pub max_connections: usize,
     pub stop: Arc<AtomicBool>,
+    /// A socket accepted that no loop could take yet: handed over before any other
+    /// (dropped, with its admission, when the acceptor stops).
+    pub held: Option<Command<M>>,
     /// Loops whose inbox is gone.
     pub dead: Vec<bool>,
     /// When the last per-address refusal was logged (warnings are rate-limited).
@@ -167,6 +172,17 @@ impl<M: Send> Acceptor<M> {
             if !self.gate_open(last_gate_warn) {
                 return AcceptEnd::Gated;
             }
+            // A socket accepted earlier that no loop could take goes first.
+            if let Some(cmd) = self.held.take() {
+                match self.hand_over(cmd) {
+                    Ok(()) => {}
+                    Err(Some(cmd)) => {
+                        self.held = Some(cmd);
+                        return AcceptEnd::Busy;
+                    }
+                    Err(None) => return AcceptEnd::Stopped,
+                }
+            }
             // Accept only what some loop can take (module docs).
             if self.loads().iter().all(|&l| l == usize::MAX) {
                 if self.dead.iter().all(|&d| d) {
@@ -211,52 +227,45 @@ impl<M: Send> Acceptor<M> {
                 peer,
                 admission: Admission::new(&self.global, ip_slot),
             };
-            if !self.hand_over(cmd) {
-                log::error!("no event loop is running; dropped a new connection from {peer}");
-                return AcceptEnd::Stopped;
+            match self.hand_over(cmd) {
+                Ok(()) => {}
+                Err(Some(cmd)) => {
+                    self.held = Some(cmd);
+                    return AcceptEnd::Busy;
+                }
+                Err(None) => {
+                    log::error!("no event loop is running; dropped a new connection from {peer}");
+                    return AcceptEnd::Stopped;
+                }
             }
         }
     }
 
     /// Gives a socket to the loop the balancer picks among those with room; a loop found
-    /// full is skipped, a loop found gone is marked dead. Only when every live loop turned
-    /// out full since the check before `accept` does it wait, on the least loaded one.
-    /// False when every loop is gone (the socket is dropped).
-    fn hand_over(&mut self, mut cmd: Command<M>) -> bool {
+    /// full (its inbox filled since `loads` looked) is skipped, a loop found gone is marked
+    /// dead. Never blocks: when no loop takes it, the socket is handed back and the
+    /// acceptor holds it (`held`) until one has room. `Err(None)`: every loop is gone (the
+    /// socket is dropped).
+    fn hand_over(&mut self, mut cmd: Command<M>) -> Result<(), Option<Command<M>>> {
         let mut full = vec![false; self.loops.len()];
         loop {
+            if self.dead.iter().all(|&d| d) {
+                return Err(None);
+            }
             let mut loads = self.loads();
             for (load, &f) in loads.iter_mut().zip(&full) {
                 if f {
                     *load = usize::MAX;
                 }
             }
-            if self.dead.iter().all(|&d| d) {
-                return false;
+            if loads.iter().all(|&l| l == usize::MAX) {
+                return Err(Some(cmd));
             }
-            let chosen = if loads.iter().all(|&l| l == usize::MAX) {
-                // Every live loop is full: block on one (backpressure), not spin.
-                let Some(chosen) = (0..self.loops.len()).find(|&i| !self.dead[i]) else {
-                    return false;
-                };
-                let pending = &self.loops[chosen].stats().pending_sockets;
-                pending.fetch_add(1, Ordering::Relaxed);
-                match self.loops[chosen].push_or_return(cmd) {
-                    Ok(()) => return true,
-                    Err(returned) => {
-                        pending.fetch_sub(1, Ordering::Relaxed);
-                        self.mark_dead(chosen);
-                        cmd = returned;
-                        continue;
-                    }
-                }
-            } else {
-                self.pick(&loads)
-            };
+            let chosen = self.pick(&loads);
             let pending = &self.loops[chosen].stats().pending_sockets;
             pending.fetch_add(1, Ordering::Relaxed);
             match self.loops[chosen].try_push_or_return(cmd) {
-                Ok(()) => return true,
+                Ok(()) => return Ok(()),
                 Err((returned, gone)) => {
                     pending.fetch_sub(1, Ordering::Relaxed);
                     if gone {
@@ -301,14 +310,15 @@ impl<M: Send> Acceptor<M> {
     }
 
     /// Each loop's load: its connections plus the sockets handed to it and not yet
-    /// registered; `usize::MAX` for a loop that is gone or holds `MAX_PENDING_SOCKETS`.
+    /// registered; `usize::MAX` for a loop that is gone, whose inbox is full, or that holds
+    /// `MAX_PENDING_SOCKETS`.
     fn loads(&self) -> Vec<usize> {
         self.loops
             .iter()
             .zip(&self.dead)
             .map(|(l, &dead)| {
                 let pending = l.stats().pending_sockets.load(Ordering::Relaxed);
-                if dead || pending >= MAX_PENDING_SOCKETS {
+                if dead || pending >= MAX_PENDING_SOCKETS || l.inbox_full() {
                     return usize::MAX;
                 }
                 l.stats().connections.load(Ordering::Relaxed) + pending

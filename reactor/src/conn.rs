@@ -15,13 +15,15 @@
 //! | `CLOSE_AFTER_FLUSH` | `close_after_flush`, EOF with output queued     | never: the connection closes                 |
 //! | `PEER_CLOSED`       | EOF with output queued (a half-close)           | never                                        |
 //! | `SOFT_WATCHED`      | the queue going above the soft cap              | the tick that finds it back below            |
+//! | `OUTPUT_DROPPED`    | a cap or a failed write clearing the queue      | never: the close will be a reset             |
 //! | `CLOSING`           | `Core::mark_close`, from anywhere               | never: `reap` removes the connection         |
 //!
 //! # Invariants
 //! - `input` holds only bytes of a frame the handler could not consume yet; it is empty (and
 //!   unallocated) between frames, so an idle connection owns no read buffer.
 //! - `DIRTY`, `BACKLOG`, `SOFT_WATCHED` and `CLOSING` are set exactly while the connection
-//!   is on the matching work list (`core.rs`), so it is never listed twice.
+//!   is on the matching work list (`core.rs`), so it is never listed twice. (The last
+//!   write of a connection being reaped may list it once more; the entry is found stale.)
 //! - `WRITABLE` is our belief that a write would not block: set at registration and by a
 //!   WRITABLE event, cleared only by a `WouldBlock` from the socket.
 
@@ -55,6 +57,8 @@ impl Flags {
     pub const PEER_CLOSED: Flags = Flags(1 << 8);
     /// On the loop's `soft_watch` list.
     pub const SOFT_WATCHED: Flags = Flags(1 << 9);
+    /// Output was thrown away (a cap, a failed write): the close must be a reset.
+    pub const OUTPUT_DROPPED: Flags = Flags(1 << 10);
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0

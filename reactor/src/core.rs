@@ -124,6 +124,7 @@ impl Core {
                 self.max_outbound_bytes
             );
             io.outbound.clear();
+            io.flags.insert(Flags::OUTPUT_DROPPED);
             self.mark_close(id, io, CloseReason::SlowConsumer);
             return;
         }
@@ -155,6 +156,7 @@ impl Core {
                 io.outbound.queued_bytes()
             );
             io.outbound.clear();
+            io.flags.insert(Flags::OUTPUT_DROPPED);
             self.mark_close(id, io, CloseReason::SlowConsumer);
         }
     }
@@ -205,7 +207,7 @@ impl Core {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::global::{Admission, Global};
     use crate::per_ip::IpSlot;
@@ -213,7 +215,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 
     /// A real connected socket in a `ConnIo`, with the core of a loop that never runs.
-    fn core_and_conn() -> (Core, ConnIo, std::net::TcpStream) {
+    pub fn core_and_conn() -> (Core, ConnIo, std::net::TcpStream) {
         let poll = mio::Poll::new().unwrap();
         let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
         // mio allows one waker per poll.
@@ -246,6 +248,12 @@ mod tests {
         );
         (Core::new(0, &config, shared), io, client)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::core_and_conn;
+    use super::*;
 
     #[test]
     fn a_queue_swinging_across_the_soft_cap_is_watched_once() {

@@ -195,6 +195,7 @@ impl EngineBuilder {
             global,
             max_connections: config.max_connections,
             stop: Arc::clone(&engine.acceptor_stop),
+            held: None,
             dead: vec![false; config.loops],
             last_refusal_warn: None,
         };

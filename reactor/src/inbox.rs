@@ -106,8 +106,20 @@ pub(crate) struct LoopShared {
     /// Senders waiting for `inbox_bytes` to fall.
     waiting: AtomicUsize,
     room: (Mutex<()>, Condvar),
-    /// Set when the loop has ended (its inbox no longer drains), a panic included.
+    /// Set when the loop is ending (its inbox drains for the last time), a panic
+    /// included. Senders check it inside their `pushing` count (see `LoopShared::enter`).
     pub gone: AtomicBool,
+    /// Senders between their check of `gone` and the end of their send.
+    pushing: AtomicUsize,
+}
+
+/// A sender inside its push (`LoopShared::enter`); leaves on drop.
+struct Pushing<'a>(&'a LoopShared);
+
+impl Drop for Pushing<'_> {
+    fn drop(&mut self) {
+        self.0.pushing.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl LoopShared {
@@ -122,6 +134,7 @@ impl LoopShared {
             waiting: AtomicUsize::new(0),
             room: (Mutex::new(()), Condvar::new()),
             gone: AtomicBool::new(false),
+            pushing: AtomicUsize::new(0),
         }
     }
 
@@ -135,21 +148,43 @@ impl LoopShared {
         }
     }
 
-    /// True when `bytes` more fit. A frame larger than the whole bound fits an empty inbox,
-    /// so no frame waits for ever.
-    fn has_room(&self, bytes: usize) -> bool {
+    /// Starts a push: `None` when the loop is gone. While the returned guard lives, the
+    /// loop's last drain waits for the push to land (`EventLoop::last_drain`), so no
+    /// command is left in a dead loop's inbox: either the sender sees `gone`, or the loop
+    /// sees the sender (both sides use SeqCst).
+    fn enter(&self) -> Option<Pushing<'_>> {
+        self.pushing.fetch_add(1, Ordering::SeqCst);
+        let guard = Pushing(self);
+        (!self.gone.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// True while a sender is inside a push.
+    pub fn senders_inside(&self) -> bool {
+        self.pushing.load(Ordering::SeqCst) > 0
+    }
+
+    /// Reserves room for `bytes` more bytes of frames, or says there is none. A frame
+    /// larger than the whole bound is let into an empty inbox, so it can go at all (it may
+    /// wait while smaller frames keep the inbox from emptying). Commands without frames
+    /// (messages, closes, sockets) touch no shared counter: they are the hot path.
+    fn try_reserve(&self, bytes: usize) -> bool {
         if bytes == 0 {
             return true;
         }
-        let now = self.inbox_bytes.load(Ordering::Acquire);
-        now == 0 || now + bytes <= self.max_inbox_bytes
-    }
-
-    /// Counts `bytes` of frames going into the inbox. Commands without frames (messages,
-    /// closes, sockets) touch no shared counter: they are the hot path.
-    fn add_bytes(&self, bytes: usize) {
-        if bytes > 0 {
-            self.inbox_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let mut now = self.inbox_bytes.load(Ordering::Acquire);
+        loop {
+            if now != 0 && now + bytes > self.max_inbox_bytes {
+                return false;
+            }
+            match self.inbox_bytes.compare_exchange_weak(
+                now,
+                now + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => now = actual,
+            }
         }
     }
 
@@ -166,16 +201,16 @@ impl LoopShared {
         }
     }
 
-    /// The loop ended: senders waiting for room stop waiting.
+    /// The loop is ending: new pushes fail, and senders waiting for room stop waiting.
     pub fn mark_gone(&self) {
         self.gone.store(true, Ordering::SeqCst);
         let _guard = self.room.0.lock().unwrap_or_else(|e| e.into_inner());
         self.room.1.notify_all();
     }
 
-    /// Blocks until `bytes` more fit in the inbox or the loop is gone.
+    /// Blocks until `bytes` more are reserved in the inbox, or the loop is gone.
     fn wait_for_room(&self, bytes: usize) -> Result<(), LoopGone> {
-        if self.has_room(bytes) {
+        if self.try_reserve(bytes) {
             return Ok(());
         }
         self.waiting.fetch_add(1, Ordering::SeqCst);
@@ -184,7 +219,7 @@ impl LoopShared {
             if self.gone.load(Ordering::SeqCst) {
                 break Err(LoopGone);
             }
-            if self.has_room(bytes) {
+            if self.try_reserve(bytes) {
                 break Ok(());
             }
             guard = match self.room.1.wait_timeout(guard, ROOM_RECHECK) {
@@ -262,6 +297,11 @@ impl<M> LoopHandle<M> {
         self.tx.len()
     }
 
+    /// True when the inbox holds as many commands as it can.
+    pub(crate) fn inbox_full(&self) -> bool {
+        self.tx.is_full()
+    }
+
     pub(crate) fn shared(&self) -> &Arc<LoopShared> {
         &self.shared
     }
@@ -278,11 +318,13 @@ impl<M: Send> LoopHandle<M> {
     /// give the socket to another loop.
     pub(crate) fn push_or_return(&self, cmd: Command<M>) -> Result<(), Command<M>> {
         assert_may_block();
+        let Some(_inside) = self.shared.enter() else {
+            return Err(cmd);
+        };
         let bytes = cmd.frame_bytes();
         if self.shared.wait_for_room(bytes).is_err() {
             return Err(cmd);
         }
-        self.shared.add_bytes(bytes);
         if let Err(e) = self.tx.send(cmd) {
             self.shared.drained_bytes(bytes);
             return Err(e.0);
@@ -292,15 +334,13 @@ impl<M: Send> LoopHandle<M> {
     }
 
     fn try_push(&self, cmd: Command<M>) -> Result<(), TrySendFailure> {
+        let Some(_inside) = self.shared.enter() else {
+            return Err(TrySendFailure::Gone);
+        };
         let bytes = cmd.frame_bytes();
-        if !self.shared.has_room(bytes) {
-            return Err(if self.shared.gone.load(Ordering::Acquire) {
-                TrySendFailure::Gone
-            } else {
-                TrySendFailure::Full
-            });
+        if !self.shared.try_reserve(bytes) {
+            return Err(TrySendFailure::Full);
         }
-        self.shared.add_bytes(bytes);
         match self.tx.try_send(cmd) {
             Ok(()) => {
                 self.shared.notify();
@@ -319,6 +359,9 @@ impl<M: Send> LoopHandle<M> {
     /// [`LoopHandle::push_or_return`] for the acceptor, which must not wait on one full
     /// loop while others have room: hands the command back when the inbox is full.
     pub(crate) fn try_push_or_return(&self, cmd: Command<M>) -> Result<(), (Command<M>, bool)> {
+        let Some(_inside) = self.shared.enter() else {
+            return Err((cmd, true));
+        };
         match self.tx.try_send(cmd) {
             Ok(()) => {
                 self.shared.notify();
@@ -549,5 +592,52 @@ impl<M: Send> Handles<M> {
     /// As [`LoopHandle::try_send`].
     pub fn try_close(&self, conn: ConnId) -> Result<(), TrySendFailure> {
         self.for_conn(conn).try_close(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_reservations_never_pass_the_byte_bound() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let shared = Arc::new(LoopShared::new(waker, 1000));
+        for _ in 0..50 {
+            let start = Arc::new(std::sync::Barrier::new(16));
+            let granted: usize = (0..16)
+                .map(|_| {
+                    let (shared, start) = (Arc::clone(&shared), Arc::clone(&start));
+                    std::thread::spawn(move || {
+                        start.wait();
+                        usize::from(shared.try_reserve(900))
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .sum();
+            assert_eq!(
+                granted, 1,
+                "{granted} frames of 900 bytes in a 1,000-byte inbox"
+            );
+            assert_eq!(shared.inbox_bytes.load(Ordering::SeqCst), 900);
+            shared.drained_bytes(900);
+        }
+    }
+
+    #[test]
+    fn a_push_after_the_loop_is_gone_hands_its_command_back() {
+        let poll = mio::Poll::new().unwrap();
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).unwrap();
+        let shared = Arc::new(LoopShared::new(waker, 1000));
+        let (tx, rx) = crossbeam_channel::bounded::<Command<()>>(4);
+        let handle = LoopHandle::new(0, tx, Arc::clone(&shared));
+        shared.mark_gone();
+        assert!(handle.post(()).is_err());
+        assert_eq!(handle.try_post(()), Err(TrySendFailure::Gone));
+        assert!(rx.is_empty(), "a command went into a dead loop's inbox");
+        assert!(!shared.senders_inside());
     }
 }

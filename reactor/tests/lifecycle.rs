@@ -163,3 +163,84 @@ fn a_balancer_of_ones_own_picks_the_loops() {
     let accepted: Vec<u64> = t.engine.stats().iter().map(|s| s.accepted).collect();
     assert_eq!(accepted, [0, 0, 6]);
 }
+
+/// Sends every connection to the first loop.
+struct FirstLoop;
+
+impl Balancer for FirstLoop {
+    fn pick(&mut self, _: &[usize]) -> usize {
+        0
+    }
+}
+
+#[test]
+fn sockets_waiting_in_a_dying_loops_inbox_are_closed_and_leave_the_count() {
+    let t = TestEngine::start_with(config(2), 1, Some(Box::new(FirstLoop)));
+    let mut a = connect(t.addrs[0]);
+    let _ = t.next_open();
+    a.write_all(b"SPIN-PANIC").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // Handed to loop 0 while it spins: they sit in its inbox when it dies.
+    let mut waiting: Vec<_> = (0..20).map(|_| connect(t.addrs[0])).collect();
+    for c in &mut waiting {
+        assert!(
+            closed_by_server(c),
+            "a socket in the dead loop's inbox stayed open"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.engine.connections() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        t.engine.connections(),
+        0,
+        "sockets of the dead loop still count"
+    );
+    // The acceptor learns the loop is gone and serves from the other.
+    let mut c = connect(t.addrs[0]);
+    round_trip(&mut c, b"served by loop 1");
+}
+
+#[test]
+fn no_loop_is_handed_more_than_its_pending_bound_even_when_the_other_is_full() {
+    const CLIENTS: usize = 1100;
+    let cfg = EngineConfig {
+        listen_backlog: 4096,
+        ..config(2)
+    };
+    let t = TestEngine::start(cfg, 2);
+    let _a = connect(t.addrs[1]);
+    let a = t.next_open();
+    let _b = connect(t.addrs[1]);
+    let b = t.next_open();
+    let handles = t.engine.handles();
+    let (first, second) = if a.loop_index() == 0 { (a, b) } else { (b, a) };
+    handles.loops()[0]
+        .post((first, b"STALL-LONG".to_vec()))
+        .unwrap();
+    handles.loops()[1]
+        .post((second, b"STALL-LONG".to_vec()))
+        .unwrap();
+    let stalled = Instant::now();
+    // Loop 1's inbox fills with messages; loop 0's stays open but registers nothing.
+    while handles.loops()[1].try_post((second, b"x".to_vec())).is_ok() {}
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(t.addrs[0])).collect();
+    std::thread::sleep(Duration::from_millis(100)); // The acceptor takes what it may.
+    let stats = t.engine.stats();
+    assert!(
+        stalled.elapsed() < 5 * util::STALL,
+        "too slow to test: the stall ended"
+    );
+    assert!(
+        stats[0].pending_sockets <= 1024 && stats[1].pending_sockets == 0,
+        "pending sockets per loop: {} and {}",
+        stats[0].pending_sockets,
+        stats[1].pending_sockets
+    );
+    for (i, c) in clients.iter_mut().enumerate() {
+        round_trip(c, format!("client {i}").as_bytes());
+    }
+    let stats = t.engine.stats();
+    assert_eq!((stats[0].pending_sockets, stats[1].pending_sockets), (0, 0));
+}

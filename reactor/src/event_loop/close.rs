@@ -81,24 +81,46 @@ impl<H: Handler> EventLoop<H> {
         self.reap();
     }
 
-    /// Sockets handed over but never registered are dropped with their admissions.
+    /// Sockets handed over but never registered are dropped with their admissions, and
+    /// the inbox is drained for the last time: handler messages still go to the handler,
+    /// which finds their connections gone and can account for them (a delivery that
+    /// missed); frames and closes have nothing left to act on.
     pub(super) fn drop_undelivered(&mut self) {
-        let stats = &self.core.shared.stats;
-        for _ in self.pending_accepts.drain(..) {
-            stats.pending_sockets.fetch_sub(1, Ordering::Relaxed);
+        self.last_drain(true);
+    }
+
+    /// Ends the inbox (module docs of `inbox.rs`: no command is left in a dead loop's
+    /// inbox). Marks the loop gone, so new pushes fail and hand their command back, then
+    /// drains until the inbox is empty and no sender is inside a push. With `to_handler`
+    /// false (a loop unwinding from a panic: its handler may be broken) messages are
+    /// dropped rather than handed over. Sockets drop with their admissions either way.
+    pub(super) fn last_drain(&mut self, to_handler: bool) {
+        if self.drained {
+            return;
         }
-        // Every connection is closed by now. Handler messages still go to the handler,
-        // which finds their connections gone and can account for them (a delivery that
-        // missed); frames and closes have nothing left to act on.
-        while let Ok(cmd) = self.rx.try_recv() {
-            self.core.shared.drained_bytes(cmd.frame_bytes());
-            match cmd {
-                Command::Register { .. } => {
-                    self.stats().pending_sockets.fetch_sub(1, Ordering::Relaxed);
+        self.drained = true;
+        let shared = std::sync::Arc::clone(&self.core.shared);
+        shared.mark_gone();
+        for _ in self.pending_accepts.drain(..) {
+            shared.stats.pending_sockets.fetch_sub(1, Ordering::Relaxed);
+        }
+        loop {
+            while let Ok(cmd) = self.rx.try_recv() {
+                shared.drained_bytes(cmd.frame_bytes());
+                match cmd {
+                    Command::Register { .. } => {
+                        shared.stats.pending_sockets.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Command::Message(_) | Command::Messages(_) if to_handler => {
+                        self.handle_command(cmd)
+                    }
+                    _ => {}
                 }
-                Command::Message(_) | Command::Messages(_) => self.handle_command(cmd),
-                _ => {}
             }
+            if !shared.senders_inside() && self.rx.is_empty() {
+                break;
+            }
+            std::thread::yield_now(); // A sender is between its check and its send.
         }
     }
 }
@@ -110,7 +132,8 @@ fn last_words(core: &mut Core, config: &EngineConfig, id: ConnId, io: &mut ConnI
     // write that would block just returns WouldBlock.
     io.flags.insert(Flags::WRITABLE);
     super::write::flush_conn(core, config, id, io);
-    if !io.outbound.is_empty() {
+    // The flush may have hit a cap and thrown the rest away: that is unwritten too.
+    if !io.outbound.is_empty() || io.flags.contains(Flags::OUTPUT_DROPPED) {
         log::debug!(
             "loop={} conn={id} closing with {} bytes unwritten: reset",
             core.loop_index,
@@ -135,5 +158,43 @@ fn reset(core: &mut Core, io: &mut ConnIo) {
     LoopStats::add(&core.shared.stats.unwritten_resets, 1);
     if let Err(e) = socket2::SockRef::from(&io.stream).set_linger(Some(Duration::ZERO)) {
         log::debug!("loop={} set SO_LINGER: {e}", core.loop_index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testing::core_and_conn;
+
+    #[test]
+    fn a_last_write_that_hits_the_soft_cap_still_ends_in_a_reset() {
+        let (mut core, mut io, mut client) = core_and_conn(); // soft cap 1 KiB
+        let id = ConnId::new(0, 0, 1);
+        // Far more than the socket buffers take, above the soft cap since tick 1, and the
+        // window long gone: the last write's cap check throws the rest away.
+        io.outbound.queue(bytes::Bytes::from(vec![9u8; 16 << 20]));
+        io.soft_since_tick = 1;
+        core.now_tick = 1_000_000;
+        core.mark_close(id, &mut io, CloseReason::IdleTimeout);
+        last_words(&mut core, &EngineConfig::default(), id, &mut io);
+        assert!(io.outbound.is_empty(), "the cap did not apply");
+        assert_eq!(
+            core.shared.stats.unwritten_resets.load(Ordering::Relaxed),
+            1
+        );
+        drop(io);
+        let mut buf = vec![0u8; 1 << 20];
+        let end = loop {
+            match client.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(_) => continue,
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        assert_eq!(
+            end,
+            Some(std::io::ErrorKind::ConnectionReset),
+            "a cut stream ended cleanly"
+        );
     }
 }

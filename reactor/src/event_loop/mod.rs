@@ -85,13 +85,17 @@ pub(crate) struct EventLoop<H: Handler> {
     /// The last drain stopped at the command cap; more may be waiting.
     inbox_backlogged: bool,
     stop_deadline: Option<Instant>,
+    /// The inbox has been drained for the last time (`last_drain`).
+    drained: bool,
 }
 
 impl<H: Handler> Drop for EventLoop<H> {
-    /// However the loop ends (a stop, repeated poll failures, a panicking handler),
-    /// senders waiting for room in its inbox stop waiting.
+    /// However the loop ends (a stop, repeated poll failures, a panicking handler), its
+    /// inbox ends with it: pushes fail from now on, and what is in the inbox is dropped,
+    /// so sockets give their counts back. A stopped loop has done this already
+    /// (`drop_undelivered`); a panicking one does it here, without its handler.
     fn drop(&mut self) {
-        self.core.shared.mark_gone();
+        self.last_drain(false);
     }
 }
 
@@ -126,6 +130,7 @@ impl<H: Handler> EventLoop<H> {
             last_handler_tick: 1,
             inbox_backlogged: false,
             stop_deadline: None,
+            drained: false,
             config,
         }
     }

@@ -22,8 +22,9 @@
 //! EOF means the peer will send nothing more, not that it stopped reading. A connection
 //! that reaches EOF with output queued (a request sent with its FIN, say) is flushed first
 //! and closed when its queue is empty, within `close_linger`; with nothing queued it closes
-//! at once. A reply the handler queues *after* the EOF (from another thread) finds the
-//! connection gone.
+//! at once, and a reply the handler queues after that (from another thread) finds the
+//! connection gone. While a half-closed connection is still flushing, it stays reachable
+//! and later replies join the queue, within the same linger.
 
 use super::{live, log_io_error, EventLoop, WAKER};
 use crate::conn::Flags;

@@ -66,6 +66,7 @@ pub(super) fn flush_conn(core: &mut Core, config: &EngineConfig, id: ConnId, io:
         FlushStatus::Failed(e) => {
             log_io_error(core.loop_index, id, "write", &e);
             io.outbound.clear();
+            io.flags.insert(Flags::OUTPUT_DROPPED);
             core.mark_close(id, io, CloseReason::Io(e.kind()));
         }
     }

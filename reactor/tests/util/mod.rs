@@ -79,13 +79,14 @@ pub const FAREWELL_BYTES: usize = 3 << 20;
 pub const STALL: Duration = Duration::from_millis(400);
 
 /// What a test posts to the probe's loops: bytes to queue on a connection (`STALL`: hold
-/// the loop for [`STALL`] instead).
+/// the loop for [`STALL`] instead; `STALL-LONG`: five times that).
 pub type ProbeMsg = (ConnId, Vec<u8>);
 
 /// A test handler: echoes on listener 0, except for these commands (each sent alone):
 /// - `FAREWELL`: [`FAREWELL_BYTES`] of 7s, then a close after the flush;
 /// - `SLAM`: the same bytes, then a plain close (one last write, the rest unwritten);
 /// - `PANIC`: the handler panics, which ends its loop;
+/// - `SPIN-PANIC`: the same after holding the loop for [`STALL`];
 /// - `BLOCK`: the handler calls the blocking `Handles::send` (a debug build panics).
 ///
 /// It swallows input on any other listener, queues posted [`ProbeMsg`] bytes, and reports
@@ -115,6 +116,11 @@ impl Handler for Probe {
                     conn.close();
                 }
                 b"PANIC" => panic!("the probe was told to panic"),
+                b"SPIN-PANIC" => {
+                    // Holds the loop (its inbox fills meanwhile), then ends it.
+                    std::thread::sleep(STALL);
+                    panic!("the probe was told to panic after a stall");
+                }
                 b"BLOCK" => {
                     let _ = self
                         .handles
@@ -127,9 +133,10 @@ impl Handler for Probe {
     }
 
     fn on_message(&mut self, lp: &mut LoopCtx<'_, ()>, (id, bytes): ProbeMsg) {
-        if bytes == b"STALL" {
+        if bytes == b"STALL" || bytes == b"STALL-LONG" {
             // Tests only: holds the loop so its inbox fills (a real handler never sleeps).
-            std::thread::sleep(STALL);
+            let long = bytes == b"STALL-LONG";
+            std::thread::sleep(if long { 5 * STALL } else { STALL });
             return;
         }
         if let Some((mut conn, _)) = lp.conn(id) {
