@@ -11,13 +11,15 @@
 //!
 //! # Handing a socket over
 //! The balancer sees each loop's load as its connections plus the sockets handed to it and
-//! not yet registered (`LoopStats::pending_sockets`); a loop that is gone, whose inbox is
-//! full, or that holds `MAX_PENDING_SOCKETS` unregistered sockets counts as `usize::MAX`
-//! and is skipped. The acceptor never waits on a loop. When no loop has room it stops
-//! accepting for `BUSY_RECHECK` and leaves new arrivals in the kernel's backlog, as the
-//! gate does; a socket it already accepted when every loop turned out full waits in
-//! `held` and goes first. So a loop's pending list stays bounded, and the stop flag is
-//! seen within `BUSY_RECHECK`.
+//! not yet registered (`LoopStats::pending_sockets`); a loop that is gone or holds
+//! `MAX_PENDING_SOCKETS` unregistered sockets counts as `usize::MAX` and is skipped. The
+//! acceptor does not wait on one busy loop while another can take the socket: a loop
+//! whose inbox is full is skipped. When every loop's inbox is full it waits on the least
+//! loaded one, in line with that loop's other senders, checking the stop flag every
+//! `BUSY_RECHECK`. When no loop has room at all it stops accepting for `BUSY_RECHECK` and
+//! leaves new arrivals in the kernel's backlog, as the gate does; a socket it already
+//! accepted waits in `held` and goes first, before the gate. So a loop's pending list
+//! stays bounded.
 //!
 //! # Invariants
 //! - Every socket kept gets an [`Admission`] before it is handed over; it counts the socket
@@ -169,10 +171,8 @@ impl<M: Send> Acceptor<M> {
             if self.stop.load(Ordering::Acquire) {
                 return AcceptEnd::Stopped;
             }
-            if !self.gate_open(last_gate_warn) {
-                return AcceptEnd::Gated;
-            }
-            // A socket accepted earlier that no loop could take goes first.
+            // A socket accepted earlier that no loop could take goes first, before the
+            // gate: it is counted already, and a closed gate must not strand it.
             if let Some(cmd) = self.held.take() {
                 match self.hand_over(cmd) {
                     Ok(()) => {}
@@ -182,6 +182,9 @@ impl<M: Send> Acceptor<M> {
                     }
                     Err(None) => return AcceptEnd::Stopped,
                 }
+            }
+            if !self.gate_open(last_gate_warn) {
+                return AcceptEnd::Gated;
             }
             // Accept only what some loop can take (module docs).
             if self.loads().iter().all(|&l| l == usize::MAX) {
@@ -241,35 +244,52 @@ impl<M: Send> Acceptor<M> {
         }
     }
 
-    /// Gives a socket to the loop the balancer picks among those with room; a loop found
-    /// full (its inbox filled since `loads` looked) is skipped, a loop found gone is marked
-    /// dead. Never blocks: when no loop takes it, the socket is handed back and the
-    /// acceptor holds it (`held`) until one has room. `Err(None)`: every loop is gone (the
-    /// socket is dropped).
+    /// Gives a socket to the loop the balancer picks among those with room, without
+    /// waiting on any one loop: a loop whose inbox is full is skipped and another picked, a
+    /// loop found gone is marked dead. Only when every loop with room has a full inbox does
+    /// it wait, on the least loaded one, in the same queue as the loop's other senders
+    /// (backpressure: every loop is behind), looking at the stop flag every
+    /// `BUSY_RECHECK`. When no loop has room at all (each is gone or at
+    /// `MAX_PENDING_SOCKETS`), the socket is handed back for the acceptor to hold
+    /// (`held`). `Err(None)`: every loop is gone or the acceptor is stopping (the socket is
+    /// dropped).
     fn hand_over(&mut self, mut cmd: Command<M>) -> Result<(), Option<Command<M>>> {
         let mut full = vec![false; self.loops.len()];
         loop {
             if self.dead.iter().all(|&d| d) {
                 return Err(None);
             }
-            let mut loads = self.loads();
-            for (load, &f) in loads.iter_mut().zip(&full) {
+            let loads = self.loads();
+            if loads.iter().all(|&l| l == usize::MAX) {
+                return Err(Some(cmd));
+            }
+            let mut open = loads.clone();
+            for (load, &f) in open.iter_mut().zip(&full) {
                 if f {
                     *load = usize::MAX;
                 }
             }
-            if loads.iter().all(|&l| l == usize::MAX) {
-                return Err(Some(cmd));
-            }
-            let chosen = self.pick(&loads);
+            let (chosen, wait) = if open.iter().all(|&l| l == usize::MAX) {
+                let least = (0..loads.len()).min_by_key(|&i| loads[i]).unwrap_or(0);
+                (least, true)
+            } else {
+                (self.pick(&open), false)
+            };
             let pending = &self.loops[chosen].stats().pending_sockets;
             pending.fetch_add(1, Ordering::Relaxed);
-            match self.loops[chosen].try_push_or_return(cmd) {
+            let pushed = if wait {
+                self.loops[chosen].push_within(cmd, BUSY_RECHECK)
+            } else {
+                self.loops[chosen].try_push_or_return(cmd)
+            };
+            match pushed {
                 Ok(()) => return Ok(()),
                 Err((returned, gone)) => {
                     pending.fetch_sub(1, Ordering::Relaxed);
                     if gone {
                         self.mark_dead(chosen);
+                    } else if wait && self.stop.load(Ordering::Acquire) {
+                        return Err(None);
                     } else {
                         full[chosen] = true;
                     }
@@ -310,15 +330,16 @@ impl<M: Send> Acceptor<M> {
     }
 
     /// Each loop's load: its connections plus the sockets handed to it and not yet
-    /// registered; `usize::MAX` for a loop that is gone, whose inbox is full, or that holds
-    /// `MAX_PENDING_SOCKETS`.
+    /// registered; `usize::MAX` for a loop that is gone or holds `MAX_PENDING_SOCKETS`. (A
+    /// full inbox is not "no room": it frees a slot per command the loop takes, and
+    /// `hand_over` waits for one in line with the loop's other senders.)
     fn loads(&self) -> Vec<usize> {
         self.loops
             .iter()
             .zip(&self.dead)
             .map(|(l, &dead)| {
                 let pending = l.stats().pending_sockets.load(Ordering::Relaxed);
-                if dead || pending >= MAX_PENDING_SOCKETS || l.inbox_full() {
+                if dead || pending >= MAX_PENDING_SOCKETS {
                     return usize::MAX;
                 }
                 l.stats().connections.load(Ordering::Relaxed) + pending

@@ -85,9 +85,10 @@ pub struct EngineConfig {
     /// Default 5 s.
     pub shutdown_grace: Duration,
     /// How long a connection that is closing after its flush (`close_after_flush`, or a
-    /// peer's half-close with output queued) may take to read what is queued. Past it the
-    /// connection is closed anyway, with a reset since output is left: a peer that never
-    /// reads cannot hold a closing connection open. Default 10 s.
+    /// peer's half-close with output queued) may go without reading any of what is queued.
+    /// Past it the connection is closed anyway, with a reset since output is left: a peer
+    /// that stops reading cannot hold a closing connection open, and one that reads slowly
+    /// still gets it all. Default 10 s.
     pub close_linger: Duration,
 }
 

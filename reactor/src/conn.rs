@@ -15,7 +15,7 @@
 //! | `CLOSE_AFTER_FLUSH` | `close_after_flush`, EOF with output queued     | never: the connection closes                 |
 //! | `PEER_CLOSED`       | EOF with output queued (a half-close)           | never                                        |
 //! | `SOFT_WATCHED`      | the queue going above the soft cap              | the tick that finds it back below            |
-//! | `OUTPUT_DROPPED`    | a cap or a failed write clearing the queue      | never: the close will be a reset             |
+//! | `OUTPUT_DROPPED`    | a cap clearing the queue                        | never: the close will be a reset             |
 //! | `CLOSING`           | `Core::mark_close`, from anywhere               | never: `reap` removes the connection         |
 //!
 //! # Invariants
@@ -57,7 +57,7 @@ impl Flags {
     pub const PEER_CLOSED: Flags = Flags(1 << 8);
     /// On the loop's `soft_watch` list.
     pub const SOFT_WATCHED: Flags = Flags(1 << 9);
-    /// Output was thrown away (a cap, a failed write): the close must be a reset.
+    /// Output was thrown away by a cap: the close must be a reset.
     pub const OUTPUT_DROPPED: Flags = Flags(1 << 10);
 
     pub fn contains(self, other: Flags) -> bool {

@@ -184,8 +184,9 @@ impl Core {
     }
 
     /// Closes the connection once its queue is empty: reading stops now, and the peer has
-    /// `close_linger` from now to read what is queued. Past it the connection is closed
-    /// anyway (as idle), and what is still queued makes that close a reset.
+    /// `close_linger` to read what is queued, counted from now and again from each write
+    /// that makes progress (`flush_conn`). A peer that stops reading for that long is
+    /// closed anyway (as idle), and what is still queued makes that close a reset.
     pub fn close_after_flush(&mut self, id: ConnId, io: &mut ConnIo, reason: CloseReason) {
         if io.outbound.is_empty() {
             self.mark_close(id, io, reason);

@@ -297,11 +297,6 @@ impl<M> LoopHandle<M> {
         self.tx.len()
     }
 
-    /// True when the inbox holds as many commands as it can.
-    pub(crate) fn inbox_full(&self) -> bool {
-        self.tx.is_full()
-    }
-
     pub(crate) fn shared(&self) -> &Arc<LoopShared> {
         &self.shared
     }
@@ -353,6 +348,27 @@ impl<M: Send> LoopHandle<M> {
                     TrySendError::Disconnected(_) => TrySendFailure::Gone,
                 })
             }
+        }
+    }
+
+    /// Waits up to `timeout` for room in the inbox for a command without frames (the
+    /// acceptor's sockets), then hands it back: `(command, gone)`.
+    pub(crate) fn push_within(
+        &self,
+        cmd: Command<M>,
+        timeout: std::time::Duration,
+    ) -> Result<(), (Command<M>, bool)> {
+        debug_assert_eq!(cmd.frame_bytes(), 0, "frames are counted in push_or_return");
+        let Some(_inside) = self.shared.enter() else {
+            return Err((cmd, true));
+        };
+        match self.tx.send_timeout(cmd, timeout) {
+            Ok(()) => {
+                self.shared.notify();
+                Ok(())
+            }
+            Err(crossbeam_channel::SendTimeoutError::Timeout(cmd)) => Err((cmd, false)),
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(cmd)) => Err((cmd, true)),
         }
     }
 

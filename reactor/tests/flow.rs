@@ -275,3 +275,40 @@ fn a_peer_that_never_reads_cannot_hold_a_closing_connection_past_the_linger() {
     );
     assert_eq!(t.engine.stats()[0].unwritten_resets, 1);
 }
+
+#[test]
+fn a_slow_but_steady_reader_of_a_closing_connection_gets_everything() {
+    const QUEUED: usize = 12 << 20;
+    let cfg = EngineConfig {
+        close_linger: Duration::from_millis(300),
+        max_outbound_bytes: 64 << 20,
+        ..config(1)
+    };
+    let t = TestEngine::start(cfg, 1);
+    let mut c = connect(t.addrs[0]);
+    let id = t.next_open();
+    // More than the socket buffers hold, then the request that closes after the flush.
+    t.engine
+        .handles()
+        .send(id, bytes::Bytes::from(vec![1u8; QUEUED]))
+        .unwrap();
+    c.write_all(b"FAREWELL").unwrap();
+    // Read at about 12 MiB per second: the whole takes several lingers, and no pause is
+    // as long as one.
+    let (mut got, mut buf) = (0, vec![0u8; 256 << 10]);
+    let started = Instant::now();
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("cut after {got} bytes: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(got, QUEUED + FAREWELL_BYTES);
+    assert!(
+        started.elapsed() > Duration::from_millis(600),
+        "not slow enough to test"
+    );
+    assert_eq!(t.close_of(id), CloseReason::Handler);
+}

@@ -98,7 +98,6 @@ impl<H: Handler> EventLoop<H> {
         if self.drained {
             return;
         }
-        self.drained = true;
         let shared = std::sync::Arc::clone(&self.core.shared);
         shared.mark_gone();
         for _ in self.pending_accepts.drain(..) {
@@ -122,6 +121,9 @@ impl<H: Handler> EventLoop<H> {
             }
             std::thread::yield_now(); // A sender is between its check and its send.
         }
+        // Only now: a handler that panics above leaves this unset, and `Drop` drains the
+        // rest without it.
+        self.drained = true;
     }
 }
 

@@ -39,6 +39,11 @@ pub(super) fn flush_conn(core: &mut Core, config: &EngineConfig, id: ConnId, io:
     let outcome = io
         .outbound
         .flush_to(&mut io.stream, config.write_budget_bytes);
+    if outcome.written > 0 && io.flags.contains(Flags::CLOSE_AFTER_FLUSH) {
+        // A closing connection whose peer still reads: the linger counts from the last
+        // progress, not from the close (`Core::close_after_flush`).
+        io.last_active_tick = core.now_tick;
+    }
     let stats = &core.shared.stats;
     LoopStats::add(&stats.bytes_out, outcome.written as u64);
     LoopStats::add(&stats.writev_calls, outcome.syscalls as u64);
@@ -65,8 +70,7 @@ pub(super) fn flush_conn(core: &mut Core, config: &EngineConfig, id: ConnId, io:
         }
         FlushStatus::Failed(e) => {
             log_io_error(core.loop_index, id, "write", &e);
-            io.outbound.clear();
-            io.flags.insert(Flags::OUTPUT_DROPPED);
+            io.outbound.clear(); // The peer is gone: nobody to tell it was cut.
             core.mark_close(id, io, CloseReason::Io(e.kind()));
         }
     }

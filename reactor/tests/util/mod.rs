@@ -79,7 +79,7 @@ pub const FAREWELL_BYTES: usize = 3 << 20;
 pub const STALL: Duration = Duration::from_millis(400);
 
 /// What a test posts to the probe's loops: bytes to queue on a connection (`STALL`: hold
-/// the loop for [`STALL`] instead; `STALL-LONG`: five times that).
+/// the loop for [`STALL`] instead; `STALL-LONG`: five times that; `PANIC`: panic).
 pub type ProbeMsg = (ConnId, Vec<u8>);
 
 /// A test handler: echoes on listener 0, except for these commands (each sent alone):
@@ -133,6 +133,9 @@ impl Handler for Probe {
     }
 
     fn on_message(&mut self, lp: &mut LoopCtx<'_, ()>, (id, bytes): ProbeMsg) {
+        if bytes == b"PANIC" {
+            panic!("the probe was told to panic in on_message");
+        }
         if bytes == b"STALL" || bytes == b"STALL-LONG" {
             // Tests only: holds the loop so its inbox fills (a real handler never sleeps).
             let long = bytes == b"STALL-LONG";
