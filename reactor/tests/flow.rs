@@ -247,16 +247,22 @@ fn a_close_that_leaves_output_unwritten_is_a_reset_not_a_clean_end() {
     assert_eq!(t.engine.stats()[0].unwritten_resets, 1);
 }
 
-#[test]
-fn a_peer_that_never_reads_cannot_hold_a_closing_connection_past_the_linger() {
+/// An echo engine with a 300 ms close linger and room for large replies, and one client.
+fn lingering_echo() -> (TestEngine, std::net::TcpStream, ruyi_reactor::ConnId) {
     let cfg = EngineConfig {
         close_linger: Duration::from_millis(300),
         max_outbound_bytes: 64 << 20,
         ..config(1)
     };
     let t = TestEngine::start(cfg, 1);
-    let mut c = connect(t.addrs[0]);
+    let c = connect(t.addrs[0]);
     let id = t.next_open();
+    (t, c, id)
+}
+
+#[test]
+fn a_peer_that_never_reads_cannot_hold_a_closing_connection_past_the_linger() {
+    let (t, mut c, id) = lingering_echo();
     // Far more than the socket buffers hold, then the request that closes after the
     // flush; and the client never reads.
     let handles = t.engine.handles();
@@ -279,14 +285,7 @@ fn a_peer_that_never_reads_cannot_hold_a_closing_connection_past_the_linger() {
 #[test]
 fn a_slow_but_steady_reader_of_a_closing_connection_gets_everything() {
     const QUEUED: usize = 12 << 20;
-    let cfg = EngineConfig {
-        close_linger: Duration::from_millis(300),
-        max_outbound_bytes: 64 << 20,
-        ..config(1)
-    };
-    let t = TestEngine::start(cfg, 1);
-    let mut c = connect(t.addrs[0]);
-    let id = t.next_open();
+    let (t, mut c, id) = lingering_echo();
     // More than the socket buffers hold, then the request that closes after the flush.
     t.engine
         .handles()
