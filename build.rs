@@ -2,7 +2,65 @@
 //! `ruyi_build_info` metric. `RUYI_COMMIT` (and `RUYI_COMMIT_DATE`) set in the environment
 //! win, for builds without a git checkout (a container image built from a tarball).
 
+use std::io::Write as _;
 use std::process::Command;
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// The browser files `src/http/assets.rs` serves: (URL path, file under
+/// `src/http/assets/`, content type).
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("/console/", "console/index.html", HTML),
+    ("/console/api.js", "console/api.js", JS),
+    ("/console/app.js", "console/app.js", JS),
+    ("/console/style.css", "console/style.css", CSS),
+    ("/demo/", "demo/index.html", HTML),
+    ("/demo/app.js", "demo/app.js", JS),
+    ("/vendor/uPlot.iife.min.js", "vendor/uPlot.iife.min.js", JS),
+    ("/vendor/uPlot.min.css", "vendor/uPlot.min.css", CSS),
+    ("/vendor/wukongimjssdk.js", "vendor/wukongimjssdk.js", JS),
+];
+
+/// FNV-1a, 64 bits: an ETag needs to change with the bytes, not to resist an attacker.
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Writes `$OUT_DIR/assets.rs`: a table of every asset with its bytes, its gzip form
+/// (empty where gzip does not save a tenth) and its ETag, so serving one costs no
+/// compression and no hashing at run time.
+fn embed_assets() {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let root = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("src/http/assets");
+    let mut table = String::from("&[\n");
+    for (i, (path, file, content_type)) in ASSETS.iter().enumerate() {
+        let source = root.join(file);
+        println!("cargo:rerun-if-changed={}", source.display());
+        let body =
+            std::fs::read(&source).unwrap_or_else(|e| panic!("asset {}: {e}", source.display()));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&body).expect("gzip into memory");
+        let gz = gz.finish().expect("gzip into memory");
+        let gz_path = out.join(format!("asset{i}.gz"));
+        let worth = gz.len() * 10 < body.len() * 9;
+        std::fs::write(&gz_path, if worth { &gz[..] } else { &[] }).expect("write to OUT_DIR");
+        table.push_str(&format!(
+            "    Asset {{ path: {path:?}, content_type: {content_type:?}, body: include_bytes!({:?}), gzip: include_bytes!({:?}), etag: \"\\\"{:016x}\\\"\" }},\n",
+            source.display().to_string(),
+            gz_path.display().to_string(),
+            fnv64(&body)
+        ));
+    }
+    table.push(']');
+    std::fs::write(out.join("assets.rs"), table).expect("write to OUT_DIR");
+}
 
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git").args(args).output().ok()?;
@@ -23,6 +81,7 @@ fn clean(s: String) -> String {
 }
 
 fn main() {
+    embed_assets();
     let given = std::env::var("RUYI_COMMIT").ok().map(clean);
     let from_git = given.is_none();
     let commit = given

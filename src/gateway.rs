@@ -77,6 +77,8 @@ pub enum ToLoop {
         /// The drain window.
         window: Duration,
     },
+    /// `/connz`: describe this loop's logged-in connections on the sender.
+    Connz(crossbeam_channel::Sender<Vec<crate::connz::ConnRow>>),
     /// An HTTP response; `close` ends the connection after it.
     Http {
         /// Which connection.
@@ -208,6 +210,29 @@ pub struct ImSession {
     /// Input bytes held for this connection while it is not logged in, as charged to the
     /// server-wide budget (`Config::prelogin_budget_bytes`).
     held: usize,
+    /// When it logged in, in seconds since the server started (`/connz`).
+    since: u32,
+    /// SENDs taken and RECVs sent since the login (`/connz`).
+    in_msgs: u32,
+    out_msgs: u32,
+}
+
+impl ImSession {
+    /// This connection as `/connz` shows it; `None` before the login.
+    fn connz_row(&self, conn: &ConnCtx<'_>, now_secs: u32) -> Option<crate::connz::ConnRow> {
+        (self.phase == Phase::Ready).then(|| crate::connz::ConnRow {
+            id: conn.id().to_string(),
+            uid: self.uid.clone(),
+            device_flag: self.device_flag,
+            device_level: self.level,
+            peer: conn.peer_addr().ok(),
+            uptime: u64::from(now_secs.saturating_sub(self.since)),
+            idle: conn.idle().as_secs(),
+            pending_bytes: conn.queued_bytes(),
+            in_msgs: self.in_msgs,
+            out_msgs: self.out_msgs,
+        })
+    }
 }
 
 /// The WebSocket side of a connection on the WS listener.
@@ -648,6 +673,7 @@ impl Gateway {
         match queue.try_send(ChannelJob::Send(Box::new(request))) {
             Ok(()) => {
                 self.shared.counters.sends_in.fetch_add(1, Relaxed);
+                s.in_msgs = s.in_msgs.wrapping_add(1);
                 Flow::Next
             }
             Err(TrySendError::Full(_)) => {
@@ -661,6 +687,11 @@ impl Gateway {
     }
 
     /// Milliseconds of the server's clock at this loop turn, for the send buckets.
+    /// Seconds since the server started (`/connz`'s uptimes).
+    fn uptime_secs(&self) -> u32 {
+        u32::try_from(self.shared.started.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
     fn clock_ms(&self, conn: &ConnCtx<'_>) -> u64 {
         let elapsed = conn.now().saturating_duration_since(self.shared.started);
         u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
@@ -747,6 +778,7 @@ impl Gateway {
             return;
         };
         s.phase = Phase::Ready;
+        s.since = self.uptime_secs();
         self.release_prelogin(s);
         s.version = info.version;
         s.device_flag = info.device_flag;
@@ -863,6 +895,7 @@ impl Gateway {
             };
             emit(&mut conn, s.ws.is_some(), frame.clone());
             delivered += 1;
+            s.out_msgs = s.out_msgs.wrapping_add(1);
             if persistent {
                 s.pending_bytes += frame.len();
                 s.pending
@@ -1169,6 +1202,9 @@ impl Handler for Gateway {
             sends: SendBucket::full(self.send_limit, self.clock_ms(conn)),
             send_kib: SendBucket::full(self.send_kib_limit, self.clock_ms(conn)),
             held: 0,
+            since: 0,
+            in_msgs: 0,
+            out_msgs: 0,
             ws,
         }))
     }
@@ -1230,6 +1266,18 @@ impl Handler for Gateway {
                     conns.len()
                 );
                 self.drain = Some(crate::drain::Drain::new(conns, window, lp.now()));
+            }
+            ToLoop::Connz(reply) => {
+                let now = self.uptime_secs();
+                let rows = lp
+                    .conn_ids()
+                    .into_iter()
+                    .filter_map(|id| match lp.conn(id) {
+                        Some((conn, Session::Im(s))) => s.connz_row(&conn, now),
+                        _ => None,
+                    })
+                    .collect();
+                let _ = reply.send(rows); // Never blocks: one slot per loop.
             }
             ToLoop::Http {
                 conn: id,

@@ -11,6 +11,7 @@ pub mod answer;
 pub mod auth;
 pub mod channel;
 pub mod config;
+pub mod connz;
 pub mod drain;
 pub mod fault;
 pub mod gateway;

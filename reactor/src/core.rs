@@ -84,6 +84,12 @@ impl Core {
         next.saturating_duration_since(Instant::now())
     }
 
+    /// The time `ticks` ticks take.
+    pub fn duration_of(&self, ticks: u64) -> Duration {
+        self.tick
+            .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX))
+    }
+
     /// Whole ticks covering `d`, rounded up, at least 1.
     pub fn ticks_for(&self, d: Duration) -> u64 {
         let ticks = d.as_nanos().div_ceil(self.tick.as_nanos().max(1));

@@ -125,6 +125,12 @@ impl ConnCtx<'_> {
         self.io.outbound.queued_bytes()
     }
 
+    /// Time since this connection's last inbound bytes, to the loop's tick.
+    pub fn idle(&self) -> Duration {
+        self.core
+            .duration_of(self.core.now_tick.saturating_sub(self.io.last_active_tick))
+    }
+
     /// Closes the connection at the end of this turn. Output queued before the close gets
     /// one last non-blocking write attempt; if that leaves some unwritten, the close is a
     /// reset rather than a FIN, so the peer cannot mistake a cut reply for a whole one. Use

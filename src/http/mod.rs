@@ -15,7 +15,9 @@
 //! Handlers use this file and `wire.rs`; nothing here uses a handler except the route
 //! table (one-way doors).
 
+mod assets;
 mod channels;
+mod console;
 mod conversations;
 mod history;
 mod messages;

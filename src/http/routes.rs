@@ -27,6 +27,10 @@ pub(crate) const ROUTES: &[(&str, &str, Handler)] = &[
     ("GET", "/metrics", |s, _, _| {
         Ok(crate::metrics::export::metrics(s))
     }),
+    ("GET", "/connz", |s, _, r| super::console::connz(s, r)),
+    ("GET", "/console/api/channel", |_, rd, r| {
+        super::console::channel(rd, r)
+    }),
     ("GET", "/route", |s, _, r| {
         Ok(super::node::route_addrs(s, r))
     }),

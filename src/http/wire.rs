@@ -270,6 +270,31 @@ fn parse_request(
             return input.len();
         }
     };
+    // The console's and the demo's files (`assets.rs`): no secret in them, so no token,
+    // and no body either.
+    let asset_path = req
+        .path
+        .map(|p| p.split_once('?').map_or(p, |(path, _)| path));
+    if let (Some(method @ ("GET" | "HEAD")), Some(path)) = (req.method, asset_path) {
+        if super::assets::is_asset(path) {
+            if chunked || content_length.unwrap_or(0) > 0 {
+                refuse(conn, 400, "this request takes no body");
+                return input.len();
+            }
+            let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
+            conn.queue(super::assets::respond(
+                path,
+                method == "HEAD",
+                super::assets::accepts_gzip(text("accept-encoding")),
+                text("if-none-match"),
+                keep_alive,
+            ));
+            if !keep_alive {
+                conn.close_after_flush();
+            }
+            return head_len;
+        }
+    }
     // The manager token (HTTP_API.md §1.2): when configured, every request carries it in a
     // `token` header or gets an empty 401. Compared in constant time.
     // Checked on the head, before any body is waited for: a caller without the token

@@ -69,6 +69,17 @@ pub fn varz(shared: &SharedRef) -> Answer {
         "ruyi_retries": c.retries.load(Relaxed),
         "ruyi_dropped_posts": c.dropped_posts.load(Relaxed),
         "ruyi_rate_limited_sends": c.rate_limited.load(Relaxed),
+        // For the console's overview (`http/assets/console`): per-loop load, and the
+        // commit histogram's count and sum, from which a mean over any interval follows.
+        "ruyi_loops": shared.loops().loops().iter().map(|l| json!({
+            "connections": l.stats().connections.load(Relaxed),
+            "queued_out": l.stats().queued_out.load(Relaxed),
+        })).collect::<Vec<_>>(),
+        "ruyi_commit_count": shared.storage_health.commit_seconds.count(),
+        "ruyi_commit_sum_us": shared.storage_health.commit_seconds.sum_micros(),
+        "ruyi_webhook_on": shared.webhooks.is_some(),
+        "ruyi_webhook_queue": shared.webhooks.as_ref().map_or(0, |h| h.queued().0),
+        "ruyi_webhook_dropped": shared.webhooks.as_ref().map_or(0, |h| h.stats.dropped.load(Relaxed)),
     });
     (200, v.to_string())
 }

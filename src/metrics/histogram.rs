@@ -39,6 +39,11 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
+    /// The recorded durations added up, in microseconds.
+    pub fn sum_micros(&self) -> u64 {
+        self.sum_micros.load(Relaxed)
+    }
+
     /// Writes the `_bucket`, `_sum` and `_count` samples of family `name` (whose name ends
     /// in `_seconds`) in the Prometheus text format.
     pub fn write(&self, out: &mut String, name: &str) {
