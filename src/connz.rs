@@ -3,17 +3,21 @@
 //! (`ToLoop::Connz`, answered from the loop: no socket call but `getpeername`); the HTTP
 //! worker that asked merges the loops' rows here.
 //!
-//! Choices where the spec leaves them open: `sort` takes `id` (the default), `uptime`,
-//! `idle`, `pending_bytes`, `in_msgs` or `out_msgs`, largest first except `id`; `limit`
-//! defaults to 100 and is capped at 1,000; `uid` keeps that user's connections only.
+//! Choices where the spec leaves them open: `sort` takes `id` (the default: loop, slot,
+//! generation), `uptime`, `idle`, `pending_bytes`, `in_msgs` or `out_msgs`, largest first
+//! except `id`, ties in id order (so pages do not overlap); `limit` defaults to 100 and is
+//! capped at 1,000; `uid` keeps that user's connections only (the loops then describe only
+//! those, found through the registry). `in_msgs` counts SENDs taken from the connection
+//! (refused ones included), `out_msgs` RECVs written to it (retries not counted).
 
+use ruyi_reactor::ConnId;
 use serde_json::{json, Value};
 
 /// One connection, as its loop saw it.
 #[derive(Clone, Debug)]
 pub struct ConnRow {
-    /// `loop:slot#generation`.
-    pub id: String,
+    /// The connection.
+    pub conn: ConnId,
     /// The user.
     pub uid: String,
     /// 0 APP, 1 WEB, 2 PC.
@@ -59,14 +63,17 @@ pub fn page(
     if let Some(uid) = uid {
         rows.retain(|r| r.uid == uid);
     }
-    match sort {
-        "uptime" => rows.sort_by_key(|r| std::cmp::Reverse(r.uptime)),
-        "idle" => rows.sort_by_key(|r| std::cmp::Reverse(r.idle)),
-        "pending_bytes" => rows.sort_by_key(|r| std::cmp::Reverse(r.pending_bytes)),
-        "in_msgs" => rows.sort_by_key(|r| std::cmp::Reverse(r.in_msgs)),
-        "out_msgs" => rows.sort_by_key(|r| std::cmp::Reverse(r.out_msgs)),
-        _ => rows.sort_by(|a, b| a.id.cmp(&b.id)),
-    }
+    let key = |r: &ConnRow| -> u64 {
+        match sort {
+            "uptime" => r.uptime,
+            "idle" => r.idle,
+            "pending_bytes" => r.pending_bytes as u64,
+            "in_msgs" => u64::from(r.in_msgs),
+            "out_msgs" => u64::from(r.out_msgs),
+            _ => 0,
+        }
+    };
+    rows.sort_by(|a, b| key(b).cmp(&key(a)).then(a.conn.cmp(&b.conn)));
     let total = rows.len();
     let limit = limit.clamp(1, MAX_LIMIT);
     let connections: Vec<Value> = rows
@@ -75,7 +82,7 @@ pub fn page(
         .take(limit)
         .map(|r| {
             json!({
-                "id": r.id,
+                "id": r.conn.to_string(),
                 "uid": r.uid,
                 "device_flag": r.device_flag,
                 "device_level": r.device_level,
@@ -105,9 +112,9 @@ pub fn page(
 mod tests {
     use super::*;
 
-    fn row(id: &str, uid: &str, idle: u64) -> ConnRow {
+    fn row(id: (usize, usize), uid: &str, idle: u64) -> ConnRow {
         ConnRow {
-            id: id.into(),
+            conn: ConnId::new(id.0, id.1, 1),
             uid: uid.into(),
             device_flag: 1,
             device_level: 0,
@@ -123,9 +130,9 @@ mod tests {
     #[test]
     fn filtered_sorted_and_paged() {
         let rows = vec![
-            row("0:1#1", "a", 3),
-            row("0:2#1", "b", 9),
-            row("1:1#1", "a", 7),
+            row((0, 1), "a", 3),
+            row((0, 2), "b", 9),
+            row((1, 1), "a", 7),
         ];
         let v = page(rows.clone(), Some("a"), "idle", 0, 10);
         assert_eq!(v["total"], 2);
@@ -139,5 +146,23 @@ mod tests {
             (Some(3), Some(1))
         );
         assert_eq!(v["connections"][0]["id"], "0:2#1");
+    }
+
+    #[test]
+    fn ids_sort_as_numbers_and_ties_keep_one_order_whatever_the_loops_answered() {
+        let rows = vec![
+            row((0, 10), "a", 1),
+            row((0, 2), "b", 1),
+            row((10, 0), "c", 1),
+        ];
+        let v = page(rows.clone(), None, "id", 0, 3);
+        let ids: Vec<_> = (0..3).map(|i| v["connections"][i]["id"].clone()).collect();
+        assert_eq!(ids, ["0:2#1", "0:10#1", "10:0#1"]);
+        let mut reversed = rows.clone();
+        reversed.reverse();
+        assert_eq!(
+            page(rows, None, "idle", 0, 3)["connections"],
+            page(reversed, None, "idle", 0, 3)["connections"]
+        );
     }
 }

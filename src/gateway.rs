@@ -77,8 +77,14 @@ pub enum ToLoop {
         /// The drain window.
         window: Duration,
     },
-    /// `/connz`: describe this loop's logged-in connections on the sender.
-    Connz(crossbeam_channel::Sender<Vec<crate::connz::ConnRow>>),
+    /// `/connz`: describe this loop's logged-in connections (only these, when given) on
+    /// the sender.
+    Connz {
+        /// Where the rows go (one slot per loop asked: never blocks).
+        reply: crossbeam_channel::Sender<Vec<crate::connz::ConnRow>>,
+        /// Only these connections (a `uid` filter), or every one.
+        only: Option<Vec<ConnId>>,
+    },
     /// An HTTP response; `close` ends the connection after it.
     Http {
         /// Which connection.
@@ -179,10 +185,15 @@ impl ToLoop {
     pub fn weight(&self) -> usize {
         match self {
             ToLoop::Deliver(d, targets) => deliver_weight(targets.len(), d.message.payload.len()),
+            // A walk over the loop's connections: the rest of the turn is for sockets.
+            ToLoop::Connz { .. } => CONNZ_WEIGHT,
             _ => 1,
         }
     }
 }
+
+/// The weight of a `/connz` walk in a loop's per-turn budget: most of one turn.
+const CONNZ_WEIGHT: usize = 512;
 
 /// A binary-protocol connection.
 #[derive(Debug)]
@@ -221,7 +232,7 @@ impl ImSession {
     /// This connection as `/connz` shows it; `None` before the login.
     fn connz_row(&self, conn: &ConnCtx<'_>, now_secs: u32) -> Option<crate::connz::ConnRow> {
         (self.phase == Phase::Ready).then(|| crate::connz::ConnRow {
-            id: conn.id().to_string(),
+            conn: conn.id(),
             uid: self.uid.clone(),
             device_flag: self.device_flag,
             device_level: self.level,
@@ -1267,17 +1278,17 @@ impl Handler for Gateway {
                 );
                 self.drain = Some(crate::drain::Drain::new(conns, window, lp.now()));
             }
-            ToLoop::Connz(reply) => {
+            ToLoop::Connz { reply, only } => {
                 let now = self.uptime_secs();
-                let rows = lp
-                    .conn_ids()
+                let ids = only.unwrap_or_else(|| lp.conn_ids());
+                let rows = ids
                     .into_iter()
                     .filter_map(|id| match lp.conn(id) {
                         Some((conn, Session::Im(s))) => s.connz_row(&conn, now),
                         _ => None,
                     })
                     .collect();
-                let _ = reply.send(rows); // Never blocks: one slot per loop.
+                let _ = reply.send(rows); // Never blocks: one slot per loop asked.
             }
             ToLoop::Http {
                 conn: id,

@@ -19,11 +19,17 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use util::*;
 
-fn chromium() -> PathBuf {
-    std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from)
+/// `CHROMIUM`, else `chromium` on the `PATH` (where `.ci/run` looks for it).
+fn chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("CHROMIUM") {
+        return Some(PathBuf::from(path));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("chromium"))
+        .find(|p| p.is_file())
 }
 
-fn ready() -> Option<PathBuf> {
+fn ready() -> Option<(PathBuf, PathBuf)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/browser");
     let node = Command::new("node")
         .arg("--version")
@@ -37,35 +43,25 @@ fn ready() -> Option<PathBuf> {
         skip("browser test: run `npm ci` in e2e/browser first");
         return None;
     }
-    if !chromium().exists() {
+    let Some(chromium) = chromium() else {
         skip("browser test: no Chromium (install Debian's `chromium`, or set CHROMIUM)");
         return None;
-    }
-    Some(dir)
+    };
+    Some((dir, chromium))
 }
 
-#[test]
-fn the_console_and_the_demo_work_in_a_real_browser() {
-    let Some(dir) = ready() else { return };
-    let server = start("browser", |_| {});
-    // Three clients of the binary protocol: what the overview must count; one is kicked.
-    let mut clients = Vec::new();
-    for uid in ["watcher1", "watcher2", "kickme"] {
-        register(&server, uid, "tok", 0, 0);
-        let mut login = Login::new(uid, "tok");
-        login.device_flag = 0;
-        let (client, ack) = Client::login(server.tcp_addr(), &login);
-        assert_eq!(ack.reason_code, 1, "{uid} logged in");
-        clients.push(client);
-    }
-    let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+/// Runs one of `e2e/browser`'s scripts; calls `on_event` with each JSON line it prints,
+/// and returns them all once it ended with `done` (or panics with what it printed).
+fn run_script(
+    dir: &std::path::Path,
+    chromium: &std::path::Path,
+    args: &[String],
+    mut on_event: impl FnMut(&Value),
+) -> Vec<Value> {
     let mut child = Command::new("node")
-        .current_dir(&dir)
-        .arg("console.mjs")
-        .arg(format!("http://{}", server.http_addr()))
-        .arg("3")
-        .arg("kickme")
-        .arg(&shots)
+        .current_dir(dir)
+        .args(args)
+        .env("CHROMIUM", chromium)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -81,16 +77,8 @@ fn the_console_and_the_demo_work_in_a_real_browser() {
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = Vec::new();
-    let mut kick_checked = false;
     while let Ok(v) = events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-        if v["event"] == "kicked" {
-            // The button went through the API to the real connection.
-            assert!(
-                clients[2].closed_within(Duration::from_secs(10)),
-                "the kicked connection stayed open"
-            );
-            kick_checked = true;
-        }
+        on_event(&v);
         let end = v["event"] == "done" || v["event"] == "failed";
         seen.push(v);
         if end {
@@ -102,7 +90,49 @@ fn the_console_and_the_demo_work_in_a_real_browser() {
         status.success() && seen.last().is_some_and(|v| v["event"] == "done"),
         "the browser run failed: {seen:?}"
     );
-    assert!(kick_checked, "the kick step never ran: {seen:?}");
+    seen
+}
+
+fn shots() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots")
+}
+
+#[test]
+fn the_console_and_the_demo_work_in_a_real_browser() {
+    let Some((dir, chromium)) = ready() else {
+        return;
+    };
+    let server = start("browser", |_| {});
+    // Three clients of the binary protocol: what the overview must count; one is kicked.
+    let mut clients = Vec::new();
+    for uid in ["watcher1", "watcher2", "kickme"] {
+        register(&server, uid, "tok", 0, 0);
+        let mut login = Login::new(uid, "tok");
+        login.device_flag = 0;
+        let (client, ack) = Client::login(server.tcp_addr(), &login);
+        assert_eq!(ack.reason_code, 1, "{uid} logged in");
+        clients.push(client);
+    }
+    let shots = shots();
+    let mut kick_checked = false;
+    let args = [
+        "console.mjs".to_owned(),
+        format!("http://{}", server.http_addr()),
+        "3".to_owned(),
+        "kickme".to_owned(),
+        shots.display().to_string(),
+    ];
+    run_script(&dir, &chromium, &args, |v| {
+        if v["event"] == "kicked" {
+            // The button went through the API to the real connection.
+            assert!(
+                clients[2].closed_within(Duration::from_secs(10)),
+                "the kicked connection stayed open"
+            );
+            kick_checked = true;
+        }
+    });
+    assert!(kick_checked, "the kick step never ran");
     // The other two were left alone.
     for c in &mut clients[..2] {
         assert!(!c.closed_within(Duration::from_millis(200)));
@@ -114,5 +144,26 @@ fn the_console_and_the_demo_work_in_a_real_browser() {
         "demo-bob.png",
     ] {
         assert!(shots.join(shot).exists(), "{shot} was not written");
+    }
+}
+
+#[test]
+fn behind_a_manager_token_the_console_asks_for_it_once_and_every_tab_works() {
+    let Some((dir, chromium)) = ready() else {
+        return;
+    };
+    let server = start("browser-token", |c| c.manager_token = Some("s3cret".into()));
+    let args = [
+        "tabs.mjs".to_owned(),
+        format!("http://{}", server.http_addr()),
+        "s3cret".to_owned(),
+        shots().display().to_string(),
+    ];
+    let seen = run_script(&dir, &chromium, &args, |_| {});
+    for step in ["asked", "users", "channels", "connections"] {
+        assert!(
+            seen.iter().any(|v| v["event"] == step),
+            "{step} missing: {seen:?}"
+        );
     }
 }

@@ -121,6 +121,28 @@ fn files_come_gzipped_when_asked_and_a_matching_etag_gets_304() {
 }
 
 #[test]
+fn requests_pipelined_behind_a_page_are_all_answered() {
+    let server = start("console-pipeline", |_| {});
+    let mut s = TcpStream::connect(server.http_addr()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // Three requests in one write: two files, then an API call, the last one closing.
+    s.write_all(
+        b"GET /console/style.css HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+          GET /console/api.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+          GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    let css = text.find("text/css").unwrap();
+    let js = text.find("text/javascript").unwrap();
+    assert!(css < js, "answers out of order");
+}
+
+#[test]
 fn connz_lists_logged_in_connections_filtered_sorted_and_paged() {
     let server = start("connz", |_| {});
     let http = server.http_addr();

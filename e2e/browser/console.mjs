@@ -8,38 +8,23 @@
 // the real connection closes); two browser contexts sign in to the demo, chat person to
 // person and in a group, and each sees the other's messages in order. Any uncaught script
 // error on any page fails the run. Exits 0 only when every step passed.
-import { chromium } from 'playwright-core';
+import { launch, out, run, until } from './lib.mjs';
 import { mkdirSync } from 'node:fs';
 
 const [base, expectedArg, kickUid, shots] = process.argv.slice(2);
 const expected = Number(expectedArg);
-const out = (event) => process.stdout.write(JSON.stringify(event) + '\n');
 const errors = [];
 mkdirSync(shots, { recursive: true });
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 
 function watch(page, name) {
   page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
   page.on('console', (m) => { if (m.type() === 'error') errors.push(`${name} console: ${m.text()}`); });
 }
 
-async function until(what, check, ms = 10000) {
-  const end = Date.now() + ms;
-  let last;
-  while (Date.now() < end) {
-    last = await check();
-    if (last === true) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
-}
 
-try {
+await run(browser, errors, async () => {
   // ---- the console: overview ----
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await ctx.newPage();
@@ -103,12 +88,4 @@ try {
   await alice.screenshot({ path: `${shots}/demo-alice.png` });
   await bob.screenshot({ path: `${shots}/demo-bob.png` });
   out({ event: 'chatted' });
-  if (errors.length) throw new Error(`script errors: ${errors.join(' | ')}`);
-  out({ event: 'done' });
-  await browser.close();
-  process.exit(0);
-} catch (e) {
-  out({ event: 'failed', error: String(e && e.message ? e.message : e), errors });
-  await browser.close().catch(() => {});
-  process.exit(1);
-}
+});

@@ -7,7 +7,7 @@
 //! wait for (R1 of the reactor). They hold no secret and need no manager token; the API
 //! calls the pages make do (`console/app.js`).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 /// One embedded file.
 #[derive(Debug)]
@@ -47,32 +47,46 @@ pub fn is_asset(path: &str) -> bool {
     REDIRECTS.iter().any(|(from, _)| *from == path) || ASSETS.iter().any(|a| a.path == path)
 }
 
-/// The whole response for a GET or HEAD of an asset path (`is_asset`).
+/// The response for a GET or HEAD of an asset path (`is_asset`): its head, and its body
+/// as a second frame that shares the binary's static bytes (a request without the token
+/// costs the server no copy of a file, however many are queued).
 pub fn respond(
     path: &str,
     head_only: bool,
     accepts_gzip: bool,
     if_none_match: Option<&str>,
     keep_alive: bool,
-) -> Bytes {
+) -> (Bytes, Option<Bytes>) {
     let connection = if keep_alive { "keep-alive" } else { "close" };
     if let Some((_, to)) = REDIRECTS.iter().find(|(from, _)| *from == path) {
-        return Bytes::from(format!(
+        let head = format!(
             "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: {connection}\r\n\r\n"
-        ));
+        );
+        return (Bytes::from(head), None);
     }
     let Some(asset) = ASSETS.iter().find(|a| a.path == path) else {
-        return Bytes::from_static(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        let head = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        return (Bytes::from_static(head.as_bytes()), None);
+    };
+    // Each encoding is its own representation, with its own strong validator (RFC 9110
+    // §8.8.3): the gzip form's tag is the plain one's with `-gz`.
+    let gzip = accepts_gzip && !asset.gzip.is_empty();
+    let etag = if gzip {
+        format!("{}-gz\"", asset.etag.trim_end_matches('"'))
+    } else {
+        asset.etag.to_owned()
     };
     let common = format!(
-        "ETag: {}\r\nCache-Control: no-cache\r\nVary: Accept-Encoding\r\nX-Content-Type-Options: nosniff\r\n{}Connection: {connection}\r\n",
-        asset.etag,
+        "ETag: {etag}\r\nCache-Control: no-cache\r\nVary: Accept-Encoding\r\nX-Content-Type-Options: nosniff\r\n{}Connection: {connection}\r\n",
         if asset.content_type.starts_with("text/html") { PAGE_POLICY } else { "" },
     );
-    if if_none_match.is_some_and(|tags| tags.split(',').any(|t| t.trim() == asset.etag)) {
-        return Bytes::from(format!("HTTP/1.1 304 Not Modified\r\n{common}\r\n"));
+    if if_none_match.is_some_and(|tags| tags.split(',').any(|t| t.trim() == etag)) {
+        return (
+            Bytes::from(format!("HTTP/1.1 304 Not Modified\r\n{common}\r\n")),
+            None,
+        );
     }
-    let (body, encoding) = if accepts_gzip && !asset.gzip.is_empty() {
+    let (body, encoding) = if gzip {
         (asset.gzip, "Content-Encoding: gzip\r\n")
     } else {
         (asset.body, "")
@@ -82,12 +96,8 @@ pub fn respond(
         asset.content_type,
         body.len()
     );
-    let mut out = BytesMut::with_capacity(head.len() + if head_only { 0 } else { body.len() });
-    out.put_slice(head.as_bytes());
-    if !head_only {
-        out.put_slice(body);
-    }
-    out.freeze()
+    let body = (!head_only).then(|| Bytes::from_static(body));
+    (Bytes::from(head), body)
 }
 
 /// True when an `Accept-Encoding` value takes gzip (and does not refuse it with `q=0`).
@@ -119,10 +129,11 @@ mod tests {
             "/vendor/wukongimjssdk.js",
         ] {
             assert!(is_asset(path), "{path}");
-            let r = respond(path, false, false, None, true);
-            assert!(r.starts_with(b"HTTP/1.1 200 OK\r\n"), "{path}");
+            let (head, body) = respond(path, false, false, None, true);
+            assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{path}");
+            assert!(body.is_some_and(|b| !b.is_empty()), "{path}");
         }
-        let page = respond("/console/", false, true, None, true);
+        let (page, _) = respond("/console/", false, true, None, true);
         let text = String::from_utf8_lossy(&page);
         assert!(text.contains("Content-Security-Policy: default-src 'self'"));
         assert!(!is_asset("/console/../Cargo.toml"));
@@ -135,12 +146,18 @@ mod tests {
             .find(|a| a.path == "/vendor/wukongimjssdk.js")
             .unwrap();
         assert!(!sdk.gzip.is_empty() && sdk.gzip.len() < sdk.body.len() / 2);
-        let zipped = respond(sdk.path, false, true, None, true);
-        assert!(String::from_utf8_lossy(&zipped[..400]).contains("Content-Encoding: gzip"));
-        let plain = respond(sdk.path, false, false, None, true);
-        assert!(!String::from_utf8_lossy(&plain[..400]).contains("Content-Encoding"));
-        let cached = respond(sdk.path, false, true, Some(sdk.etag), true);
-        assert!(cached.starts_with(b"HTTP/1.1 304 Not Modified\r\n"));
+        let (zipped, body) = respond(sdk.path, false, true, None, true);
+        assert!(String::from_utf8_lossy(&zipped).contains("Content-Encoding: gzip"));
+        // The body is the binary's own bytes, not a copy per request.
+        assert_eq!(body.map(|b| b.as_ptr()), Some(sdk.gzip.as_ptr()));
+        let (plain, _) = respond(sdk.path, false, false, None, true);
+        assert!(!String::from_utf8_lossy(&plain).contains("Content-Encoding"));
+        let gz_tag = format!("{}-gz\"", sdk.etag.trim_end_matches('"'));
+        let (cached, none) = respond(sdk.path, false, true, Some(&gz_tag), true);
+        assert!(cached.starts_with(b"HTTP/1.1 304 Not Modified\r\n") && none.is_none());
+        // The plain form's tag does not validate the gzip form.
+        let (other, _) = respond(sdk.path, false, true, Some(sdk.etag), true);
+        assert!(other.starts_with(b"HTTP/1.1 200"));
         assert!(accepts_gzip(Some("br, gzip;q=0.8")));
         assert!(!accepts_gzip(Some("gzip;q=0, br")));
         assert!(!accepts_gzip(None));

@@ -9,13 +9,34 @@ use crate::connz::{self, ConnRow};
 use crate::gateway::ToLoop;
 use crate::shared::SharedRef;
 use crate::storage::Reader;
+use ruyi_reactor::ConnId;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long `/connz` waits for the loops to describe their connections.
 const CONNZ_WAIT: Duration = Duration::from_secs(2);
 
-/// `GET /connz?offset=&limit=&sort=&uid=`.
+/// Set while a `/connz` walks the loops.
+static CONNZ_RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// The right to walk the loops for `/connz`, given back on drop.
+struct ConnzTurn;
+
+impl ConnzTurn {
+    fn take() -> Option<ConnzTurn> {
+        (!CONNZ_RUNNING.swap(true, Ordering::AcqRel)).then_some(ConnzTurn)
+    }
+}
+
+impl Drop for ConnzTurn {
+    fn drop(&mut self) {
+        CONNZ_RUNNING.store(false, Ordering::Release);
+    }
+}
+
+/// `GET /connz?offset=&limit=&sort=&uid=`. One at a time (503 while another runs); the
+/// loops are asked without waiting (503 when one's inbox is full).
 pub fn connz(shared: &SharedRef, req: &HttpRequest) -> Result<Answer, Answer> {
     let number = |name: &str, default: usize| -> Result<usize, Answer> {
         query_param(&req.query, name).map_or(Ok(default), |v| {
@@ -33,13 +54,42 @@ pub fn connz(shared: &SharedRef, req: &HttpRequest) -> Result<Answer, Answer> {
         )));
     }
     let uid = query_param(&req.query, "uid").filter(|u| !u.is_empty());
+    // One walk over the loops at a time, server-wide: a client calling /connz in a loop
+    // holds one HTTP worker and one slice of each loop's turns, not all of them.
+    let Some(_turn) = ConnzTurn::take() else {
+        return Err((503, super::error_body(503, "a /connz is already running")));
+    };
+    // A user's connections come from the registry: the loops describe only those.
+    let only: Option<Vec<ConnId>> = uid.as_ref().map(|uid| {
+        let mut conns = Vec::new();
+        shared.registry.conns_of(uid, &mut conns);
+        conns
+    });
     let loops = shared.loops().loops();
     let (tx, rx) = crossbeam_channel::bounded(loops.len());
     let mut asked = 0;
     for handle in loops {
-        // A worker thread: waiting for room in a loop's inbox is the intended pace.
-        if handle.post(ToLoop::Connz(tx.clone())).is_ok() {
-            asked += 1;
+        let only = match &only {
+            Some(all) => {
+                let mine: Vec<ConnId> = all
+                    .iter()
+                    .copied()
+                    .filter(|c| c.loop_index() == handle.index())
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                Some(mine)
+            }
+            None => None,
+        };
+        // Not waiting for room: a loop that busy answers 503 sooner than late.
+        match handle.try_post(ToLoop::Connz {
+            reply: tx.clone(),
+            only,
+        }) {
+            Ok(()) => asked += 1,
+            Err(_) => return Err((503, super::error_body(503, "a loop is too busy to answer"))),
         }
     }
     drop(tx);

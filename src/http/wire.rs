@@ -282,14 +282,23 @@ fn parse_request(
                 return input.len();
             }
             let text = |name: &str| header(name).and_then(|v| std::str::from_utf8(v).ok());
-            conn.queue(super::assets::respond(
+            let (head, body) = super::assets::respond(
                 path,
                 method == "HEAD",
                 super::assets::accepts_gzip(text("accept-encoding")),
                 text("if-none-match"),
                 keep_alive,
-            ));
-            if !keep_alive {
+            );
+            conn.queue(head);
+            if let Some(body) = body {
+                conn.queue(body);
+            }
+            if keep_alive {
+                // A request pipelined behind this one is in the buffer already: have it
+                // offered again next turn (no new bytes may come to prompt it).
+                conn.pause_reading();
+                conn.resume_reading();
+            } else {
                 conn.close_after_flush();
             }
             return head_len;

@@ -113,7 +113,9 @@ async function loadConnz() {
   try {
     const q = new URLSearchParams({ offset: connz.offset, limit: connz.limit, sort: connz.sort });
     const r = await api('GET', `/connz?${q}`);
-    $('connz-total').textContent = `${r.offset + 1}–${r.offset + r.connections.length} of ${r.total}, by ${r.sort}`;
+    $('connz-total').textContent = r.connections.length
+      ? `${r.offset + 1}–${r.offset + r.connections.length} of ${r.total}, by ${r.sort}`
+      : `none here (${r.total} in all)`;
     connRows(r.connections, $('connz-rows'));
     showError(null);
   } catch (e) { showError(e); }

@@ -35,8 +35,7 @@ $('login-form').addEventListener('submit', async (ev) => {
   try {
     await api('POST', '/user/token', { uid: me, token, device_flag: 1, device_level: 0 });
     const route = await api('GET', `/route?${new URLSearchParams({ uid: me })}`);
-    // The advertised address, unless it names another host than the page's (a server
-    // behind a proxy advertises what its clients use).
+    // Where the server says clients connect (its advertised WebSocket address).
     const ws = route.ws_addr || `ws://${location.hostname}:5200`;
     start(ws, token);
     showError(null);
