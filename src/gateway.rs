@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 use ruyi_proto::types::{channel_type, reason};
 use ruyi_proto::{
-    decode_packet, person_channel_id, ConnectPacket, DisconnectPacket, Flags, Packet, RecvPacket,
+    decode_packet, person_channel_id, ConnectPacket, DisconnectPacket, Flags, Packet, RecvHead,
     SendPacket, SessionCipher, Setting, SubackPacket, LATEST_VERSION, PONG,
 };
 use ruyi_reactor::{CloseReason, ConnCtx, ConnId, Handler, Handles, LoopCtx};
@@ -306,6 +306,8 @@ pub struct Gateway {
     http_deadlines: VecDeque<(Instant, ConnId)>,
     last_retry_scan: Instant,
     buf: BytesMut,
+    /// Buffers for sealing encrypted RECVs, reused by every delivery of this loop.
+    seal: ruyi_proto::SealScratch,
     /// `Config::send_limit`, copied once.
     send_limit: SendLimit,
     /// `Config::send_bytes_limit`, copied once.
@@ -330,6 +332,7 @@ impl Gateway {
             http_deadlines: VecDeque::new(),
             last_retry_scan: Instant::now(),
             buf: BytesMut::with_capacity(4096),
+            seal: ruyi_proto::SealScratch::default(),
             drain: None,
         }
     }
@@ -866,14 +869,13 @@ impl Gateway {
             let view = RecvView::of(delivery, &s.uid, target.recipient);
             let frame = match &s.cipher {
                 Some(cipher) if !Setting(m.setting).has(Setting::NO_ENCRYPT) => {
-                    // Every connection has its own key: one AES pass and msgKey each.
-                    let recv = view.packet(m);
-                    let (wire, key) = cipher.seal_recv(&recv, &m.payload);
+                    // Every connection has its own key: one AES pass and msgKey each, in
+                    // the loop's scratch buffers (no allocation but the frame).
+                    let head = view.head(m);
+                    let (wire, key) = cipher.seal_recv_into(&head, &m.payload, &mut self.seal);
+                    let key = std::str::from_utf8(&key).unwrap_or_default();
                     self.buf.clear();
-                    if recv
-                        .encode_with(s.version, &key, wire.as_bytes(), &mut self.buf)
-                        .is_err()
-                    {
+                    if head.encode(s.version, key, wire, &mut self.buf).is_err() {
                         self.unencodable(&s.uid, id, delivery, target.recipient, now);
                         continue;
                     }
@@ -890,8 +892,8 @@ impl Gateway {
                         None => {
                             self.buf.clear();
                             if view
-                                .packet(m)
-                                .encode_with(s.version, "", &m.payload, &mut self.buf)
+                                .head(m)
+                                .encode(s.version, "", &m.payload, &mut self.buf)
                                 .is_err()
                             {
                                 self.unencodable(&s.uid, id, delivery, target.recipient, now);
@@ -1110,26 +1112,25 @@ impl<'a> RecvView<'a> {
         self.setting.stream_fields(version)
     }
 
-    /// The RECV without msgKey and payload (the caller passes those to `encode_with`).
-    fn packet(&self, m: &crate::message::Message) -> RecvPacket {
-        RecvPacket {
+    /// The RECV without msgKey and payload (the caller passes those to `encode`), borrowed
+    /// from the message: nothing is copied per receiver.
+    fn head(&self, m: &'a crate::message::Message) -> RecvHead<'a> {
+        RecvHead {
             flags: Flags(m.flags.0 & (Flags::NO_PERSIST | Flags::SYNC_ONCE))
                 .with(Flags::RED_DOT, self.red_dot),
             setting: Setting(m.setting),
-            msg_key: String::new(),
-            from_uid: self.from_uid.to_owned(),
-            channel_id: self.channel_id.to_owned(),
+            from_uid: self.from_uid,
+            channel_id: self.channel_id,
             channel_type: m.channel.channel_type,
             expire: m.expire,
-            client_msg_no: m.client_msg_no.clone(),
+            client_msg_no: &m.client_msg_no,
             stream_flag: 0,
-            stream_no: String::new(),
+            stream_no: "",
             stream_id: m.message_id as u64,
             message_id: m.message_id,
             message_seq: self.seq,
             timestamp: m.timestamp,
-            topic: m.topic.clone(),
-            payload: Bytes::new(),
+            topic: &m.topic,
         }
     }
 }

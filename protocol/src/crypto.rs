@@ -238,12 +238,62 @@ impl SessionCipher {
     }
 
     /// Encrypts `plain` for one RECV and computes the msgKey over that RECV's fields and the
-    /// new ciphertext: the server's per-connection work in a delivery. Returns
-    /// `(payload, msg_key)` to pass to [`crate::RecvPacket::encode_with`].
+    /// new ciphertext. Returns `(payload, msg_key)` to pass to
+    /// [`crate::RecvPacket::encode_with`]. Allocates; the delivery path uses
+    /// [`SessionCipher::seal_recv_into`].
     pub fn seal_recv(&self, recv: &crate::RecvPacket, plain: &[u8]) -> (String, String) {
-        let wire = self.encrypt_b64(plain);
-        let key = self.recv_msg_key_of(recv, wire.as_bytes());
-        (wire, key)
+        let mut scratch = SealScratch::default();
+        let (wire, key) = self.seal_recv_into(&recv.head(), plain, &mut scratch);
+        (
+            String::from_utf8_lossy(wire).into_owned(),
+            String::from_utf8_lossy(&key).into_owned(),
+        )
+    }
+
+    /// The server's per-connection work in a delivery, with no allocation once `scratch`
+    /// has grown to the largest message: `base64(AES-128-CBC(plain))` as the payload, and
+    /// the msgKey over `head`'s fields and that payload (PROTOCOL.md §7.5), as lowercase
+    /// hex. The payload borrows `scratch` until its next use.
+    pub fn seal_recv_into<'s>(
+        &self,
+        head: &crate::RecvHead<'_>,
+        plain: &[u8],
+        scratch: &'s mut SealScratch,
+    ) -> (&'s [u8], [u8; 32]) {
+        let SealScratch {
+            ct,
+            wire,
+            sign,
+            sign_b64,
+        } = scratch;
+        self.encrypt_b64_into(plain, ct, wire);
+        // The sign string, in spec order, integers in decimal.
+        let mut int = itoa::Buffer::new();
+        sign.clear();
+        sign.extend_from_slice(int.format(head.message_id).as_bytes());
+        sign.extend_from_slice(int.format(head.message_seq).as_bytes());
+        sign.extend_from_slice(head.client_msg_no.as_bytes());
+        sign.extend_from_slice(int.format(head.timestamp).as_bytes());
+        sign.extend_from_slice(head.from_uid.as_bytes());
+        sign.extend_from_slice(head.channel_id.as_bytes());
+        sign.extend_from_slice(int.format(head.channel_type).as_bytes());
+        sign.extend_from_slice(wire);
+        // msgKey = hex(MD5(base64(AES(sign)))); `ct` is free again.
+        self.encrypt_b64_into(sign, ct, sign_b64);
+        let key = hex32(&Md5::digest(&sign_b64[..]).into());
+        (&wire[..], key)
+    }
+
+    /// `base64(AES-128-CBC-PKCS7(plain))` into `out`, with `ct` as the ciphertext's room.
+    fn encrypt_b64_into(&self, plain: &[u8], ct: &mut Vec<u8>, out: &mut Vec<u8>) {
+        let padded = (plain.len() / 16 + 1) * 16;
+        ct.resize(padded, 0);
+        let sealed = Aes128CbcEnc::new(&self.key.into(), &self.iv.into())
+            .encrypt_padded_b2b_mut::<Pkcs7>(plain, ct)
+            .map_or(&[][..], |c| c);
+        out.resize(base64::encoded_len(sealed.len(), true).unwrap_or(0), 0);
+        let n = BASE64.encode_slice(sealed, out).unwrap_or(0);
+        out.truncate(n);
     }
 
     /// The RECV msgKey over `recv`'s fields with `payload` as the ciphertext.
@@ -293,6 +343,30 @@ impl SessionCipher {
         }
         self.decrypt_b64(&send.payload)
     }
+}
+
+/// Reusable buffers for [`SessionCipher::seal_recv_into`]: one per thread that seals
+/// RECVs (each event loop keeps one).
+#[derive(Debug, Default)]
+pub struct SealScratch {
+    /// A ciphertext before its base64.
+    ct: Vec<u8>,
+    /// The payload as it goes on the wire.
+    wire: Vec<u8>,
+    /// The msgKey's sign string, and its base64 ciphertext.
+    sign: Vec<u8>,
+    sign_b64: Vec<u8>,
+}
+
+/// Lowercase hex of an MD5 digest, on the stack.
+fn hex32(digest: &[u8; 16]) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, b) in digest.iter().enumerate() {
+        out[2 * i] = HEX[(b >> 4) as usize];
+        out[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+    out
 }
 
 /// Lowercase hex of `bytes`.
@@ -431,6 +505,47 @@ mod tests {
             server_keys.insert(hs.server_key);
         }
         assert_eq!(server_keys.len(), 3, "a fresh key pair per handshake");
+    }
+
+    #[test]
+    fn sealing_in_reused_buffers_matches_the_spec_path_whatever_came_before() {
+        let cipher = SessionCipher::from_parts(*b"0123456789abcdef", *b"abcdefghijklmnop");
+        let mut scratch = SealScratch::default();
+        // Sizes up and down, so stale bytes of a longer earlier call would show.
+        for (i, len) in [300usize, 0, 15, 16, 17, 100, 1, 4000, 33]
+            .into_iter()
+            .enumerate()
+        {
+            let recv = crate::RecvPacket {
+                from_uid: format!("u{i}"),
+                channel_id: if i % 2 == 0 {
+                    "g".into()
+                } else {
+                    "a-much-longer-channel".into()
+                },
+                channel_type: 2,
+                client_msg_no: format!("{i:032x}"),
+                message_id: -5 + i as i64,
+                message_seq: u32::MAX - i as u32,
+                timestamp: i32::MIN + i as i32,
+                ..Default::default()
+            };
+            let plain = vec![b'a' + i as u8; len];
+            let wire = cipher.encrypt_b64(&plain);
+            let key = cipher.recv_msg_key(
+                recv.message_id,
+                recv.message_seq,
+                &recv.client_msg_no,
+                recv.timestamp,
+                &recv.from_uid,
+                &recv.channel_id,
+                recv.channel_type,
+                wire.as_bytes(),
+            );
+            let (sealed, sealed_key) = cipher.seal_recv_into(&recv.head(), &plain, &mut scratch);
+            assert_eq!(sealed, wire.as_bytes(), "payload, case {i}");
+            assert_eq!(&sealed_key[..], key.as_bytes(), "msgKey, case {i}");
+        }
     }
 
     #[test]

@@ -27,11 +27,11 @@ pub mod types;
 
 pub use channel::{person_channel_id, person_peer};
 pub use codec::{EncodeError, MAX_STRING_BYTES};
-pub use crypto::SessionCipher;
+pub use crypto::{SealScratch, SessionCipher};
 pub use error::{CryptoError, DecodeError};
 pub use frame::MAX_BODY_BYTES;
 pub use packet::{
     decode_packet, ConnackPacket, ConnectPacket, DisconnectPacket, EventPacket, Flags, Packet,
-    RecvPacket, RecvackPacket, SendPacket, SendackPacket, Setting, SubPacket, SubackPacket,
-    LATEST_VERSION, PING, PONG,
+    RecvHead, RecvPacket, RecvackPacket, SendPacket, SendackPacket, Setting, SubPacket,
+    SubackPacket, LATEST_VERSION, PING, PONG,
 };

@@ -19,7 +19,7 @@ pub use connack::ConnackPacket;
 pub use connect::ConnectPacket;
 pub use disconnect::DisconnectPacket;
 pub use event::EventPacket;
-pub use recv::RecvPacket;
+pub use recv::{RecvHead, RecvPacket};
 pub use recvack::RecvackPacket;
 pub use send::SendPacket;
 pub use sendack::SendackPacket;

@@ -118,14 +118,73 @@ impl RecvPacket {
         payload: &[u8],
         buf: &mut BytesMut,
     ) -> Result<(), EncodeError> {
+        self.head().encode(version, msg_key, payload, buf)
+    }
+
+    /// Everything but `msg_key` and `payload`, borrowed.
+    pub fn head(&self) -> RecvHead<'_> {
+        RecvHead {
+            flags: self.flags,
+            setting: self.setting,
+            from_uid: &self.from_uid,
+            channel_id: &self.channel_id,
+            channel_type: self.channel_type,
+            expire: self.expire,
+            client_msg_no: &self.client_msg_no,
+            stream_flag: self.stream_flag,
+            stream_no: &self.stream_no,
+            stream_id: self.stream_id,
+            message_id: self.message_id,
+            message_seq: self.message_seq,
+            timestamp: self.timestamp,
+            topic: &self.topic,
+        }
+    }
+}
+
+/// A RECV's fields but the per-connection two (`msg_key`, `payload`), borrowed: what a
+/// delivery shares between its receivers, so encoding one connection's copy copies no
+/// string ([`RecvPacket`] for the fields' meaning).
+#[derive(Clone, Copy, Debug)]
+#[allow(missing_docs)] // The fields are RecvPacket's, documented there.
+pub struct RecvHead<'a> {
+    pub flags: Flags,
+    pub setting: Setting,
+    pub from_uid: &'a str,
+    pub channel_id: &'a str,
+    pub channel_type: u8,
+    pub expire: u32,
+    pub client_msg_no: &'a str,
+    pub stream_flag: u8,
+    pub stream_no: &'a str,
+    pub stream_id: u64,
+    pub message_id: i64,
+    pub message_seq: u32,
+    pub timestamp: i32,
+    pub topic: &'a str,
+}
+
+impl RecvHead<'_> {
+    /// Appends the frame for session `version` with this connection's `msg_key` and
+    /// `payload`.
+    ///
+    /// # Errors
+    /// A string longer than 32767 bytes; nothing is appended then.
+    pub fn encode(
+        &self,
+        version: u8,
+        msg_key: &str,
+        payload: &[u8],
+        buf: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         let stream = self.setting.stream_fields(version);
         let topic = self.setting.has(Setting::TOPIC);
         let mut len = 1
             + str_len(msg_key, NAME, "msg_key")?
-            + str_len(&self.from_uid, NAME, "from_uid")?
-            + str_len(&self.channel_id, NAME, "channel_id")?
+            + str_len(self.from_uid, NAME, "from_uid")?
+            + str_len(self.channel_id, NAME, "channel_id")?
             + 1
-            + str_len(&self.client_msg_no, NAME, "client_msg_no")?
+            + str_len(self.client_msg_no, NAME, "client_msg_no")?
             + 8
             + 4
             + 4
@@ -134,31 +193,31 @@ impl RecvPacket {
             len += 4;
         }
         if stream {
-            len += 1 + str_len(&self.stream_no, NAME, "stream_no")? + 8;
+            len += 1 + str_len(self.stream_no, NAME, "stream_no")? + 8;
         }
         if topic {
-            len += str_len(&self.topic, NAME, "topic")?;
+            len += str_len(self.topic, NAME, "topic")?;
         }
         put_frame_header(buf, PacketType::Recv, self.flags, len);
         buf.put_u8(self.setting.0);
         put_str(buf, msg_key);
-        put_str(buf, &self.from_uid);
-        put_str(buf, &self.channel_id);
+        put_str(buf, self.from_uid);
+        put_str(buf, self.channel_id);
         buf.put_u8(self.channel_type);
         if version >= 3 {
             buf.put_u32(self.expire);
         }
-        put_str(buf, &self.client_msg_no);
+        put_str(buf, self.client_msg_no);
         if stream {
             buf.put_u8(self.stream_flag);
-            put_str(buf, &self.stream_no);
+            put_str(buf, self.stream_no);
             buf.put_u64(self.stream_id);
         }
         buf.put_i64(self.message_id);
         buf.put_u32(self.message_seq);
         buf.put_i32(self.timestamp);
         if topic {
-            put_str(buf, &self.topic);
+            put_str(buf, self.topic);
         }
         buf.put_slice(payload);
         Ok(())
