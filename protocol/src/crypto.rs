@@ -532,16 +532,7 @@ mod tests {
             };
             let plain = vec![b'a' + i as u8; len];
             let wire = cipher.encrypt_b64(&plain);
-            let key = cipher.recv_msg_key(
-                recv.message_id,
-                recv.message_seq,
-                &recv.client_msg_no,
-                recv.timestamp,
-                &recv.from_uid,
-                &recv.channel_id,
-                recv.channel_type,
-                wire.as_bytes(),
-            );
+            let key = cipher.recv_msg_key_of(&recv, wire.as_bytes());
             let (sealed, sealed_key) = cipher.seal_recv_into(&recv.head(), &plain, &mut scratch);
             assert_eq!(sealed, wire.as_bytes(), "payload, case {i}");
             assert_eq!(&sealed_key[..], key.as_bytes(), "msgKey, case {i}");
