@@ -930,6 +930,9 @@ impl Gateway {
                 }
             }
         }
+        if m.payload.len() > ruyi_proto::SealScratch::KEEP_BYTES / 6 {
+            self.seal.trim(); // A rare large message: its buffers are not kept.
+        }
         // One shared-counter update per command, not per receiver: the loops would
         // otherwise bounce its cache line between cores.
         self.shared

@@ -288,11 +288,17 @@ impl SessionCipher {
     fn encrypt_b64_into(&self, plain: &[u8], ct: &mut Vec<u8>, out: &mut Vec<u8>) {
         let padded = (plain.len() / 16 + 1) * 16;
         ct.resize(padded, 0);
+        // Neither can fail: `ct` holds the padded length exactly, and a message is far
+        // below any length whose base64 overflows. An empty payload under a valid msgKey
+        // must never go out instead, so a broken invariant stops here.
         let sealed = Aes128CbcEnc::new(&self.key.into(), &self.iv.into())
             .encrypt_padded_b2b_mut::<Pkcs7>(plain, ct)
-            .map_or(&[][..], |c| c);
-        out.resize(base64::encoded_len(sealed.len(), true).unwrap_or(0), 0);
-        let n = BASE64.encode_slice(sealed, out).unwrap_or(0);
+            .expect("the buffer holds the PKCS#7-padded length");
+        let len = base64::encoded_len(sealed.len(), true).expect("a message's base64 length");
+        out.resize(len, 0);
+        let n = BASE64
+            .encode_slice(sealed, out)
+            .expect("the buffer holds the base64 length");
         out.truncate(n);
     }
 
@@ -346,7 +352,8 @@ impl SessionCipher {
 }
 
 /// Reusable buffers for [`SessionCipher::seal_recv_into`]: one per thread that seals
-/// RECVs (each event loop keeps one).
+/// RECVs (each event loop keeps one). They grow to about six times the largest payload
+/// sealed; [`SealScratch::trim`] gives back what a rare large message left.
 #[derive(Debug, Default)]
 pub struct SealScratch {
     /// A ciphertext before its base64.
@@ -356,6 +363,27 @@ pub struct SealScratch {
     /// The msgKey's sign string, and its base64 ciphertext.
     sign: Vec<u8>,
     sign_b64: Vec<u8>,
+}
+
+impl SealScratch {
+    /// What the buffers keep between deliveries at most.
+    pub const KEEP_BYTES: usize = 64 << 10;
+
+    /// Shrinks any buffer above [`SealScratch::KEEP_BYTES`] back to it: a loop that sealed
+    /// one megabyte message does not hold six megabytes for ever.
+    pub fn trim(&mut self) {
+        for buf in [
+            &mut self.ct,
+            &mut self.wire,
+            &mut self.sign,
+            &mut self.sign_b64,
+        ] {
+            if buf.capacity() > Self::KEEP_BYTES {
+                buf.clear();
+                buf.shrink_to(Self::KEEP_BYTES);
+            }
+        }
+    }
 }
 
 /// Lowercase hex of an MD5 digest, on the stack.
@@ -523,9 +551,9 @@ mod tests {
                 } else {
                     "a-much-longer-channel".into()
                 },
-                channel_type: 2,
+                channel_type: [2, 255, 1][i % 3],
                 client_msg_no: format!("{i:032x}"),
-                message_id: -5 + i as i64,
+                message_id: if i == 3 { i64::MIN } else { -5 + i as i64 },
                 message_seq: u32::MAX - i as u32,
                 timestamp: i32::MIN + i as i32,
                 ..Default::default()
@@ -537,6 +565,13 @@ mod tests {
             assert_eq!(sealed, wire.as_bytes(), "payload, case {i}");
             assert_eq!(&sealed_key[..], key.as_bytes(), "msgKey, case {i}");
         }
+        scratch.trim();
+        let (sealed, _) = cipher.seal_recv_into(
+            &crate::RecvPacket::default().head(),
+            b"after a trim",
+            &mut scratch,
+        );
+        assert_eq!(sealed, cipher.encrypt_b64(b"after a trim").as_bytes());
     }
 
     #[test]
