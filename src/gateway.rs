@@ -1,7 +1,8 @@
 //! The engine's `Handler` for Ruyi: the binary protocol on the TCP listener and HTTP/1.1
 //! on the API listener. One `Gateway` per event loop; everything here runs on that loop's
-//! thread and never blocks (R1): logins go to the auth pool, sends to the channel pool,
-//! HTTP requests to the HTTP pool, and answers come back as [`ToLoop`] messages.
+//! thread and never blocks (R1 of `reactor/RULES.md`): logins go to the auth pool, sends
+//! to the channel pool, HTTP requests to the HTTP pool, and answers come back as
+//! [`ToLoop`] messages.
 //!
 //! Per connection the loop keeps a [`Session`]: the login phase, the session version, the
 //! AES key, and the RECVs still waiting for a RECVACK (retried from `on_tick`).

@@ -206,7 +206,7 @@ impl Webhooks {
 
     fn dropped(&self, what: &str) {
         self.stats.dropped.fetch_add(1, Relaxed);
-        // Warn at most every 10 s (STYLE §5).
+        // Warn at most every 10 s: a warning per dropped event would flood the log.
         if self.drop_warnings.allow().is_some() {
             log::warn!(
                 "webhook {what} queue full: dropping events ({} dropped so far)",
