@@ -86,6 +86,18 @@ pub struct Queues {
     max_per_user: u32,
     /// Shared with the metrics and `/message/sync`.
     pub shared: Arc<QueueShared>,
+    /// What the open batch did, published to `shared.stats` only once it commits: a
+    /// counter must not tell of an entry a reader cannot see yet, nor of a rolled-back one.
+    counts: BatchCounts,
+}
+
+/// The queue counters' increments of one batch (`Queues::counts`).
+#[derive(Debug, Default)]
+struct BatchCounts {
+    requeued: u64,
+    requeued_late: u64,
+    delivered: u64,
+    trimmed: u64,
 }
 
 impl Queues {
@@ -95,7 +107,29 @@ impl Queues {
             users: LruMap::new(USER_CACHE_BYTES),
             max_per_user: max_per_user.max(1),
             shared,
+            counts: BatchCounts::default(),
         }
+    }
+
+    /// The batch committed: its counts go to the shared counters.
+    pub fn publish_counts(&mut self) {
+        let c = std::mem::take(&mut self.counts);
+        let st = &self.shared.stats;
+        for (counter, n) in [
+            (&st.requeued, c.requeued),
+            (&st.requeued_late, c.requeued_late),
+            (&st.delivered, c.delivered),
+            (&st.trimmed, c.trimmed),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        }
+    }
+
+    /// The batch rolled back: nothing it counted happened.
+    pub fn forget_counts(&mut self) {
+        self.counts = BatchCounts::default();
     }
 
     fn user<T: WriteTx + ?Sized>(&mut self, tx: &T, uid: &str) -> Result<&mut UserQueue> {
@@ -167,7 +201,7 @@ impl Queues {
             user.since_trim = 0;
             let gone = tx.offline_trim(uid, max)?;
             if gone > 0 {
-                self.shared.stats.trimmed.fetch_add(gone as u64, Relaxed);
+                self.counts.trimmed += gone as u64;
                 log::warn!("uid={uid}: {gone} oldest offline entries over the bound of {max}");
             }
         }
@@ -207,7 +241,7 @@ impl Queues {
             reserved
         } else {
             if reserved > 0 {
-                self.shared.stats.requeued_late.fetch_add(1, Relaxed);
+                self.counts.requeued_late += 1;
             }
             let seq = self.reserve(tx, uid)?;
             if seq == 0 {
@@ -219,7 +253,7 @@ impl Queues {
             seq
         };
         self.insert(tx, uid, at, (row, channel_seq), keep)?;
-        self.shared.stats.requeued.fetch_add(1, Relaxed);
+        self.counts.requeued += 1;
         Ok(())
     }
 
@@ -232,7 +266,7 @@ impl Queues {
         seq: u32,
     ) -> Result<()> {
         if tx.offline_mark_delivered(uid, seq)? {
-            self.shared.stats.delivered.fetch_add(1, Relaxed);
+            self.counts.delivered += 1;
             advance(tx, uid)?;
         }
         Ok(())

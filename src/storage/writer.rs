@@ -279,6 +279,7 @@ impl Writer {
         }
         match result {
             Ok(()) => {
+                self.queues.publish_counts();
                 for a in applied {
                     match a {
                         Applied::Message(c) => out.push(c),
@@ -289,6 +290,7 @@ impl Writer {
                 }
             }
             Err(e) => {
+                self.queues.forget_counts();
                 if let Some(held) = self.failure_log.allow() {
                     log::error!(
                         "storage {}: a batch of {jobs} jobs failed and was rolled back: {e} \
