@@ -17,7 +17,7 @@
 use crate::config::EngineConfig;
 use crate::conn::{ConnIo, Flags};
 use crate::conn_id::ConnId;
-use crate::inbox::LoopShared;
+use crate::loop_shared::LoopShared;
 use crate::stats::CloseReason;
 use crate::timer::TimerWheel;
 use std::sync::Arc;

@@ -86,6 +86,7 @@ mod event_loop;
 mod global;
 mod handler;
 mod inbox;
+mod loop_shared;
 pub mod outbound;
 mod per_ip;
 mod stats;

@@ -89,7 +89,7 @@ impl<H: Handler> EventLoop<H> {
         self.last_drain(true);
     }
 
-    /// Ends the inbox (module docs of `inbox.rs`: no command is left in a dead loop's
+    /// Ends the inbox (module docs of `loop_shared.rs`: no command is left in a dead loop's
     /// inbox). Marks the loop gone, so new pushes fail and hand their command back, then
     /// drains until the inbox is empty and no sender is inside a push. With `to_handler`
     /// false (a loop unwinding from a panic: its handler may be broken) messages are

@@ -38,7 +38,8 @@ use crate::conn_id::ConnId;
 use crate::core::Core;
 use crate::global::Admission;
 use crate::handler::Handler;
-use crate::inbox::{Command, LoopShared, HARD_STOP, RUNNING};
+use crate::inbox::Command;
+use crate::loop_shared::{LoopShared, HARD_STOP, RUNNING};
 use crate::stats::LoopStats;
 use crate::timer::TimerEntry;
 use crate::ListenerId;
@@ -141,7 +142,7 @@ impl<H: Handler> EventLoop<H> {
 
     /// Runs turns until the engine stops this loop or `poll` keeps failing.
     pub fn run(mut self) {
-        crate::inbox::enter_loop_thread();
+        crate::loop_shared::enter_loop_thread();
         log::info!("loop={} started", self.core.loop_index);
         let mut events = Events::with_capacity(self.config.events_capacity);
         let mut poll_errors = 0;
