@@ -195,6 +195,7 @@ impl Server {
             loops: OnceLock::new(),
             stopping,
             draining: AtomicBool::new(false),
+            connz_running: AtomicBool::new(false),
             webhooks,
             counters: Counters::default(),
             queue: Arc::default(),

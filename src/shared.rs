@@ -98,6 +98,8 @@ pub struct Shared {
     pub started: std::time::Instant,
     /// Webhook producers, when a webhook URL is configured.
     pub webhooks: Option<crate::webhook::Webhooks>,
+    /// Set while a `/connz` walks the loops: one at a time (`http/console.rs`).
+    pub connz_running: AtomicBool,
 }
 
 impl Shared {

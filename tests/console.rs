@@ -229,6 +229,30 @@ fn the_channel_page_reads_what_the_api_wrote() {
 }
 
 fn http_json(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let (status, text) = http_text(addr, path);
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    http(addr, "GET", path, &Value::Null)
+}
+
+#[test]
+fn connz_runs_one_at_a_time_per_server_not_per_process() {
+    // Two servers in one process: each may walk its own loops while the other does.
+    let servers = [start("connz-a", |_| {}), start("connz-b", |_| {})];
+    let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.http_addr()).collect();
+    let callers: Vec<_> = addrs
+        .into_iter()
+        .map(|addr| {
+            std::thread::spawn(move || {
+                (0..200)
+                    .map(|_| http_json(addr, "/connz").0)
+                    .filter(|&status| status != 200)
+                    .count()
+            })
+        })
+        .collect();
+    for c in callers {
+        assert_eq!(
+            c.join().unwrap(),
+            0,
+            "a /connz was refused for another server's walk"
+        );
+    }
 }

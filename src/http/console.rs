@@ -17,21 +17,18 @@ use std::time::{Duration, Instant};
 /// How long `/connz` waits for the loops to describe their connections.
 const CONNZ_WAIT: Duration = Duration::from_secs(2);
 
-/// Set while a `/connz` walks the loops.
-static CONNZ_RUNNING: AtomicBool = AtomicBool::new(false);
+/// The right to walk the loops for `/connz` (`Shared::connz_running`), given back on drop.
+struct ConnzTurn<'a>(&'a AtomicBool);
 
-/// The right to walk the loops for `/connz`, given back on drop.
-struct ConnzTurn;
-
-impl ConnzTurn {
-    fn take() -> Option<ConnzTurn> {
-        (!CONNZ_RUNNING.swap(true, Ordering::AcqRel)).then_some(ConnzTurn)
+impl<'a> ConnzTurn<'a> {
+    fn take(running: &'a AtomicBool) -> Option<ConnzTurn<'a>> {
+        (!running.swap(true, Ordering::AcqRel)).then_some(ConnzTurn(running))
     }
 }
 
-impl Drop for ConnzTurn {
+impl Drop for ConnzTurn<'_> {
     fn drop(&mut self) {
-        CONNZ_RUNNING.store(false, Ordering::Release);
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -56,7 +53,7 @@ pub fn connz(shared: &SharedRef, req: &HttpRequest) -> Result<Answer, Answer> {
     let uid = query_param(&req.query, "uid").filter(|u| !u.is_empty());
     // One walk over the loops at a time, server-wide: a client calling /connz in a loop
     // holds one HTTP worker and one slice of each loop's turns, not all of them.
-    let Some(_turn) = ConnzTurn::take() else {
+    let Some(_turn) = ConnzTurn::take(&shared.connz_running) else {
         return Err((503, super::error_body(503, "a /connz is already running")));
     };
     // A user's connections come from the registry: the loops describe only those.
