@@ -156,8 +156,10 @@ pub struct Config {
     /// DNS rebinding: `origin.rs`). Default: none.
     pub allowed_hosts: Vec<String>,
     /// The WAL size past which the checkpointer forces it to start over
-    /// (`storage::checkpointer`). Default 64 MiB: a few seconds of writes at full speed,
-    /// so restarts are rare, and disk use stays near the database's own size.
+    /// (`storage/sqlite/wal.rs`); past twice this the writer waits for a checkpoint before
+    /// its next commit, so a checkpointer held back cannot let the WAL grow. Default
+    /// 64 MiB: a few seconds of writes at full speed, so restarts are rare, and disk use
+    /// stays near the database's own size.
     pub wal_max_bytes: u64,
     /// Entries one user's offline queue holds at most; past it the oldest go (counted in
     /// `ruyi_offline_trimmed_total`) and those messages are found in channel history

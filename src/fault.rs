@@ -1,4 +1,4 @@
-//! Crash policy and the one failpoint that tests it.
+//! Crash policy, and the failpoints that test it and the WAL's bound.
 //!
 //! # A panic stops the process
 //! A panic on a pool thread (the storage writer, a channel worker, an auth or HTTP worker)
@@ -15,6 +15,11 @@
 //! `RUYI_FAILPOINT_PANIC=<client_msg_no>` makes the storage writer panic when it meets a
 //! message with that `client_msg_no` (`tests/crash.rs` proves the exit with it). Unset, it
 //! costs one comparison against an empty value per message.
+//!
+//! `RUYI_FAILPOINT_CHECKPOINTER=stall` keeps the SQLite checkpointer thread from ever
+//! checkpointing, as a checkpointer that the scheduler or a slow disk holds back would:
+//! `tests/datadir.rs` proves with it that the writer alone keeps the WAL bounded
+//! (`storage/sqlite/wal.rs`). Read once, when the checkpointer starts.
 
 use std::sync::OnceLock;
 
@@ -55,4 +60,9 @@ pub fn check_panic(client_msg_no: &str) {
     if !wanted.is_empty() && wanted == client_msg_no {
         panic!("failpoint RUYI_FAILPOINT_PANIC reached for {client_msg_no:?}");
     }
+}
+
+/// True when `RUYI_FAILPOINT_CHECKPOINTER=stall` (module docs).
+pub fn checkpointer_stalled() -> bool {
+    std::env::var("RUYI_FAILPOINT_CHECKPOINTER").is_ok_and(|v| v == "stall")
 }

@@ -86,7 +86,11 @@ impl Store {
                 let conn = super::open_writer(data_dir, *sync_full, *wal_max_bytes)?;
                 super::sqlite::admin::hash_plain_tokens(&conn, hash)
                     .map_err(super::in_db(data_dir))?;
-                Ok(Box::new(super::sqlite::tx::SqliteWriter::new(conn)))
+                Ok(Box::new(super::sqlite::tx::SqliteWriter::new(
+                    conn,
+                    data_dir,
+                    *wal_max_bytes,
+                )))
             }
             Store::Postgres(info, _) => {
                 let writer = super::postgres::open_writer(info)?;

@@ -471,6 +471,17 @@ impl RuyiProcess {
         http: SocketAddr,
         env: &[(&str, &str)],
     ) -> RuyiProcess {
+        Self::spawn_with_args(data, tcp, http, env, &[])
+    }
+
+    /// [`RuyiProcess::spawn_with`] with extra command-line arguments.
+    pub fn spawn_with_args(
+        data: &std::path::Path,
+        tcp: SocketAddr,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> RuyiProcess {
         let store = std::fs::read_to_string(data.join("test-store")).unwrap_or_else(|_| {
             // Kept next to the data, so a restart of this "machine" finds its database.
             let store = test_store("proc");
@@ -492,6 +503,7 @@ impl RuyiProcess {
             // The crash and disk tests send as fast as SENDACKs come back: the per-connection
             // rate limit would refuse some, which is not what they test.
             .args(["--max-sends-per-sec", "0"])
+            .args(args)
             .env("RUST_LOG", "error")
             .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())

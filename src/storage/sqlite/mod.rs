@@ -18,6 +18,9 @@
 pub mod admin;
 pub mod schema;
 pub mod tx;
+pub mod wal;
+
+pub use wal::{checkpointer, wal_bytes};
 
 use super::{ChannelInfo, Conversation, Device, MessageKey, OfflineEntry, StorageError};
 use crate::message::{ChannelKey, Message};
@@ -76,114 +79,16 @@ pub fn open_writer(
         conn.pragma_update(None, "journal_size_limit", wal_max_bytes as i64)?;
         // 64 MiB of page cache: a batch touches the newest pages of many channels at once.
         conn.pragma_update(None, "cache_size", -65536)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(wal::WRITER_BUSY)?;
         schema::migrate(&mut conn)?;
         Ok(conn)
     };
     open().map_err(in_db(data_dir))
 }
 
-/// How long a RESTART checkpoint waits for readers and the writer at most.
-const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// How often the checkpointer folds the WAL back into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// How often the checkpointer looks at the WAL's size (a `stat`, no database work).
-const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(5);
-
-/// The WAL file's size now (0 when there is none).
-pub fn wal_bytes(data_dir: &Path) -> u64 {
-    std::fs::metadata(data_dir.join("ruyi.db-wal")).map_or(0, |m| m.len())
-}
-
 /// The database file's size now.
 pub fn db_bytes(data_dir: &Path) -> u64 {
     std::fs::metadata(db_path(data_dir)).map_or(0, |m| m.len())
-}
-
-/// Runs checkpoints from its own connection until `stop` is set, so the writer never pays
-/// for copying pages back into the database.
-///
-/// # Why the WAL needs more than passive checkpoints
-/// SQLite starts the WAL over from its beginning only when a write transaction begins
-/// while the whole WAL is checkpointed. Under steady writes a `PASSIVE` checkpoint (which
-/// never blocks anyone) always ends a few frames behind the writer, so the WAL never starts
-/// over and grows without bound (964 MB in 30 s at 1,800 messages/s, before this). So once
-/// the WAL passes `wal_max_bytes`, the checkpointer runs a passive pass and right after it
-/// `RESTART`, which has only what was written meanwhile left to copy: it waits (at most
-/// `RESTART_WAIT`) for readers of older frames and the writer's current transaction, and
-/// the writer's next transaction starts the WAL over, cut back to `journal_size_limit`.
-///
-/// # Why it watches the size, not the clock
-/// The WAL grows by what is written between two looks. Looking every `CHECKPOINT_EVERY`
-/// let it reach 8 MiB over a 1 MiB bound on a machine that wrote ~60 MiB/s (a 4 KiB
-/// message costs about five pages with its index and queue entry); a `stat` every
-/// `WATCH_EVERY` keeps the overshoot to what is written in a few milliseconds. Disk use:
-/// the database plus about `wal_max_bytes` plus what is written in one watch period and
-/// one checkpoint, except while a reader holds an old snapshot (a backup): then no
-/// checkpoint can restart the WAL, and RESTARTs are tried with a growing pause (up to a
-/// second) so the writer is not starved meanwhile.
-pub fn checkpointer(
-    data_dir: PathBuf,
-    wal_max_bytes: u64,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    let conn = match Connection::open(db_path(&data_dir)) {
-        Ok(c) => c,
-        Err(e) => {
-            log::error!("checkpointer cannot open the database: {e}; the WAL will grow");
-            return;
-        }
-    };
-    // A RESTART holds new write transactions back while it waits: it may wait this long
-    // at most, so the writer (busy timeout 5 s) never fails a batch on it and SENDACKs
-    // stall at most this much; a busy RESTART is tried again at the next look.
-    let _ = conn.busy_timeout(RESTART_WAIT);
-    let _ = conn.pragma_update(None, "journal_size_limit", wal_max_bytes as i64);
-    // The WAL's size at the last RESTART: it only shrinks at the writer's next
-    // transaction, and an idle server must not RESTART at every look meanwhile.
-    let mut restarted_at = None;
-    let mut last_pass = std::time::Instant::now();
-    // After a busy RESTART (a reader holds an old snapshot: a backup, a long history
-    // read), the next waits this long, doubling to a second: each RESTART holds the
-    // writer back up to RESTART_WAIT, and one every few milliseconds would starve it.
-    let (mut backoff, mut retry_at) = (CHECKPOINT_EVERY, std::time::Instant::now());
-    while !stop.load(std::sync::atomic::Ordering::Acquire) {
-        std::thread::sleep(WATCH_EVERY);
-        let wal = wal_bytes(&data_dir);
-        // Over the bound with a RESTART due: now. Otherwise a passive pass each period.
-        let restart_due = wal > wal_max_bytes
-            && restarted_at != Some(wal)
-            && std::time::Instant::now() >= retry_at;
-        if !restart_due && last_pass.elapsed() < CHECKPOINT_EVERY {
-            continue;
-        }
-        last_pass = std::time::Instant::now();
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            log::warn!("checkpoint failed: {e}");
-            continue;
-        }
-        if !restart_due {
-            continue;
-        }
-        restarted_at = Some(wal);
-        match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
-            Ok(0) => {
-                backoff = CHECKPOINT_EVERY;
-                log::debug!("WAL past {wal_max_bytes} bytes: restarted");
-            }
-            Ok(_) => {
-                restarted_at = None;
-                retry_at = std::time::Instant::now() + backoff;
-                log::debug!("WAL restart checkpoint busy; trying again in {backoff:?}");
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-            }
-            Err(e) => log::warn!("restart checkpoint failed: {e}"),
-        }
-    }
-    // A last full pass so a clean shutdown leaves a small WAL.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 /// Writes a consistent copy of the database in `data_dir` to `to` (which must not exist),

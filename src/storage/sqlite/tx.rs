@@ -199,12 +199,17 @@ impl WriteTx for Connection {
 #[derive(Debug)]
 pub struct SqliteWriter {
     conn: Connection,
+    wal: super::wal::WalGuard,
 }
 
 impl SqliteWriter {
-    /// The writer over `conn`.
-    pub fn new(conn: Connection) -> SqliteWriter {
-        SqliteWriter { conn }
+    /// The writer over `conn`, keeping the WAL of the database in `data_dir` within twice
+    /// `wal_max_bytes` (`wal.rs`).
+    pub fn new(conn: Connection, data_dir: &std::path::Path, wal_max_bytes: u64) -> SqliteWriter {
+        SqliteWriter {
+            conn,
+            wal: super::wal::WalGuard::new(data_dir, wal_max_bytes),
+        }
     }
 }
 
@@ -232,6 +237,8 @@ impl Batch for SqliteBatch<'_> {
 
 impl WriteStore for SqliteWriter {
     fn batch(&mut self, f: &mut dyn FnMut(&mut dyn Batch) -> Result<()>) -> Result<()> {
+        // Before the transaction: a restart checkpoint needs the writer between two.
+        self.wal.make_room(&self.conn);
         // IMMEDIATE: the write lock is taken here, through the busy handler. A deferred
         // transaction reads first and upgrades later, and an upgrade that meets the
         // checkpointer's RESTART (which holds writers back for a moment) fails at once with
