@@ -203,6 +203,12 @@ fn the_writer_bounds_the_wal_when_the_checkpointer_falls_behind() {
         peak < 4 << 20,
         "the WAL reached {peak} bytes with a 1 MiB bound and the checkpointer stalled"
     );
+    // ...and it did pass the checkpointer's bound: the failpoint held it back, and it was
+    // the writer's backstop that kept the WAL within twice that.
+    assert!(
+        peak > 3 << 19,
+        "the WAL peaked at {peak} bytes: was the checkpointer stalled?"
+    );
     server.kill9();
     // And every acknowledged message went through the restarts into the database.
     let db = rusqlite::Connection::open(dir.join("ruyi.db")).expect("opens");

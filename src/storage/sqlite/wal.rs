@@ -23,7 +23,10 @@
 //!
 //! # Disk use
 //! The database plus about `wal_max_bytes`, twice that plus one batch at most, except
-//! while a reader pins an old snapshot.
+//! while a reader pins an old snapshot and for up to a second after (the pause before the
+//! next try). A batch is at most `max_commit_batch` messages: with large messages and a
+//! small bound, one batch can be larger than the bound, and the WAL is then cut back to
+//! that batch's size.
 
 use super::db_path;
 use rusqlite::Connection;
@@ -145,7 +148,13 @@ impl WalGuard {
                 Ok(Restart::OtherCheckpointer) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Ok(_) => {
+                // The checkpointer's pass is slow (a large WAL, a slow disk), not stuck:
+                // commit this batch and wait again before the next, with no pause.
+                Ok(Restart::OtherCheckpointer) => {
+                    log::debug!("WAL past twice its bound; the checkpointer's pass is slow");
+                    break;
+                }
+                Ok(Restart::Pinned) => {
                     log::debug!("WAL past twice its bound and pinned; the writer goes on");
                     self.backoff.failed();
                     break;
