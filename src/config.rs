@@ -65,6 +65,12 @@ pub struct Config {
     /// Where messages and state live: `sqlite` (`<data_dir>/ruyi.db`, the default) or a
     /// `postgres://user:password@host:port/db` URL (`storage/postgres/`).
     pub store: String,
+    /// Cluster mode (`cluster/`): the NATS servers (`nats://host:port`) the nodes share a
+    /// bus on. Empty (the default): a single node. Needs a PostgreSQL store.
+    pub nats: Vec<String>,
+    /// The cluster's name, the first token of its NATS subjects, so clusters can share a
+    /// NATS. Default `ruyi`.
+    pub cluster_name: String,
     /// PostgreSQL only: read connections the pool threads share (the writer holds one
     /// more). Default 16.
     pub store_pool_size: usize,
@@ -230,6 +236,8 @@ impl Default for Config {
             offline_queue_max_group: 1000,
             offline_queue_max_per_user: 10_000,
             wal_max_bytes: 64 << 20,
+            nats: Vec::new(),
+            cluster_name: "ruyi".into(),
             cors_origins: Vec::new(),
             prelogin_budget_bytes: 64 << 20,
             max_send_bytes_per_sec: 2 << 20,
@@ -361,6 +369,16 @@ impl Config {
         }
         if self.node_id > 1023 {
             return Err("node_id must be at most 1023 (10 bits of the message id)".into());
+        }
+        if !self.nats.is_empty() {
+            if !(self.store.starts_with("postgres://") || self.store.starts_with("postgresql://")) {
+                return Err("cluster mode (nats) needs a PostgreSQL store (--store \
+                            postgres://...): the nodes share it, and SQLite is one machine's \
+                            file"
+                    .into());
+            }
+            crate::cluster::check_name(&self.cluster_name)?;
+            crate::cluster::bus::parse_urls(&self.nats)?;
         }
         Ok(())
     }

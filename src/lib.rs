@@ -10,6 +10,7 @@ pub mod advertise;
 pub mod answer;
 pub mod auth;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connz;
 pub mod drain;

@@ -133,6 +133,17 @@ struct Cli {
     /// The WAL size in bytes past which it is forced to start over [default: 67108864]
     #[arg(long)]
     wal_max_bytes: Option<u64>,
+    /// Snowflake node id, unique per node of a cluster (0-1023; leased in PostgreSQL, so a
+    /// duplicate is refused) [default: 1001]
+    #[arg(long, value_name = "N")]
+    node_id: Option<u16>,
+    /// Cluster mode: NATS servers, comma-separated (nats://host:port,...). Needs a
+    /// PostgreSQL --store, which the nodes share
+    #[arg(long, value_delimiter = ',', value_name = "URLS")]
+    nats: Option<Vec<String>>,
+    /// Cluster mode: the cluster's name, the prefix of its NATS subjects [default: ruyi]
+    #[arg(long, value_name = "NAME")]
+    cluster_name: Option<String>,
     /// SEND payload bytes per second per connection, burst twice that; over it SENDACK 22;
     /// 0 = no limit [default: 2097152]
     #[arg(long)]
@@ -196,6 +207,8 @@ struct FileConfig {
     offline_queue_max_group: Option<usize>,
     offline_queue_max_per_user: Option<u32>,
     wal_max_bytes: Option<u64>,
+    nats: Option<Vec<String>>,
+    cluster_name: Option<String>,
     cors_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
     max_send_bytes_per_sec: Option<u32>,
@@ -253,6 +266,8 @@ fn load(cli: Cli) -> Result<Config, String> {
             .unwrap_or(c.offline_queue_max_per_user);
         c.wal_max_bytes = f.wal_max_bytes.unwrap_or(c.wal_max_bytes);
         c.node_id = f.node_id.unwrap_or(c.node_id);
+        c.nats = f.nats.unwrap_or(c.nats);
+        c.cluster_name = f.cluster_name.unwrap_or(c.cluster_name);
         c.max_connections = f.max_connections.unwrap_or(c.max_connections);
         c.max_connections_per_ip = f.max_conns_per_ip.unwrap_or(c.max_connections_per_ip);
         c.max_sends_per_sec = f.max_sends_per_sec.unwrap_or(c.max_sends_per_sec);
@@ -312,6 +327,9 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.cors_origins = cli.cors_origins.unwrap_or(c.cors_origins);
     c.allowed_hosts = cli.allowed_hosts.unwrap_or(c.allowed_hosts);
     c.wal_max_bytes = cli.wal_max_bytes.unwrap_or(c.wal_max_bytes);
+    c.node_id = cli.node_id.unwrap_or(c.node_id);
+    c.nats = cli.nats.unwrap_or(c.nats);
+    c.cluster_name = cli.cluster_name.unwrap_or(c.cluster_name);
     c.max_send_bytes_per_sec = cli
         .max_send_bytes_per_sec
         .unwrap_or(c.max_send_bytes_per_sec);

@@ -136,6 +136,9 @@ impl Server {
         let lease = store.claim_node(config.node_id, &storage::lease_holder(&config.data_dir)?)?;
         if let Some(lease) = &lease {
             write_store.fence(lease.node_id(), lease.incarnation());
+            if !config.nats.is_empty() {
+                write_store.lead(); // only the cluster's leader commits (`cluster/`)
+            }
         }
         let floor = store.open_reader()?.max_message_id().map_err(|source| {
             storage::StorageError::Database {
@@ -186,6 +189,7 @@ impl Server {
         let shared = Arc::new(Shared {
             system_uids: crate::system_uids::SystemUids::new(system_uids),
             advertised,
+            cluster: OnceLock::new(),
             registry: Registry::default(),
             ids: IdGenerator::new(config.node_id, floor),
             channels: channel_txs,
@@ -275,6 +279,12 @@ impl Server {
                 crate::http::run(s, rx, reader)
             })?;
         }
+        if let Some(lease) = lease.as_ref().filter(|_| !shared.config.nats.is_empty()) {
+            shared
+                .cluster
+                .set(join_cluster(&shared, lease)?)
+                .expect("set once, here");
+        }
         let tcp_addr = engine.local_addr(tcp);
         let http_addr = engine.local_addr(http);
         let ws_addr = engine.local_addr(ws);
@@ -350,8 +360,41 @@ impl Server {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.stop();
+        }
         drop(self.lease.take()); // after the writer's last commit
     }
+}
+
+/// Joins the cluster as the node `lease` holds, announcing the advertised addresses.
+fn join_cluster(
+    shared: &Arc<Shared>,
+    lease: &storage::postgres::NodeLease,
+) -> Result<crate::cluster::Cluster, StartError> {
+    let a = &shared.advertised;
+    let me = crate::cluster::members::NodeInfo {
+        node: shared.config.node_id,
+        incarnation: lease.incarnation(),
+        tcp_addr: a.tcp.clone(),
+        ws_addr: a.ws.clone(),
+        wss_addr: a.wss.clone(),
+        connections: 0,
+    };
+    // Weak: the cluster lives in `Shared`, and its heartbeat must not keep it alive.
+    let weak = Arc::downgrade(shared);
+    let connections = Box::new(move || weak.upgrade().map_or(0, |s| s.registry.len() as u64));
+    let leader = lease
+        .watch_leader()
+        .map_err(|e| StartError::Spawn("ruyi-leader".into(), e))?;
+    crate::cluster::Cluster::start(
+        &shared.config.nats,
+        &shared.config.cluster_name,
+        me,
+        leader,
+        connections,
+    )
+    .map_err(StartError::Config)
 }
 
 impl Server {
@@ -378,6 +421,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.checkpoint_stop.store(true, Ordering::Release);
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.stop(); // the others see this node go
+        }
     }
 }
 

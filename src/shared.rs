@@ -56,6 +56,8 @@ pub struct Shared {
     pub system_uids: crate::system_uids::SystemUids,
     /// Where clients are told to connect (`/route`).
     pub advertised: crate::advertise::Advertised,
+    /// This node's part of the cluster; unset on a single node (`cluster/`).
+    pub cluster: OnceLock<crate::cluster::Cluster>,
     /// uid → connections.
     pub registry: Registry,
     /// Message ids.

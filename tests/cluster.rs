@@ -1,6 +1,8 @@
-//! The cluster's membership as far as it is built (issue 17): node ids leased in
-//! PostgreSQL, so two live servers on one database never share one (message ids embed
-//! it), and a server restarted on its own data directory takes its lease back at once.
+//! The cluster as far as it is built (issue 17): node ids leased in PostgreSQL, so two
+//! live servers on one database never share one (message ids embed it), and a server
+//! restarted on its own data directory takes its lease back at once; membership over a
+//! real NATS, with `/route` answering live nodes only, through a kill -9 and a NATS
+//! outage.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,6 +10,7 @@ mod util;
 
 use ruyi_proto::types::{channel_type::PERSON, reason};
 use std::time::{Duration, Instant};
+use util::nats::Nats;
 use util::pg::Pg;
 use util::*;
 
@@ -146,4 +149,260 @@ fn commits_are_fenced_by_the_lease_a_lapsed_one_pauses_them_a_taken_one_stops_th
         .unwrap()
         .get(0);
     assert_eq!(stored, 0);
+}
+
+#[test]
+fn cluster_mode_refuses_sqlite_and_says_why() {
+    let mut config = test_config("cluster-sqlite");
+    config.store = "sqlite".into();
+    config.nats = vec!["nats://127.0.0.1:4222".into()];
+    let err = ruyi::Server::start(config).expect_err("a cluster on SQLite");
+    assert!(err.to_string().contains("PostgreSQL"), "{err}");
+    let mut config = test_config("cluster-name");
+    config.store = "postgres://u@127.0.0.1:1/db".into();
+    config.nats = vec!["nats://127.0.0.1:4222".into()];
+    config.cluster_name = "a.b".into();
+    let err = ruyi::Server::start(config).expect_err("a subject wildcard in the name");
+    assert!(err.to_string().contains("cluster_name"), "{err}");
+}
+
+/// One node of a test cluster: the real binary, on its own data directory and ports.
+struct Node {
+    id: u16,
+    dir: std::path::PathBuf,
+    process: RuyiProcess,
+}
+
+impl Node {
+    fn spawn(store: &str, nats: &Nats, id: u16) -> Node {
+        let dir = temp_dir(&format!("node{id}"));
+        std::fs::write(dir.join("test-store"), store).unwrap();
+        let process = Self::run(&dir, free_addr(), free_addr(), nats, id);
+        Node { id, dir, process }
+    }
+
+    fn run(
+        dir: &std::path::Path,
+        tcp: std::net::SocketAddr,
+        http: std::net::SocketAddr,
+        nats: &Nats,
+        id: u16,
+    ) -> RuyiProcess {
+        RuyiProcess::spawn_with_args(
+            dir,
+            tcp,
+            http,
+            &[],
+            &["--nats", &nats.url(), "--node-id", &id.to_string()],
+        )
+    }
+
+    /// kill -9, then the same binary again on the same directory and ports.
+    fn restart(&mut self, nats: &Nats) {
+        self.process.kill9();
+        self.process = Self::run(
+            &self.dir,
+            self.process.tcp,
+            self.process.http,
+            nats,
+            self.id,
+        );
+    }
+
+    /// `/cluster/nodes` as this node answers it: the live node ids, and whether NATS is up.
+    fn view(&self) -> (Vec<u64>, bool) {
+        let (status, text) = http_text(self.process.http, "/cluster/nodes");
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ids = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node"].as_u64().unwrap())
+            .collect();
+        (ids, v["nats_connected"].as_bool().unwrap())
+    }
+
+    /// The leader this node names, if any.
+    fn leader(&self) -> Option<u64> {
+        let (status, text) = http_text(self.process.http, "/cluster/nodes");
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["leader"].as_u64()
+    }
+
+    /// One person message from `from` to `to` through this node: its SENDACK.
+    fn send(&self, from: &str, to: &str, no: &str) -> ruyi_proto::SendackPacket {
+        let mut c = Client::ok(self.process.tcp, &Login::new(from, "x"));
+        c.send(to, PERSON, b"hello", no);
+        c.sendack()
+    }
+
+    fn route(&self, uid: &str) -> String {
+        let (status, text) = http_text(self.process.http, &format!("/route?uid={uid}"));
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["tcp_addr"].as_str().unwrap().to_owned()
+    }
+}
+
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nodes_see_each_other_and_route_only_to_live_ones_through_a_kill_9() {
+    let Some(pg) = Pg::start() else { return };
+    let Some(nats) = Nats::start() else { return };
+    let store = pg.database("members");
+    let mut nodes: Vec<Node> = (1..=3).map(|id| Node::spawn(&store, &nats, id)).collect();
+    for n in &nodes {
+        wait_for("three live nodes", Duration::from_secs(10), || {
+            n.view() == (vec![1, 2, 3], true)
+        });
+    }
+    // Every node sends a user to the same node, and users spread over all three.
+    let uids: Vec<String> = (0..60).map(|i| format!("u{i}")).collect();
+    let routed: Vec<String> = uids.iter().map(|u| nodes[0].route(u)).collect();
+    for n in &nodes[1..] {
+        for (uid, addr) in uids.iter().zip(&routed) {
+            assert_eq!(&n.route(uid), addr, "nodes disagree on {uid}");
+        }
+    }
+    let addr_of = |n: &Node| n.process.tcp.to_string();
+    for n in &nodes {
+        assert!(
+            routed.contains(&addr_of(n)),
+            "no user sent to node {}",
+            n.id
+        );
+    }
+    // /route/batch groups the same way.
+    let (status, batch) = post(
+        nodes[1].process.http,
+        "/route/batch",
+        serde_json::json!(uids),
+    );
+    assert_eq!(status, 200);
+    for group in batch.as_array().unwrap() {
+        for uid in group["uids"].as_array().unwrap() {
+            let i = uids
+                .iter()
+                .position(|u| u == uid.as_str().unwrap())
+                .unwrap();
+            assert_eq!(group["tcp_addr"], routed[i].as_str());
+        }
+    }
+    // kill -9 of node 2: within the dead-node time, nobody is sent there any more.
+    let dead = addr_of(&nodes[1]);
+    nodes[1].process.kill9();
+    for n in [&nodes[0], &nodes[2]] {
+        wait_for("node 2 seen dead", Duration::from_secs(6), || {
+            n.view().0 == vec![1, 3]
+        });
+        for uid in &uids {
+            assert_ne!(n.route(uid), dead, "{uid} sent to a dead node");
+        }
+    }
+    // Only node 2's users moved.
+    for (uid, before) in uids.iter().zip(&routed) {
+        if *before != dead {
+            assert_eq!(&nodes[0].route(uid), before, "{uid} moved");
+        }
+    }
+    // Back (a new incarnation of the same node id): it rejoins, and its users return.
+    nodes[1].restart(&nats);
+    for n in &nodes {
+        wait_for("node 2 back", Duration::from_secs(10), || {
+            n.view() == (vec![1, 2, 3], true)
+        });
+    }
+    assert_eq!(
+        uids.iter().map(|u| nodes[2].route(u)).collect::<Vec<_>>(),
+        routed
+    );
+}
+
+#[test]
+fn nodes_ride_out_a_nats_outage_and_recover_without_a_restart() {
+    let Some(pg) = Pg::start() else { return };
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let store = pg.database("outage");
+    let nodes: Vec<Node> = (1..=2).map(|id| Node::spawn(&store, &nats, id)).collect();
+    for n in &nodes {
+        wait_for("two live nodes", Duration::from_secs(10), || {
+            n.view() == (vec![1, 2], true)
+        });
+    }
+    nats.pause();
+    for n in &nodes {
+        wait_for("NATS seen away", Duration::from_secs(6), || {
+            let (ids, up) = n.view();
+            !up && ids == vec![u64::from(n.id)]
+        });
+    }
+    // Alone, each node still serves what needs no other node: a chat between its users.
+    let tcp = nodes[0].process.tcp;
+    let mut a = Client::ok(tcp, &Login::new("alone-a", "x"));
+    let mut b = Client::ok(tcp, &Login::new("alone-b", "x"));
+    a.send("alone-b", PERSON, b"still here", "out-1");
+    assert_eq!(a.sendack().reason_code, reason::SUCCESS);
+    assert_eq!(&b.recv().payload[..], b"still here");
+    nats.resume();
+    for n in &nodes {
+        wait_for(
+            "NATS back, both nodes live",
+            Duration::from_secs(10),
+            || n.view() == (vec![1, 2], true),
+        );
+    }
+}
+
+#[test]
+fn one_node_leads_and_another_takes_over_when_it_dies() {
+    let Some(pg) = Pg::start() else { return };
+    let Some(nats) = Nats::start() else { return };
+    let store = pg.database("leader");
+    let mut nodes: Vec<Node> = (1..=3).map(|id| Node::spawn(&store, &nats, id)).collect();
+    let mut leader = None;
+    wait_for("all three name one leader", Duration::from_secs(10), || {
+        let named: Vec<_> = nodes.iter().map(Node::leader).collect();
+        leader = named[0];
+        leader.is_some() && named.iter().all(|l| *l == leader)
+    });
+    let first = leader.unwrap() as usize - 1;
+    let ack = nodes[first].send("a", "b", "m1");
+    assert_eq!((ack.reason_code, ack.message_seq), (reason::SUCCESS, 1));
+    // kill -9 of the leader: once its lease lapses, one of the others leads, and the
+    // channel's seqs go on from where they were.
+    nodes[first].process.kill9();
+    let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let mut next = None;
+    wait_for("a new leader", Duration::from_secs(25), || {
+        let named: Vec<_> = others.iter().map(|&i| nodes[i].leader()).collect();
+        next = named[0];
+        next.is_some_and(|n| n as usize - 1 != first) && named.iter().all(|l| *l == next)
+    });
+    let second = next.unwrap() as usize - 1;
+    let ack = nodes[second].send("a", "b", "m2");
+    assert_eq!((ack.reason_code, ack.message_seq), (reason::SUCCESS, 2));
+    // The old leader comes back as a follower.
+    nodes[first].restart(&nats);
+    wait_for("the old leader follows", Duration::from_secs(10), || {
+        nodes[first].leader() == next
+    });
+    let mut db = postgres::Client::connect(&store, postgres::NoTls).unwrap();
+    let rows: Vec<(i64, i64)> = db
+        .query("SELECT seq, message_id FROM messages ORDER BY seq", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
 }

@@ -103,6 +103,9 @@ pub(crate) const ROUTES: &[(&str, &str, Handler)] = &[
     ("POST", "/route/batch", |s, _, r| {
         super::node::route_batch(s, &r.body)
     }),
+    ("GET", "/cluster/nodes", |s, _, _| {
+        Ok(super::node::cluster_nodes(s))
+    }),
     ("POST", "/user/systemuids_add", |s, rd, r| {
         super::users::system_uids_change(s, rd, &r.body, true)
     }),

@@ -71,6 +71,7 @@ pub fn varz(shared: &SharedRef) -> Answer {
         "ruyi_rate_limited_sends": c.rate_limited.load(Relaxed),
         // For the console's overview (`http/assets/console`): per-loop load, and the
         // commit histogram's count and sum, from which a mean over any interval follows.
+        "ruyi_cluster": shared.cluster.get().map(crate::cluster::Cluster::varz),
         "ruyi_loops": shared.loops().loops().iter().map(|l| json!({
             "connections": l.stats().connections.load(Relaxed),
             "queued_out": l.stats().queued_out.load(Relaxed),

@@ -85,4 +85,7 @@ pub trait WriteStore: Send {
     /// From now on, commit only while this server holds node `node_id`'s lease at
     /// `incarnation` (`postgres/lease.rs`). A store without leases ignores it.
     fn fence(&mut self, _node_id: i64, _incarnation: i64) {}
+    /// From now on, commit only while this node also holds the cluster's lead
+    /// (`postgres/leader.rs`), under the lease given to [`WriteStore::fence`].
+    fn lead(&mut self) {}
 }

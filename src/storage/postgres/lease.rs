@@ -61,6 +61,20 @@ impl NodeLease {
     pub fn incarnation(&self) -> i64 {
         self.incarnation
     }
+
+    /// Watches (and takes when free) the cluster's lead for as long as this lease is held
+    /// (`leader.rs`).
+    ///
+    /// # Errors
+    /// The watcher's thread cannot be spawned.
+    pub fn watch_leader(&self) -> std::io::Result<Arc<super::leader::Leader>> {
+        super::leader::watch(
+            &self.info,
+            self.node_id,
+            self.incarnation,
+            Arc::clone(&self.stop),
+        )
+    }
 }
 
 fn ttl_ms() -> i64 {

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod leader;
 pub mod lease;
 pub mod pending;
 pub mod schema;

@@ -78,6 +78,13 @@ const MIGRATIONS: &[&str] = &["
         holder TEXT NOT NULL,
         expires_at TIMESTAMPTZ NOT NULL
     );
+", "
+    CREATE TABLE cluster_leader (
+        id BIGINT PRIMARY KEY CHECK (id = 1),
+        node_id BIGINT NOT NULL,
+        incarnation BIGINT NOT NULL,
+        since TIMESTAMPTZ NOT NULL
+    );
 "];
 
 /// Brings the database to the newest schema (module docs).

@@ -347,6 +347,8 @@ pub struct PgWriter {
     last_attempt: Option<Instant>,
     /// (node id, incarnation) of this server's lease: every commit checks it holds it.
     fence: Option<(i64, i64)>,
+    /// Commit only while leading the cluster too (`WriteStore::lead`).
+    lead: bool,
     /// The current batch's messages (see [`PgTx`]).
     written: Written,
 }
@@ -368,6 +370,7 @@ impl PgWriter {
             statements: RefCell::default(),
             last_attempt: None,
             fence: None,
+            lead: false,
             written: RefCell::default(),
         }
     }
@@ -454,14 +457,20 @@ impl PgWriter {
         match self.fence {
             None => tx.batch_execute("SELECT 1")?,
             Some((node, incarnation)) => {
-                let held = tx.query_opt(
+                // In a cluster the lead's row is read (and held) too: only the leader
+                // commits, and a takeover waits for this commit (`leader.rs`).
+                let sql = if self.lead {
+                    "SELECT 1 FROM node_lease l, cluster_leader c
+                     WHERE l.node_id = $1 AND l.incarnation = $2 AND l.expires_at > now()
+                       AND c.id = 1 AND c.node_id = $1 AND c.incarnation = $2 FOR SHARE"
+                } else {
                     "SELECT 1 FROM node_lease WHERE node_id = $1 AND incarnation = $2
-                     AND expires_at > now() FOR SHARE",
-                    &[&node, &incarnation],
-                )?;
-                if held.is_none() {
+                     AND expires_at > now() FOR SHARE"
+                };
+                if tx.query_opt(sql, &[&node, &incarnation])?.is_none() {
+                    let what = if self.lead { "lease or lead" } else { "lease" };
                     return Err(DbError::Unavailable(format!(
-                        "node {node}'s lease (incarnation {incarnation}) lapsed or was taken: \
+                        "node {node}'s {what} (incarnation {incarnation}) lapsed or was taken: \
                          refusing to commit"
                     ))
                     .into());
@@ -559,6 +568,10 @@ impl WriteStore for PgWriter {
 
     fn name(&self) -> String {
         self.info.name.clone()
+    }
+
+    fn lead(&mut self) {
+        self.lead = true;
     }
 
     fn fence(&mut self, node_id: i64, incarnation: i64) {

@@ -1,0 +1,127 @@
+//! The cluster's leader: the one node whose storage writer commits (`cluster/`, issue 17).
+//!
+//! # Why one writer
+//! The writer keeps state between batches that only one process may keep: the users'
+//! offline-queue heads and what clients were shown of them (`storage/queue.rs`,
+//! `storage/exposure.rs`), the dedupe window. Two writers on one database would each trust
+//! their own copy. So one node leads and commits every message of the cluster; the others
+//! forward to it. Sharding the lead by channel is the next step when one writer is the
+//! limit (`docs/CLUSTER.md`).
+//!
+//! # The lead is a row, held through the node's lease
+//! `cluster_leader` names one (node id, incarnation). That node leads while its own node
+//! lease (`lease.rs`) is live: there is no second lease to renew. Any node takes the row
+//! over, in one statement, once the named incarnation's lease is gone (lapsed, or deleted
+//! by a clean stop). Every commit of the leader reads both rows `FOR SHARE`
+//! (`tx.rs`), so a takeover, an `UPDATE` of the row, waits for the commits in flight: the
+//! old leader's last commit ends before the new leader's first begins, and a node that is
+//! not the leader cannot commit at all.
+//!
+//! # Watching
+//! [`watch`] runs on a thread of its own: every [`LOOK_EVERY`] it tries the takeover (a
+//! no-op while the leader lives) and publishes who leads. A node that led and sees another
+//! lead has lost its lease: it stops, as a node whose lease was taken does (`lease.rs`).
+
+use super::conn::ConnInfo;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a node looks at (and may take) the lead.
+pub const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// [`Leader::get`]'s answer while no leader is known.
+pub const NONE: u32 = u32::MAX;
+
+/// Who leads, as this node last read it.
+#[derive(Debug)]
+pub struct Leader {
+    node: AtomicU32,
+}
+
+impl Leader {
+    /// The leading node id, or `None` while unknown (PostgreSQL away since the start).
+    pub fn get(&self) -> Option<u16> {
+        u16::try_from(self.node.load(Ordering::Acquire)).ok()
+    }
+}
+
+/// Takes the lead if it is free, and returns who leads: one statement that inserts the
+/// row, or moves it to `(node, incarnation)` when the named holder's lease is gone.
+fn look(
+    client: &mut postgres::Client,
+    node: i64,
+    incarnation: i64,
+) -> Result<i64, postgres::Error> {
+    client.execute(
+        "INSERT INTO cluster_leader (id, node_id, incarnation, since) VALUES (1, $1, $2, now())
+         ON CONFLICT (id) DO UPDATE SET node_id = excluded.node_id,
+             incarnation = excluded.incarnation, since = excluded.since
+         WHERE NOT EXISTS (SELECT 1 FROM node_lease l
+             WHERE l.node_id = cluster_leader.node_id
+               AND l.incarnation = cluster_leader.incarnation AND l.expires_at > now())
+           AND EXISTS (SELECT 1 FROM node_lease l
+             WHERE l.node_id = $1 AND l.incarnation = $2 AND l.expires_at > now())",
+        &[&node, &incarnation],
+    )?;
+    Ok(client
+        .query_one("SELECT node_id FROM cluster_leader WHERE id = 1", &[])?
+        .get(0))
+}
+
+/// Starts the watcher for `(node, incarnation)` (module docs); it ends when `stop` is set.
+///
+/// # Errors
+/// The thread cannot be spawned.
+pub fn watch(
+    info: &ConnInfo,
+    node: i64,
+    incarnation: i64,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<Arc<Leader>> {
+    let leader = Arc::new(Leader {
+        node: AtomicU32::new(NONE),
+    });
+    let (info, seen) = (info.clone(), Arc::clone(&leader));
+    std::thread::Builder::new()
+        .name("ruyi-leader".into())
+        .spawn(move || {
+            let mut client: Option<postgres::Client> = None;
+            let mut led = false;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() < next {
+                    continue;
+                }
+                next = Instant::now() + LOOK_EVERY;
+                if client.as_ref().is_none_or(postgres::Client::is_closed) {
+                    client = info.connect().ok();
+                }
+                let Some(c) = client.as_mut() else { continue };
+                match look(c, node, incarnation) {
+                    Ok(now) => {
+                        if led && now != node {
+                            panic!(
+                                "node {node} lost the cluster's lead to node {now} (its lease \
+                                 lapsed); stopping so it restarts as a follower"
+                            );
+                        }
+                        if !led && now == node {
+                            log::info!("cluster: this node (node {node}) leads");
+                        }
+                        led = now == node;
+                        let now = u32::try_from(now).unwrap_or(NONE);
+                        if seen.node.swap(now, Ordering::AcqRel) != now && !led {
+                            log::info!("cluster: node {now} leads");
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("cluster: cannot read the lead: {e}");
+                        client = None;
+                    }
+                }
+            }
+        })?;
+    Ok(leader)
+}
