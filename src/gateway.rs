@@ -8,13 +8,13 @@
 //! AES key, and the RECVs still waiting for a RECVACK (retried from `on_tick`).
 
 use crate::auth::AuthRequest;
-use crate::channel::{ChannelJob, SendRequest};
+use crate::channel::SendRequest;
 use crate::http::{self, HttpSession};
 use crate::message::{deliver_weight, ChannelKey, Delivery, QueueSlot, Reply, Target, SYSTEM_UID};
 use crate::rate::{SendBucket, SendLimit};
 use crate::registry::{Device, Kick};
-use crate::shared::SharedRef;
-use crate::storage::writer::{Job, LaneJob};
+use crate::shared::{SharedRef, Submit};
+use crate::storage::writer::LaneJob;
 use crate::ws;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
@@ -663,6 +663,7 @@ impl Gateway {
         } else {
             ChannelKey::new(send.channel_id.clone(), send.channel_type)
         };
+        let (ack_flags, ack_seq) = (send.flags, send.client_seq);
         let request = SendRequest {
             from_uid: s.uid.clone(),
             from_conn: Some(conn.id()),
@@ -684,20 +685,32 @@ impl Gateway {
                 received: Instant::now(),
             },
         };
-        let queue = self.shared.channel_queue(&request.key);
-        match queue.try_send(ChannelJob::Send(Box::new(request))) {
+        match self.shared.try_submit_send(request) {
             Ok(()) => {
                 self.shared.counters.sends_in.fetch_add(1, Relaxed);
                 s.in_msgs = s.in_msgs.wrapping_add(1);
                 Flow::Next
             }
-            Err(TrySendError::Full(_)) => {
+            Err(Submit::Full) => {
                 // The SEND is read again once the queue drains: it must not pay twice.
                 s.sends.refund(self.send_limit);
                 s.send_kib.refund_n(self.send_kib_limit, kib);
                 Flow::Stall
             }
-            Err(TrySendError::Disconnected(_)) => Flow::Close,
+            Err(Submit::Unroutable) => {
+                // A cluster node that cannot reach the leader now (`cluster/relay.rs`).
+                let ack = Packet::Sendack(ruyi_proto::SendackPacket {
+                    flags: ack_flags,
+                    message_id: 0,
+                    client_seq: ack_seq,
+                    message_seq: 0,
+                    reason_code: reason::SYSTEM_ERROR,
+                });
+                let (version, ws) = (s.version, s.ws.is_some());
+                self.queue_packet(conn, &ack, version, ws);
+                Flow::Next
+            }
+            Err(Submit::Closed) => Flow::Close,
         }
     }
 
@@ -775,9 +788,10 @@ impl Gateway {
         }
     }
 
-    /// Hands offline-queue work to storage on the lane that never refuses (`mailbox.rs`).
+    /// Hands offline-queue work to storage on the lane that never refuses (`mailbox.rs`),
+    /// or to the cluster's leader (`Shared::send_lane`).
     fn send_lane(&self, job: LaneJob) {
-        if self.shared.writer.send_lane(Job::Lane(job)).is_err() {
+        if !self.shared.send_lane(job) {
             // Only once storage has stopped, after the loops: nothing is left to do it.
             log::error!("storage writer gone; offline-queue work lost");
         }

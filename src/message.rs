@@ -136,6 +136,16 @@ pub enum Reply {
     },
     /// An HTTP request: answer on this channel.
     Http(crossbeam_channel::Sender<SendOutcome>),
+    /// A send forwarded by another node of the cluster (`cluster/`): answer it over the
+    /// bus, where `token` names the waiting reply on node `node`.
+    Remote {
+        /// The origin node.
+        node: u16,
+        /// The origin's key for the waiting reply.
+        token: u64,
+        /// The sending connection on the origin node, left out of its delivery there.
+        conn: Option<crate::cluster::wire::WireConn>,
+    },
     /// Nobody (internal sends).
     None,
 }

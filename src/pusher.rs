@@ -26,7 +26,7 @@ use crate::gateway::ToLoop;
 use crate::message::{Committed, Delivery, Target};
 use crate::shared::SharedRef;
 use crate::storage::append::Outlet;
-use crate::storage::writer::{Job, LaneJob};
+use crate::storage::writer::LaneJob;
 use ruyi_proto::types::reason;
 use ruyi_reactor::ConnId;
 use std::sync::atomic::Ordering::Relaxed;
@@ -69,6 +69,9 @@ fn send_webhooks(hooks: &crate::webhook::Webhooks, c: &Committed, stored: bool, 
 #[allow(missing_debug_implementations)] // Scratch buffers only.
 pub struct Pusher {
     shared: SharedRef,
+    /// Delivering commits another node (the cluster's leader) made and reported: its
+    /// webhooks and counters were the leader's business (`cluster/relay.rs`).
+    relaying: bool,
     /// Per loop: the commands of the commit being routed.
     commands: Vec<Vec<ToLoop>>,
     /// Per loop: one message's receivers, reused.
@@ -81,13 +84,27 @@ impl Pusher {
         let loops = shared.loops().loops().len();
         Pusher {
             shared,
+            relaying: false,
             commands: (0..loops).map(|_| Vec::new()).collect(),
             targets: vec![Vec::new(); loops],
         }
     }
 
+    /// A pusher for the commits of the cluster's leader, on another node.
+    pub fn relaying(shared: SharedRef) -> Pusher {
+        Pusher {
+            relaying: true,
+            ..Pusher::new(shared)
+        }
+    }
+
     /// Answers and delivers one commit's messages, in commit order.
     fn push_commit(&mut self, committed: Vec<Committed>) {
+        // The leader tells every node first: their deliveries and its own then start
+        // together.
+        if let (Some(cluster), false) = (self.shared.cluster.get(), self.relaying) {
+            cluster.lead.publish_commit(&committed);
+        }
         for c in committed {
             self.route(c);
         }
@@ -123,13 +140,15 @@ impl Pusher {
     fn route(&mut self, c: Committed) {
         let shared = &self.shared;
         let stored = c.outcome.message_seq > 0;
-        if stored && !c.duplicate {
+        if stored && !c.duplicate && !self.relaying {
             shared.counters.stored.fetch_add(1, Relaxed);
         }
         // A NoPersist message is never stored (seq 0) but is sent: msg.offline still
         // applies to it (HTTP_API.md §9.3 excludes only Agent channels and EVENT frames).
         let sent = stored || (c.message.flags.no_persist() && c.outcome.reason == reason::SUCCESS);
-        if let (Some(hooks), true, false) = (&shared.webhooks, sent, c.duplicate) {
+        if let (Some(hooks), true, false, false) =
+            (&shared.webhooks, sent, c.duplicate, self.relaying)
+        {
             send_webhooks(hooks, &c, stored, shared.config.node_id);
         }
         if let Some((conn, frame)) = shared.reply_frame(c.reply, c.outcome) {
@@ -180,13 +199,14 @@ fn queue_unposted(shared: &SharedRef, commands: Vec<ToLoop>) {
                 continue;
             };
             if delivery.queued && slot.seq > 0 && !slot.stored {
-                let job = Job::Lane(LaneJob::Requeue {
+                let job = LaneJob::Requeue {
                     uid: uid.clone(),
                     message: Arc::clone(&delivery.message),
                     reserved: slot.seq,
-                });
-                // To this very thread's mailbox: read after this commit, before it stops.
-                let _ = shared.writer.send_lane(job);
+                };
+                // To this very thread's mailbox (read after this commit, before it
+                // stops), or the leader's when this node relays.
+                shared.send_lane(job);
             }
         }
     }

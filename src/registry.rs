@@ -157,6 +157,17 @@ impl Registry {
         }
     }
 
+    /// Every logged-in connection (a cluster node that lost part of the delivery stream
+    /// closes them all so their clients resync: `cluster/relay.rs`).
+    pub fn all_conns(&self) -> Vec<ConnId> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            out.extend(shard.values().flatten().map(|d| d.conn));
+        }
+        out
+    }
+
     /// Appends every connection of `uid` to `out`; returns how many it appended.
     pub fn conns_of(&self, uid: &str, out: &mut Vec<ConnId>) -> usize {
         let shard = self.shards[shard_of(uid)]

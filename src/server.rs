@@ -280,10 +280,7 @@ impl Server {
             })?;
         }
         if let Some(lease) = lease.as_ref().filter(|_| !shared.config.nats.is_empty()) {
-            shared
-                .cluster
-                .set(join_cluster(&shared, lease)?)
-                .expect("set once, here");
+            join_cluster(&shared, lease, &mut threads)?;
         }
         let tcp_addr = engine.local_addr(tcp);
         let http_addr = engine.local_addr(http);
@@ -367,11 +364,13 @@ impl Server {
     }
 }
 
-/// Joins the cluster as the node `lease` holds, announcing the advertised addresses.
+/// Joins the cluster as the node `lease` holds, announcing the advertised addresses,
+/// and starts the relay's thread (`cluster/relay.rs`).
 fn join_cluster(
     shared: &Arc<Shared>,
     lease: &storage::postgres::NodeLease,
-) -> Result<crate::cluster::Cluster, StartError> {
+    threads: &mut Vec<JoinHandle<()>>,
+) -> Result<(), StartError> {
     let a = &shared.advertised;
     let me = crate::cluster::members::NodeInfo {
         node: shared.config.node_id,
@@ -381,20 +380,17 @@ fn join_cluster(
         wss_addr: a.wss.clone(),
         connections: 0,
     };
-    // Weak: the cluster lives in `Shared`, and its heartbeat must not keep it alive.
-    let weak = Arc::downgrade(shared);
-    let connections = Box::new(move || weak.upgrade().map_or(0, |s| s.registry.len() as u64));
     let leader = lease
         .watch_leader()
         .map_err(|e| StartError::Spawn("ruyi-leader".into(), e))?;
-    crate::cluster::Cluster::start(
-        &shared.config.nats,
-        &shared.config.cluster_name,
-        me,
-        leader,
-        connections,
-    )
-    .map_err(StartError::Config)
+    let (cluster, inbound) =
+        crate::cluster::Cluster::start(shared, me, leader).map_err(StartError::Config)?;
+    shared.cluster.set(cluster).expect("set once, here");
+    let s = Arc::clone(shared);
+    spawn(threads, "ruyi-relay".into(), move || {
+        crate::cluster::relay::run(s, inbound)
+    })?;
+    Ok(())
 }
 
 impl Server {

@@ -1,7 +1,7 @@
 //! What every pool shares: configuration, the registry, the id generator, the queues into
 //! each pool, and the handles to the event loops. Built once in `server.rs`.
 
-use crate::channel::ChannelJob;
+use crate::channel::{ChannelJob, SendRequest};
 use crate::config::Config;
 use crate::gateway::ToLoop;
 use crate::http::HttpRequest;
@@ -9,7 +9,7 @@ use crate::ids::IdGenerator;
 use crate::mailbox::MailSender;
 use crate::message::{ChannelKey, Reply, SendOutcome};
 use crate::registry::Registry;
-use crate::storage::writer::Job;
+use crate::storage::writer::{Job, LaneJob};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 use ruyi_proto::SendackPacket;
@@ -115,6 +115,59 @@ impl Shared {
             .expect("loop handles are set before pools start")
     }
 
+    /// Hands a send to the channel worker that owns its channel, or, on a node of a
+    /// cluster that does not lead, to the leader (`cluster/relay.rs`). Never blocks (loop
+    /// threads call it).
+    ///
+    /// # Errors
+    /// [`Submit::Full`]: the worker's queue is full (try again later); `Closed`: the server
+    /// stops; `Unroutable`: no leader can be reached now (answer 15).
+    pub fn try_submit_send(&self, request: SendRequest) -> Result<(), Submit> {
+        if let Some(relay) = self.relay() {
+            return relay.forward_send(request).map_err(|_| Submit::Unroutable);
+        }
+        match self
+            .channel_queue(&request.key)
+            .try_send(ChannelJob::Send(Box::new(request)))
+        {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::TrySendError::Full(_)) => Err(Submit::Full),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(Submit::Closed),
+        }
+    }
+
+    /// [`Shared::try_submit_send`] that waits while the worker's queue is full (pool
+    /// threads only).
+    ///
+    /// # Errors
+    /// `Closed` or `Unroutable`, as there.
+    pub fn submit_send(&self, request: SendRequest) -> Result<(), Submit> {
+        if let Some(relay) = self.relay() {
+            return relay.forward_send(request).map_err(|_| Submit::Unroutable);
+        }
+        self.channel_queue(&request.key)
+            .send(ChannelJob::Send(Box::new(request)))
+            .map_err(|_| Submit::Closed)
+    }
+
+    /// The relay to the leader, on a cluster node that does not lead now.
+    fn relay(&self) -> Option<&crate::cluster::relay::Relay> {
+        self.cluster.get().filter(|c| !c.leads()).map(|c| &c.relay)
+    }
+
+    /// Hands a requeue or delivered mark to the storage writer, or to the cluster's
+    /// leader when another node leads. Never blocks and never refuses (the writer's
+    /// lane; the relay's spool); false only while the server stops.
+    pub fn send_lane(&self, job: LaneJob) -> bool {
+        match self.relay() {
+            Some(relay) => {
+                relay.forward_lane(self, &job);
+                true
+            }
+            None => self.writer.send_lane(Job::Lane(job)).is_ok(),
+        }
+    }
+
     /// The channel worker owning `key`.
     pub fn channel_queue(&self, key: &ChannelKey) -> &MailSender<ChannelJob> {
         &self.channels[key.shard(self.channels.len())]
@@ -160,6 +213,12 @@ impl Shared {
                 let _ = tx.send(outcome);
                 None
             }
+            Reply::Remote { node, token, .. } => {
+                if let Some(cluster) = self.cluster.get() {
+                    cluster.lead.answer(node, token, outcome);
+                }
+                None
+            }
             Reply::None => None,
         }
     }
@@ -167,3 +226,14 @@ impl Shared {
 
 /// Shorthand used by pool constructors.
 pub type SharedRef = Arc<Shared>;
+
+/// Why a send was not handed over ([`Shared::try_submit_send`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submit {
+    /// The channel worker's queue is full.
+    Full,
+    /// The server stops.
+    Closed,
+    /// A cluster node that cannot reach the leader now.
+    Unroutable,
+}

@@ -40,14 +40,50 @@ pub struct BusStats {
     pub dropped: AtomicU64,
 }
 
+/// The sending side of the bus: any thread may hold one; it never blocks.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    out: tokio::sync::mpsc::Sender<(String, Bytes)>,
+    /// The counters, shared with the bus thread.
+    pub stats: Arc<BusStats>,
+}
+
+impl Publisher {
+    /// Hands a publication to the bus thread; never blocks. False (and counted) when the
+    /// outbox is full or NATS is away.
+    pub fn try_publish(&self, subject: String, payload: Bytes) -> bool {
+        let sent =
+            self.stats.connected.load(Relaxed) && self.out.try_send((subject, payload)).is_ok();
+        if !sent {
+            self.stats.dropped.fetch_add(1, Relaxed);
+        }
+        sent
+    }
+
+    /// True while the NATS connection is up.
+    pub fn connected(&self) -> bool {
+        self.stats.connected.load(Relaxed)
+    }
+}
+
+/// The outbox the bus thread will read: its publisher, and the receiving end to give
+/// [`Bus::start`].
+pub fn outbox() -> (Publisher, Outbox) {
+    let (out, rx) = tokio::sync::mpsc::channel(OUTBOX);
+    let stats = Arc::new(BusStats::default());
+    (Publisher { out, stats }, Outbox(rx))
+}
+
+/// The bus thread's end of the outbox.
+#[derive(Debug)]
+pub struct Outbox(tokio::sync::mpsc::Receiver<(String, Bytes)>);
+
 /// This node's NATS connection (module docs).
 #[derive(Debug)]
 pub struct Bus {
-    out: tokio::sync::mpsc::Sender<(String, Bytes)>,
+    publisher: Publisher,
     stop: Arc<tokio::sync::Notify>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// The counters, shared with the bus thread.
-    pub stats: Arc<BusStats>,
 }
 
 /// Parses `nats://host:port,…` into the client's addresses.
@@ -79,11 +115,11 @@ impl Bus {
         subs: Vec<(String, Handler)>,
         period: Duration,
         ticker: Ticker,
+        (publisher, Outbox(rx)): (Publisher, Outbox),
     ) -> Result<Bus, String> {
         let addrs = parse_urls(urls)?;
-        let (out, rx) = tokio::sync::mpsc::channel(OUTBOX);
         let stop = Arc::new(tokio::sync::Notify::new());
-        let stats = Arc::new(BusStats::default());
+        let stats = Arc::clone(&publisher.stats);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -96,27 +132,20 @@ impl Bus {
             })
             .map_err(|e| format!("nats: cannot spawn the bus thread: {e}"))?;
         Ok(Bus {
-            out,
+            publisher,
             stop,
             thread: Mutex::new(Some(thread)),
-            stats,
         })
     }
 
-    /// Hands a publication to the bus thread; never blocks. False (and counted) when the
-    /// outbox is full or NATS is away.
-    pub fn try_publish(&self, subject: String, payload: Bytes) -> bool {
-        let sent =
-            self.stats.connected.load(Relaxed) && self.out.try_send((subject, payload)).is_ok();
-        if !sent {
-            self.stats.dropped.fetch_add(1, Relaxed);
-        }
-        sent
+    /// The sending side.
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
     }
 
     /// True while the NATS connection is up.
     pub fn connected(&self) -> bool {
-        self.stats.connected.load(Relaxed)
+        self.publisher.connected()
     }
 
     /// Flushes what is queued (for a moment at most) and closes the connection.

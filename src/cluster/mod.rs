@@ -1,20 +1,27 @@
 //! The cluster (issue 17): several Ruyi nodes on one PostgreSQL and one NATS.
 //!
 //! `--nats` turns it on. PostgreSQL is the system of record and leases each node its id
-//! (`storage/postgres/lease.rs`); NATS is the bus between nodes (`bus.rs`). What is here
-//! so far is membership (`members.rs`): each node's heartbeats, the live table, and
-//! `/route` answering with a live node. The design, what holds and what is still to
-//! come are in `docs/CLUSTER.md`.
+//! (`storage/postgres/lease.rs`) and one node the lead (`storage/postgres/leader.rs`):
+//! the leader's writer commits every message. NATS is the bus between nodes (`bus.rs`,
+//! subjects in `wire.rs`): membership (`members.rs`), sends and lane jobs forwarded to
+//! the leader and the commits it tells every node about (`lead.rs`, `relay.rs`). The
+//! design, what holds and what is still to come are in `docs/CLUSTER.md`.
 //!
 //! The rest of the server sees the cluster through `Shared::cluster`, `None` on a single
 //! node, which then pays nothing for it.
 
 pub mod bus;
+pub mod lead;
 pub mod members;
+pub mod relay;
+pub mod wire;
 
+use crate::shared::{Shared, SharedRef};
 use crate::storage::postgres::leader::Leader;
 use bytes::Bytes;
+use lead::Lead;
 use members::{Members, NodeInfo};
+use relay::Relay;
 use std::sync::Arc;
 
 /// This node's part of the cluster.
@@ -28,6 +35,25 @@ pub struct Cluster {
     pub name: String,
     /// Who leads: the one node whose writer commits (`storage/postgres/leader.rs`).
     pub leader: Arc<Leader>,
+    /// The leader's side of the message path.
+    pub lead: Lead,
+    /// This node's side while another leads.
+    pub relay: Relay,
+}
+
+/// A bus handler that runs `f` with the server and its cluster, once both are there (a
+/// message that arrives during the start is dropped, as a lost one would be).
+fn on(
+    shared: &Arc<Shared>,
+    f: impl Fn(&SharedRef, &Cluster, &[u8]) + Send + Sync + 'static,
+) -> bus::Handler {
+    let weak = Arc::downgrade(shared);
+    Box::new(move |payload: Bytes| {
+        let Some(shared) = weak.upgrade() else { return };
+        if let Some(cluster) = shared.cluster.get() {
+            f(&shared, cluster, &payload);
+        }
+    })
 }
 
 /// Checks a `--cluster-name`: NATS subject tokens, so letters, digits, `-` and `_`.
@@ -50,20 +76,22 @@ pub fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl Cluster {
-    /// Joins the cluster `name` on NATS at `urls` as `me`; `connections` counts this
-    /// node's logged-in clients for its heartbeats. Does not wait for NATS (`bus.rs`).
+    /// Joins the cluster (`config.nats`, `config.cluster_name`) as `me`, led by whoever
+    /// `leader` names. Does not wait for NATS (`bus.rs`).
     ///
     /// # Errors
     /// A NATS address that does not parse, or a thread that cannot be spawned.
     pub fn start(
-        urls: &[String],
-        name: &str,
+        shared: &Arc<Shared>,
         me: NodeInfo,
         leader: Arc<Leader>,
-        connections: Box<dyn Fn() -> u64 + Send>,
-    ) -> Result<Cluster, String> {
+    ) -> Result<(Cluster, crossbeam_channel::Receiver<relay::Inbound>), String> {
+        let name = shared.config.cluster_name.as_str();
         check_name(name)?;
+        let (publisher, outbox) = bus::outbox();
         let members = Arc::new(Members::new(me.clone()));
+        let lead = Lead::new(me.node, me.incarnation, name, publisher.clone());
+        let (relay, inbound) = Relay::new(me.node, name, publisher.clone(), Arc::clone(&leader));
         let heartbeats = format!("{name}.hb");
         let on_heartbeat: bus::Handler = {
             let members = Arc::clone(&members);
@@ -93,9 +121,12 @@ impl Cluster {
         };
         let ticker: bus::Ticker = {
             let (members, subject) = (Arc::clone(&members), heartbeats.clone());
+            // Weak: the cluster lives in `Shared`; its threads must not keep it alive.
+            let weak = Arc::downgrade(shared);
             Box::new(move || {
+                let connections = weak.upgrade().map_or(0, |s| s.registry.len() as u64);
                 let info = NodeInfo {
-                    connections: connections(),
+                    connections,
                     ..me.clone()
                 };
                 let payload = serde_json::to_vec(&info).unwrap_or_default();
@@ -103,19 +134,67 @@ impl Cluster {
                 vec![(subject.clone(), Bytes::from(payload))]
             })
         };
+        let me_id = members.me();
+        let subs = vec![
+            (heartbeats, on_heartbeat),
+            (
+                wire::node_subject(name, me_id, "send"),
+                on(shared, |s, c, p| {
+                    if let Some(fwd) = wire::decode(p) {
+                        c.lead.on_send(s, fwd);
+                    }
+                }),
+            ),
+            (
+                wire::node_subject(name, me_id, "lane"),
+                on(shared, |s, c, p| {
+                    if let Some(fwd) = wire::decode(p) {
+                        c.lead.on_lane(s, fwd);
+                    }
+                }),
+            ),
+            (
+                wire::node_subject(name, me_id, "outcome"),
+                on(shared, |_, c, p| {
+                    if let Some(out) = wire::decode(p) {
+                        c.relay.hand_over(relay::Inbound::Outcomes(out));
+                    }
+                }),
+            ),
+            (
+                wire::node_subject(name, me_id, "laneack"),
+                on(shared, |_, c, p| {
+                    if let Some(ack) = wire::decode::<wire::LaneAck>(p) {
+                        c.relay.on_lane_ack(&ack.ids);
+                    }
+                }),
+            ),
+            (
+                wire::deliver_subject(name),
+                on(shared, |_, c, p| {
+                    if let Some(batch) = wire::decode(p) {
+                        c.relay.hand_over(relay::Inbound::Commit(batch));
+                    }
+                }),
+            ),
+        ];
         let bus = bus::Bus::start(
-            urls,
-            format!("ruyi-{name}-{}", members.me()),
-            vec![(heartbeats, on_heartbeat)],
+            &shared.config.nats,
+            format!("ruyi-{name}-{me_id}"),
+            subs,
             members::HEARTBEAT_EVERY,
             ticker,
+            (publisher, outbox),
         )?;
-        Ok(Cluster {
+        let cluster = Cluster {
             members,
             bus,
             name: name.to_owned(),
             leader,
-        })
+            lead,
+            relay,
+        };
+        Ok((cluster, inbound))
     }
 
     /// True when this node leads (its writer commits the cluster's messages).
@@ -126,7 +205,7 @@ impl Cluster {
     /// The cluster's part of `/varz`.
     pub fn varz(&self) -> serde_json::Value {
         use std::sync::atomic::Ordering::Relaxed;
-        let stats = &self.bus.stats;
+        let stats = &self.bus.publisher().stats;
         serde_json::json!({
             "name": self.name,
             "node": self.members.me(),
@@ -136,6 +215,10 @@ impl Cluster {
             "bus_published": stats.published.load(Relaxed),
             "bus_received": stats.received.load(Relaxed),
             "bus_dropped": stats.dropped.load(Relaxed),
+            "forwarded_sends_timed_out": self.relay.timeouts.load(Relaxed),
+            "forwarded_sends_busy": self.lead.busy.load(Relaxed),
+            "lane_jobs_spooled": self.relay.spooled(),
+            "delivery_gaps": self.relay.gaps.load(Relaxed),
         })
     }
 

@@ -3,7 +3,7 @@
 //! route and webhook shares.
 
 use super::{bad, error_body, ok, parse, storage_answer, valid_id, Answer, BACKEND_TIMEOUT};
-use crate::channel::{ChannelJob, SendRequest};
+use crate::channel::SendRequest;
 use crate::message::{ChannelKey, Message, Reply, SYSTEM_UID};
 use crate::shared::SharedRef;
 use crate::storage::writer::Job;
@@ -238,10 +238,13 @@ pub(crate) fn submit(
         store_as,
         reply: Reply::Http(tx),
     };
-    shared
-        .channel_queue(&key)
-        .send(ChannelJob::Send(Box::new(request)))
-        .map_err(|_| (503, error_body(503, "server stopping")))?;
+    shared.submit_send(request).map_err(|e| match e {
+        crate::shared::Submit::Unroutable => (
+            503,
+            error_body(503, "the cluster's leader cannot be reached now"),
+        ),
+        _ => (503, error_body(503, "server stopping")),
+    })?;
     Ok((rx, client_msg_no))
 }
 
