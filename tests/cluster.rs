@@ -571,3 +571,59 @@ fn chat_crosses_nodes_in_seq_order_and_acknowledged_deliveries_leave_the_queue()
         },
     );
 }
+
+#[test]
+fn the_http_api_on_any_node_changes_what_the_next_send_on_another_may_do() {
+    let Some(pg) = Pg::start() else { return };
+    let Some(nats) = Nats::start() else { return };
+    let store = pg.database("api_any_node");
+    let (nodes, lead) = cluster_of_three(&store, &nats);
+    let followers: Vec<usize> = (0..3).filter(|&i| i != lead).collect();
+    let http = |i: usize| nodes[i].process.http;
+    let group_send = |i: usize, uid: &str, no: &str| {
+        let mut c = Client::ok(nodes[i].process.tcp, &Login::new(uid, "x"));
+        c.send("club", 2, b"hi", no);
+        c.sendack().reason_code
+    };
+    // Created through one follower, joined through the other, used through the leader.
+    let (status, body) = post(
+        http(followers[0]),
+        "/channel",
+        serde_json::json!({"channel_id": "club", "channel_type": 2, "subscribers": ["ann"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        group_send(lead, "bo", "b1"),
+        reason::SUBSCRIBER_NOT_EXIST,
+        "not a member yet"
+    );
+    let (status, body) = post(
+        http(followers[1]),
+        "/channel/subscriber_add",
+        serde_json::json!({"channel_id": "club", "channel_type": 2, "subscribers": ["bo"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(group_send(followers[0], "bo", "b2"), reason::SUCCESS);
+    let (status, body) = post(
+        http(followers[0]),
+        "/channel/subscriber_remove",
+        serde_json::json!({"channel_id": "club", "channel_type": 2, "subscribers": ["bo"]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        group_send(followers[1], "bo", "b3"),
+        reason::SUBSCRIBER_NOT_EXIST,
+        "removed through another node"
+    );
+    // Reads through any node see the same history.
+    for &i in &followers {
+        let (status, v) = post(
+            http(i),
+            "/channel/messagesync",
+            serde_json::json!({"login_uid": "ann", "channel_id": "club", "channel_type": 2,
+                               "limit": 10}),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(v["messages"].as_array().map(Vec::len), Some(1), "{v}");
+    }
+}

@@ -101,6 +101,40 @@ impl Lead {
         );
     }
 
+    /// An HTTP API call forwarded to this node: to the HTTP workers without waiting (a
+    /// full queue answers 503 at once); the worker answers with [`Lead::answer_http`].
+    pub fn on_http(&self, shared: &Shared, fwd: wire::HttpFwd) {
+        let (node, token) = (fwd.origin, fwd.token);
+        let request = crate::http::HttpRequest {
+            conn: ruyi_reactor::ConnId::new(0, 0, 0),
+            method: fwd.method,
+            path: fwd.path,
+            query: fwd.query,
+            body: fwd.body,
+            keep_alive: true,
+            cors: None,
+            peer: None,
+            remote: Some((node, token)),
+        };
+        if shared.http.try_send(request).is_err() {
+            let body = crate::http::error_body(503, "the leader is busy");
+            self.answer_http(node, token, 503, body);
+        }
+    }
+
+    /// Answers node `node`'s forwarded HTTP call `token`.
+    pub fn answer_http(&self, node: u16, token: u64, status: u16, body: String) {
+        let answer = wire::HttpAnswer {
+            token,
+            status,
+            body,
+        };
+        self.publisher.try_publish(
+            wire::node_subject(&self.name, node, "httpanswer"),
+            wire::encode(&answer),
+        );
+    }
+
     /// Tells every node what one commit holds (module docs). Called by the pusher on the
     /// writer's thread, before it routes the commit locally.
     pub fn publish_commit(&self, committed: &[Committed]) {

@@ -170,6 +170,22 @@ impl Cluster {
                 }),
             ),
             (
+                wire::node_subject(name, me_id, "http"),
+                on(shared, |s, c, p| {
+                    if let Some(fwd) = wire::decode(p) {
+                        c.lead.on_http(s, fwd);
+                    }
+                }),
+            ),
+            (
+                wire::node_subject(name, me_id, "httpanswer"),
+                on(shared, |_, c, p| {
+                    if let Some(answer) = wire::decode(p) {
+                        c.relay.on_http_answer(answer);
+                    }
+                }),
+            ),
+            (
                 wire::deliver_subject(name),
                 on(shared, |_, c, p| {
                     if let Some(batch) = wire::decode(p) {

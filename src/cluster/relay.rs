@@ -67,6 +67,8 @@ pub struct Relay {
     leader: Arc<Leader>,
     next: AtomicU64,
     pending: Mutex<HashMap<u64, (Reply, Instant)>>,
+    /// HTTP workers waiting for the leader's answer, by token.
+    http_waiting: Mutex<HashMap<u64, crossbeam_channel::Sender<(u16, String)>>>,
     /// Lane jobs not yet acknowledged: number → (job, when last sent).
     spool: Mutex<BTreeMap<u64, (WireLane, Option<Instant>)>>,
     inbound: crossbeam_channel::Sender<Inbound>,
@@ -94,6 +96,7 @@ impl Relay {
             leader,
             next: AtomicU64::new(1),
             pending: Mutex::default(),
+            http_waiting: Mutex::default(),
             spool: Mutex::default(),
             inbound,
             lost: AtomicBool::new(false),
@@ -121,6 +124,44 @@ impl Relay {
         match lock(&self.pending).remove(&token) {
             Some((reply, _)) => Err(reply),
             None => Ok(()), // answered meanwhile (cannot happen before a publish; harmless)
+        }
+    }
+
+    /// Runs an HTTP API call on the leader and waits for its answer, at most
+    /// `http::BACKEND_TIMEOUT` (HTTP workers only: it blocks).
+    pub fn forward_http(&self, req: &crate::http::HttpRequest) -> (u16, String) {
+        let unavailable = |why: &str| (503, crate::http::error_body(503, why));
+        let Some(leader) = self.leader.get().filter(|&l| l != self.me) else {
+            return unavailable("the cluster has no leader now");
+        };
+        let token = self.next.fetch_add(1, Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        lock(&self.http_waiting).insert(token, tx);
+        let fwd = wire::HttpFwd {
+            origin: self.me,
+            token,
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            body: req.body.clone(),
+        };
+        let sent = self.publisher.try_publish(
+            wire::node_subject(&self.name, leader, "http"),
+            wire::encode(&fwd),
+        );
+        let answer = if sent {
+            rx.recv_timeout(crate::http::BACKEND_TIMEOUT).ok()
+        } else {
+            None
+        };
+        lock(&self.http_waiting).remove(&token);
+        answer.unwrap_or_else(|| unavailable("the cluster's leader did not answer"))
+    }
+
+    /// From the bus thread: the leader's answer to a forwarded HTTP call.
+    pub fn on_http_answer(&self, answer: wire::HttpAnswer) {
+        if let Some(tx) = lock(&self.http_waiting).remove(&answer.token) {
+            let _ = tx.try_send((answer.status, answer.body));
         }
     }
 

@@ -9,6 +9,8 @@
 //!   ([`CommitBatch`]), numbered so a node sees a gap.
 //! - `<c>.node.<N>.lane`: requeues and delivered marks for the leader `N` ([`LaneFwd`]);
 //!   `<c>.node.<M>.laneack` acknowledges them to node `M` ([`LaneAck`]).
+//! - `<c>.node.<N>.http`: an HTTP API call forwarded to the leader `N` ([`HttpFwd`]);
+//!   `<c>.node.<M>.httpanswer` answers it on node `M` ([`HttpAnswer`]).
 
 use crate::message::{ChannelKey, Message, QueueSlot};
 use crate::storage::writer::LaneJob;
@@ -278,6 +280,26 @@ pub struct LaneFwd {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LaneAck {
     pub ids: Vec<u64>,
+}
+
+/// An HTTP API call, already admitted by the origin (its manager token and address
+/// rules), for the leader to run.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HttpFwd {
+    pub origin: u16,
+    pub token: u64,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Bytes,
+}
+
+/// The leader's answer to an [`HttpFwd`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HttpAnswer {
+    pub token: u64,
+    pub status: u16,
+    pub body: String,
 }
 
 /// `<c>.node.<n>.<what>`.

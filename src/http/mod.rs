@@ -64,10 +64,20 @@ pub fn run(shared: SharedRef, rx: Receiver<HttpRequest>, reader: Reader) {
             Err(_) => return,
         };
         let started = Instant::now();
-        let (status, body) = route(&shared, &reader, &req);
+        let (status, body) = match shared.cluster.get() {
+            // On a cluster node that does not lead, the leader answers (module docs).
+            Some(cluster) if req.remote.is_none() && !cluster.leads() && !local(&req.path) => {
+                cluster.relay.forward_http(&req)
+            }
+            _ => route(&shared, &reader, &req),
+        };
         let took = started.elapsed();
         shared.latency.http.observe(took);
         audit(&req, status, took);
+        if let (Some((node, token)), Some(cluster)) = (req.remote, shared.cluster.get()) {
+            cluster.lead.answer_http(node, token, status, body);
+            continue;
+        }
         let msg = ToLoop::Http {
             conn: req.conn,
             response: {
@@ -88,6 +98,28 @@ pub fn run(shared: SharedRef, rx: Receiver<HttpRequest>, reader: Reader) {
         };
         let _ = shared.loops().for_conn(req.conn).post(msg);
     }
+}
+
+/// Routes a cluster node answers itself: what describes this node, and where clients go.
+/// Every other call goes to the leader, whose writer alone commits (`cluster/`).
+/// Presence (`/user/onlinestatus`, `/user/device_quit`) is per node for now.
+const LOCAL_ROUTES: [&str; 12] = [
+    "/health",
+    "/healthz",
+    "/ready",
+    "/metrics",
+    "/varz",
+    "/connz",
+    "/route",
+    "/route/batch",
+    "/cluster/nodes",
+    "/console/api/channel",
+    "/user/onlinestatus",
+    "/user/device_quit",
+];
+
+fn local(path: &str) -> bool {
+    LOCAL_ROUTES.contains(&path.strip_prefix("/v1").unwrap_or(path))
 }
 
 /// Routes logged at debug rather than info in the access log: probes and scrapes, and the

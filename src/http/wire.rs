@@ -64,6 +64,9 @@ pub struct HttpRequest {
     pub cors: Option<String>,
     /// The caller's address, for the access log.
     pub peer: Option<std::net::IpAddr>,
+    /// Forwarded by another node of the cluster, which waits for the answer under this
+    /// (node, token) (`cluster/relay.rs`); `conn` means nothing then.
+    pub remote: Option<(u16, u64)>,
 }
 
 /// Builds a complete response with a JSON body.
@@ -408,6 +411,7 @@ fn parse_request(
         keep_alive,
         cors,
         peer: conn.peer_addr().ok().map(|a| a.ip()),
+        remote: None,
     };
     match shared.http.try_send(request) {
         Ok(()) => conn.pause_reading(),
