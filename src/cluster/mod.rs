@@ -41,17 +41,22 @@ pub struct Cluster {
     pub relay: Relay,
 }
 
-/// A bus handler that runs `f` with the server and its cluster, once both are there (a
-/// message that arrives during the start is dropped, as a lost one would be).
-fn on(
+/// A bus handler that decodes each message as a `T` and runs `f` with it, the server and
+/// its cluster, once both are there (a message that arrives during the start is dropped,
+/// as a lost one would be; one that does not decode is dropped and logged).
+fn on<T: serde::de::DeserializeOwned>(
     shared: &Arc<Shared>,
-    f: impl Fn(&SharedRef, &Cluster, &[u8]) + Send + Sync + 'static,
+    f: impl Fn(&SharedRef, &Cluster, T) + Send + Sync + 'static,
 ) -> bus::Handler {
     let weak = Arc::downgrade(shared);
     Box::new(move |payload: Bytes| {
         let Some(shared) = weak.upgrade() else { return };
-        if let Some(cluster) = shared.cluster.get() {
-            f(&shared, cluster, &payload);
+        let Some(cluster) = shared.cluster.get() else {
+            return;
+        };
+        match wire::decode::<T>(&payload) {
+            Some(value) => f(&shared, cluster, value),
+            None => log::warn!("cluster: a bus message that does not decode; dropped"),
         }
     })
 }
@@ -135,62 +140,32 @@ impl Cluster {
             })
         };
         let me_id = members.me();
+        let mine = |what: &str| wire::node_subject(name, me_id, what);
         let subs = vec![
             (heartbeats, on_heartbeat),
+            (mine("send"), on(shared, |s, c, fwd| c.lead.on_send(s, fwd))),
+            (mine("lane"), on(shared, |s, c, fwd| c.lead.on_lane(s, fwd))),
+            (mine("http"), on(shared, |s, c, fwd| c.lead.on_http(s, fwd))),
             (
-                wire::node_subject(name, me_id, "send"),
-                on(shared, |s, c, p| {
-                    if let Some(fwd) = wire::decode(p) {
-                        c.lead.on_send(s, fwd);
-                    }
+                mine("outcome"),
+                on(shared, |_, c, out| {
+                    c.relay.hand_over(relay::Inbound::Outcomes(out));
                 }),
             ),
             (
-                wire::node_subject(name, me_id, "lane"),
-                on(shared, |s, c, p| {
-                    if let Some(fwd) = wire::decode(p) {
-                        c.lead.on_lane(s, fwd);
-                    }
+                mine("laneack"),
+                on(shared, |_, c, ack: wire::LaneAck| {
+                    c.relay.on_lane_ack(&ack.ids)
                 }),
             ),
             (
-                wire::node_subject(name, me_id, "outcome"),
-                on(shared, |_, c, p| {
-                    if let Some(out) = wire::decode(p) {
-                        c.relay.hand_over(relay::Inbound::Outcomes(out));
-                    }
-                }),
-            ),
-            (
-                wire::node_subject(name, me_id, "laneack"),
-                on(shared, |_, c, p| {
-                    if let Some(ack) = wire::decode::<wire::LaneAck>(p) {
-                        c.relay.on_lane_ack(&ack.ids);
-                    }
-                }),
-            ),
-            (
-                wire::node_subject(name, me_id, "http"),
-                on(shared, |s, c, p| {
-                    if let Some(fwd) = wire::decode(p) {
-                        c.lead.on_http(s, fwd);
-                    }
-                }),
-            ),
-            (
-                wire::node_subject(name, me_id, "httpanswer"),
-                on(shared, |_, c, p| {
-                    if let Some(answer) = wire::decode(p) {
-                        c.relay.on_http_answer(answer);
-                    }
-                }),
+                mine("httpanswer"),
+                on(shared, |_, c, answer| c.relay.on_http_answer(answer)),
             ),
             (
                 wire::deliver_subject(name),
-                on(shared, |_, c, p| {
-                    if let Some(batch) = wire::decode(p) {
-                        c.relay.hand_over(relay::Inbound::Commit(batch));
-                    }
+                on(shared, |_, c, batch| {
+                    c.relay.hand_over(relay::Inbound::Commit(batch));
                 }),
             ),
         ];

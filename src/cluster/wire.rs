@@ -26,7 +26,7 @@ pub fn encode<T: Serialize>(value: &T) -> Bytes {
 }
 
 /// Decodes a bus payload; `None` for anything that does not decode.
-pub fn decode<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Option<T> {
+pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Option<T> {
     postcard::from_bytes(payload).ok()
 }
 
