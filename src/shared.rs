@@ -168,6 +168,23 @@ impl Shared {
         }
     }
 
+    /// Kicks `uid`'s devices with `device_flag` (-1: all) on this node, with DISCONNECT
+    /// (`/user/device_quit`). Pool threads only: it may wait for a loop's inbox.
+    pub fn kick_devices(&self, uid: &str, device_flag: i32) {
+        for d in self.registry.devices(uid) {
+            if device_flag == -1 || i32::from(d.device_flag) == device_flag {
+                let kick = ToLoop::Kick {
+                    conn: d.conn,
+                    notify: true,
+                    code: ruyi_proto::types::reason::CONNECT_KICK,
+                    reason: String::new(),
+                    after: std::time::Duration::from_secs(2),
+                };
+                let _ = self.loops().for_conn(d.conn).post(kick);
+            }
+        }
+    }
+
     /// The channel worker owning `key`.
     pub fn channel_queue(&self, key: &ChannelKey) -> &MailSender<ChannelJob> {
         &self.channels[key.shard(self.channels.len())]

@@ -421,6 +421,32 @@ fn one_node_leads_and_another_takes_over_when_it_dies() {
     assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
 }
 
+/// A private PostgreSQL and NATS, and three nodes on them that agree on a leader.
+struct Three {
+    nodes: Vec<Node>,
+    lead: usize,
+    followers: Vec<usize>,
+    _nats: Nats,
+    _pg: Pg,
+}
+
+impl Three {
+    fn start(name: &str) -> Option<Three> {
+        let pg = Pg::start()?;
+        let nats = Nats::start()?;
+        let store = pg.database(name);
+        let (nodes, lead) = cluster_of_three(&store, &nats);
+        let followers = (0..3).filter(|&i| i != lead).collect();
+        Some(Three {
+            nodes,
+            lead,
+            followers,
+            _nats: nats,
+            _pg: pg,
+        })
+    }
+}
+
 /// Three nodes, all live and agreeing on a leader: (nodes, index of the leader).
 fn cluster_of_three(store: &str, nats: &Nats) -> (Vec<Node>, usize) {
     let nodes: Vec<Node> = (1..=3).map(|id| Node::spawn(store, nats, id)).collect();
@@ -574,49 +600,47 @@ fn chat_crosses_nodes_in_seq_order_and_acknowledged_deliveries_leave_the_queue()
 
 #[test]
 fn the_http_api_on_any_node_changes_what_the_next_send_on_another_may_do() {
-    let Some(pg) = Pg::start() else { return };
-    let Some(nats) = Nats::start() else { return };
-    let store = pg.database("api_any_node");
-    let (nodes, lead) = cluster_of_three(&store, &nats);
-    let followers: Vec<usize> = (0..3).filter(|&i| i != lead).collect();
-    let http = |i: usize| nodes[i].process.http;
+    let Some(c) = Three::start("api_any_node") else {
+        return;
+    };
+    let http = |i: usize| c.nodes[i].process.http;
     let group_send = |i: usize, uid: &str, no: &str| {
-        let mut c = Client::ok(nodes[i].process.tcp, &Login::new(uid, "x"));
+        let mut c = Client::ok(c.nodes[i].process.tcp, &Login::new(uid, "x"));
         c.send("club", 2, b"hi", no);
         c.sendack().reason_code
     };
     // Created through one follower, joined through the other, used through the leader.
     let (status, body) = post(
-        http(followers[0]),
+        http(c.followers[0]),
         "/channel",
         serde_json::json!({"channel_id": "club", "channel_type": 2, "subscribers": ["ann"]}),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        group_send(lead, "bo", "b1"),
+        group_send(c.lead, "bo", "b1"),
         reason::SUBSCRIBER_NOT_EXIST,
         "not a member yet"
     );
     let (status, body) = post(
-        http(followers[1]),
+        http(c.followers[1]),
         "/channel/subscriber_add",
         serde_json::json!({"channel_id": "club", "channel_type": 2, "subscribers": ["bo"]}),
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(group_send(followers[0], "bo", "b2"), reason::SUCCESS);
+    assert_eq!(group_send(c.followers[0], "bo", "b2"), reason::SUCCESS);
     let (status, body) = post(
-        http(followers[0]),
+        http(c.followers[0]),
         "/channel/subscriber_remove",
         serde_json::json!({"channel_id": "club", "channel_type": 2, "subscribers": ["bo"]}),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        group_send(followers[1], "bo", "b3"),
+        group_send(c.followers[1], "bo", "b3"),
         reason::SUBSCRIBER_NOT_EXIST,
         "removed through another node"
     );
     // Reads through any node see the same history.
-    for &i in &followers {
+    for &i in &c.followers {
         let (status, v) = post(
             http(i),
             "/channel/messagesync",
@@ -626,4 +650,64 @@ fn the_http_api_on_any_node_changes_what_the_next_send_on_another_may_do() {
         assert_eq!(status, 200);
         assert_eq!(v["messages"].as_array().map(Vec::len), Some(1), "{v}");
     }
+}
+
+#[test]
+fn presence_and_device_quit_see_every_nodes_devices() {
+    let Some(c) = Three::start("presence") else {
+        return;
+    };
+    let device = |i: usize, flag: u8| {
+        Client::ok(
+            c.nodes[i].process.tcp,
+            &Login {
+                device_flag: flag,
+                ..Login::new("pat", "x")
+            },
+        )
+    };
+    let _app = device(c.lead, 0);
+    let _web = device(c.followers[0], 1);
+    let mut pc = device(c.followers[1], 2);
+    let online = |i: usize| {
+        let (status, v) = post(
+            c.nodes[i].process.http,
+            "/user/onlinestatus",
+            serde_json::json!(["pat", "nobody"]),
+        );
+        assert_eq!(status, 200, "{v}");
+        let mut flags: Vec<u64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                assert_eq!(d["uid"], "pat");
+                d["device_flag"].as_u64().unwrap()
+            })
+            .collect();
+        flags.sort_unstable();
+        flags
+    };
+    for i in 0..3 {
+        assert_eq!(online(i), vec![0, 1, 2], "as node {} sees it", i + 1);
+    }
+    // Quit through a follower: the device on the other follower hears DISCONNECT 12.
+    let (status, v) = post(
+        c.nodes[c.followers[0]].process.http,
+        "/user/device_quit",
+        serde_json::json!({"uid": "pat", "device_flag": 2}),
+    );
+    assert_eq!(status, 200, "{v}");
+    match pc.read_packet(Duration::from_secs(5)) {
+        Some(ruyi_proto::Packet::Disconnect(d)) => {
+            assert_eq!(d.reason_code, reason::CONNECT_KICK);
+        }
+        other => panic!("expected DISCONNECT, got {other:?}"),
+    }
+    assert!(pc.closed_within(Duration::from_secs(5)));
+    wait_for(
+        "the quit device gone everywhere",
+        Duration::from_secs(5),
+        || (0..3).all(|i| online(i) == vec![0, 1]),
+    );
 }

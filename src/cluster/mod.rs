@@ -13,6 +13,7 @@
 pub mod bus;
 pub mod lead;
 pub mod members;
+pub mod presence;
 pub mod relay;
 pub mod wire;
 
@@ -39,6 +40,8 @@ pub struct Cluster {
     pub lead: Lead,
     /// This node's side while another leads.
     pub relay: Relay,
+    /// Who is online on the other nodes.
+    pub presence: presence::Presence,
 }
 
 /// A bus handler that decodes each message as a `T` and runs `f` with it, the server and
@@ -97,6 +100,7 @@ impl Cluster {
         let members = Arc::new(Members::new(me.clone()));
         let lead = Lead::new(me.node, me.incarnation, name, publisher.clone());
         let (relay, inbound) = Relay::new(me.node, name, publisher.clone(), Arc::clone(&leader));
+        let presence = presence::Presence::new(me.node, name, publisher.clone());
         let heartbeats = format!("{name}.hb");
         let on_heartbeat: bus::Handler = {
             let members = Arc::clone(&members);
@@ -163,6 +167,20 @@ impl Cluster {
                 on(shared, |_, c, answer| c.relay.on_http_answer(answer)),
             ),
             (
+                format!("{name}.presence"),
+                on(shared, |s, c, ask| c.presence.on_ask(&s.registry, ask)),
+            ),
+            (
+                mine("presence"),
+                on(shared, |_, c, answer| c.presence.on_answer(answer)),
+            ),
+            (
+                format!("{name}.quit"),
+                on(shared, |_, c, quit| {
+                    c.relay.hand_over(relay::Inbound::Quit(quit))
+                }),
+            ),
+            (
                 wire::deliver_subject(name),
                 on(shared, |_, c, batch| {
                     c.relay.hand_over(relay::Inbound::Commit(batch));
@@ -184,6 +202,7 @@ impl Cluster {
             leader,
             lead,
             relay,
+            presence,
         };
         Ok((cluster, inbound))
     }

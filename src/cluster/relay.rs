@@ -56,6 +56,8 @@ const LANE_CHUNK: usize = 256;
 pub enum Inbound {
     Outcomes(Outcomes),
     Commit(CommitBatch),
+    /// `/user/device_quit` on another node: close these devices here.
+    Quit(super::presence::Quit),
 }
 
 /// The relay (module docs).
@@ -278,6 +280,7 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>) {
                 }
                 deliver(&shared, relay.me, batch, &mut pusher);
             }
+            Ok(Inbound::Quit(quit)) => shared.kick_devices(&quit.uid, quit.device_flag),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         }

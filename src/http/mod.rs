@@ -102,8 +102,8 @@ pub fn run(shared: SharedRef, rx: Receiver<HttpRequest>, reader: Reader) {
 
 /// Routes a cluster node answers itself: what describes this node, and where clients go.
 /// Every other call goes to the leader, whose writer alone commits (`cluster/`).
-/// Presence (`/user/onlinestatus`, `/user/device_quit`) is per node for now.
-const LOCAL_ROUTES: [&str; 12] = [
+/// `/user/onlinestatus` asks the other nodes itself (`cluster/presence.rs`).
+const LOCAL_ROUTES: [&str; 11] = [
     "/health",
     "/healthz",
     "/ready",
@@ -115,7 +115,6 @@ const LOCAL_ROUTES: [&str; 12] = [
     "/cluster/nodes",
     "/console/api/channel",
     "/user/onlinestatus",
-    "/user/device_quit",
 ];
 
 fn local(path: &str) -> bool {

@@ -100,17 +100,9 @@ pub fn device_quit(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> {
             device_flag: u8::try_from(b.device_flag).ok(),
         }],
     )?;
-    for d in shared.registry.devices(&b.uid) {
-        if b.device_flag == -1 || i32::from(d.device_flag) == b.device_flag {
-            let kick = ToLoop::Kick {
-                conn: d.conn,
-                notify: true,
-                code: ruyi_proto::types::reason::CONNECT_KICK,
-                reason: String::new(),
-                after: Duration::from_secs(2),
-            };
-            let _ = shared.loops().for_conn(d.conn).post(kick);
-        }
+    shared.kick_devices(&b.uid, b.device_flag);
+    if let Some(cluster) = shared.cluster.get() {
+        cluster.presence.quit(&b.uid, b.device_flag); // and every other node's
     }
     Ok(ok())
 }
@@ -122,15 +114,24 @@ pub fn online_status(shared: &SharedRef, body: &[u8]) -> Result<Answer, Answer> 
     if uids.is_empty() {
         return Ok(ok());
     }
-    let list: Vec<Value> = uids
+    let mut online: Vec<(String, u8)> = uids
         .iter()
         .flat_map(|uid| {
             shared
                 .registry
                 .devices(uid)
                 .into_iter()
-                .map(move |d| json!({"uid": uid, "device_flag": d.device_flag, "online": 1}))
+                .map(move |d| (uid.clone(), d.device_flag))
         })
+        .collect();
+    if let Some(cluster) = shared.cluster.get() {
+        // Every other live node's devices too (`cluster/presence.rs`).
+        let others = cluster.members.live().len().saturating_sub(1);
+        online.extend(cluster.presence.ask(&uids, others));
+    }
+    let list: Vec<Value> = online
+        .into_iter()
+        .map(|(uid, flag)| json!({"uid": uid, "device_flag": flag, "online": 1}))
         .collect();
     Ok((200, Value::Array(list).to_string()))
 }

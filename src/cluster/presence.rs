@@ -1,0 +1,145 @@
+//! Presence across nodes: who is online is the sum of every node's registry.
+//!
+//! - `/user/onlinestatus` on any node asks every other node (`<c>.presence`) and waits
+//!   for the live ones' answers, [`ASK_WAIT`] at most, then merges them with its own: a
+//!   node that does not answer in time is left out (its devices look offline), which the
+//!   answer's callers already live with while a device reconnects.
+//! - `/user/device_quit` runs on the leader (it clears tokens), which kicks its own devices
+//!   and tells every node to kick theirs (`<c>.quit`); each node kicks on its relay's
+//!   thread, never on the bus thread.
+
+use super::bus::Publisher;
+use super::wire;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long `/user/onlinestatus` waits for the other nodes at most.
+pub const ASK_WAIT: Duration = Duration::from_secs(1);
+
+/// At most this many uids per question (the HTTP API's own bound is the body size).
+const MAX_UIDS: usize = 10_000;
+
+/// One online device as presence reports it: (uid, device flag).
+pub type Online = (String, u8);
+
+/// "Which of these users have devices on your node?"
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ask {
+    pub origin: u16,
+    pub token: u64,
+    pub uids: Vec<String>,
+}
+
+/// One node's answer to an [`Ask`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Answer {
+    pub token: u64,
+    pub devices: Vec<Online>,
+}
+
+/// "Close these devices": `device_flag` -1 for all of the user's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quit {
+    pub uid: String,
+    pub device_flag: i32,
+}
+
+/// This node's presence (module docs).
+#[derive(Debug)]
+pub struct Presence {
+    me: u16,
+    name: String,
+    publisher: Publisher,
+    next: AtomicU64,
+    /// Questions waiting for answers: token → answers so far.
+    waiting: Mutex<HashMap<u64, Vec<Answer>>>,
+}
+
+impl Presence {
+    /// Node `me`'s presence in cluster `name`.
+    pub fn new(me: u16, name: &str, publisher: Publisher) -> Presence {
+        Presence {
+            me,
+            name: name.to_owned(),
+            publisher,
+            next: AtomicU64::new(1),
+            waiting: Mutex::default(),
+        }
+    }
+
+    /// The devices of `uids` on the `others` other live nodes (HTTP workers only: it
+    /// waits, [`ASK_WAIT`] at most).
+    pub fn ask(&self, uids: &[String], others: usize) -> Vec<Online> {
+        if others == 0 || uids.is_empty() {
+            return Vec::new();
+        }
+        let token = self.next.fetch_add(1, Relaxed);
+        lock(&self.waiting).insert(token, Vec::new());
+        let ask = Ask {
+            origin: self.me,
+            token,
+            uids: uids.iter().take(MAX_UIDS).cloned().collect(),
+        };
+        if self
+            .publisher
+            .try_publish(format!("{}.presence", self.name), wire::encode(&ask))
+        {
+            let deadline = Instant::now() + ASK_WAIT;
+            while Instant::now() < deadline
+                && lock(&self.waiting)
+                    .get(&token)
+                    .is_some_and(|a| a.len() < others)
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let answers = lock(&self.waiting).remove(&token).unwrap_or_default();
+        answers.into_iter().flat_map(|a| a.devices).collect()
+    }
+
+    /// From the bus thread: answers another node's question from this node's registry.
+    pub fn on_ask(&self, registry: &crate::registry::Registry, ask: Ask) {
+        let devices = ask
+            .uids
+            .iter()
+            .flat_map(|uid| {
+                registry
+                    .devices(uid)
+                    .into_iter()
+                    .map(move |d| (uid.clone(), d.device_flag))
+            })
+            .collect();
+        let answer = Answer {
+            token: ask.token,
+            devices,
+        };
+        self.publisher.try_publish(
+            wire::node_subject(&self.name, ask.origin, "presence"),
+            wire::encode(&answer),
+        );
+    }
+
+    /// From the bus thread: another node's answer to this node's question.
+    pub fn on_answer(&self, answer: Answer) {
+        if let Some(answers) = lock(&self.waiting).get_mut(&answer.token) {
+            answers.push(answer);
+        }
+    }
+
+    /// Tells every other node to close `uid`'s devices with `device_flag` (-1: all).
+    pub fn quit(&self, uid: &str, device_flag: i32) {
+        let quit = Quit {
+            uid: uid.to_owned(),
+            device_flag,
+        };
+        self.publisher
+            .try_publish(format!("{}.quit", self.name), wire::encode(&quit));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
