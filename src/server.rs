@@ -280,7 +280,7 @@ impl Server {
             })?;
         }
         if let Some(lease) = lease.as_ref().filter(|_| !shared.config.nats.is_empty()) {
-            join_cluster(&shared, lease, &mut threads)?;
+            join_cluster(&shared, &store, lease, &mut threads)?;
         }
         let tcp_addr = engine.local_addr(tcp);
         let http_addr = engine.local_addr(http);
@@ -368,6 +368,7 @@ impl Server {
 /// and starts the relay's thread (`cluster/relay.rs`).
 fn join_cluster(
     shared: &Arc<Shared>,
+    store: &storage::Store,
     lease: &storage::postgres::NodeLease,
     threads: &mut Vec<JoinHandle<()>>,
 ) -> Result<(), StartError> {
@@ -379,6 +380,7 @@ fn join_cluster(
         ws_addr: a.ws.clone(),
         wss_addr: a.wss.clone(),
         connections: 0,
+        batches: 0,
     };
     let leader = lease
         .watch_leader()
@@ -386,9 +388,9 @@ fn join_cluster(
     let (cluster, inbound) =
         crate::cluster::Cluster::start(shared, me, leader).map_err(StartError::Config)?;
     shared.cluster.set(cluster).expect("set once, here");
-    let s = Arc::clone(shared);
+    let (s, reader) = (Arc::clone(shared), store.open_reader()?);
     spawn(threads, "ruyi-relay".into(), move || {
-        crate::cluster::relay::run(s, inbound)
+        crate::cluster::inbound::run(s, inbound, reader)
     })?;
     Ok(())
 }

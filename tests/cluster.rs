@@ -340,6 +340,11 @@ fn nodes_ride_out_a_nats_outage_and_recover_without_a_restart() {
             n.view() == (vec![1, 2], true)
         });
     }
+    let lead = nodes[0].leader().expect("a leader") as usize - 1;
+    let follower = 1 - lead;
+    // A client of the follower, there all along: what the leader commits while NATS is
+    // away never reaches its node, which must notice and make it resync.
+    let mut watcher = Client::ok(nodes[follower].process.tcp, &Login::new("alone-b", "x"));
     nats.pause();
     for n in &nodes {
         wait_for("NATS seen away", Duration::from_secs(6), || {
@@ -348,8 +353,6 @@ fn nodes_ride_out_a_nats_outage_and_recover_without_a_restart() {
         });
     }
     // Alone, the leader still serves what needs no other node: a chat between its users.
-    let lead = nodes[0].leader().expect("a leader") as usize - 1;
-    let follower = 1 - lead;
     let tcp = nodes[lead].process.tcp;
     let mut a = Client::ok(tcp, &Login::new("alone-a", "x"));
     let mut b = Client::ok(tcp, &Login::new("alone-b", "x"));
@@ -373,6 +376,11 @@ fn nodes_ride_out_a_nats_outage_and_recover_without_a_restart() {
             || n.view() == (vec![1, 2], true),
         );
     }
+    // alone-b's device on the follower missed "still here": it is closed to resync.
+    assert!(
+        watcher.closed_within(Duration::from_secs(10)),
+        "a device that missed a message while NATS was away was left open"
+    );
     // Recovered without a restart: the follower's SENDs reach the leader again.
     let ack = nodes[follower].send("cut", "off", "out-3");
     assert_eq!((ack.reason_code, ack.message_seq), (reason::SUCCESS, 1));
@@ -710,4 +718,30 @@ fn presence_and_device_quit_see_every_nodes_devices() {
         Duration::from_secs(5),
         || (0..3).all(|i| online(i) == vec![0, 1]),
     );
+}
+
+#[test]
+fn large_messages_cross_nodes_whole_and_in_order() {
+    let Some(c) = Three::start("large") else {
+        return;
+    };
+    let mut big = Client::ok(c.nodes[c.lead].process.tcp, &Login::new("big", "x"));
+    let mut far = Client::ok(c.nodes[c.followers[0]].process.tcp, &Login::new("far", "x"));
+    // Pipelined, so they commit together: more than NATS takes in one message (1 MiB).
+    let bodies: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 300_000]).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        big.send("far", PERSON, body, &format!("big-{i}"));
+    }
+    for _ in &bodies {
+        assert_eq!(big.sendack().reason_code, reason::SUCCESS);
+    }
+    for (i, body) in bodies.iter().enumerate() {
+        let r = far.recv();
+        assert_eq!(r.message_seq, i as u32 + 1);
+        assert!(r.payload[..] == body[..], "message {i} arrived changed");
+        far.recvack(&r);
+    }
+    let (_, varz) = http_text(c.nodes[c.followers[0]].process.http, "/varz");
+    let v: serde_json::Value = serde_json::from_str(&varz).unwrap();
+    assert_eq!(v["ruyi_cluster"]["delivery_gaps"], 0, "{v}");
 }

@@ -181,6 +181,9 @@ async fn run(
         .name(name)
         .no_echo()
         .retry_on_initial_connect()
+        // A NATS server that stops answering is noticed within a few seconds (the
+        // default, a minute, would let forwarded sends time out meanwhile).
+        .ping_interval(Duration::from_secs(2))
         .reconnect_delay_callback(|attempts| Duration::from_millis(100 * attempts.min(10) as u64))
         .event_callback(move |event| {
             let stats = Arc::clone(&events);

@@ -10,7 +10,9 @@
 //! outbox or NATS away drops the publication (counted), which is then such a gap.
 
 use super::bus::Publisher;
-use super::wire::{self, CommitBatch, LaneAck, LaneFwd, Outcomes, SendFwd, WireDelivery};
+use super::wire::{
+    self, CommitBatch, LaneAck, LaneFwd, Outcomes, SendFwd, WireDelivery, WireMessage,
+};
 use crate::channel::ChannelJob;
 use crate::message::{Committed, Reply, SendOutcome};
 use crate::shared::Shared;
@@ -138,27 +140,28 @@ impl Lead {
     /// Tells every node what one commit holds (module docs). Called by the pusher on the
     /// writer's thread, before it routes the commit locally.
     pub fn publish_commit(&self, committed: &[Committed]) {
-        let messages: Vec<WireDelivery> = committed
-            .iter()
-            .filter(|c| !c.duplicate && c.outcome.reason == reason::SUCCESS)
-            .map(|c| WireDelivery {
-                message: (&*c.message).into(),
-                recipients: c.recipients.to_vec(),
-                slots: c.slots.iter().map(|s| (s.seq, s.stored)).collect(),
-                queued: c.queued,
-                origin: match &c.reply {
-                    Reply::Remote {
-                        node,
-                        conn: Some(conn),
-                        ..
-                    } => Some((*node, *conn)),
-                    _ => None,
-                },
-            })
-            .collect();
-        if messages.is_empty() {
-            return;
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for c in committed {
+            if c.duplicate || c.outcome.reason != reason::SUCCESS {
+                continue;
+            }
+            for d in records(c) {
+                let size = d.size();
+                if !batch.is_empty() && bytes + size > BATCH_BYTES {
+                    self.publish_batch(std::mem::take(&mut batch));
+                    bytes = 0;
+                }
+                bytes += size;
+                batch.push(d);
+            }
         }
+        if !batch.is_empty() {
+            self.publish_batch(batch);
+        }
+    }
+
+    fn publish_batch(&self, messages: Vec<WireDelivery>) {
         let batch = CommitBatch {
             leader: self.me,
             incarnation: self.incarnation,
@@ -168,4 +171,61 @@ impl Lead {
         self.publisher
             .try_publish(wire::deliver_subject(&self.name), wire::encode(&batch));
     }
+
+    /// The commit batches published so far (heartbeats carry it: `relay.rs`).
+    pub fn batches(&self) -> u64 {
+        self.number.load(Relaxed)
+    }
+}
+
+/// Bytes of deliveries per bus message at most: well under NATS' default `max_payload`
+/// (1 MiB), so no publication is ever refused for its size.
+pub const BATCH_BYTES: usize = 256 << 10;
+
+/// A payload above this goes by reference (the nodes read it from storage).
+const INLINE_PAYLOAD: usize = 64 << 10;
+
+/// One committed message as delivery records: its recipients cut in pieces that each fit
+/// in [`BATCH_BYTES`] (a group of 100,000 members is ~1.3 MB of uids), and a large payload
+/// sent by reference. Each recipient's delivery is independent, so pieces change nothing.
+fn records(c: &Committed) -> Vec<WireDelivery> {
+    let by_reference = c.message.payload.len() > INLINE_PAYLOAD;
+    let mut message = WireMessage::from(&*c.message);
+    if by_reference {
+        message.payload = bytes::Bytes::new();
+    }
+    let origin = match &c.reply {
+        Reply::Remote {
+            node,
+            token,
+            conn: Some(conn),
+        } => Some((*node, *token, *conn)),
+        _ => None,
+    };
+    // What a record holds besides its recipients: the payload and the message's strings.
+    let room = BATCH_BYTES - INLINE_PAYLOAD - 4096;
+    let weight = |uid: &String| uid.len() + 8;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < c.recipients.len() {
+        let (mut end, mut used) = (start, 0);
+        while end < c.recipients.len()
+            && (end == start || used + weight(&c.recipients[end]) <= room)
+        {
+            used += weight(&c.recipients[end]);
+            end += 1;
+        }
+        out.push(WireDelivery {
+            message: message.clone(),
+            recipients: c.recipients[start..end].to_vec(),
+            slots: (start..end)
+                .map(|i| c.slots.get(i).map_or((0, false), |s| (s.seq, s.stored)))
+                .collect(),
+            queued: c.queued,
+            origin,
+            by_reference,
+        });
+        start = end;
+    }
+    out
 }

@@ -37,6 +37,10 @@ pub struct NodeInfo {
     pub wss_addr: String,
     /// Logged-in client connections on it.
     pub connections: u64,
+    /// Commit batches it published while leading (`inbound.rs`: the last ones lost are
+    /// seen by their count).
+    #[serde(default)]
+    pub batches: u64,
 }
 
 /// The live table. Shared by the bus thread (writes) and the HTTP workers (reads); the
@@ -138,6 +142,7 @@ mod tests {
             ws_addr: String::new(),
             wss_addr: String::new(),
             connections: 0,
+            batches: 0,
         }
     }
 

@@ -11,6 +11,7 @@
 //! node, which then pays nothing for it.
 
 pub mod bus;
+pub mod inbound;
 pub mod lead;
 pub mod members;
 pub mod presence;
@@ -99,11 +100,18 @@ impl Cluster {
         let (publisher, outbox) = bus::outbox();
         let members = Arc::new(Members::new(me.clone()));
         let lead = Lead::new(me.node, me.incarnation, name, publisher.clone());
-        let (relay, inbound) = Relay::new(me.node, name, publisher.clone(), Arc::clone(&leader));
-        let presence = presence::Presence::new(me.node, name, publisher.clone());
+        let (relay, inbound) = Relay::new(
+            me.node,
+            me.incarnation,
+            name,
+            publisher.clone(),
+            Arc::clone(&leader),
+        );
+        let presence = presence::Presence::new(me.node, me.incarnation, name, publisher.clone());
         let heartbeats = format!("{name}.hb");
         let on_heartbeat: bus::Handler = {
             let members = Arc::clone(&members);
+            let weak = Arc::downgrade(shared);
             let (my_id, my_incarnation) = (me.node, me.incarnation);
             Box::new(move |payload: Bytes| {
                 let Ok(info) = serde_json::from_slice::<NodeInfo>(&payload) else {
@@ -122,6 +130,16 @@ impl Cluster {
                     }
                     return;
                 }
+                if let Some(shared) = weak.upgrade() {
+                    if let Some(c) = shared
+                        .cluster
+                        .get()
+                        .filter(|c| c.leader.get() == Some(info.node))
+                    {
+                        let mark = relay::Inbound::Mark(info.node, info.incarnation, info.batches);
+                        c.relay.hand_over(mark);
+                    }
+                }
                 let (id, tcp) = (info.node, info.tcp_addr.clone());
                 if members.heard(info) {
                     log::info!("cluster: node {id} ({tcp}) is live");
@@ -133,9 +151,15 @@ impl Cluster {
             // Weak: the cluster lives in `Shared`; its threads must not keep it alive.
             let weak = Arc::downgrade(shared);
             Box::new(move || {
-                let connections = weak.upgrade().map_or(0, |s| s.registry.len() as u64);
+                let shared = weak.upgrade();
+                let connections = shared.as_ref().map_or(0, |s| s.registry.len() as u64);
+                let batches = shared
+                    .as_ref()
+                    .and_then(|s| s.cluster.get())
+                    .map_or(0, |c| c.lead.batches());
                 let info = NodeInfo {
                     connections,
+                    batches,
                     ..me.clone()
                 };
                 let payload = serde_json::to_vec(&info).unwrap_or_default();

@@ -60,12 +60,13 @@ pub struct Presence {
 
 impl Presence {
     /// Node `me`'s presence in cluster `name`.
-    pub fn new(me: u16, name: &str, publisher: Publisher) -> Presence {
+    pub fn new(me: u16, incarnation: i64, name: &str, publisher: Publisher) -> Presence {
         Presence {
             me,
             name: name.to_owned(),
             publisher,
-            next: AtomicU64::new(1),
+            // From the incarnation: an answer to a previous process matches nothing here.
+            next: AtomicU64::new(super::relay::token_base(incarnation)),
             waiting: Mutex::default(),
         }
     }

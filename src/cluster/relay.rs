@@ -1,13 +1,14 @@
 //! A node's side of the message path while another node leads (`storage/postgres/leader.rs`):
-//! its clients' SENDs and its loops' lane jobs go to the leader, and what the leader
-//! commits comes back to be delivered to this node's connections.
+//! its clients' SENDs, its loops' lane jobs and its HTTP API calls go to the leader; what
+//! the leader sends back is handled on the relay's thread (`inbound.rs`).
 //!
 //! # Sends
 //! A forwarded send's reply (the SENDACK to write, the HTTP caller to answer) waits here
-//! under a token until the leader's outcome comes back. One that cannot be forwarded (no
-//! leader known, NATS away, the outbox full) is refused at once with reason 15, and one
-//! not answered within [`SEND_TIMEOUT`] is answered 15: the client sends it again, and the
-//! leader's dedupe window answers a resend of a message it did store with its id and seq.
+//! under a token until the leader's outcome comes back (or, without one, until
+//! `inbound.rs` looks it up in storage). One that cannot be forwarded (no leader known,
+//! NATS away, the outbox full) is refused at once with reason 15. Tokens start from the
+//! node's incarnation ([`token_base`]), so a late answer meant for a previous process of
+//! this node matches nothing.
 //!
 //! # Lane jobs
 //! Requeues and delivered marks must not be lost (`storage/writer.rs`), and core NATS may
@@ -18,29 +19,20 @@
 //!
 //! # Deliveries
 //! The leader's commit batches arrive on the bus thread, which hands them to the relay's
-//! own thread through a bounded queue ([`INBOUND`]); that thread looks this node's
-//! connections up and posts to the loops, blocking when a loop is full as the writer does
-//! on the leader. A batch number skipped (lost on the bus, or the queue full) means some
-//! messages will never be pushed here: every client of this node is closed, without
-//! DISCONNECT, so it reconnects and syncs what it missed (CLUSTER.md invariant 4).
+//! thread through a bounded queue ([`INBOUND`]); a batch the queue refuses is a gap
+//! (`inbound.rs`).
 
 use super::bus::Publisher;
 use super::wire::{self, CommitBatch, LaneFwd, Outcomes, SendFwd, WireLane};
 use crate::channel::SendRequest;
-use crate::gateway::ToLoop;
-use crate::message::{Committed, Reply, SendOutcome, Target};
-use crate::shared::{Shared, SharedRef};
+use crate::message::Reply;
+use crate::shared::Shared;
 use crate::storage::postgres::leader::Leader;
 use crate::storage::writer::{Job, LaneJob};
-use ruyi_proto::types::reason;
-use ruyi_reactor::ConnId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A forwarded send not answered within this is answered 15.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often an unacknowledged lane job is sent again.
 pub const LANE_RESEND: Duration = Duration::from_secs(1);
@@ -56,8 +48,22 @@ const LANE_CHUNK: usize = 256;
 pub enum Inbound {
     Outcomes(Outcomes),
     Commit(CommitBatch),
+    /// The leader's heartbeat: (leader, incarnation, commit batches published so far).
+    Mark(u16, i64, u64),
     /// `/user/device_quit` on another node: close these devices here.
     Quit(super::presence::Quit),
+}
+
+/// A forwarded send waiting for its outcome.
+#[derive(Debug)]
+pub struct Pending {
+    pub reply: Reply,
+    pub at: Instant,
+    /// Where it is stored, by whom, under which number: how to find it in storage when
+    /// its outcome does not come (`inbound.rs`).
+    pub stored_in: crate::message::ChannelKey,
+    pub from_uid: String,
+    pub client_msg_no: String,
 }
 
 /// The relay (module docs).
@@ -68,14 +74,16 @@ pub struct Relay {
     publisher: Publisher,
     leader: Arc<Leader>,
     next: AtomicU64,
-    pending: Mutex<HashMap<u64, (Reply, Instant)>>,
+    /// The first token of this process ([`token_base`]).
+    base: u64,
+    pending: Mutex<HashMap<u64, Pending>>,
     /// HTTP workers waiting for the leader's answer, by token.
     http_waiting: Mutex<HashMap<u64, crossbeam_channel::Sender<(u16, String)>>>,
     /// Lane jobs not yet acknowledged: number → (job, when last sent).
     spool: Mutex<BTreeMap<u64, (WireLane, Option<Instant>)>>,
     inbound: crossbeam_channel::Sender<Inbound>,
     /// Set when the inbound queue refused a batch: the next batch is a gap.
-    lost: AtomicBool,
+    pub(super) lost: AtomicBool,
     /// Batches found missing (each closed this node's clients).
     pub gaps: AtomicU64,
     /// Forwarded sends answered 15 for want of an outcome.
@@ -86,6 +94,7 @@ impl Relay {
     /// Node `me`'s relay, and the receiving end for [`run`].
     pub fn new(
         me: u16,
+        incarnation: i64,
         name: &str,
         publisher: Publisher,
         leader: Arc<Leader>,
@@ -96,7 +105,8 @@ impl Relay {
             name: name.to_owned(),
             publisher,
             leader,
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(token_base(incarnation)),
+            base: token_base(incarnation),
             pending: Mutex::default(),
             http_waiting: Mutex::default(),
             spool: Mutex::default(),
@@ -116,7 +126,14 @@ impl Relay {
         };
         let token = self.next.fetch_add(1, Relaxed);
         let payload = wire::encode(&SendFwd::new(self.me, token, &request));
-        lock(&self.pending).insert(token, (request.reply, Instant::now()));
+        let pending = Pending {
+            reply: request.reply,
+            at: Instant::now(),
+            stored_in: request.store_as.unwrap_or(request.key),
+            from_uid: request.from_uid,
+            client_msg_no: request.client_msg_no,
+        };
+        lock(&self.pending).insert(token, pending);
         if self
             .publisher
             .try_publish(wire::node_subject(&self.name, leader, "send"), payload)
@@ -124,7 +141,7 @@ impl Relay {
             return Ok(());
         }
         match lock(&self.pending).remove(&token) {
-            Some((reply, _)) => Err(reply),
+            Some(p) => Err(p.reply),
             None => Ok(()), // answered meanwhile (cannot happen before a publish; harmless)
         }
     }
@@ -176,7 +193,7 @@ impl Relay {
 
     /// Sends the spooled lane jobs that are due: to the local writer when this node leads
     /// now, else to the leader.
-    fn flush_lane(&self, shared: &Shared) {
+    pub(super) fn flush_lane(&self, shared: &Shared) {
         let leader = self.leader.get();
         let mut spool = lock(&self.spool);
         if leader == Some(self.me) {
@@ -225,156 +242,49 @@ impl Relay {
         }
     }
 
+    /// Takes the forwarded send `token` waiting for its outcome.
+    pub fn take_pending(&self, token: u64) -> Option<Pending> {
+        lock(&self.pending).remove(&token)
+    }
+
+    /// Takes the forwarded sends waiting for longer than `wait`.
+    pub fn take_expired(&self, wait: Duration) -> Vec<Pending> {
+        let mut pending = lock(&self.pending);
+        let old: Vec<u64> = pending
+            .iter()
+            .filter(|(_, p)| p.at.elapsed() >= wait)
+            .map(|(&t, _)| t)
+            .collect();
+        old.iter().filter_map(|t| pending.remove(t)).collect()
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> u16 {
+        self.me
+    }
+
+    /// True when `token` was issued by this process (not a previous one of this node).
+    pub fn issued_here(&self, token: u64) -> bool {
+        issued_by(token, self.base)
+    }
+
     /// Lane jobs waiting for the leader's acknowledgement.
     pub fn spooled(&self) -> usize {
         lock(&self.spool).len()
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The first token of a process: its node's incarnation in the high half, so an answer
+/// meant for this node's previous process (restarted since) matches nothing here.
+pub fn token_base(incarnation: i64) -> u64 {
+    ((incarnation as u64 & 0xffff_ffff) << 32) | 1
+}
+
+/// True when `token` was issued by the process whose first token is `base`.
+pub fn issued_by(token: u64, base: u64) -> bool {
+    token >> 32 == base >> 32
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn failed() -> SendOutcome {
-    SendOutcome {
-        message_id: 0,
-        message_seq: 0,
-        reason: reason::SYSTEM_ERROR,
-    }
-}
-
-/// The relay's thread: outcomes, deliveries, timeouts, lane resends, until the server
-/// stops.
-pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>) {
-    let Some(cluster) = shared.cluster.get() else {
-        return;
-    };
-    let relay = &cluster.relay;
-    let mut pusher = crate::pusher::Pusher::relaying(Arc::clone(&shared));
-    // (leader, incarnation, number) of the last commit batch seen.
-    let mut last: Option<(u16, i64, u64)> = None;
-    let mut next_sweep = Instant::now();
-    while !shared.is_stopping() {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Inbound::Outcomes(out)) => {
-                for (token, message_id, message_seq, code) in out.items {
-                    let Some((reply, _)) = lock(&relay.pending).remove(&token) else {
-                        continue; // timed out already
-                    };
-                    let outcome = SendOutcome {
-                        message_id,
-                        message_seq,
-                        reason: code,
-                    };
-                    shared.reply(reply, outcome);
-                }
-            }
-            Ok(Inbound::Commit(batch)) => {
-                let gap = relay.lost.swap(false, Relaxed)
-                    || last.is_some_and(|(l, i, n)| {
-                        l == batch.leader && i == batch.incarnation && batch.number != n + 1
-                    });
-                last = Some((batch.leader, batch.incarnation, batch.number));
-                if gap {
-                    resync(&shared, relay);
-                }
-                deliver(&shared, relay.me, batch, &mut pusher);
-            }
-            Ok(Inbound::Quit(quit)) => shared.kick_devices(&quit.uid, quit.device_flag),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-        }
-        if Instant::now() >= next_sweep {
-            next_sweep = Instant::now() + Duration::from_millis(100);
-            let expired: Vec<Reply> = {
-                let mut pending = lock(&relay.pending);
-                let old: Vec<u64> = pending
-                    .iter()
-                    .filter(|(_, (_, at))| at.elapsed() >= SEND_TIMEOUT)
-                    .map(|(&t, _)| t)
-                    .collect();
-                old.iter()
-                    .filter_map(|t| pending.remove(t))
-                    .map(|(r, _)| r)
-                    .collect()
-            };
-            for reply in expired {
-                relay.timeouts.fetch_add(1, Relaxed);
-                shared.reply(reply, failed());
-            }
-            relay.flush_lane(&shared);
-        }
-    }
-}
-
-/// A batch was lost: close every client here so each reconnects and syncs (module docs).
-fn resync(shared: &SharedRef, relay: &Relay) {
-    relay.gaps.fetch_add(1, Relaxed);
-    let conns = shared.registry.all_conns();
-    log::warn!(
-        "cluster: a commit batch from the leader was lost; closing {} client connections so \
-         they resync",
-        conns.len()
-    );
-    for conn in conns {
-        let _ = shared.loops().for_conn(conn).post(ToLoop::Kick {
-            conn,
-            notify: false,
-            code: reason::SYSTEM_ERROR,
-            reason: String::new(),
-            after: Duration::ZERO,
-        });
-    }
-}
-
-/// Delivers a commit batch to this node's connections.
-fn deliver(shared: &SharedRef, me: u16, batch: CommitBatch, pusher: &mut crate::pusher::Pusher) {
-    let mut committed = Vec::with_capacity(batch.messages.len());
-    let mut conns: Vec<ConnId> = Vec::new();
-    for d in batch.messages {
-        let slots = d.queue_slots();
-        let sender = d.origin.filter(|(n, _)| *n == me).map(|(_, c)| c.into());
-        // Tick before the lookup (registry invariants), as the leader's worker does.
-        let push_no = shared.registry.clock.tick();
-        let recipients: Arc<[String]> = d.recipients.into();
-        let mut targets = Vec::new();
-        for (index, uid) in recipients.iter().enumerate() {
-            conns.clear();
-            shared.registry.conns_of(uid, &mut conns);
-            targets.extend(
-                conns
-                    .iter()
-                    .filter(|&&c| Some(c) != sender)
-                    .map(|&conn| Target {
-                        conn,
-                        recipient: index as u32,
-                    }),
-            );
-        }
-        if targets.is_empty() {
-            continue;
-        }
-        let message: crate::message::Message = d.message.into();
-        let outcome = SendOutcome {
-            message_id: message.message_id,
-            message_seq: message.message_seq,
-            reason: reason::SUCCESS,
-        };
-        committed.push(Committed {
-            message: Arc::new(message),
-            targets,
-            recipients,
-            slots,
-            push_no,
-            queued: d.queued,
-            webhook_offline: Vec::new(),
-            reply: Reply::None,
-            outcome,
-            duplicate: false,
-        });
-    }
-    if !committed.is_empty() {
-        use crate::storage::append::Outlet;
-        pusher.push(committed);
-    }
 }

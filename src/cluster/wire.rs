@@ -194,8 +194,12 @@ pub struct WireDelivery {
     /// Per recipient: (queue seq, stored).
     pub slots: Vec<(u32, bool)>,
     pub queued: bool,
-    /// The sending connection, left out of its node's delivery.
-    pub origin: Option<(u16, WireConn)>,
+    /// The sending connection, left out of its node's delivery: (node, the forwarded
+    /// send's token, which names the node's incarnation, connection).
+    pub origin: Option<(u16, u64, WireConn)>,
+    /// The message went without its payload (too large for one bus message): the node
+    /// reads it from storage by channel and seq.
+    pub by_reference: bool,
 }
 
 /// One commit's messages, from the leader, numbered per leader incarnation.
@@ -209,6 +213,18 @@ pub struct CommitBatch {
 }
 
 impl WireDelivery {
+    /// About its encoded size: enough to keep a bus message under its bound.
+    pub fn size(&self) -> usize {
+        let m = &self.message;
+        let strings = m.client_msg_no.len()
+            + m.from_uid.len()
+            + m.channel.0.len()
+            + m.addressed_to.len()
+            + m.topic.len();
+        let recipients: usize = self.recipients.iter().map(|u| u.len() + 8).sum();
+        m.payload.len() + strings + recipients + 128
+    }
+
     /// The slots as the loops read them.
     pub fn queue_slots(&self) -> Vec<QueueSlot> {
         self.slots
