@@ -17,6 +17,8 @@ const STEP_BITS: u32 = 12;
 #[derive(Debug)]
 pub struct IdGenerator {
     node: i64,
+    /// Every id this generator gives is above it.
+    floor: i64,
     last: AtomicI64,
 }
 
@@ -25,8 +27,40 @@ impl IdGenerator {
     pub fn new(node: u16, floor: i64) -> IdGenerator {
         IdGenerator {
             node: i64::from(node) & ((1 << NODE_BITS) - 1),
+            floor,
             last: AtomicI64::new(floor),
         }
+    }
+
+    /// The smallest id with this node's bits above `last` (same millisecond or clock
+    /// behind). `last` may carry another node's bits: the floor is the largest stored id,
+    /// whichever node made it, and an id must never take another node's bits (in a
+    /// cluster that node makes ids too).
+    fn after(&self, last: i64) -> i64 {
+        let ms = last >> (NODE_BITS + STEP_BITS);
+        let node_of_last = (last >> STEP_BITS) & ((1 << NODE_BITS) - 1);
+        let at =
+            |ms: i64, step: i64| (ms << (NODE_BITS + STEP_BITS)) | (self.node << STEP_BITS) | step;
+        if node_of_last == self.node {
+            let step = (last & ((1 << STEP_BITS) - 1)) + 1;
+            if step == 1 << STEP_BITS {
+                at(ms + 1, 0) // the counter is used up: the next millisecond
+            } else {
+                at(ms, step)
+            }
+        } else if self.node > node_of_last {
+            at(ms, 0)
+        } else {
+            at(ms + 1, 0)
+        }
+    }
+
+    /// True only for ids this generator may have given: this node's bits, above the
+    /// floor it started from. A cluster's leader uses it to tell the messages it planned
+    /// from those an earlier leader did (`cluster/lead.rs`); an id from this node's earlier
+    /// process is at most the floor, so it reads as not made here.
+    pub fn made_here(&self, id: i64) -> bool {
+        id > self.floor && (id >> STEP_BITS) & ((1 << NODE_BITS) - 1) == self.node
     }
 
     fn now_ms() -> i64 {
@@ -46,16 +80,7 @@ impl IdGenerator {
             let candidate = if time_based > last {
                 time_based
             } else {
-                // Same millisecond or clock behind: next counter value, keeping node bits.
-                let step_mask = (1 << STEP_BITS) - 1;
-                let next = last + 1;
-                if next & step_mask == 0 {
-                    // Counter wrapped into the node bits: move to the next millisecond.
-                    ((next >> (NODE_BITS + STEP_BITS)) + 1) << (NODE_BITS + STEP_BITS)
-                        | (self.node << STEP_BITS)
-                } else {
-                    next
-                }
+                self.after(last)
             };
             match self.last.compare_exchange_weak(
                 last,
@@ -101,5 +126,27 @@ mod tests {
         assert!(id > floor);
         let fresh = IdGenerator::new(1001, 0).next();
         assert_eq!((fresh >> 12) & 1023, 1001);
+    }
+
+    #[test]
+    fn only_its_own_ids_above_its_floor_are_made_here() {
+        let before = IdGenerator::new(7, 0).next();
+        let other = IdGenerator::new(8, 0).next();
+        let g = IdGenerator::new(7, other.max(before));
+        let mine = g.next();
+        assert!(g.made_here(mine));
+        assert!(!g.made_here(before), "an earlier process of this node");
+        assert!(!g.made_here(other), "another node");
+        // Above another node's id in the same millisecond, and below it: own bits always.
+        for (node, floor_node) in [(7, 8), (9, 8)] {
+            let floor = IdGenerator::new(floor_node, i64::MAX / 4).next();
+            let g = IdGenerator::new(node, floor);
+            let (a, b) = (g.next(), g.next());
+            assert!(floor < a && a < b);
+            assert_eq!(
+                ((a >> 12) & 1023, (b >> 12) & 1023),
+                (node.into(), node.into())
+            );
+        }
     }
 }

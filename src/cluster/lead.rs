@@ -90,7 +90,18 @@ impl Lead {
     /// node's own lane jobs: the lane is in memory until its batch commits.
     pub fn on_lane(&self, shared: &Shared, fwd: LaneFwd) {
         let mut ids = Vec::with_capacity(fwd.jobs.len());
-        for (id, job) in fwd.jobs {
+        for (id, mut job) in fwd.jobs {
+            // A seq reserved by an earlier leader is safe only against what that leader
+            // showed clients (`storage/exposure.rs`), which this one does not know: such a
+            // miss goes to the end of the user's queue, as a late one does.
+            if let wire::WireLane::Requeue {
+                message, reserved, ..
+            } = &mut job
+            {
+                if !shared.ids.made_here(message.message_id) {
+                    *reserved = 0;
+                }
+            }
             let job = crate::storage::writer::Job::Lane(job.into());
             if shared.writer.send_lane(job).is_err() {
                 return; // stopping: the origin resends to the next leader
