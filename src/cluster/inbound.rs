@@ -111,6 +111,7 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
         owed: None,
     };
     let mut next_sweep = Instant::now();
+    let mut led = false;
     while !shared.is_stopping() {
         let first = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(item) => Some(item),
@@ -135,6 +136,11 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
             if stream.overdue() {
                 resync(&shared, relay);
             }
+            let leads = cluster.leads();
+            if leads && !led {
+                took_the_lead(&shared, &reader);
+            }
+            led = leads;
             relay.flush_lane(&shared);
         }
     }
@@ -174,6 +180,16 @@ fn handle(
             }
         }
         Inbound::Quit(quit) => shared.kick_devices(&quit.uid, quit.device_flag),
+    }
+}
+
+/// This node now leads: what the HTTP API changed meanwhile on the previous leader and
+/// that only its memory held is read again. The system uids, which spare their sends the
+/// sender checks (`http/users.rs`), live in each node's memory from its start.
+fn took_the_lead(shared: &SharedRef, reader: &Reader) {
+    match reader.system_uids() {
+        Ok(uids) => shared.system_uids.replace(uids),
+        Err(e) => log::error!("cluster: leading, but cannot reload the system uids: {e}"),
     }
 }
 

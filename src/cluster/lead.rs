@@ -135,8 +135,21 @@ impl Lead {
         }
     }
 
-    /// Answers node `node`'s forwarded HTTP call `token`.
+    /// Answers node `node`'s forwarded HTTP call `token`. An answer too large for one bus
+    /// message becomes a 503 that says so, at once (the caller would otherwise wait for
+    /// an answer that can never arrive).
     pub fn answer_http(&self, node: u16, token: u64, status: u16, body: String) {
+        let (status, body) = if body.len() > wire::MAX_HTTP_BYTES {
+            let why = format!(
+                "the answer ({} bytes) is too large to cross the cluster's bus; ask the \
+                 leader, node {}, directly",
+                body.len(),
+                self.me
+            );
+            (503, crate::http::error_body(503, &why))
+        } else {
+            (status, body)
+        };
         let answer = wire::HttpAnswer {
             token,
             status,

@@ -153,6 +153,14 @@ impl Relay {
         let Some(leader) = self.leader.get().filter(|&l| l != self.me) else {
             return unavailable("the cluster has no leader now");
         };
+        if req.body.len() > wire::MAX_HTTP_BYTES {
+            let why = format!(
+                "a body over {} bytes cannot cross the cluster's bus; send it to the leader, \
+                 node {leader}",
+                wire::MAX_HTTP_BYTES
+            );
+            return (413, crate::http::error_body(413, &why));
+        }
         let token = self.next.fetch_add(1, Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
         lock(&self.http_waiting).insert(token, tx);

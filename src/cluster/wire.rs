@@ -310,6 +310,10 @@ pub struct HttpFwd {
     pub body: Bytes,
 }
 
+/// An HTTP body (either way) crosses the bus up to this size: one bus message stays
+/// under NATS' default `max_payload` (1 MiB).
+pub const MAX_HTTP_BYTES: usize = 768 << 10;
+
 /// The leader's answer to an [`HttpFwd`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HttpAnswer {
