@@ -145,6 +145,18 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
     } else {
         (None, String::new(), String::new())
     };
+    // In a cluster, logins on different nodes are ordered by a number from the store, so
+    // a login kicks the same device on another node only when it is the newer one.
+    let epoch = match shared.cluster.get() {
+        Some(_) => match reader.next_login_epoch() {
+            Ok(e) => e,
+            Err(e) => {
+                log::error!("login epoch for {}: {e}", c.uid);
+                return refuse(reason::SYSTEM_ERROR);
+            }
+        },
+        None => 0,
+    };
     AuthOutcome {
         conn: req.conn,
         connack: connack(
@@ -162,6 +174,7 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
             device_id: c.device_id.clone(),
             version,
             cipher,
+            epoch,
         }),
     }
 }

@@ -119,6 +119,8 @@ pub struct LoginInfo {
     pub level: u8,
     /// The client's device id.
     pub device_id: String,
+    /// Orders logins across a cluster's nodes (0 on a single node).
+    pub epoch: i64,
     /// min(client version, 5).
     pub version: u8,
     /// The connection's cipher (None without encryption).
@@ -822,6 +824,7 @@ impl Gateway {
             level: info.level,
             device_id: info.device_id,
             login_no: 0, // Set by the registry.
+            epoch: info.epoch,
         };
         log::debug!(
             "conn={} uid={} logged in (v{}, flag {})",
@@ -830,6 +833,10 @@ impl Gateway {
             s.version,
             s.device_flag
         );
+        if let Some(cluster) = self.shared.cluster.get() {
+            // The same device on other nodes goes too (`cluster/presence.rs`).
+            cluster.presence.logged_in(&s.uid, &device);
+        }
         let kicks = self.shared.registry.add(&s.uid, device);
         self.online_webhook(&s.uid, s.device_flag, conn.id(), true);
         for Kick { conn: old, notify } in kicks {

@@ -56,6 +56,8 @@ pub struct Device {
     pub device_id: String,
     /// The [`PushClock`] when this device was added (set by [`Registry::add`]).
     pub login_no: u64,
+    /// Orders logins across a cluster's nodes (`cluster/presence.rs`); 0 on one node.
+    pub epoch: i64,
 }
 
 /// A connection to kick because a new login replaced it (PROTOCOL.md §6.4).
@@ -98,6 +100,29 @@ fn shard_of(uid: &str) -> usize {
     (crate::message::mix64(h) % SHARDS as u64) as usize
 }
 
+/// The kick rules of [`Registry::add`] for `device` against `devices` (those `older`
+/// lets through).
+fn kicks_of(devices: &[Device], device: &Device, older: impl Fn(&Device) -> bool) -> Vec<Kick> {
+    devices
+        .iter()
+        .filter(|d| d.device_flag == device.device_flag && older(d))
+        .filter_map(|d| {
+            let same_device = d.device_id == device.device_id;
+            match (device.level, same_device) {
+                (_, true) => Some(Kick {
+                    conn: d.conn,
+                    notify: false,
+                }),
+                (1, false) => Some(Kick {
+                    conn: d.conn,
+                    notify: true,
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 impl Registry {
     /// Adds a connection that just logged in and returns the older connections of the same
     /// uid and device flag that the kick rules say must go:
@@ -116,28 +141,23 @@ impl Registry {
         let devices = shard
             .entry(uid.to_owned())
             .or_insert_with(|| Vec::with_capacity(1));
-        let kicks = devices
-            .iter()
-            .filter(|d| d.device_flag == device.device_flag)
-            .filter_map(|d| {
-                let same_device = d.device_id == device.device_id;
-                match (device.level, same_device) {
-                    (_, true) => Some(Kick {
-                        conn: d.conn,
-                        notify: false,
-                    }),
-                    (1, false) => Some(Kick {
-                        conn: d.conn,
-                        notify: true,
-                    }),
-                    _ => None,
-                }
-            })
-            .collect();
+        let kicks = kicks_of(devices, &device, |_| true);
         devices.push(device);
         self.count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         kicks
+    }
+
+    /// The connections here that a login on another node of the cluster (`device`, with
+    /// its epoch) makes go, by the same rules as [`Registry::add`]: only those that logged
+    /// in before it (a lower epoch), so a late notice never closes a newer login.
+    pub fn kicks_for(&self, uid: &str, device: &Device) -> Vec<Kick> {
+        let shard = self.shards[shard_of(uid)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        shard.get(uid).map_or_else(Vec::new, |devices| {
+            kicks_of(devices, device, |d| d.epoch < device.epoch)
+        })
     }
 
     /// Removes a connection (it closed).
@@ -246,7 +266,50 @@ mod tests {
             level,
             device_id: id.into(),
             login_no: 0,
+            epoch: 0,
         }
+    }
+
+    #[test]
+    fn a_login_elsewhere_kicks_only_older_logins_by_the_same_rules() {
+        let r = Registry::default();
+        let older = Device {
+            epoch: 5,
+            ..dev(1, 1, 1, "phone")
+        };
+        let other_flag = Device {
+            epoch: 5,
+            ..dev(2, 2, 1, "pc")
+        };
+        r.add("u", older);
+        r.add("u", other_flag);
+        let newer = |epoch, level, id: &str| Device {
+            epoch,
+            ..dev(9, 1, level, id)
+        };
+        assert!(
+            r.kicks_for("u", &newer(4, 1, "x")).is_empty(),
+            "a late notice"
+        );
+        assert_eq!(
+            r.kicks_for("u", &newer(6, 1, "x")),
+            vec![Kick {
+                conn: ConnId::new(0, 1, 1),
+                notify: true
+            }]
+        );
+        assert_eq!(
+            r.kicks_for("u", &newer(6, 0, "phone")),
+            vec![Kick {
+                conn: ConnId::new(0, 1, 1),
+                notify: false
+            }],
+            "the same device id, silently"
+        );
+        assert!(
+            r.kicks_for("u", &newer(6, 0, "x")).is_empty(),
+            "a slave keeps the others"
+        );
     }
 
     #[test]

@@ -745,3 +745,32 @@ fn large_messages_cross_nodes_whole_and_in_order() {
     let v: serde_json::Value = serde_json::from_str(&varz).unwrap();
     assert_eq!(v["ruyi_cluster"]["delivery_gaps"], 0, "{v}");
 }
+
+#[test]
+fn a_login_on_one_node_replaces_the_same_device_on_another() {
+    let Some(c) = Three::start("relogin") else {
+        return;
+    };
+    let tcp = |i: usize| c.nodes[i].process.tcp;
+    let mut first = Client::ok(tcp(c.followers[0]), &Login::new("kim", "x"));
+    // The same device (flag and id) logs in again through another node: the older
+    // connection goes, silently (PROTOCOL.md §6.4).
+    let mut second = Client::ok(tcp(c.followers[1]), &Login::new("kim", "x"));
+    assert!(
+        first.closed_within(Duration::from_secs(8)),
+        "the replaced login on the other node stayed open"
+    );
+    // A slave with another device id keeps the others, wherever they are.
+    let _third = Client::ok(
+        tcp(c.lead),
+        &Login {
+            device_id: "tablet",
+            ..Login::new("kim", "x")
+        },
+    );
+    assert!(
+        second.read_packet(Duration::from_secs(3)).is_none(),
+        "a slave login elsewhere closed an older device"
+    );
+    assert!(!second.closed_within(Duration::from_millis(10)));
+}

@@ -180,6 +180,25 @@ fn handle(
             }
         }
         Inbound::Quit(quit) => shared.kick_devices(&quit.uid, quit.device_flag),
+        Inbound::Login(login) => {
+            let device = crate::registry::Device {
+                conn: ConnId::new(0, 0, 0),
+                device_flag: login.device_flag,
+                level: login.level,
+                device_id: login.device_id,
+                login_no: 0,
+                epoch: login.epoch,
+            };
+            for kick in shared.registry.kicks_for(&login.uid, &device) {
+                let _ = shared.loops().for_conn(kick.conn).post(ToLoop::Kick {
+                    conn: kick.conn,
+                    notify: kick.notify,
+                    code: reason::CONNECT_KICK,
+                    reason: "login in other device".into(),
+                    after: crate::gateway::KICK_GRACE,
+                });
+            }
+        }
     }
 }
 

@@ -199,6 +199,12 @@ impl Cluster {
                 on(shared, |_, c, answer| c.presence.on_answer(answer)),
             ),
             (
+                format!("{name}.login"),
+                on(shared, |_, c, login| {
+                    c.relay.hand_over(relay::Inbound::Login(login))
+                }),
+            ),
+            (
                 format!("{name}.quit"),
                 on(shared, |_, c, quit| {
                     c.relay.hand_over(relay::Inbound::Quit(quit))

@@ -4,6 +4,13 @@
 //!   for the live ones' answers, [`ASK_WAIT`] at most, then merges them with its own: a
 //!   node that does not answer in time is left out (its devices look offline), which the
 //!   answer's callers already live with while a device reconnects.
+//! - A login tells every node (`<c>.login`), which closes its devices of that uid and
+//!   flag by the kick rules of PROTOCOL.md §6.4 (`Registry::kicks_for`), but only those
+//!   that logged in before it: logins carry an epoch from a PostgreSQL sequence, taken in
+//!   the auth worker, so a notice that arrives late never closes a newer login. A notice
+//!   lost on the bus leaves the older device connected (it is not kicked); a device that
+//!   registers after the notice of a newer login on another node was already there
+//!   (it is kicked only if the notice comes after it registered).
 //! - `/user/device_quit` runs on the leader (it clears tokens), which kicks its own devices
 //!   and tells every node to kick theirs (`<c>.quit`); each node kicks on its relay's
 //!   thread, never on the bus thread.
@@ -45,6 +52,17 @@ pub struct Answer {
 pub struct Quit {
     pub uid: String,
     pub device_flag: i32,
+}
+
+/// A device logged in on `node`: the same uid and flag elsewhere may have to go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Login {
+    pub node: u16,
+    pub uid: String,
+    pub device_flag: u8,
+    pub device_id: String,
+    pub level: u8,
+    pub epoch: i64,
 }
 
 /// This node's presence (module docs).
@@ -128,6 +146,21 @@ impl Presence {
         if let Some(answers) = lock(&self.waiting).get_mut(&answer.token) {
             answers.push(answer);
         }
+    }
+
+    /// Tells every other node that `device` of `uid` logged in here (from a loop thread:
+    /// never blocks).
+    pub fn logged_in(&self, uid: &str, device: &crate::registry::Device) {
+        let login = Login {
+            node: self.me,
+            uid: uid.to_owned(),
+            device_flag: device.device_flag,
+            device_id: device.device_id.clone(),
+            level: device.level,
+            epoch: device.epoch,
+        };
+        self.publisher
+            .try_publish(format!("{}.login", self.name), wire::encode(&login));
     }
 
     /// Tells every other node to close `uid`'s devices with `device_flag` (-1: all).

@@ -52,6 +52,8 @@ pub enum Inbound {
     Mark(u16, i64, u64),
     /// `/user/device_quit` on another node: close these devices here.
     Quit(super::presence::Quit),
+    /// A login on another node: close the devices here it replaces.
+    Login(super::presence::Login),
 }
 
 /// A forwarded send waiting for its outcome.

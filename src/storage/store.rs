@@ -186,6 +186,14 @@ impl Reader {
         both!(self, r => r.system_uids())
     }
 
+    /// A login epoch (`cluster/presence.rs`); 0 on SQLite.
+    ///
+    /// # Errors
+    /// The store's errors.
+    pub fn next_login_epoch(&self) -> Result<i64, DbError> {
+        both!(self, r => r.next_login_epoch())
+    }
+
     /// The largest message id stored (0 when empty): the id generator's floor.
     ///
     /// # Errors

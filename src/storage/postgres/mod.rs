@@ -316,6 +316,13 @@ impl PgReader {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// A number larger than every one handed out before, cluster-wide: orders logins on
+    /// different nodes (`cluster/presence.rs`).
+    pub fn next_login_epoch(&self) -> Result<i64, DbError> {
+        let rows = self.query("SELECT nextval('login_epoch')", &[])?;
+        Ok(rows.first().map_or(0, |r| r.get(0)))
+    }
+
     /// See the SQLite reader.
     pub fn last_seq(&self, key: &ChannelKey) -> Result<u32, DbError> {
         let rows = self.query(

@@ -85,6 +85,8 @@ const MIGRATIONS: &[&str] = &["
         incarnation BIGINT NOT NULL,
         since TIMESTAMPTZ NOT NULL
     );
+", "
+    CREATE SEQUENCE login_epoch;
 "];
 
 /// Brings the database to the newest schema (module docs).

@@ -405,6 +405,11 @@ impl Reader {
         Ok(run()?)
     }
 
+    /// Login epochs order logins across a cluster's nodes, which SQLite never serves: 0.
+    pub fn next_login_epoch(&self) -> super::tx::Result<i64> {
+        Ok(0)
+    }
+
     /// The last seq of a channel (0 when it has no messages).
     ///
     /// # Errors
