@@ -434,6 +434,7 @@ struct Three {
     nodes: Vec<Node>,
     lead: usize,
     followers: Vec<usize>,
+    store: String,
     _nats: Nats,
     _pg: Pg,
 }
@@ -449,6 +450,7 @@ impl Three {
             nodes,
             lead,
             followers,
+            store,
             _nats: nats,
             _pg: pg,
         })
@@ -773,4 +775,127 @@ fn a_login_on_one_node_replaces_the_same_device_on_another() {
         "a slave login elsewhere closed an older device"
     );
     assert!(!second.closed_within(Duration::from_millis(10)));
+}
+
+/// What one sender saw acknowledged: (client_msg_no, seq, message id).
+type Acks = Vec<(String, u32, i64)>;
+
+/// Sends `{uid}-{n}` for n = 0, 1, … to `to` until `stop`, each resent (same number, as an
+/// SDK does) until SUCCESS, reconnecting to `addr` whenever the connection fails.
+fn stubborn_sender(
+    addr: std::net::SocketAddr,
+    uid: String,
+    to: String,
+    channel_type: u8,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Acks {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let mut acks = Vec::new();
+    let mut client: Option<Client> = None;
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let no = format!("{uid}-{n}");
+        let attempt = catch_unwind(AssertUnwindSafe(|| {
+            let c = client.get_or_insert_with(|| Client::ok(addr, &Login::new(&uid, "x")));
+            c.send(&to, channel_type, no.as_bytes(), &no);
+            loop {
+                match c.read_packet(Duration::from_secs(10)) {
+                    Some(ruyi_proto::Packet::Recv(r)) => c.recvack(&r),
+                    Some(ruyi_proto::Packet::Sendack(a)) => break Some(a),
+                    _ => break None,
+                }
+            }
+        }));
+        match attempt {
+            Ok(Some(ack)) if ack.reason_code == reason::SUCCESS => {
+                acks.push((no, ack.message_seq, ack.message_id));
+                n += 1;
+            }
+            Ok(Some(_)) => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) | Err(_) => {
+                client = None; // closed (a resync, a dead node): log in again
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    acks
+}
+
+#[test]
+fn kill_9_of_the_leader_under_load_loses_and_duplicates_nothing_acknowledged() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(mut c) = Three::start("failover") else {
+        return;
+    };
+    let (status, _) = post(
+        c.nodes[c.lead].process.http,
+        "/channel",
+        serde_json::json!({"channel_id": "kg", "channel_type": 2,
+                           "subscribers": ["g0", "g1", "watcher"]}),
+    );
+    assert_eq!(status, 200);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for (i, &node) in c.followers.iter().enumerate() {
+        let addr = c.nodes[node].process.tcp;
+        for (uid, to, kind) in [
+            (format!("p{i}"), format!("q{i}"), PERSON),
+            (format!("g{i}"), "kg".to_owned(), 2),
+        ] {
+            let stop = std::sync::Arc::clone(&stop);
+            senders.push(std::thread::spawn(move || {
+                stubborn_sender(addr, uid, to, kind, stop)
+            }));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let dead = c.lead;
+    c.nodes[dead].process.kill9();
+    wait_for("a new leader", Duration::from_secs(25), || {
+        c.followers
+            .iter()
+            .all(|&i| c.nodes[i].leader().is_some_and(|l| l as usize - 1 != dead))
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let acks: Vec<Acks> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    eprintln!(
+        "acknowledged per sender: {:?}",
+        acks.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(
+        acks.iter().all(|a| a.len() > 3),
+        "too little went through: {acks:?}"
+    );
+    // Every acknowledged message is stored once, at the seq and id its SENDACK said, and
+    // each channel's seqs are dense.
+    let mut db = postgres::Client::connect(&c.store, postgres::NoTls).unwrap();
+    let rows = db
+        .query(
+            "SELECT c.channel_id, m.seq, m.message_id, m.client_msg_no
+             FROM messages m JOIN channels c ON c.id = m.channel ORDER BY c.channel_id, m.seq",
+            &[],
+        )
+        .unwrap();
+    let mut stored: std::collections::HashMap<String, (u32, i64)> = Default::default();
+    let mut seqs: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for r in &rows {
+        let (channel, seq, id, no): (String, i64, i64, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        assert!(
+            stored.insert(no.clone(), (seq as u32, id)).is_none(),
+            "{no} stored twice"
+        );
+        seqs.entry(channel).or_default().push(seq);
+    }
+    for (channel, s) in &seqs {
+        assert_eq!(
+            s,
+            &(1..=s.len() as i64).collect::<Vec<_>>(),
+            "{channel}'s seqs"
+        );
+    }
+    for (no, seq, id) in acks.iter().flatten() {
+        assert_eq!(stored.get(no), Some(&(*seq, *id)), "{no} as acknowledged");
+    }
 }
