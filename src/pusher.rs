@@ -108,6 +108,9 @@ impl Pusher {
         for c in committed {
             self.route(c);
         }
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.lead.send_answers();
+        }
         let loops = self.shared.loops().loops();
         for (handle, commands) in loops.iter().zip(self.commands.iter_mut()) {
             // Blocks while that loop's inbox is full: backpressure from the loops to
@@ -151,8 +154,16 @@ impl Pusher {
         {
             send_webhooks(hooks, &c, stored, shared.config.node_id);
         }
-        if let Some((conn, frame)) = shared.reply_frame(c.reply, c.outcome) {
-            self.commands[conn.loop_index()].push(ToLoop::Frame(conn, frame));
+        match (c.reply, shared.cluster.get()) {
+            // A send another node forwarded: answered with the commit's others, at its end.
+            (crate::message::Reply::Remote { node, token, .. }, Some(cluster)) => {
+                cluster.lead.answer_later(node, token, c.outcome);
+            }
+            (reply, _) => {
+                if let Some((conn, frame)) = shared.reply_frame(reply, c.outcome) {
+                    self.commands[conn.loop_index()].push(ToLoop::Frame(conn, frame));
+                }
+            }
         }
         if c.duplicate {
             return;

@@ -161,7 +161,7 @@ impl Shared {
     pub fn send_lane(&self, job: LaneJob) -> bool {
         match self.relay() {
             Some(relay) => {
-                relay.forward_lane(self, &job);
+                relay.forward_lane(&job);
                 true
             }
             None => self.writer.send_lane(Job::Lane(job)).is_ok(),

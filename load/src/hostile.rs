@@ -206,6 +206,7 @@ const UNITS: &[(&str, &str)] = &[
 fn healthy_args(args: &HostileArgs, phase: usize) -> ImArgs {
     ImArgs {
         tcp: args.tcp,
+        servers: Vec::new(),
         http: args.http,
         ws: None,
         encrypt: true,

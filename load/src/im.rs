@@ -39,6 +39,11 @@ pub struct ImArgs {
     /// Binary protocol address.
     #[arg(long, default_value = "127.0.0.1:5100")]
     pub tcp: SocketAddr,
+    /// Several servers (a cluster's nodes), comma-separated binary-protocol addresses:
+    /// connection i goes to the i-th modulo their number, so a pair's two ends and a
+    /// group's members land on different nodes. Overrides --tcp.
+    #[arg(long, value_delimiter = ',')]
+    pub servers: Vec<SocketAddr>,
     /// HTTP API address (groups are created through it).
     #[arg(long, default_value = "127.0.0.1:5001")]
     pub http: SocketAddr,
@@ -646,9 +651,13 @@ fn worker(
 ) -> io::Result<WorkerResult> {
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(plans.len());
-    let server = args.ws.unwrap_or(args.tcp);
     let start = Instant::now();
     for (i, (global, plan)) in plans.into_iter().enumerate() {
+        let server = match (args.ws, args.servers.len()) {
+            (Some(ws), _) => ws,
+            (None, 0) => args.tcp,
+            (None, n) => args.servers[global % n],
+        };
         let source = source_of(global, args.sources);
         let stream = crate::connect_registered(&poll, server, Token(i), Some(source))?;
         let secret = random_secret().map_err(io::Error::other)?;

@@ -113,7 +113,13 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
     let mut next_sweep = Instant::now();
     let mut led = false;
     while !shared.is_stopping() {
-        let first = match rx.recv_timeout(Duration::from_millis(100)) {
+        // Spooled lane jobs leave within a couple of milliseconds, many per bus message.
+        let wait = if relay.lane_waiting() {
+            Duration::from_millis(2)
+        } else {
+            Duration::from_millis(100)
+        };
+        let first = match rx.recv_timeout(wait) {
             Ok(item) => Some(item),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
@@ -126,6 +132,7 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
         {
             handle(&shared, relay, &reader, &mut stream, &mut pusher, item);
         }
+        relay.flush_lane(&shared, false);
         if Instant::now() >= next_sweep {
             next_sweep = Instant::now() + Duration::from_millis(100);
             for pending in relay.take_expired(SEND_TIMEOUT) {
@@ -141,7 +148,7 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
                 took_the_lead(&shared, &reader);
             }
             led = leads;
-            relay.flush_lane(&shared);
+            relay.flush_lane(&shared, true);
         }
     }
 }

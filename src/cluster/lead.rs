@@ -10,6 +10,7 @@
 //! outbox or NATS away drops the publication (counted), which is then such a gap.
 
 use super::bus::Publisher;
+use super::relay::lock;
 use super::wire::{
     self, CommitBatch, LaneAck, LaneFwd, Outcomes, SendFwd, WireDelivery, WireMessage,
 };
@@ -30,6 +31,8 @@ pub struct Lead {
     number: AtomicU64,
     /// Forwarded sends refused because the channel worker's queue was full.
     pub busy: AtomicU64,
+    /// Outcomes of the commit being pushed, by origin node.
+    held: std::sync::Mutex<std::collections::HashMap<u16, Outcomes>>,
 }
 
 impl Lead {
@@ -42,6 +45,7 @@ impl Lead {
             publisher,
             number: AtomicU64::new(0),
             busy: AtomicU64::new(0),
+            held: std::sync::Mutex::default(),
         }
     }
 
@@ -59,6 +63,29 @@ impl Lead {
             wire::node_subject(&self.name, node, "outcome"),
             wire::encode(&out),
         );
+    }
+
+    /// Holds node `node`'s outcome for `token` until [`Lead::send_answers`]: one bus
+    /// message per node per commit instead of one per send (the writer's thread).
+    pub fn answer_later(&self, node: u16, token: u64, outcome: SendOutcome) {
+        let item = (
+            token,
+            outcome.message_id,
+            outcome.message_seq,
+            outcome.reason,
+        );
+        lock(&self.held).entry(node).or_default().items.push(item);
+    }
+
+    /// Sends the held outcomes, one bus message per node.
+    pub fn send_answers(&self) {
+        let held = std::mem::take(&mut *lock(&self.held));
+        for (node, out) in held {
+            self.publisher.try_publish(
+                wire::node_subject(&self.name, node, "outcome"),
+                wire::encode(&out),
+            );
+        }
     }
 
     /// A SEND forwarded to this node: into the channel's worker, as a local one, without

@@ -56,6 +56,14 @@ pub enum Inbound {
     Login(super::presence::Login),
 }
 
+/// Lane jobs not yet acknowledged: number → (job, when last sent), and the numbers not
+/// sent yet.
+#[derive(Debug, Default)]
+struct Spool {
+    jobs: BTreeMap<u64, (WireLane, Option<Instant>)>,
+    fresh: Vec<u64>,
+}
+
 /// A forwarded send waiting for its outcome.
 #[derive(Debug)]
 pub struct Pending {
@@ -81,8 +89,8 @@ pub struct Relay {
     pending: Mutex<HashMap<u64, Pending>>,
     /// HTTP workers waiting for the leader's answer, by token.
     http_waiting: Mutex<HashMap<u64, crossbeam_channel::Sender<(u16, String)>>>,
-    /// Lane jobs not yet acknowledged: number → (job, when last sent).
-    spool: Mutex<BTreeMap<u64, (WireLane, Option<Instant>)>>,
+    /// Lane jobs not yet acknowledged.
+    spool: Mutex<Spool>,
     inbound: crossbeam_channel::Sender<Inbound>,
     /// Set when the inbound queue refused a batch: the next batch is a gap.
     pub(super) lost: AtomicBool,
@@ -194,34 +202,51 @@ impl Relay {
         }
     }
 
-    /// Spools a lane job for the leader and sends what is due; never blocks.
-    pub fn forward_lane(&self, shared: &Shared, job: &LaneJob) {
+    /// Spools a lane job for the leader; never blocks. The relay's thread sends it within
+    /// a few milliseconds, with the others spooled meanwhile (one bus message for many).
+    pub fn forward_lane(&self, job: &LaneJob) {
         let id = self.next.fetch_add(1, Relaxed);
-        lock(&self.spool).insert(id, (job.into(), None));
-        self.flush_lane(shared);
+        let mut spool = lock(&self.spool);
+        spool.jobs.insert(id, (job.into(), None));
+        spool.fresh.push(id);
     }
 
-    /// Sends the spooled lane jobs that are due: to the local writer when this node leads
-    /// now, else to the leader.
-    pub(super) fn flush_lane(&self, shared: &Shared) {
+    /// True when spooled lane jobs wait for their first sending.
+    pub fn lane_waiting(&self) -> bool {
+        !lock(&self.spool).fresh.is_empty()
+    }
+
+    /// Sends the spooled lane jobs not sent yet, and with `resend` those unacknowledged
+    /// for [`LANE_RESEND`]: to the local writer when this node leads now, else to the
+    /// leader.
+    pub(super) fn flush_lane(&self, shared: &Shared, resend: bool) {
         let leader = self.leader.get();
         let mut spool = lock(&self.spool);
         if leader == Some(self.me) {
-            for (_, (job, _)) in std::mem::take(&mut *spool) {
+            spool.fresh.clear();
+            for (_, (job, _)) in std::mem::take(&mut spool.jobs) {
                 let _ = shared.writer.send_lane(Job::Lane(job.into()));
             }
             return;
         }
         let Some(leader) = leader else { return };
         let now = Instant::now();
-        let due: Vec<(u64, WireLane)> = spool
-            .iter_mut()
-            .filter(|(_, (_, sent))| sent.is_none_or(|at| now - at >= LANE_RESEND))
-            .map(|(&id, (job, sent))| {
+        let Spool { jobs, fresh } = &mut *spool;
+        let mut due: Vec<(u64, WireLane)> = Vec::new();
+        for id in fresh.drain(..) {
+            if let Some((job, sent)) = jobs.get_mut(&id) {
                 *sent = Some(now);
-                (id, job.clone())
-            })
-            .collect();
+                due.push((id, job.clone()));
+            }
+        }
+        if resend {
+            for (&id, (job, sent)) in jobs.iter_mut() {
+                if sent.is_some_and(|at| now - at >= LANE_RESEND) {
+                    *sent = Some(now);
+                    due.push((id, job.clone()));
+                }
+            }
+        }
         drop(spool);
         for chunk in due.chunks(LANE_CHUNK) {
             let fwd = LaneFwd {
@@ -239,7 +264,7 @@ impl Relay {
     pub fn on_lane_ack(&self, ids: &[u64]) {
         let mut spool = lock(&self.spool);
         for id in ids {
-            spool.remove(id);
+            spool.jobs.remove(id);
         }
     }
 
@@ -280,7 +305,7 @@ impl Relay {
 
     /// Lane jobs waiting for the leader's acknowledgement.
     pub fn spooled(&self) -> usize {
-        lock(&self.spool).len()
+        lock(&self.spool).jobs.len()
     }
 }
 

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# One node on PostgreSQL against a three-node cluster (issue 17), same run, same two cores:
+# person chat and the two fan-out shapes, clients spread over the nodes (connection i to
+# node i mod 3, so a pair's two ends and a group's members sit on different nodes), then
+# SENDACK and cross-node delivery latency at a fixed moderate rate. PostgreSQL and
+# nats-server are private instances (scripts/pg-test-server.sh; nats-server on a free
+# port). Every server is the release binary.
+#
+#   scripts/bench-cluster.sh [seconds]      (default 5 measured seconds per run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-5}
+out=target/bench/cluster
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.txt
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+command -v nats-server >/dev/null || { echo "needs nats-server (Debian package nats-server)" >&2; exit 1; }
+cargo build --release -q -p ruyi -p ruyi-load
+eval "$(bash scripts/pg-test-server.sh start)"
+nats_port=$((30000 + RANDOM % 20000))
+nats-server -a 127.0.0.1 -p "$nats_port" >/dev/null 2>&1 &
+nats_pid=$!
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  kill "$nats_pid" 2>/dev/null || true
+  bash scripts/pg-test-server.sh stop "$RUYI_TEST_PG_DIR"
+}
+trap cleanup EXIT
+flags="--no-encryption --no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0"
+
+# start_nodes NAME N: N nodes on a fresh database (N = 1: no NATS, a plain single node);
+# sets $servers (their TCP addresses), $http (the first node's API) and $pids.
+start_nodes() {
+  local name=$1 n=$2 db=bench_${1//-/_}
+  psql -q "$RUYI_TEST_PG" -c "CREATE DATABASE $db" >/dev/null
+  local url=${RUYI_TEST_PG/\/postgres\?//$db?}
+  servers=""; pids=(); http=""
+  local base=$((10000 + RANDOM % 20000))
+  for i in $(seq 1 "$n"); do
+    local tcp=$((base + i * 4)) api=$((base + i * 4 + 1)) ws=$((base + i * 4 + 2))
+    local data; data=$(mktemp -d)
+    local cluster=()
+    if [ "$n" -gt 1 ]; then cluster=(--nats "nats://127.0.0.1:$nats_port" --node-id "$i"); fi
+    # shellcheck disable=SC2086
+    target/release/ruyi $flags --data-dir "$data" --store "$url" --tcp-addr "127.0.0.1:$tcp" \
+      --http-addr "127.0.0.1:$api" --ws-addr "127.0.0.1:$ws" "${cluster[@]}" \
+      >"$out/$name-node$i.log" 2>&1 &
+    pids+=($!)
+    servers="${servers:+$servers,}127.0.0.1:$tcp"
+    [ -z "$http" ] && http=127.0.0.1:$api
+    for _ in $(seq 200); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$api") 2>/dev/null && break
+      sleep 0.05
+    done
+  done
+  if [ "$n" -gt 1 ]; then
+    # Live together and one leader named by all: their /cluster/nodes agree.
+    for _ in $(seq 100); do
+      local ok=1
+      for i in $(seq 1 "$n"); do
+        curl -s "http://127.0.0.1:$((base + i * 4 + 1))/cluster/nodes" |
+          python3 -c "import json,sys; v=json.load(sys.stdin); sys.exit(0 if len(v['nodes'])==$n and v['leader'] else 1)" ||
+          ok=0
+      done
+      [ $ok = 1 ] && return 0
+      sleep 0.1
+    done
+    echo "the cluster did not form" >&2; return 1
+  fi
+}
+
+stop_nodes() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+
+run() { # nodes name load-args...
+  local n=$1 name=$2; shift 2
+  start_nodes "$name-$n" "$n" || exit 1
+  "target/release/ruyi-load" "$@" --servers "$servers" --http "$http" --warmup 2 \
+    --seconds "$seconds" --prefix "$name" --json "$out/$name-$n.json" \
+    >"$out/$name-$n.txt" 2>&1 || { echo "FAILED: $name on $n nodes (see $out/$name-$n.txt)" >&2; stop_nodes; exit 1; }
+  stop_nodes
+  python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print("%-14s %5s %12.0f %10.0f %10d %10d %6d" % (sys.argv[2], sys.argv[3], r["deliveries_per_sec"], r["sends_per_sec"], r["sendack_latency"]["p99_us"], r["delivery_latency"]["p99_us"], r["lost"]))' \
+    "$out/$name-$n.json" "$name" "$n" | tee -a "$out/summary.txt"
+}
+
+printf "%-14s %5s %12s %10s %10s %10s %6s\n" workload nodes deliveries/s sends/s \
+  "ack p99us" "dlv p99us" lost | tee "$out/summary.txt"
+for spec in "person-1000|person --pairs 1000 --window 8" \
+            "group-1x1000|group --groups 1 --members 1000 --senders 1 --window 32" \
+            "group-100x10|group --groups 100 --members 10 --senders 1 --window 8"; do
+  name=${spec%%|*}; args=${spec#*|}
+  for n in 1 3; do
+    # shellcheck disable=SC2086
+    run "$n" "$name" $args
+  done
+done
+# Latency at a fixed moderate rate: 5,000 SENDs/s (1,000 pairs at 5/s each).
+for n in 1 3; do
+  run "$n" "paced-5000" person --pairs 1000 --window 64 --rate 5
+done
