@@ -7,6 +7,8 @@
 # port). Every server is the release binary.
 #
 #   scripts/bench-cluster.sh [seconds]      (default 5 measured seconds per run)
+#   ONLY=person-1000 PERF=1 scripts/bench-cluster.sh   (one workload; perf-record and a
+#                                           per-thread top of the three nodes under it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
@@ -77,10 +79,19 @@ stop_nodes() {
 
 run() { # nodes name load-args...
   local n=$1 name=$2; shift 2
+  if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then return 0; fi
   start_nodes "$name-$n" "$n" || exit 1
+  local profiler=
+  if [ -n "${PERF:-}" ]; then
+    (sleep 3; top -b -H -n 1 | head -40 >"$out/$name-$n.top"
+     perf record -q -F 499 -g -o "$out/$name-$n.perf" \
+       -p "$(IFS=,; echo "${pids[*]}")" -- sleep 3 >/dev/null 2>&1) &
+    profiler=$!
+  fi
   "target/release/ruyi-load" "$@" --servers "$servers" --http "$http" --warmup 2 \
     --seconds "$seconds" --prefix "$name" --json "$out/$name-$n.json" \
     >"$out/$name-$n.txt" 2>&1 || { echo "FAILED: $name on $n nodes (see $out/$name-$n.txt)" >&2; stop_nodes; exit 1; }
+  if [ -n "$profiler" ]; then wait "$profiler" || true; fi
   stop_nodes
   python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))

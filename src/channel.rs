@@ -232,6 +232,9 @@ impl Worker {
                     }),
             );
         }
+        if let Some(cluster) = self.shared.cluster.get() {
+            cluster.plan_remote(&recipients, &mut targets);
+        }
         // msg.offline: recipients other than the sender with no master-level device online
         // (PROTOCOL.md §9.5); only computed when someone listens.
         let webhook_offline = if self.shared.webhooks.is_some() {

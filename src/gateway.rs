@@ -1343,6 +1343,9 @@ impl Handler for Gateway {
             self.release_prelogin(&mut s);
             if s.phase == Phase::Ready {
                 self.shared.registry.remove(&s.uid, id);
+                if let Some(cluster) = self.shared.cluster.get() {
+                    cluster.presence.logged_out(&s.uid); // `cluster/devices.rs`
+                }
                 self.online_webhook(&s.uid, s.device_flag, id, false);
                 log::debug!("conn={id} uid={} closed: {}", s.uid, reason.name());
                 // RECVs this device never acknowledged go to the user's queue, unless a

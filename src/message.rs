@@ -171,6 +171,25 @@ pub struct Target {
     pub recipient: u32,
 }
 
+/// The loop index of a [`Target`] that stands for another cluster node's devices: the
+/// leader plans them (`cluster/devices.rs`), that node delivers; never routed to a loop.
+pub const REMOTE_LOOP: usize = u32::MAX as usize;
+
+impl Target {
+    /// A target standing for recipient `recipient`'s devices on cluster node `node`.
+    pub fn remote(node: u16, recipient: u32) -> Target {
+        Target {
+            conn: ConnId::new(REMOTE_LOOP, usize::from(node), 0),
+            recipient,
+        }
+    }
+
+    /// The node, for a target made by [`Target::remote`].
+    pub fn remote_node(&self) -> Option<u16> {
+        (self.conn.loop_index() == REMOTE_LOOP).then(|| self.conn.slot() as u16)
+    }
+}
+
 /// Per recipient (index into a message's recipient list), whether `targets` holds a
 /// connection of theirs: the plan found them online.
 pub fn reached(targets: &[Target], recipients: usize) -> Vec<bool> {

@@ -173,7 +173,8 @@ impl Pusher {
         if targets.is_empty() {
             return;
         }
-        for target in targets {
+        // Targets on other nodes of the cluster are theirs to deliver (`cluster/`).
+        for target in targets.into_iter().filter(|t| t.remote_node().is_none()) {
             self.targets[target.conn.loop_index()].push(target);
         }
         let delivery = Arc::new(Delivery {

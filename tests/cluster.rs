@@ -899,3 +899,85 @@ fn kill_9_of_the_leader_under_load_loses_and_duplicates_nothing_acknowledged() {
         assert_eq!(stored.get(no), Some(&(*seq, *id)), "{no} as acknowledged");
     }
 }
+
+#[test]
+fn a_recipient_flapping_on_another_node_gets_every_message_acknowledged_or_queued() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(c) = Three::start("flapping") else {
+        return;
+    };
+    let (sender_node, flap_node) = (c.followers[0], c.followers[1]);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // bob's device on another follower comes and goes: it reads for a moment, acknowledges
+    // some RECVs, then drops the connection without acknowledging the rest.
+    let flapper = {
+        let (stop, addr) = (std::sync::Arc::clone(&stop), c.nodes[flap_node].process.tcp);
+        std::thread::spawn(move || {
+            let mut acked = std::collections::HashSet::new();
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                let mut bob = Client::ok(addr, &Login::new("bob", "x"));
+                let until = Instant::now() + Duration::from_millis(5 + round * 7 % 40);
+                while let Some(p) = bob.read_packet(until.saturating_duration_since(Instant::now()))
+                {
+                    if let ruyi_proto::Packet::Recv(r) = p {
+                        if r.message_id % 2 == 0 {
+                            bob.recvack(&r);
+                            acked.insert(r.message_id);
+                        }
+                    }
+                }
+                drop(bob);
+                std::thread::sleep(Duration::from_millis(round * 3 % 20));
+            }
+            acked
+        })
+    };
+    let mut alice = Client::ok(c.nodes[sender_node].process.tcp, &Login::new("alice", "x"));
+    let mut sent = Vec::new();
+    for i in 0..200 {
+        alice.send("bob", PERSON, format!("m{i}").as_bytes(), &format!("m{i}"));
+        let ack = alice.sendack();
+        assert_eq!(ack.reason_code, reason::SUCCESS);
+        sent.push(ack.message_id);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked = flapper.join().unwrap();
+    // Every message reached one of bob's devices, which acknowledged it, or waits in his
+    // queue; requeues from the flapping node may take a resend or two to arrive.
+    let http = c.nodes[c.lead].process.http;
+    let queued = || -> std::collections::HashSet<i64> {
+        let (status, v) = post(
+            http,
+            "/message/sync",
+            serde_json::json!({"uid": "bob", "limit": 1000}),
+        );
+        assert_eq!(status, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message_id"].as_i64().unwrap())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let missing = loop {
+        let q = queued();
+        let missing: Vec<i64> = sent
+            .iter()
+            .filter(|id| !acked.contains(id) && !q.contains(id))
+            .copied()
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        missing.is_empty(),
+        "{} of {} messages neither acknowledged nor queued: {missing:?}",
+        missing.len(),
+        sent.len()
+    );
+}

@@ -16,6 +16,11 @@
 //! Each closes every client of this node without DISCONNECT, so each reconnects and syncs
 //! what it missed (CLUSTER.md invariant 4).
 //!
+//! # Recipients the leader counted on here
+//! A delivery names, per recipient, the nodes the leader counted on for their devices
+//! (`devices.rs`); this node queues the message for a named recipient it has no device
+//! for.
+//!
 //! # A forwarded send without an outcome
 //! After [`SEND_TIMEOUT`] it is looked up in storage by its sender and number (the dedupe
 //! key): stored, it is answered with its id and seq, as the outcome would have; not
@@ -293,6 +298,28 @@ fn deliver(
                         recipient: index as u32,
                     }),
             );
+        }
+        // Recipients the leader counted on this node for, whose devices here are gone (a
+        // logout notice not yet heard, or one that left since): their queue gets the
+        // message at its reserved seq, as a device that closed would put it there
+        // (`devices.rs`).
+        let gone: Vec<usize> = d
+            .expect
+            .iter()
+            .filter(|&&(_, node)| node == relay.me())
+            .map(|&(i, _)| i as usize)
+            .filter(|&i| d.queued && slots.get(i).is_some_and(|s| s.seq > 0 && !s.stored))
+            .filter(|&i| !targets.iter().any(|t| t.recipient as usize == i))
+            .collect();
+        if !gone.is_empty() {
+            let message = Arc::new(crate::message::Message::from(d.message.clone()));
+            for i in gone {
+                relay.forward_lane(&crate::storage::writer::LaneJob::Requeue {
+                    uid: recipients[i].clone(),
+                    message: Arc::clone(&message),
+                    reserved: slots[i].seq,
+                });
+            }
         }
         if targets.is_empty() {
             continue;

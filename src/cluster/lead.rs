@@ -266,7 +266,15 @@ fn records(c: &Committed) -> Vec<WireDelivery> {
             used += weight(&c.recipients[end]);
             end += 1;
         }
+        let expect = c
+            .targets
+            .iter()
+            .filter_map(|t| Some((t.recipient as usize, t.remote_node()?)))
+            .filter(|(i, _)| (start..end).contains(i))
+            .map(|(i, node)| ((i - start) as u32, node))
+            .collect();
         out.push(WireDelivery {
+            expect,
             message: message.clone(),
             recipients: c.recipients[start..end].to_vec(),
             slots: (start..end)

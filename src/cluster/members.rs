@@ -86,6 +86,15 @@ impl Members {
         }
     }
 
+    /// True when `node` was heard within [`DEAD_AFTER`] (or is this one).
+    pub fn is_live(&self, node: u16) -> bool {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        node == self.me
+            || table
+                .get(&node)
+                .is_some_and(|(_, at)| at.elapsed() <= DEAD_AFTER)
+    }
+
     /// The live nodes, this one included, by node id.
     pub fn live(&self) -> Vec<NodeInfo> {
         let table = self.table.read().unwrap_or_else(|p| p.into_inner());

@@ -11,6 +11,7 @@
 //! node, which then pays nothing for it.
 
 pub mod bus;
+pub mod devices;
 pub mod inbound;
 pub mod lead;
 pub mod members;
@@ -43,6 +44,8 @@ pub struct Cluster {
     pub relay: Relay,
     /// Who is online on the other nodes.
     pub presence: presence::Presence,
+    /// Which users have devices on which other node (`devices.rs`).
+    pub devices: Arc<devices::RemoteDevices>,
 }
 
 /// A bus handler that decodes each message as a `T` and runs `f` with it, the server and
@@ -108,9 +111,11 @@ impl Cluster {
             Arc::clone(&leader),
         );
         let presence = presence::Presence::new(me.node, me.incarnation, name, publisher.clone());
+        let devices = Arc::new(devices::RemoteDevices::default());
         let heartbeats = format!("{name}.hb");
         let on_heartbeat: bus::Handler = {
             let members = Arc::clone(&members);
+            let devices = Arc::clone(&devices);
             let weak = Arc::downgrade(shared);
             let (my_id, my_incarnation) = (me.node, me.incarnation);
             Box::new(move |payload: Bytes| {
@@ -142,6 +147,9 @@ impl Cluster {
                 }
                 let (id, tcp) = (info.node, info.tcp_addr.clone());
                 if members.heard(info) {
+                    // New, restarted or back from the dead: what was known of its devices
+                    // is stale (`devices.rs`).
+                    devices.forget(id);
                     log::info!("cluster: node {id} ({tcp}) is live");
                 }
             })
@@ -200,8 +208,15 @@ impl Cluster {
             ),
             (
                 format!("{name}.login"),
-                on(shared, |_, c, login| {
-                    c.relay.hand_over(relay::Inbound::Login(login))
+                on(shared, |_, c, login: presence::Login| {
+                    c.devices.login(login.node, &login.uid);
+                    c.relay.hand_over(relay::Inbound::Login(login));
+                }),
+            ),
+            (
+                format!("{name}.logout"),
+                on(shared, |_, c, out: presence::Logout| {
+                    c.devices.logout(out.node, &out.uid);
                 }),
             ),
             (
@@ -233,8 +248,25 @@ impl Cluster {
             lead,
             relay,
             presence,
+            devices,
         };
         Ok((cluster, inbound))
+    }
+
+    /// Adds to a message's plan the recipients' devices on other live nodes
+    /// (`devices.rs`): one [`Target::remote`] per (recipient, node).
+    pub fn plan_remote(&self, recipients: &[String], targets: &mut Vec<crate::message::Target>) {
+        let me = self.members.me();
+        let mut nodes = Vec::new();
+        for (index, uid) in recipients.iter().enumerate() {
+            nodes.clear();
+            self.devices.nodes_of(uid, &mut nodes);
+            for &node in &nodes {
+                if node != me && self.members.is_live(node) {
+                    targets.push(crate::message::Target::remote(node, index as u32));
+                }
+            }
+        }
     }
 
     /// True when this node leads (its writer commits the cluster's messages).

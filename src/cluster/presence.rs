@@ -65,6 +65,13 @@ pub struct Login {
     pub epoch: i64,
 }
 
+/// A device of `uid` on `node` went.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Logout {
+    pub node: u16,
+    pub uid: String,
+}
+
 /// This node's presence (module docs).
 #[derive(Debug)]
 pub struct Presence {
@@ -161,6 +168,16 @@ impl Presence {
         };
         self.publisher
             .try_publish(format!("{}.login", self.name), wire::encode(&login));
+    }
+
+    /// Tells every other node that a device of `uid` here went (from a loop thread).
+    pub fn logged_out(&self, uid: &str) {
+        let out = Logout {
+            node: self.me,
+            uid: uid.to_owned(),
+        };
+        self.publisher
+            .try_publish(format!("{}.logout", self.name), wire::encode(&out));
     }
 
     /// Tells every other node to close `uid`'s devices with `device_flag` (-1: all).

@@ -200,6 +200,9 @@ pub struct WireDelivery {
     /// The message went without its payload (too large for one bus message): the node
     /// reads it from storage by channel and seq.
     pub by_reference: bool,
+    /// (recipient index, node): the nodes the leader counted on for each recipient's
+    /// devices (`devices.rs`). A named node with no device for the recipient queues it.
+    pub expect: Vec<(u32, u16)>,
 }
 
 /// One commit's messages, from the leader, numbered per leader incarnation.
