@@ -103,7 +103,7 @@ impl Pusher {
         // The leader tells every node first: their deliveries and its own then start
         // together.
         if let (Some(cluster), false) = (self.shared.cluster.get(), self.relaying) {
-            cluster.lead.publish_commit(&committed);
+            cluster.lead.publish_commit(&self.shared, &committed);
         }
         for c in committed {
             self.route(c);

@@ -381,6 +381,7 @@ fn join_cluster(
         wss_addr: a.wss.clone(),
         connections: 0,
         batches: 0,
+        seen: None,
     };
     let leader = lease
         .watch_leader()

@@ -981,3 +981,41 @@ fn a_recipient_flapping_on_another_node_gets_every_message_acknowledged_or_queue
         sent.len()
     );
 }
+
+#[test]
+fn messages_for_a_node_killed_before_it_delivered_them_reach_the_queue() {
+    let Some(mut c) = Three::start("pledges") else {
+        return;
+    };
+    let (sender_node, doomed) = (c.followers[0], c.followers[1]);
+    let _bob = Client::ok(c.nodes[doomed].process.tcp, &Login::new("bob", "x"));
+    // The leader hears of bob's device there, then the node dies with it; for the next
+    // seconds the leader still counts the node live and reserves bob's seqs for it.
+    std::thread::sleep(Duration::from_millis(500));
+    c.nodes[doomed].process.kill9();
+    let mut alice = Client::ok(c.nodes[sender_node].process.tcp, &Login::new("alice", "x"));
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        alice.send("bob", PERSON, format!("k{i}").as_bytes(), &format!("k{i}"));
+        let ack = alice.sendack();
+        assert_eq!(ack.reason_code, reason::SUCCESS);
+        sent.push(ack.message_id);
+    }
+    let http = c.nodes[c.lead].process.http;
+    wait_for(
+        "every message in bob's queue",
+        Duration::from_secs(15),
+        || {
+            let (status, v) = post(
+                http,
+                "/message/sync",
+                serde_json::json!({"uid": "bob", "limit": 100}),
+            );
+            let queued: Vec<i64> = v
+                .as_array()
+                .map(|a| a.iter().filter_map(|m| m["message_id"].as_i64()).collect())
+                .unwrap_or_default();
+            status == 200 && sent.iter().all(|id| queued.contains(id))
+        },
+    );
+}

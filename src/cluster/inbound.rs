@@ -147,12 +147,24 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
             }
             if stream.overdue() {
                 resync(&shared, relay);
+                if let Some((leader, incarnation, number)) = stream.last {
+                    handled(relay, leader, incarnation, number);
+                }
             }
             let leads = cluster.leads();
             if leads && !led {
                 took_the_lead(&shared, &reader);
             }
             led = leads;
+            if leads {
+                // A node no longer live handles no batch: what was pledged to it is
+                // written here (`pledges.rs`).
+                for node in cluster.lead.pledges.nodes() {
+                    if !cluster.members.is_live(node) {
+                        cluster.lead.pledges.release(&shared, node);
+                    }
+                }
+            }
             relay.flush_lane(&shared, true);
         }
     }
@@ -184,11 +196,14 @@ fn handle(
             if stream.batch(batch.leader, batch.incarnation, batch.number) || lost {
                 resync(shared, relay);
             }
+            let (leader, incarnation, number) = (batch.leader, batch.incarnation, batch.number);
             deliver(shared, relay, reader, batch, pusher);
+            handled(relay, leader, incarnation, number);
         }
         Inbound::Mark(leader, incarnation, count) => {
             if stream.mark(leader, incarnation, count) {
                 resync(shared, relay);
+                handled(relay, leader, incarnation, count);
             }
         }
         Inbound::Quit(quit) => shared.kick_devices(&quit.uid, quit.device_flag),
@@ -243,6 +258,13 @@ fn look_up(reader: &Reader, p: &Pending) -> SendOutcome {
             reason: reason::SYSTEM_ERROR,
         },
     }
+}
+
+/// Records, for the heartbeat, that every batch up to `number` was handled here, with the
+/// gaps seen so far (after them: the leader writes what it pledged to the lost batches).
+fn handled(relay: &Relay, leader: u16, incarnation: i64, number: u64) {
+    let gaps = relay.gaps.load(Relaxed);
+    *super::relay::lock(&relay.handled) = Some((leader, incarnation, number, gaps));
 }
 
 /// Some batches were lost: close every client here so each reconnects and syncs.
@@ -339,12 +361,26 @@ fn deliver(
                 }
                 other => {
                     // Committed, so readable: a store that fails now leaves these devices
-                    // to sync it (their queue entry, or channel history).
+                    // without it, so their users' queues get it (reserved seqs).
                     log::warn!(
-                        "cluster: cannot read message {} for delivery ({other:?}); its \
-                         recipients here will sync it",
+                        "cluster: cannot read message {} for delivery ({other:?}); queued \
+                         for its recipients here instead",
                         message.message_id
                     );
+                    let message = Arc::new(message);
+                    let mut seen = Vec::new();
+                    for t in &targets {
+                        let i = t.recipient as usize;
+                        let slot = slots.get(i).copied().unwrap_or_default();
+                        if d.queued && slot.seq > 0 && !slot.stored && !seen.contains(&i) {
+                            seen.push(i);
+                            relay.forward_lane(&crate::storage::writer::LaneJob::Requeue {
+                                uid: recipients[i].clone(),
+                                message: Arc::clone(&message),
+                                reserved: slot.seq,
+                            });
+                        }
+                    }
                     continue;
                 }
             }

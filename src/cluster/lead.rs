@@ -19,6 +19,7 @@ use crate::message::{Committed, Reply, SendOutcome};
 use crate::shared::Shared;
 use ruyi_proto::types::reason;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 /// The leader's side (module docs). Every node has one; it acts while the node leads.
 #[derive(Debug)]
@@ -33,6 +34,8 @@ pub struct Lead {
     pub busy: AtomicU64,
     /// Outcomes of the commit being pushed, by origin node.
     held: std::sync::Mutex<std::collections::HashMap<u16, Outcomes>>,
+    /// Seqs reserved for devices on other nodes, until they handled the batch.
+    pub pledges: super::pledges::Pledges,
 }
 
 impl Lead {
@@ -46,6 +49,7 @@ impl Lead {
             number: AtomicU64::new(0),
             busy: AtomicU64::new(0),
             held: std::sync::Mutex::default(),
+            pledges: super::pledges::Pledges::default(),
         }
     }
 
@@ -190,8 +194,9 @@ impl Lead {
 
     /// Tells every node what one commit holds (module docs). Called by the pusher on the
     /// writer's thread, before it routes the commit locally.
-    pub fn publish_commit(&self, committed: &[Committed]) {
+    pub fn publish_commit(&self, shared: &Shared, committed: &[Committed]) {
         let mut batch = Vec::new();
+        let mut pledged = Vec::new();
         let mut bytes = 0;
         for c in committed {
             if c.duplicate || c.outcome.reason != reason::SUCCESS {
@@ -200,27 +205,57 @@ impl Lead {
             for d in records(c) {
                 let size = d.size();
                 if !batch.is_empty() && bytes + size > BATCH_BYTES {
-                    self.publish_batch(std::mem::take(&mut batch));
+                    let (b, p) = (std::mem::take(&mut batch), std::mem::take(&mut pledged));
+                    self.publish_batch(shared, b, p);
                     bytes = 0;
+                }
+                // The seqs reserved for devices on other nodes (`pledges.rs`).
+                for &(i, node) in &d.expect {
+                    let (seq, stored) = d.slots[i as usize];
+                    if d.queued && seq > 0 && !stored {
+                        let uid = d.recipients[i as usize].clone();
+                        pledged.push((node, (uid, Arc::clone(&c.message), seq)));
+                    }
                 }
                 bytes += size;
                 batch.push(d);
             }
         }
         if !batch.is_empty() {
-            self.publish_batch(batch);
+            self.publish_batch(shared, batch, pledged);
         }
     }
 
-    fn publish_batch(&self, messages: Vec<WireDelivery>) {
+    fn publish_batch(
+        &self,
+        shared: &Shared,
+        messages: Vec<WireDelivery>,
+        pledged: Vec<(u16, super::pledges::Pledge)>,
+    ) {
+        let number = self.number.fetch_add(1, Relaxed) + 1;
         let batch = CommitBatch {
             leader: self.me,
             incarnation: self.incarnation,
-            number: self.number.fetch_add(1, Relaxed) + 1,
+            number,
             messages,
         };
-        self.publisher
+        let sent = self
+            .publisher
             .try_publish(wire::deliver_subject(&self.name), wire::encode(&batch));
+        let mut by_node: std::collections::HashMap<u16, Vec<super::pledges::Pledge>> =
+            Default::default();
+        for (node, pledge) in pledged {
+            by_node.entry(node).or_default().push(pledge);
+        }
+        for (node, pledges) in by_node {
+            if sent {
+                self.pledges.hold(shared, node, number, pledges);
+            } else {
+                // Refused (the outbox full, NATS away): no node will handle it.
+                self.pledges.hold(shared, node, number, pledges);
+                self.pledges.release(shared, node);
+            }
+        }
     }
 
     /// The commit batches published so far (heartbeats carry it: `relay.rs`).

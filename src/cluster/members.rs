@@ -41,6 +41,10 @@ pub struct NodeInfo {
     /// seen by their count).
     #[serde(default)]
     pub batches: u64,
+    /// The leader it follows, as (leader, incarnation, highest batch handled, gaps seen so
+    /// far): the leader keeps its pledges until then (`pledges.rs`).
+    #[serde(default)]
+    pub seen: Option<(u16, i64, u64, u64)>,
 }
 
 /// The live table. Shared by the bus thread (writes) and the HTTP workers (reads); the
@@ -152,6 +156,7 @@ mod tests {
             wss_addr: String::new(),
             connections: 0,
             batches: 0,
+            seen: None,
         }
     }
 

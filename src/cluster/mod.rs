@@ -15,6 +15,7 @@ pub mod devices;
 pub mod inbound;
 pub mod lead;
 pub mod members;
+pub mod pledges;
 pub mod presence;
 pub mod relay;
 pub mod wire;
@@ -135,14 +136,17 @@ impl Cluster {
                     }
                     return;
                 }
-                if let Some(shared) = weak.upgrade() {
-                    if let Some(c) = shared
-                        .cluster
-                        .get()
-                        .filter(|c| c.leader.get() == Some(info.node))
-                    {
-                        let mark = relay::Inbound::Mark(info.node, info.incarnation, info.batches);
-                        c.relay.hand_over(mark);
+                let shared = weak.upgrade();
+                let cluster = shared.as_ref().and_then(|s| s.cluster.get());
+                if let Some(c) = cluster.filter(|c| c.leader.get() == Some(info.node)) {
+                    let mark = relay::Inbound::Mark(info.node, info.incarnation, info.batches);
+                    c.relay.hand_over(mark);
+                }
+                // What the node handled of this leader's batches (`pledges.rs`).
+                if let (Some(s), Some(c), Some((l, i, upto, gaps))) = (&shared, cluster, info.seen)
+                {
+                    if (l, i) == (my_id, my_incarnation) {
+                        c.lead.pledges.progress(s, info.node, upto, gaps);
                     }
                 }
                 let (id, tcp) = (info.node, info.tcp_addr.clone());
@@ -150,6 +154,9 @@ impl Cluster {
                     // New, restarted or back from the dead: what was known of its devices
                     // is stale (`devices.rs`).
                     devices.forget(id);
+                    if let (Some(s), Some(c)) = (&shared, cluster) {
+                        c.lead.pledges.release(s, id);
+                    }
                     log::info!("cluster: node {id} ({tcp}) is live");
                 }
             })
@@ -161,13 +168,13 @@ impl Cluster {
             Box::new(move || {
                 let shared = weak.upgrade();
                 let connections = shared.as_ref().map_or(0, |s| s.registry.len() as u64);
-                let batches = shared
-                    .as_ref()
-                    .and_then(|s| s.cluster.get())
-                    .map_or(0, |c| c.lead.batches());
+                let cluster = shared.as_ref().and_then(|s| s.cluster.get());
+                let batches = cluster.map_or(0, |c| c.lead.batches());
+                let seen = cluster.and_then(|c| *relay::lock(&c.relay.handled));
                 let info = NodeInfo {
                     connections,
                     batches,
+                    seen,
                     ..me.clone()
                 };
                 let payload = serde_json::to_vec(&info).unwrap_or_default();
@@ -207,16 +214,13 @@ impl Cluster {
                 on(shared, |_, c, answer| c.presence.on_answer(answer)),
             ),
             (
-                format!("{name}.login"),
-                on(shared, |_, c, login: presence::Login| {
-                    c.devices.login(login.node, &login.uid);
-                    c.relay.hand_over(relay::Inbound::Login(login));
-                }),
-            ),
-            (
-                format!("{name}.logout"),
-                on(shared, |_, c, out: presence::Logout| {
-                    c.devices.logout(out.node, &out.uid);
+                format!("{name}.devices"),
+                on(shared, |_, c, change: presence::Change| match change {
+                    presence::Change::Login(login) => {
+                        c.devices.login(login.node, &login.uid);
+                        c.relay.hand_over(relay::Inbound::Login(login));
+                    }
+                    presence::Change::Logout(out) => c.devices.logout(out.node, &out.uid),
                 }),
             ),
             (

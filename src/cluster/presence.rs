@@ -4,7 +4,7 @@
 //!   for the live ones' answers, [`ASK_WAIT`] at most, then merges them with its own: a
 //!   node that does not answer in time is left out (its devices look offline), which the
 //!   answer's callers already live with while a device reconnects.
-//! - A login tells every node (`<c>.login`), which closes its devices of that uid and
+//! - A login tells every node (`<c>.devices`), which closes its devices of that uid and
 //!   flag by the kick rules of PROTOCOL.md §6.4 (`Registry::kicks_for`), but only those
 //!   that logged in before it: logins carry an epoch from a PostgreSQL sequence, taken in
 //!   the auth worker, so a notice that arrives late never closes a newer login. A notice
@@ -70,6 +70,15 @@ pub struct Login {
 pub struct Logout {
     pub node: u16,
     pub uid: String,
+}
+
+/// A login or a logout, on one subject (`<c>.devices`) so every node applies one node's
+/// notices in the order it sent them (a logout overtaking its login would leave a device
+/// counted for good: `devices.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Change {
+    Login(Login),
+    Logout(Logout),
 }
 
 /// This node's presence (module docs).
@@ -166,8 +175,10 @@ impl Presence {
             level: device.level,
             epoch: device.epoch,
         };
-        self.publisher
-            .try_publish(format!("{}.login", self.name), wire::encode(&login));
+        self.publisher.try_publish(
+            format!("{}.devices", self.name),
+            wire::encode(&Change::Login(login)),
+        );
     }
 
     /// Tells every other node that a device of `uid` here went (from a loop thread).
@@ -176,8 +187,10 @@ impl Presence {
             node: self.me,
             uid: uid.to_owned(),
         };
-        self.publisher
-            .try_publish(format!("{}.logout", self.name), wire::encode(&out));
+        self.publisher.try_publish(
+            format!("{}.devices", self.name),
+            wire::encode(&Change::Logout(out)),
+        );
     }
 
     /// Tells every other node to close `uid`'s devices with `device_flag` (-1: all).

@@ -96,6 +96,9 @@ pub struct Relay {
     pub(super) lost: AtomicBool,
     /// Batches found missing (each closed this node's clients).
     pub gaps: AtomicU64,
+    /// (leader, incarnation, highest batch handled, gaps seen so far) for the heartbeat
+    /// (`pledges.rs`), set together so the leader never sees one without the other.
+    pub handled: Mutex<Option<(u16, i64, u64, u64)>>,
     /// Forwarded sends answered 15 for want of an outcome.
     pub timeouts: AtomicU64,
 }
@@ -123,6 +126,7 @@ impl Relay {
             inbound,
             lost: AtomicBool::new(false),
             gaps: AtomicU64::new(0),
+            handled: Mutex::default(),
             timeouts: AtomicU64::new(0),
         };
         (relay, rx)
