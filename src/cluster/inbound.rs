@@ -41,6 +41,9 @@ use std::time::{Duration, Instant};
 /// A forwarded send not answered within this is looked up in storage.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often, at most, this node tells the leader which batches it handled.
+const TELL_EVERY: Duration = Duration::from_millis(50);
+
 /// How long batches the leader's heartbeat counted may take to arrive.
 pub const MARK_GRACE: Duration = Duration::from_secs(2);
 
@@ -117,6 +120,9 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
     };
     let mut next_sweep = Instant::now();
     let mut led = false;
+    // What was last told the leader of the batches handled here (`pledges.rs`).
+    let mut told = None;
+    let mut next_tell = Instant::now();
     while !shared.is_stopping() {
         // Spooled lane jobs leave within a couple of milliseconds, many per bus message.
         let wait = if relay.lane_waiting() {
@@ -138,6 +144,18 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
             handle(&shared, relay, &reader, &mut stream, &mut pusher, item);
         }
         relay.flush_lane(&shared, false);
+        if Instant::now() >= next_tell {
+            // Every 50 ms at most, so the leader lets go of its pledges soon after the
+            // batches were handled (the heartbeat alone would hold a second's worth).
+            next_tell = Instant::now() + TELL_EVERY;
+            let now = *super::relay::lock(&relay.handled);
+            if now != told {
+                if let Some(seen) = now {
+                    relay.tell_handled(seen);
+                }
+                told = now;
+            }
+        }
         if Instant::now() >= next_sweep {
             next_sweep = Instant::now() + Duration::from_millis(100);
             for pending in relay.take_expired(SEND_TIMEOUT) {

@@ -103,6 +103,7 @@ impl Cluster {
         check_name(name)?;
         let (publisher, outbox) = bus::outbox();
         let members = Arc::new(Members::new(me.clone()));
+        let me_incarnation = me.incarnation;
         let lead = Lead::new(me.node, me.incarnation, name, publisher.clone());
         let (relay, inbound) = Relay::new(
             me.node,
@@ -189,6 +190,15 @@ impl Cluster {
             (mine("send"), on(shared, |s, c, fwd| c.lead.on_send(s, fwd))),
             (mine("lane"), on(shared, |s, c, fwd| c.lead.on_lane(s, fwd))),
             (mine("http"), on(shared, |s, c, fwd| c.lead.on_http(s, fwd))),
+            (
+                mine("handled"),
+                on(shared, move |s, c, h: wire::Handled| {
+                    let (leader, incarnation, upto, gaps) = h.seen;
+                    if (leader, incarnation) == (me_id, me_incarnation) {
+                        c.lead.pledges.progress(s, h.node, upto, gaps);
+                    }
+                }),
+            ),
             (
                 mine("outcome"),
                 on(shared, |_, c, out| {

@@ -10,8 +10,9 @@
 //! user's queue after the resync that is meant to recover it.
 //!
 //! # How
-//! Each node's heartbeat reports, for the leader it follows, the highest batch number it
-//! handled and how many gaps it has seen (`inbound.rs`). The leader drops the pledges of
+//! Each node reports, for the leader it follows, the highest batch number it handled and
+//! how many gaps it has seen (`inbound.rs`): within 50 ms on `<c>.node.<leader>.handled`,
+//! and again in every heartbeat. The leader drops the pledges of
 //! the batches a node handled. When the node's gap count grows, or it stops counting as
 //! live, or it comes back under a new incarnation, or a publication is refused, the
 //! leader writes the pledged entries itself (requeues on its writer's lane). A requeue of
@@ -19,8 +20,10 @@
 //! at most once, and the worst case is the message offered once more by `/message/sync`.
 //!
 //! # Bound
-//! [`MAX_PLEDGES`] per node: past it the oldest batch's pledges are written at once, so
-//! a node that stops answering cannot grow the leader's memory.
+//! [`MAX_PLEDGES`] per node (about 60 bytes each: 60 MB): past it the oldest batch's
+//! pledges are written at once, so a node that stops answering cannot grow the leader's
+//! memory. Reports every 50 ms keep a node at the rate of its share of recipients times
+//! 0.1 s (one group of 1,000 at 600 messages/s: ~20,000 per node).
 
 use crate::message::Message;
 use crate::shared::Shared;
@@ -29,7 +32,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 /// Pledged entries held per node at most.
-pub const MAX_PLEDGES: usize = 200_000;
+pub const MAX_PLEDGES: usize = 1_000_000;
 
 /// One reserved entry: (uid, message, reserved seq).
 pub type Pledge = (String, Arc<Message>, u32);

@@ -264,6 +264,19 @@ impl Relay {
         }
     }
 
+    /// Tells the leader named in `seen` which of its batches this node handled, and the
+    /// gaps seen so far (`pledges.rs`).
+    pub fn tell_handled(&self, seen: (u16, i64, u64, u64)) {
+        let handled = wire::Handled {
+            node: self.me,
+            seen,
+        };
+        self.publisher.try_publish(
+            wire::node_subject(&self.name, seen.0, "handled"),
+            wire::encode(&handled),
+        );
+    }
+
     /// The leader took these lane jobs.
     pub fn on_lane_ack(&self, ids: &[u64]) {
         let mut spool = lock(&self.spool);

@@ -9,6 +9,8 @@
 //!   ([`CommitBatch`]), numbered so a node sees a gap.
 //! - `<c>.node.<N>.lane`: requeues and delivered marks for the leader `N` ([`LaneFwd`]);
 //!   `<c>.node.<M>.laneack` acknowledges them to node `M` ([`LaneAck`]).
+//! - `<c>.node.<N>.handled`: the batches a node handled, for the leader `N`'s pledges
+//!   ([`Handled`]).
 //! - `<c>.node.<N>.http`: an HTTP API call forwarded to the leader `N` ([`HttpFwd`]);
 //!   `<c>.node.<M>.httpanswer` answers it on node `M` ([`HttpAnswer`]).
 
@@ -323,6 +325,14 @@ pub struct HttpAnswer {
     pub token: u64,
     pub status: u16,
     pub body: String,
+}
+
+/// A node's report of the batches it handled: (leader, incarnation, highest handled,
+/// gaps seen so far), as in its heartbeat, but sent within 50 ms.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Handled {
+    pub node: u16,
+    pub seen: (u16, i64, u64, u64),
 }
 
 /// `<c>.node.<n>.<what>`.
