@@ -19,16 +19,26 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 command -v nats-server >/dev/null || { echo "needs nats-server (Debian package nats-server)" >&2; exit 1; }
 cargo build --release -q -p ruyi -p ruyi-load
 eval "$(bash scripts/pg-test-server.sh start)"
-nats_port=$((30000 + RANDOM % 20000))
-nats-server -a 127.0.0.1 -p "$nats_port" >/dev/null 2>&1 &
-nats_pid=$!
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  kill "$nats_pid" 2>/dev/null || true
+  if [ -n "${nats_pid:-}" ]; then kill "$nats_pid" 2>/dev/null || true; fi
   bash scripts/pg-test-server.sh stop "$RUYI_TEST_PG_DIR"
 }
 trap cleanup EXIT
+# A free port is a guess: try a few, each until the server answers.
+nats_pid=
+for _ in 1 2 3 4 5; do
+  nats_port=$((30000 + RANDOM % 20000))
+  nats-server -a 127.0.0.1 -p "$nats_port" >"$out/nats.log" 2>&1 &
+  nats_pid=$!
+  for _ in $(seq 40); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break 2
+    sleep 0.05
+  done
+  kill "$nats_pid" 2>/dev/null || true
+done
+(exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null || { echo "nats-server did not start; see $out/nats.log" >&2; exit 1; }
 flags="--no-encryption --no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0"
 
 # start_nodes NAME N: N nodes on a fresh database (N = 1: no NATS, a plain single node);
