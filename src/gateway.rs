@@ -97,6 +97,20 @@ pub enum ToLoop {
     },
 }
 
+impl ToLoop {
+    /// The kick of a connection a newer login of the same device replaced (PROTOCOL.md
+    /// §6.4), on this node or another (`cluster/presence.rs`).
+    pub fn replaced_by_login(conn: ConnId, notify: bool) -> ToLoop {
+        ToLoop::Kick {
+            conn,
+            notify,
+            code: reason::CONNECT_KICK,
+            reason: "login in other device".into(),
+            after: KICK_GRACE,
+        }
+    }
+}
+
 /// The result of a login, from an auth worker.
 #[derive(Debug)]
 pub struct AuthOutcome {
@@ -972,13 +986,7 @@ impl Gateway {
     /// Asks `old`'s loop to kick it for a newer login. Never blocks a loop on another
     /// loop's inbox: a refused kick is kept and retried next tick.
     fn try_kick(&mut self, old: ConnId, notify: bool) {
-        let kick = ToLoop::Kick {
-            conn: old,
-            notify,
-            code: reason::CONNECT_KICK,
-            reason: "login in other device".into(),
-            after: KICK_GRACE,
-        };
+        let kick = ToLoop::replaced_by_login(old, notify);
         if let Err(ruyi_reactor::TrySendFailure::Full) = self.loops.for_conn(old).try_post(kick) {
             self.kick_retries.push((old, notify));
         }

@@ -2,7 +2,7 @@
 //! tokio runtime (the NATS client is async; the reactor loops stay mio and never touch it).
 //!
 //! # Threads and queues
-//! Other threads hand publications over with [`Bus::try_publish`], which never blocks: a
+//! Other threads hand publications over with [`Publisher::try_publish`], which never blocks: a
 //! bounded queue ([`OUTBOX`] entries) sits between them and the bus thread. Subscriptions
 //! run their handler on the bus thread, which must not block either (handlers pass work on
 //! with `try_` forms). Core NATS is at-most-once, so nothing that matters may rely on one

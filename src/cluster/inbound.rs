@@ -235,13 +235,8 @@ fn handle(
                 epoch: login.epoch,
             };
             for kick in shared.registry.kicks_for(&login.uid, &device) {
-                let _ = shared.loops().for_conn(kick.conn).post(ToLoop::Kick {
-                    conn: kick.conn,
-                    notify: kick.notify,
-                    code: reason::CONNECT_KICK,
-                    reason: "login in other device".into(),
-                    after: crate::gateway::KICK_GRACE,
-                });
+                let replaced = ToLoop::replaced_by_login(kick.conn, kick.notify);
+                let _ = shared.loops().for_conn(kick.conn).post(replaced);
             }
         }
     }

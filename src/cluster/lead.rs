@@ -251,9 +251,8 @@ impl Lead {
             if sent {
                 self.pledges.hold(shared, node, number, pledges);
             } else {
-                // Refused (the outbox full, NATS away): no node will handle it.
-                self.pledges.hold(shared, node, number, pledges);
-                self.pledges.release(shared, node);
+                // Refused (the outbox full, NATS away): no node will handle this batch.
+                super::pledges::write(shared, pledges);
             }
         }
     }

@@ -52,7 +52,8 @@ pub struct Pledges {
     nodes: Mutex<HashMap<u16, Node>>,
 }
 
-fn write(shared: &Shared, pledges: Vec<Pledge>) {
+/// Writes `pledges` now: requeues on the writer's lane.
+pub fn write(shared: &Shared, pledges: Vec<Pledge>) {
     for (uid, message, reserved) in pledges {
         let job = LaneJob::Requeue {
             uid,

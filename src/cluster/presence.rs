@@ -88,8 +88,8 @@ pub struct Presence {
     name: String,
     publisher: Publisher,
     next: AtomicU64,
-    /// Questions waiting for answers: token → answers so far.
-    waiting: Mutex<HashMap<u64, Vec<Answer>>>,
+    /// Questions waiting for answers: token → where the answers go.
+    waiting: Mutex<HashMap<u64, crossbeam_channel::Sender<Vec<Online>>>>,
 }
 
 impl Presence {
@@ -112,27 +112,29 @@ impl Presence {
             return Vec::new();
         }
         let token = self.next.fetch_add(1, Relaxed);
-        lock(&self.waiting).insert(token, Vec::new());
+        // One slot per node asked: the bus thread never waits to hand an answer over.
+        let (tx, rx) = crossbeam_channel::bounded(others);
+        lock(&self.waiting).insert(token, tx);
         let ask = Ask {
             origin: self.me,
             token,
             uids: uids.iter().take(MAX_UIDS).cloned().collect(),
         };
+        let mut online = Vec::new();
         if self
             .publisher
             .try_publish(format!("{}.presence", self.name), wire::encode(&ask))
         {
             let deadline = Instant::now() + ASK_WAIT;
-            while Instant::now() < deadline
-                && lock(&self.waiting)
-                    .get(&token)
-                    .is_some_and(|a| a.len() < others)
-            {
-                std::thread::sleep(Duration::from_millis(2));
+            for _ in 0..others {
+                match rx.recv_deadline(deadline) {
+                    Ok(devices) => online.extend(devices),
+                    Err(_) => break, // the rest did not answer in time
+                }
             }
         }
-        let answers = lock(&self.waiting).remove(&token).unwrap_or_default();
-        answers.into_iter().flat_map(|a| a.devices).collect()
+        lock(&self.waiting).remove(&token);
+        online
     }
 
     /// From the bus thread: answers another node's question from this node's registry.
@@ -159,8 +161,8 @@ impl Presence {
 
     /// From the bus thread: another node's answer to this node's question.
     pub fn on_answer(&self, answer: Answer) {
-        if let Some(answers) = lock(&self.waiting).get_mut(&answer.token) {
-            answers.push(answer);
+        if let Some(tx) = lock(&self.waiting).get(&answer.token) {
+            let _ = tx.try_send(answer.devices);
         }
     }
 
