@@ -51,8 +51,7 @@ fn the_inbox_is_bounded_in_bytes_and_a_blocking_sender_waits_for_room() {
     let id = t.next_open();
     let handles = t.engine.handles();
     let lp = &handles.loops()[0];
-    lp.post((id, b"STALL".to_vec())).unwrap(); // The loop drains nothing for a while.
-    std::thread::sleep(Duration::from_millis(50));
+    util::stall(lp, id, b"STALL"); // The loop drains nothing for a while.
     let piece = || Bytes::from(vec![3u8; 512 << 10]);
     lp.try_send(id, piece()).unwrap();
     lp.try_send(id, piece()).unwrap();
@@ -216,13 +215,11 @@ fn no_loop_is_handed_more_than_its_pending_bound_even_when_the_other_is_full() {
     let b = t.next_open();
     let handles = t.engine.handles();
     let (first, second) = if a.loop_index() == 0 { (a, b) } else { (b, a) };
-    handles.loops()[0]
-        .post((first, b"STALL-LONG".to_vec()))
-        .unwrap();
-    handles.loops()[1]
-        .post((second, b"STALL-LONG".to_vec()))
-        .unwrap();
+    // Each loop takes its stall before loop 1's inbox is filled: a stall still queued would
+    // free a slot when taken, and the acceptor would put a second socket in it.
     let stalled = Instant::now();
+    util::stall(&handles.loops()[0], first, b"STALL-LONG");
+    util::stall(&handles.loops()[1], second, b"STALL-LONG");
     // Loop 1's inbox fills with messages; loop 0's stays open but registers nothing. The
     // acceptor gives loop 0 its bound, then waits in line for a slot in loop 1's inbox
     // (the one socket it is trying to hand over shows in loop 1's count meanwhile).
@@ -258,8 +255,7 @@ fn a_handler_that_panics_in_the_last_drain_still_leaves_no_socket_behind() {
     let a = t.next_open();
     let handles = t.engine.handles();
     let lp = &handles.loops()[0];
-    lp.post((a, b"STALL".to_vec())).unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    util::stall(lp, a, b"STALL");
     lp.post((a, b"PANIC".to_vec())).unwrap();
     let mut late = connect(t.addrs[0]); // Queued behind the panic.
     std::thread::sleep(Duration::from_millis(50));

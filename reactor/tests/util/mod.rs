@@ -5,6 +5,7 @@
 use crossbeam_channel::{Receiver, Sender};
 use ruyi_reactor::{
     CloseReason, ConnCtx, ConnId, Engine, EngineConfig, Handler, Handles, ListenerId, LoopCtx,
+    LoopHandle,
 };
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -77,6 +78,22 @@ pub const FAREWELL_BYTES: usize = 3 << 20;
 
 /// How long a posted `STALL` holds the probe's loop.
 pub const STALL: Duration = Duration::from_millis(400);
+
+/// Posts `STALL` or `STALL-LONG` for `id` to `lp` and returns once the loop has taken it
+/// from its inbox, so the stall holds the loop from now on. (A sleep instead would race a
+/// loaded machine: a stall still queued frees a slot, and runs late, when it is taken.)
+pub fn stall(lp: &LoopHandle<ProbeMsg>, id: ConnId, what: &[u8]) {
+    assert!(what == b"STALL" || what == b"STALL-LONG");
+    lp.post((id, what.to_vec())).expect("the loop is running");
+    let deadline = std::time::Instant::now() + STALL;
+    while lp.queued_commands() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop did not take its stall"
+        );
+        std::thread::yield_now();
+    }
+}
 
 /// What a test posts to the probe's loops: bytes to queue on a connection (`STALL`: hold
 /// the loop for [`STALL`] instead; `STALL-LONG`: five times that; `PANIC`: panic).
