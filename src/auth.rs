@@ -3,10 +3,10 @@
 //! spend), and post the CONNACK back to the connection's loop, which registers the
 //! connection (PROTOCOL.md §6.2).
 
-use crate::gateway::{AuthOutcome, LoginInfo, ToLoop};
 use crate::message::ChannelKey;
 use crate::shared::SharedRef;
 use crate::storage::Reader;
+use crate::to_loop::{AuthOutcome, LoginInfo, ToLoop};
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ruyi_proto::crypto::server_handshake;

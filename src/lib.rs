@@ -31,6 +31,7 @@ pub mod shared;
 pub mod storage;
 pub mod system_uids;
 pub mod tls;
+pub mod to_loop;
 pub mod tokens;
 pub mod webhook;
 

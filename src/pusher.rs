@@ -22,11 +22,11 @@
 //! inbox holds at most its capacity times that many, and the writer blocks when it is full;
 //! the loop counts each command's weight against its per-turn budget.
 
-use crate::gateway::ToLoop;
 use crate::message::{Committed, Delivery, Target};
 use crate::shared::SharedRef;
 use crate::storage::append::Outlet;
 use crate::storage::writer::LaneJob;
+use crate::to_loop::ToLoop;
 use ruyi_proto::types::reason;
 use ruyi_reactor::ConnId;
 use std::sync::atomic::Ordering::Relaxed;

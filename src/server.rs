@@ -9,13 +9,14 @@
 //! ```
 
 use crate::config::Config;
-use crate::gateway::{Gateway, ToLoop, LISTENER_HTTP, LISTENER_TCP, LISTENER_WS};
+use crate::gateway::{Gateway, LISTENER_HTTP, LISTENER_TCP, LISTENER_WS};
 use crate::ids::IdGenerator;
 use crate::mailbox;
 use crate::registry::Registry;
 use crate::shared::{Counters, Shared, SharedRef};
 use crate::storage::writer::{Writer, WriterSettings};
 use crate::storage::{self, StorageError};
+use crate::to_loop::ToLoop;
 use crossbeam_channel::bounded;
 use ruyi_reactor::{Engine, EngineConfig, StopMode};
 use std::net::SocketAddr;

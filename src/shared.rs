@@ -3,13 +3,13 @@
 
 use crate::channel::{ChannelJob, SendRequest};
 use crate::config::Config;
-use crate::gateway::ToLoop;
 use crate::http::HttpRequest;
 use crate::ids::IdGenerator;
 use crate::mailbox::MailSender;
 use crate::message::{ChannelKey, Reply, SendOutcome};
 use crate::registry::Registry;
 use crate::storage::writer::{Job, LaneJob};
+use crate::to_loop::ToLoop;
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Sender;
 use ruyi_proto::SendackPacket;
@@ -84,7 +84,7 @@ pub struct Shared {
     pub logins_by_ip: crate::rate::KeyedBuckets,
     /// Login rate per uid (`Config::max_logins_per_sec_per_uid`).
     pub logins_by_uid: crate::rate::KeyedBuckets,
-    /// Input bytes held by connections that have not logged in (`gateway.rs`).
+    /// Input bytes held by connections that have not logged in (`gateway/session.rs`).
     pub prelogin_bytes: std::sync::atomic::AtomicUsize,
     /// Whether storage commits (`/ready`).
     pub storage_health: Arc<crate::storage::writer::StorageHealth>,

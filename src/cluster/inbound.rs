@@ -28,10 +28,10 @@
 
 use super::relay::{Inbound, Pending, Relay};
 use super::wire::CommitBatch;
-use crate::gateway::ToLoop;
 use crate::message::{Committed, Reply, SendOutcome, Target};
 use crate::shared::SharedRef;
 use crate::storage::{MessageKey, Reader};
+use crate::to_loop::ToLoop;
 use ruyi_proto::types::reason;
 use ruyi_reactor::ConnId;
 use std::sync::atomic::Ordering::Relaxed;

@@ -6,11 +6,11 @@ use super::wire::HttpRequest;
 use super::{
     admin, bad, invalidate, ok, parse, query_id_and_type, storage_error, valid_id, Answer,
 };
-use crate::gateway::ToLoop;
 use crate::message::ChannelKey;
 use crate::shared::SharedRef;
 use crate::storage::admin::{AdminWrite, ChannelFlags, ListKind, ListOp};
 use crate::storage::Reader;
+use crate::to_loop::ToLoop;
 use ruyi_proto::types::{channel_type, reason};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -98,7 +98,7 @@ pub(crate) fn end_banned_sessions(shared: &SharedRef, key: &ChannelKey, banned: 
             notify: true,
             code: reason::BAN,
             reason: "banned".into(),
-            after: crate::gateway::KICK_GRACE,
+            after: crate::to_loop::KICK_GRACE,
         };
         let _ = shared.loops().for_conn(d.conn).post(kick);
     }

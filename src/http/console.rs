@@ -6,9 +6,9 @@
 use super::wire::HttpRequest;
 use super::{bad, query_id_and_type, query_param, storage_answer, Answer};
 use crate::connz::{self, ConnRow};
-use crate::gateway::ToLoop;
 use crate::shared::SharedRef;
 use crate::storage::Reader;
+use crate::to_loop::ToLoop;
 use ruyi_reactor::ConnId;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -33,12 +33,12 @@ pub use wire::{
 };
 
 use crate::channel::ChannelJob;
-use crate::gateway::ToLoop;
 use crate::message::ChannelKey;
 use crate::shared::SharedRef;
 use crate::storage::admin::AdminWrite;
 use crate::storage::writer::Job;
 use crate::storage::Reader;
+use crate::to_loop::ToLoop;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use routes::ROUTES;
 use serde::Deserialize;

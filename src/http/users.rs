@@ -1,11 +1,11 @@
 //! User routes (HTTP_API.md §4): tokens, device quit, online status, system uids.
 
 use super::{admin, bad, ok, parse, storage_answer, valid_id, Answer};
-use crate::gateway::ToLoop;
 use crate::message::{ChannelKey, SYSTEM_UID};
 use crate::shared::SharedRef;
 use crate::storage::admin::AdminWrite;
 use crate::storage::Reader;
+use crate::to_loop::ToLoop;
 use ruyi_proto::types::{channel_type, reason};
 use serde::Deserialize;
 use serde_json::{json, Value};
