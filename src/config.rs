@@ -161,6 +161,13 @@ pub struct Config {
     /// Host names, beyond loopback ones, that a loopback-bound HTTP API answers (against
     /// DNS rebinding: `origin.rs`). Default: none.
     pub allowed_hosts: Vec<String>,
+    /// Sources (CIDR ranges or addresses) trusted as proxies in front of the TCP and
+    /// WebSocket listeners: their PROXY protocol headers (v1, v2) and, on WebSocket
+    /// upgrades, `X-Forwarded-For` / `X-Real-Ip` name the client, whose address then
+    /// counts for the per-IP limits, logs and `/connz` (`ruyi_reactor::ProxyTrust`,
+    /// `forwarded.rs`). Default: none, and a PROXY header from any source closes its
+    /// connection: no client can forge its address.
+    pub proxy_from: Vec<String>,
     /// The WAL size past which the checkpointer forces it to start over
     /// (`storage/sqlite/wal.rs`); past twice this the writer waits for a checkpoint before
     /// its next commit, so a checkpointer held back cannot let the WAL grow. Default
@@ -245,6 +252,7 @@ impl Default for Config {
             max_logins_per_sec_per_uid: 20,
             max_conns_per_uid: 16,
             allowed_hosts: Vec::new(),
+            proxy_from: Vec::new(),
             max_pending_acks: 256,
             recv_retry_interval: Duration::from_secs(60),
             recv_retry_limit: 5,
@@ -367,6 +375,8 @@ impl Config {
         if self.wal_max_bytes < 1 << 20 {
             return Err("wal_max_bytes must be at least 1 MiB (1048576)".into());
         }
+        ruyi_reactor::ProxyTrust::parse(&self.proxy_from)
+            .map_err(|e| format!("proxy_from: {e}"))?;
         if self.node_id > 1023 {
             return Err("node_id must be at most 1023 (10 bits of the message id)".into());
         }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod connz;
 pub mod drain;
 pub mod fault;
+pub mod forwarded;
 pub mod gateway;
 pub mod http;
 pub mod ids;

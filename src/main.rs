@@ -130,6 +130,12 @@ struct Cli {
     /// comma-separated (against DNS rebinding) [default: none]
     #[arg(long, value_delimiter = ',')]
     allowed_hosts: Option<Vec<String>>,
+    /// Load balancers trusted to name the client, comma-separated CIDRs or addresses:
+    /// their PROXY protocol headers (v1, v2) on the TCP and WebSocket ports, and
+    /// X-Forwarded-For / X-Real-Ip on WebSocket upgrades [default: none; a PROXY header
+    /// from elsewhere closes the connection]
+    #[arg(long, value_delimiter = ',')]
+    proxy_from: Option<Vec<String>>,
     /// The WAL size in bytes past which it is forced to start over [default: 67108864]
     #[arg(long)]
     wal_max_bytes: Option<u64>,
@@ -211,6 +217,7 @@ struct FileConfig {
     cluster_name: Option<String>,
     cors_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
+    proxy_from: Option<Vec<String>>,
     max_send_bytes_per_sec: Option<u32>,
     max_logins_per_sec_per_ip: Option<u32>,
     max_logins_per_sec_per_uid: Option<u32>,
@@ -285,6 +292,7 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.manager_token = f.manager_token.map(Secret::from).or(c.manager_token);
         c.cors_origins = f.cors_origins.unwrap_or(c.cors_origins);
         c.allowed_hosts = f.allowed_hosts.unwrap_or(c.allowed_hosts);
+        c.proxy_from = f.proxy_from.unwrap_or(c.proxy_from);
         c.max_send_bytes_per_sec = f.max_send_bytes_per_sec.unwrap_or(c.max_send_bytes_per_sec);
         c.max_logins_per_sec_per_ip = f
             .max_logins_per_sec_per_ip
@@ -326,6 +334,7 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.manager_token = cli.manager_token.map(Secret::from).or(c.manager_token);
     c.cors_origins = cli.cors_origins.unwrap_or(c.cors_origins);
     c.allowed_hosts = cli.allowed_hosts.unwrap_or(c.allowed_hosts);
+    c.proxy_from = cli.proxy_from.unwrap_or(c.proxy_from);
     c.wal_max_bytes = cli.wal_max_bytes.unwrap_or(c.wal_max_bytes);
     c.node_id = cli.node_id.unwrap_or(c.node_id);
     c.nats = cli.nats.unwrap_or(c.nats);

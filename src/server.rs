@@ -124,6 +124,11 @@ impl Server {
         let tcp = builder.listen(config.tcp_addr)?;
         let http = builder.listen(config.http_addr)?;
         let ws = builder.listen(config.ws_addr)?;
+        // Always on: without trusted sources every PROXY header is refused (`proxy.rs`).
+        let proxies =
+            ruyi_reactor::ProxyTrust::parse(&config.proxy_from).map_err(StartError::Config)?;
+        builder.proxy_protocol(tcp, proxies.clone());
+        builder.proxy_protocol(ws, proxies);
         debug_assert_eq!(
             (tcp.index(), http.index(), ws.index()),
             (LISTENER_TCP, LISTENER_HTTP, LISTENER_WS)

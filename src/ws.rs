@@ -55,13 +55,18 @@ pub enum Handshake {
         response: String,
         /// Bytes of the request head.
         consumed: usize,
+        /// The client a trusted proxy named in `X-Forwarded-For` or `X-Real-Ip`
+        /// (`forwarded.rs`); read only when the caller passed the trust to read it by.
+        client: Option<std::net::IpAddr>,
     },
     /// Not a WebSocket upgrade: the HTTP status and reason to answer before closing.
     Reject(u16, &'static str),
 }
 
-/// Reads the HTTP upgrade request (the path is not checked, as in WuKongIM).
-pub fn parse_handshake(input: &[u8]) -> Handshake {
+/// Reads the HTTP upgrade request (the path is not checked, as in WuKongIM). `proxy`: the
+/// connection's peer is a trusted proxy, and these are the ranges trusted; its forwarded
+/// headers then name the client.
+pub fn parse_handshake(input: &[u8], proxy: Option<&ruyi_reactor::ProxyTrust>) -> Handshake {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(input) {
@@ -98,7 +103,19 @@ pub fn parse_handshake(input: &[u8]) -> Handshake {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         accept_key(key)
     );
-    Handshake::Accept { response, consumed }
+    let client = proxy.and_then(|trust| {
+        let forwarded_for = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+            .filter_map(|h| std::str::from_utf8(h.value).ok());
+        crate::forwarded::client(forwarded_for, header("x-real-ip"), trust)
+    });
+    Handshake::Accept {
+        response,
+        consumed,
+        client,
+    }
 }
 
 /// `base64(SHA-1(key ++ GUID))` (RFC 6455 §4.2.2).
@@ -322,16 +339,18 @@ mod tests {
     #[test]
     fn a_valid_upgrade_is_accepted_and_others_refused() {
         let req = b"GET /anything HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        match parse_handshake(req) {
-            Handshake::Accept { response, consumed } => {
+        match parse_handshake(req, None) {
+            Handshake::Accept {
+                response, consumed, ..
+            } => {
                 assert_eq!(consumed, req.len());
                 assert!(response.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(parse_handshake(&req[..20]), Handshake::Partial);
+        assert_eq!(parse_handshake(&req[..20], None), Handshake::Partial);
         assert!(matches!(
-            parse_handshake(b"GET / HTTP/1.1\r\n\r\n"),
+            parse_handshake(b"GET / HTTP/1.1\r\n\r\n", None),
             Handshake::Reject(400, _)
         ));
     }

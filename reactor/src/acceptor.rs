@@ -29,6 +29,7 @@ use crate::balancer::Balancer;
 use crate::global::{Admission, Global};
 use crate::inbox::{Command, LoopHandle};
 use crate::per_ip::IpSlot;
+use crate::proxy::{Arrival, ProxyTrust};
 use crate::ListenerId;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -75,6 +76,9 @@ pub(crate) struct Acceptor<M> {
     pub dead: Vec<bool>,
     /// When the last per-address refusal was logged (warnings are rate-limited).
     pub last_refusal_warn: Option<Instant>,
+    /// Per listener, the sources its PROXY headers are honoured from (`None`: it takes
+    /// none).
+    pub proxies: Vec<Option<Arc<ProxyTrust>>>,
 }
 
 impl<M: Send> Acceptor<M> {
@@ -211,7 +215,15 @@ impl<M: Send> Acceptor<M> {
                     }
                 },
             };
+            let arrival = match &self.proxies[index] {
+                None => Arrival::Direct,
+                Some(trust) if trust.trusts(peer.ip()) => Arrival::Trusted,
+                Some(_) => Arrival::Untrusted,
+            };
             let ip_slot = match &self.global.per_ip {
+                // A trusted proxy carries every client behind it: each is counted by the
+                // address its header names (`proxy.rs`), not all by the proxy's.
+                _ if arrival == Arrival::Trusted => IpSlot::none(),
                 None => IpSlot::none(),
                 Some(per_ip) => match per_ip.acquire(peer.ip()) {
                     Some(slot) => slot,
@@ -229,6 +241,7 @@ impl<M: Send> Acceptor<M> {
                 listener: ListenerId(index as u16),
                 peer,
                 admission: Admission::new(&self.global, ip_slot),
+                arrival,
             };
             match self.hand_over(cmd) {
                 Ok(()) => {}

@@ -17,6 +17,8 @@
 //! | `SOFT_WATCHED`      | the queue going above the soft cap              | the tick that finds it back below            |
 //! | `OUTPUT_DROPPED`    | a cap clearing the queue                        | never: the close will be a reset             |
 //! | `CLOSING`           | `Core::mark_close`, from anywhere               | never: `reap` removes the connection         |
+//! | `PROXY_CHECK`       | registration on a PROXY listener (`proxy.rs`)   | the first bytes read as a header or not one  |
+//! | `VIA_PROXY`         | registration: the source is a trusted proxy     | never                                        |
 //!
 //! # Invariants
 //! - `input` holds only bytes of a frame the handler could not consume yet; it is empty (and
@@ -59,6 +61,10 @@ impl Flags {
     pub const SOFT_WATCHED: Flags = Flags(1 << 9);
     /// Output was thrown away by a cap: the close must be a reset.
     pub const OUTPUT_DROPPED: Flags = Flags(1 << 10);
+    /// The first bytes are still to be read as a PROXY header, or not one.
+    pub const PROXY_CHECK: Flags = Flags(1 << 11);
+    /// The socket's peer is a trusted proxy: it may name the client (`proxy.rs`).
+    pub const VIA_PROXY: Flags = Flags(1 << 12);
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
@@ -87,7 +93,7 @@ pub(crate) struct ConnIo {
     pub listener: ListenerId,
     pub flags: Flags,
     /// This socket's place in the connection counts, given back when it drops.
-    pub _admission: Admission,
+    pub admission: Admission,
     pub input: Vec<u8>,
     pub outbound: Outbound,
     /// Tick of the last inbound bytes.
@@ -98,6 +104,9 @@ pub(crate) struct ConnIo {
     pub scheduled_tick: u64,
     /// Tick at which the output queue went above the soft cap; 0 = it is not above.
     pub soft_since_tick: u64,
+    /// The client a trusted proxy named (`proxy.rs`); `None`: the socket's peer. Boxed:
+    /// one word on every connection, the address only on proxied ones.
+    pub client: Option<Box<std::net::SocketAddr>>,
 }
 
 impl ConnIo {
@@ -118,13 +127,14 @@ impl ConnIo {
             generation,
             listener,
             flags,
-            _admission: admission,
+            admission,
             input: Vec::new(),
             outbound: Outbound::counted(queued_out),
             last_active_tick: now_tick,
             idle_ticks: 0,
             scheduled_tick: 0,
             soft_since_tick: 0,
+            client: None,
         }
     }
 }
@@ -154,7 +164,8 @@ mod tests {
     fn an_idle_connection_is_small() {
         // The engine's part of an idle connection, before the handler's state. Kernel
         // socket buffers are not counted: this is the user-space cost per connection.
+        // (176 until the PROXY protocol's client address: one boxed word.)
         let size = std::mem::size_of::<ConnIo>();
-        assert!(size <= 176, "ConnIo grew to {size} bytes");
+        assert!(size <= 184, "ConnIo grew to {size} bytes");
     }
 }

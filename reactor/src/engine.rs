@@ -48,6 +48,8 @@ pub struct EngineBuilder {
     config: EngineConfig,
     listeners: Vec<std::net::TcpListener>,
     balancer: Option<Box<dyn crate::Balancer>>,
+    /// Per listener, the sources PROXY headers are honoured from.
+    proxies: Vec<Option<Arc<crate::ProxyTrust>>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -82,7 +84,16 @@ impl EngineBuilder {
                 .map_err(|_| Error::Config("too many listeners".into()))?,
         );
         self.listeners.push(listener);
+        self.proxies.push(None);
         Ok(id)
+    }
+
+    /// Reads a PROXY protocol header (v1 or v2) at the start of each connection on
+    /// `listener` (see `proxy.rs`): honoured from a source `trust` names, refused (the
+    /// connection closed) from any other. With an empty `trust` every header is refused.
+    pub fn proxy_protocol(&mut self, listener: ListenerId, trust: crate::ProxyTrust) -> &mut Self {
+        self.proxies[listener.index()] = Some(Arc::new(trust));
+        self
     }
 
     /// The address `listener` is bound to (its real port when it was asked for port 0),
@@ -199,6 +210,7 @@ impl EngineBuilder {
             held: None,
             dead: vec![false; config.loops],
             last_refusal_warn: None,
+            proxies: self.proxies,
         };
         let (acceptor_exit_tx, acceptor_exit) = crossbeam_channel::bounded(1);
         engine.acceptor_exit = Some(acceptor_exit);
@@ -257,6 +269,7 @@ impl Engine<()> {
         EngineBuilder {
             config,
             listeners: Vec::new(),
+            proxies: Vec::new(),
             balancer: None,
         }
     }

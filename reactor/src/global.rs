@@ -66,6 +66,29 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// Moves this socket's per-address count to `ip` (a client a trusted proxy named):
+    /// false, and nothing changed, when `ip`'s source is at `max_connections_per_ip`.
+    pub fn readmit(&mut self, ip: std::net::IpAddr) -> bool {
+        let Some(per_ip) = &self.global.per_ip else {
+            return true;
+        };
+        let Some(slot) = per_ip.acquire(ip) else {
+            return false;
+        };
+        if self.ip_slot != u32::MAX {
+            per_ip.release(self.ip_slot);
+        }
+        self.ip_slot = slot.into_raw();
+        true
+    }
+
+    /// Counts a connection refused for its source's count (`Engine::refused_per_ip`).
+    pub fn count_refusal(&self) {
+        self.global.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         if let (Some(per_ip), true) = (&self.global.per_ip, self.ip_slot != u32::MAX) {

@@ -85,12 +85,43 @@ impl ConnCtx<'_> {
         self.io.listener
     }
 
-    /// The peer's address (a `getpeername` call; not kept per connection to save memory).
+    /// The client's address: the one a trusted proxy named (a PROXY header, or
+    /// [`ConnCtx::set_client_addr`]), else the socket's peer (a `getpeername` call; not
+    /// kept per connection to save memory).
     ///
     /// # Errors
     /// When the socket is no longer connected.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.io.stream.peer_addr()
+        match &self.io.client {
+            Some(client) => Ok(**client),
+            None => self.io.stream.peer_addr(),
+        }
+    }
+
+    /// True when the socket's peer is a source this listener trusts as a proxy
+    /// ([`crate::EngineBuilder::proxy_protocol`]): what it says about the client, in a
+    /// PROXY header or in a header of its own protocol, may be believed.
+    pub fn via_trusted_proxy(&self) -> bool {
+        self.io.flags.contains(Flags::VIA_PROXY)
+    }
+
+    /// Records `addr` as the client's address, as a trusted proxy told it in the
+    /// handler's protocol (an HTTP `X-Forwarded-For`, say), and counts the connection
+    /// under it for `max_connections_per_ip`. False when the connection did not come
+    /// through a trusted proxy (nothing changes), or when `addr`'s source is at the limit
+    /// (the connection is then closing, counted as [`CloseReason::OverIpLimit`]).
+    pub fn set_client_addr(&mut self, addr: SocketAddr) -> bool {
+        if !self.via_trusted_proxy() || self.io.flags.contains(Flags::CLOSING) {
+            return false;
+        }
+        if !self.io.admission.readmit(addr.ip()) {
+            self.io.admission.count_refusal();
+            self.core
+                .mark_close(self.id, self.io, crate::stats::CloseReason::OverIpLimit);
+            return false;
+        }
+        self.io.client = Some(Box::new(addr));
+        true
     }
 
     /// The loop's clock, read once per turn.

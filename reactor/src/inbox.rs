@@ -48,6 +48,8 @@ pub(crate) enum Command<M> {
         peer: SocketAddr,
         /// The socket's place in the connection counts.
         admission: crate::global::Admission,
+        /// How its first bytes are read (`proxy.rs`).
+        arrival: crate::proxy::Arrival,
     },
     /// Queue one frame on a connection.
     Send(ConnId, Bytes),

@@ -89,6 +89,7 @@ mod inbox;
 mod loop_shared;
 pub mod outbound;
 mod per_ip;
+mod proxy;
 mod stats;
 mod timer;
 
@@ -99,6 +100,7 @@ pub use engine::{Engine, EngineBuilder, StopMode};
 pub use error::{Error, Result};
 pub use handler::{ConnCtx, Handler, LoopCtx};
 pub use inbox::{Handles, LoopGone, LoopHandle, TrySendFailure};
+pub use proxy::ProxyTrust;
 pub use stats::{CloseReason, LoopStats, LoopStatsSnapshot};
 
 /// Names the listener a connection was accepted on, in the order listeners were added

@@ -24,11 +24,16 @@ pub enum CloseReason {
     InputOverflow,
     /// The engine is stopping.
     Shutdown,
+    /// Its first bytes were a PROXY header it may not send (its source is not a trusted
+    /// proxy) or cannot be read (`proxy.rs`).
+    ProxyHeader,
+    /// The client a trusted proxy named is at `max_connections_per_ip`.
+    OverIpLimit,
 }
 
 impl CloseReason {
     /// Number of distinct reasons, for the per-reason counters.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 10;
 
     /// A dense index for counters.
     pub const fn index(self) -> usize {
@@ -41,6 +46,8 @@ impl CloseReason {
             CloseReason::SlowConsumer => 5,
             CloseReason::InputOverflow => 6,
             CloseReason::Shutdown => 7,
+            CloseReason::ProxyHeader => 8,
+            CloseReason::OverIpLimit => 9,
         }
     }
 
@@ -55,6 +62,8 @@ impl CloseReason {
             "slow_consumer",
             "input_overflow",
             "shutdown",
+            "proxy_header",
+            "over_ip_limit",
         ][self.index()]
     }
 }

@@ -84,6 +84,8 @@ pub struct Gateway {
     send_limit: SendLimit,
     /// `Config::send_bytes_limit`, copied once.
     send_kib_limit: SendLimit,
+    /// `Config::proxy_from`: the proxies whose forwarded headers name the client.
+    proxies: ruyi_reactor::ProxyTrust,
     /// Client connections still to close, once the server is stopping.
     drain: Option<crate::drain::Drain>,
 }
@@ -94,6 +96,8 @@ impl Gateway {
         Gateway {
             send_limit: shared.config.send_limit(),
             send_kib_limit: shared.config.send_bytes_limit(),
+            // Checked at start (`Config::validate`).
+            proxies: ruyi_reactor::ProxyTrust::parse(&shared.config.proxy_from).unwrap_or_default(),
             shared,
             loops,
             kicks: Vec::new(),

@@ -18,7 +18,11 @@ impl Gateway {
         let Some(state) = s.ws.as_mut() else { return 0 };
         let mut consumed = 0;
         if !state.open {
-            match ws::parse_handshake(input) {
+            // A trusted proxy (or a chain of them, the last one named by a PROXY header)
+            // may say whom it relays (`forwarded.rs`).
+            let proxy = conn.via_trusted_proxy()
+                && conn.peer_addr().is_ok_and(|a| self.proxies.trusts(a.ip()));
+            match ws::parse_handshake(input, proxy.then_some(&self.proxies)) {
                 ws::Handshake::Partial => return 0,
                 ws::Handshake::Reject(status, why) => {
                     log::debug!("conn={} refused WebSocket upgrade: {why}", conn.id());
@@ -29,7 +33,13 @@ impl Gateway {
                 ws::Handshake::Accept {
                     response,
                     consumed: head,
+                    client,
                 } => {
+                    let named = client.map(|ip| std::net::SocketAddr::new(ip, 0));
+                    if named.is_some_and(|a| !conn.set_client_addr(a)) {
+                        // Its client is at the per-IP limit: the engine is closing it.
+                        return input.len();
+                    }
                     conn.queue_slice(response.as_bytes());
                     state.open = true;
                     consumed = head;

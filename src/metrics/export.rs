@@ -240,6 +240,8 @@ fn loop_metrics(shared: &SharedRef, m: &mut Exposition) {
             CloseReason::SlowConsumer,
             CloseReason::InputOverflow,
             CloseReason::Shutdown,
+            CloseReason::ProxyHeader,
+            CloseReason::OverIpLimit,
         ] {
             m.sample(
                 "ruyi_connections_closed_total",
@@ -251,7 +253,7 @@ fn loop_metrics(shared: &SharedRef, m: &mut Exposition) {
     m.single(
         "ruyi_connections_refused_per_ip_total",
         "counter",
-        "Connections reset at accept: their address was at max_connections_per_ip.",
+        "Connections refused for max_connections_per_ip: reset at accept, or closed when a trusted proxy named a client at the limit.",
         shared.loops().refused_per_ip(),
     );
     m.family(

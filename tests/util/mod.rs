@@ -219,7 +219,12 @@ impl Client {
 
     /// Connects and sends CONNECT; returns the client and the CONNACK.
     pub fn login(addr: SocketAddr, l: &Login<'_>) -> (Client, ConnackPacket) {
-        let stream = TcpStream::connect(addr).unwrap();
+        Client::login_over(TcpStream::connect(addr).unwrap(), l)
+    }
+
+    /// [`Client::login`] on a connected socket (for tests that send bytes before CONNECT,
+    /// such as a PROXY header).
+    pub fn login_over(stream: TcpStream, l: &Login<'_>) -> (Client, ConnackPacket) {
         stream.set_nodelay(true).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))

@@ -6,6 +6,7 @@ use crate::conn::{Conn, ConnIo, Flags};
 use crate::conn_id::ConnId;
 use crate::handler::{ConnCtx, Handler, LoopCtx};
 use crate::inbox::Command;
+use crate::proxy::Arrival;
 use crate::stats::{CloseReason, LoopStats};
 use mio::{Interest, Token};
 use std::sync::atomic::Ordering;
@@ -49,6 +50,7 @@ impl<H: Handler> EventLoop<H> {
                 listener,
                 peer,
                 admission,
+                arrival,
             } => {
                 LoopStats::add(&self.stats().accepted, 1);
                 if self.stopping() {
@@ -57,7 +59,8 @@ impl<H: Handler> EventLoop<H> {
                     return;
                 }
                 log::trace!("loop={} accepted {peer}", self.core.loop_index);
-                self.pending_accepts.push((stream, listener, admission));
+                self.pending_accepts
+                    .push((stream, listener, admission, arrival));
             }
             Command::Send(id, frame) => self.queue_to(id, frame),
             Command::SendBatch(frames) => {
@@ -117,7 +120,7 @@ impl<H: Handler> EventLoop<H> {
     pub(super) fn insert_accepted(&mut self) {
         let n = self.pending_accepts.len().min(ACCEPTS_PER_TURN);
         let batch: Vec<_> = self.pending_accepts.drain(..n).collect();
-        for (mut stream, listener, admission) in batch {
+        for (mut stream, listener, admission, arrival) in batch {
             let stats = &self.core.shared.stats;
             stats.pending_sockets.fetch_sub(1, Ordering::Relaxed);
             let entry = self.slab.vacant_entry();
@@ -148,6 +151,11 @@ impl<H: Handler> EventLoop<H> {
                 queued_out,
                 admission,
             );
+            match arrival {
+                Arrival::Direct => {}
+                Arrival::Untrusted => io.flags.insert(Flags::PROXY_CHECK),
+                Arrival::Trusted => io.flags.insert(Flags::PROXY_CHECK | Flags::VIA_PROXY),
+            }
             self.core
                 .set_idle_timeout(id, &mut io, self.config.idle_timeout);
             let mut ctx = ConnCtx {

@@ -28,6 +28,7 @@
 
 mod close;
 mod commands;
+mod proxy;
 mod read;
 mod timers;
 mod write;
@@ -78,7 +79,7 @@ pub(crate) struct EventLoop<H: Handler> {
     next_generation: u32,
     /// Sockets taken from the inbox, registered at the end of a turn. At most
     /// `MAX_PENDING_SOCKETS` (the acceptor's bound, `acceptor.rs`).
-    pending_accepts: Vec<(TcpStream, ListenerId, Admission)>,
+    pending_accepts: Vec<(TcpStream, ListenerId, Admission, crate::proxy::Arrival)>,
     /// Reused between turns to avoid reallocating the work lists.
     spare: Vec<ConnId>,
     due: Vec<TimerEntry>,

@@ -148,6 +148,26 @@ impl<H: Handler> EventLoop<H> {
         let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
             return;
         };
+        if conn.io.flags.contains(Flags::PROXY_CHECK) {
+            // Until the first bytes are told apart from a PROXY header, all is buffered.
+            conn.io.input.extend_from_slice(&self.scratch[..n]);
+            if !self.take_proxy_header(id) {
+                return;
+            }
+            let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
+                return;
+            };
+            if !conn.io.input.is_empty() {
+                let mut ctx = ConnCtx {
+                    id,
+                    io: &mut conn.io,
+                    core: &mut self.core,
+                };
+                offer_buffered(&mut self.handler, &mut ctx, &mut conn.state);
+            }
+            self.check_input_cap(id);
+            return;
+        }
         let mut ctx = ConnCtx {
             id,
             io: &mut conn.io,
@@ -167,6 +187,14 @@ impl<H: Handler> EventLoop<H> {
             ctx.io.input.extend_from_slice(&self.scratch[..n]);
             offer_buffered(&mut self.handler, &mut ctx, &mut conn.state);
         }
+        self.check_input_cap(id);
+    }
+
+    /// Closes `id` if it holds more incomplete input than `max_inbound_bytes`.
+    fn check_input_cap(&mut self, id: ConnId) {
+        let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
+            return;
+        };
         let max = self.config.max_inbound_bytes;
         if conn.io.input.len() > max {
             log::debug!(
