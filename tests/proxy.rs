@@ -145,7 +145,9 @@ fn a_header_from_an_untrusted_source_or_a_broken_one_closes_the_connection() {
     });
     let tcp = server.tcp_addr();
     let forged: SocketAddr = "203.0.113.7:5555".parse().unwrap();
-    for header in [v1_header(forged, tcp), v2_header(forged, tcp)] {
+    // Whole headers, and a signature alone: refused at once, not at the login deadline.
+    let signature = b"PROXY ".to_vec();
+    for header in [v1_header(forged, tcp), v2_header(forged, tcp), signature] {
         let mut s = connect_from(Ipv4Addr::LOCALHOST, tcp).unwrap();
         s.write_all(&header).unwrap();
         let mut c = Client::from_stream(s);
@@ -159,8 +161,8 @@ fn a_header_from_an_untrusted_source_or_a_broken_one_closes_the_connection() {
     s.write_all(b"PROXY TCP4 not-an-address 127.0.0.1 1 2\r\n")
         .unwrap();
     assert!(Client::from_stream(s).closed_within(Duration::from_secs(5)));
-    // The engine closed all three for their header, before the protocol saw a byte.
-    assert_eq!(closed_for(server.http_addr(), "proxy_header"), 3);
+    // The engine closed all four for their header, before the protocol saw a byte.
+    assert_eq!(closed_for(server.http_addr(), "proxy_header"), 4);
     // Without proxy_from at all, every header is refused; plain clients are served.
     let plain = start("proxy-none", |_| {});
     let mut s = TcpStream::connect(plain.tcp_addr()).unwrap();

@@ -95,6 +95,12 @@ pub(crate) enum Header {
     Invalid(String),
 }
 
+/// True when `input` begins with a whole PROXY signature (v1's "PROXY ", v2's 12 bytes):
+/// from an untrusted source that is enough to refuse, without waiting for the rest.
+pub(crate) fn signed(input: &[u8]) -> bool {
+    input.starts_with(V1_PREFIX) || input.starts_with(V2_SIGNATURE)
+}
+
 /// Reads the PROXY header at the start of `input`, if any.
 pub(crate) fn inspect(input: &[u8]) -> Header {
     let n = input.len().min(V2_SIGNATURE.len());

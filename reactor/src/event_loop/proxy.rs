@@ -6,7 +6,7 @@ use super::{live, EventLoop};
 use crate::conn::Flags;
 use crate::conn_id::ConnId;
 use crate::handler::Handler;
-use crate::proxy::{inspect, Header};
+use crate::proxy::{inspect, signed, Header};
 use crate::stats::CloseReason;
 
 impl<H: Handler> EventLoop<H> {
@@ -20,6 +20,13 @@ impl<H: Handler> EventLoop<H> {
         };
         let io = &mut conn.io;
         let trusted = io.flags.contains(Flags::VIA_PROXY);
+        if !trusted && signed(&io.input) {
+            log::debug!(
+                "loop={loop_index} conn={id} sent a PROXY header from an untrusted source; closing"
+            );
+            self.core.mark_close(id, io, CloseReason::ProxyHeader);
+            return false;
+        }
         let (len, client) = match inspect(&io.input) {
             Header::Absent => {
                 io.flags.remove(Flags::PROXY_CHECK);
@@ -28,13 +35,6 @@ impl<H: Handler> EventLoop<H> {
             Header::Partial => return false,
             Header::Invalid(why) => {
                 log::debug!("loop={loop_index} conn={id} {why}; closing");
-                self.core.mark_close(id, io, CloseReason::ProxyHeader);
-                return false;
-            }
-            Header::Complete { .. } if !trusted => {
-                log::debug!(
-                    "loop={loop_index} conn={id} sent a PROXY header from an untrusted source; closing"
-                );
                 self.core.mark_close(id, io, CloseReason::ProxyHeader);
                 return false;
             }
