@@ -395,6 +395,25 @@ fn join_cluster(
     let (cluster, inbound) =
         crate::cluster::Cluster::start(shared, me, leader).map_err(StartError::Config)?;
     shared.cluster.set(cluster).expect("set once, here");
+    // Renewed only while this node is on the bus, or leads a cluster whose bus is down
+    // for everyone (`storage/postgres/lease.rs`, CLUSTER.md invariant 7).
+    let weak = Arc::downgrade(shared);
+    lease.gate(Box::new(move || {
+        use storage::postgres::Renewal;
+        let Some(shared) = weak.upgrade() else {
+            return Renewal::Renew;
+        };
+        let Some(cluster) = shared.cluster.get() else {
+            return Renewal::Renew;
+        };
+        if cluster.bus.connected() {
+            Renewal::Renew
+        } else if cluster.leads() {
+            Renewal::UnlessOthersRenew
+        } else {
+            Renewal::Skip
+        }
+    }));
     let (s, reader) = (Arc::clone(shared), store.open_reader()?);
     spawn(threads, "ruyi-relay".into(), move || {
         crate::cluster::inbound::run(s, inbound, reader)

@@ -10,11 +10,39 @@ use std::time::{Duration, Instant};
 pub struct Nats {
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// Arguments beyond the port (a cluster's routes).
+    extra: Vec<String>,
 }
 
 impl Nats {
     /// Starts one, or says SKIPPED (fails under `CI=true`) when `nats-server` is missing.
     pub fn start() -> Option<Nats> {
+        Nats::start_with(Vec::new())
+    }
+
+    /// Two servers routed to each other as one NATS cluster: a client of either reaches
+    /// the clients of both, and stopping one cuts off only its own clients.
+    pub fn start_pair() -> Option<(Nats, Nats)> {
+        let routes = [free_addr(), free_addr()];
+        let args = |me: usize| {
+            vec![
+                "--cluster_name".into(),
+                "ruyi-test".into(),
+                "--cluster".into(),
+                format!("nats://{}", routes[me]),
+                "--routes".into(),
+                format!("nats://{}", routes[1 - me]),
+                // Clients would otherwise learn the other server and move to it: the
+                // cut would heal by itself.
+                "--no_advertise".into(),
+            ]
+        };
+        let a = Nats::start_with(args(0))?;
+        let b = Nats::start_with(args(1))?;
+        Some((a, b))
+    }
+
+    fn start_with(extra: Vec<String>) -> Option<Nats> {
         let found = Command::new("nats-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -28,6 +56,7 @@ impl Nats {
         let mut nats = Nats {
             addr: free_addr(),
             child: None,
+            extra,
         };
         nats.resume();
         Some(nats)
@@ -51,6 +80,7 @@ impl Nats {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.addr.port().to_string()])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

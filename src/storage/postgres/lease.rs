@@ -20,6 +20,14 @@
 //! incarnation fails them for good, and the renewer then panics so the crash policy
 //! (`fault.rs`) stops the process. A clean stop deletes the row, so a restart claims at
 //! once.
+//!
+//! # In a cluster, renewed only while the node is safe ([`NodeLease::gate`])
+//! A cluster node renews while it is on the bus (CLUSTER.md invariant 7). A follower off
+//! the bus lets its lease lapse, so it cannot take the lead it could not exercise. A
+//! leader off the bus renews only while no other node has renewed within [`FRESH`]: when
+//! the others still renew, they reach one another and it is the one cut off, so its lease
+//! lapses, one of them takes the lead, and it stops. When no one else renews, the bus is
+//! down for everyone, and the leader keeps serving what needs no other node.
 
 use super::ConnInfo;
 use crate::storage::{DbError, StorageError};
@@ -27,15 +35,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a lease lives without renewal.
-pub const TTL: Duration = Duration::from_secs(10);
+/// How long a lease lives without renewal: also how long a dead leader's lead outlives
+/// it (docs/CLUSTER.md, failover).
+pub const TTL: Duration = Duration::from_secs(6);
 
-/// How often a lease is renewed.
-pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How often a lease is renewed: a PostgreSQL that misses five renewals in a row costs
+/// the lease.
+pub const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+/// A lease renewed within this long belongs to a node that is on the bus now (module
+/// docs): two and a half renewals.
+pub const FRESH: Duration = Duration::from_millis(2500);
+
+/// What a cluster node's renewer does at its next renewal (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// Renew: the node is on the bus (or not in a cluster).
+    Renew,
+    /// Renew unless another node renewed within [`FRESH`]: the leader, off the bus.
+    UnlessOthersRenew,
+    /// Let the lease lapse: a follower off the bus.
+    Skip,
+}
+
+/// Decides each renewal (module docs); runs on the renewer's thread.
+pub type Gate = Box<dyn Fn() -> Renewal + Send + Sync>;
 
 /// A claimed node id, renewed until dropped (then released).
 pub struct NodeLease {
     stop: Arc<AtomicBool>,
+    gate: Arc<std::sync::Mutex<Option<Gate>>>,
     renewer: Option<std::thread::JoinHandle<()>>,
     info: ConnInfo,
     node_id: i64,
@@ -60,6 +89,11 @@ impl NodeLease {
     /// This claim's incarnation: 1 for the node id's first, one more at each claim.
     pub fn incarnation(&self) -> i64 {
         self.incarnation
+    }
+
+    /// Renews from now on only as `gate` says (module docs); without one, always.
+    pub fn gate(&self, gate: Gate) {
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate);
     }
 
     /// Watches (and takes when free) the cluster's lead for as long as this lease is held
@@ -123,11 +157,12 @@ pub fn claim(info: &ConnInfo, node_id: u16, holder: &str) -> Result<NodeLease, S
     };
     log::info!("storage: node id {node_id} claimed (incarnation {incarnation})");
     let stop = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(std::sync::Mutex::new(None));
     let renewer = {
-        let (stop, info) = (Arc::clone(&stop), info.clone());
+        let (stop, info, gate) = (Arc::clone(&stop), info.clone(), Arc::clone(&gate));
         std::thread::Builder::new()
             .name("ruyi-lease".into())
-            .spawn(move || renew(&info, node, incarnation, &stop))
+            .spawn(move || renew(&info, node, incarnation, &stop, &gate))
             .map_err(|e| {
                 fail(DbError::Unavailable(format!(
                     "cannot start the lease thread: {e}"
@@ -136,6 +171,7 @@ pub fn claim(info: &ConnInfo, node_id: u16, holder: &str) -> Result<NodeLease, S
     };
     Ok(NodeLease {
         stop,
+        gate,
         renewer: Some(renewer),
         info: info.clone(),
         node_id: node,
@@ -143,9 +179,16 @@ pub fn claim(info: &ConnInfo, node_id: u16, holder: &str) -> Result<NodeLease, S
     })
 }
 
-fn renew(info: &ConnInfo, node: i64, incarnation: i64, stop: &AtomicBool) {
+fn renew(
+    info: &ConnInfo,
+    node: i64,
+    incarnation: i64,
+    stop: &AtomicBool,
+    gate: &std::sync::Mutex<Option<Gate>>,
+) {
     let mut client = None;
     let mut next = Instant::now() + RENEW_EVERY;
+    let mut held_back = false;
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
         if Instant::now() < next {
@@ -162,6 +205,42 @@ fn renew(info: &ConnInfo, node: i64, incarnation: i64, stop: &AtomicBool) {
             );
             continue;
         };
+        let decision = gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(Renewal::Renew, |g| g());
+        let hold_back = match decision {
+            Renewal::Renew => false,
+            Renewal::Skip => true,
+            Renewal::UnlessOthersRenew => match others_renewing(c, node) {
+                Ok(others) => others,
+                Err(e) => {
+                    log::warn!("storage: reading the other nodes' leases failed: {e}");
+                    client = None;
+                    continue;
+                }
+            },
+        };
+        if hold_back != held_back {
+            held_back = hold_back;
+            if hold_back {
+                log::warn!(
+                    "cluster: node {node} is off the bus while {}; letting its lease lapse \
+                     (in {TTL:?}) so that a node on the bus serves instead",
+                    if decision == Renewal::Skip {
+                        "it follows"
+                    } else {
+                        "the others still renew theirs"
+                    }
+                );
+            } else {
+                log::info!("cluster: node {node} renews its lease again");
+            }
+        }
+        if hold_back {
+            continue;
+        }
         match c.execute(
             "UPDATE node_lease SET expires_at = now() + $3::bigint * interval '1 millisecond'
              WHERE node_id = $1 AND incarnation = $2",
@@ -178,6 +257,17 @@ fn renew(info: &ConnInfo, node: i64, incarnation: i64, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// True when another node renewed its lease within [`FRESH`] (PostgreSQL's clock).
+fn others_renewing(c: &mut postgres::Client, node: i64) -> Result<bool, postgres::Error> {
+    let since_ms = i64::try_from((TTL - FRESH).as_millis()).unwrap_or(0);
+    let row = c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM node_lease WHERE node_id <> $1
+             AND expires_at > now() + $2::bigint * interval '1 millisecond')",
+        &[&node, &since_ms],
+    )?;
+    Ok(row.get(0))
 }
 
 impl Drop for NodeLease {

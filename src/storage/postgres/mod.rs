@@ -19,7 +19,7 @@ pub mod schema;
 pub mod tx;
 
 pub use conn::{ConnInfo, PgSettings, Pool};
-pub use lease::NodeLease;
+pub use lease::{NodeLease, Renewal};
 
 use super::{ChannelInfo, Conversation, DbError, Device, MessageKey, OfflineEntry, StorageError};
 use crate::message::{ChannelKey, Message};
