@@ -168,6 +168,10 @@ pub struct Config {
     /// `forwarded.rs`). Default: none, and a PROXY header from any source closes its
     /// connection: no client can forge its address.
     pub proxy_from: Vec<String>,
+    /// The header a trusted WebSocket proxy names the client in: `X-Forwarded-For` (the
+    /// default; walked from the right past trusted hops) or `X-Real-Ip`. Only this one is
+    /// read: a proxy passes the others through as the client wrote them (`forwarded.rs`).
+    pub proxy_client_header: String,
     /// The WAL size past which the checkpointer forces it to start over
     /// (`storage/sqlite/wal.rs`); past twice this the writer waits for a checkpoint before
     /// its next commit, so a checkpointer held back cannot let the WAL grow. Default
@@ -253,6 +257,7 @@ impl Default for Config {
             max_conns_per_uid: 16,
             allowed_hosts: Vec::new(),
             proxy_from: Vec::new(),
+            proxy_client_header: "X-Forwarded-For".into(),
             max_pending_acks: 256,
             recv_retry_interval: Duration::from_secs(60),
             recv_retry_limit: 5,
@@ -377,6 +382,7 @@ impl Config {
         }
         ruyi_reactor::ProxyTrust::parse(&self.proxy_from)
             .map_err(|e| format!("proxy_from: {e}"))?;
+        crate::forwarded::ClientHeader::parse(&self.proxy_client_header)?;
         if self.node_id > 1023 {
             return Err("node_id must be at most 1023 (10 bits of the message id)".into());
         }

@@ -136,6 +136,10 @@ struct Cli {
     /// from elsewhere closes the connection]
     #[arg(long, value_delimiter = ',')]
     proxy_from: Option<Vec<String>>,
+    /// The header a trusted WebSocket proxy names the client in: X-Forwarded-For or
+    /// X-Real-Ip [default: X-Forwarded-For]
+    #[arg(long)]
+    proxy_client_header: Option<String>,
     /// The WAL size in bytes past which it is forced to start over [default: 67108864]
     #[arg(long)]
     wal_max_bytes: Option<u64>,
@@ -218,6 +222,7 @@ struct FileConfig {
     cors_origins: Option<Vec<String>>,
     allowed_hosts: Option<Vec<String>>,
     proxy_from: Option<Vec<String>>,
+    proxy_client_header: Option<String>,
     max_send_bytes_per_sec: Option<u32>,
     max_logins_per_sec_per_ip: Option<u32>,
     max_logins_per_sec_per_uid: Option<u32>,
@@ -293,6 +298,7 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.cors_origins = f.cors_origins.unwrap_or(c.cors_origins);
         c.allowed_hosts = f.allowed_hosts.unwrap_or(c.allowed_hosts);
         c.proxy_from = f.proxy_from.unwrap_or(c.proxy_from);
+        c.proxy_client_header = f.proxy_client_header.unwrap_or(c.proxy_client_header);
         c.max_send_bytes_per_sec = f.max_send_bytes_per_sec.unwrap_or(c.max_send_bytes_per_sec);
         c.max_logins_per_sec_per_ip = f
             .max_logins_per_sec_per_ip
@@ -335,6 +341,7 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.cors_origins = cli.cors_origins.unwrap_or(c.cors_origins);
     c.allowed_hosts = cli.allowed_hosts.unwrap_or(c.allowed_hosts);
     c.proxy_from = cli.proxy_from.unwrap_or(c.proxy_from);
+    c.proxy_client_header = cli.proxy_client_header.unwrap_or(c.proxy_client_header);
     c.wal_max_bytes = cli.wal_max_bytes.unwrap_or(c.wal_max_bytes);
     c.node_id = cli.node_id.unwrap_or(c.node_id);
     c.nats = cli.nats.unwrap_or(c.nats);

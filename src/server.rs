@@ -127,8 +127,10 @@ impl Server {
         // Always on: without trusted sources every PROXY header is refused (`proxy.rs`).
         let proxies =
             ruyi_reactor::ProxyTrust::parse(&config.proxy_from).map_err(StartError::Config)?;
-        builder.proxy_protocol(tcp, proxies.clone());
-        builder.proxy_protocol(ws, proxies);
+        // An L4 balancer in front of the TCP port always sends a header; one in front of
+        // the WebSocket port may be an HTTP proxy that names the client in its headers.
+        builder.proxy_protocol(tcp, proxies.clone(), ruyi_reactor::HeaderRule::Required);
+        builder.proxy_protocol(ws, proxies, ruyi_reactor::HeaderRule::Optional);
         debug_assert_eq!(
             (tcp.index(), http.index(), ws.index()),
             (LISTENER_TCP, LISTENER_HTTP, LISTENER_WS)

@@ -64,9 +64,12 @@ pub enum Handshake {
 }
 
 /// Reads the HTTP upgrade request (the path is not checked, as in WuKongIM). `proxy`: the
-/// connection's peer is a trusted proxy, and these are the ranges trusted; its forwarded
-/// headers then name the client.
-pub fn parse_handshake(input: &[u8], proxy: Option<&ruyi_reactor::ProxyTrust>) -> Handshake {
+/// connection's peer is a trusted proxy, and these are the ranges trusted and the header
+/// that names the client (`forwarded.rs`).
+pub fn parse_handshake(
+    input: &[u8],
+    proxy: Option<(&ruyi_reactor::ProxyTrust, crate::forwarded::ClientHeader)>,
+) -> Handshake {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let consumed = match req.parse(input) {
@@ -103,14 +106,8 @@ pub fn parse_handshake(input: &[u8], proxy: Option<&ruyi_reactor::ProxyTrust>) -
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         accept_key(key)
     );
-    let client = proxy.and_then(|trust| {
-        let forwarded_for = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
-            .filter_map(|h| std::str::from_utf8(h.value).ok());
-        crate::forwarded::client(forwarded_for, header("x-real-ip"), trust)
-    });
+    let client =
+        proxy.and_then(|(trust, which)| crate::forwarded::client(req.headers, which, trust));
     Handshake::Accept {
         response,
         consumed,

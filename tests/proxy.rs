@@ -109,14 +109,18 @@ fn a_trusted_balancer_names_the_client_in_v1_and_v2_even_split_across_writes() {
     assert_eq!(code, 1);
     let (mut b, code) = login_behind(&server, lo, &v2_header(two, tcp), 5, "bo");
     assert_eq!(code, 1);
-    // A trusted source may also connect without a header (a health check, a proxy that
-    // speaks for itself).
-    let (_c, code) = login_behind(&server, lo, b"", 1, "cy");
-    assert_eq!(code, 1);
+    // On the TCP port a trusted source must send one: were its range to carry clients'
+    // own connections too (a NAT), they could not pass for the balancer.
+    let s = TcpStream::connect(tcp).unwrap();
+    register(&server, "cy", "t", 1, 0);
+    s.set_nodelay(true).unwrap();
+    let mut c = Client::from_stream(s);
+    c.write(&connect_packet("cy"));
+    assert!(c.closed_within(Duration::from_secs(5)));
+    assert_eq!(closed_for(server.http_addr(), "proxy_header"), 1);
     assert_eq!(
         connz(server.http_addr()),
         vec![
-            ("127.0.0.1".to_owned(), connz_port_of(&server, "cy")),
             ("198.51.100.9".to_owned(), 6000),
             ("203.0.113.7".to_owned(), 5555),
         ]
@@ -125,6 +129,18 @@ fn a_trusted_balancer_names_the_client_in_v1_and_v2_even_split_across_writes() {
     a.send("bo", 1, b"via the balancer", "m1");
     assert_eq!(a.sendack().reason_code, 1);
     assert_eq!(b.recv().payload.as_ref(), b"via the balancer");
+}
+
+fn connect_packet(uid: &str) -> Packet {
+    Packet::Connect(ConnectPacket {
+        version: LATEST_VERSION,
+        device_flag: 1,
+        device_id: "web".into(),
+        uid: uid.into(),
+        token: "t".into(),
+        client_timestamp: 0,
+        client_key: public_key_b64(random_secret().unwrap()),
+    })
 }
 
 /// The port `/connz` shows for `uid`'s connection.
@@ -236,13 +252,15 @@ fn the_per_ip_limit_counts_the_named_client_not_the_balancer() {
 
 /// Upgrades to WebSocket from `source` with `extra` headers (after an optional PROXY
 /// header), logs in as `uid`, and returns the socket.
-fn ws_login(server: &Server, source: Ipv4Addr, proxy: &[u8], extra: &str, uid: &str) -> TcpStream {
+fn ws_login(server: &Server, source: Ipv4Addr, proxy: &[u8], extra: &[u8], uid: &str) -> TcpStream {
     register(server, uid, "t", 1, 0);
     let mut s = connect_from(source, server.ws_addr()).unwrap();
     s.write_all(proxy).unwrap();
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{extra}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+        .unwrap();
+    s.write_all(extra).unwrap();
+    s.write_all(
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )
     .unwrap();
     let mut b = BytesMut::new();
@@ -292,22 +310,28 @@ fn websocket_upgrades_take_forwarded_headers_and_proxy_headers_only_from_trusted
         &server,
         lo,
         b"",
-        "X-Forwarded-For: 1.1.1.1, 203.0.113.20\r\n",
+        b"X-Forwarded-For: 1.1.1.1, 203.0.113.20\r\n",
         "wa",
     );
     assert_eq!(connz_ip_of(&server, "wa").as_deref(), Some("203.0.113.20"));
-    let _b = ws_login(&server, lo, b"", "X-Real-Ip: 203.0.113.21\r\n", "wb");
-    assert_eq!(connz_ip_of(&server, "wb").as_deref(), Some("203.0.113.21"));
+    // Only the header the operator named (X-Forwarded-For by default) is read: the proxy
+    // passes the others through as the client wrote them, and a list that is not text
+    // names nobody rather than let another header stand in.
+    let _b = ws_login(&server, lo, b"", b"X-Real-Ip: 6.6.6.6\r\n", "wb");
+    assert_eq!(connz_ip_of(&server, "wb").as_deref(), Some("127.0.0.1"));
+    let forged = b"X-Forwarded-For: \xff, 203.0.113.40\r\nX-Real-Ip: 6.6.6.6\r\n";
+    let _b2 = ws_login(&server, lo, b"", forged, "wb2");
+    assert_eq!(connz_ip_of(&server, "wb2").as_deref(), Some("127.0.0.1"));
     // A PROXY header on the WebSocket port.
     let header = v1_header("198.51.100.30:7000".parse().unwrap(), server.ws_addr());
-    let _c = ws_login(&server, lo, &header, "", "wc");
+    let _c = ws_login(&server, lo, &header, b"", "wc");
     assert_eq!(connz_ip_of(&server, "wc").as_deref(), Some("198.51.100.30"));
     // From an untrusted source a forwarded header changes nothing...
     let _d = ws_login(
         &server,
         other,
         b"",
-        "X-Forwarded-For: 203.0.113.22\r\nX-Real-Ip: 203.0.113.22\r\n",
+        b"X-Forwarded-For: 203.0.113.22\r\nX-Real-Ip: 203.0.113.22\r\n",
         "wd",
     );
     assert_eq!(connz_ip_of(&server, "wd").as_deref(), Some("127.0.0.3"));
@@ -320,4 +344,25 @@ fn websocket_upgrades_take_forwarded_headers_and_proxy_headers_only_from_trusted
         matches!(s.read(&mut buf), Ok(0) | Err(_)),
         "an untrusted PROXY header on the WebSocket port was taken"
     );
+}
+
+#[test]
+fn x_real_ip_is_read_when_named_the_last_one_and_a_move_to_the_same_client_costs_no_slot() {
+    let server = start("proxy-real-ip", |c| {
+        c.proxy_from = vec!["127.0.0.1".into()];
+        c.proxy_client_header = "X-Real-IP".into();
+        c.max_connections_per_ip = 2;
+    });
+    let lo = Ipv4Addr::LOCALHOST;
+    // A proxy that appends its X-Real-Ip after the client's: the last one is its.
+    let two = b"X-Real-Ip: 6.6.6.6\r\nX-Real-Ip: 203.0.113.41\r\nX-Forwarded-For: 6.6.6.7\r\n";
+    let _a = ws_login(&server, lo, b"", two, "ra");
+    assert_eq!(connz_ip_of(&server, "ra").as_deref(), Some("203.0.113.41"));
+    // A chain (an L4 balancer's PROXY header, then the HTTP proxy's header) naming the
+    // same client twice counts it once: its second connection still fits a limit of two.
+    let client: SocketAddr = "203.0.113.41:9000".parse().unwrap();
+    let header = v1_header(client, server.ws_addr());
+    let _b = ws_login(&server, lo, &header, b"X-Real-Ip: 203.0.113.41\r\n", "rb");
+    assert_eq!(connz_ip_of(&server, "rb").as_deref(), Some("203.0.113.41"));
+    assert_eq!(closed_for(server.http_addr(), "over_ip_limit"), 0);
 }

@@ -29,7 +29,7 @@ use crate::balancer::Balancer;
 use crate::global::{Admission, Global};
 use crate::inbox::{Command, LoopHandle};
 use crate::per_ip::IpSlot;
-use crate::proxy::{Arrival, ProxyTrust};
+use crate::proxy::{Arrival, HeaderRule, ProxyTrust};
 use crate::ListenerId;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
@@ -78,7 +78,7 @@ pub(crate) struct Acceptor<M> {
     pub last_refusal_warn: Option<Instant>,
     /// Per listener, the sources its PROXY headers are honoured from (`None`: it takes
     /// none).
-    pub proxies: Vec<Option<Arc<ProxyTrust>>>,
+    pub proxies: Vec<Option<(Arc<ProxyTrust>, HeaderRule)>>,
 }
 
 impl<M: Send> Acceptor<M> {
@@ -217,13 +217,13 @@ impl<M: Send> Acceptor<M> {
             };
             let arrival = match &self.proxies[index] {
                 None => Arrival::Direct,
-                Some(trust) if trust.trusts(peer.ip()) => Arrival::Trusted,
+                Some((trust, rule)) if trust.trusts(peer.ip()) => Arrival::Trusted(*rule),
                 Some(_) => Arrival::Untrusted,
             };
             let ip_slot = match &self.global.per_ip {
                 // A trusted proxy carries every client behind it: each is counted by the
                 // address its header names (`proxy.rs`), not all by the proxy's.
-                _ if arrival == Arrival::Trusted => IpSlot::none(),
+                _ if matches!(arrival, Arrival::Trusted(_)) => IpSlot::none(),
                 None => IpSlot::none(),
                 Some(per_ip) => match per_ip.acquire(peer.ip()) {
                     Some(slot) => slot,

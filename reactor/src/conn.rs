@@ -19,6 +19,7 @@
 //! | `CLOSING`           | `Core::mark_close`, from anywhere               | never: `reap` removes the connection         |
 //! | `PROXY_CHECK`       | registration on a PROXY listener (`proxy.rs`)   | the first bytes read as a header or not one  |
 //! | `VIA_PROXY`         | registration: the source is a trusted proxy     | never                                        |
+//! | `PROXY_REQUIRED`    | registration: ... that must send a header       | never                                        |
 //!
 //! # Invariants
 //! - `input` holds only bytes of a frame the handler could not consume yet; it is empty (and
@@ -65,6 +66,8 @@ impl Flags {
     pub const PROXY_CHECK: Flags = Flags(1 << 11);
     /// The socket's peer is a trusted proxy: it may name the client (`proxy.rs`).
     pub const VIA_PROXY: Flags = Flags(1 << 12);
+    /// ... and must open with a PROXY header (`HeaderRule::Required`).
+    pub const PROXY_REQUIRED: Flags = Flags(1 << 13);
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0

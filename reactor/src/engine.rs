@@ -49,7 +49,7 @@ pub struct EngineBuilder {
     listeners: Vec<std::net::TcpListener>,
     balancer: Option<Box<dyn crate::Balancer>>,
     /// Per listener, the sources PROXY headers are honoured from.
-    proxies: Vec<Option<Arc<crate::ProxyTrust>>>,
+    proxies: Vec<Option<(Arc<crate::ProxyTrust>, crate::HeaderRule)>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -89,10 +89,16 @@ impl EngineBuilder {
     }
 
     /// Reads a PROXY protocol header (v1 or v2) at the start of each connection on
-    /// `listener` (see `proxy.rs`): honoured from a source `trust` names, refused (the
-    /// connection closed) from any other. With an empty `trust` every header is refused.
-    pub fn proxy_protocol(&mut self, listener: ListenerId, trust: crate::ProxyTrust) -> &mut Self {
-        self.proxies[listener.index()] = Some(Arc::new(trust));
+    /// `listener` (see `proxy.rs`): honoured from a source `trust` names (and, by `rule`,
+    /// required of it), refused (the connection closed) from any other. With an empty
+    /// `trust` every header is refused.
+    pub fn proxy_protocol(
+        &mut self,
+        listener: ListenerId,
+        trust: crate::ProxyTrust,
+        rule: crate::HeaderRule,
+    ) -> &mut Self {
+        self.proxies[listener.index()] = Some((Arc::new(trust), rule));
         self
     }
 

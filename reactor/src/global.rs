@@ -73,14 +73,13 @@ impl Admission {
         let Some(per_ip) = &self.global.per_ip else {
             return true;
         };
-        let Some(slot) = per_ip.acquire(ip) else {
-            return false;
-        };
-        if self.ip_slot != u32::MAX {
-            per_ip.release(self.ip_slot);
+        match per_ip.reassign(self.ip_slot, ip) {
+            Some(slot) => {
+                self.ip_slot = slot;
+                true
+            }
+            None => false,
         }
-        self.ip_slot = slot.into_raw();
-        true
     }
 
     /// Counts a connection refused for its source's count (`Engine::refused_per_ip`).

@@ -100,7 +100,7 @@ pub use engine::{Engine, EngineBuilder, StopMode};
 pub use error::{Error, Result};
 pub use handler::{ConnCtx, Handler, LoopCtx};
 pub use inbox::{Handles, LoopGone, LoopHandle, TrySendFailure};
-pub use proxy::ProxyTrust;
+pub use proxy::{HeaderRule, ProxyTrust};
 pub use stats::{CloseReason, LoopStats, LoopStatsSnapshot};
 
 /// Names the listener a connection was accepted on, in the order listeners were added

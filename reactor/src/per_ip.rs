@@ -92,6 +92,26 @@ impl PerIp {
         Some(IpSlot(Some((Arc::clone(self), slot))))
     }
 
+    /// Moves the claim `slot` (`u32::MAX`: none) to `ip`'s source: the same slot when the
+    /// source is the same, else a slot of the new source, the old one given back. `None`,
+    /// and nothing changed, when the new source is at the limit.
+    pub fn reassign(self: &Arc<Self>, slot: u32, ip: IpAddr) -> Option<u32> {
+        if slot != u32::MAX {
+            let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+            if t.entries
+                .get(slot as usize)
+                .is_some_and(|e| e.0 == source_of(ip))
+            {
+                return Some(slot);
+            }
+        }
+        let new = self.acquire(ip)?.into_raw();
+        if slot != u32::MAX {
+            self.release(slot);
+        }
+        Some(new)
+    }
+
     /// Gives back a slot taken by `acquire` (from `IpSlot::drop`, or the owner of
     /// `IpSlot::into_raw`'s number).
     pub fn release(&self, slot: u32) {
@@ -160,6 +180,23 @@ mod tests {
         assert_eq!(per_ip.sources(), 0);
         drop(IpSlot::none());
         assert_eq!(per_ip.sources(), 0);
+    }
+
+    #[test]
+    fn a_claim_moves_to_another_source_only_when_it_has_room_and_stays_on_its_own() {
+        let per_ip = Arc::new(PerIp::new(1));
+        let slot = per_ip.acquire(ip("10.0.0.1")).unwrap().into_raw();
+        // The same source: the same slot, even at the limit.
+        assert_eq!(per_ip.reassign(slot, ip("10.0.0.1")), Some(slot));
+        let _full = per_ip.acquire(ip("10.0.0.2")).unwrap();
+        assert_eq!(per_ip.reassign(slot, ip("10.0.0.2")), None);
+        let moved = per_ip.reassign(slot, ip("10.0.0.3")).unwrap();
+        assert!(
+            per_ip.acquire(ip("10.0.0.1")).is_some(),
+            "the old slot was kept"
+        );
+        per_ip.release(moved);
+        assert_eq!(per_ip.sources(), 1);
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //!
 //! A listener that accepts it ([`crate::EngineBuilder::proxy_protocol`]) is given the source
 //! ranges it trusts ([`ProxyTrust`]). Per connection:
-//! - From a trusted source, a header is honoured when the first bytes are one (a proxy
-//!   that speaks HTTP, a WebSocket reverse proxy say, sends none, so none is required):
-//!   the engine takes it off the stream before the handler sees a byte, and the client
+//! - From a trusted source, a header is honoured: the engine takes it off the stream
+//!   before the handler sees a byte, and the client
 //!   address in it becomes the connection's address (`ConnCtx::peer_addr`) and what
 //!   `max_connections_per_ip` counts. A trusted source itself is not counted per address:
-//!   it is the proxy, with every client behind it.
+//!   it is the proxy, with every client behind it. The listener says whether a trusted
+//!   source must send one ([`HeaderRule`]): an L4 balancer in front of a TCP port always
+//!   does, and a connection from it without one is closed (were its range to carry
+//!   clients' own connections too, a NAT say, they could not pass for proxies); a
+//!   WebSocket reverse proxy speaks HTTP and names the client in its own headers instead.
 //! - From any other source, first bytes that begin a header close the connection
 //!   (`CloseReason::ProxyHeader`): no client can forge its address.
 //!
@@ -67,6 +70,16 @@ impl ProxyTrust {
     }
 }
 
+/// Whether a trusted source must open its connections with a header (module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderRule {
+    /// A connection from a trusted source that does not open with a header is closed.
+    Required,
+    /// A trusted source may send one, or not (it then speaks for itself, or names the
+    /// client in the handler's protocol: `ConnCtx::set_client_addr`).
+    Optional,
+}
+
 /// How the first bytes of a connection are read, decided at accept by its source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Arrival {
@@ -74,8 +87,8 @@ pub(crate) enum Arrival {
     Direct,
     /// An untrusted source on a PROXY listener: a header closes the connection.
     Untrusted,
-    /// A trusted source: a header, if the first bytes are one, is honoured.
-    Trusted,
+    /// A trusted source: a header is honoured, and required when the rule says so.
+    Trusted(HeaderRule),
 }
 
 /// What the first bytes of a connection on a PROXY listener are.

@@ -86,6 +86,8 @@ pub struct Gateway {
     send_kib_limit: SendLimit,
     /// `Config::proxy_from`: the proxies whose forwarded headers name the client.
     proxies: ruyi_reactor::ProxyTrust,
+    /// `Config::proxy_client_header`: the header they name it in.
+    client_header: crate::forwarded::ClientHeader,
     /// Client connections still to close, once the server is stopping.
     drain: Option<crate::drain::Drain>,
 }
@@ -98,6 +100,10 @@ impl Gateway {
             send_kib_limit: shared.config.send_bytes_limit(),
             // Checked at start (`Config::validate`).
             proxies: ruyi_reactor::ProxyTrust::parse(&shared.config.proxy_from).unwrap_or_default(),
+            client_header: crate::forwarded::ClientHeader::parse(
+                &shared.config.proxy_client_header,
+            )
+            .unwrap_or(crate::forwarded::ClientHeader::XForwardedFor),
             shared,
             loops,
             kicks: Vec::new(),

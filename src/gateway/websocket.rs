@@ -22,7 +22,8 @@ impl Gateway {
             // may say whom it relays (`forwarded.rs`).
             let proxy = conn.via_trusted_proxy()
                 && conn.peer_addr().is_ok_and(|a| self.proxies.trusts(a.ip()));
-            match ws::parse_handshake(input, proxy.then_some(&self.proxies)) {
+            let proxy = proxy.then_some((&self.proxies, self.client_header));
+            match ws::parse_handshake(input, proxy) {
                 ws::Handshake::Partial => return 0,
                 ws::Handshake::Reject(status, why) => {
                     log::debug!("conn={} refused WebSocket upgrade: {why}", conn.id());

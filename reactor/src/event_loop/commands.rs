@@ -6,7 +6,7 @@ use crate::conn::{Conn, ConnIo, Flags};
 use crate::conn_id::ConnId;
 use crate::handler::{ConnCtx, Handler, LoopCtx};
 use crate::inbox::Command;
-use crate::proxy::Arrival;
+use crate::proxy::{Arrival, HeaderRule};
 use crate::stats::{CloseReason, LoopStats};
 use mio::{Interest, Token};
 use std::sync::atomic::Ordering;
@@ -154,7 +154,12 @@ impl<H: Handler> EventLoop<H> {
             match arrival {
                 Arrival::Direct => {}
                 Arrival::Untrusted => io.flags.insert(Flags::PROXY_CHECK),
-                Arrival::Trusted => io.flags.insert(Flags::PROXY_CHECK | Flags::VIA_PROXY),
+                Arrival::Trusted(HeaderRule::Optional) => {
+                    io.flags.insert(Flags::PROXY_CHECK | Flags::VIA_PROXY)
+                }
+                Arrival::Trusted(HeaderRule::Required) => io
+                    .flags
+                    .insert(Flags::PROXY_CHECK | Flags::VIA_PROXY | Flags::PROXY_REQUIRED),
             }
             self.core
                 .set_idle_timeout(id, &mut io, self.config.idle_timeout);

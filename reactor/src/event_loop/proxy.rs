@@ -28,6 +28,13 @@ impl<H: Handler> EventLoop<H> {
             return false;
         }
         let (len, client) = match inspect(&io.input) {
+            Header::Absent if io.flags.contains(Flags::PROXY_REQUIRED) => {
+                log::debug!(
+                    "loop={loop_index} conn={id} came from a proxy that must send a PROXY header and sent none; closing"
+                );
+                self.core.mark_close(id, io, CloseReason::ProxyHeader);
+                return false;
+            }
             Header::Absent => {
                 io.flags.remove(Flags::PROXY_CHECK);
                 return true;

@@ -224,7 +224,8 @@ impl<H: Handler> EventLoop<H> {
             }
             if conn.io.flags.contains(Flags::REDELIVER) {
                 conn.io.flags.remove(Flags::REDELIVER);
-                if !conn.io.input.is_empty() {
+                // Bytes held while a PROXY header is told apart are not the handler's yet.
+                if !conn.io.input.is_empty() && !conn.io.flags.contains(Flags::PROXY_CHECK) {
                     let mut ctx = ConnCtx {
                         id,
                         io: &mut conn.io,
