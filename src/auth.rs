@@ -25,6 +25,9 @@ pub struct AuthRequest {
     pub connect: ConnectPacket,
     /// The peer's address, for the per-address login limit.
     pub peer: Option<std::net::IpAddr>,
+    /// The client's dialect has no encryption (JSON-RPC): no key exchange, whatever
+    /// `Config::encryption` says.
+    pub plain: bool,
 }
 
 /// Polling period for the stop flag while idle.
@@ -132,7 +135,7 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
         log::debug!("uid={} refused: {others} connections already", c.uid);
         return refuse(reason::RATE_LIMIT);
     }
-    let (cipher, server_key, salt) = if shared.config.encryption {
+    let (cipher, server_key, salt) = if shared.config.encryption && !req.plain {
         match server_handshake(&c.client_key) {
             Ok(hs) => (Some(hs.cipher), hs.server_key, hs.salt),
             Err(CryptoError::EmptyClientKey) => return refuse(reason::CLIENT_KEY_IS_EMPTY),

@@ -172,6 +172,9 @@ pub struct Config {
     /// default; walked from the right past trusted hops) or `X-Real-Ip`. Only this one is
     /// read: a proxy passes the others through as the client wrote them (`forwarded.rs`).
     pub proxy_client_header: String,
+    /// Write JSON-RPC `recv` payloads as base64 always, as WuKongIM v2 and v3 do, instead
+    /// of as a JSON value when the bytes are JSON (`jsonrpc.rs`). Default false.
+    pub jsonrpc_base64_payloads: bool,
     /// The WAL size past which the checkpointer forces it to start over
     /// (`storage/sqlite/wal.rs`); past twice this the writer waits for a checkpoint before
     /// its next commit, so a checkpointer held back cannot let the WAL grow. Default
@@ -258,6 +261,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             proxy_from: Vec::new(),
             proxy_client_header: "X-Forwarded-For".into(),
+            jsonrpc_base64_payloads: false,
             max_pending_acks: 256,
             recv_retry_interval: Duration::from_secs(60),
             recv_retry_limit: 5,

@@ -19,6 +19,7 @@ pub mod forwarded;
 pub mod gateway;
 pub mod http;
 pub mod ids;
+pub mod jsonrpc;
 pub mod logging;
 pub mod mailbox;
 pub mod message;

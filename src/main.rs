@@ -140,6 +140,10 @@ struct Cli {
     /// X-Real-Ip [default: X-Forwarded-For]
     #[arg(long)]
     proxy_client_header: Option<String>,
+    /// Write JSON-RPC recv payloads as base64 always, as WuKongIM does, instead of as a
+    /// JSON value when they are JSON [default: false]
+    #[arg(long)]
+    jsonrpc_base64_payloads: Option<bool>,
     /// The WAL size in bytes past which it is forced to start over [default: 67108864]
     #[arg(long)]
     wal_max_bytes: Option<u64>,
@@ -223,6 +227,7 @@ struct FileConfig {
     allowed_hosts: Option<Vec<String>>,
     proxy_from: Option<Vec<String>>,
     proxy_client_header: Option<String>,
+    jsonrpc_base64_payloads: Option<bool>,
     max_send_bytes_per_sec: Option<u32>,
     max_logins_per_sec_per_ip: Option<u32>,
     max_logins_per_sec_per_uid: Option<u32>,
@@ -299,6 +304,9 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.allowed_hosts = f.allowed_hosts.unwrap_or(c.allowed_hosts);
         c.proxy_from = f.proxy_from.unwrap_or(c.proxy_from);
         c.proxy_client_header = f.proxy_client_header.unwrap_or(c.proxy_client_header);
+        c.jsonrpc_base64_payloads = f
+            .jsonrpc_base64_payloads
+            .unwrap_or(c.jsonrpc_base64_payloads);
         c.max_send_bytes_per_sec = f.max_send_bytes_per_sec.unwrap_or(c.max_send_bytes_per_sec);
         c.max_logins_per_sec_per_ip = f
             .max_logins_per_sec_per_ip
@@ -342,6 +350,9 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.allowed_hosts = cli.allowed_hosts.unwrap_or(c.allowed_hosts);
     c.proxy_from = cli.proxy_from.unwrap_or(c.proxy_from);
     c.proxy_client_header = cli.proxy_client_header.unwrap_or(c.proxy_client_header);
+    c.jsonrpc_base64_payloads = cli
+        .jsonrpc_base64_payloads
+        .unwrap_or(c.jsonrpc_base64_payloads);
     c.wal_max_bytes = cli.wal_max_bytes.unwrap_or(c.wal_max_bytes);
     c.node_id = cli.node_id.unwrap_or(c.node_id);
     c.nats = cli.nats.unwrap_or(c.nats);

@@ -40,6 +40,9 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// Protocol error (unmasked frame, bad opcode, bad fragmentation).
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// Policy violation: a JSON-RPC client that broke the protocol (the EasySDK does not
+    /// reconnect after it).
+    pub const POLICY: u16 = 1008;
     /// Message too big.
     pub const TOO_BIG: u16 = 1009;
 }

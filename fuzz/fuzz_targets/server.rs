@@ -16,12 +16,17 @@
 //! - 2: a CONNECT to the open server (no token check, no encryption), so SENDs reach the
 //!   channels and storage;
 //! - 3: a WebSocket upgrade on the open server, then raw bytes (frames or not);
-//! - 4: nothing, on the open server's HTTP port (the JSON API, storage reads and writes).
+//! - 4: nothing, on the open server's HTTP port (the JSON API, storage reads and writes);
+//! - 5: a WebSocket upgrade and a JSON-RPC `connect` on the open server, then the rest as
+//!   one text message: the JSON-RPC dialect after a login;
+//! - 6 and 7: nothing, on the TCP and WebSocket ports of a server that trusts 127.0.0.1 as
+//!   a proxy: the PROXY protocol reader (a TCP connection without a header is closed).
 
 #![no_main]
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
+use ruyi::ws::{client_frame, OP_TEXT};
 use ruyi::{Config, Server};
 use ruyi_proto::{decode_packet, ConnectPacket, Packet, MAX_BODY_BYTES};
 use std::io::{Read, Write};
@@ -33,12 +38,15 @@ use std::time::{Duration, Instant};
 struct Servers {
     strict: Server,
     open: Server,
+    proxied: Server,
     /// The strict server's token for uid "fuzz", and a valid client key.
     token: String,
     client_key: String,
 }
 
 static SERVERS: OnceLock<Servers> = OnceLock::new();
+
+const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 static INPUTS: AtomicU64 = AtomicU64::new(0);
 
 /// Health check period, in inputs.
@@ -69,6 +77,7 @@ fn servers() -> &'static Servers {
             c.token_auth = false;
             c.encryption = false;
         });
+        let proxied = start("proxied", &|c| c.proxy_from = vec!["127.0.0.1".into()]);
         let token = "fuzz-token".to_owned();
         let body =
             format!(r#"{{"uid":"fuzz","token":"{token}","device_flag":1,"device_level":1}}"#);
@@ -78,6 +87,7 @@ fn servers() -> &'static Servers {
         Servers {
             strict,
             open,
+            proxied,
             token,
             client_key: ruyi_proto::crypto::public_key_b64(secret),
         }
@@ -161,7 +171,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    match mode % 5 {
+    match mode % 8 {
         0 => {
             exchange(s.strict.tcp_addr(), rest);
         }
@@ -177,12 +187,25 @@ fuzz_target!(|data: &[u8]| {
             exchange(s.open.tcp_addr(), &bytes);
         }
         3 => {
-            let mut bytes = b"GET / HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+            let mut bytes = UPGRADE.to_vec();
             bytes.extend_from_slice(rest);
             exchange(s.open.ws_addr(), &bytes);
         }
-        _ => {
+        4 => {
             exchange(s.open.http_addr(), rest);
+        }
+        5 => {
+            let mut bytes = UPGRADE.to_vec();
+            let connect = br#"{"id":"c","method":"connect","params":{"uid":"fuzz","token":"x"}}"#;
+            bytes.extend(client_frame(OP_TEXT, true, connect, [1, 2, 3, 4]));
+            bytes.extend(client_frame(OP_TEXT, true, rest, [5, 6, 7, 8]));
+            exchange(s.open.ws_addr(), &bytes);
+        }
+        6 => {
+            exchange(s.proxied.tcp_addr(), rest);
+        }
+        _ => {
+            exchange(s.proxied.ws_addr(), rest);
         }
     }
 });

@@ -78,7 +78,7 @@ impl Gateway {
             }
             (Phase::Authenticating, _) => Flow::Stall, // Not reached: reading is paused.
             (Phase::Ready, Packet::Ping) => {
-                emit_slice(conn, s.ws.is_some(), &PONG);
+                emit_slice(conn, s.wire(), &PONG);
                 Flow::Next
             }
             (Phase::Ready, Packet::Send(send)) => self.on_send(conn, s, send),
@@ -96,7 +96,7 @@ impl Gateway {
                     action: sub.action,
                     reason_code: reason::NOT_SUPPORT_CHANNEL_TYPE,
                 });
-                self.queue_packet(conn, &ack, s.version, s.ws.is_some());
+                self.reply(conn, s, &ack);
                 Flow::Next
             }
             (Phase::Ready, Packet::Disconnect(_)) => Flow::Close,
@@ -139,6 +139,8 @@ impl Gateway {
             conn: conn.id(),
             connect: c,
             peer: conn.peer_addr().ok().map(|a| a.ip()),
+            // JSON-RPC carries no encryption (PROTOCOL.md §10.4).
+            plain: s.rpc().is_some(),
         };
         match self.shared.auth.try_send(request) {
             Ok(()) => {
@@ -183,26 +185,24 @@ impl Gateway {
                 message_seq: 0,
                 reason: reason::RATE_LIMIT,
             };
-            self.queue_sendack(conn, &send, outcome, s.version, s.ws.is_some());
+            self.queue_sendack(conn, s, &send, outcome);
             return Flow::Next;
         }
         if send.client_msg_no.contains('\0') || send.topic.contains('\0') {
             // Stored as text, which cannot hold NUL (see `message::is_reserved_id`).
-            let ws = s.ws.is_some();
-            return self.refuse_send(conn, &send, reason::PAYLOAD_DECODE_ERROR, s.version, ws);
+            return self.refuse_send(conn, s, &send, reason::PAYLOAD_DECODE_ERROR);
         }
         let encrypted = s.cipher.is_some() && !send.setting.has(Setting::NO_ENCRYPT);
-        let payload = match (&s.cipher, encrypted) {
-            (Some(cipher), true) => match cipher.open_send(&send) {
-                Ok(plain) => Bytes::from(plain),
-                Err(e) => {
-                    log::debug!("conn={} uid={} SEND refused: {e}", conn.id(), s.uid);
-                    let (version, ws) = (s.version, s.ws.is_some());
-                    let code = reason::PAYLOAD_DECODE_ERROR;
-                    return self.refuse_send(conn, &send, code, version, ws);
-                }
-            },
-            _ => send.payload.clone(),
+        let opened = match (&s.cipher, encrypted) {
+            (Some(cipher), true) => cipher.open_send(&send).map(Bytes::from),
+            _ => Ok(send.payload.clone()),
+        };
+        let payload = match opened {
+            Ok(payload) => payload,
+            Err(e) => {
+                log::debug!("conn={} uid={} SEND refused: {e}", conn.id(), s.uid);
+                return self.refuse_send(conn, s, &send, reason::PAYLOAD_DECODE_ERROR);
+            }
         };
         if send.channel_id.is_empty()
             || send.channel_id.contains(['@', '#', '&'])
@@ -210,8 +210,7 @@ impl Gateway {
         {
             // A person id with '@' would forge a combined id, a reserved one a system
             // channel (`X____cmd`); an empty one names nothing.
-            let ws = s.ws.is_some();
-            return self.refuse_send(conn, &send, reason::CHANNEL_ID_ERROR, s.version, ws);
+            return self.refuse_send(conn, s, &send, reason::CHANNEL_ID_ERROR);
         }
         let key = if send.channel_type == channel_type::PERSON {
             ChannelKey::new(
@@ -264,8 +263,7 @@ impl Gateway {
                     message_seq: 0,
                     reason_code: reason::SYSTEM_ERROR,
                 });
-                let (version, ws) = (s.version, s.ws.is_some());
-                self.queue_packet(conn, &ack, version, ws);
+                self.reply(conn, s, &ack);
                 Flow::Next
             }
             Err(Submit::Closed) => Flow::Close,
@@ -277,27 +275,25 @@ impl Gateway {
     pub(super) fn refuse_send(
         &mut self,
         conn: &mut ConnCtx<'_>,
+        s: &mut ImSession,
         send: &SendPacket,
         code: u8,
-        version: u8,
-        ws: bool,
     ) -> Flow {
         let outcome = crate::message::SendOutcome {
             message_id: self.shared.ids.next(),
             message_seq: 0,
             reason: code,
         };
-        self.queue_sendack(conn, send, outcome, version, ws);
+        self.queue_sendack(conn, s, send, outcome);
         Flow::Next
     }
 
     pub(super) fn queue_sendack(
         &mut self,
         conn: &mut ConnCtx<'_>,
+        s: &mut ImSession,
         send: &SendPacket,
         o: crate::message::SendOutcome,
-        version: u8,
-        ws: bool,
     ) {
         let ack = Packet::Sendack(ruyi_proto::SendackPacket {
             flags: send.flags,
@@ -306,7 +302,7 @@ impl Gateway {
             message_seq: o.message_seq,
             reason_code: o.reason,
         });
-        self.queue_packet(conn, &ack, version, ws);
+        self.reply(conn, s, &ack);
     }
 
     /// Clears the retry entry of an acknowledged RECV, found by message id whatever the

@@ -59,6 +59,11 @@ impl Gateway {
             }
             let view = RecvView::of(delivery, &s.uid, target.recipient);
             let frame = match &s.cipher {
+                // JSON-RPC: no encryption, one text per receiver (the rarer dialect).
+                _ if s.ws.as_ref().is_some_and(|w| w.rpc.is_some()) => {
+                    let b64 = self.shared.config.jsonrpc_base64_payloads;
+                    Bytes::from(crate::jsonrpc::recv(&view.head(m), &m.payload, b64))
+                }
                 Some(cipher) if !Setting(m.setting).has(Setting::NO_ENCRYPT) => {
                     // Every connection has its own key: one AES pass and msgKey each, in
                     // the loop's scratch buffers (no allocation but the frame).
@@ -97,7 +102,7 @@ impl Gateway {
                     }
                 }
             };
-            emit(&mut conn, s.ws.is_some(), frame.clone());
+            emit(&mut conn, s.wire(), frame.clone());
             delivered += 1;
             s.out_msgs = s.out_msgs.wrapping_add(1);
             if persistent {

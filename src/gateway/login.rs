@@ -2,7 +2,7 @@
 //! the kicks it causes (PROTOCOL.md §6.4), and the online-status webhook.
 
 use super::session::{Phase, Session};
-use super::{emit, Gateway};
+use super::Gateway;
 use crate::registry::{Device, Kick};
 use crate::to_loop::{AuthOutcome, ToLoop};
 use ruyi_reactor::{ConnId, LoopCtx};
@@ -12,7 +12,7 @@ impl Gateway {
         let Some((mut conn, Session::Im(s))) = lp.conn(outcome.conn) else {
             return; // Closed while logging in: never registered, nothing to undo.
         };
-        emit(&mut conn, s.ws.is_some(), outcome.connack);
+        self.reply_frame(&mut conn, s, outcome.connack);
         let Some(info) = outcome.session else {
             conn.close();
             return;

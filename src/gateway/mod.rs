@@ -13,6 +13,7 @@
 
 mod binary;
 mod deliver;
+mod jsonrpc;
 mod login;
 mod retries;
 mod session;
@@ -130,11 +131,11 @@ impl Gateway {
         u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Encodes `packet` for `version` and queues it (as one WebSocket message when `ws`).
-    fn queue_packet(&mut self, conn: &mut ConnCtx<'_>, packet: &Packet, version: u8, ws: bool) {
+    /// Encodes `packet` for `version` and queues it on `wire`.
+    fn queue_packet(&mut self, conn: &mut ConnCtx<'_>, packet: &Packet, version: u8, wire: Wire) {
         self.buf.clear();
         match packet.encode(version, &mut self.buf) {
-            Ok(()) => emit_slice(conn, ws, &self.buf),
+            Ok(()) => emit_slice(conn, wire, &self.buf),
             Err(e) => log::error!(
                 "conn={} cannot encode {:?}: {e}",
                 conn.id(),
@@ -142,27 +143,66 @@ impl Gateway {
             ),
         }
     }
+
+    /// Sends `packet` to an IM session in its dialect: the binary frame, or its JSON-RPC
+    /// answer or notification (`jsonrpc.rs`; a packet with none there is not sent).
+    fn reply(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, packet: &Packet) {
+        if let Some(rpc) = s.rpc() {
+            if let Some(text) = rpc.answer(packet) {
+                emit_slice(conn, Wire::WsText, text.as_bytes());
+            }
+            return;
+        }
+        self.queue_packet(conn, packet, s.version, s.wire());
+    }
+
+    /// [`Gateway::reply`] for a frame encoded elsewhere (a SENDACK from the pools, a
+    /// CONNACK from the auth pool): as it is, or read back and answered in JSON-RPC.
+    fn reply_frame(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, frame: Bytes) {
+        if s.rpc().is_none() {
+            emit(conn, s.wire(), frame);
+            return;
+        }
+        match ruyi_proto::decode_packet(&frame, s.version, frame.len()) {
+            Ok(Some((packet, _))) => self.reply(conn, s, &packet),
+            _ => log::error!("conn={} cannot read back a frame for JSON-RPC", conn.id()),
+        }
+    }
 }
 
-/// Queues one protocol frame: as it is on TCP, as one binary message on WebSocket (one
-/// packet per message: the JS SDK cannot split messages, JSSDK.md §6).
-fn emit(conn: &mut ConnCtx<'_>, ws: bool, frame: Bytes) {
-    if ws {
-        let mut header = [0u8; 10];
-        let n = ws::frame_header(ws::OP_BINARY, frame.len(), &mut header);
-        conn.queue_slice(&header[..n]);
-    }
+/// How a session's frames go on its socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Wire {
+    /// Binary frames on TCP, as they are.
+    Tcp,
+    /// One binary frame per WebSocket binary message.
+    WsBinary,
+    /// One JSON-RPC text per WebSocket text message.
+    WsText,
+}
+
+/// Queues one protocol frame: as it is on TCP, as one message on WebSocket (one packet
+/// per message: the JS SDK cannot split messages, JSSDK.md §6).
+fn emit(conn: &mut ConnCtx<'_>, wire: Wire, frame: Bytes) {
+    ws_header(conn, wire, frame.len());
     conn.queue(frame);
 }
 
 /// [`emit`] for a borrowed frame (copied into the connection's queue).
-fn emit_slice(conn: &mut ConnCtx<'_>, ws: bool, frame: &[u8]) {
-    if ws {
-        let mut header = [0u8; 10];
-        let n = ws::frame_header(ws::OP_BINARY, frame.len(), &mut header);
-        conn.queue_slice(&header[..n]);
-    }
+fn emit_slice(conn: &mut ConnCtx<'_>, wire: Wire, frame: &[u8]) {
+    ws_header(conn, wire, frame.len());
     conn.queue_slice(frame);
+}
+
+fn ws_header(conn: &mut ConnCtx<'_>, wire: Wire, len: usize) {
+    let opcode = match wire {
+        Wire::Tcp => return,
+        Wire::WsBinary => ws::OP_BINARY,
+        Wire::WsText => ws::OP_TEXT,
+    };
+    let mut header = [0u8; 10];
+    let n = ws::frame_header(opcode, len, &mut header);
+    conn.queue_slice(&header[..n]);
 }
 
 impl Handler for Gateway {
@@ -224,7 +264,7 @@ impl Handler for Gateway {
             ToLoop::Authed(outcome) => self.on_authed(lp, *outcome),
             ToLoop::Frame(id, frame) => {
                 if let Some((mut conn, Session::Im(s))) = lp.conn(id) {
-                    emit(&mut conn, s.ws.is_some(), frame);
+                    self.reply_frame(&mut conn, s, frame);
                 }
             }
             ToLoop::Deliver(delivery, targets) => self.on_deliver(lp, &delivery, targets),
@@ -243,8 +283,7 @@ impl Handler for Gateway {
                         reason_code: code,
                         reason,
                     });
-                    let (version, ws) = (s.version, s.ws.is_some());
-                    self.queue_packet(&mut conn, &packet, version, ws);
+                    self.reply(&mut conn, s, &packet);
                 }
                 self.kicks.push((conn.now() + after, id));
             }

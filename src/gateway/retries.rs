@@ -101,7 +101,7 @@ impl Gateway {
             }
             let mut dropped_bytes = 0;
             let mut exhausted = Vec::new();
-            let ws = s.ws.is_some();
+            let wire = s.wire();
             s.pending.retain_mut(|p| {
                 if now.duration_since(p.sent_at) < interval {
                     return true;
@@ -117,7 +117,7 @@ impl Gateway {
                 }
                 p.attempts += 1;
                 p.sent_at = now;
-                emit(&mut conn, ws, p.frame.clone());
+                emit(&mut conn, wire, p.frame.clone());
                 self.shared.counters.retries.fetch_add(1, Relaxed);
                 true
             });

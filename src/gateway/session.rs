@@ -56,6 +56,20 @@ pub struct ImSession {
 }
 
 impl ImSession {
+    /// How this session's frames go on its socket.
+    pub(super) fn wire(&self) -> super::Wire {
+        match &self.ws {
+            None => super::Wire::Tcp,
+            Some(w) if w.rpc.is_some() => super::Wire::WsText,
+            Some(_) => super::Wire::WsBinary,
+        }
+    }
+
+    /// The JSON-RPC state, when the session speaks it.
+    pub(super) fn rpc(&mut self) -> Option<&mut super::jsonrpc::RpcState> {
+        self.ws.as_mut()?.rpc.as_deref_mut()
+    }
+
     /// This connection as `/connz` shows it; `None` before the login.
     pub(super) fn connz_row(
         &self,
@@ -86,6 +100,8 @@ pub(super) struct WsState {
     /// Unmasked data payloads not yet consumed as protocol frames: one byte stream, as
     /// frames may span messages (PROTOCOL.md §10.2).
     pub(super) stream: Vec<u8>,
+    /// The connection speaks JSON-RPC (its first byte was `{`; `jsonrpc.rs`).
+    pub(super) rpc: Option<Box<super::jsonrpc::RpcState>>,
 }
 
 /// Per-connection state.

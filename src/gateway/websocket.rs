@@ -103,8 +103,21 @@ impl Gateway {
         let Some(mut stream) = s.ws.as_mut().map(|w| std::mem::take(&mut w.stream)) else {
             return;
         };
+        if s.phase == Phase::AwaitConnect {
+            // The dialect, from the first byte that is not whitespace (PROTOCOL.md §10.4).
+            let first = stream.iter().find(|b| !b.is_ascii_whitespace());
+            if let (Some(&b), Some(w)) = (first, s.ws.as_mut()) {
+                if crate::jsonrpc::starts(b) && w.rpc.is_none() {
+                    w.rpc = Some(Box::default());
+                }
+            }
+        }
         if !stream.is_empty() && !conn.is_reading_paused() {
-            let used = self.on_im_data(conn, s, &stream);
+            let used = if s.ws.as_ref().is_some_and(|w| w.rpc.is_some()) {
+                self.on_rpc_data(conn, s, &stream)
+            } else {
+                self.on_im_data(conn, s, &stream)
+            };
             stream.drain(..used);
         }
         if stream.is_empty() {
