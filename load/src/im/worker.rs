@@ -1,0 +1,444 @@
+//! One worker thread of `ruyi-load person` / `group`: its share of the connections on a
+//! `mio::Poll` of its own, logging in, keeping SENDs in flight, answering RECVs, and
+//! counting what it saw (the run and the accounting are in `mod.rs`).
+
+use super::*;
+
+struct Conn {
+    stream: TcpStream,
+    plan: Plan,
+    /// Index of its plan in the run.
+    global: usize,
+    framing: Framing,
+    /// Bytes read from the socket, not yet unframed.
+    raw: Vec<u8>,
+    /// The protocol byte stream, not yet decoded.
+    input: Vec<u8>,
+    output: BytesMut,
+    /// Encoding space for one packet before it is framed (WebSocket only).
+    scratch: BytesMut,
+    cipher: Option<SessionCipher>,
+    secret: [u8; 32],
+    version: u8,
+    logged_in: bool,
+    /// (client_seq, send time, counter) of SENDs in flight, oldest first. SENDACKs mostly
+    /// come back in order, but a refusal (a rate limit) is answered before the accepted
+    /// SENDs ahead of it are stored, so they are matched by client_seq.
+    in_flight: VecDeque<(u32, Instant, u64)>,
+    /// Paced mode: when the next SEND is due.
+    next_send_at: Instant,
+    next_counter: u64,
+    client_seq: u32,
+    /// Per sender: the counters received (`ledger.rs`).
+    seen: HashMap<usize, crate::ledger::Seen>,
+}
+
+impl Conn {
+    /// Encodes and frames one packet onto the output.
+    fn queue(&mut self, packet: &Packet) -> io::Result<()> {
+        if let Framing::Tcp = self.framing {
+            return packet
+                .encode(self.version, &mut self.output)
+                .map_err(io::Error::other);
+        }
+        self.scratch.clear();
+        packet
+            .encode(self.version, &mut self.scratch)
+            .map_err(io::Error::other)?;
+        self.framing.wrap(&self.scratch, &mut self.output);
+        Ok(())
+    }
+}
+
+/// What one worker counted; the run's totals are the same shape, summed.
+pub(super) struct WorkerResult {
+    pub(super) sends: u64,
+    pub(super) deliveries: u64,
+    pub(super) refused: u64,
+    /// (sender, counter) of each SEND the server acknowledged, whenever in the run.
+    pub(super) acked: Vec<(usize, u64)>,
+    /// (plan index, what it received) of every connection, after the drain.
+    pub(super) received: Vec<(usize, HashMap<usize, crate::ledger::Seen>)>,
+    pub(super) duplicated: u64,
+    pub(super) reordered: u64,
+    pub(super) unanswered: u64,
+    pub(super) sendack: Histogram<u64>,
+    pub(super) delivery: Histogram<u64>,
+    /// Paced sends: scheduled time to encoding.
+    pub(super) send_lag: Histogram<u64>,
+    /// Per second of the measured window: [sends, deliveries].
+    pub(super) timeline: Vec<[u64; 2]>,
+}
+
+impl WorkerResult {
+    pub(super) fn new() -> WorkerResult {
+        WorkerResult {
+            sends: 0,
+            deliveries: 0,
+            refused: 0,
+            acked: Vec::new(),
+            received: Vec::new(),
+            duplicated: 0,
+            reordered: 0,
+            unanswered: 0,
+            sendack: report::latency_histogram(),
+            delivery: report::latency_histogram(),
+            send_lag: report::latency_histogram(),
+            timeline: Vec::new(),
+        }
+    }
+
+    /// Adds another worker's counts and latencies to these.
+    pub(super) fn absorb(&mut self, other: WorkerResult) -> io::Result<()> {
+        self.sends += other.sends;
+        self.deliveries += other.deliveries;
+        self.refused += other.refused;
+        self.acked.extend(other.acked);
+        self.received.extend(other.received);
+        self.duplicated += other.duplicated;
+        self.reordered += other.reordered;
+        self.unanswered += other.unanswered;
+        if self.timeline.len() < other.timeline.len() {
+            self.timeline.resize(other.timeline.len(), [0, 0]);
+        }
+        for (mine, theirs) in self.timeline.iter_mut().zip(&other.timeline) {
+            mine[0] += theirs[0];
+            mine[1] += theirs[1];
+        }
+        self.sendack.add(&other.sendack).map_err(io::Error::other)?;
+        self.send_lag
+            .add(&other.send_lag)
+            .map_err(io::Error::other)?;
+        self.delivery.add(&other.delivery).map_err(io::Error::other)
+    }
+
+    /// Counts one event in the timeline slot of `now` (`column` 0 = send, 1 = delivery).
+    fn tick(&mut self, from: Instant, now: Instant, column: usize) {
+        let slot = now.saturating_duration_since(from).as_secs() as usize;
+        if self.timeline.len() <= slot {
+            self.timeline.resize(slot + 1, [0, 0]);
+        }
+        self.timeline[slot][column] += 1;
+    }
+}
+
+pub(super) fn worker(
+    args: &ImArgs,
+    plans: Vec<(usize, Plan)>,
+    logged_in: &AtomicUsize,
+    total: usize,
+) -> io::Result<WorkerResult> {
+    let mut poll = Poll::new()?;
+    let mut conns = Vec::with_capacity(plans.len());
+    let start = Instant::now();
+    for (i, (global, plan)) in plans.into_iter().enumerate() {
+        let server = match (args.ws, args.servers.len()) {
+            (Some(ws), _) => ws,
+            (None, 0) => args.tcp,
+            (None, n) => args.servers[global % n],
+        };
+        let source = source_of(global, args.sources);
+        let stream = crate::connect_registered(&poll, server, Token(i), Some(source))?;
+        let secret = random_secret().map_err(io::Error::other)?;
+        let mut c = Conn {
+            stream,
+            plan,
+            global,
+            framing: Framing::new(args.ws.is_some(), global as u32),
+            raw: Vec::new(),
+            input: Vec::new(),
+            output: BytesMut::new(),
+            scratch: BytesMut::new(),
+            cipher: None,
+            secret,
+            version: 5,
+            logged_in: false,
+            in_flight: VecDeque::new(),
+            next_send_at: start,
+            next_counter: 1,
+            client_seq: 1,
+            seen: HashMap::new(),
+        };
+        c.framing.start(server, &mut c.output);
+        let connect = Packet::Connect(ConnectPacket {
+            version: 5,
+            device_flag: 0,
+            device_id: format!("load-{}", c.plan.uid),
+            uid: c.plan.uid.clone(),
+            token: "load".into(),
+            client_timestamp: 0,
+            client_key: if args.encrypt {
+                public_key_b64(secret)
+            } else {
+                String::new()
+            },
+        });
+        c.queue(&connect)?;
+        flush(&mut c)?;
+        conns.push(c);
+    }
+    let mut r = WorkerResult::new();
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut started: Option<Instant> = None;
+    let mut measure: Option<(Instant, Instant)> = None;
+    let login_deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_input = Instant::now();
+    // Paced senders are topped up when their next SEND is due (closed-loop ones on every
+    // SENDACK), woken by a timerfd: `poll`'s own timeout is whole milliseconds
+    // (`timer.rs`). `client_send_lag` reports how close to its time a SEND leaves.
+    let paced = args.rate > 0.0;
+    let mut next_due: Option<Instant> = None;
+    let timer = crate::timer::Timer::new(poll.registry(), TIMER)?;
+    loop {
+        let now = Instant::now();
+        if started.is_none() && logged_in.load(Ordering::Acquire) >= total {
+            started = Some(now);
+            let n = conns.len().max(1) as f64;
+            let from = now + Duration::from_secs(args.warmup);
+            measure = Some((from, from + Duration::from_secs(args.seconds)));
+            for (i, c) in conns.iter_mut().enumerate() {
+                // Spread paced senders' first sends over one interval, not all at once.
+                if paced {
+                    let spread = (i as f64 / n) / args.rate;
+                    c.next_send_at = now + Duration::from_secs_f64(spread);
+                }
+                top_up(c, args, now, None)?;
+                flush(c)?;
+            }
+        }
+        if let Some((_, until)) = measure {
+            // The drain (module docs): no new SENDs; done once every SEND is answered and
+            // the input has been quiet a while, or at the limit.
+            if now >= until {
+                let answered = conns.iter().all(|c| c.in_flight.is_empty());
+                if (answered && now >= last_input + DRAIN_QUIET) || now >= until + DRAIN_LIMIT {
+                    break;
+                }
+            }
+        } else if now > login_deadline {
+            return Err(io::Error::other(
+                "not every connection logged in within 60 s",
+            ));
+        }
+        if let Some(due) = next_due {
+            timer.arm(due)?;
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(20)))?;
+        let now = Instant::now();
+        let window = measure.and_then(|(from, until)| (now >= from && now < until).then_some(from));
+        let draining = measure.is_some_and(|(_, until)| now >= until);
+        if !events.is_empty() {
+            last_input = now;
+        }
+        for event in events.iter() {
+            if event.token() == TIMER {
+                timer.clear();
+                continue;
+            }
+            let c = &mut conns[event.token().0];
+            if event.is_readable() {
+                if crate::wire::read_available(&mut c.stream, &mut buf, &mut c.raw)? {
+                    // The last bytes may say why (a refusing CONNACK).
+                    handle_input(c, args, now, None, logged_in, &mut r)?;
+                    return Err(io::Error::other(format!(
+                        "{} closed by the server",
+                        c.plan.uid
+                    )));
+                }
+                handle_input(c, args, now, window, logged_in, &mut r)?;
+                if started.is_some() && !paced && !draining {
+                    top_up(c, args, now, None)?;
+                }
+            }
+            flush(c)?;
+        }
+        if paced && started.is_some() && !draining {
+            let now = Instant::now();
+            let measuring = measure.is_some_and(|(from, until)| now >= from && now < until);
+            next_due = None;
+            for c in &mut conns {
+                if c.next_send_at <= now {
+                    top_up(c, args, now, measuring.then_some(&mut r.send_lag))?;
+                    flush(c)?;
+                }
+                // A sender with a full window waits for a SENDACK, which wakes the poll.
+                if c.plan.sender_index.is_some() && c.logged_in && c.in_flight.len() < args.window {
+                    next_due = Some(next_due.map_or(c.next_send_at, |d| d.min(c.next_send_at)));
+                }
+            }
+        } else {
+            next_due = None;
+        }
+    }
+    r.unanswered = conns.iter().map(|c| c.in_flight.len() as u64).sum();
+    r.received = conns.into_iter().map(|c| (c.global, c.seen)).collect();
+    Ok(r)
+}
+
+fn handle_input(
+    c: &mut Conn,
+    args: &ImArgs,
+    now: Instant,
+    window: Option<Instant>,
+    logged_in: &AtomicUsize,
+    r: &mut WorkerResult,
+) -> io::Result<()> {
+    c.framing.unwrap(&mut c.raw, &mut c.input)?;
+    let mut consumed = 0;
+    while let Some((packet, used)) =
+        decode_packet(&c.input[consumed..], c.version, MAX_BODY_BYTES).map_err(io::Error::other)?
+    {
+        consumed += used;
+        match packet {
+            Packet::Connack(ack) => {
+                if ack.reason_code != 1 {
+                    return Err(io::Error::other(format!(
+                        "{} login refused: {}",
+                        c.plan.uid, ack.reason_code
+                    )));
+                }
+                if args.encrypt {
+                    c.cipher = Some(
+                        SessionCipher::derive(c.secret, &ack.server_key, &ack.salt)
+                            .map_err(io::Error::other)?,
+                    );
+                }
+                c.logged_in = true;
+                logged_in.fetch_add(1, Ordering::AcqRel);
+            }
+            Packet::Sendack(ack) => {
+                let sent = c
+                    .in_flight
+                    .iter()
+                    .position(|f| f.0 == ack.client_seq)
+                    .and_then(|i| c.in_flight.remove(i));
+                if ack.reason_code != 1 {
+                    r.refused += 1; // Never accepted, so never owed.
+                } else {
+                    if let (Some(sender), Some((_, _, counter))) = (c.plan.sender_index, sent) {
+                        r.acked.push((sender, counter));
+                    }
+                    if let (Some(from), Some((_, sent, _))) = (window, sent) {
+                        r.sends += 1;
+                        r.tick(from, now, 0);
+                        report::record(&mut r.sendack, now.saturating_duration_since(sent));
+                    }
+                }
+            }
+            Packet::Recv(recv) => {
+                let payload = match &c.cipher {
+                    // Check the msgKey as the SDKs do: a bad one is a server bug.
+                    Some(cipher) => Bytes::from(cipher.open_recv(&recv).map_err(io::Error::other)?),
+                    None => recv.payload.clone(),
+                };
+                c.queue(&Packet::Recvack(RecvackPacket {
+                    flags: Flags(0),
+                    message_id: recv.message_id,
+                    message_seq: recv.message_seq,
+                }))?;
+                if payload.len() >= 24 {
+                    let sent_ns = u64::from_be_bytes(payload[0..8].try_into().unwrap_or_default());
+                    let sender =
+                        u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default()) as usize;
+                    let counter =
+                        u64::from_be_bytes(payload[16..24].try_into().unwrap_or_default());
+                    match c.seen.entry(sender).or_default().record(counter) {
+                        crate::ledger::Arrival::New => {}
+                        crate::ledger::Arrival::Duplicate => r.duplicated += 1,
+                        crate::ledger::Arrival::Reordered => r.reordered += 1,
+                    }
+                    if let Some(from) = window {
+                        r.deliveries += 1;
+                        r.tick(from, now, 1);
+                        let latency = nanos_since_epoch(now).saturating_sub(sent_ns);
+                        report::record(&mut r.delivery, Duration::from_nanos(latency));
+                    }
+                }
+            }
+            Packet::Pong => {}
+            other => {
+                return Err(io::Error::other(format!(
+                    "{}: unexpected {:?}",
+                    c.plan.uid,
+                    other.packet_type()
+                )))
+            }
+        }
+    }
+    c.input.drain(..consumed);
+    Ok(())
+}
+
+/// Starts SENDs until `window` are in flight (closed loop), or sends those that are due
+/// (paced: one every 1/rate seconds, each stamped with its scheduled time, so a stalled
+/// server shows up in the latency instead of silently lowering the offered load).
+/// `lag` records paced sends' lateness (in the measured window only, as the latencies).
+fn top_up(
+    c: &mut Conn,
+    args: &ImArgs,
+    now: Instant,
+    lag: Option<&mut Histogram<u64>>,
+) -> io::Result<()> {
+    let (Some((target, channel_type)), Some(sender)) = (c.plan.target.clone(), c.plan.sender_index)
+    else {
+        return Ok(());
+    };
+    if !c.logged_in {
+        return Ok(());
+    }
+    let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
+    let mut lag = lag;
+    while c.in_flight.len() < args.window {
+        let stamp = match interval {
+            // Unpaced: timed from its encoding, not from when the poll returned.
+            None => Instant::now(),
+            Some(_) if c.next_send_at > now => break,
+            Some(_) => c.next_send_at,
+        };
+        if let Some(interval) = interval {
+            c.next_send_at += interval;
+            if let Some(lag) = lag.as_deref_mut() {
+                report::record(lag, Instant::now().saturating_duration_since(stamp));
+            }
+        }
+        let mut plain = vec![b'x'; args.size];
+        plain[0..8].copy_from_slice(&nanos_since_epoch(stamp).to_be_bytes());
+        plain[8..16].copy_from_slice(&(sender as u64).to_be_bytes());
+        plain[16..24].copy_from_slice(&c.next_counter.to_be_bytes());
+        c.next_counter += 1;
+        let client_msg_no = format!("{}-{}", c.plan.uid, c.client_seq);
+        let (payload, msg_key) = match &c.cipher {
+            Some(cipher) => {
+                let wire = cipher.encrypt_b64(&plain);
+                let key = cipher.send_msg_key(
+                    c.client_seq,
+                    &client_msg_no,
+                    &target,
+                    channel_type,
+                    wire.as_bytes(),
+                );
+                (Bytes::from(wire.into_bytes()), key)
+            }
+            None => (Bytes::from(plain), String::new()),
+        };
+        c.queue(&Packet::Send(SendPacket {
+            flags: Flags(Flags::RED_DOT),
+            client_seq: c.client_seq,
+            client_msg_no,
+            channel_id: target.clone(),
+            channel_type,
+            msg_key,
+            payload,
+            ..Default::default()
+        }))?;
+        c.in_flight
+            .push_back((c.client_seq, stamp, c.next_counter - 1));
+        c.client_seq += 1;
+    }
+    Ok(())
+}
+
+fn flush(c: &mut Conn) -> io::Result<()> {
+    crate::wire::write_pending(&mut c.stream, &mut c.output)
+}
