@@ -175,6 +175,9 @@ pub struct Config {
     /// Write JSON-RPC `recv` payloads as base64 always, as WuKongIM v2 and v3 do, instead
     /// of as a JSON value when the bytes are JSON (`jsonrpc.rs`). Default false.
     pub jsonrpc_base64_payloads: bool,
+    /// Serve JSON-RPC clients on the WebSocket port (`jsonrpc.rs`). Default true; off, a
+    /// connection that opens with `{` is closed as any that does not open with CONNECT.
+    pub jsonrpc: bool,
     /// The WAL size past which the checkpointer forces it to start over
     /// (`storage/sqlite/wal.rs`); past twice this the writer waits for a checkpoint before
     /// its next commit, so a checkpointer held back cannot let the WAL grow. Default
@@ -262,6 +265,7 @@ impl Default for Config {
             proxy_from: Vec::new(),
             proxy_client_header: "X-Forwarded-For".into(),
             jsonrpc_base64_payloads: false,
+            jsonrpc: true,
             max_pending_acks: 256,
             recv_retry_interval: Duration::from_secs(60),
             recv_retry_limit: 5,

@@ -59,8 +59,76 @@ pub enum Next {
     Broken(String),
 }
 
+/// Finds where the first JSON object (or array) of a stream ends, keeping its place
+/// between reads: bytes that trickle in are each looked at once, and the parser runs once
+/// per whole value (parsing the buffer again on every read would make a value sent a byte
+/// at a time cost its length squared).
+#[derive(Debug, Default, Clone)]
+pub struct Scanner {
+    at: usize,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+}
+
+/// What [`Scanner::scan`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// No whole value yet; `blank` when everything so far is whitespace between values.
+    Partial { blank: bool },
+    /// The first value ends before this offset.
+    End(usize),
+    /// Not an object or array, or nested past the parser's limit.
+    Broken,
+}
+
+/// Nesting the parser accepts (serde_json's recursion limit).
+const MAX_DEPTH: u32 = 128;
+
+impl Scanner {
+    /// Scans `input` (the same stream as the last call, grown, or the rest after the last
+    /// value found) from where the last call stopped.
+    pub fn scan(&mut self, input: &[u8]) -> Scan {
+        while let Some(&b) = input.get(self.at) {
+            self.at += 1;
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' if self.depth > 0 => self.in_string = true,
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    if self.depth > MAX_DEPTH {
+                        return Scan::Broken;
+                    }
+                }
+                b'}' | b']' if self.depth > 0 => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        let end = self.at;
+                        *self = Scanner::default();
+                        return Scan::End(end);
+                    }
+                }
+                b if self.depth == 0 && !b.is_ascii_whitespace() => return Scan::Broken,
+                _ => {}
+            }
+        }
+        Scan::Partial {
+            blank: self.depth == 0,
+        }
+    }
+}
+
 /// Reads the next JSON value off `input` (one per WebSocket message, or several back to
-/// back: both are accepted).
+/// back: both are accepted). Give it what a [`Scanner`] found whole.
 pub fn next(input: &[u8]) -> Next {
     let mut values = serde_json::Deserializer::from_slice(input).into_iter::<Value>();
     match values.next() {
@@ -109,6 +177,9 @@ fn request(value: Value, raw: &[u8]) -> Request {
         Some(Value::Number(n)) => Some(n.to_string()),
         Some(_) => return refused(None, INVALID_REQUEST, "id must be a string"),
     };
+    if id.as_ref().is_some_and(|id| id.len() > MAX_ID_BYTES) {
+        return refused(None, INVALID_REQUEST, "id is too long");
+    }
     if obj
         .get("jsonrpc")
         .is_some_and(|v| v.as_str() != Some("2.0"))
@@ -134,7 +205,7 @@ fn request(value: Value, raw: &[u8]) -> Request {
             Ok(connect) => Request::Connect { id, connect },
             Err(why) => refused(Some(id), INVALID_PARAMS, why),
         },
-        ("send", Some(id)) => match send(&p, &id, raw) {
+        ("send", Some(id)) => match send(&p, raw) {
             Ok(send) => Request::Send { id, send },
             Err(why) => refused(Some(id), INVALID_PARAMS, why),
         },
@@ -145,6 +216,9 @@ fn request(value: Value, raw: &[u8]) -> Request {
         (_, id) => refused(id, METHOD_NOT_FOUND, "no such method"),
     }
 }
+
+/// A request id's bytes at most: it is kept until the answer and echoed in it.
+pub const MAX_ID_BYTES: usize = 256;
 
 fn refused(id: Option<String>, code: i64, message: &str) -> Request {
     Request::Refused {
@@ -158,9 +232,14 @@ fn refused(id: Option<String>, code: i64, message: &str) -> Request {
 struct Params<'a>(&'a Map<String, Value>);
 
 impl Params<'_> {
+    /// A string parameter, as long as the binary protocol can carry (every client must be
+    /// able to receive what is stored).
     fn str(&self, key: &str) -> Result<String, &'static str> {
         match self.0.get(key) {
             None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) if s.len() > ruyi_proto::MAX_STRING_BYTES => {
+                Err("a string parameter is too long")
+            }
             Some(Value::String(s)) => Ok(s.clone()),
             Some(_) => Err("a string parameter is not a string"),
         }
@@ -207,7 +286,7 @@ fn connect(p: &Params<'_>) -> Result<ConnectPacket, &'static str> {
     })
 }
 
-fn send(p: &Params<'_>, id: &str, raw: &[u8]) -> Result<SendPacket, &'static str> {
+fn send(p: &Params<'_>, raw: &[u8]) -> Result<SendPacket, &'static str> {
     let payload = match p.0.get("payload") {
         None | Some(Value::Null) => return Err("send needs a payload"),
         Some(Value::String(b64)) => BASE64
@@ -244,12 +323,9 @@ fn send(p: &Params<'_>, id: &str, raw: &[u8]) -> Result<SendPacket, &'static str
     if !topic.is_empty() {
         setting |= Setting::TOPIC;
     }
-    let client_msg_no = match p.str("clientMsgNo")? {
-        // The dedupe key (PROTOCOL.md §9.3) must not be empty: the request id is unique
-        // per client.
-        no if no.is_empty() => id.to_owned(),
-        no => no,
-    };
+    // Without one, none (as a binary SEND without one): the request id is no dedupe key
+    // (PROTOCOL.md §9.3), since clients number their requests again on each connection.
+    let client_msg_no = p.str("clientMsgNo")?;
     Ok(SendPacket {
         flags,
         setting: Setting(setting),
@@ -319,10 +395,6 @@ pub fn recv(head: &RecvHead<'_>, payload: &[u8], base64_always: bool) -> String 
             header.insert(key.into(), Value::Bool(true));
         }
     }
-    let payload = match serde_json::from_slice::<Value>(payload) {
-        Ok(v) if !base64_always => v,
-        _ => Value::String(BASE64.encode(payload)),
-    };
     let mut params = json!({
         "messageId": head.message_id.to_string(),
         "messageSeq": head.message_seq,
@@ -332,7 +404,6 @@ pub fn recv(head: &RecvHead<'_>, payload: &[u8], base64_always: bool) -> String 
         "fromUid": head.from_uid,
         "clientMsgNo": head.client_msg_no,
         "header": header,
-        "payload": payload,
     });
     let setting = head.setting;
     if setting.0 != 0 {
@@ -349,7 +420,27 @@ pub fn recv(head: &RecvHead<'_>, payload: &[u8], base64_always: bool) -> String 
     if !head.topic.is_empty() {
         params["topic"] = json!(head.topic);
     }
-    json!({"method": "recv", "params": params}).to_string()
+    // The payload goes in as the stored text itself when it is JSON (a re-encoding would
+    // reorder keys and round numbers), as base64 otherwise. A JSON string is base64 too:
+    // the EasySDK reads a string payload as base64 or JSON text, not as itself.
+    let raw = serde_json::from_slice::<&serde_json::value::RawValue>(payload)
+        .ok()
+        .map(|r| r.get())
+        .filter(|r| !base64_always && !r.starts_with('"'));
+    let mut text = json!({"method": "recv", "params": params}).to_string();
+    // `{"method":"recv","params":{...}}`: the payload joins the params before their `}`.
+    text.truncate(text.len() - 2);
+    text.push_str(",\"payload\":");
+    match raw {
+        Some(raw) => text.push_str(raw),
+        None => {
+            text.push('"');
+            text.push_str(&BASE64.encode(payload));
+            text.push('"');
+        }
+    }
+    text.push_str("}}");
+    text
 }
 
 #[cfg(test)]
@@ -389,10 +480,7 @@ mod tests {
             panic!()
         };
         assert_eq!(&send.payload[..], br#"{"type":1,"content":"hi"}"#);
-        assert_eq!(
-            send.client_msg_no, "s2",
-            "the request id stands in for a missing one"
-        );
+        assert_eq!(send.client_msg_no, "", "no clientMsgNo, no dedupe key");
         assert_eq!(
             one(r#"{"method":"recvack","params":{"messageId":"123","messageSeq":4}}"#),
             Request::Recvack { message_id: 123 }

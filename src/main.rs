@@ -84,6 +84,10 @@ struct Cli {
     /// need it)
     #[arg(long)]
     no_encryption: bool,
+    /// Refuse JSON-RPC clients on the WebSocket port (WuKongIM's disableJSONRPC): where
+    /// every client must encrypt, as only the binary protocol does
+    #[arg(long)]
+    no_jsonrpc: bool,
     /// Event loops and channel workers [default: number of cores]
     #[arg(long)]
     loops: Option<usize>,
@@ -210,6 +214,7 @@ struct FileConfig {
     store_ca_file: Option<PathBuf>,
     token_auth: Option<bool>,
     encryption: Option<bool>,
+    jsonrpc: Option<bool>,
     loops: Option<usize>,
     sync_full: Option<bool>,
     webhook_url: Option<String>,
@@ -264,6 +269,7 @@ fn load(cli: Cli) -> Result<Config, String> {
         c.store_ca_file = f.store_ca_file.or(c.store_ca_file);
         c.token_auth = f.token_auth.unwrap_or(c.token_auth);
         c.encryption = f.encryption.unwrap_or(c.encryption);
+        c.jsonrpc = f.jsonrpc.unwrap_or(c.jsonrpc);
         c.sync_full = f.sync_full.unwrap_or(c.sync_full);
         if let Some(n) = f.loops {
             (c.loops, c.channel_workers) = (n, n);
@@ -333,6 +339,7 @@ fn load(cli: Cli) -> Result<Config, String> {
     c.store_ca_file = cli.store_ca_file.or(c.store_ca_file);
     c.token_auth &= !cli.no_token_auth;
     c.encryption &= !cli.no_encryption;
+    c.jsonrpc &= !cli.no_jsonrpc;
     c.sync_full &= !cli.sync_normal;
     if let Some(n) = cli.loops {
         (c.loops, c.channel_workers) = (n, n);

@@ -7,106 +7,14 @@
 
 mod util;
 
-use ruyi::server::Server;
 use ruyi::ws::{self, client_frame};
 use ruyi_proto::types::{channel_type, reason};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+use util::rpc::RpcClient;
 use util::*;
-
-/// A JSON-RPC client over WebSocket, as the EasySDK speaks it: one JSON text per message.
-struct RpcClient {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RpcClient {
-    fn open(server: &Server) -> RpcClient {
-        let mut s = TcpStream::connect(server.ws_addr()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut byte).unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"));
-        RpcClient { s, buf: Vec::new() }
-    }
-
-    fn write(&mut self, v: &Value) {
-        self.write_text(&v.to_string());
-    }
-
-    fn write_text(&mut self, text: &str) {
-        let frame = client_frame(ws::OP_TEXT, true, text.as_bytes(), [9, 8, 7, 6]);
-        self.s.write_all(&frame).unwrap();
-    }
-
-    /// The next server message: (opcode, payload), or None once the connection ends.
-    fn message(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buf.len() >= 2 {
-                let (len, at) = match self.buf[1] & 0x7F {
-                    126 if self.buf.len() >= 4 => (
-                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-                        4,
-                    ),
-                    127 if self.buf.len() >= 10 => (
-                        usize::try_from(u64::from_be_bytes(self.buf[2..10].try_into().unwrap()))
-                            .unwrap(),
-                        10,
-                    ),
-                    n if n < 126 => (usize::from(n), 2),
-                    _ => (usize::MAX, 0),
-                };
-                if len != usize::MAX && self.buf.len() >= at + len {
-                    let op = self.buf[0] & 0x0F;
-                    let payload = self.buf[at..at + len].to_vec();
-                    self.buf.drain(..at + len);
-                    return Some((op, payload));
-                }
-            }
-            let mut chunk = [0u8; 65536];
-            match self.s.read(&mut chunk) {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// The next JSON text the server sent (asserting it is a text message).
-    fn next(&mut self) -> Value {
-        let (op, payload) = self.message().expect("a message");
-        assert_eq!(op, ws::OP_TEXT, "JSON-RPC goes in text messages");
-        serde_json::from_slice(&payload).unwrap()
-    }
-
-    fn login(server: &Server, uid: &str) -> RpcClient {
-        register(server, uid, "t", 2, 1); // A master device: a new login replaces it.
-        let mut c = RpcClient::open(server);
-        c.write(&json!({"id": "c1", "method": "connect", "params": {
-            "uid": uid, "token": "t", "deviceId": "py", "deviceFlag": 2,
-            "clientTimestamp": 1_700_000_000_000_i64}}));
-        let answer = c.next();
-        assert_eq!(answer["id"], "c1", "{answer}");
-        assert_eq!(answer["result"]["reasonCode"], 1, "{answer}");
-        assert!(answer.get("error").is_none());
-        c
-    }
-
-    fn send(&mut self, id: &str, to: &str, channel_type: u8, payload: Value) -> Value {
-        self.write(&json!({"id": id, "method": "send", "params": {
-            "channelId": to, "channelType": channel_type, "clientMsgNo": id,
-            "payload": payload, "header": {"redDot": true}}}));
-        let answer = self.next();
-        assert_eq!(answer["id"], id, "{answer}");
-        answer["result"].clone()
-    }
-}
 
 #[test]
 fn a_json_rpc_user_chats_with_a_binary_user_both_ways_and_in_a_group() {
@@ -229,5 +137,122 @@ fn a_login_elsewhere_kicks_a_json_rpc_session_with_a_disconnect_notification() {
     assert_eq!(
         notice["params"]["reasonCode"],
         i64::from(reason::CONNECT_KICK)
+    );
+}
+
+/// The close code of the close frame the server sends next (skipping other messages).
+fn close_code(c: &mut RpcClient) -> Option<u16> {
+    while let Some((op, payload)) = c.message() {
+        if op == ws::OP_CLOSE {
+            return payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+        }
+    }
+    None
+}
+
+#[test]
+fn request_ids_are_no_dedupe_key_and_strings_too_long_for_binary_clients_are_refused() {
+    let server = start("jsonrpc-ids", |_| {});
+    register(&server, "bo", "t", 1, 0);
+    let mut bo = Client::ok(server.tcp_addr(), &Login::new("bo", "t"));
+    // A hand-written client numbers its requests from 1 on every connection, without
+    // clientMsgNo: each SEND is its own message.
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        let mut ann = RpcClient::login(&server, "ann");
+        ann.write_text(&format!(
+            r#"{{"id":"1","method":"send","params":{{"channelId":"bo","channelType":1,"payload":{{"n":{n}}}}}}}"#
+        ));
+        let answer = ann.next();
+        assert_eq!(answer["result"]["reasonCode"], 1, "{answer}");
+        ids.push(answer["result"]["messageId"].clone());
+        let r = bo.recv();
+        assert_eq!(&r.payload[..], format!(r#"{{"n":{n}}}"#).as_bytes());
+        bo.recvack(&r);
+    }
+    assert_ne!(ids[0], ids[1], "the second SEND was taken for the first");
+    // What a binary client could not receive is refused, not stored.
+    let mut ann = RpcClient::login(&server, "ann");
+    let long = "x".repeat(40_000);
+    ann.write(&json!({"id": "l", "method": "send", "params": {
+        "channelId": "bo", "channelType": 1, "clientMsgNo": long, "payload": {"n": 3}}}));
+    assert_eq!(ann.next()["error"]["code"], -32602);
+    // An id too long to keep is not echoed: the request goes unanswered.
+    ann.write(&json!({"id": "x".repeat(300), "method": "ping"}));
+    ann.write(&json!({"id": "ok", "method": "ping"}));
+    assert_eq!(ann.next()["id"], "ok");
+    assert!(
+        bo.quiet_for(Duration::from_millis(300)),
+        "a refused SEND was delivered"
+    );
+}
+
+#[test]
+fn recv_payloads_are_the_stored_json_text_byte_for_byte() {
+    let server = start("jsonrpc-raw", |_| {});
+    let mut ann = RpcClient::login(&server, "ann");
+    register(&server, "bo", "t", 1, 0);
+    let mut bo = Client::ok(server.tcp_addr(), &Login::new("bo", "t"));
+    let exact = br#"{"b":1,"a":123456789012345678901234567890}"#;
+    bo.send("ann", channel_type::PERSON, exact, "r1");
+    assert_eq!(bo.sendack().reason_code, 1);
+    // A JSON string would read as base64 to the EasySDK: it goes as base64 of its bytes.
+    bo.send("ann", channel_type::PERSON, br#""aGk=""#, "r2");
+    assert_eq!(bo.sendack().reason_code, 1);
+    let (_, first) = ann.message().unwrap();
+    let first = String::from_utf8(first).unwrap();
+    assert!(
+        first.contains(r#""payload":{"b":1,"a":123456789012345678901234567890}"#),
+        "{first}"
+    );
+    let second = ann.next();
+    assert_eq!(second["params"]["payload"], "ImFHaz0i", "{second}");
+}
+
+#[test]
+fn a_drain_closes_json_rpc_clients_with_1001_which_they_retry_not_1008() {
+    let server = start("jsonrpc-drain", |c| {
+        c.shutdown_drain = Duration::from_secs(3)
+    });
+    let addr = server.ws_addr();
+    let _first = RpcClient::login(&server, "ann");
+    register(&server, "bo", "t", 2, 1);
+    let stopper = std::thread::spawn(move || server.stop());
+    std::thread::sleep(Duration::from_millis(300));
+    // A client that comes back during the drain is turned away, to come back later.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut late = RpcClient { s, buf: Vec::new() };
+    late.write(&json!({"id": "c", "method": "connect", "params": {"uid": "bo", "token": "t"}}));
+    // The 101 comes first; then the close.
+    let code = close_code_after_upgrade(&mut late);
+    assert_eq!(
+        code,
+        Some(ws::close_code::GOING_AWAY),
+        "a retryable close must not be 1008"
+    );
+    stopper.join().unwrap();
+}
+
+fn close_code_after_upgrade(c: &mut RpcClient) -> Option<u16> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.s.read_exact(&mut byte).ok()?;
+        head.push(byte[0]);
+    }
+    close_code(c)
+}
+
+#[test]
+fn with_json_rpc_off_a_json_client_is_closed_like_any_non_connect() {
+    let server = start("jsonrpc-off", |c| c.jsonrpc = false);
+    register(&server, "ann", "t", 2, 1);
+    let mut c = RpcClient::open(&server);
+    c.write(&json!({"id": "c", "method": "connect", "params": {"uid": "ann", "token": "t"}}));
+    assert!(
+        !matches!(c.message(), Some((ws::OP_TEXT, _))),
+        "a JSON-RPC answer with JSON-RPC off"
     );
 }

@@ -210,6 +210,7 @@ fn healthy_args(args: &HostileArgs, phase: usize) -> ImArgs {
         http: args.http,
         ws: None,
         encrypt: true,
+        jsonrpc: false,
         window: 64,
         rate: args.rate,
         sources: 1,

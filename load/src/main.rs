@@ -12,6 +12,7 @@ mod floor;
 mod hostile;
 mod idle;
 mod im;
+mod jsonrpc;
 mod ledger;
 mod meta;
 mod procfs;

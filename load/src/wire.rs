@@ -51,11 +51,20 @@ impl Framing {
 
     /// Appends the encoded packet bytes `packet` to `out`, framed.
     pub fn wrap(&self, packet: &[u8], out: &mut BytesMut) {
+        self.wrap_as(0x2, packet, out);
+    }
+
+    /// Appends `text` (a JSON-RPC request) to `out` as one text message.
+    pub fn wrap_text(&self, text: &[u8], out: &mut BytesMut) {
+        self.wrap_as(0x1, text, out);
+    }
+
+    fn wrap_as(&self, opcode: u8, packet: &[u8], out: &mut BytesMut) {
         let Framing::Ws { mask, .. } = self else {
             out.put_slice(packet);
             return;
         };
-        out.put_u8(0x82); // FIN + binary
+        out.put_u8(0x80 | opcode); // FIN + the opcode
         let len = packet.len();
         if len < 126 {
             out.put_u8(0x80 | len as u8);
@@ -93,9 +102,10 @@ impl Framing {
         }
         while let Some((opcode, payload, used)) = frame_at(&raw[at..])? {
             match opcode {
-                0x0 | 0x2 => stream.extend_from_slice(payload),
+                // Text: JSON-RPC (`--jsonrpc`); a binary-protocol server never sends it.
+                0x0..=0x2 => stream.extend_from_slice(payload),
                 0x8 => return Err(io::Error::other("WebSocket closed by the server")),
-                _ => {} // ping/pong/text: not part of the packet stream
+                _ => {} // ping/pong: not part of the packet stream
             }
             at += used;
         }

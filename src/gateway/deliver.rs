@@ -22,6 +22,8 @@ impl Gateway {
         let m = &delivery.message;
         let persistent = !m.flags.no_persist();
         let mut shared_frames: Vec<(Variant, Bytes)> = Vec::new();
+        // The same for JSON-RPC texts (their variant ignores the binary version).
+        let mut shared_texts: Vec<(Variant, Bytes)> = Vec::new();
         let mut delivered = 0u64;
         let mut missed = Vec::new();
         let now = lp.now();
@@ -59,10 +61,20 @@ impl Gateway {
             }
             let view = RecvView::of(delivery, &s.uid, target.recipient);
             let frame = match &s.cipher {
-                // JSON-RPC: no encryption, one text per receiver (the rarer dialect).
+                // JSON-RPC: no encryption, one text per variant, shared as binary frames
+                // are.
                 _ if s.ws.as_ref().is_some_and(|w| w.rpc.is_some()) => {
-                    let b64 = self.shared.config.jsonrpc_base64_payloads;
-                    Bytes::from(crate::jsonrpc::recv(&view.head(m), &m.payload, b64))
+                    const JSON: u8 = 0;
+                    match shared_texts.iter().find(|(v, _)| v.matches(&view, JSON)) {
+                        Some((_, f)) => f.clone(),
+                        None => {
+                            let b64 = self.shared.config.jsonrpc_base64_payloads;
+                            let text = crate::jsonrpc::recv(&view.head(m), &m.payload, b64);
+                            let f = Bytes::from(text);
+                            shared_texts.push((Variant::of(&view, JSON), f.clone()));
+                            f
+                        }
+                    }
                 }
                 Some(cipher) if !Setting(m.setting).has(Setting::NO_ENCRYPT) => {
                     // Every connection has its own key: one AES pass and msgKey each, in

@@ -28,6 +28,16 @@ pub struct RpcState {
     /// SENDs waiting for their answer: (the `client_seq` given, the request id).
     sends: Vec<(u32, String)>,
     next_seq: u32,
+    /// Where the next request ends, found as its bytes arrive.
+    scanner: jsonrpc::Scanner,
+}
+
+/// How a request was handled, where a binary packet's `Flow` is not enough: a close is
+/// either the client's fault (1008: the EasySDK stops for good) or the server's (1001:
+/// a drain, a full queue; the EasySDK reconnects).
+enum Outcome {
+    Flow(Flow),
+    ProtocolError,
 }
 
 impl RpcState {
@@ -64,66 +74,93 @@ impl Gateway {
     ) -> usize {
         let mut consumed = 0;
         while !conn.is_closing() {
-            let (request, used) = match jsonrpc::next(&input[consumed..]) {
-                Next::Partial => break,
-                Next::Broken(why) => {
-                    log::debug!("conn={} uid={} {why}; closing", conn.id(), s.uid);
-                    let text = jsonrpc::error(None, -32700, "parse error");
-                    emit_slice(conn, Wire::WsText, text.as_bytes());
-                    return self.close_rpc(conn, input.len());
+            let rest = &input[consumed..];
+            let Some(rpc) = s.rpc() else { return 0 };
+            let end = match rpc.scanner.scan(rest) {
+                jsonrpc::Scan::Partial { blank: true } => {
+                    // Whitespace between messages: nothing to keep.
+                    rpc.scanner = jsonrpc::Scanner::default();
+                    consumed = input.len();
+                    break;
                 }
-                Next::Message { request, used } => (request, used),
+                jsonrpc::Scan::Partial { blank: false } => break,
+                jsonrpc::Scan::End(end) => end,
+                jsonrpc::Scan::Broken => return self.parse_error(conn, s, input.len()),
+            };
+            let request = match jsonrpc::next(&rest[..end]) {
+                Next::Message { request, .. } => request,
+                Next::Partial | Next::Broken(_) => return self.parse_error(conn, s, input.len()),
             };
             match self.on_request(conn, s, request) {
-                Flow::Next => consumed += used,
-                Flow::Pause => {
-                    consumed += used;
+                Outcome::Flow(Flow::Next) => consumed += end,
+                Outcome::Flow(Flow::Pause) => {
+                    consumed += end;
                     conn.pause_reading();
                     break;
                 }
-                Flow::Stall => {
+                Outcome::Flow(Flow::Stall) => {
                     conn.pause_reading();
                     self.stalled.push(conn.id());
                     break;
                 }
-                Flow::Close => return self.close_rpc(conn, input.len()),
+                Outcome::Flow(Flow::Close) => {
+                    return close_rpc(conn, crate::ws::close_code::GOING_AWAY, input.len())
+                }
+                Outcome::ProtocolError => {
+                    return close_rpc(conn, crate::ws::close_code::POLICY, input.len())
+                }
             }
         }
         consumed
     }
 
-    /// Closes a JSON-RPC connection with a WebSocket close frame: 1008, which the EasySDK
-    /// takes as a refusal and does not retry.
-    fn close_rpc(&mut self, conn: &mut ConnCtx<'_>, all: usize) -> usize {
-        let code = crate::ws::close_code::POLICY.to_be_bytes();
-        conn.queue_slice(&crate::ws::frame(crate::ws::OP_CLOSE, &code));
-        conn.close_after_flush();
-        all
+    fn parse_error(&mut self, conn: &mut ConnCtx<'_>, s: &ImSession, all: usize) -> usize {
+        log::debug!(
+            "conn={} uid={} sent what is not JSON-RPC; closing",
+            conn.id(),
+            s.uid
+        );
+        let text = jsonrpc::error(None, -32700, "parse error");
+        emit_slice(conn, Wire::WsText, text.as_bytes());
+        close_rpc(conn, crate::ws::close_code::POLICY, all)
     }
 
-    fn on_request(&mut self, conn: &mut ConnCtx<'_>, s: &mut ImSession, request: Request) -> Flow {
-        match (s.phase, request) {
+    fn on_request(
+        &mut self,
+        conn: &mut ConnCtx<'_>,
+        s: &mut ImSession,
+        request: Request,
+    ) -> Outcome {
+        let flow = match (s.phase, request) {
             (Phase::AwaitConnect, Request::Connect { id, connect }) => {
                 if let Some(rpc) = s.rpc() {
                     rpc.connect_id = Some(id);
                 }
                 self.on_connect(conn, s, connect)
             }
+            (Phase::AwaitConnect, Request::Refused { id, code, message }) => {
+                log::debug!("conn={} refused connect: {message}", conn.id());
+                if let Some(id) = id {
+                    let text = jsonrpc::error(Some(&id), code, &message);
+                    emit_slice(conn, Wire::WsText, text.as_bytes());
+                }
+                return Outcome::ProtocolError;
+            }
             (Phase::AwaitConnect, other) => {
                 log::debug!("conn={} first request is not connect: {other:?}", conn.id());
-                Flow::Close
+                return Outcome::ProtocolError;
             }
             (Phase::Authenticating, _) => Flow::Stall, // Not reached: reading is paused.
             (Phase::Ready, Request::Send { id, mut send }) => {
                 let Some(rpc) = s.rpc() else {
-                    return Flow::Close;
+                    return Outcome::ProtocolError;
                 };
                 if rpc.sends.len() >= MAX_SENDS_IN_FLIGHT {
                     log::debug!(
                         "conn={} has {MAX_SENDS_IN_FLIGHT} sends unanswered; closing",
                         conn.id()
                     );
-                    return Flow::Close;
+                    return Outcome::ProtocolError;
                 }
                 rpc.next_seq = rpc.next_seq.wrapping_add(1);
                 send.client_seq = rpc.next_seq;
@@ -164,6 +201,15 @@ impl Gateway {
                 }
                 Flow::Next
             }
-        }
+        };
+        Outcome::Flow(flow)
     }
+}
+
+/// Closes a JSON-RPC connection with a WebSocket close frame carrying `code` (module docs
+/// of [`Outcome`]) after what is queued; returns `all`, the input taken.
+fn close_rpc(conn: &mut ConnCtx<'_>, code: u16, all: usize) -> usize {
+    conn.queue_slice(&crate::ws::frame(crate::ws::OP_CLOSE, &code.to_be_bytes()));
+    conn.close_after_flush();
+    all
 }

@@ -107,7 +107,7 @@ impl Gateway {
             // The dialect, from the first byte that is not whitespace (PROTOCOL.md §10.4).
             let first = stream.iter().find(|b| !b.is_ascii_whitespace());
             if let (Some(&b), Some(w)) = (first, s.ws.as_mut()) {
-                if crate::jsonrpc::starts(b) && w.rpc.is_none() {
+                if self.shared.config.jsonrpc && crate::jsonrpc::starts(b) && w.rpc.is_none() {
                     w.rpc = Some(Box::default());
                 }
             }

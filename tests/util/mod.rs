@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod nats;
 pub mod pg;
+pub mod rpc;
 
 use bytes::{Bytes, BytesMut};
 use ruyi::{Config, Server};

@@ -55,8 +55,11 @@ pub struct ImArgs {
     #[arg(long)]
     pub ws: Option<SocketAddr>,
     /// Encrypt (key exchange, AES payloads, msgKeys), as the official SDKs do.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "jsonrpc")]
     pub encrypt: bool,
+    /// Speak JSON-RPC, as the EasySDK clients do (needs `--ws`; no encryption there).
+    #[arg(long, requires = "ws")]
+    pub jsonrpc: bool,
     /// SENDs in flight per sender at most.
     #[arg(long, default_value_t = 8)]
     pub window: usize,
@@ -452,7 +455,11 @@ fn run(
     let lost = crate::ledger::lost(&sending, &receivers, &acked);
     let report = ImReport {
         scenario: scenario.to_owned(),
-        transport: if args.ws.is_some() { "ws" } else { "tcp" },
+        transport: match (args.ws.is_some(), args.jsonrpc) {
+            (true, true) => "ws-jsonrpc",
+            (true, false) => "ws",
+            _ => "tcp",
+        },
         connections,
         senders,
         encrypt: args.encrypt,

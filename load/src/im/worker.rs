@@ -21,6 +21,8 @@ struct Conn {
     secret: [u8; 32],
     version: u8,
     logged_in: bool,
+    /// Speaks JSON-RPC (`--jsonrpc`, `jsonrpc.rs`) instead of binary frames.
+    jsonrpc: bool,
     /// (client_seq, send time, counter) of SENDs in flight, oldest first. SENDACKs mostly
     /// come back in order, but a refusal (a rate limit) is answered before the accepted
     /// SENDs ahead of it are stored, so they are matched by client_seq.
@@ -36,6 +38,11 @@ struct Conn {
 impl Conn {
     /// Encodes and frames one packet onto the output.
     fn queue(&mut self, packet: &Packet) -> io::Result<()> {
+        if self.jsonrpc {
+            let text = crate::jsonrpc::request(packet)?;
+            self.framing.wrap_text(text.as_bytes(), &mut self.output);
+            return Ok(());
+        }
         if let Framing::Tcp = self.framing {
             return packet
                 .encode(self.version, &mut self.output)
@@ -153,6 +160,7 @@ pub(super) fn worker(
             secret,
             version: 5,
             logged_in: false,
+            jsonrpc: args.jsonrpc,
             in_flight: VecDeque::new(),
             next_send_at: start,
             next_counter: 1,
@@ -286,9 +294,14 @@ fn handle_input(
 ) -> io::Result<()> {
     c.framing.unwrap(&mut c.raw, &mut c.input)?;
     let mut consumed = 0;
-    while let Some((packet, used)) =
-        decode_packet(&c.input[consumed..], c.version, MAX_BODY_BYTES).map_err(io::Error::other)?
-    {
+    let next = |c: &Conn, at: usize| {
+        if c.jsonrpc {
+            crate::jsonrpc::next_packet(&c.input[at..])
+        } else {
+            decode_packet(&c.input[at..], c.version, MAX_BODY_BYTES).map_err(io::Error::other)
+        }
+    };
+    while let Some((packet, used)) = next(c, consumed)? {
         consumed += used;
         match packet {
             Packet::Connack(ack) => {
