@@ -396,3 +396,106 @@ fn a_leader_cut_off_from_the_bus_hands_the_lead_to_the_nodes_that_still_reach_ea
         .collect();
     assert_eq!(seqs, vec![1, 2]);
 }
+
+/// Resident memory of process `pid`, in KiB (`/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_node_stopped_with_sigstop_costs_the_others_no_growing_memory_and_loses_nothing() {
+    let Some(c) = Three::start("sigstop") else {
+        return;
+    };
+    let (live, frozen) = (c.followers[0], c.followers[1]);
+    let pid = |i: usize| c.nodes[i].process.child.id();
+    // bob's device sits on the node about to freeze; alice (on the leader) writes to him
+    // and to carol (on the other follower) the whole time.
+    let mut bob = Client::ok(c.nodes[frozen].process.tcp, &Login::new("bob", "x"));
+    let mut alice = Client::ok(c.nodes[c.lead].process.tcp, &Login::new("alice", "x"));
+    let mut carol = Client::ok(c.nodes[live].process.tcp, &Login::new("carol", "x"));
+    let mut for_bob = Vec::new();
+    let send = |alice: &mut Client, to: &str, n: usize| {
+        let no = format!("{to}-{n}");
+        alice.send(to, PERSON, no.as_bytes(), &no);
+        let ack = alice.sendack();
+        assert_eq!(ack.reason_code, reason::SUCCESS, "{no}");
+        ack.message_id
+    };
+    for n in 0..20 {
+        for_bob.push(send(&mut alice, "bob", n));
+    }
+    let before = (rss_kib(pid(c.lead)), rss_kib(pid(live)));
+    // SAFETY: a signal to a child process this test started.
+    assert_eq!(unsafe { libc::kill(pid(frozen) as i32, libc::SIGSTOP) }, 0);
+    // Eight seconds frozen, far past the 3 s after which the others count it dead: the
+    // leader keeps committing, carol keeps receiving in order.
+    let until = Instant::now() + Duration::from_secs(8);
+    let mut n = 20;
+    let mut carol_seen = 0;
+    while Instant::now() < until {
+        for_bob.push(send(&mut alice, "bob", n));
+        let _ = send(&mut alice, "carol", n);
+        let r = carol.recv();
+        carol.recvack(&r);
+        assert_eq!(
+            r.message_seq,
+            carol_seen + 1,
+            "carol's messages out of order"
+        );
+        carol_seen = r.message_seq;
+        n += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let after = (rss_kib(pid(c.lead)), rss_kib(pid(live)));
+    for (node, b, a) in [
+        ("leader", before.0, after.0),
+        ("follower", before.1, after.1),
+    ] {
+        assert!(
+            a < b + 64 * 1024,
+            "the {node} grew from {b} to {a} KiB while a node was frozen"
+        );
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid(frozen) as i32, libc::SIGCONT) }, 0);
+    // Back: every message for bob reaches his device or his queue.
+    let mut got = std::collections::HashSet::new();
+    while let Some(p) = bob.read_packet(Duration::from_secs(3)) {
+        if let ruyi_proto::Packet::Recv(r) = p {
+            bob.recvack(&r);
+            got.insert(r.message_id);
+        }
+    }
+    let http = c.nodes[c.lead].process.http;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let missing = loop {
+        let queued: std::collections::HashSet<i64> = queue(http, "bob")
+            .iter()
+            .map(|m| m["message_id"].as_i64().unwrap())
+            .collect();
+        let missing: Vec<i64> = for_bob
+            .iter()
+            .filter(|id| !got.contains(id) && !queued.contains(id))
+            .copied()
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        missing.is_empty(),
+        "{} of {} messages for bob neither received nor queued: {missing:?}",
+        missing.len(),
+        for_bob.len()
+    );
+    // And the node serves again.
+    let ack = c.nodes[frozen].send("dave", "erin", "after");
+    assert_eq!(ack.reason_code, reason::SUCCESS);
+}
