@@ -53,10 +53,11 @@ impl<H: Handler> EventLoop<H> {
             if let Err(e) = self.poll.registry().deregister(&mut conn.io.stream) {
                 log::debug!("loop={} conn={id} deregister: {e}", self.core.loop_index);
             }
-            drop(conn.io); // The socket, and its admission: the global counts drop here.
+            // Counted before the socket closes: whoever sees the close also sees the count.
             let stats = &self.core.shared.stats;
-            stats.connections.fetch_sub(1, Ordering::Relaxed);
             LoopStats::add(&stats.closed[reason.index()], 1);
+            drop(conn.io); // The socket, and its admission: the global counts drop here.
+            stats.connections.fetch_sub(1, Ordering::Relaxed);
             log::debug!(
                 "loop={} conn={id} closed: {}",
                 self.core.loop_index,
