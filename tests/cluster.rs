@@ -76,7 +76,7 @@ fn a_server_killed_and_restarted_on_its_data_directory_claims_its_node_id_at_onc
     let (tcp, http) = (free_addr(), free_addr());
     let mut server = RuyiProcess::spawn(&data, tcp, http);
     server.kill9();
-    // Its lease is still live for 10 s, but its holder is this data directory, whose
+    // Its lease is still live for 6 s, but its holder is this data directory, whose
     // lock the new process holds: the old one is dead.
     let at = Instant::now();
     let _server = RuyiProcess::spawn(&data, tcp, http);
@@ -315,7 +315,7 @@ fn one_node_leads_and_another_takes_over_when_it_dies() {
     let first = leader.unwrap() as usize - 1;
     let ack = nodes[first].send("a", "b", "m1");
     assert_eq!((ack.reason_code, ack.message_seq), (reason::SUCCESS, 1));
-    // kill -9 of the leader: once its lease lapses, one of the others leads, and the
+    // kill -9 of the leader: once its lease lapses (6 s), one of the others leads, and the
     // channel's seqs go on from where they were.
     nodes[first].process.kill9();
     let others: Vec<usize> = (0..3).filter(|i| *i != first).collect();
@@ -498,4 +498,42 @@ fn a_node_stopped_with_sigstop_costs_the_others_no_growing_memory_and_loses_noth
     // And the node serves again.
     let ack = c.nodes[frozen].send("dave", "erin", "after");
     assert_eq!(ack.reason_code, reason::SUCCESS);
+}
+
+#[test]
+fn nodes_claiming_leases_while_the_bus_is_down_do_not_unseat_the_leader() {
+    let Some(pg) = Pg::start() else { return };
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let store = pg.database("claims");
+    let (nodes, lead) = cluster_of_three(&store, &nats);
+    nats.pause();
+    wait_for("NATS seen away", Duration::from_secs(6), || {
+        !nodes[lead].view().1
+    });
+    // Nodes (re)starting while the bus is down for everyone claim their leases, a fresh
+    // incarnation each time, and never renew: no sign that anyone still reaches the bus.
+    let mut db = postgres::Client::connect(&store, postgres::NoTls).unwrap();
+    let until = Instant::now() + Duration::from_secs(12);
+    let mut n = 0;
+    while Instant::now() < until {
+        db.execute(
+            "INSERT INTO node_lease (node_id, incarnation, holder, expires_at)
+             VALUES (99, 1, 'restarting', now() + interval '6 seconds')
+             ON CONFLICT (node_id) DO UPDATE SET incarnation = node_lease.incarnation + 1,
+                 expires_at = excluded.expires_at",
+            &[],
+        )
+        .unwrap();
+        // The leader keeps serving what needs no other node.
+        let ack = nodes[lead].send("alone-a", "alone-b", &format!("c{n}"));
+        assert_eq!(
+            ack.reason_code,
+            reason::SUCCESS,
+            "the leader stopped committing after {n} claims"
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(2000));
+    }
 }

@@ -52,7 +52,19 @@ fn look(
     client: &mut postgres::Client,
     node: i64,
     incarnation: i64,
+    may_take: bool,
 ) -> Result<i64, postgres::Error> {
+    if may_take {
+        take(client, node, incarnation)?;
+    }
+    Ok(client
+        .query_one("SELECT node_id FROM cluster_leader WHERE id = 1", &[])?
+        .get(0))
+}
+
+/// Inserts the lead row, or moves it to `(node, incarnation)` when the named holder's
+/// lease is gone and this node's is live.
+fn take(client: &mut postgres::Client, node: i64, incarnation: i64) -> Result<(), postgres::Error> {
     client.execute(
         "INSERT INTO cluster_leader (id, node_id, incarnation, since) VALUES (1, $1, $2, now())
          ON CONFLICT (id) DO UPDATE SET node_id = excluded.node_id,
@@ -64,9 +76,7 @@ fn look(
              WHERE l.node_id = $1 AND l.incarnation = $2 AND l.expires_at > now())",
         &[&node, &incarnation],
     )?;
-    Ok(client
-        .query_one("SELECT node_id FROM cluster_leader WHERE id = 1", &[])?
-        .get(0))
+    Ok(())
 }
 
 /// Starts the watcher for `(node, incarnation)` (module docs); it ends when `stop` is set.
@@ -78,6 +88,7 @@ pub fn watch(
     node: i64,
     incarnation: i64,
     stop: Arc<AtomicBool>,
+    gate: Arc<std::sync::Mutex<Option<super::lease::Gate>>>,
 ) -> std::io::Result<Arc<Leader>> {
     let leader = Arc::new(Leader {
         node: AtomicU32::new(NONE),
@@ -99,7 +110,14 @@ pub fn watch(
                     client = info.connect().ok();
                 }
                 let Some(c) = client.as_mut() else { continue };
-                match look(c, node, incarnation) {
+                // Only a node that would renew its lease now may take the lead: one off the
+                // bus still holds a live lease for a few seconds (`lease.rs`).
+                let may_take = gate
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_none_or(|g| g() == super::lease::Renewal::Renew);
+                match look(c, node, incarnation, may_take) {
                     Ok(now) => {
                         if led && now != node {
                             panic!(

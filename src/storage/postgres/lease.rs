@@ -107,6 +107,7 @@ impl NodeLease {
             self.node_id,
             self.incarnation,
             Arc::clone(&self.stop),
+            Arc::clone(&self.gate),
         )
     }
 }
@@ -189,6 +190,7 @@ fn renew(
     let mut client = None;
     let mut next = Instant::now() + RENEW_EVERY;
     let mut held_back = false;
+    let mut seen = Seen::new();
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
         if Instant::now() < next {
@@ -213,7 +215,7 @@ fn renew(
         let hold_back = match decision {
             Renewal::Renew => false,
             Renewal::Skip => true,
-            Renewal::UnlessOthersRenew => match others_renewing(c, node) {
+            Renewal::UnlessOthersRenew => match others_renewing(c, node, &mut seen) {
                 Ok(others) => others,
                 Err(e) => {
                     log::warn!("storage: reading the other nodes' leases failed: {e}");
@@ -259,15 +261,35 @@ fn renew(
     }
 }
 
-/// True when another node renewed its lease within [`FRESH`] (PostgreSQL's clock).
-fn others_renewing(c: &mut postgres::Client, node: i64) -> Result<bool, postgres::Error> {
+/// The other nodes' leases as the last look saw them: (node, incarnation) → expiry in ms.
+type Seen = std::collections::HashMap<(i64, i64), i64>;
+
+/// True when another node renewed its lease within [`FRESH`] (PostgreSQL's clock) and
+/// since the last look: the same incarnation's expiry moved on. A claim alone (a node
+/// just started, or restarted, that the bus may not reach) is no renewal: a node off the
+/// bus never renews, so only one on it keeps counting.
+fn others_renewing(
+    c: &mut postgres::Client,
+    node: i64,
+    seen: &mut Seen,
+) -> Result<bool, postgres::Error> {
     let since_ms = i64::try_from((TTL - FRESH).as_millis()).unwrap_or(0);
-    let row = c.query_one(
-        "SELECT EXISTS (SELECT 1 FROM node_lease WHERE node_id <> $1
-             AND expires_at > now() + $2::bigint * interval '1 millisecond')",
+    let rows = c.query(
+        "SELECT node_id, incarnation,
+                (extract(epoch FROM expires_at) * 1000)::bigint
+         FROM node_lease WHERE node_id <> $1
+             AND expires_at > now() + $2::bigint * interval '1 millisecond'",
         &[&node, &since_ms],
     )?;
-    Ok(row.get(0))
+    let now: Seen = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let renewing = now
+        .iter()
+        .any(|(key, expires)| seen.get(key).is_some_and(|before| expires > before));
+    *seen = now;
+    Ok(renewing)
 }
 
 impl Drop for NodeLease {
