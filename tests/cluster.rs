@@ -473,22 +473,7 @@ fn a_node_stopped_with_sigstop_costs_the_others_no_growing_memory_and_loses_noth
         }
     }
     let http = c.nodes[c.lead].process.http;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let missing = loop {
-        let queued: std::collections::HashSet<i64> = queue(http, "bob")
-            .iter()
-            .map(|m| m["message_id"].as_i64().unwrap())
-            .collect();
-        let missing: Vec<i64> = for_bob
-            .iter()
-            .filter(|id| !got.contains(id) && !queued.contains(id))
-            .copied()
-            .collect();
-        if missing.is_empty() || Instant::now() > deadline {
-            break missing;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let missing = neither_received_nor_queued(http, "bob", &for_bob, &got, Duration::from_secs(15));
     assert!(
         missing.is_empty(),
         "{} of {} messages for bob neither received nor queued: {missing:?}",

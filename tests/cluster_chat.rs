@@ -429,32 +429,7 @@ fn a_recipient_flapping_on_another_node_gets_every_message_acknowledged_or_queue
     // Every message reached one of bob's devices, which acknowledged it, or waits in his
     // queue; requeues from the flapping node may take a resend or two to arrive.
     let http = c.nodes[c.lead].process.http;
-    let queued = || -> std::collections::HashSet<i64> {
-        let (status, v) = post(
-            http,
-            "/message/sync",
-            serde_json::json!({"uid": "bob", "limit": 1000}),
-        );
-        assert_eq!(status, 200, "{v}");
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["message_id"].as_i64().unwrap())
-            .collect()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let missing = loop {
-        let q = queued();
-        let missing: Vec<i64> = sent
-            .iter()
-            .filter(|id| !acked.contains(id) && !q.contains(id))
-            .copied()
-            .collect();
-        if missing.is_empty() || Instant::now() > deadline {
-            break missing;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let missing = neither_received_nor_queued(http, "bob", &sent, &acked, Duration::from_secs(10));
     assert!(
         missing.is_empty(),
         "{} of {} messages neither acknowledged nor queued: {missing:?}",

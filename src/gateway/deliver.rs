@@ -3,7 +3,7 @@
 
 use super::retries::{Miss, PendingAck};
 use super::session::{Phase, Session};
-use super::{emit, Gateway, MAX_PENDING_ACK_BYTES};
+use super::{emit, Gateway, Wire, MAX_PENDING_ACK_BYTES};
 use crate::message::{Delivery, Target, SYSTEM_UID};
 use bytes::Bytes;
 use ruyi_proto::types::channel_type;
@@ -63,7 +63,7 @@ impl Gateway {
             let frame = match &s.cipher {
                 // JSON-RPC: no encryption, one text per variant, shared as binary frames
                 // are.
-                _ if s.ws.as_ref().is_some_and(|w| w.rpc.is_some()) => {
+                _ if s.wire() == Wire::WsText => {
                     const JSON: u8 = 0;
                     match shared_texts.iter().find(|(v, _)| v.matches(&view, JSON)) {
                         Some((_, f)) => f.clone(),

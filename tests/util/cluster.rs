@@ -198,3 +198,31 @@ pub fn stubborn_sender(
     }
     acks
 }
+
+/// The messages of `sent` that are neither in `got` (received and acknowledged by one of
+/// `uid`'s devices) nor in `uid`'s queue on `http`, once none are or `within` has passed:
+/// requeues from another node may take a moment to arrive.
+pub fn neither_received_nor_queued(
+    http: std::net::SocketAddr,
+    uid: &str,
+    sent: &[i64],
+    got: &std::collections::HashSet<i64>,
+    within: Duration,
+) -> Vec<i64> {
+    let deadline = Instant::now() + within;
+    loop {
+        let queued: std::collections::HashSet<i64> = queue(http, uid)
+            .iter()
+            .map(|m| m["message_id"].as_i64().unwrap())
+            .collect();
+        let missing: Vec<i64> = sent
+            .iter()
+            .filter(|id| !got.contains(id) && !queued.contains(id))
+            .copied()
+            .collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            return missing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
