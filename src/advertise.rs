@@ -17,13 +17,19 @@ pub struct Advertised {
     pub tcp: String,
     /// `ws://host:port` of the WebSocket listener.
     pub ws: String,
-    /// `wss://host:port`, only when set (Ruyi serves no TLS itself: a proxy in front does).
+    /// `wss://host:port`: `external_wss_addr`, else the WebSocket-over-TLS listener's
+    /// when there is one; empty otherwise.
     pub wss: String,
 }
 
 impl Advertised {
-    /// The addresses for listeners bound at `tcp` and `ws` (their real ports).
-    pub fn resolve(config: &Config, tcp: SocketAddr, ws: SocketAddr) -> Advertised {
+    /// The addresses for listeners bound at `tcp`, `ws` and `wss` (their real ports).
+    pub fn resolve(
+        config: &Config,
+        tcp: SocketAddr,
+        ws: SocketAddr,
+        wss: Option<SocketAddr>,
+    ) -> Advertised {
         let host = |bound: IpAddr| match &config.external_ip {
             Some(ip) => ip.clone(),
             None if bound.is_unspecified() => own_address().to_string(),
@@ -42,7 +48,11 @@ impl Advertised {
                 .external_ws_addr
                 .clone()
                 .unwrap_or_else(|| format!("ws://{}", join(host(ws.ip()), ws.port()))),
-            wss: config.external_wss_addr.clone().unwrap_or_default(),
+            wss: match (&config.external_wss_addr, wss) {
+                (Some(set), _) => set.clone(),
+                (None, Some(wss)) => format!("wss://{}", join(host(wss.ip()), wss.port())),
+                (None, None) => String::new(),
+            },
         }
     }
 }

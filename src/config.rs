@@ -43,6 +43,16 @@ pub struct Config {
     pub tcp_addr: SocketAddr,
     /// The binary protocol over WebSocket (WuKongIM's `wsAddr`, default `0.0.0.0:5200`).
     pub ws_addr: SocketAddr,
+    /// The certificate chain (PEM) of the TLS listeners; with `tls_key`, turns on
+    /// WebSocket over TLS on `wss_addr` (`tls/server.rs`). Unset (the default): no TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// WebSocket over TLS, when a certificate is set (WuKongIM's `wssAddr`, default
+    /// `0.0.0.0:5210`).
+    pub wss_addr: SocketAddr,
+    /// The binary protocol over TLS on TCP, when set (and a certificate is). Default: off.
+    pub tls_addr: Option<SocketAddr>,
     /// HTTP API. Default `127.0.0.1:5001`: loopback only, because the API can register
     /// tokens and send as anyone (HTTP_API.md §1.2; the manager token arrives with the
     /// full API).
@@ -227,6 +237,10 @@ impl Default for Config {
             tcp_addr: "0.0.0.0:5100".parse().expect("static address"),
             http_addr: "127.0.0.1:5001".parse().expect("static address"),
             ws_addr: "0.0.0.0:5200".parse().expect("static address"),
+            tls_cert: None,
+            tls_key: None,
+            wss_addr: "0.0.0.0:5210".parse().expect("static address"),
+            tls_addr: None,
             data_dir: PathBuf::from("data"),
             external_ip: None,
             external_tcp_addr: None,
@@ -286,6 +300,16 @@ impl Config {
     /// # Errors
     /// A message naming what to change.
     pub fn validate(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key, self.tls_addr) {
+            (Some(_), None, _) => return Err("tls_cert is set without tls_key".into()),
+            (None, Some(_), _) => return Err("tls_key is set without tls_cert".into()),
+            (None, None, Some(addr)) => {
+                return Err(format!(
+                    "tls_addr ({addr}) needs a certificate: set tls_cert and tls_key"
+                ))
+            }
+            _ => {}
+        }
         if self.shutdown_drain > MAX_SHUTDOWN_DRAIN {
             return Err(format!(
                 "shutdown_drain_secs must be at most {} (a stop that long outlives every supervisor's patience)",
@@ -466,6 +490,7 @@ impl Config {
             tcp_addr: "127.0.0.1:0".parse().expect("static address"),
             http_addr: "127.0.0.1:0".parse().expect("static address"),
             ws_addr: "127.0.0.1:0".parse().expect("static address"),
+            wss_addr: "127.0.0.1:0".parse().expect("static address"),
             data_dir: data_dir.into(),
             loops: 2,
             channel_workers: 2,

@@ -41,6 +41,20 @@ struct Cli {
     /// [default: 0.0.0.0:5200]
     #[arg(long)]
     ws_addr: Option<SocketAddr>,
+    /// Certificate chain (PEM) for TLS; with --tls-key, serves WebSocket over TLS on
+    /// --wss-addr. SIGHUP reads both files again
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// WebSocket over TLS listener (WuKongIM `wssAddr`), with a certificate
+    /// [default: 0.0.0.0:5210]
+    #[arg(long)]
+    wss_addr: Option<SocketAddr>,
+    /// The binary protocol over TLS on this address too [default: off]
+    #[arg(long)]
+    tls_addr: Option<SocketAddr>,
     /// HTTP API listener; beyond loopback it requires --manager-token
     /// [default: 127.0.0.1:5001]
     #[arg(long)]
@@ -202,6 +216,10 @@ enum Command {
 struct FileConfig {
     tcp_addr: Option<SocketAddr>,
     ws_addr: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    wss_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     http_addr: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     external_ip: Option<String>,
@@ -255,6 +273,10 @@ fn load(cli: Cli) -> Result<Config, String> {
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         c.tcp_addr = f.tcp_addr.unwrap_or(c.tcp_addr);
         c.ws_addr = f.ws_addr.unwrap_or(c.ws_addr);
+        c.tls_cert = f.tls_cert.or(c.tls_cert);
+        c.tls_key = f.tls_key.or(c.tls_key);
+        c.wss_addr = f.wss_addr.unwrap_or(c.wss_addr);
+        c.tls_addr = f.tls_addr.or(c.tls_addr);
         c.http_addr = f.http_addr.unwrap_or(c.http_addr);
         c.data_dir = f.data_dir.unwrap_or(c.data_dir);
         c.store = f.store.unwrap_or(c.store);
@@ -325,6 +347,10 @@ fn load(cli: Cli) -> Result<Config, String> {
     }
     c.tcp_addr = cli.tcp_addr.unwrap_or(c.tcp_addr);
     c.ws_addr = cli.ws_addr.unwrap_or(c.ws_addr);
+    c.tls_cert = cli.tls_cert.or(c.tls_cert);
+    c.tls_key = cli.tls_key.or(c.tls_key);
+    c.wss_addr = cli.wss_addr.unwrap_or(c.wss_addr);
+    c.tls_addr = cli.tls_addr.or(c.tls_addr);
     c.http_addr = cli.http_addr.unwrap_or(c.http_addr);
     c.data_dir = cli.data_dir.unwrap_or(c.data_dir);
     c.store = cli.store.unwrap_or(c.store);
@@ -387,8 +413,8 @@ const FORCE_AFTER: Duration = Duration::from_secs(3);
 
 /// Watches the signals on a thread of its own (module docs of `main`): the first SIGTERM or
 /// SIGINT sets `stop`; another one, `FORCE_AFTER` later, exits at once (status 1); SIGHUP
-/// is logged and ignored.
-fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
+/// sets `reload` (the TLS certificate is read again).
+fn watch_signals(stop: Arc<AtomicBool>, reload: Arc<AtomicBool>) -> std::io::Result<()> {
     use signal_hook::consts::SIGHUP;
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::Builder::new()
@@ -397,7 +423,7 @@ fn watch_signals(stop: Arc<AtomicBool>) -> std::io::Result<()> {
             let mut first: Option<std::time::Instant> = None;
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    log::info!("ruyi: SIGHUP ignored (nothing to reload; stop with SIGTERM)");
+                    reload.store(true, Ordering::Release);
                     continue;
                 }
                 match first {
@@ -441,6 +467,12 @@ fn main() {
                     .map_err(|e| format!("webhook_ca_file: {e}")),
                 None => Ok(()),
             })
+            .and_then(|()| match (&config.tls_cert, &config.tls_key) {
+                (Some(cert), Some(key)) => ruyi::tls::ServerCert::load(cert, key)
+                    .map(|_| ())
+                    .map_err(|e| format!("TLS certificate: {e}")),
+                _ => Ok(()),
+            })
             // The store URL and its CA file, without connecting.
             .and_then(|()| {
                 ruyi::server::store_of(&config)
@@ -475,10 +507,11 @@ fn main() {
         }
     }
     // SIGTERM and SIGINT start a graceful stop: stop accepting, flush what the loops hold,
-    // let storage commit what it has, exit. SIGHUP (a closed terminal, a reload habit)
-    // must not kill a server: it is logged and ignored, as nothing is reloadable yet.
+    // let storage commit what it has, exit. SIGHUP (a renewed certificate, a closed
+    // terminal) never kills a server: it reloads the TLS certificate, if there is one.
     let stop = Arc::new(AtomicBool::new(false));
-    if let Err(e) = watch_signals(Arc::clone(&stop)) {
+    let reload = Arc::new(AtomicBool::new(false));
+    if let Err(e) = watch_signals(Arc::clone(&stop), Arc::clone(&reload)) {
         eprintln!("ruyi: cannot install the signal handler: {e}");
         std::process::exit(1);
     }
@@ -499,6 +532,15 @@ fn main() {
     };
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(100));
+        if reload.swap(false, Ordering::AcqRel) {
+            match server.reload_tls() {
+                Ok(true) => log::info!("ruyi: SIGHUP: TLS certificate reloaded"),
+                Ok(false) => log::info!("ruyi: SIGHUP: nothing to reload (no TLS certificate)"),
+                Err(e) => log::error!(
+                    "ruyi: SIGHUP: TLS certificate not reloaded, the old one stays: {e}"
+                ),
+            }
+        }
     }
     log::info!("ruyi: stopping (signal received)");
     server.stop();

@@ -9,7 +9,9 @@
 //! ```
 
 use crate::config::Config;
-use crate::gateway::{Gateway, LISTENER_HTTP, LISTENER_TCP, LISTENER_WS};
+use crate::gateway::{
+    Gateway, LISTENER_HTTP, LISTENER_TCP, LISTENER_TLS, LISTENER_WS, LISTENER_WSS,
+};
 use crate::ids::IdGenerator;
 use crate::mailbox;
 use crate::registry::Registry;
@@ -59,6 +61,11 @@ pub struct Server {
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
     ws_addr: SocketAddr,
+    /// WebSocket over TLS and the binary protocol over TLS, when they listen.
+    wss_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    /// The TLS listeners' certificate, for SIGHUP's reload.
+    cert: Option<Arc<crate::tls::ServerCert>>,
     threads: Vec<JoinHandle<()>>,
     checkpoint_stop: Arc<AtomicBool>,
     /// This server's node id, leased on PostgreSQL (released after the last commit).
@@ -130,11 +137,36 @@ impl Server {
         // An L4 balancer in front of the TCP port always sends a header; one in front of
         // the WebSocket port may be an HTTP proxy that names the client in its headers.
         builder.proxy_protocol(tcp, proxies.clone(), ruyi_reactor::HeaderRule::Required);
-        builder.proxy_protocol(ws, proxies, ruyi_reactor::HeaderRule::Optional);
+        builder.proxy_protocol(ws, proxies.clone(), ruyi_reactor::HeaderRule::Optional);
         debug_assert_eq!(
             (tcp.index(), http.index(), ws.index()),
             (LISTENER_TCP, LISTENER_HTTP, LISTENER_WS)
         );
+        // TLS listeners, after the plain ones so the ids above stay put: the same
+        // protocols, with the engine's TLS sessions under them (PROXY headers first).
+        let cert = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::tls::ServerCert::load(cert, key)
+                    .map_err(|e| StartError::Config(format!("TLS certificate: {e}")))?,
+            ),
+            _ => None,
+        };
+        let (mut wss, mut tls_tcp) = (None, None);
+        if let Some(cert) = &cert {
+            let tls = cert.server_config().map_err(StartError::Config)?;
+            let id = builder.listen(config.wss_addr)?;
+            debug_assert_eq!(id.index(), LISTENER_WSS);
+            builder.tls(id, Arc::clone(&tls));
+            builder.proxy_protocol(id, proxies.clone(), ruyi_reactor::HeaderRule::Optional);
+            wss = Some(id);
+            if let Some(addr) = config.tls_addr {
+                let id = builder.listen(addr)?;
+                debug_assert_eq!(id.index(), LISTENER_TLS);
+                builder.tls(id, tls);
+                builder.proxy_protocol(id, proxies, ruyi_reactor::HeaderRule::Required);
+                tls_tcp = Some(id);
+            }
+        }
         let store = store_of(&config)?;
         let lock = storage::lock_data_dir(&config.data_dir)?;
         let tokens = crate::tokens::TokenHasher::load_or_create(&config.data_dir)?;
@@ -187,6 +219,7 @@ impl Server {
             &config,
             builder.local_addr(tcp)?,
             builder.local_addr(ws)?,
+            wss.map(|id| builder.local_addr(id)).transpose()?,
         );
         let system_uids = store.open_reader()?.system_uids().map_err(|source| {
             storage::StorageError::Database {
@@ -293,10 +326,18 @@ impl Server {
         let tcp_addr = engine.local_addr(tcp);
         let http_addr = engine.local_addr(http);
         let ws_addr = engine.local_addr(ws);
+        let wss_addr = wss.map(|id| engine.local_addr(id));
+        let tls_addr = tls_tcp.map(|id| engine.local_addr(id));
         log::info!(
             "ruyi: binary protocol on {tcp_addr}, WebSocket on {ws_addr}, HTTP API on {http_addr}, data in {}",
             shared.config.data_dir.display()
         );
+        if let Some(wss_addr) = wss_addr {
+            let tcp = tls_addr.map_or(String::new(), |a| {
+                format!(", binary protocol over TLS on {a}")
+            });
+            log::info!("ruyi: WebSocket over TLS on {wss_addr}{tcp}");
+        }
         log::info!(
             "ruyi {}: store {} | {}",
             crate::metrics::VERSION_LINE,
@@ -319,6 +360,9 @@ impl Server {
             tcp_addr,
             http_addr,
             ws_addr,
+            wss_addr,
+            tls_addr,
+            cert,
             threads,
             checkpoint_stop,
             lease,
@@ -343,6 +387,28 @@ impl Server {
     /// The WebSocket address.
     pub fn ws_addr(&self) -> SocketAddr {
         self.ws_addr
+    }
+
+    /// The WebSocket-over-TLS address, when a certificate is set.
+    pub fn wss_addr(&self) -> Option<SocketAddr> {
+        self.wss_addr
+    }
+
+    /// The binary-protocol-over-TLS address, when `tls_addr` is set.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Reads the TLS certificate and key files again (SIGHUP): new handshakes use them,
+    /// open connections stay. Nothing to do without TLS.
+    ///
+    /// # Errors
+    /// The files cannot be used (the message says why); the certificate in use stays.
+    pub fn reload_tls(&self) -> Result<bool, String> {
+        match &self.cert {
+            Some(cert) => cert.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Connections logged in now.

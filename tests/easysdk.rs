@@ -40,10 +40,34 @@ fn python() -> Option<PathBuf> {
 fn the_official_python_easysdk_chats_with_sdk_and_binary_users() {
     let Some(python) = python() else { return };
     let server = start("easysdk", |_| {});
+    let url = format!("ws://{}", server.ws_addr());
+    chat(&python, &server, &url, None);
+}
+
+#[test]
+fn the_official_python_easysdk_chats_over_wss_trusting_a_private_ca() {
+    let Some(python) = python() else { return };
+    let pki = util::tls::Pki::new(&temp_dir("easysdk-wss-pki"), "a");
+    let (cert, key) = (pki.cert.clone(), pki.key.clone());
+    let server = start("easysdk-wss", move |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+    });
+    let url = format!("wss://{}", server.wss_addr().unwrap());
+    chat(&python, &server, &url, Some(&pki.ca));
+}
+
+/// Runs `e2e/easysdk/chat.py` against `url` (trusting `ca` for wss) and checks each step.
+fn chat(
+    python: &std::path::Path,
+    server: &ruyi::server::Server,
+    url: &str,
+    ca: Option<&std::path::Path>,
+) {
     for uid in ["ann", "bo"] {
-        register(&server, uid, &format!("t-{uid}"), 2, 1);
+        register(server, uid, &format!("t-{uid}"), 2, 1);
     }
-    register(&server, "cy", "t", 1, 1);
+    register(server, "cy", "t", 1, 1);
     post(
         server.http_addr(),
         "/channel",
@@ -53,7 +77,8 @@ fn the_official_python_easysdk_chats_with_sdk_and_binary_users() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("e2e/easysdk/chat.py");
     let mut child = Command::new(python)
         .arg(script)
-        .arg(format!("ws://{}", server.ws_addr()))
+        .arg(url)
+        .args(ca)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -12,7 +12,7 @@ mod util;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -43,8 +43,13 @@ struct SdkUser {
 }
 
 impl SdkUser {
-    fn spawn(dir: &PathBuf, url: &str, uid: &str, plan: Value) -> SdkUser {
-        let mut child = Command::new("node")
+    /// `ca`: a CA for Node to trust beyond its own (`NODE_EXTRA_CA_CERTS`), for wss://.
+    fn spawn(dir: &PathBuf, url: &str, uid: &str, plan: Value, ca: Option<&Path>) -> SdkUser {
+        let mut command = Command::new("node");
+        if let Some(ca) = ca {
+            command.env("NODE_EXTRA_CA_CERTS", ca);
+        }
+        let mut child = command
             .current_dir(dir)
             .args([
                 "--import",
@@ -103,8 +108,27 @@ impl SdkUser {
 fn the_official_js_sdk_chats_through_ruyi() {
     let Some(dir) = sdk_dir() else { return };
     let server = start("jssdk", |_| {});
+    let url = format!("ws://{}", server.ws_addr());
+    chat(&dir, &server, &url, None);
+}
+
+#[test]
+fn the_official_js_sdk_chats_over_wss_trusting_a_private_ca() {
+    let Some(dir) = sdk_dir() else { return };
+    let pki = util::tls::Pki::new(&temp_dir("jssdk-wss-pki"), "a");
+    let (cert, key) = (pki.cert.clone(), pki.key.clone());
+    let server = start("jssdk-wss", move |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+    });
+    let url = format!("wss://{}", server.wss_addr().unwrap());
+    chat(&dir, &server, &url, Some(&pki.ca));
+}
+
+/// Two SDK users chat through `server` at `url`: person both ways and a group.
+fn chat(dir: &PathBuf, server: &ruyi::server::Server, url: &str, ca: Option<&Path>) {
     for uid in ["alice", "bob"] {
-        register(&server, uid, "tok-secret", 1, 0); // the SDK logs in as WEB (flag 1)
+        register(server, uid, "tok-secret", 1, 0); // the SDK logs in as WEB (flag 1)
     }
     let (status, _) = post(
         server.http_addr(),
@@ -112,18 +136,19 @@ fn the_official_js_sdk_chats_through_ruyi() {
         json!({"channel_id": "g1", "channel_type": 2, "subscribers": ["alice", "bob"]}),
     );
     assert_eq!(status, 200);
-    let url = format!("ws://{}", server.ws_addr());
     let mut bob = SdkUser::spawn(
-        &dir,
-        &url,
+        dir,
+        url,
         "bob",
         json!({"sends": [{"to": "alice", "type": 1, "text": "hello alice"}], "expect": 2, "timeoutMs": 30000}),
+        ca,
     );
     let mut alice = SdkUser::spawn(
-        &dir,
-        &url,
+        dir,
+        url,
         "alice",
         json!({"sends": [{"to": "bob", "type": 1, "text": "hello bob"}, {"to": "g1", "type": 2, "text": "hi group"}], "expect": 1, "timeoutMs": 30000}),
+        ca,
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     assert!(

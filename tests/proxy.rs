@@ -17,6 +17,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+use util::metrics::{closed_for, closed_reaching};
 use util::*;
 
 /// A PROXY v2 header (PROXY command, TCP over IPv4) naming `client`.
@@ -61,31 +62,6 @@ fn connz(http: SocketAddr) -> Vec<(String, u64)> {
         .collect();
     rows.sort();
     rows
-}
-
-/// `ruyi_connections_closed_total` for `reason` once it reaches `n` (it is counted when
-/// the loop reaps the connection, which may be a moment after its peer saw the close);
-/// what it is after 5 s otherwise.
-fn closed_reaching(http: SocketAddr, reason: &str, n: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = closed_for(http, reason);
-        if now >= n || Instant::now() > deadline {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `ruyi_connections_closed_total` for `reason`, over the loops.
-fn closed_for(http: SocketAddr, reason: &str) -> u64 {
-    let (status, text) = http_text(http, "/metrics");
-    assert_eq!(status, 200);
-    let label = format!("reason=\"{reason}\"");
-    text.lines()
-        .filter(|l| l.starts_with("ruyi_connections_closed_total{") && l.contains(&label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// Connects from `source`, writes `header` in pieces of `piece` bytes (a pause between),

@@ -1,6 +1,9 @@
 """Drives the official Python EasySDK (wukong-easy-sdk 0.1.0) against a Ruyi server.
 
-Usage: python chat.py WS_URL
+Usage: python chat.py WS_URL [CA_FILE]
+
+CA_FILE: a PEM file of the CA that signed a wss:// server's certificate (the SDK's
+`ca_file` option).
 
 Users ann and bo (tokens t-ann, t-bo, device flag 2) and group g (ann, bo and the
 binary-protocol user cy) must exist. Prints one JSON object per line on stdout:
@@ -22,6 +25,7 @@ from wukong_easy_sdk import (
     WKIMChannelType,
     WKIMError,
     WKIMEvent,
+    WKIMOptions,
 )
 
 
@@ -48,13 +52,16 @@ async def next_message(queue, what, content):
         sys.exit(1)
 
 
-async def main(url):
+async def main(url, ca_file=None):
+    options = WKIMOptions(ca_file=ca_file) if ca_file else None
     inbox = {"ann": asyncio.Queue(), "bo": asyncio.Queue()}
     for q in inbox.values():
         q.seen = []
     users = {}
     for uid in ("ann", "bo"):
-        im = WKIM.init(url, AuthOptions(uid=uid, token=f"t-{uid}", device_id=f"{uid}-py"))
+        im = WKIM.init(
+            url, AuthOptions(uid=uid, token=f"t-{uid}", device_id=f"{uid}-py"), options
+        )
         im.on(WKIMEvent.MESSAGE, lambda m, uid=uid: inbox[uid].put_nowait(m))
         await im.connect()
         users[uid] = im
@@ -84,7 +91,7 @@ async def main(url):
     say(step="ping")
 
     # A wrong token is refused with the reason code, for good.
-    wrong = WKIM.init(url, AuthOptions(uid="ann", token="wrong", device_id="other"))
+    wrong = WKIM.init(url, AuthOptions(uid="ann", token="wrong", device_id="other"), options)
     try:
         await wrong.connect()
         say(step="wrong-token", code=None)
@@ -99,4 +106,4 @@ async def main(url):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(*sys.argv[1:3]))

@@ -20,6 +20,7 @@
 //! | `PROXY_CHECK`       | registration on a PROXY listener (`proxy.rs`)   | the first bytes read as a header or not one  |
 //! | `VIA_PROXY`         | registration: the source is a trusted proxy     | never                                        |
 //! | `PROXY_REQUIRED`    | registration: ... that must send a header       | never                                        |
+//! | `TLS_FAILED`        | records that cannot be read (`tls.rs`)          | never: the connection closes                 |
 //!
 //! # Invariants
 //! - `input` holds only bytes of a frame the handler could not consume yet; it is empty (and
@@ -68,6 +69,9 @@ impl Flags {
     pub const VIA_PROXY: Flags = Flags(1 << 12);
     /// ... and must open with a PROXY header (`HeaderRule::Required`).
     pub const PROXY_REQUIRED: Flags = Flags(1 << 13);
+    /// A TLS session failed: its alert is the last record, and the close counts as
+    /// `CloseReason::Tls`.
+    pub const TLS_FAILED: Flags = Flags(1 << 14);
 
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
@@ -107,9 +111,19 @@ pub(crate) struct ConnIo {
     pub scheduled_tick: u64,
     /// Tick at which the output queue went above the soft cap; 0 = it is not above.
     pub soft_since_tick: u64,
-    /// The client a trusted proxy named (`proxy.rs`); `None`: the socket's peer. Boxed:
-    /// one word on every connection, the address only on proxied ones.
-    pub client: Option<Box<std::net::SocketAddr>>,
+    /// What only some connections carry: a client address a proxy named, a TLS session.
+    /// Boxed: one word on every connection, the rest only where it is used.
+    pub extra: Option<Box<Extra>>,
+}
+
+/// The rarer parts of a connection (`ConnIo::extra`).
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    /// The client a trusted proxy named (`proxy.rs`); `None`: the socket's peer.
+    pub client: Option<std::net::SocketAddr>,
+    /// The TLS session of a connection on a TLS listener (`event_loop/tls.rs`): bytes on
+    /// the socket are its records; `input` and `outbound` hold plaintext.
+    pub tls: Option<rustls::ServerConnection>,
 }
 
 impl ConnIo {
@@ -137,8 +151,34 @@ impl ConnIo {
             idle_ticks: 0,
             scheduled_tick: 0,
             soft_since_tick: 0,
-            client: None,
+            extra: None,
         }
+    }
+
+    /// The client address a trusted proxy named, if one did.
+    pub fn client(&self) -> Option<std::net::SocketAddr> {
+        self.extra.as_ref().and_then(|e| e.client)
+    }
+
+    /// Records the client address a trusted proxy named.
+    pub fn set_client(&mut self, client: std::net::SocketAddr) {
+        self.extra.get_or_insert_with(Box::default).client = Some(client);
+    }
+
+    /// The connection's TLS session, on a TLS listener.
+    pub fn tls(&mut self) -> Option<&mut rustls::ServerConnection> {
+        self.extra.as_mut().and_then(|e| e.tls.as_mut())
+    }
+
+    /// True while bytes wait to be written: queued plaintext, or TLS records (a handshake
+    /// message, an alert, encrypted data) not yet on the socket.
+    pub fn has_output(&self) -> bool {
+        !self.outbound.is_empty()
+            || self
+                .extra
+                .as_ref()
+                .and_then(|e| e.tls.as_ref())
+                .is_some_and(|t| t.wants_write())
     }
 }
 

@@ -194,7 +194,7 @@ impl Core {
     /// that makes progress (`flush_conn`). A peer that stops reading for that long is
     /// closed anyway (as idle), and what is still queued makes that close a reset.
     pub fn close_after_flush(&mut self, id: ConnId, io: &mut ConnIo, reason: CloseReason) {
-        if io.outbound.is_empty() {
+        if !io.has_output() {
             self.mark_close(id, io, reason);
             return;
         }

@@ -50,6 +50,8 @@ pub struct EngineBuilder {
     balancer: Option<Box<dyn crate::Balancer>>,
     /// Per listener, the sources PROXY headers are honoured from.
     proxies: Vec<Option<(Arc<crate::ProxyTrust>, crate::HeaderRule)>>,
+    /// Per listener, its TLS configuration.
+    tls: Vec<Option<Arc<rustls::ServerConfig>>>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -85,6 +87,7 @@ impl EngineBuilder {
         );
         self.listeners.push(listener);
         self.proxies.push(None);
+        self.tls.push(None);
         Ok(id)
     }
 
@@ -99,6 +102,15 @@ impl EngineBuilder {
         rule: crate::HeaderRule,
     ) -> &mut Self {
         self.proxies[listener.index()] = Some((Arc::new(trust), rule));
+        self
+    }
+
+    /// Speaks TLS on `listener` with `config` (`event_loop/tls.rs`): its connections'
+    /// handlers see plaintext. After a PROXY header, if the listener takes one. A
+    /// certificate that changes while the engine runs is the config's business (a
+    /// `rustls::server::ResolvesServerCert` that can be updated); each handshake asks it.
+    pub fn tls(&mut self, listener: ListenerId, config: Arc<rustls::ServerConfig>) -> &mut Self {
+        self.tls[listener.index()] = Some(config);
         self
     }
 
@@ -191,16 +203,21 @@ impl EngineBuilder {
         };
 
         let factory = Arc::new(factory);
+        let tls: Arc<[_]> = self.tls.into();
         for (index, (poll, rx, shared)) in loop_parts.into_iter().enumerate() {
-            let (factory, handles, config) =
-                (Arc::clone(&factory), handles.clone(), Arc::clone(&config));
+            let (factory, handles, config, tls) = (
+                Arc::clone(&factory),
+                handles.clone(),
+                Arc::clone(&config),
+                Arc::clone(&tls),
+            );
             let exit_tx = exit_tx.clone();
             // On error, `engine` is dropped here and hard-stops whatever already started.
             engine.spawn(format!("ruyi-loop-{index}"), move || {
                 // Made inside the thread: if the spawn fails, no exit is reported for it.
                 let _exit = ExitSignal(exit_tx);
                 let handler = factory(index, &handles);
-                EventLoop::new(index, poll, handler, rx, shared, config).run();
+                EventLoop::new(index, poll, handler, rx, shared, config, tls).run();
             })?;
         }
         let acceptor = Acceptor {
@@ -276,6 +293,7 @@ impl Engine<()> {
             config,
             listeners: Vec::new(),
             proxies: Vec::new(),
+            tls: Vec::new(),
             balancer: None,
         }
     }

@@ -92,8 +92,8 @@ impl ConnCtx<'_> {
     /// # Errors
     /// When the socket is no longer connected.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match &self.io.client {
-            Some(client) => Ok(**client),
+        match self.io.client() {
+            Some(client) => Ok(client),
             None => self.io.stream.peer_addr(),
         }
     }
@@ -120,7 +120,7 @@ impl ConnCtx<'_> {
                 .mark_close(self.id, self.io, crate::stats::CloseReason::OverIpLimit);
             return false;
         }
-        self.io.client = Some(Box::new(addr));
+        self.io.set_client(addr);
         true
     }
 

@@ -29,11 +29,29 @@ pub enum CloseReason {
     ProxyHeader,
     /// The client a trusted proxy named is at `max_connections_per_ip`.
     OverIpLimit,
+    /// Its TLS records could not be read (not TLS, a failed handshake, a bad record).
+    Tls,
 }
 
 impl CloseReason {
     /// Number of distinct reasons, for the per-reason counters.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
+
+    /// One of each reason (`Io` with any kind: they share a counter), in index order, so
+    /// an exporter cannot miss one.
+    pub const ALL: [CloseReason; CloseReason::COUNT] = [
+        CloseReason::PeerClosed,
+        CloseReason::Io(std::io::ErrorKind::Other),
+        CloseReason::Handler,
+        CloseReason::Command,
+        CloseReason::IdleTimeout,
+        CloseReason::SlowConsumer,
+        CloseReason::InputOverflow,
+        CloseReason::Shutdown,
+        CloseReason::ProxyHeader,
+        CloseReason::OverIpLimit,
+        CloseReason::Tls,
+    ];
 
     /// A dense index for counters.
     pub const fn index(self) -> usize {
@@ -48,6 +66,7 @@ impl CloseReason {
             CloseReason::Shutdown => 7,
             CloseReason::ProxyHeader => 8,
             CloseReason::OverIpLimit => 9,
+            CloseReason::Tls => 10,
         }
     }
 
@@ -64,6 +83,7 @@ impl CloseReason {
             "shutdown",
             "proxy_header",
             "over_ip_limit",
+            "tls",
         ][self.index()]
     }
 }
@@ -173,4 +193,16 @@ pub struct LoopStatsSnapshot {
     pub unwritten_resets: u64,
     /// Bytes queued for writing, at the time of the snapshot.
     pub queued_out: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CloseReason;
+
+    #[test]
+    fn all_lists_every_reason_once_in_index_order() {
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?}");
+        }
+    }
 }

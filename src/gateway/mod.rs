@@ -40,6 +40,10 @@ pub const LISTENER_TCP: usize = 0;
 pub const LISTENER_HTTP: usize = 1;
 /// See [`LISTENER_TCP`].
 pub const LISTENER_WS: usize = 2;
+/// See [`LISTENER_TCP`]: WebSocket over TLS, when a certificate is set.
+pub const LISTENER_WSS: usize = 3;
+/// See [`LISTENER_TCP`]: the binary protocol over TLS, when `tls_addr` is set too.
+pub const LISTENER_TLS: usize = 4;
 
 /// Bytes of unacknowledged RECV frames kept per connection for retry. The count cap alone
 /// would let 256 large encrypted messages pin hundreds of MiB; past this the oldest entries
@@ -214,7 +218,7 @@ impl Handler for Gateway {
             conn.set_idle_timeout(Some(http::KEEP_ALIVE));
             return Session::Http(HttpSession::default());
         }
-        let ws = (conn.listener().index() == LISTENER_WS).then(Box::default);
+        let ws = matches!(conn.listener().index(), LISTENER_WS | LISTENER_WSS).then(Box::default);
         conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
         self.logins
             .push_back((conn.now() + self.shared.config.connect_timeout, conn.id()));

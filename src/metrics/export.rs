@@ -231,18 +231,7 @@ fn loop_metrics(shared: &SharedRef, m: &mut Exposition) {
         "Connections closed, by loop and reason.",
     );
     for l in loops {
-        for reason in [
-            CloseReason::PeerClosed,
-            CloseReason::Io(std::io::ErrorKind::Other),
-            CloseReason::Handler,
-            CloseReason::Command,
-            CloseReason::IdleTimeout,
-            CloseReason::SlowConsumer,
-            CloseReason::InputOverflow,
-            CloseReason::Shutdown,
-            CloseReason::ProxyHeader,
-            CloseReason::OverIpLimit,
-        ] {
+        for reason in CloseReason::ALL {
             m.sample(
                 "ruyi_connections_closed_total",
                 &format!("loop=\"{}\",reason=\"{}\"", l.index(), reason.name()),

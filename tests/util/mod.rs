@@ -4,9 +4,11 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod metrics;
 pub mod nats;
 pub mod pg;
 pub mod rpc;
+pub mod tls;
 
 use bytes::{Bytes, BytesMut};
 use ruyi::{Config, Server};

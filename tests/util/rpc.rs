@@ -17,7 +17,12 @@ pub struct RpcClient {
 
 impl RpcClient {
     pub fn open(server: &Server) -> RpcClient {
-        let mut s = TcpStream::connect(server.ws_addr()).unwrap();
+        Self::open_at(server.ws_addr())
+    }
+
+    /// [`RpcClient::open`] on the WebSocket port at `addr` (a TLS relay's, say).
+    pub fn open_at(addr: std::net::SocketAddr) -> RpcClient {
+        let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
         let mut head = Vec::new();
@@ -79,8 +84,13 @@ impl RpcClient {
     }
 
     pub fn login(server: &Server, uid: &str) -> RpcClient {
+        Self::login_at(server, server.ws_addr(), uid)
+    }
+
+    /// [`RpcClient::login`] through the WebSocket port at `addr`.
+    pub fn login_at(server: &Server, addr: std::net::SocketAddr, uid: &str) -> RpcClient {
         register(server, uid, "t", 2, 1); // A master device: a new login replaces it.
-        let mut c = RpcClient::open(server);
+        let mut c = RpcClient::open_at(addr);
         c.write(&json!({"id": "c1", "method": "connect", "params": {
             "uid": uid, "token": "t", "deviceId": "py", "deviceFlag": 2,
             "clientTimestamp": 1_700_000_000_000_i64}}));

@@ -44,7 +44,7 @@ impl<H: Handler> EventLoop<H> {
                 CloseReason::SlowConsumer => reset(&mut self.core, &mut conn.io),
                 // A hard stop writes nothing more; a cut stream still ends in a reset.
                 CloseReason::Shutdown if self.hard_stop() => {
-                    if !conn.io.outbound.is_empty() {
+                    if conn.io.has_output() {
                         reset(&mut self.core, &mut conn.io);
                     }
                 }
@@ -135,8 +135,16 @@ fn last_words(core: &mut Core, config: &EngineConfig, id: ConnId, io: &mut ConnI
     // write that would block just returns WouldBlock.
     io.flags.insert(Flags::WRITABLE);
     super::write::flush_conn(core, config, id, io);
+    // A TLS stream ends with a close_notify after the last of its data, so the peer can
+    // tell the end from a cut (`tls.rs`).
+    if !io.has_output() && !io.flags.contains(Flags::TLS_FAILED) {
+        if let Some(tls) = io.tls() {
+            tls.send_close_notify();
+            super::write::flush_conn(core, config, id, io);
+        }
+    }
     // The flush may have hit a cap and thrown the rest away: that is unwritten too.
-    if !io.outbound.is_empty() || io.flags.contains(Flags::OUTPUT_DROPPED) {
+    if io.has_output() || io.flags.contains(Flags::OUTPUT_DROPPED) {
         log::debug!(
             "loop={} conn={id} closing with {} bytes unwritten: reset",
             core.loop_index,

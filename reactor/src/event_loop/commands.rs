@@ -128,6 +128,19 @@ impl<H: Handler> EventLoop<H> {
             let generation = self.next_generation;
             self.next_generation = self.next_generation.wrapping_add(1);
             let id = ConnId::new(self.core.loop_index, slot, generation);
+            let tls = match &self.tls[listener.index()] {
+                None => None,
+                Some(config) => match rustls::ServerConnection::new(Arc::clone(config)) {
+                    Ok(session) => Some(session),
+                    Err(e) => {
+                        log::warn!(
+                            "loop={} cannot start a TLS session: {e}",
+                            self.core.loop_index
+                        );
+                        continue; // The socket and its admission drop here.
+                    }
+                },
+            };
             // Registered once for its whole life, for both directions: edge-triggered,
             // so an interest we do not act on costs nothing (R3).
             if let Err(e) = self.poll.registry().register(
@@ -151,6 +164,9 @@ impl<H: Handler> EventLoop<H> {
                 queued_out,
                 admission,
             );
+            if tls.is_some() {
+                io.extra = Some(Box::new(crate::conn::Extra { client: None, tls }));
+            }
             match arrival {
                 Arrival::Direct => {}
                 Arrival::Untrusted => io.flags.insert(Flags::PROXY_CHECK),

@@ -31,6 +31,7 @@ mod commands;
 mod proxy;
 mod read;
 mod timers;
+mod tls;
 mod write;
 
 use crate::config::EngineConfig;
@@ -76,6 +77,10 @@ pub(crate) struct EventLoop<H: Handler> {
     config: Arc<EngineConfig>,
     /// One read buffer for all connections of the loop (R7).
     scratch: Vec<u8>,
+    /// One plaintext buffer for all TLS connections of the loop; empty until the first.
+    plain: Vec<u8>,
+    /// Per listener, the TLS configuration of its connections (`tls.rs`).
+    tls: Arc<[Option<Arc<rustls::ServerConfig>>]>,
     next_generation: u32,
     /// Sockets taken from the inbox, registered at the end of a turn. At most
     /// `MAX_PENDING_SOCKETS` (the acceptor's bound, `acceptor.rs`).
@@ -109,6 +114,7 @@ impl<H: Handler> EventLoop<H> {
         rx: Receiver<Command<H::Message>>,
         shared: Arc<LoopShared>,
         config: Arc<EngineConfig>,
+        tls: Arc<[Option<Arc<rustls::ServerConfig>>]>,
     ) -> Self {
         EventLoop {
             poll,
@@ -125,6 +131,8 @@ impl<H: Handler> EventLoop<H> {
             handler,
             rx,
             scratch: vec![0; config.read_buffer_bytes],
+            plain: Vec::new(),
+            tls,
             next_generation: 1,
             pending_accepts: Vec::new(),
             spare: Vec::new(),
@@ -228,7 +236,7 @@ impl<H: Handler> EventLoop<H> {
                 let deadline = *self
                     .stop_deadline
                     .get_or_insert(self.core.now + self.config.shutdown_grace);
-                let drained = self.slab.iter().all(|(_, c)| c.io.outbound.is_empty());
+                let drained = self.slab.iter().all(|(_, c)| !c.io.has_output());
                 drained && self.rx.is_empty() || self.core.now >= deadline
             }
         }

@@ -64,7 +64,7 @@ impl<H: Handler> EventLoop<H> {
             return false;
         }
         log::trace!("loop={loop_index} conn={id} is client {client} via a proxy");
-        io.client = Some(Box::new(client));
+        io.set_client(client);
         true
     }
 }

@@ -67,7 +67,7 @@ impl<H: Handler> EventLoop<H> {
         let id = crate::ConnId::new(self.core.loop_index, token.0, conn.io.generation);
         if event.is_writable() {
             conn.io.flags.insert(Flags::WRITABLE);
-            if !conn.io.outbound.is_empty() {
+            if conn.io.has_output() {
                 self.core.mark_dirty(id, &mut conn.io);
             }
         }
@@ -157,34 +157,56 @@ impl<H: Handler> EventLoop<H> {
             let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
                 return;
             };
-            if !conn.io.input.is_empty() {
+            if conn.io.tls().is_some() {
+                // What followed the header is the start of the TLS stream (`tls.rs`).
+                let records = std::mem::take(&mut conn.io.input);
+                self.open_records(id, &records);
+            } else if !conn.io.input.is_empty() {
                 let mut ctx = ConnCtx {
                     id,
                     io: &mut conn.io,
                     core: &mut self.core,
                 };
                 offer_buffered(&mut self.handler, &mut ctx, &mut conn.state);
+                self.check_input_cap(id);
             }
-            self.check_input_cap(id);
             return;
         }
+        let scratch = std::mem::take(&mut self.scratch);
+        if conn.io.tls().is_some() {
+            self.open_records(id, &scratch[..n]);
+        } else {
+            self.feed(id, &scratch[..n]);
+        }
+        self.scratch = scratch;
+    }
+
+    /// Offers `fresh` bytes of `id`'s stream (read now, or opened from TLS records) to the
+    /// handler after any it kept from before; keeps what it did not consume, within
+    /// `max_inbound_bytes`. While reading is paused they are only kept: the resume offers
+    /// them.
+    pub(super) fn feed(&mut self, id: ConnId, fresh: &[u8]) {
+        let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
+            return;
+        };
         let mut ctx = ConnCtx {
             id,
             io: &mut conn.io,
             core: &mut self.core,
         };
-        if ctx.io.input.is_empty() {
+        if ctx.io.flags.contains(Flags::READ_PAUSED) {
+            ctx.io.input.extend_from_slice(fresh);
+        } else if ctx.io.input.is_empty() {
             // The common case: whole frames straight from the scratch buffer, no copy.
-            let fresh = &self.scratch[..n];
             let consumed = self
                 .handler
                 .on_data(&mut ctx, &mut conn.state, fresh)
-                .min(n);
-            if consumed < n {
+                .min(fresh.len());
+            if consumed < fresh.len() {
                 ctx.io.input.extend_from_slice(&fresh[consumed..]);
             }
         } else {
-            ctx.io.input.extend_from_slice(&self.scratch[..n]);
+            ctx.io.input.extend_from_slice(fresh);
             offer_buffered(&mut self.handler, &mut ctx, &mut conn.state);
         }
         self.check_input_cap(id);

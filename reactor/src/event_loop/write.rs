@@ -33,12 +33,20 @@ impl<H: Handler> EventLoop<H> {
 /// `Outbound::flush_to` loops over `write_vectored` calls (at most 1,024 slices each)
 /// until one of the ends below.
 pub(super) fn flush_conn(core: &mut Core, config: &EngineConfig, id: ConnId, io: &mut ConnIo) {
-    if !io.flags.contains(Flags::WRITABLE) || io.outbound.is_empty() {
+    if !io.flags.contains(Flags::WRITABLE) || !io.has_output() {
         return; // A WRITABLE event will put it back on the dirty list.
     }
-    let outcome = io
-        .outbound
-        .flush_to(&mut io.stream, config.write_budget_bytes);
+    let outcome = match io.extra.as_mut().and_then(|e| e.tls.as_mut()) {
+        Some(tls) => super::tls::flush(
+            tls,
+            &mut io.outbound,
+            &mut io.stream,
+            config.write_budget_bytes,
+        ),
+        None => io
+            .outbound
+            .flush_to(&mut io.stream, config.write_budget_bytes),
+    };
     if outcome.written > 0 && io.flags.contains(Flags::CLOSE_AFTER_FLUSH) {
         // A closing connection whose peer still reads: the linger counts from the last
         // progress, not from the close (`Core::close_after_flush`).
@@ -53,6 +61,8 @@ pub(super) fn flush_conn(core: &mut Core, config: &EngineConfig, id: ConnId, io:
             if io.flags.contains(Flags::CLOSE_AFTER_FLUSH) {
                 let reason = if io.flags.contains(Flags::PEER_CLOSED) {
                     CloseReason::PeerClosed
+                } else if io.flags.contains(Flags::TLS_FAILED) {
+                    CloseReason::Tls
                 } else {
                     CloseReason::Handler
                 };

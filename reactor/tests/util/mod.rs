@@ -187,11 +187,22 @@ impl TestEngine {
         listeners: usize,
         balancer: Option<Box<dyn ruyi_reactor::Balancer>>,
     ) -> TestEngine {
+        Self::start_built(config, listeners, |builder, _| {
+            if let Some(balancer) = balancer {
+                builder.balancer(balancer);
+            }
+        })
+    }
+
+    /// [`TestEngine::start`], with `setup` given the builder and the listeners' ids before
+    /// the start (for TLS or PROXY settings).
+    pub fn start_built(
+        config: EngineConfig,
+        listeners: usize,
+        setup: impl FnOnce(&mut ruyi_reactor::EngineBuilder, &[ListenerId]),
+    ) -> TestEngine {
         init();
         let mut builder = Engine::builder(config);
-        if let Some(balancer) = balancer {
-            builder.balancer(balancer);
-        }
         let ids: Vec<ListenerId> = (0..listeners)
             .map(|_| {
                 builder
@@ -199,6 +210,7 @@ impl TestEngine {
                     .expect("bind")
             })
             .collect();
+        setup(&mut builder, &ids);
         let (tx, rx) = crossbeam_channel::unbounded();
         let engine = builder
             .start(move |_, handles| Probe {

@@ -1,11 +1,15 @@
-//! TLS for Ruyi's own outgoing connections (https webhooks, PostgreSQL with
-//! `sslmode=require`): rustls on the ring provider, verifying the server's certificate
+//! TLS, on rustls with the ring provider: the server's certificate for its own TLS
+//! listeners (`server.rs`), and the client side of Ruyi's outgoing connections (https
+//! webhooks, PostgreSQL with `sslmode=require`), which verify the server's certificate
 //! against the Mozilla roots (webpki-roots) and, when the operator names one, a PEM file of
 //! extra trusted certificates (an internal CA). No setting turns verification off: an
 //! encrypted link to an unverified peer protects against nothing an attacker on the path
 //! cannot undo.
 
 use std::sync::Arc;
+
+mod server;
+pub use server::ServerCert;
 
 /// Client TLS settings: the Mozilla roots, plus the certificates in `ca_file` (PEM) when
 /// given.

@@ -1,0 +1,169 @@
+//! TLS on a listener ([`crate::EngineBuilder::tls`]), driven sans-io by the loop that owns
+//! the connection: the socket carries records, the handler sees plaintext, and no other
+//! thread or network stack takes part.
+//!
+//! # Reading
+//! Bytes read from the socket (after a PROXY header, which comes before TLS) go into the
+//! connection's `rustls::ServerConnection`; each batch of records is processed (the
+//! handshake included: its key exchange and signature run here, on the loop) and the
+//! plaintext it opens is offered to the handler exactly as a plain connection's bytes are.
+//! A close_notify from the peer is its EOF. Records that cannot be read (plain bytes on a
+//! TLS port, a failed handshake, a bad MAC) queue an alert and close the connection as
+//! [`CloseReason::Tls`] once the alert is out.
+//!
+//! # Writing
+//! Handlers queue plaintext in `outbound`, as on any connection. A flush moves it into
+//! the session in the order it was queued (rustls seals it into records and holds at most
+//! 64 KiB of them) and writes the records out, until the queue is empty, the socket would
+//! block, or the write budget is spent. So the TLS session's buffer is the only extra
+//! memory a busy TLS connection holds, and an idle one holds none of it.
+//!
+//! Until the handshake completes, plaintext waits in the session (up to its limit) or in
+//! `outbound`; the flush that finds nothing else to do reports the queue drained, and the
+//! handshake's completion marks the connection dirty again. A connection closed before its
+//! handshake completes may lose that plaintext: its peer never proved it could read it.
+//!
+//! # Closing
+//! A graceful close ends the stream with a close_notify after the last byte of data
+//! (`close.rs`), so the peer can tell the end from a cut.
+
+use super::{live, EventLoop};
+use crate::conn::Flags;
+use crate::conn_id::ConnId;
+use crate::handler::Handler;
+use crate::outbound::{FlushOutcome, FlushStatus, Outbound};
+use crate::stats::CloseReason;
+use std::io::{self, IoSlice, Read, Write};
+
+/// Plaintext taken from a session per read: one TLS record's worth.
+const PLAIN_CHUNK: usize = 16 << 10;
+
+impl<H: Handler> EventLoop<H> {
+    /// Processes `records` (bytes just read from `id`'s socket) and offers the plaintext
+    /// they open to the handler (module docs: reading).
+    pub(super) fn open_records(&mut self, id: ConnId, mut records: &[u8]) {
+        let loop_index = self.core.loop_index;
+        let mut plain = std::mem::take(&mut self.plain);
+        if plain.is_empty() {
+            plain = vec![0; PLAIN_CHUNK]; // Allocated on the first TLS connection only.
+        }
+        while let Some(conn) = live(&mut self.slab, loop_index, id) {
+            if conn.io.flags.contains(Flags::CLOSING) {
+                break;
+            }
+            let io = &mut conn.io;
+            let Some(tls) = io.tls() else { break };
+            // What the records so far opened goes first, so the session's plaintext
+            // buffer never fills while there are records left to read.
+            match tls.reader().read(&mut plain) {
+                Ok(0) => {
+                    log::debug!("loop={loop_index} conn={id} peer sent close_notify");
+                    self.core.close_after_flush(id, io, CloseReason::PeerClosed);
+                    break;
+                }
+                Ok(n) => {
+                    self.feed(id, &plain[..n]);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // Only a socket EOF fed to the session could say this; we never feed one.
+                    log::debug!("loop={loop_index} conn={id} TLS read: {e}");
+                    self.core.mark_close(id, io, CloseReason::Tls);
+                    break;
+                }
+            }
+            if records.is_empty() {
+                break;
+            }
+            let failure = match tls.read_tls(&mut records) {
+                Ok(_) => tls.process_new_packets().err().map(|e| e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(why) = failure {
+                log::debug!("loop={loop_index} conn={id} TLS: {why}; closing");
+                // The alert rustls queued is the last record; no close_notify after it.
+                io.flags.insert(Flags::TLS_FAILED);
+                self.core.close_after_flush(id, io, CloseReason::Tls);
+                break;
+            }
+        }
+        self.plain = plain;
+        // Handshake messages, an alert, or plaintext the handshake's end releases.
+        if let Some(conn) = live(&mut self.slab, loop_index, id) {
+            if conn.io.has_output() {
+                self.core.mark_dirty(id, &mut conn.io);
+            }
+        }
+    }
+}
+
+/// Writes `outbound` through `tls` to `stream` (module docs: writing), within `budget`
+/// bytes of records. Counts one syscall per `write_tls`.
+pub(super) fn flush(
+    tls: &mut rustls::ServerConnection,
+    outbound: &mut Outbound,
+    stream: &mut mio::net::TcpStream,
+    budget: usize,
+) -> FlushOutcome {
+    let mut out = FlushOutcome {
+        written: 0,
+        status: FlushStatus::Drained,
+        syscalls: 0,
+    };
+    loop {
+        while tls.wants_write() {
+            out.syscalls += 1;
+            match tls.write_tls(stream) {
+                Ok(0) => {
+                    out.status = FlushStatus::Failed(io::ErrorKind::WriteZero.into());
+                    return out;
+                }
+                Ok(n) => out.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    out.status = FlushStatus::WouldBlock;
+                    return out;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    out.status = FlushStatus::Failed(e);
+                    return out;
+                }
+            }
+        }
+        if outbound.is_empty() {
+            return out;
+        }
+        if out.written >= budget {
+            out.status = FlushStatus::BudgetSpent;
+            return out;
+        }
+        let sealed = outbound.flush_to(&mut Seal(tls), budget - out.written);
+        if sealed.written == 0 && !tls.wants_write() {
+            // The handshake is not done and the session holds all it takes until it is
+            // (module docs); the queue stays and the handshake's end marks it dirty.
+            return out;
+        }
+    }
+}
+
+/// `io::Write` into a session's plaintext side. A full session says `WouldBlock` (rustls
+/// says `Ok(0)`), so `Outbound::flush_to` stops there and keeps the rest queued.
+struct Seal<'a>(&'a mut rustls::ServerConnection);
+
+impl Write for Seal<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self.0.writer().write_vectored(bufs)? {
+            0 if bufs.iter().any(|b| !b.is_empty()) => Err(io::ErrorKind::WouldBlock.into()),
+            n => Ok(n),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+//! Reading the server's own counters in tests.
+
+use super::http_text;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// `ruyi_connections_closed_total` for `reason` once it reaches `n` (it is counted when
+/// the loop reaps the connection, which may be a moment after its peer saw the close);
+/// what it is after 5 s otherwise.
+pub fn closed_reaching(http: SocketAddr, reason: &str, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = closed_for(http, reason);
+        if now >= n || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ruyi_connections_closed_total` for `reason`, over the loops.
+pub fn closed_for(http: SocketAddr, reason: &str) -> u64 {
+    let (status, text) = http_text(http, "/metrics");
+    assert_eq!(status, 200);
+    let label = format!("reason=\"{reason}\"");
+    text.lines()
+        .filter(|l| l.starts_with("ruyi_connections_closed_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
