@@ -211,6 +211,7 @@ fn healthy_args(args: &HostileArgs, phase: usize) -> ImArgs {
         ws: None,
         encrypt: true,
         jsonrpc: false,
+        tls_ca: None,
         window: 64,
         rate: args.rate,
         sources: 1,

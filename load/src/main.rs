@@ -18,6 +18,7 @@ mod meta;
 mod procfs;
 mod report;
 mod timer;
+mod transport;
 mod wire;
 
 /// Connects a blocking socket (from `source` when given), then hands it to `poll` as a

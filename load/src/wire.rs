@@ -144,7 +144,8 @@ fn frame_at(b: &[u8]) -> io::Result<Option<(u8, &[u8], usize)>> {
 
 /// Writes what `output` holds until the socket would block; what is written leaves the
 /// buffer. A socket still connecting (`NotConnected`) is not an error: it is written when
-/// it reports writable.
+/// it reports writable. Then flushes: a TLS stream (`transport.rs`) pushes the records a
+/// full socket held back, even when `output` was empty.
 pub fn write_pending(stream: &mut impl Write, output: &mut BytesMut) -> io::Result<()> {
     while !output.is_empty() {
         match stream.write(output) {
@@ -157,7 +158,7 @@ pub fn write_pending(stream: &mut impl Write, output: &mut BytesMut) -> io::Resu
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    stream.flush()
 }
 
 /// Reads everything the socket has into `raw` (through the scratch `buf`) until it would

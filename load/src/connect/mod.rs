@@ -44,6 +44,10 @@ pub struct ConnectArgs {
     /// Use the WebSocket listener at this address instead of TCP.
     #[arg(long)]
     pub ws: Option<SocketAddr>,
+    /// Speak TLS (point --tcp or --ws at the server's TLS listener), trusting the CA
+    /// certificate in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
     /// Connections in all.
     #[arg(long, default_value_t = 10_000)]
     pub conns: usize,
@@ -274,7 +278,12 @@ pub fn run(args: &ConnectArgs) -> io::Result<()> {
     }
     let rss_held = held_sample.map(|s| s.0);
     let report = Report {
-        transport: if args.ws.is_some() { "ws" } else { "tcp" },
+        transport: match (args.ws.is_some(), args.tls_ca.is_some()) {
+            (true, false) => "ws",
+            (true, true) => "wss",
+            (false, false) => "tcp",
+            (false, true) => "tls",
+        },
         encrypt: args.encrypt,
         conns: args.conns,
         processes: args.processes,
@@ -366,6 +375,9 @@ fn spawn_child(
     }
     if args.encrypt {
         cmd.arg("--encrypt");
+    }
+    if let Some(ca) = &args.tls_ca {
+        cmd.arg("--tls-ca").arg(ca);
     }
     let mut child = cmd.spawn()?;
     let stdout = child

@@ -5,7 +5,7 @@ use super::*;
 
 /// One connection of a worker.
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<crate::transport::Transport>,
     framing: Framing,
     raw: Vec<u8>,
     input: Vec<u8>,
@@ -28,7 +28,11 @@ enum State {
 }
 
 impl Conn {
-    fn new(framing: Framing, stream: Option<TcpStream>, scheduled: Instant) -> Conn {
+    fn new(
+        framing: Framing,
+        stream: Option<crate::transport::Transport>,
+        scheduled: Instant,
+    ) -> Conn {
         Conn {
             state: if stream.is_some() {
                 State::Pending
@@ -75,6 +79,10 @@ pub(super) fn worker(
     let connect_deadline = start + Duration::from_secs(args.connect_timeout);
     let mut last_connack = start;
     let mut buf = vec![0u8; 64 << 10];
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(crate::transport::client_config(ca)?),
+        None => None,
+    };
     // Connect phase, then hold phase.
     let mut hold_until: Option<Instant> = None;
     loop {
@@ -93,6 +101,7 @@ pub(super) fn worker(
             match open(&poll, server, Token(opened), source) {
                 Ok(stream) => {
                     let framing = Framing::new(args.ws.is_some(), global as u32);
+                    let stream = crate::transport::Transport::new(stream, server, tls.as_ref())?;
                     let mut c = Conn::new(framing, Some(stream), scheduled);
                     c.framing.start(server, &mut c.output);
                     // The SDK's work for a login: a key pair now, the session key at CONNACK.
@@ -142,7 +151,7 @@ pub(super) fn worker(
             for c in conns.iter_mut().filter(|c| c.state == State::Pending) {
                 c.state = State::Done;
                 if let Some(mut s) = c.stream.take() {
-                    let _ = poll.registry().deregister(&mut s);
+                    let _ = poll.registry().deregister(s.socket());
                 }
             }
             r.connect_seconds = last_connack.duration_since(start).as_secs_f64();
@@ -255,7 +264,7 @@ pub(super) fn worker(
                 }
                 c.state = State::Done;
                 if let Some(mut s) = c.stream.take() {
-                    let _ = poll.registry().deregister(&mut s);
+                    let _ = poll.registry().deregister(s.socket());
                 }
             }
         }

@@ -20,7 +20,6 @@ use crate::wire::Framing;
 use bytes::{Bytes, BytesMut};
 use clap::Args;
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::{Events, Poll, Token};
 use ruyi_proto::crypto::{public_key_b64, random_secret};
 use ruyi_proto::{
@@ -60,6 +59,10 @@ pub struct ImArgs {
     /// Speak JSON-RPC, as the EasySDK clients do (needs `--ws`; no encryption there).
     #[arg(long, requires = "ws")]
     pub jsonrpc: bool,
+    /// Speak TLS to the server (point --tcp or --ws at its TLS listener), trusting the CA
+    /// certificate in this PEM file.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
     /// SENDs in flight per sender at most.
     #[arg(long, default_value_t = 8)]
     pub window: usize,
@@ -455,10 +458,13 @@ fn run(
     let lost = crate::ledger::lost(&sending, &receivers, &acked);
     let report = ImReport {
         scenario: scenario.to_owned(),
-        transport: match (args.ws.is_some(), args.jsonrpc) {
-            (true, true) => "ws-jsonrpc",
-            (true, false) => "ws",
-            _ => "tcp",
+        transport: match (args.ws.is_some(), args.jsonrpc, args.tls_ca.is_some()) {
+            (true, true, false) => "ws-jsonrpc",
+            (true, true, true) => "wss-jsonrpc",
+            (true, false, false) => "ws",
+            (true, false, true) => "wss",
+            (false, _, false) => "tcp",
+            (false, _, true) => "tls",
         },
         connections,
         senders,

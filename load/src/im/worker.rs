@@ -5,7 +5,7 @@
 use super::*;
 
 struct Conn {
-    stream: TcpStream,
+    stream: crate::transport::Transport,
     plan: Plan,
     /// Index of its plan in the run.
     global: usize,
@@ -137,6 +137,10 @@ pub(super) fn worker(
 ) -> io::Result<WorkerResult> {
     let mut poll = Poll::new()?;
     let mut conns = Vec::with_capacity(plans.len());
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(crate::transport::client_config(ca)?),
+        None => None,
+    };
     let start = Instant::now();
     for (i, (global, plan)) in plans.into_iter().enumerate() {
         let server = match (args.ws, args.servers.len()) {
@@ -145,7 +149,11 @@ pub(super) fn worker(
             (None, n) => args.servers[global % n],
         };
         let source = source_of(global, args.sources);
-        let stream = crate::connect_registered(&poll, server, Token(i), Some(source))?;
+        let stream = crate::transport::Transport::new(
+            crate::connect_registered(&poll, server, Token(i), Some(source))?,
+            server,
+            tls.as_ref(),
+        )?;
         let secret = random_secret().map_err(io::Error::other)?;
         let mut c = Conn {
             stream,
