@@ -180,7 +180,85 @@ fn a_missing_or_foreign_key_stops_the_start_and_says_which_file() {
     assert!(why.contains("does not belong"), "{why}");
     let why = start_with(&a.key, &a.key).expect("a key file as the certificate refused");
     assert!(why.contains("a-key.pem"), "{why}");
+    // A key pasted as one line (literal \n, as secret stores hand them out) is refused
+    // without its content in the message, which goes to logs.
+    let pem = std::fs::read_to_string(&a.key).unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let one_line = dir.join("one-line-key.pem");
+    std::fs::write(&one_line, pem.trim_end().replace('\n', "\\n")).unwrap();
+    let why = start_with(&a.cert, &one_line).expect("a one-line key refused");
+    assert!(why.contains("one-line-key.pem"), "{why}");
+    assert!(
+        !why.contains(&body[..16]) && why.len() < 300,
+        "the key leaked: {why}"
+    );
     assert!(start_with(&a.cert, &a.key).is_none(), "a good pair starts");
+}
+
+#[test]
+fn a_request_sent_with_close_notify_is_answered_before_the_close() {
+    // CONNECT, a SEND and the client's close_notify in one burst: the login pauses the
+    // connection, and the SEND must wait in its input, not vanish with the close.
+    let dir = temp_dir("tls-notify-pki");
+    let pki = Pki::new(&dir, "a");
+    let server = with_tls("tls-notify", &pki, |c| c.encryption = false);
+    for uid in ["ann", "bo"] {
+        register(&server, uid, "t", 1, 0);
+    }
+    let mut bo = Client::ok(
+        server.tcp_addr(),
+        &Login {
+            encrypt: false,
+            ..Login::new("bo", "t")
+        },
+    );
+    let mut tls = connect(server.tls_addr().unwrap(), &pki.client()).unwrap();
+    let mut burst = bytes::BytesMut::new();
+    let connect_packet = ruyi_proto::Packet::Connect(ruyi_proto::ConnectPacket {
+        version: ruyi_proto::LATEST_VERSION,
+        device_flag: 1,
+        device_id: "d".into(),
+        uid: "ann".into(),
+        token: "t".into(),
+        client_timestamp: 1_700_000_000_000,
+        client_key: String::new(),
+    });
+    connect_packet
+        .encode(ruyi_proto::LATEST_VERSION, &mut burst)
+        .unwrap();
+    let send = ruyi_proto::Packet::Send(ruyi_proto::SendPacket {
+        client_seq: 1,
+        client_msg_no: "m1".into(),
+        channel_id: "bo".into(),
+        channel_type: channel_type::PERSON,
+        payload: bytes::Bytes::from_static(b"last words"),
+        ..Default::default()
+    });
+    send.encode(ruyi_proto::LATEST_VERSION, &mut burst).unwrap();
+    tls.conn.writer().write_all(&burst).unwrap();
+    tls.conn.send_close_notify();
+    while tls.conn.wants_write() {
+        tls.conn.write_tls(&mut tls.sock).unwrap();
+    }
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let packets = decode_all(&answer);
+    assert!(
+        matches!(packets.as_slice(), [ruyi_proto::Packet::Connack(a), ruyi_proto::Packet::Sendack(s)] if a.reason_code == 1 && s.reason_code == 1),
+        "{packets:?}"
+    );
+    assert_eq!(&bo.recv().payload[..], b"last words");
+}
+
+fn decode_all(mut bytes: &[u8]) -> Vec<ruyi_proto::Packet> {
+    let mut out = Vec::new();
+    while let Ok(Some((p, used))) =
+        ruyi_proto::decode_packet(bytes, ruyi_proto::LATEST_VERSION, 1 << 20)
+    {
+        out.push(p);
+        bytes = &bytes[used..];
+    }
+    out
 }
 
 #[test]

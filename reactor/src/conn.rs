@@ -124,6 +124,11 @@ pub(crate) struct Extra {
     /// The TLS session of a connection on a TLS listener (`event_loop/tls.rs`): bytes on
     /// the socket are its records; `input` and `outbound` hold plaintext.
     pub tls: Option<rustls::ServerConnection>,
+    /// Bytes of records the client sent before its handshake completed.
+    pub handshake_bytes: u32,
+    /// The session holds handshake records the loop put off to a later turn (over its
+    /// per-turn handshake budget): the backlog pass processes them.
+    pub deferred: bool,
 }
 
 impl ConnIo {

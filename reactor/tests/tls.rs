@@ -181,3 +181,48 @@ fn a_client_that_never_reads_is_bounded_like_any_other() {
     }
     assert_eq!(t.close_of(id), CloseReason::SlowConsumer);
 }
+
+#[test]
+fn a_storm_of_handshakes_in_one_turn_is_spread_over_turns_and_all_complete() {
+    // More ClientHellos than a turn's handshake budget, all readable at once: the loop
+    // processes some and keeps the rest in their sessions for the next turns.
+    let (t, client) = tls_engine(1);
+    let n = 3 * 32 + 7;
+    let mut sessions: Vec<Tls> = (0..n)
+        .map(|_| tls_over(connect(t.addrs[0]), &client))
+        .collect();
+    for _ in 0..n {
+        t.next_open();
+    }
+    for s in &mut sessions {
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut s.sock).unwrap(); // the ClientHello, nothing more
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let msg = format!("client {i}");
+        s.write_all(msg.as_bytes()).unwrap();
+        assert_eq!(read_exactly(s, msg.len()), msg.as_bytes());
+    }
+}
+
+#[test]
+fn a_handshake_that_grows_past_its_cap_closes_as_tls() {
+    // A ClientHello announced as 64 KiB, sent in records that never complete it: the
+    // session would hold it all; the cap closes the connection at 16 KiB.
+    let (t, _) = tls_engine(1);
+    let mut s = connect(t.addrs[0]);
+    let id = t.next_open();
+    let mut first = vec![22u8, 3, 1, 0x10, 0x00, 1, 0x00, 0xFF, 0xFF];
+    first.resize(5 + 0x1000, 0);
+    s.write_all(&first).unwrap();
+    let mut more = vec![22u8, 3, 1, 0x10, 0x00];
+    more.resize(5 + 0x1000, 0);
+    for _ in 0..5 {
+        if s.write_all(&more).is_err() {
+            break;
+        }
+    }
+    assert_eq!(t.close_of(id), CloseReason::Tls);
+}

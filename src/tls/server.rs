@@ -70,6 +70,18 @@ impl ResolvesServerCert for ServerCert {
     }
 }
 
+/// What is wrong with a key file, without its content: a PEM parser's error may quote the
+/// line it stopped at, and in a key file that line can be the key itself (a PEM pasted
+/// as one line, as secret stores hand them out).
+fn withheld(e: rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error;
+    match e {
+        Error::Io(e) => e.to_string(),
+        Error::NoItemsFound => "no PEM private key in it".into(),
+        _ => "not a readable PEM private key (the parser's details are withheld: they may quote the key)".into(),
+    }
+}
+
 /// The chain in `cert` with the key in `key`, checked to belong together.
 fn certified(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     let named = |path: &Path, e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
@@ -80,7 +92,7 @@ fn certified(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
     if chain.is_empty() {
         return Err(named(cert, &"no PEM certificate in it"));
     }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| named(key, &e))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| named(key, &withheld(e)))?;
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider
         .key_provider

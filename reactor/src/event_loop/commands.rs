@@ -165,7 +165,10 @@ impl<H: Handler> EventLoop<H> {
                 admission,
             );
             if tls.is_some() {
-                io.extra = Some(Box::new(crate::conn::Extra { client: None, tls }));
+                io.extra = Some(Box::new(crate::conn::Extra {
+                    tls,
+                    ..Default::default()
+                }));
             }
             match arrival {
                 Arrival::Direct => {}

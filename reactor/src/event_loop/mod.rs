@@ -79,6 +79,8 @@ pub(crate) struct EventLoop<H: Handler> {
     scratch: Vec<u8>,
     /// One plaintext buffer for all TLS connections of the loop; empty until the first.
     plain: Vec<u8>,
+    /// TLS handshake steps this turn may still process (`tls.rs`).
+    handshakes_left: u32,
     /// Per listener, the TLS configuration of its connections (`tls.rs`).
     tls: Arc<[Option<Arc<rustls::ServerConfig>>]>,
     next_generation: u32,
@@ -132,6 +134,7 @@ impl<H: Handler> EventLoop<H> {
             rx,
             scratch: vec![0; config.read_buffer_bytes],
             plain: Vec::new(),
+            handshakes_left: tls::HANDSHAKES_PER_TURN,
             tls,
             next_generation: 1,
             pending_accepts: Vec::new(),
@@ -177,6 +180,7 @@ impl<H: Handler> EventLoop<H> {
             }
             poll_errors = 0;
             self.core.update_clock();
+            self.handshakes_left = tls::HANDSHAKES_PER_TURN;
             LoopStats::add(&self.stats().turns, 1);
 
             // Only connections left over from earlier turns get a backlog pass this turn, so

@@ -244,6 +244,13 @@ impl<H: Handler> EventLoop<H> {
             {
                 continue;
             }
+            if conn.io.extra.as_ref().is_some_and(|e| e.deferred) {
+                // A handshake put off over an earlier turn's budget (`tls.rs`).
+                self.open_records(id, &[]);
+            }
+            let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
+                continue;
+            };
             if conn.io.flags.contains(Flags::REDELIVER) {
                 conn.io.flags.remove(Flags::REDELIVER);
                 // Bytes held while a PROXY header is told apart are not the handler's yet.

@@ -7,16 +7,31 @@
 //! connection's `rustls::ServerConnection`; each batch of records is processed (the
 //! handshake included: its key exchange and signature run here, on the loop) and the
 //! plaintext it opens is offered to the handler exactly as a plain connection's bytes are.
-//! A close_notify from the peer is its EOF. Records that cannot be read (plain bytes on a
-//! TLS port, a failed handshake, a bad MAC) queue an alert and close the connection as
-//! [`CloseReason::Tls`] once the alert is out.
+//! A close_notify from the peer is its EOF (after the input the handler has not taken
+//! yet: a paused connection serves it first, as a plain one does before its FIN). Records
+//! that cannot be read (plain bytes on a TLS port, a failed handshake, a bad MAC) queue
+//! an alert and close the connection as [`CloseReason::Tls`] once the alert is out; the
+//! plaintext of the records before them is offered first.
+//!
+//! # The handshake's cost (R4, R5)
+//! A ClientHello costs its sender nothing and the loop a key exchange and a signature.
+//! A loop processes at most [`HANDSHAKES_PER_TURN`] handshake steps per turn; the records
+//! of the others wait in their sessions (`Extra::deferred`) and the backlog pass takes
+//! them up next turn. A client may send at most [`MAX_HANDSHAKE_BYTES`] before its
+//! handshake completes, so a handshake that never ends holds little until the handler's
+//! login deadline closes it.
 //!
 //! # Writing
 //! Handlers queue plaintext in `outbound`, as on any connection. A flush moves it into
 //! the session in the order it was queued (rustls seals it into records and holds at most
 //! 64 KiB of them) and writes the records out, until the queue is empty, the socket would
-//! block, or the write budget is spent. So the TLS session's buffer is the only extra
-//! memory a busy TLS connection holds, and an idle one holds none of it.
+//! block, or the write budget is spent.
+//!
+//! # Memory
+//! A TLS connection is not as small as a plain one: its session keeps its state and a
+//! read buffer of at least 4 KiB between reads (`scripts/bench-tls.sh` measures ~8.6 KB
+//! more per held connection than plain). Written records leave the session as soon as
+//! the socket takes them.
 //!
 //! Until the handshake completes, plaintext waits in the session (up to its limit) or in
 //! `outbound`; the flush that finds nothing else to do reports the queue drained, and the
@@ -38,54 +53,124 @@ use std::io::{self, IoSlice, Read, Write};
 /// Plaintext taken from a session per read: one TLS record's worth.
 const PLAIN_CHUNK: usize = 16 << 10;
 
+/// Handshake steps (a ClientHello's key exchange and signature, a Finished) a loop
+/// processes per turn; the rest wait in their sessions for the next turns, so a storm of
+/// ClientHellos (they cost the sender nothing) delays other connections by at most this
+/// many signatures per turn: ~3 ms with an ECDSA P-256 key, ~50 ms with RSA-2048.
+pub(crate) const HANDSHAKES_PER_TURN: u32 = 32;
+
+/// Bytes a client may send before its handshake completes. A real client's flight (a
+/// ClientHello, post-quantum key shares included, then its Finished) is a few KiB; the
+/// cap bounds what a connection that never finishes holds in its session until the
+/// handler's login deadline closes it.
+pub(crate) const MAX_HANDSHAKE_BYTES: u32 = 16 << 10;
+
+/// What the session's plaintext side said.
+enum Plain {
+    Opened(usize),
+    /// The peer's close_notify: its EOF.
+    Ended,
+    Empty,
+    Broken(io::Error),
+}
+
 impl<H: Handler> EventLoop<H> {
-    /// Processes `records` (bytes just read from `id`'s socket) and offers the plaintext
-    /// they open to the handler (module docs: reading).
+    /// Processes `records` (bytes just read from `id`'s socket; none to resume a deferred
+    /// handshake) and offers the plaintext they open to the handler (module docs:
+    /// reading).
     pub(super) fn open_records(&mut self, id: ConnId, mut records: &[u8]) {
         let loop_index = self.core.loop_index;
         let mut plain = std::mem::take(&mut self.plain);
         if plain.is_empty() {
             plain = vec![0; PLAIN_CHUNK]; // Allocated on the first TLS connection only.
         }
+        let mut failure: Option<String> = None;
         while let Some(conn) = live(&mut self.slab, loop_index, id) {
-            if conn.io.flags.contains(Flags::CLOSING) {
+            let io = &mut conn.io;
+            if io.flags.contains(Flags::CLOSING) {
                 break;
             }
-            let io = &mut conn.io;
-            let Some(tls) = io.tls() else { break };
+            let Some(extra) = io.extra.as_deref_mut() else {
+                break;
+            };
+            let Some(tls) = extra.tls.as_mut() else { break };
             // What the records so far opened goes first, so the session's plaintext
             // buffer never fills while there are records left to read.
-            match tls.reader().read(&mut plain) {
-                Ok(0) => {
-                    log::debug!("loop={loop_index} conn={id} peer sent close_notify");
-                    self.core.close_after_flush(id, io, CloseReason::PeerClosed);
-                    break;
-                }
-                Ok(n) => {
+            let opened = match tls.reader().read(&mut plain) {
+                Ok(0) => Plain::Ended,
+                Ok(n) => Plain::Opened(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Plain::Empty,
+                Err(e) => Plain::Broken(e),
+            };
+            match opened {
+                Plain::Opened(n) => {
                     self.feed(id, &plain[..n]);
                     continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
+                Plain::Ended => {
+                    // Like a socket's EOF: input the handler has not taken yet (paused, say)
+                    // is served first; the socket's FIN, read after the resume, closes.
+                    if !io.flags.contains(Flags::READ_PAUSED) && io.input.is_empty() {
+                        log::debug!("loop={loop_index} conn={id} peer sent close_notify");
+                        self.core.close_after_flush(id, io, CloseReason::PeerClosed);
+                    }
+                    break;
+                }
+                Plain::Broken(e) => {
                     // Only a socket EOF fed to the session could say this; we never feed one.
                     log::debug!("loop={loop_index} conn={id} TLS read: {e}");
                     self.core.mark_close(id, io, CloseReason::Tls);
                     break;
                 }
+                Plain::Empty => {}
             }
-            if records.is_empty() {
-                break;
-            }
-            let failure = match tls.read_tls(&mut records) {
-                Ok(_) => tls.process_new_packets().err().map(|e| e.to_string()),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(why) = failure {
+            if let Some(why) = failure.take() {
+                // Every frame before the bad record was offered, as on a plain socket.
                 log::debug!("loop={loop_index} conn={id} TLS: {why}; closing");
                 // The alert rustls queued is the last record; no close_notify after it.
                 io.flags.insert(Flags::TLS_FAILED);
                 self.core.close_after_flush(id, io, CloseReason::Tls);
                 break;
+            }
+            if records.is_empty() && !extra.deferred {
+                break;
+            }
+            let handshaking = tls.is_handshaking();
+            if handshaking {
+                let len = u32::try_from(records.len()).unwrap_or(u32::MAX);
+                extra.handshake_bytes = extra.handshake_bytes.saturating_add(len);
+                if extra.handshake_bytes > MAX_HANDSHAKE_BYTES {
+                    failure = Some(format!(
+                        "more than {MAX_HANDSHAKE_BYTES} bytes of handshake"
+                    ));
+                    continue;
+                }
+                if self.handshakes_left == 0 {
+                    // Kept in the session (within the cap above) for a later turn.
+                    while !records.is_empty() {
+                        if let Err(e) = tls.read_tls(&mut records) {
+                            failure = Some(e.to_string());
+                            break;
+                        }
+                    }
+                    if failure.is_none() {
+                        extra.deferred = true;
+                        self.core.mark_backlog(id, io);
+                        break;
+                    }
+                    continue;
+                }
+                self.handshakes_left -= 1;
+            }
+            extra.deferred = false;
+            if !records.is_empty() {
+                if let Err(e) = tls.read_tls(&mut records) {
+                    failure = Some(e.to_string());
+                    continue;
+                }
+            }
+            if let Err(e) = tls.process_new_packets() {
+                failure = Some(e.to_string());
             }
         }
         self.plain = plain;
@@ -139,6 +224,10 @@ pub(super) fn flush(
             return out;
         }
         let sealed = outbound.flush_to(&mut Seal(tls), budget - out.written);
+        if let FlushStatus::Failed(e) = sealed.status {
+            out.status = FlushStatus::Failed(e);
+            return out;
+        }
         if sealed.written == 0 && !tls.wants_write() {
             // The handshake is not done and the session holds all it takes until it is
             // (module docs); the queue stays and the handshake's end marks it dirty.
