@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 //! TLS on a listener (`event_loop/tls.rs`), over real sockets with a rustls client: the
 //! probe handler echoes plaintext, big replies arrive whole and end with a close_notify,
 //! bytes that are not TLS cost only their own connection, and a PROXY header may come
