@@ -48,11 +48,7 @@ fn the_official_python_easysdk_chats_with_sdk_and_binary_users() {
 fn the_official_python_easysdk_chats_over_wss_trusting_a_private_ca() {
     let Some(python) = python() else { return };
     let pki = util::tls::Pki::new(&temp_dir("easysdk-wss-pki"), "a");
-    let (cert, key) = (pki.cert.clone(), pki.key.clone());
-    let server = start("easysdk-wss", move |c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-    });
+    let server = util::tls::start_tls("easysdk-wss", &pki, |_| {});
     let url = format!("wss://{}", server.wss_addr().unwrap());
     chat(&python, &server, &url, Some(&pki.ca));
 }

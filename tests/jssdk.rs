@@ -116,11 +116,7 @@ fn the_official_js_sdk_chats_through_ruyi() {
 fn the_official_js_sdk_chats_over_wss_trusting_a_private_ca() {
     let Some(dir) = sdk_dir() else { return };
     let pki = util::tls::Pki::new(&temp_dir("jssdk-wss-pki"), "a");
-    let (cert, key) = (pki.cert.clone(), pki.key.clone());
-    let server = start("jssdk-wss", move |c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
-    });
+    let server = util::tls::start_tls("jssdk-wss", &pki, |_| {});
     let url = format!("wss://{}", server.wss_addr().unwrap());
     chat(&dir, &server, &url, Some(&pki.ca));
 }

@@ -19,14 +19,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use util::metrics::closed_reaching;
 use util::rpc::RpcClient;
-use util::tls::{connect, relay, Pki};
+use util::tls::{connect, relay, start_tls, Pki};
 use util::*;
 
+/// A server with both TLS listeners: WebSocket over TLS and the binary protocol over TLS.
 fn with_tls(name: &str, pki: &Pki, tweak: impl FnOnce(&mut Config)) -> Server {
-    let (cert, key) = (pki.cert.clone(), pki.key.clone());
-    start(name, move |c| {
-        c.tls_cert = Some(cert);
-        c.tls_key = Some(key);
+    start_tls(name, pki, |c| {
         c.tls_addr = Some("127.0.0.1:0".parse().unwrap());
         tweak(c);
     })

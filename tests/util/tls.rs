@@ -62,6 +62,21 @@ impl Pki {
     }
 }
 
+/// [`super::start`] with TLS on: this certificate, WebSocket over TLS on a free loopback
+/// port; `tweak` may change the rest (add `tls_addr`, say).
+pub fn start_tls(
+    name: &str,
+    pki: &Pki,
+    tweak: impl FnOnce(&mut ruyi::config::Config),
+) -> ruyi::server::Server {
+    let (cert, key) = (pki.cert.clone(), pki.key.clone());
+    super::start(name, move |c| {
+        c.tls_cert = Some(cert);
+        c.tls_key = Some(key);
+        tweak(c);
+    })
+}
+
 /// A TLS session to `server` as 127.0.0.1, handshake done. Err: the handshake failed
 /// (an untrusted certificate, say).
 pub fn connect(

@@ -29,7 +29,7 @@
 //!
 //! # Memory
 //! A TLS connection is not as small as a plain one: its session keeps its state and a
-//! read buffer of at least 4 KiB between reads (`scripts/bench-tls.sh` measures ~8.6 KB
+//! read buffer of at least 4 KiB between reads (`scripts/bench-tls.sh` measures ~7-8 KB
 //! more per held connection than plain). Written records leave the session as soon as
 //! the socket takes them.
 //!
