@@ -129,6 +129,8 @@ pub(crate) struct Extra {
     /// The session holds handshake records the loop put off to a later turn (over its
     /// per-turn handshake budget): the backlog pass processes them.
     pub deferred: bool,
+    /// The peer's close_notify came while reading was paused: the resume closes.
+    pub peer_ended: bool,
 }
 
 impl ConnIo {

@@ -227,3 +227,22 @@ fn a_handshake_that_grows_past_its_cap_closes_as_tls() {
     }
     assert_eq!(t.close_of(id), CloseReason::Tls);
 }
+
+#[test]
+fn data_sent_right_behind_the_clients_finished_is_not_counted_as_handshake() {
+    // A client may write before its handshake ends; rustls sends that data behind its
+    // Finished, often in the same segment as the server reads it. More of it than the
+    // handshake cap must still go through.
+    let (t, client) = tls_engine(1);
+    let mut sock = connect(t.addrs[0]);
+    let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut session = rustls::ClientConnection::new(Arc::clone(&client), name).unwrap();
+    let early: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+    session.writer().write_all(&early).unwrap(); // buffered until the handshake ends
+    while session.is_handshaking() {
+        session.complete_io(&mut sock).unwrap();
+    }
+    let mut s = rustls::StreamOwned::new(session, sock);
+    s.flush().unwrap();
+    assert_eq!(read_exactly(&mut s, early.len()), early);
+}

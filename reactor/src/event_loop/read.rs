@@ -263,8 +263,18 @@ impl<H: Handler> EventLoop<H> {
                     offer_buffered(&mut self.handler, &mut ctx, &mut conn.state);
                 }
             }
-            let pending = live(&mut self.slab, self.core.loop_index, id)
-                .is_some_and(|c| c.io.flags.contains(Flags::READ_PENDING));
+            let Some(conn) = live(&mut self.slab, self.core.loop_index, id) else {
+                continue;
+            };
+            let ended = conn.io.extra.as_ref().is_some_and(|e| e.peer_ended);
+            if ended && !conn.io.flags.contains(Flags::READ_PAUSED) {
+                // A TLS close_notify that came while paused (`tls.rs`): the input it
+                // waited for has been offered, so it is the EOF now.
+                self.core
+                    .close_after_flush(id, &mut conn.io, CloseReason::PeerClosed);
+                continue;
+            }
+            let pending = conn.io.flags.contains(Flags::READ_PENDING);
             if pending && !self.stopping() {
                 // No event to tell us about a FIN here: read until WouldBlock.
                 self.read_conn(id, true);

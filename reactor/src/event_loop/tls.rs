@@ -108,9 +108,11 @@ impl<H: Handler> EventLoop<H> {
                     continue;
                 }
                 Plain::Ended => {
-                    // Like a socket's EOF: input the handler has not taken yet (paused, say)
-                    // is served first; the socket's FIN, read after the resume, closes.
-                    if !io.flags.contains(Flags::READ_PAUSED) && io.input.is_empty() {
+                    // Like a socket's EOF. A paused connection serves the input it holds
+                    // first: the resume closes it (`read.rs`, the backlog pass).
+                    if io.flags.contains(Flags::READ_PAUSED) {
+                        extra.peer_ended = true;
+                    } else {
                         log::debug!("loop={loop_index} conn={id} peer sent close_notify");
                         self.core.close_after_flush(id, io, CloseReason::PeerClosed);
                     }
@@ -135,23 +137,11 @@ impl<H: Handler> EventLoop<H> {
             if records.is_empty() && !extra.deferred {
                 break;
             }
-            let handshaking = tls.is_handshaking();
-            if handshaking {
-                let len = u32::try_from(records.len()).unwrap_or(u32::MAX);
-                extra.handshake_bytes = extra.handshake_bytes.saturating_add(len);
-                if extra.handshake_bytes > MAX_HANDSHAKE_BYTES {
-                    failure = Some(format!(
-                        "more than {MAX_HANDSHAKE_BYTES} bytes of handshake"
-                    ));
-                    continue;
-                }
+            if tls.is_handshaking() {
                 if self.handshakes_left == 0 {
-                    // Kept in the session (within the cap above) for a later turn.
-                    while !records.is_empty() {
-                        if let Err(e) = tls.read_tls(&mut records) {
-                            failure = Some(e.to_string());
-                            break;
-                        }
+                    // Kept in the session (within the handshake cap) for a later turn.
+                    while !records.is_empty() && failure.is_none() {
+                        failure = take(tls, &mut records, &mut extra.handshake_bytes).err();
                     }
                     if failure.is_none() {
                         extra.deferred = true;
@@ -164,8 +154,8 @@ impl<H: Handler> EventLoop<H> {
             }
             extra.deferred = false;
             if !records.is_empty() {
-                if let Err(e) = tls.read_tls(&mut records) {
-                    failure = Some(e.to_string());
+                if let Err(why) = take(tls, &mut records, &mut extra.handshake_bytes) {
+                    failure = Some(why);
                     continue;
                 }
             }
@@ -181,6 +171,28 @@ impl<H: Handler> EventLoop<H> {
             }
         }
     }
+}
+
+/// One `read_tls` from the front of `records`. What it takes before the handshake has
+/// completed counts against [`MAX_HANDSHAKE_BYTES`] (only what it takes: data a client
+/// sends right behind its Finished is not handshake).
+fn take(
+    tls: &mut rustls::ServerConnection,
+    records: &mut &[u8],
+    handshake_bytes: &mut u32,
+) -> Result<(), String> {
+    let before = records.len();
+    tls.read_tls(records).map_err(|e| e.to_string())?;
+    if tls.is_handshaking() {
+        let taken = u32::try_from(before - records.len()).unwrap_or(u32::MAX);
+        *handshake_bytes = handshake_bytes.saturating_add(taken);
+        if *handshake_bytes > MAX_HANDSHAKE_BYTES {
+            return Err(format!(
+                "more than {MAX_HANDSHAKE_BYTES} bytes of handshake"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `outbound` through `tls` to `stream` (module docs: writing), within `budget`
