@@ -20,6 +20,12 @@
 //! checkpointing, as a checkpointer that the scheduler or a slow disk holds back would:
 //! `tests/datadir.rs` proves with it that the writer alone keeps the WAL bounded
 //! (`storage/sqlite/wal.rs`). Read once, when the checkpointer starts.
+//!
+//! `RUYI_FAILPOINT_MUTE_BATCHES=<n>` makes a cluster leader publish none of its commit
+//! batches after the `n`-th and leave them out of its heartbeat's count: they are lost on
+//! the bus and no node can tell, as when a leader is killed between a commit and its
+//! publication. `tests/cluster_chat.rs` proves with it that a successor writes what
+//! the dead leader reserved (`cluster/inherit.rs`). Read once.
 
 use std::sync::OnceLock;
 
@@ -65,4 +71,24 @@ pub fn check_panic(client_msg_no: &str) {
 /// True when `RUYI_FAILPOINT_CHECKPOINTER=stall` (module docs).
 pub fn checkpointer_stalled() -> bool {
     std::env::var("RUYI_FAILPOINT_CHECKPOINTER").is_ok_and(|v| v == "stall")
+}
+
+/// `RUYI_FAILPOINT_MUTE_BATCHES`, read once (module docs).
+fn muted_after() -> Option<u64> {
+    static AFTER: OnceLock<Option<u64>> = OnceLock::new();
+    *AFTER.get_or_init(|| {
+        std::env::var("RUYI_FAILPOINT_MUTE_BATCHES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// True when commit batch `number` must not be published (module docs).
+pub fn batch_muted(number: u64) -> bool {
+    muted_after().is_some_and(|after| number > after)
+}
+
+/// The commit batches a leader's heartbeat counts, of the `published` it numbered.
+pub fn batches_counted(published: u64) -> u64 {
+    muted_after().map_or(published, |after| published.min(after))
 }

@@ -76,6 +76,9 @@ pub struct Pusher {
     commands: Vec<Vec<ToLoop>>,
     /// Per loop: one message's receivers, reused.
     targets: Vec<Vec<Target>>,
+    /// A cluster leader's delivery batches of the commit in progress, built before its
+    /// `COMMIT` (`Outlet::before_commit`).
+    prepared: Option<crate::cluster::lead::Prepared>,
 }
 
 impl Pusher {
@@ -87,6 +90,7 @@ impl Pusher {
             relaying: false,
             commands: (0..loops).map(|_| Vec::new()).collect(),
             targets: vec![Vec::new(); loops],
+            prepared: None,
         }
     }
 
@@ -102,8 +106,12 @@ impl Pusher {
     fn push_commit(&mut self, committed: Vec<Committed>) {
         // The leader tells every node first: their deliveries and its own then start
         // together.
+        let prepared = self.prepared.take();
         if let (Some(cluster), false) = (self.shared.cluster.get(), self.relaying) {
-            cluster.lead.publish_commit(&self.shared, &committed);
+            match prepared {
+                Some(prepared) => cluster.lead.publish(&self.shared, prepared),
+                None => cluster.lead.publish_commit(&self.shared, &committed),
+            }
         }
         for c in committed {
             self.route(c);
@@ -254,5 +262,22 @@ fn recheck_offline(
 impl Outlet for Pusher {
     fn push(&mut self, committed: Vec<Committed>) {
         self.push_commit(committed);
+    }
+
+    /// A cluster leader builds its commit's batches before `COMMIT`, so the commit
+    /// carries the record of its pledges (`cluster/inherit.rs`).
+    fn before_commit(
+        &mut self,
+        committed: &[&Committed],
+    ) -> Option<crate::storage::tx::PledgeWrite> {
+        let cluster = self.shared.cluster.get().filter(|_| !self.relaying)?;
+        let prepared = cluster.lead.build(committed);
+        let write = cluster.lead.pledge_write(&prepared);
+        self.prepared = Some(prepared);
+        write
+    }
+
+    fn abandon(&mut self) {
+        self.prepared = None;
     }
 }

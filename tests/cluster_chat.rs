@@ -475,3 +475,69 @@ fn messages_for_a_node_killed_before_it_delivered_them_reach_the_queue() {
         },
     );
 }
+
+/// A leader killed after its commits but before any node heard of them (the failpoint
+/// keeps its batches after the 5th off the bus and out of its heartbeat's count, as a kill
+/// between a `COMMIT` and its publication does): the seqs it reserved for a device on a
+/// follower die with it, and the next leader must write those messages to the user's
+/// queue from the dead one's pledge records (`cluster/inherit.rs`), and only those: the
+/// first 5, which the follower reported handled, were delivered. Without the records the
+/// 20 acknowledged messages were in no queue.
+#[test]
+fn a_new_leader_writes_what_the_dead_one_reserved_for_devices_on_other_nodes() {
+    let Some(pg) = Pg::start() else { return };
+    let Some(nats) = Nats::start() else { return };
+    let store = pg.database("inherit");
+    let env = [("RUYI_FAILPOINT_MUTE_BATCHES", "5")];
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| Node::spawn_with_env(&store, &nats, id, &env))
+        .collect();
+    let lead = agree(&nodes);
+    let followers: Vec<usize> = (0..3).filter(|&i| i != lead).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    let mut bob = Client::ok(nodes[f1].process.tcp, &Login::new("bob", "x"));
+    let mut alice = Client::ok(nodes[f2].process.tcp, &Login::new("alice", "x"));
+    // Bob's login notice reaches the leader, which then counts him online on f1.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut send = |no: String| {
+        alice.send("bob", PERSON, no.as_bytes(), &no);
+        let ack = alice.sendack();
+        assert_eq!(ack.reason_code, reason::SUCCESS, "{no}");
+        ack.message_id
+    };
+    // One commit, so one batch, per message: the first 5 reach bob.
+    let delivered: Vec<i64> = (0..5).map(|n| send(format!("d{n}"))).collect();
+    assert_eq!(receive(&mut bob, 5).len(), 5);
+    // f1's next heartbeat reports batch 5 handled.
+    std::thread::sleep(Duration::from_millis(1500));
+    let muted: Vec<i64> = (0..20).map(|n| send(format!("m{n}"))).collect();
+    // Reserved for bob's device on f1, not stored: his queue is empty, and no batch came.
+    assert!(queue(nodes[lead].process.http, "bob").is_empty());
+    nodes[lead].process.kill9();
+    let mut next = None;
+    wait_for("a new leader", Duration::from_secs(25), || {
+        let named: Vec<_> = followers.iter().map(|&i| nodes[i].leader()).collect();
+        next = named[0];
+        next.is_some_and(|n| n as usize - 1 != lead) && named.iter().all(|l| *l == next)
+    });
+    let http = nodes[next.unwrap() as usize - 1].process.http;
+    let missing = neither_received_nor_queued(
+        http,
+        "bob",
+        &muted,
+        &std::collections::HashSet::new(),
+        Duration::from_secs(15),
+    );
+    assert!(
+        missing.is_empty(),
+        "acknowledged and in no queue: {missing:?}"
+    );
+    let mut queued: Vec<i64> = queue(http, "bob")
+        .iter()
+        .map(|m| m["message_id"].as_i64().unwrap())
+        .collect();
+    queued.sort_unstable();
+    let mut expected = muted.clone();
+    expected.sort_unstable();
+    assert_eq!(queued, expected, "the delivered were {delivered:?}");
+}

@@ -172,6 +172,8 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
             let leads = cluster.leads();
             if leads && !led {
                 took_the_lead(&shared, &reader);
+                let rows = cluster.leader.take_inherited();
+                super::inherit::inherit(&shared, cluster, &reader, rows);
             }
             led = leads;
             if leads {

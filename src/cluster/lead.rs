@@ -12,11 +12,13 @@
 use super::bus::Publisher;
 use super::relay::lock;
 use super::wire::{
-    self, CommitBatch, LaneAck, LaneFwd, Outcomes, SendFwd, WireDelivery, WireMessage,
+    self, CommitBatch, LaneAck, LaneFwd, Outcomes, PledgeRecord, PledgedMessage, SendFwd,
+    WireDelivery, WireMessage,
 };
 use crate::channel::ChannelJob;
 use crate::message::{Committed, Reply, SendOutcome};
 use crate::shared::Shared;
+use crate::storage::tx::PledgeWrite;
 use ruyi_proto::types::reason;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -36,6 +38,10 @@ pub struct Lead {
     held: std::sync::Mutex<std::collections::HashMap<u16, Outcomes>>,
     /// Seqs reserved for devices on other nodes, until they handled the batch.
     pub pledges: super::pledges::Pledges,
+    /// What each node reported handling of each leader's batches.
+    pub reports: super::inherit::Reports,
+    /// When to prune the pledge records in PostgreSQL, and which predecessors' to drop.
+    pub records: super::inherit::Records,
 }
 
 impl Lead {
@@ -50,6 +56,8 @@ impl Lead {
             busy: AtomicU64::new(0),
             held: std::sync::Mutex::default(),
             pledges: super::pledges::Pledges::default(),
+            reports: super::inherit::Reports::default(),
+            records: super::inherit::Records::default(),
         }
     }
 
@@ -192,12 +200,20 @@ impl Lead {
         );
     }
 
-    /// Tells every node what one commit holds (module docs). Called by the pusher on the
-    /// writer's thread, before it routes the commit locally.
+    /// Tells every node what one commit holds (module docs): [`Lead::build`], then
+    /// [`Lead::publish`].
     pub fn publish_commit(&self, shared: &Shared, committed: &[Committed]) {
-        let mut batch = Vec::new();
-        let mut pledged = Vec::new();
-        let mut bytes = 0;
+        let committed: Vec<&Committed> = committed.iter().collect();
+        let prepared = self.build(&committed);
+        self.publish(shared, prepared);
+    }
+
+    /// One commit's delivery batches and, per batch, the seqs they reserve for devices on
+    /// other nodes (`pledges.rs`). Built on the writer's thread before the commit's
+    /// `COMMIT`, so its pledge record goes in the same transaction ([`Lead::pledge_write`]).
+    pub fn build(&self, committed: &[&Committed]) -> Prepared {
+        let mut prepared = Prepared::default();
+        let (mut batch, mut pledged, mut bytes) = (Vec::new(), Vec::new(), 0);
         for c in committed {
             if c.duplicate || c.outcome.reason != reason::SUCCESS {
                 continue;
@@ -205,11 +221,10 @@ impl Lead {
             for d in records(c) {
                 let size = d.size();
                 if !batch.is_empty() && bytes + size > BATCH_BYTES {
-                    let (b, p) = (std::mem::take(&mut batch), std::mem::take(&mut pledged));
-                    self.publish_batch(shared, b, p);
+                    let full = (std::mem::take(&mut batch), std::mem::take(&mut pledged));
+                    prepared.batches.push(full);
                     bytes = 0;
                 }
-                // The seqs reserved for devices on other nodes (`pledges.rs`).
                 for &(i, node) in &d.expect {
                     let (seq, stored) = d.slots[i as usize];
                     if d.queued && seq > 0 && !stored {
@@ -222,16 +237,59 @@ impl Lead {
             }
         }
         if !batch.is_empty() {
-            self.publish_batch(shared, batch, pledged);
+            prepared.batches.push((batch, pledged));
+        }
+        prepared
+    }
+
+    /// What the commit of `prepared` must write besides its messages: the record of its
+    /// pledges, numbered as [`Lead::publish`] will number its batches (the writer's thread
+    /// alone publishes, right after the `COMMIT`), and every few seconds the pruning of
+    /// old records (`pledges.rs`, "Durable").
+    pub fn pledge_write(&self, prepared: &Prepared) -> Option<PledgeWrite> {
+        let first = self.number.load(Relaxed) + 1;
+        let mut record = PledgeRecord {
+            leader: self.me,
+            incarnation: self.incarnation,
+            items: Vec::new(),
+        };
+        for (k, (_, pledged)) in prepared.batches.iter().enumerate() {
+            let batch = first + k as u64;
+            let mut at: std::collections::HashMap<(u16, i64), usize> = Default::default();
+            for (node, (uid, message, _)) in pledged {
+                let i = *at.entry((*node, message.message_id)).or_insert_with(|| {
+                    record.items.push(PledgedMessage {
+                        batch,
+                        node: *node,
+                        channel: (message.channel.id.clone(), message.channel.channel_type),
+                        seq: message.message_seq,
+                        message_id: message.message_id,
+                        uids: Vec::new(),
+                    });
+                    record.items.len() - 1
+                });
+                record.items[i].uids.push(uid.clone());
+            }
+        }
+        let (prune, inherited) = self.records.due();
+        let record = (!record.items.is_empty()).then(|| wire::encode(&record).to_vec());
+        (record.is_some() || prune).then_some(PledgeWrite {
+            node: i64::from(self.me),
+            incarnation: self.incarnation,
+            record,
+            prune,
+            inherited,
+        })
+    }
+
+    /// Publishes the batches of a committed [`Lead::build`], in order.
+    pub fn publish(&self, shared: &Shared, prepared: Prepared) {
+        for (messages, pledged) in prepared.batches {
+            self.publish_batch(shared, messages, pledged);
         }
     }
 
-    fn publish_batch(
-        &self,
-        shared: &Shared,
-        messages: Vec<WireDelivery>,
-        pledged: Vec<(u16, super::pledges::Pledge)>,
-    ) {
+    fn publish_batch(&self, shared: &Shared, messages: Vec<WireDelivery>, pledged: Pledged) {
         let number = self.number.fetch_add(1, Relaxed) + 1;
         let batch = CommitBatch {
             leader: self.me,
@@ -239,9 +297,12 @@ impl Lead {
             number,
             messages,
         };
-        let sent = self
-            .publisher
-            .try_publish(wire::deliver_subject(&self.name), wire::encode(&batch));
+        let sent = if crate::fault::batch_muted(number) {
+            true // lost on the bus, and nobody can tell (the failpoint's purpose)
+        } else {
+            self.publisher
+                .try_publish(wire::deliver_subject(&self.name), wire::encode(&batch))
+        };
         let mut by_node: std::collections::HashMap<u16, Vec<super::pledges::Pledge>> =
             Default::default();
         for (node, pledge) in pledged {
@@ -259,9 +320,19 @@ impl Lead {
 
     /// The commit batches published so far (heartbeats carry it: `relay.rs`).
     pub fn batches(&self) -> u64 {
-        self.number.load(Relaxed)
+        crate::fault::batches_counted(self.number.load(Relaxed))
     }
 }
+
+/// One commit's delivery batches, built before its `COMMIT` ([`Lead::build`]): each
+/// batch's deliveries, and the seqs they reserve, by node.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    batches: Vec<(Vec<WireDelivery>, Pledged)>,
+}
+
+/// The seqs one batch reserves, with the node each is for.
+type Pledged = Vec<(u16, super::pledges::Pledge)>;
 
 /// Bytes of deliveries per bus message at most: well under NATS' default `max_payload`
 /// (1 MiB), so no publication is ever refused for its size.

@@ -13,6 +13,7 @@
 pub mod bus;
 pub mod devices;
 pub mod inbound;
+pub mod inherit;
 pub mod lead;
 pub mod members;
 pub mod pledges;
@@ -143,7 +144,11 @@ impl Cluster {
                     let mark = relay::Inbound::Mark(info.node, info.incarnation, info.batches);
                     c.relay.hand_over(mark);
                 }
-                // What the node handled of this leader's batches (`pledges.rs`).
+                // What the node handled of the batches of the leader it follows: for this
+                // leader's pledges (`pledges.rs`), and for a successor's (`inherit.rs`).
+                if let (Some(c), Some(seen)) = (cluster, info.seen) {
+                    c.lead.reports.record(info.node, info.incarnation, seen);
+                }
                 if let (Some(s), Some(c), Some((l, i, upto, gaps))) = (&shared, cluster, info.seen)
                 {
                     if (l, i) == (my_id, my_incarnation) {
@@ -172,6 +177,9 @@ impl Cluster {
                 let cluster = shared.as_ref().and_then(|s| s.cluster.get());
                 let batches = cluster.map_or(0, |c| c.lead.batches());
                 let seen = cluster.and_then(|c| *relay::lock(&c.relay.handled));
+                if let (Some(c), Some(seen)) = (cluster, seen) {
+                    c.lead.reports.record(me.node, me.incarnation, seen);
+                }
                 let info = NodeInfo {
                     connections,
                     batches,

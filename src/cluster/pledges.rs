@@ -19,6 +19,10 @@
 //! a message the device did get is harmless: the writer keeps a message in a user's queue
 //! at most once, and the worst case is the message offered once more by `/message/sync`.
 //!
+//! # When the leader dies
+//! These are in its memory only; the record of them each commit writes to PostgreSQL lets
+//! the next leader write those no node reported handled (`inherit.rs`).
+//!
 //! # Bound
 //! [`MAX_PLEDGES`] per node (about 60 bytes each: 60 MB): past it the oldest batch's
 //! pledges are written at once, so a node that stops answering cannot grow the leader's

@@ -239,6 +239,37 @@ impl WireDelivery {
     }
 }
 
+/// The queue seqs one commit reserved for devices on other nodes, kept in PostgreSQL in
+/// that commit's own transaction (`pledges.rs`, durable pledges): when the leader dies,
+/// its successor writes those no node reported handled. Encoded like a bus message.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PledgeRecord {
+    pub leader: u16,
+    pub incarnation: i64,
+    pub items: Vec<PledgedMessage>,
+}
+
+/// One message's reserved seqs for one node, in one batch.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PledgedMessage {
+    /// The commit batch that carried the message to `node`.
+    pub batch: u64,
+    pub node: u16,
+    /// Where the message is stored, to read it back: channel and seq, and its id to check.
+    pub channel: WireKey,
+    pub seq: u32,
+    pub message_id: i64,
+    /// The recipients the leader counted on `node` for.
+    pub uids: Vec<String>,
+}
+
+impl PledgedMessage {
+    /// The stored message's channel.
+    pub fn channel(&self) -> ChannelKey {
+        key_from(self.channel.clone())
+    }
+}
+
 /// A lane job across the bus.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WireLane {

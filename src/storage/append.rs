@@ -17,6 +17,16 @@ pub trait Outlet: Send {
     /// Hands one commit's messages on (answers, deliveries), in commit order, after
     /// `COMMIT` returned.
     fn push(&mut self, committed: Vec<Committed>);
+
+    /// Inside the transaction, once every job is applied and before `COMMIT`: what the
+    /// commit must also write (a cluster leader's pledges, `cluster/pledges.rs`). Either
+    /// [`Outlet::push`] or [`Outlet::abandon`] follows.
+    fn before_commit(&mut self, _committed: &[&Committed]) -> Option<super::tx::PledgeWrite> {
+        None
+    }
+
+    /// The transaction [`Outlet::before_commit`] saw was rolled back.
+    fn abandon(&mut self) {}
 }
 
 fn now_secs() -> i32 {

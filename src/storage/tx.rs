@@ -61,7 +61,36 @@ pub trait WriteTx {
 
     /// An administrative write (`admin.rs`).
     fn admin(&self, write: &AdminWrite) -> Result<()>;
+
+    /// The cluster leader's durable pledges (`cluster/pledges.rs`). Only a store a
+    /// cluster runs on keeps them; the others refuse.
+    fn cluster_pledges(&self, _write: &PledgeWrite) -> Result<()> {
+        Err(DbError::Unavailable(
+            "this store keeps no cluster pledges (a cluster needs PostgreSQL)".into(),
+        ))
+    }
 }
+
+/// What a cluster leader's commit adds to its transaction (`cluster/pledges.rs`): the
+/// record of the queue seqs it reserved for devices on other nodes, kept until they are
+/// surely handled, so a successor can write them if this leader dies.
+#[derive(Debug, Default)]
+pub struct PledgeWrite {
+    /// The leader's node id and incarnation, which own the record.
+    pub node: i64,
+    pub incarnation: i64,
+    /// The encoded record, when the commit reserved any such seq.
+    pub record: Option<Vec<u8>>,
+    /// Delete this incarnation's records older than [`PLEDGE_KEEP_SECS`], and other
+    /// leaders' records up to id `inherited` (taken over a while ago; 0: none).
+    pub prune: bool,
+    pub inherited: i64,
+}
+
+/// How long a leader keeps its pledge records: far longer than a node takes to report a
+/// batch handled (50 ms) or to count as dead (3 s), after which the leader's memory
+/// resolved every pledge (`cluster/pledges.rs`).
+pub const PLEDGE_KEEP_SECS: f64 = 15.0;
 
 /// The writer's open batch transaction (`writer.rs`).
 pub trait Batch {

@@ -291,6 +291,7 @@ impl Writer {
             }
             Err(e) => {
                 self.queues.forget_counts();
+                self.outlet.abandon();
                 if let Some(held) = self.failure_log.allow() {
                     log::error!(
                         "storage {}: a batch of {jobs} jobs failed and was rolled back: {e} \
@@ -361,7 +362,7 @@ impl Writer {
         let mut retries = retries.into_iter();
         let mut failed_lane = Vec::new();
         let mut jobs = batch.drain(..);
-        let (channels, queues) = (&mut self.channels, &mut self.queues);
+        let (channels, queues, outlet) = (&mut self.channels, &mut self.queues, &mut self.outlet);
         let result = self.store.batch(&mut |b: &mut dyn Batch| {
             // Earlier failures first: they are older than anything in the batch.
             for (job, first_failed) in retries.by_ref() {
@@ -415,7 +416,17 @@ impl Writer {
                     }
                 }
             }
-            Ok(())
+            let messages: Vec<&Committed> = applied
+                .iter()
+                .filter_map(|a| match a {
+                    Applied::Message(c) => Some(c),
+                    Applied::Done(..) => None,
+                })
+                .collect();
+            match outlet.before_commit(&messages) {
+                Some(write) => b.tx().cluster_pledges(&write),
+                None => Ok(()),
+            }
         });
         for (job, first_failed) in failed_lane {
             self.keep_for_retry(job, first_failed);

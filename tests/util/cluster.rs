@@ -21,6 +21,15 @@ impl Node {
         Node { id, dir, process }
     }
 
+    /// [`Node::spawn`] with extra environment variables (a restart drops them).
+    pub fn spawn_with_env(store: &str, nats: &Nats, id: u16, env: &[(&str, &str)]) -> Node {
+        let dir = temp_dir(&format!("node{id}"));
+        std::fs::write(dir.join("test-store"), store).unwrap();
+        let args = ["--nats", &nats.url(), "--node-id", &id.to_string()];
+        let process = RuyiProcess::spawn_with_args(&dir, free_addr(), free_addr(), env, &args);
+        Node { id, dir, process }
+    }
+
     pub fn run(
         dir: &std::path::Path,
         tcp: std::net::SocketAddr,
@@ -125,6 +134,12 @@ impl Three {
 /// Three nodes, all live and agreeing on a leader: (nodes, index of the leader).
 pub fn cluster_of_three(store: &str, nats: &Nats) -> (Vec<Node>, usize) {
     let nodes: Vec<Node> = (1..=3).map(|id| Node::spawn(store, nats, id)).collect();
+    let lead = agree(&nodes);
+    (nodes, lead)
+}
+
+/// Waits until the three `nodes` are live and agree on a leader: its index.
+pub fn agree(nodes: &[Node]) -> usize {
     let mut leader = None;
     wait_for(
         "three live nodes and one leader",
@@ -137,8 +152,7 @@ pub fn cluster_of_three(store: &str, nats: &Nats) -> (Vec<Node>, usize) {
                 && nodes.iter().all(|n| n.view() == (vec![1, 2, 3], true))
         },
     );
-    let at = leader.unwrap() as usize - 1;
-    (nodes, at)
+    leader.unwrap() as usize - 1
 }
 
 /// Reads `n` RECVs, acknowledging each: (payload, seq) in arrival order.

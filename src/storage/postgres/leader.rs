@@ -37,6 +37,9 @@ pub const NONE: u32 = u32::MAX;
 #[derive(Debug)]
 pub struct Leader {
     node: AtomicU32,
+    /// The other leaders' pledge records, as (id, body), read when this node took
+    /// the lead and not yet taken (`cluster/inherit.rs`).
+    inherited: std::sync::Mutex<Vec<(i64, Vec<u8>)>>,
 }
 
 impl Leader {
@@ -44,6 +47,27 @@ impl Leader {
     pub fn get(&self) -> Option<u16> {
         u16::try_from(self.node.load(Ordering::Acquire)).ok()
     }
+
+    /// Takes the pledge records this node inherited when it took the lead (read before
+    /// [`Leader::get`] named it).
+    pub fn take_inherited(&self) -> Vec<(i64, Vec<u8>)> {
+        std::mem::take(&mut *self.inherited.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Every other leader's pledge records (`cluster/inherit.rs`); incarnations count per
+/// node id, so a leader is its (node, incarnation).
+fn inherited(
+    client: &mut postgres::Client,
+    node: i64,
+    incarnation: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, postgres::Error> {
+    let rows = client.query(
+        "SELECT id, body FROM cluster_pledges
+         WHERE NOT (node_id = $1 AND incarnation = $2) ORDER BY id",
+        &[&node, &incarnation],
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Takes the lead if it is free, and returns who leads: one statement that inserts the
@@ -92,6 +116,7 @@ pub fn watch(
 ) -> std::io::Result<Arc<Leader>> {
     let leader = Arc::new(Leader {
         node: AtomicU32::new(NONE),
+        inherited: std::sync::Mutex::default(),
     });
     let (info, seen) = (info.clone(), Arc::clone(&leader));
     std::thread::Builder::new()
@@ -126,6 +151,18 @@ pub fn watch(
                             );
                         }
                         if !led && now == node {
+                            // Before anyone here learns it leads: the takeover waited for
+                            // the predecessor's last commit, so its records are all there.
+                            match inherited(c, node, incarnation) {
+                                Ok(rows) => {
+                                    *seen.inherited.lock().unwrap_or_else(|p| p.into_inner()) = rows
+                                }
+                                Err(e) => {
+                                    log::warn!("cluster: cannot read the pledges to inherit: {e}");
+                                    client = None;
+                                    continue; // the next look tries again
+                                }
+                            }
                             log::info!("cluster: this node (node {node}) leads");
                         }
                         led = now == node;

@@ -87,6 +87,15 @@ const MIGRATIONS: &[&str] = &["
     );
 ", "
     CREATE SEQUENCE login_epoch;
+", "
+    CREATE TABLE cluster_pledges (
+        id BIGSERIAL PRIMARY KEY,
+        node_id BIGINT NOT NULL,
+        incarnation BIGINT NOT NULL,
+        written_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        body BYTEA NOT NULL
+    );
+    CREATE INDEX cluster_pledges_by_age ON cluster_pledges (node_id, incarnation, written_at);
 "];
 
 /// Brings the database to the newest schema (module docs).

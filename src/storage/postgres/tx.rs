@@ -8,7 +8,9 @@ use super::pending::Pending;
 use super::ConnInfo;
 use crate::message::{ChannelKey, Message};
 use crate::storage::admin::AdminWrite;
-use crate::storage::tx::{Batch, RecentMessage, Result, WriteStore, WriteTx};
+use crate::storage::tx::{
+    Batch, PledgeWrite, RecentMessage, Result, WriteStore, WriteTx, PLEDGE_KEEP_SECS,
+};
 use crate::storage::DbError;
 use postgres::types::ToSql;
 use postgres::{Client, Row, Statement, Transaction};
@@ -275,6 +277,24 @@ impl WriteTx for PgTx<'_, '_> {
 
     fn admin(&self, write: &AdminWrite) -> Result<()> {
         super::admin::apply(self, write)
+    }
+
+    fn cluster_pledges(&self, w: &PledgeWrite) -> Result<()> {
+        if let Some(record) = &w.record {
+            self.execute(
+                "INSERT INTO cluster_pledges (node_id, incarnation, body) VALUES ($1, $2, $3)",
+                &[&w.node, &w.incarnation, record],
+            )?;
+        }
+        if w.prune {
+            self.execute(
+                "DELETE FROM cluster_pledges WHERE (node_id = $1 AND incarnation = $2
+                     AND written_at < now() - make_interval(secs => $3))
+                     OR (NOT (node_id = $1 AND incarnation = $2) AND id <= $4)",
+                &[&w.node, &w.incarnation, &PLEDGE_KEEP_SECS, &w.inherited],
+            )?;
+        }
+        Ok(())
     }
 }
 
