@@ -208,6 +208,8 @@ fn healthy_args(args: &HostileArgs, phase: usize) -> ImArgs {
         tcp: args.tcp,
         servers: Vec::new(),
         http: args.http,
+        failover: false,
+        http_servers: Vec::new(),
         ws: None,
         encrypt: true,
         jsonrpc: false,

@@ -50,6 +50,18 @@ impl Seen {
         Arrival::New
     }
 
+    /// Records `counter` read back from history after a failover (`im/recover.rs`):
+    /// neither a duplicate nor a reorder. True when it had not arrived.
+    pub fn recover(&mut self, counter: u64) -> bool {
+        let (word, bit) = ((counter / 64) as usize, counter % 64);
+        if self.bits.len() <= word {
+            self.bits.resize(word + 1, 0);
+        }
+        let new = self.bits[word] & (1 << bit) == 0;
+        self.bits[word] |= 1 << bit;
+        new
+    }
+
     /// True when `counter` arrived.
     pub fn has(&self, counter: u64) -> bool {
         let (word, bit) = ((counter / 64) as usize, counter % 64);

@@ -13,6 +13,7 @@
 //! receiver that should have it (`ledger.rs`): lost, duplicated and reordered are reported
 //! apart, and a run that lost or duplicated anything fails (exit status 1).
 
+mod recover;
 mod worker;
 
 use crate::report::{self, Percentiles};
@@ -49,6 +50,16 @@ pub struct ImArgs {
     /// HTTP API address (groups are created through it).
     #[arg(long, default_value = "127.0.0.1:5001")]
     pub http: SocketAddr,
+    /// A connection whose server closes it or dies logs in on the next of `--servers`,
+    /// sends its unanswered SENDs again under their numbers (the server's dedupe answers
+    /// those it stored), and after the drain reads back from channel history what it may
+    /// have missed (`recover.rs`), so every acknowledged message is still accounted for.
+    #[arg(long, requires = "servers")]
+    pub failover: bool,
+    /// The HTTP API of each of `--servers`, in the same order: where `--failover` reads
+    /// history (the first that answers). Default: `--http`.
+    #[arg(long, value_delimiter = ',')]
+    pub http_servers: Vec<SocketAddr>,
     /// Use the WebSocket listener at this address instead of TCP (binary messages, masked,
     /// as the JS SDK sends them).
     #[arg(long)]
@@ -244,6 +255,10 @@ pub(crate) struct ImReport {
     pub(crate) reordered: u64,
     /// SENDs still without a SENDACK when the drain gave up.
     pub(crate) unanswered: u64,
+    /// Logins again on another server after a connection was lost (`--failover`).
+    failovers: u64,
+    /// Messages those connections had missed and read back from history.
+    recovered: u64,
     server_cpu_seconds: Option<f64>,
     deliveries_per_server_cpu_sec: Option<f64>,
     /// Per second of the measured window: [sends, deliveries].
@@ -270,6 +285,8 @@ const UNITS: &[(&str, &str)] = &[
     ("duplicated", "messages a receiver got more than once, whole run"),
     ("reordered", "messages a receiver got after a later one of the same sender, whole run"),
     ("unanswered", "SENDs with no SENDACK when the drain ended (10 s after the window at most): a stalled server; fails the run"),
+    ("failovers", "logins again on the next server after a connection was lost (--failover)"),
+    ("recovered", "acknowledged messages a connection that failed over had not received and read back from channel history after the drain (--failover); counted as received"),
     ("server_cpu_seconds", "user + system CPU seconds of the server during the measured window"),
     ("deliveries_per_server_cpu_sec", "deliveries / server_cpu_seconds"),
     ("timeline", "per 1-second slot of the measured window: [sends, deliveries]"),
@@ -443,10 +460,15 @@ fn run(
             })
         })
         .collect();
+    let recovered = if args.failover {
+        recover::recover(args, &plans, &mut t.received)?
+    } else {
+        0
+    };
     let receivers: Vec<crate::ledger::Receiver<'_>> = t
         .received
         .iter()
-        .filter_map(|(global, seen)| {
+        .filter_map(|(global, seen, _)| {
             let p = plans.get(*global)?;
             Some(crate::ledger::Receiver {
                 uid: &p.uid,
@@ -485,12 +507,14 @@ fn run(
         duplicated: t.duplicated,
         reordered: t.reordered,
         unanswered: t.unanswered,
+        failovers: t.failovers,
+        recovered,
         server_cpu_seconds: server_cpu,
         deliveries_per_server_cpu_sec: server_cpu.map(|c| t.deliveries as f64 / c.max(1e-9)),
         timeline: t.timeline.clone(),
     };
     println!(
-        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} unanswered={} server_cpu={:.2}s{}",
+        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} unanswered={} failovers={} recovered={} server_cpu={:.2}s{}",
         report.scenario,
         report.transport,
         report.connections,
@@ -506,6 +530,8 @@ fn run(
         report.duplicated,
         report.reordered,
         report.unanswered,
+        report.failovers,
+        report.recovered,
         report.server_cpu_seconds.unwrap_or(f64::NAN),
         report.client_send_lag.map_or(String::new(), |l| format!(
             " client lag p50={}us p99={}us",

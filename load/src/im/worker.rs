@@ -23,16 +23,31 @@ struct Conn {
     logged_in: bool,
     /// Speaks JSON-RPC (`--jsonrpc`, `jsonrpc.rs`) instead of binary frames.
     jsonrpc: bool,
-    /// (client_seq, send time, counter) of SENDs in flight, oldest first. SENDACKs mostly
-    /// come back in order, but a refusal (a rate limit) is answered before the accepted
-    /// SENDs ahead of it are stored, so they are matched by client_seq.
-    in_flight: VecDeque<(u32, Instant, u64)>,
+    /// SENDs in flight, oldest first. SENDACKs mostly come back in order, but a refusal (a
+    /// rate limit) is answered before the accepted SENDs ahead of it are stored, so they
+    /// are matched by client_seq.
+    in_flight: VecDeque<InFlight>,
+    /// Index of its server in `--servers` (0 without).
+    server: usize,
+    /// Times it logged in again on another server (`--failover`).
+    reconnects: u32,
     /// Paced mode: when the next SEND is due.
     next_send_at: Instant,
     next_counter: u64,
     client_seq: u32,
     /// Per sender: the counters received (`ledger.rs`).
     seen: HashMap<usize, crate::ledger::Seen>,
+}
+
+/// A SEND waiting for its SENDACK.
+struct InFlight {
+    client_seq: u32,
+    /// Its scheduled time (paced) or encoding time: what latencies are measured from.
+    stamp: Instant,
+    /// Its counter in the payload (`ledger.rs`).
+    counter: u64,
+    /// The payload before encryption: sent again as is after a failover.
+    plain: Bytes,
 }
 
 impl Conn {
@@ -64,8 +79,11 @@ pub(super) struct WorkerResult {
     pub(super) refused: u64,
     /// (sender, counter) of each SEND the server acknowledged, whenever in the run.
     pub(super) acked: Vec<(usize, u64)>,
-    /// (plan index, what it received) of every connection, after the drain.
-    pub(super) received: Vec<(usize, HashMap<usize, crate::ledger::Seen>)>,
+    /// (plan index, what it received, whether it ever logged in again elsewhere) of every
+    /// connection, after the drain.
+    pub(super) received: Vec<(usize, HashMap<usize, crate::ledger::Seen>, bool)>,
+    /// Logins again after a connection was lost (`--failover`).
+    pub(super) failovers: u64,
     pub(super) duplicated: u64,
     pub(super) reordered: u64,
     pub(super) unanswered: u64,
@@ -85,6 +103,7 @@ impl WorkerResult {
             refused: 0,
             acked: Vec::new(),
             received: Vec::new(),
+            failovers: 0,
             duplicated: 0,
             reordered: 0,
             unanswered: 0,
@@ -102,6 +121,7 @@ impl WorkerResult {
         self.refused += other.refused;
         self.acked.extend(other.acked);
         self.received.extend(other.received);
+        self.failovers += other.failovers;
         self.duplicated += other.duplicated;
         self.reordered += other.reordered;
         self.unanswered += other.unanswered;
@@ -143,20 +163,9 @@ pub(super) fn worker(
     };
     let start = Instant::now();
     for (i, (global, plan)) in plans.into_iter().enumerate() {
-        let server = match (args.ws, args.servers.len()) {
-            (Some(ws), _) => ws,
-            (None, 0) => args.tcp,
-            (None, n) => args.servers[global % n],
-        };
-        let source = source_of(global, args.sources);
-        let stream = crate::transport::Transport::new(
-            crate::connect_registered(&poll, server, Token(i), Some(source))?,
-            server,
-            tls.as_ref(),
-        )?;
-        let secret = random_secret().map_err(io::Error::other)?;
+        let server = global % args.servers.len().max(1);
         let mut c = Conn {
-            stream,
+            stream: dial(args, &poll, server, global, Token(i), tls.as_ref())?,
             plan,
             global,
             framing: Framing::new(args.ws.is_some(), global as u32),
@@ -165,32 +174,19 @@ pub(super) fn worker(
             output: BytesMut::new(),
             scratch: BytesMut::new(),
             cipher: None,
-            secret,
+            secret: [0; 32],
             version: 5,
             logged_in: false,
             jsonrpc: args.jsonrpc,
             in_flight: VecDeque::new(),
+            server,
+            reconnects: 0,
             next_send_at: start,
             next_counter: 1,
             client_seq: 1,
             seen: HashMap::new(),
         };
-        c.framing.start(server, &mut c.output);
-        let connect = Packet::Connect(ConnectPacket {
-            version: 5,
-            device_flag: 0,
-            device_id: format!("load-{}", c.plan.uid),
-            uid: c.plan.uid.clone(),
-            token: "load".into(),
-            client_timestamp: 0,
-            client_key: if args.encrypt {
-                public_key_b64(secret)
-            } else {
-                String::new()
-            },
-        });
-        c.queue(&connect)?;
-        flush(&mut c)?;
+        login(&mut c, args)?;
         conns.push(c);
     }
     let mut r = WorkerResult::new();
@@ -220,7 +216,7 @@ pub(super) fn worker(
                     c.next_send_at = now + Duration::from_secs_f64(spread);
                 }
                 top_up(c, args, now, None)?;
-                flush(c)?;
+                flush_unless_failing_over(c, args)?;
             }
         }
         if let Some((_, until)) = measure {
@@ -253,21 +249,41 @@ pub(super) fn worker(
                 continue;
             }
             let c = &mut conns[event.token().0];
-            if event.is_readable() {
-                if crate::wire::read_available(&mut c.stream, &mut buf, &mut c.raw)? {
-                    // The last bytes may say why (a refusing CONNACK).
-                    handle_input(c, args, now, None, logged_in, &mut r)?;
-                    return Err(io::Error::other(format!(
-                        "{} closed by the server",
-                        c.plan.uid
-                    )));
-                }
-                handle_input(c, args, now, window, logged_in, &mut r)?;
-                if started.is_some() && !paced && !draining {
-                    top_up(c, args, now, None)?;
+            // Lost: the server closed it or died; with `--failover` it logs in elsewhere.
+            let mut lost = false;
+            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                match crate::wire::read_available(&mut c.stream, &mut buf, &mut c.raw) {
+                    Ok(false) => {
+                        handle_input(c, args, now, window, logged_in, &mut r)?;
+                        if started.is_some() && !paced && !draining {
+                            top_up(c, args, now, None)?;
+                        }
+                    }
+                    Ok(true) => {
+                        // The last bytes may say why (a refusing CONNACK).
+                        handle_input(c, args, now, None, logged_in, &mut r)?;
+                        if !args.failover {
+                            return Err(io::Error::other(format!(
+                                "{} closed by the server",
+                                c.plan.uid
+                            )));
+                        }
+                        lost = true;
+                    }
+                    Err(_) if args.failover => lost = true,
+                    Err(e) => return Err(e),
                 }
             }
-            flush(c)?;
+            if !lost {
+                match flush(c) {
+                    Ok(()) => {}
+                    Err(_) if args.failover => lost = true,
+                    Err(e) => return Err(e),
+                }
+            }
+            if lost {
+                fail_over(c, &poll, args, event.token(), tls.as_ref())?;
+            }
         }
         if paced && started.is_some() && !draining {
             let now = Instant::now();
@@ -276,7 +292,7 @@ pub(super) fn worker(
             for c in &mut conns {
                 if c.next_send_at <= now {
                     top_up(c, args, now, measuring.then_some(&mut r.send_lag))?;
-                    flush(c)?;
+                    flush_unless_failing_over(c, args)?;
                 }
                 // A sender with a full window waits for a SENDACK, which wakes the poll.
                 if c.plan.sender_index.is_some() && c.logged_in && c.in_flight.len() < args.window {
@@ -288,7 +304,10 @@ pub(super) fn worker(
         }
     }
     r.unanswered = conns.iter().map(|c| c.in_flight.len() as u64).sum();
-    r.received = conns.into_iter().map(|c| (c.global, c.seen)).collect();
+    r.received = conns
+        .into_iter()
+        .map(|c| (c.global, c.seen, c.reconnects > 0))
+        .collect();
     Ok(r)
 }
 
@@ -326,24 +345,29 @@ fn handle_input(
                     );
                 }
                 c.logged_in = true;
-                logged_in.fetch_add(1, Ordering::AcqRel);
+                if c.reconnects == 0 {
+                    logged_in.fetch_add(1, Ordering::AcqRel);
+                } else {
+                    r.failovers += 1;
+                    resend(c)?;
+                }
             }
             Packet::Sendack(ack) => {
                 let sent = c
                     .in_flight
                     .iter()
-                    .position(|f| f.0 == ack.client_seq)
+                    .position(|f| f.client_seq == ack.client_seq)
                     .and_then(|i| c.in_flight.remove(i));
                 if ack.reason_code != 1 {
                     r.refused += 1; // Never accepted, so never owed.
                 } else {
-                    if let (Some(sender), Some((_, _, counter))) = (c.plan.sender_index, sent) {
-                        r.acked.push((sender, counter));
+                    if let (Some(sender), Some(f)) = (c.plan.sender_index, &sent) {
+                        r.acked.push((sender, f.counter));
                     }
-                    if let (Some(from), Some((_, sent, _))) = (window, sent) {
+                    if let (Some(from), Some(f)) = (window, &sent) {
                         r.sends += 1;
                         r.tick(from, now, 0);
-                        report::record(&mut r.sendack, now.saturating_duration_since(sent));
+                        report::record(&mut r.sendack, now.saturating_duration_since(f.stamp));
                     }
                 }
             }
@@ -427,34 +451,15 @@ fn top_up(
         plain[0..8].copy_from_slice(&nanos_since_epoch(stamp).to_be_bytes());
         plain[8..16].copy_from_slice(&(sender as u64).to_be_bytes());
         plain[16..24].copy_from_slice(&c.next_counter.to_be_bytes());
-        c.next_counter += 1;
-        let client_msg_no = format!("{}-{}", c.plan.uid, c.client_seq);
-        let (payload, msg_key) = match &c.cipher {
-            Some(cipher) => {
-                let wire = cipher.encrypt_b64(&plain);
-                let key = cipher.send_msg_key(
-                    c.client_seq,
-                    &client_msg_no,
-                    &target,
-                    channel_type,
-                    wire.as_bytes(),
-                );
-                (Bytes::from(wire.into_bytes()), key)
-            }
-            None => (Bytes::from(plain), String::new()),
-        };
-        c.queue(&Packet::Send(SendPacket {
-            flags: Flags(Flags::RED_DOT),
+        let plain = Bytes::from(plain);
+        send_packet(c, &target, channel_type, c.client_seq, &plain)?;
+        c.in_flight.push_back(InFlight {
             client_seq: c.client_seq,
-            client_msg_no,
-            channel_id: target.clone(),
-            channel_type,
-            msg_key,
-            payload,
-            ..Default::default()
-        }))?;
-        c.in_flight
-            .push_back((c.client_seq, stamp, c.next_counter - 1));
+            stamp,
+            counter: c.next_counter,
+            plain,
+        });
+        c.next_counter += 1;
         c.client_seq += 1;
     }
     Ok(())
@@ -462,4 +467,154 @@ fn top_up(
 
 fn flush(c: &mut Conn) -> io::Result<()> {
     crate::wire::write_pending(&mut c.stream, &mut c.output)
+}
+
+/// [`flush`]; with `--failover` a failed write is left to the read event that follows a
+/// lost connection, which fails it over.
+fn flush_unless_failing_over(c: &mut Conn, args: &ImArgs) -> io::Result<()> {
+    match flush(c) {
+        Err(_) if args.failover => Ok(()),
+        other => other,
+    }
+}
+
+/// The address of server `server` (its index in `--servers`).
+fn server_addr(args: &ImArgs, server: usize) -> SocketAddr {
+    match (args.ws, args.servers.len()) {
+        (Some(ws), _) => ws,
+        (None, 0) => args.tcp,
+        (None, n) => args.servers[server % n],
+    }
+}
+
+/// Connects connection `global` to server `server`, registered under `token`.
+fn dial(
+    args: &ImArgs,
+    poll: &Poll,
+    server: usize,
+    global: usize,
+    token: Token,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> io::Result<crate::transport::Transport> {
+    let addr = server_addr(args, server);
+    let socket =
+        crate::connect_registered(poll, addr, token, Some(source_of(global, args.sources)))?;
+    crate::transport::Transport::new(socket, addr, tls)
+}
+
+/// Starts a login on `c`'s new stream: the WebSocket upgrade if any, and CONNECT with a
+/// fresh key.
+fn login(c: &mut Conn, args: &ImArgs) -> io::Result<()> {
+    c.framing = Framing::new(args.ws.is_some(), c.global as u32);
+    c.raw.clear();
+    c.input.clear();
+    c.output.clear();
+    c.cipher = None;
+    c.logged_in = false;
+    c.secret = random_secret().map_err(io::Error::other)?;
+    c.framing.start(server_addr(args, c.server), &mut c.output);
+    let connect = Packet::Connect(ConnectPacket {
+        version: 5,
+        device_flag: 0,
+        device_id: format!("load-{}", c.plan.uid),
+        uid: c.plan.uid.clone(),
+        token: "load".into(),
+        client_timestamp: 0,
+        client_key: if args.encrypt {
+            public_key_b64(c.secret)
+        } else {
+            String::new()
+        },
+    });
+    c.queue(&connect)?;
+    flush(c)
+}
+
+/// How long a connection may try the servers in turn after losing its own.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
+
+/// `c` lost its server (`--failover`): it logs in on the next one that takes the
+/// connection, trying each in turn for [`FAILOVER_LIMIT`]; its SENDs in flight go again
+/// once it is in ([`resend`]). The connects block this worker meanwhile (a refused one
+/// on loopback returns at once).
+fn fail_over(
+    c: &mut Conn,
+    poll: &Poll,
+    args: &ImArgs,
+    token: Token,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> io::Result<()> {
+    let _ = poll.registry().deregister(c.stream.socket());
+    let deadline = Instant::now() + FAILOVER_LIMIT;
+    loop {
+        c.server = (c.server + 1) % args.servers.len().max(1);
+        match dial(args, poll, c.server, c.global, token, tls) {
+            Ok(stream) => {
+                c.stream = stream;
+                match login(c, args) {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.reconnects += 1;
+    Ok(())
+}
+
+/// After a failover's CONNACK: the SENDs that had no SENDACK go again under their own
+/// numbers, so a server that stored one answers from its dedupe window (same id and seq)
+/// instead of storing it twice.
+fn resend(c: &mut Conn) -> io::Result<()> {
+    let Some((target, channel_type)) = c.plan.target.clone() else {
+        return Ok(());
+    };
+    let again: Vec<(u32, Bytes)> = c
+        .in_flight
+        .iter()
+        .map(|f| (f.client_seq, f.plain.clone()))
+        .collect();
+    for (client_seq, plain) in again {
+        send_packet(c, &target, channel_type, client_seq, &plain)?;
+    }
+    Ok(())
+}
+
+/// Queues SEND number `client_seq` of `plain` to `target`, encrypted when the session is.
+fn send_packet(
+    c: &mut Conn,
+    target: &str,
+    channel_type: u8,
+    client_seq: u32,
+    plain: &[u8],
+) -> io::Result<()> {
+    let client_msg_no = format!("{}-{}", c.plan.uid, client_seq);
+    let (payload, msg_key) = match &c.cipher {
+        Some(cipher) => {
+            let wire = cipher.encrypt_b64(plain);
+            let key = cipher.send_msg_key(
+                client_seq,
+                &client_msg_no,
+                target,
+                channel_type,
+                wire.as_bytes(),
+            );
+            (Bytes::from(wire.into_bytes()), key)
+        }
+        None => (Bytes::copy_from_slice(plain), String::new()),
+    };
+    c.queue(&Packet::Send(SendPacket {
+        flags: Flags(Flags::RED_DOT),
+        client_seq,
+        client_msg_no,
+        channel_id: target.to_owned(),
+        channel_type,
+        msg_key,
+        payload,
+        ..Default::default()
+    }))
 }
