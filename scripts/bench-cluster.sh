@@ -44,7 +44,9 @@ for _ in 1 2 3 4 5; do
   kill "$nats_pid" 2>/dev/null || true
 done
 (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null || { echo "nats-server did not start; see $out/nats.log" >&2; exit 1; }
-flags="--no-encryption --no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0"
+# Encryption is off unless a row's load encrypts (`--encrypt`: the SDKs' own path).
+base_flags="--no-token-auth --max-conns-per-ip 0 --max-sends-per-sec 0 --max-send-bytes-per-sec 0 --max-logins-per-sec-per-ip 0 --max-logins-per-sec-per-uid 0"
+flags="--no-encryption $base_flags"
 
 # start_nodes NAME N: N nodes on a fresh database (N = 1: no NATS, a plain single node);
 # sets $servers (their TCP addresses), $http (the first node's API) and $pids.
@@ -110,6 +112,10 @@ kill_one() {
 run() { # nodes name load-args...
   local n=$1 name=$2; shift 2
   if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then return 0; fi
+  case " $* " in
+    *" --encrypt "*) flags=$base_flags ;;
+    *) flags="--no-encryption $base_flags" ;;
+  esac
   start_nodes "$name-$n" "$n" || exit 1
   # @apis stands for the nodes' HTTP addresses, known once they run.
   local args=() a
@@ -143,6 +149,7 @@ print("%-14s %5s %12.0f %10.0f %10d %10d %6d %9d %9d" % (sys.argv[2], sys.argv[3
 printf "%-14s %5s %12s %10s %10s %10s %6s %9s %9s\n" workload nodes deliveries/s sends/s \
   "ack p99us" "dlv p99us" lost failovers recovered | tee "$out/summary.txt"
 for spec in "person-1000|person --pairs 1000 --window 8" \
+            "person-1000-enc|person --pairs 1000 --window 8 --encrypt" \
             "group-1x1000|group --groups 1 --members 1000 --senders 1 --window 32" \
             "group-100x10|group --groups 100 --members 10 --senders 1 --window 8"; do
   name=${spec%%|*}; args=${spec#*|}
