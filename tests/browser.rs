@@ -160,7 +160,7 @@ fn behind_a_manager_token_the_console_asks_for_it_once_and_every_tab_works() {
         shots().display().to_string(),
     ];
     let seen = run_script(&dir, &chromium, &args, |_| {});
-    for step in ["asked", "users", "channels", "connections"] {
+    for step in ["asked", "users", "channels", "connections", "nodes"] {
         assert!(
             seen.iter().any(|v| v["event"] == step),
             "{step} missing: {seen:?}"

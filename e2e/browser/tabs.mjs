@@ -1,5 +1,5 @@
 // The console behind a manager token, every tab, in headless Chromium: it asks for the
-// token once, then the Users, Channels and Connections tabs work with it. Prints one JSON
+// token once, then the Users, Channels, Connections and Nodes tabs work with it. Prints one JSON
 // line per step for tests/browser.rs.
 //
 //   node tabs.mjs <http-base-url> <manager-token> <screenshot-dir>
@@ -61,5 +61,12 @@ await run(browser, errors, async () => {
   await until('the connections table loads', async () => (await page.textContent('#connz-total')).includes('none here (0 in all)'));
   if (!(await noError())) throw new Error(await page.textContent('#api-error'));
   out({ event: 'connections' });
+
+  await page.click('nav button[data-tab=nodes]');
+  await until('the nodes table shows this node', async () =>
+    (await page.textContent('#nodes-info')) === 'a single node (no cluster)'
+      && (await page.textContent('#nodes-rows')).includes('single'));
+  if (!(await noError())) throw new Error(await page.textContent('#api-error'));
+  out({ event: 'nodes' });
 
 });

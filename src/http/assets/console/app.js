@@ -23,6 +23,7 @@ for (const b of document.querySelectorAll('nav button')) {
     for (const o of document.querySelectorAll('nav button')) o.classList.toggle('on', o === b);
     for (const s of document.querySelectorAll('section')) s.classList.toggle('on', s.id === b.dataset.tab);
     if (b.dataset.tab === 'connections') loadConnz();
+    if (b.dataset.tab === 'nodes') loadNodes();
   });
 }
 // ---- overview: /varz every second, rates from the difference of two samples ----
@@ -234,3 +235,22 @@ $('send-form').addEventListener('submit', async (ev) => {
     await loadChannel();
   } catch (e) { $('send-result').textContent = e.message; $('send-result').className = 'error'; }
 });
+
+// ---- nodes: /cluster/nodes, refreshed every second while the tab is open ----
+async function loadNodes() {
+  let r;
+  try {
+    r = await api('GET', '/cluster/nodes');
+  } catch (e) { showError(e); return; }
+  $('nodes-info').textContent = r.cluster
+    ? `cluster ${r.name} · this is node ${r.node} · ${r.leader ? `node ${r.leader} leads` : 'no leader'}` +
+      ` · NATS ${r.nats_connected ? 'connected' : 'away'}`
+    : 'a single node (no cluster)';
+  $('nodes-rows').replaceChildren(...r.nodes.map((n) => el('tr', {},
+    el('td', {}, n.node),
+    el('td', {}, !r.cluster ? 'single' : n.node === r.leader ? 'leader' : 'follower'),
+    el('td', {}, n.tcp_addr), el('td', {}, n.ws_addr), el('td', {}, n.connections),
+    el('td', {}, n.batches ?? '–'),
+    el('td', {}, n.seen ? `${n.seen[2]} of node ${n.seen[0]}'s` : '–'))));
+}
+setInterval(() => { if ($('nodes').classList.contains('on')) loadNodes(); }, 1000);
