@@ -482,9 +482,15 @@ fn join_cluster(
             Renewal::Skip
         }
     }));
-    let (s, reader) = (Arc::clone(shared), store.open_reader()?);
+    // A second reader for the thread that writes inherited pledges, should this node come
+    // to lead (`cluster/inherit.rs`): a node takes the lead once in its life at most.
+    let (s, reader, spare) = (
+        Arc::clone(shared),
+        store.open_reader()?,
+        store.open_reader()?,
+    );
     spawn(threads, "ruyi-relay".into(), move || {
-        crate::cluster::inbound::run(s, inbound, reader)
+        crate::cluster::inbound::run(s, inbound, reader, spare)
     })?;
     Ok(())
 }

@@ -63,6 +63,14 @@ fn a_second_server_with_a_live_node_id_is_refused_and_a_released_one_is_reused()
         "a released node id took {:?}",
         at.elapsed()
     );
+    // Released by expiring its lease, not deleting it: the next claim is a new incarnation,
+    // so (node, incarnation) names one process for good (`cluster/inherit.rs`).
+    let mut db = postgres::Client::connect(&store, postgres::NoTls).unwrap();
+    let incarnation: i64 = db
+        .query_one("SELECT incarnation FROM node_lease WHERE node_id = 7", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(incarnation, 2, "a clean restart reused its incarnation");
     drop((again, other));
 }
 

@@ -108,7 +108,13 @@ impl Stream {
 }
 
 /// Runs until the server stops (module docs).
-pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: Reader) {
+pub fn run(
+    shared: SharedRef,
+    rx: crossbeam_channel::Receiver<Inbound>,
+    reader: Reader,
+    spare: Reader,
+) {
+    let mut spare = Some(spare);
     let Some(cluster) = shared.cluster.get() else {
         return;
     };
@@ -173,7 +179,9 @@ pub fn run(shared: SharedRef, rx: crossbeam_channel::Receiver<Inbound>, reader: 
             if leads && !led {
                 took_the_lead(&shared, &reader);
                 let rows = cluster.leader.take_inherited();
-                super::inherit::inherit(&shared, cluster, &reader, rows);
+                if let Some(spare) = spare.take() {
+                    super::inherit::take_over(&shared, spare, rows);
+                }
             }
             led = leads;
             if leads {

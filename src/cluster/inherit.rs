@@ -12,34 +12,39 @@
 //! # How
 //! - **Durable.** Each commit that reserves such seqs writes, in its own transaction, one
 //!   [`PledgeRecord`] row in `cluster_pledges`: per message, the batch that carries it,
-//!   the node, and the recipients (`Lead::pledge_write`). A record outlives its pledges in
-//!   memory: the leader deletes its own after [`PLEDGE_KEEP_SECS`], when each node has
-//!   long reported its batches or counted as dead.
+//!   the node, and the recipients (`Lead::pledge_write`). The leader deletes its own rows
+//!   once no pledge of theirs is left in its memory and they are `PLEDGE_KEEP_SECS` old
+//!   (a margin for the requeues it wrote itself to commit).
 //! - **Reports.** Every node keeps, from the heartbeats, what each node said it handled of
-//!   each recent leader's batches, and whether it lost any meanwhile ([`Reports`]).
+//!   each recent leader's batches, and whether it lost any since its first report of that
+//!   leader ([`Reports`]). A (node, incarnation) names one process for good: a clean stop
+//!   expires its lease instead of deleting it, so the next claim counts on.
 //! - **Taking over.** The node that takes the lead reads every other leader's records
 //!   before it says it leads (`storage/postgres/leader.rs`: the takeover waited for the
-//!   predecessor's last commit, so all of them are there). For each pledged message and
-//!   node, unless that node is live in the incarnation that reported and reported this
-//!   batch handled with none lost, the message goes to each recipient's queue ([`inherit`]):
-//!   a requeue at the end of the queue, as any requeue of a message an earlier leader
-//!   planned goes (`lead.rs`). Its records go a [`PLEDGE_KEEP_SECS`] later, once those
-//!   requeues had time to commit.
+//!   predecessor's last commit, so all of them are there). On a thread of its own, once
+//!   it has heard a few heartbeats, it writes each pledged message to each recipient's
+//!   queue unless its node reported that batch handled with none lost (a node that
+//!   handled a batch took it over: what its devices missed it requeued itself). The
+//!   requeues go at the end of the queue, as any requeue of a message an earlier leader
+//!   planned (`lead.rs`), so newer messages may be ahead of them. Each record is deleted in
+//!   the savepoint that writes its requeues (`LaneJob::Inherit`): it goes only with them.
 //!
 //! # What it costs, and what it does not cover
 //! One row per commit that reserved seqs on other nodes (the recipients' uids, about what
-//! the commit's batches carry of them), and a pruning `DELETE` every few seconds; nothing
-//! on a single node. Erring towards writing: a node that handled a batch after its last
-//! report gets the entry as well, and `/message/sync` offers that message once more
-//! (the writer keeps a message in a user's queue at most once). Not covered: a gap a node
-//! saw before its first report of a leader; the leader's own devices' reservations, which
-//! die with it as on a single node (RELIABILITY.md).
+//! the commit's batches carry of them) and a pruning `DELETE` every few seconds; nothing
+//! on a single node. Rows are read at the takeover all at once: as many as the pledges the
+//! dead leader held (at most `MAX_PLEDGES` per node) plus 15 seconds' worth. Erring towards
+//! writing: a node whose last report was older than its last batches, or that lost one,
+//! gets the entries again, and `/message/sync` offers those messages once more (the writer
+//! keeps a message in a user's queue at most once, but not after the user's syncack).
+//! Not covered: a gap a node saw before its first report of a leader; the leader's own
+//! devices' reservations, which die with it as on a single node (RELIABILITY.md); a
+//! requeue the leader wrote itself that keeps failing for longer than the margin.
 
 use super::wire::{self, PledgeRecord};
 use super::Cluster;
 use crate::message::Message;
 use crate::shared::Shared;
-use crate::storage::tx::PLEDGE_KEEP_SECS;
 use crate::storage::writer::{Job, LaneJob};
 use crate::storage::Reader;
 use std::collections::{HashMap, VecDeque};
@@ -95,8 +100,9 @@ impl Reports {
         let key = (leader, leader_incarnation);
         match n.leaders.iter_mut().find(|r| r.leader == key) {
             Some(r) => {
+                // Heartbeats may arrive out of order: neither count goes back.
                 r.upto = r.upto.max(upto);
-                r.gaps = gaps;
+                r.gaps = r.gaps.max(gaps);
             }
             None => {
                 n.leaders.push_back(Report {
@@ -112,152 +118,171 @@ impl Reports {
         }
     }
 
-    /// The highest batch of `leader` that node `node`, in incarnation `incarnation`,
-    /// reported handled with none of that leader's lost on the way.
-    pub fn handled(&self, node: u16, incarnation: i64, leader: (u16, i64)) -> Option<u64> {
+    /// The highest batch of `leader` that node `node` (in the incarnation it last reported
+    /// from, live or not) reported handled with none of that leader's lost on the way.
+    pub fn handled(&self, node: u16, leader: (u16, i64)) -> Option<u64> {
         let nodes = self.lock();
-        let n = nodes.get(&node).filter(|n| n.incarnation == incarnation)?;
-        let r = n.leaders.iter().find(|r| r.leader == leader)?;
+        let r = nodes
+            .get(&node)?
+            .leaders
+            .iter()
+            .find(|r| r.leader == leader)?;
         (r.gaps == r.first_gaps).then_some(r.upto)
     }
 }
 
-/// When the leader prunes its records, and which inherited ones may go.
+/// When the leader prunes its records.
 #[derive(Debug)]
 pub struct Records {
-    state: Mutex<RecordsState>,
-}
-
-#[derive(Debug)]
-struct RecordsState {
-    pruned: Instant,
-    /// The highest inherited record id, and when its requeues were handed to the writer.
-    inherited: Option<(i64, Instant)>,
+    pruned: Mutex<Instant>,
 }
 
 impl Default for Records {
     fn default() -> Self {
         Records {
-            state: Mutex::new(RecordsState {
-                pruned: Instant::now(),
-                inherited: None,
-            }),
+            pruned: Mutex::new(Instant::now()),
         }
     }
 }
 
 impl Records {
-    fn lock(&self) -> std::sync::MutexGuard<'_, RecordsState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether to prune now, and the inherited records that may go with it (module docs).
-    pub fn due(&self) -> (bool, i64) {
-        let mut state = self.lock();
-        if state.pruned.elapsed() < PRUNE_EVERY {
-            return (false, 0);
+    /// Whether to prune now (every [`PRUNE_EVERY`]).
+    pub fn due(&self) -> bool {
+        let mut pruned = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+        if pruned.elapsed() < PRUNE_EVERY {
+            return false;
         }
-        state.pruned = Instant::now();
-        let keep = Duration::from_secs_f64(PLEDGE_KEEP_SECS);
-        let inherited = state
-            .inherited
-            .filter(|(_, at)| at.elapsed() >= keep)
-            .map_or(0, |(id, _)| id);
-        (true, inherited)
-    }
-
-    fn inherited(&self, id: i64) {
-        let mut state = self.lock();
-        let highest = state.inherited.map_or(id, |(old, _)| old.max(id));
-        state.inherited = Some((highest, Instant::now()));
+        *pruned = Instant::now();
+        true
     }
 }
 
-/// This node took the lead: writes the pledges in `rows` (other incarnations' records, as
-/// (id, body)) that no node reported handling (module docs). On the relay's thread, which
-/// may read storage.
-pub fn inherit(shared: &Shared, cluster: &Cluster, reader: &Reader, rows: Vec<(i64, Vec<u8>)>) {
+/// This node took the lead: writes, on a thread of its own, the pledges in `rows` (other
+/// leaders' records, as (id, body)) that no node reported handling (module docs).
+pub fn take_over(shared: &Arc<Shared>, reader: Reader, rows: Vec<(i64, Vec<u8>)>) {
     if rows.is_empty() {
         return;
     }
-    let live: HashMap<u16, i64> = cluster
-        .members
-        .live()
-        .iter()
-        .map(|n| (n.node, n.incarnation))
-        .collect();
-    let mut messages: HashMap<i64, Option<Arc<Message>>> = HashMap::new();
-    let (mut written, mut handled, mut gone, mut highest) = (0usize, 0usize, 0usize, 0);
+    let shared = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name("ruyi-inherit".into())
+        .spawn(move || {
+            if let Some(cluster) = shared.cluster.get() {
+                inherit(&shared, cluster, &reader, rows);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cluster: cannot start the thread that writes inherited pledges: {e}");
+    }
+}
+
+/// [`take_over`]'s work. Waits until this process has heard a few heartbeats (a node that
+/// just restarted knows no one's reports yet, and would write everything).
+fn inherit(shared: &Shared, cluster: &Cluster, reader: &Reader, rows: Vec<(i64, Vec<u8>)>) {
+    if let Some(wait) = WARM_UP.checked_sub(shared.started.elapsed()) {
+        std::thread::sleep(wait);
+    }
+    let deadline = Instant::now() + READ_FOR;
+    let mut messages: HashMap<i64, Result<Option<Arc<Message>>, ()>> = HashMap::new();
+    let (mut written, mut handled, mut gone, mut kept) = (0usize, 0usize, 0usize, 0usize);
     for (id, body) in rows {
-        highest = highest.max(id);
         let Some(record) = wire::decode::<PledgeRecord>(&body) else {
-            log::error!("cluster: pledge record {id} does not decode; skipped");
+            log::error!("cluster: pledge record {id} does not decode; left alone");
             continue;
         };
         let leader = (record.leader, record.incarnation);
+        let mut requeues = Vec::new();
+        let mut unreadable = false;
         for item in record.items {
-            let reported = live.get(&item.node).and_then(|&incarnation| {
-                cluster.lead.reports.handled(item.node, incarnation, leader)
-            });
-            if reported.is_some_and(|upto| upto >= item.batch) {
+            // A node that reported the batch handled took it over: what its devices then
+            // missed it requeued itself, through whoever led (`relay.rs`).
+            if cluster
+                .lead
+                .reports
+                .handled(item.node, leader)
+                .is_some_and(|upto| upto >= item.batch)
+            {
                 handled += item.uids.len();
                 continue;
             }
             let message = messages
                 .entry(item.message_id)
-                .or_insert_with(|| read(reader, &item))
+                .or_insert_with(|| read(reader, &item, deadline))
                 .clone();
-            let Some(message) = message else {
-                gone += item.uids.len(); // its channel was deleted since
-                continue;
+            let message = match message {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    gone += item.uids.len(); // its channel was deleted since
+                    continue;
+                }
+                Err(()) => {
+                    unreadable = true;
+                    continue;
+                }
             };
-            for uid in item.uids {
-                // Reserved 0: what clients were shown of this queue lived in the
-                // predecessor's memory (`lead.rs`, `on_lane`).
+            written += item.uids.len();
+            requeues.extend(item.uids.into_iter().map(|uid| (uid, Arc::clone(&message))));
+        }
+        if unreadable {
+            // Kept for the next leader to try: what could be read is written now.
+            kept += 1;
+            for (uid, message) in requeues {
                 let job = LaneJob::Requeue {
                     uid,
-                    message: Arc::clone(&message),
+                    message,
                     reserved: 0,
                 };
                 let _ = shared.writer.send_lane(Job::Lane(job)); // never refused
-                written += 1;
             }
+            continue;
         }
+        // The record goes with its requeues, in one savepoint (`storage/writer.rs`).
+        let job = LaneJob::Inherit { row: id, requeues };
+        let _ = shared.writer.send_lane(Job::Lane(job)); // never refused
     }
-    cluster.lead.records.inherited(highest);
     log::warn!(
-        "cluster: took over the previous leaders' pledges: {written} queue entries written, \
-         {handled} reported handled, {gone} for messages no longer stored"
+        "cluster: took over the previous leaders' pledges: {written} queue entries to write, \
+         {handled} reported handled, {gone} for messages no longer stored; {kept} records \
+         kept for a store that failed to read them"
     );
 }
 
-/// The stored message a pledge names, if it is still there. A store that fails is asked
-/// again for a few seconds: what cannot be read then is logged as lost.
-fn read(reader: &Reader, item: &wire::PledgedMessage) -> Option<Arc<Message>> {
+/// A node restarted this recently has not heard every node's report yet.
+const WARM_UP: Duration = Duration::from_millis(2500);
+
+/// How long the reads of inherited messages may keep retrying a failing store, in all.
+const READ_FOR: Duration = Duration::from_secs(30);
+
+/// The stored message a pledge names, `None` if it is no longer stored. A store that
+/// fails is asked again until `deadline`, then `Err`.
+fn read(
+    reader: &Reader,
+    item: &wire::PledgedMessage,
+    deadline: Instant,
+) -> Result<Option<Arc<Message>>, ()> {
     let (low, key) = (item.seq.saturating_sub(1), item.channel());
-    let mut tries = 0;
-    let found = loop {
+    loop {
         match reader.channel_messages(&key, low, item.seq, 1, false) {
-            Ok(found) => break found?,
-            Err(e) if tries < 20 => {
-                tries += 1;
+            Ok(found) => {
+                return Ok(found
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|m| m.message_id == item.message_id)
+                    .map(Arc::new))
+            }
+            Err(e) if Instant::now() < deadline => {
                 log::warn!("cluster: cannot read a pledged message yet: {e}");
                 std::thread::sleep(Duration::from_millis(250));
             }
             Err(e) => {
                 log::error!(
-                    "cluster: cannot read pledged message {} ({e}): its recipients on other \
-                     nodes will not find it in their queues",
+                    "cluster: cannot read pledged message {}: {e}",
                     item.message_id
                 );
-                return None;
+                return Err(());
             }
         }
-    };
-    found
-        .into_iter()
-        .find(|m| m.message_id == item.message_id)
-        .map(Arc::new)
+    }
 }
 
 #[cfg(test)]
@@ -265,29 +290,25 @@ mod tests {
     use super::Reports;
 
     #[test]
-    fn a_report_counts_only_for_the_incarnation_that_made_it_and_without_a_lost_batch() {
+    fn a_report_counts_for_the_last_incarnation_that_made_it_and_without_a_lost_batch() {
         let reports = Reports::default();
         let leader = (1, 7);
-        assert_eq!(reports.handled(2, 1, leader), None, "never reported");
+        assert_eq!(reports.handled(2, leader), None, "never reported");
         reports.record(2, 1, (1, 7, 4, 3));
         reports.record(2, 1, (1, 7, 9, 3));
-        assert_eq!(reports.handled(2, 1, leader), Some(9));
-        // Reports never go back (a heartbeat overtaken by a later one).
+        assert_eq!(reports.handled(2, leader), Some(9));
+        // Heartbeats overtaken by later ones change nothing.
         reports.record(2, 1, (1, 7, 8, 3));
-        assert_eq!(reports.handled(2, 1, leader), Some(9));
-        assert_eq!(
-            reports.handled(2, 2, leader),
-            None,
-            "another incarnation of node 2"
-        );
-        assert_eq!(reports.handled(2, 1, (1, 8)), None, "another leader");
-        // A gap seen since its first report of this leader: a batch may be missing.
+        assert_eq!(reports.handled(2, leader), Some(9));
+        assert_eq!(reports.handled(2, (1, 8)), None, "another leader");
+        // A gap seen since its first report of this leader: a batch may be missing, even
+        // when an older heartbeat with the old count arrives after.
         reports.record(2, 1, (1, 7, 12, 4));
-        assert_eq!(reports.handled(2, 1, leader), None);
-        // A restarted node starts over.
+        reports.record(2, 1, (1, 7, 11, 3));
+        assert_eq!(reports.handled(2, leader), None);
+        // A restarted node starts over: its previous process's reports are gone with it.
         reports.record(2, 2, (1, 7, 3, 0));
-        assert_eq!(reports.handled(2, 2, leader), Some(3));
-        assert_eq!(reports.handled(2, 1, leader), None);
+        assert_eq!(reports.handled(2, leader), Some(3));
     }
 
     #[test]
@@ -296,9 +317,9 @@ mod tests {
         for leader in 1..=6u16 {
             reports.record(3, 1, (leader, 1, u64::from(leader), 0));
         }
-        assert_eq!(reports.handled(3, 1, (1, 1)), None);
-        assert_eq!(reports.handled(3, 1, (2, 1)), None);
-        assert_eq!(reports.handled(3, 1, (6, 1)), Some(6));
-        assert_eq!(reports.handled(3, 1, (3, 1)), Some(3));
+        assert_eq!(reports.handled(3, (1, 1)), None);
+        assert_eq!(reports.handled(3, (2, 1)), None);
+        assert_eq!(reports.handled(3, (6, 1)), Some(6));
+        assert_eq!(reports.handled(3, (3, 1)), Some(3));
     }
 }

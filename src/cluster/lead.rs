@@ -40,7 +40,7 @@ pub struct Lead {
     pub pledges: super::pledges::Pledges,
     /// What each node reported handling of each leader's batches.
     pub reports: super::inherit::Reports,
-    /// When to prune the pledge records in PostgreSQL, and which predecessors' to drop.
+    /// When to prune this leader's pledge records in PostgreSQL.
     pub records: super::inherit::Records,
 }
 
@@ -271,14 +271,19 @@ impl Lead {
                 record.items[i].uids.push(uid.clone());
             }
         }
-        let (prune, inherited) = self.records.due();
-        let record = (!record.items.is_empty()).then(|| wire::encode(&record).to_vec());
-        (record.is_some() || prune).then_some(PledgeWrite {
+        let last = first + prepared.batches.len().saturating_sub(1) as u64;
+        let record = (!record.items.is_empty()).then(|| (wire::encode(&record).to_vec(), last));
+        // Records whose pledges this leader still holds stay (`inherit.rs`).
+        let prune_below = self
+            .records
+            .due()
+            .then(|| self.pledges.oldest_held().unwrap_or(first));
+        (record.is_some() || prune_below.is_some()).then_some(PledgeWrite {
             node: i64::from(self.me),
             incarnation: self.incarnation,
             record,
-            prune,
-            inherited,
+            prune_below,
+            forget: None,
         })
     }
 

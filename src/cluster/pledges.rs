@@ -142,6 +142,14 @@ impl Pledges {
         write(shared, pledges);
     }
 
+    /// The oldest batch with pledges still held, if any.
+    pub fn oldest_held(&self) -> Option<u64> {
+        self.lock()
+            .values()
+            .filter_map(|n| n.batches.front().map(|(number, _)| *number))
+            .min()
+    }
+
     /// The nodes holding pledges now.
     pub fn nodes(&self) -> Vec<u16> {
         self.lock().keys().copied().collect()

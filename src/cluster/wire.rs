@@ -282,6 +282,11 @@ pub enum WireLane {
         uid: String,
         seq: u32,
     },
+    /// Only ever run by the leader that made it; here so every lane job can cross.
+    Inherit {
+        row: i64,
+        requeues: Vec<(String, WireMessage)>,
+    },
 }
 
 impl From<&LaneJob> for WireLane {
@@ -300,6 +305,13 @@ impl From<&LaneJob> for WireLane {
                 uid: uid.clone(),
                 seq: *seq,
             },
+            LaneJob::Inherit { row, requeues } => WireLane::Inherit {
+                row: *row,
+                requeues: requeues
+                    .iter()
+                    .map(|(uid, m)| (uid.clone(), WireMessage::from(&**m)))
+                    .collect(),
+            },
         }
     }
 }
@@ -317,6 +329,13 @@ impl From<WireLane> for LaneJob {
                 reserved,
             },
             WireLane::Delivered { uid, seq } => LaneJob::Delivered { uid, seq },
+            WireLane::Inherit { row, requeues } => LaneJob::Inherit {
+                row,
+                requeues: requeues
+                    .into_iter()
+                    .map(|(uid, m)| (uid, Arc::new(m.into())))
+                    .collect(),
+            },
         }
     }
 }

@@ -79,17 +79,18 @@ pub struct PledgeWrite {
     /// The leader's node id and incarnation, which own the record.
     pub node: i64,
     pub incarnation: i64,
-    /// The encoded record, when the commit reserved any such seq.
-    pub record: Option<Vec<u8>>,
-    /// Delete this incarnation's records older than [`PLEDGE_KEEP_SECS`], and other
-    /// leaders' records up to id `inherited` (taken over a while ago; 0: none).
-    pub prune: bool,
-    pub inherited: i64,
+    /// The encoded record and the highest batch number it names, when the commit reserved
+    /// any such seq.
+    pub record: Option<(Vec<u8>, u64)>,
+    /// Delete this leader's records older than [`PLEDGE_KEEP_SECS`] whose batches are all
+    /// below this one: the oldest batch with pledges still unresolved in its memory.
+    pub prune_below: Option<u64>,
+    /// Delete this record (inherited and written: `cluster/inherit.rs`).
+    pub forget: Option<i64>,
 }
 
-/// How long a leader keeps its pledge records: far longer than a node takes to report a
-/// batch handled (50 ms) or to count as dead (3 s), after which the leader's memory
-/// resolved every pledge (`cluster/pledges.rs`).
+/// How long a leader keeps its pledge records at least: a margin for the requeues of
+/// pledges it wrote itself (when a node died or lost a batch) to commit first.
 pub const PLEDGE_KEEP_SECS: f64 = 15.0;
 
 /// The writer's open batch transaction (`writer.rs`).

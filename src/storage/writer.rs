@@ -99,6 +99,13 @@ pub enum LaneJob {
         /// The entry.
         seq: u32,
     },
+    /// A new cluster leader writes what a predecessor's pledge record `row` still owes
+    /// (`cluster/inherit.rs`): each (uid, message) to the end of the user's queue, and the
+    /// record deleted in the same savepoint, so it goes only with its requeues.
+    Inherit {
+        row: i64,
+        requeues: Vec<(String, Arc<Message>)>,
+    },
 }
 
 impl std::fmt::Debug for Job {
@@ -500,5 +507,17 @@ fn run_lane(
             queues.requeue(tx, uid, (row, message.message_seq), *reserved, keep)
         }
         LaneJob::Delivered { uid, seq } => queues.mark_delivered(tx, uid, *seq),
+        LaneJob::Inherit { row, requeues } => {
+            for (uid, message) in requeues {
+                let channel = channels::state(tx, channels, &message.channel)?.row;
+                let keep = message.channel.id.ends_with("____cmd");
+                queues.requeue(tx, uid, (channel, message.message_seq), 0, keep)?;
+            }
+            let forget = super::tx::PledgeWrite {
+                forget: Some(*row),
+                ..Default::default()
+            };
+            tx.cluster_pledges(&forget)
+        }
     })
 }

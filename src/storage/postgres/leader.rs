@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 /// How often a node looks at (and may take) the lead.
 pub const LOOK_EVERY: Duration = Duration::from_millis(500);
 
+/// Reads of the pledge records to inherit tried before leading without them.
+const INHERIT_TRIES: u32 = 10;
+
 /// [`Leader::get`]'s answer while no leader is known.
 pub const NONE: u32 = u32::MAX;
 
@@ -124,6 +127,7 @@ pub fn watch(
         .spawn(move || {
             let mut client: Option<postgres::Client> = None;
             let mut led = false;
+            let mut failed_reads = 0;
             let mut next = Instant::now();
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(50));
@@ -157,11 +161,18 @@ pub fn watch(
                                 Ok(rows) => {
                                     *seen.inherited.lock().unwrap_or_else(|p| p.into_inner()) = rows
                                 }
-                                Err(e) => {
+                                // The next look tries again, for a few seconds: meanwhile
+                                // the cluster has no leader it knows of (sends get 15).
+                                Err(e) if failed_reads < INHERIT_TRIES => {
+                                    failed_reads += 1;
                                     log::warn!("cluster: cannot read the pledges to inherit: {e}");
                                     client = None;
-                                    continue; // the next look tries again
+                                    continue;
                                 }
+                                Err(e) => log::error!(
+                                    "cluster: leading without the previous leaders' pledges \
+                                     ({e}); they stay stored for the next leader"
+                                ),
                             }
                             log::info!("cluster: this node (node {node}) leads");
                         }

@@ -306,8 +306,13 @@ impl Drop for NodeLease {
             .name(format!("{}lease-release", crate::fault::CONTAINED))
             .spawn(move || {
                 if let Ok(mut c) = info.connect() {
+                    // Expired, not deleted: the next claim of this id then counts on from
+                    // this incarnation. A deleted row would start again at 1, and a
+                    // (node, incarnation) must name one process for good (reply tokens,
+                    // pledge records and handled reports are keyed by it).
                     let _ = c.execute(
-                        "DELETE FROM node_lease WHERE node_id = $1 AND incarnation = $2",
+                        "UPDATE node_lease SET expires_at = now() - interval '1 second'
+                         WHERE node_id = $1 AND incarnation = $2",
                         &[&node, &incarnation],
                     );
                 }

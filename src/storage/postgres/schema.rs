@@ -92,10 +92,11 @@ const MIGRATIONS: &[&str] = &["
         id BIGSERIAL PRIMARY KEY,
         node_id BIGINT NOT NULL,
         incarnation BIGINT NOT NULL,
+        last_batch BIGINT NOT NULL,
         written_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         body BYTEA NOT NULL
     );
-    CREATE INDEX cluster_pledges_by_age ON cluster_pledges (node_id, incarnation, written_at);
+    CREATE INDEX cluster_pledges_by_age ON cluster_pledges (node_id, incarnation, last_batch);
 "];
 
 /// Brings the database to the newest schema (module docs).

@@ -280,19 +280,24 @@ impl WriteTx for PgTx<'_, '_> {
     }
 
     fn cluster_pledges(&self, w: &PledgeWrite) -> Result<()> {
-        if let Some(record) = &w.record {
+        if let Some((record, last)) = &w.record {
+            let last = i64::try_from(*last).unwrap_or(i64::MAX);
             self.execute(
-                "INSERT INTO cluster_pledges (node_id, incarnation, body) VALUES ($1, $2, $3)",
-                &[&w.node, &w.incarnation, record],
+                "INSERT INTO cluster_pledges (node_id, incarnation, last_batch, body)
+                 VALUES ($1, $2, $3, $4)",
+                &[&w.node, &w.incarnation, &last, record],
             )?;
         }
-        if w.prune {
+        if let Some(below) = w.prune_below {
+            let below = i64::try_from(below).unwrap_or(i64::MAX);
             self.execute(
-                "DELETE FROM cluster_pledges WHERE (node_id = $1 AND incarnation = $2
-                     AND written_at < now() - make_interval(secs => $3))
-                     OR (NOT (node_id = $1 AND incarnation = $2) AND id <= $4)",
-                &[&w.node, &w.incarnation, &PLEDGE_KEEP_SECS, &w.inherited],
+                "DELETE FROM cluster_pledges WHERE node_id = $1 AND incarnation = $2
+                     AND last_batch < $3 AND written_at < now() - make_interval(secs => $4)",
+                &[&w.node, &w.incarnation, &below, &PLEDGE_KEEP_SECS],
             )?;
+        }
+        if let Some(id) = w.forget {
+            self.execute("DELETE FROM cluster_pledges WHERE id = $1", &[&id])?;
         }
         Ok(())
     }
