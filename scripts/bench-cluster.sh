@@ -142,12 +142,12 @@ run() { # nodes name load-args...
   stop_nodes
   python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))
-print("%-14s %5s %12.0f %10.0f %10d %10d %6d %9d %9d" % (sys.argv[2], sys.argv[3], r["deliveries_per_sec"], r["sends_per_sec"], r["sendack_latency"]["p99_us"], r["delivery_latency"]["p99_us"], r["lost"], r.get("failovers", 0), r.get("recovered", 0)))' \
+print("%-14s %5s %12.0f %10.0f %10d %10d %6d %9d %7d %8d" % (sys.argv[2], sys.argv[3], r["deliveries_per_sec"], r["sends_per_sec"], r["sendack_latency"]["p99_us"], r["delivery_latency"]["p99_us"], r["lost"], r.get("failovers", 0), r.get("recovered_from_queue", 0), r.get("history_only", 0)))' \
     "$out/$name-$n.json" "$name" "$n" | tee -a "$out/summary.txt"
 }
 
-printf "%-14s %5s %12s %10s %10s %10s %6s %9s %9s\n" workload nodes deliveries/s sends/s \
-  "ack p99us" "dlv p99us" lost failovers recovered | tee "$out/summary.txt"
+printf "%-14s %5s %12s %10s %10s %10s %6s %9s %7s %8s\n" workload nodes deliveries/s sends/s \
+  "ack p99us" "dlv p99us" lost failovers queued history | tee "$out/summary.txt"
 for spec in "person-1000|person --pairs 1000 --window 8" \
             "person-1000-enc|person --pairs 1000 --window 8 --encrypt" \
             "group-1x1000|group --groups 1 --members 1000 --senders 1 --window 32" \

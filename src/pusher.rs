@@ -272,7 +272,9 @@ impl Outlet for Pusher {
     ) -> Option<crate::storage::tx::PledgeWrite> {
         let cluster = self.shared.cluster.get().filter(|_| !self.relaying)?;
         let prepared = cluster.lead.build(committed);
-        let write = cluster.lead.pledge_write(&prepared);
+        let write = cluster
+            .lead
+            .pledge_write(&prepared, &|node| cluster.members.incarnation_of(node));
         self.prepared = Some(prepared);
         write
     }

@@ -51,12 +51,15 @@ fn connect_from(
     addr: std::net::SocketAddr,
     source: Option<std::net::Ipv4Addr>,
 ) -> std::io::Result<std::net::TcpStream> {
+    // Bounded: a server that vanished without a reset (a black hole) must not hold a
+    // worker for the kernel's two minutes.
+    let limit = std::time::Duration::from_secs(5);
     let Some(source) = source else {
-        return std::net::TcpStream::connect(addr);
+        return std::net::TcpStream::connect_timeout(&addr, limit);
     };
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
-    socket.connect(&addr.into())?;
+    socket.connect_timeout(&addr.into(), limit)?;
     Ok(socket.into())
 }
 

@@ -1,11 +1,12 @@
-//! `ruyi-load --failover` against a fake two-node cluster in this test (issue 17): node A
-//! stops delivering to its own connections after a while (their RECVs are missed), then
-//! dies in the middle of a SEND it stored but never answered, closing its connections and
-//! refusing new ones. The real `ruyi-load` binary must move every connection to B, send
-//! the unanswered SENDs again (B answers the stored one from its dedupe), read back from
-//! history what its receivers missed, and account for every acknowledged message; without
-//! history those missed messages must read as lost, and without `--failover` the run must
-//! fail.
+//! `ruyi-load --failover` against a fake two-node cluster in this test (issue 17). In the
+//! main run node A stops delivering to its own connections after a while (their RECVs are
+//! written nowhere: what a node killed with -9 takes along), then dies in the middle of a
+//! SEND it stored but never answered, closing its connections and refusing new ones. The
+//! real `ruyi-load` binary must move every connection to B, send the unanswered SENDs
+//! again (B answers the stored one from its dedupe), and account for every acknowledged
+//! message: from the offline queue what the server queued, from history only what a dead
+//! node took along. Without history those read as lost; so does a message a live node
+//! drops (history must not cover it); and without `--failover` the run fails.
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -33,13 +34,20 @@ struct Stored {
 #[derive(Default)]
 struct Fake {
     store: Mutex<Vec<Stored>>,
+    /// Per uid, the store indexes queued for it (its device was not connected).
+    queues: Mutex<HashMap<String, Vec<usize>>>,
     /// Logged-in connections: uid → (node, stream).
     conns: Mutex<HashMap<String, (usize, TcpStream)>>,
     sends_on_a: AtomicU64,
     wedged: AtomicBool,
     dead: AtomicBool,
-    /// History answers nothing (the fault of the second run).
+    /// History answers nothing.
     no_history: bool,
+    /// A never dies.
+    immortal: bool,
+    /// B stores and answers SEND number `n` (in store order), delivers and queues it
+    /// nowhere, and closes its receiver's connection: a live node losing a message.
+    drop_at: Option<usize>,
 }
 
 fn encode(p: &Packet) -> Vec<u8> {
@@ -64,6 +72,10 @@ impl Fake {
         }));
         let mut conns = self.conns.lock().expect("lock");
         let Some((node, stream)) = conns.get_mut(&m.to) else {
+            // Not connected: the queue keeps it for the next sync.
+            let mut queues = self.queues.lock().expect("lock");
+            queues.entry(m.to.clone()).or_default().push(i);
+            m.delivered = true;
             return false;
         };
         if *node == 0 && self.wedged.load(SeqCst) {
@@ -102,6 +114,11 @@ impl Fake {
                 input.drain(..used);
                 match packet {
                     Packet::Connect(c) => {
+                        if self.dead.load(SeqCst) {
+                            // A's connections arriving: what is sent to them meanwhile
+                            // waits in their queues.
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                         let copy = out.try_clone().expect("clone");
                         self.conns.lock().expect("lock").insert(c.uid, (node, copy));
                         let ack = Packet::Connack(ConnackPacket {
@@ -142,7 +159,7 @@ impl Fake {
                                 store.len() - 1
                             }
                         };
-                        if node == 0 && found.is_none() {
+                        if node == 0 && found.is_none() && !self.immortal {
                             let n = self.sends_on_a.fetch_add(1, SeqCst) + 1;
                             if n >= WEDGE {
                                 self.wedged.store(true, SeqCst);
@@ -160,6 +177,14 @@ impl Fake {
                             ..Default::default()
                         });
                         let _ = out.write_all(&encode(&ack));
+                        if found.is_none() && self.drop_at == Some(i + 1) {
+                            let to = self.store.lock().expect("lock")[i].to.clone();
+                            self.store.lock().expect("lock")[i].delivered = true; // lost
+                            if let Some((_, s)) = self.conns.lock().expect("lock").remove(&to) {
+                                let _ = s.shutdown(Shutdown::Both);
+                            }
+                            continue;
+                        }
                         let undelivered = !self.store.lock().expect("lock")[i].delivered;
                         if undelivered {
                             self.deliver(i);
@@ -171,10 +196,35 @@ impl Fake {
         }
     }
 
-    /// `/channel/messagesync`: the person channel's whole history, one page.
-    fn history(&self, request: &str) -> String {
+    /// The HTTP API: `/message/sync`, `/message/syncack`, `/channel/messagesync`.
+    fn answer(&self, request: &str) -> String {
         let body = request.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         let ask: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let uid = ask["uid"].as_str().unwrap_or_default().to_owned();
+        if request.starts_with("POST /message/syncack") {
+            self.queues.lock().expect("lock").remove(&uid);
+            return "{\"status\":200}".into();
+        }
+        if request.starts_with("POST /message/sync") {
+            let queued = self.queues.lock().expect("lock").get(&uid).cloned();
+            let store = self.store.lock().expect("lock");
+            let entries: Vec<serde_json::Value> = queued
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| {
+                    let payload =
+                        base64::engine::general_purpose::STANDARD.encode(&store[i].payload);
+                    serde_json::json!({"message_seq": n + 1, "payload": payload})
+                })
+                .collect();
+            return serde_json::Value::Array(entries).to_string();
+        }
+        self.history(&ask)
+    }
+
+    /// `/channel/messagesync`: the person channel's whole history, one page.
+    fn history(&self, ask: &serde_json::Value) -> String {
         let (login, peer) = (ask["login_uid"].as_str(), ask["channel_id"].as_str());
         let messages: Vec<serde_json::Value> = if self.no_history {
             Vec::new()
@@ -248,7 +298,7 @@ fn http(fake: &Arc<Fake>) -> SocketAddr {
                     break;
                 }
             }
-            let answer = fake.history(&String::from_utf8_lossy(&request));
+            let answer = fake.answer(&String::from_utf8_lossy(&request));
             let _ = write!(
                 stream,
                 "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
@@ -260,11 +310,8 @@ fn http(fake: &Arc<Fake>) -> SocketAddr {
 }
 
 /// One run against a fresh fake cluster: (exit success, its output).
-fn run(no_history: bool, failover: bool) -> (bool, String) {
-    let fake = Arc::new(Fake {
-        no_history,
-        ..Fake::default()
-    });
+fn run(fake: Fake, failover: bool) -> (bool, String) {
+    let fake = Arc::new(fake);
     let (a, b, api) = (listen(&fake, 0), listen(&fake, 1), http(&fake));
     // Connection i goes to the i-th server modulo 3: senders and receivers on both nodes.
     let servers = format!("{a},{b},{a}");
@@ -292,9 +339,13 @@ fn field(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name}= in {text}"))
 }
 
+fn dying() -> Fake {
+    Fake::default()
+}
+
 #[test]
 fn connections_of_a_dead_node_fail_over_and_every_acknowledged_message_is_accounted_for() {
-    let (ok, text) = run(false, true);
+    let (ok, text) = run(dying(), true);
     assert!(ok, "{text}");
     assert_eq!(
         (field(&text, "lost"), field(&text, "dup")),
@@ -304,22 +355,43 @@ fn connections_of_a_dead_node_fail_over_and_every_acknowledged_message_is_accoun
     // a0, a1 (senders) and b1, b2 (receivers) were on A.
     assert_eq!(field(&text, "failovers"), 4, "{text}");
     assert!(
-        field(&text, "recovered") > 0,
+        field(&text, "history_only") > 0,
         "nothing was missed on A: {text}"
+    );
+    assert!(
+        field(&text, "queued") > 0,
+        "nothing was queued meanwhile: {text}"
     );
 }
 
 #[test]
-fn what_was_missed_and_is_not_in_history_reads_as_lost() {
-    let (ok, text) = run(true, true);
+fn what_a_dead_node_took_along_and_is_not_in_history_reads_as_lost() {
+    let fake = Fake {
+        no_history: true,
+        ..dying()
+    };
+    let (ok, text) = run(fake, true);
     assert!(!ok, "{text}");
     assert!(field(&text, "lost") > 0, "{text}");
-    assert_eq!(field(&text, "recovered"), 0, "{text}");
+    assert_eq!(field(&text, "history_only"), 0, "{text}");
+}
+
+#[test]
+fn a_message_a_live_node_drops_is_lost_though_history_has_it() {
+    let fake = Fake {
+        immortal: true,
+        drop_at: Some(40),
+        ..Fake::default()
+    };
+    let (ok, text) = run(fake, true);
+    assert!(!ok, "{text}");
+    assert_eq!(field(&text, "lost"), 1, "{text}");
+    assert_eq!(field(&text, "history_only"), 0, "{text}");
 }
 
 #[test]
 fn without_failover_a_dead_node_fails_the_run() {
-    let (ok, text) = run(false, false);
+    let (ok, text) = run(dying(), false);
     assert!(!ok, "{text}");
     assert!(text.contains("closed by the server"), "{text}");
 }

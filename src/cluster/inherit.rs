@@ -118,15 +118,12 @@ impl Reports {
         }
     }
 
-    /// The highest batch of `leader` that node `node` (in the incarnation it last reported
-    /// from, live or not) reported handled with none of that leader's lost on the way.
-    pub fn handled(&self, node: u16, leader: (u16, i64)) -> Option<u64> {
+    /// The highest batch of `leader` that node `node`, in incarnation `incarnation` (live
+    /// or not now), reported handled with none of that leader's lost on the way.
+    pub fn handled(&self, node: u16, incarnation: i64, leader: (u16, i64)) -> Option<u64> {
         let nodes = self.lock();
-        let r = nodes
-            .get(&node)?
-            .leaders
-            .iter()
-            .find(|r| r.leader == leader)?;
+        let n = nodes.get(&node).filter(|n| n.incarnation == incarnation)?;
+        let r = n.leaders.iter().find(|r| r.leader == leader)?;
         (r.gaps == r.first_gaps).then_some(r.upto)
     }
 }
@@ -158,17 +155,27 @@ impl Records {
 }
 
 /// This node took the lead: writes, on a thread of its own, the pledges in `rows` (other
-/// leaders' records, as (id, body)) that no node reported handling (module docs).
+/// leaders' records, as (id, body)) that no node reported handling (module docs). The
+/// thread stays while this node leads: records it could not read, and any the lead
+/// watcher reads late (`Leader::take_inherited`), are tried again every [`RETRY_EVERY`].
 pub fn take_over(shared: &Arc<Shared>, reader: Reader, rows: Vec<(i64, Vec<u8>)>) {
-    if rows.is_empty() {
-        return;
-    }
     let shared = Arc::clone(shared);
     let spawned = std::thread::Builder::new()
         .name("ruyi-inherit".into())
         .spawn(move || {
-            if let Some(cluster) = shared.cluster.get() {
-                inherit(&shared, cluster, &reader, rows);
+            let Some(cluster) = shared.cluster.get() else {
+                return;
+            };
+            let mut waiting = rows;
+            loop {
+                waiting.extend(cluster.leader.take_inherited());
+                if !waiting.is_empty() {
+                    waiting = inherit(&shared, cluster, &reader, waiting);
+                }
+                std::thread::sleep(RETRY_EVERY);
+                if !cluster.leads() || shared.is_stopping() {
+                    return;
+                }
             }
         });
     if let Err(e) = spawned {
@@ -176,15 +183,25 @@ pub fn take_over(shared: &Arc<Shared>, reader: Reader, rows: Vec<(i64, Vec<u8>)>
     }
 }
 
-/// [`take_over`]'s work. Waits until this process has heard a few heartbeats (a node that
-/// just restarted knows no one's reports yet, and would write everything).
-fn inherit(shared: &Shared, cluster: &Cluster, reader: &Reader, rows: Vec<(i64, Vec<u8>)>) {
+/// How often records not written yet are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+/// [`take_over`]'s work; returns the records kept for a store that could not read them.
+/// Waits until this process has heard a few heartbeats (a node that just restarted knows
+/// no one's reports yet, and would write everything).
+fn inherit(
+    shared: &Shared,
+    cluster: &Cluster,
+    reader: &Reader,
+    rows: Vec<(i64, Vec<u8>)>,
+) -> Vec<(i64, Vec<u8>)> {
     if let Some(wait) = WARM_UP.checked_sub(shared.started.elapsed()) {
         std::thread::sleep(wait);
     }
     let deadline = Instant::now() + READ_FOR;
     let mut messages: HashMap<i64, Result<Option<Arc<Message>>, ()>> = HashMap::new();
-    let (mut written, mut handled, mut gone, mut kept) = (0usize, 0usize, 0usize, 0usize);
+    let (mut written, mut handled, mut gone) = (0usize, 0usize, 0usize);
+    let mut kept = Vec::new();
     for (id, body) in rows {
         let Some(record) = wire::decode::<PledgeRecord>(&body) else {
             log::error!("cluster: pledge record {id} does not decode; left alone");
@@ -199,7 +216,7 @@ fn inherit(shared: &Shared, cluster: &Cluster, reader: &Reader, rows: Vec<(i64, 
             if cluster
                 .lead
                 .reports
-                .handled(item.node, leader)
+                .handled(item.node, item.node_incarnation, leader)
                 .is_some_and(|upto| upto >= item.batch)
             {
                 handled += item.uids.len();
@@ -224,8 +241,9 @@ fn inherit(shared: &Shared, cluster: &Cluster, reader: &Reader, rows: Vec<(i64, 
             requeues.extend(item.uids.into_iter().map(|uid| (uid, Arc::clone(&message))));
         }
         if unreadable {
-            // Kept for the next leader to try: what could be read is written now.
-            kept += 1;
+            // Tried again later, whole: what could be read is written now (twice is
+            // harmless: a message is in a user's queue at most once).
+            kept.push((id, body));
             for (uid, message) in requeues {
                 let job = LaneJob::Requeue {
                     uid,
@@ -242,9 +260,11 @@ fn inherit(shared: &Shared, cluster: &Cluster, reader: &Reader, rows: Vec<(i64, 
     }
     log::warn!(
         "cluster: took over the previous leaders' pledges: {written} queue entries to write, \
-         {handled} reported handled, {gone} for messages no longer stored; {kept} records \
-         kept for a store that failed to read them"
+         {handled} reported handled, {gone} for messages no longer stored; {} records kept \
+         for a store that failed to read them",
+        kept.len()
     );
+    kept
 }
 
 /// A node restarted this recently has not heard every node's report yet.
@@ -290,25 +310,30 @@ mod tests {
     use super::Reports;
 
     #[test]
-    fn a_report_counts_for_the_last_incarnation_that_made_it_and_without_a_lost_batch() {
+    fn a_report_counts_for_the_incarnation_that_made_it_and_without_a_lost_batch() {
         let reports = Reports::default();
         let leader = (1, 7);
-        assert_eq!(reports.handled(2, leader), None, "never reported");
+        assert_eq!(reports.handled(2, 1, leader), None, "never reported");
         reports.record(2, 1, (1, 7, 4, 3));
         reports.record(2, 1, (1, 7, 9, 3));
-        assert_eq!(reports.handled(2, leader), Some(9));
+        assert_eq!(reports.handled(2, 1, leader), Some(9));
         // Heartbeats overtaken by later ones change nothing.
         reports.record(2, 1, (1, 7, 8, 3));
-        assert_eq!(reports.handled(2, leader), Some(9));
-        assert_eq!(reports.handled(2, (1, 8)), None, "another leader");
+        assert_eq!(reports.handled(2, 1, leader), Some(9));
+        assert_eq!(reports.handled(2, 1, (1, 8)), None, "another leader");
         // A gap seen since its first report of this leader: a batch may be missing, even
         // when an older heartbeat with the old count arrives after.
         reports.record(2, 1, (1, 7, 12, 4));
         reports.record(2, 1, (1, 7, 11, 3));
-        assert_eq!(reports.handled(2, leader), None);
+        assert_eq!(reports.handled(2, 1, leader), None);
         // A restarted node starts over: its previous process's reports are gone with it.
         reports.record(2, 2, (1, 7, 3, 0));
-        assert_eq!(reports.handled(2, leader), Some(3));
+        assert_eq!(reports.handled(2, 2, leader), Some(3));
+        assert_eq!(
+            reports.handled(2, 1, leader),
+            None,
+            "the pledge was for the old one"
+        );
     }
 
     #[test]
@@ -317,9 +342,9 @@ mod tests {
         for leader in 1..=6u16 {
             reports.record(3, 1, (leader, 1, u64::from(leader), 0));
         }
-        assert_eq!(reports.handled(3, (1, 1)), None);
-        assert_eq!(reports.handled(3, (2, 1)), None);
-        assert_eq!(reports.handled(3, (6, 1)), Some(6));
-        assert_eq!(reports.handled(3, (3, 1)), Some(3));
+        assert_eq!(reports.handled(3, 1, (1, 1)), None);
+        assert_eq!(reports.handled(3, 1, (2, 1)), None);
+        assert_eq!(reports.handled(3, 1, (6, 1)), Some(6));
+        assert_eq!(reports.handled(3, 1, (3, 1)), Some(3));
     }
 }

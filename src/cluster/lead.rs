@@ -130,6 +130,16 @@ impl Lead {
     pub fn on_lane(&self, shared: &Shared, fwd: LaneFwd) {
         let mut ids = Vec::with_capacity(fwd.jobs.len());
         for (id, mut job) in fwd.jobs {
+            if matches!(job, wire::WireLane::Inherit { .. }) {
+                // Only the leader that read a record runs it: from the bus it could delete
+                // any record. Acknowledged, so the sender stops resending it.
+                log::warn!(
+                    "cluster: node {} forwarded an inherit job; ignored",
+                    fwd.origin
+                );
+                ids.push(id);
+                continue;
+            }
             // A seq reserved by an earlier leader is safe only against what that leader
             // showed clients (`storage/exposure.rs`), which this one does not know: such a
             // miss goes to the end of the user's queue, as a late one does.
@@ -246,7 +256,11 @@ impl Lead {
     /// pledges, numbered as [`Lead::publish`] will number its batches (the writer's thread
     /// alone publishes, right after the `COMMIT`), and every few seconds the pruning of
     /// old records (`pledges.rs`, "Durable").
-    pub fn pledge_write(&self, prepared: &Prepared) -> Option<PledgeWrite> {
+    pub fn pledge_write(
+        &self,
+        prepared: &Prepared,
+        incarnation_of: &dyn Fn(u16) -> i64,
+    ) -> Option<PledgeWrite> {
         let first = self.number.load(Relaxed) + 1;
         let mut record = PledgeRecord {
             leader: self.me,
@@ -261,6 +275,7 @@ impl Lead {
                     record.items.push(PledgedMessage {
                         batch,
                         node: *node,
+                        node_incarnation: incarnation_of(*node),
                         channel: (message.channel.id.clone(), message.channel.channel_type),
                         seq: message.message_seq,
                         message_id: message.message_id,
@@ -277,7 +292,7 @@ impl Lead {
         let prune_below = self
             .records
             .due()
-            .then(|| self.pledges.oldest_held().unwrap_or(first));
+            .then(|| self.pledges.keep_from().unwrap_or(first));
         (record.is_some() || prune_below.is_some()).then_some(PledgeWrite {
             node: i64::from(self.me),
             incarnation: self.incarnation,
@@ -318,7 +333,7 @@ impl Lead {
                 self.pledges.hold(shared, node, number, pledges);
             } else {
                 // Refused (the outbox full, NATS away): no node will handle this batch.
-                super::pledges::write(shared, pledges);
+                self.pledges.write_now(shared, Some(number), pledges);
             }
         }
     }

@@ -70,6 +70,12 @@ impl Members {
         self.me
     }
 
+    /// The incarnation last heard of `node` (0: never heard).
+    pub fn incarnation_of(&self, node: u16) -> i64 {
+        let table = self.table.read().unwrap_or_else(|p| p.into_inner());
+        table.get(&node).map_or(0, |(info, _)| info.incarnation)
+    }
+
     /// Records a heartbeat. Returns true when it announced a node (or an incarnation)
     /// not live before, for the log.
     pub fn heard(&self, info: NodeInfo) -> bool {

@@ -34,6 +34,7 @@ use crate::shared::Shared;
 use crate::storage::writer::{Job, LaneJob};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Pledged entries held per node at most.
 pub const MAX_PLEDGES: usize = 1_000_000;
@@ -54,7 +55,14 @@ struct Node {
 #[derive(Debug, Default)]
 pub struct Pledges {
     nodes: Mutex<HashMap<u16, Node>>,
+    /// (when, the oldest batch) of the pledges this leader wrote itself lately: their
+    /// records stay until those requeues have surely committed (`inherit.rs`).
+    written: Mutex<VecDeque<(Instant, u64)>>,
 }
+
+/// How long the records of pledges the leader wrote itself are kept after: far beyond a
+/// lane job's commit (milliseconds), unless the store fails, when nothing is pruned either.
+pub const WRITTEN_MARGIN: Duration = Duration::from_secs(60);
 
 /// Writes `pledges` now: requeues on the writer's lane.
 pub fn write(shared: &Shared, pledges: Vec<Pledge>) {
@@ -78,26 +86,27 @@ impl Pledges {
         if pledges.is_empty() {
             return;
         }
-        let mut overflow = Vec::new();
+        let (mut overflow, mut first) = (Vec::new(), None);
         {
             let mut nodes = self.lock();
             let n = nodes.entry(node).or_default();
             n.held += pledges.len();
             n.batches.push_back((number, pledges));
             while n.held > MAX_PLEDGES {
-                let Some((_, oldest)) = n.batches.pop_front() else {
+                let Some((batch, oldest)) = n.batches.pop_front() else {
                     break;
                 };
+                first = first.or(Some(batch));
                 n.held -= oldest.len();
                 overflow.extend(oldest);
             }
         }
-        write(shared, overflow);
+        self.write_now(shared, first, overflow);
     }
 
     /// `node` reports it handled every batch up to `upto`, and has seen `gaps` gaps.
     pub fn progress(&self, shared: &Shared, node: u16, upto: u64, gaps: u64) {
-        let mut done = Vec::new();
+        let (mut done, mut first) = (Vec::new(), None);
         let grew = {
             let mut nodes = self.lock();
             let Some(n) = nodes.get_mut(&node) else {
@@ -106,9 +115,10 @@ impl Pledges {
             let grew = gaps > n.gaps;
             n.gaps = gaps;
             while n.batches.front().is_some_and(|(number, _)| *number <= upto) {
-                if let Some((_, pledges)) = n.batches.pop_front() {
+                if let Some((batch, pledges)) = n.batches.pop_front() {
                     n.held -= pledges.len();
                     if grew {
+                        first = first.or(Some(batch));
                         done.extend(pledges);
                     }
                 }
@@ -122,16 +132,18 @@ impl Pledges {
                 done.len()
             );
         }
-        write(shared, done);
+        self.write_now(shared, first, done);
     }
 
     /// `node` died, restarted, or cannot be told: every entry pledged to it is written.
     pub fn release(&self, shared: &Shared, node: u16) {
-        let pledges: Vec<Pledge> = self
+        let batches = self
             .lock()
             .remove(&node)
-            .map(|n| n.batches.into_iter().flat_map(|(_, p)| p).collect())
+            .map(|n| n.batches)
             .unwrap_or_default();
+        let first = batches.front().map(|(batch, _)| *batch);
+        let pledges: Vec<Pledge> = batches.into_iter().flat_map(|(_, p)| p).collect();
         if !pledges.is_empty() {
             log::warn!(
                 "cluster: node {node} is gone or restarted; writing the {} queue entries \
@@ -139,15 +151,36 @@ impl Pledges {
                 pledges.len()
             );
         }
+        self.write_now(shared, first, pledges);
+    }
+
+    /// Writes `pledges` (of batches from `first` on) now, and remembers it for
+    /// [`Pledges::keep_from`].
+    pub fn write_now(&self, shared: &Shared, first: Option<u64>, pledges: Vec<Pledge>) {
+        if let (Some(first), false) = (first, pledges.is_empty()) {
+            let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            written.push_back((Instant::now(), first));
+        }
         write(shared, pledges);
     }
 
-    /// The oldest batch with pledges still held, if any.
-    pub fn oldest_held(&self) -> Option<u64> {
-        self.lock()
+    /// The oldest batch whose record must stay: one with pledges still held, or written by
+    /// this leader within [`WRITTEN_MARGIN`] (their requeues may not have committed).
+    pub fn keep_from(&self) -> Option<u64> {
+        let held = self
+            .lock()
             .values()
             .filter_map(|n| n.batches.front().map(|(number, _)| *number))
-            .min()
+            .min();
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        while written
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > WRITTEN_MARGIN)
+        {
+            written.pop_front();
+        }
+        let recent = written.iter().map(|&(_, first)| first).min();
+        held.into_iter().chain(recent).min()
     }
 
     /// The nodes holding pledges now.

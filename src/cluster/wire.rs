@@ -255,6 +255,9 @@ pub struct PledgedMessage {
     /// The commit batch that carried the message to `node`.
     pub batch: u64,
     pub node: u16,
+    /// The node's incarnation the leader counted on: another one's reports say nothing of
+    /// these devices.
+    pub node_incarnation: i64,
     /// Where the message is stored, to read it back: channel and seq, and its id to check.
     pub channel: WireKey,
     pub seq: u32,

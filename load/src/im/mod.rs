@@ -257,8 +257,10 @@ pub(crate) struct ImReport {
     pub(crate) unanswered: u64,
     /// Logins again on another server after a connection was lost (`--failover`).
     failovers: u64,
-    /// Messages those connections had missed and read back from history.
-    recovered: u64,
+    /// Messages those connections had missed and found in their offline queues.
+    recovered_from_queue: u64,
+    /// Missed, not queued, found in history: RECVs a killed node took along.
+    history_only: u64,
     server_cpu_seconds: Option<f64>,
     deliveries_per_server_cpu_sec: Option<f64>,
     /// Per second of the measured window: [sends, deliveries].
@@ -286,13 +288,25 @@ const UNITS: &[(&str, &str)] = &[
     ("reordered", "messages a receiver got after a later one of the same sender, whole run"),
     ("unanswered", "SENDs with no SENDACK when the drain ended (10 s after the window at most): a stalled server; fails the run"),
     ("failovers", "logins again on the next server after a connection was lost (--failover)"),
-    ("recovered", "acknowledged messages a connection that failed over had not received and read back from channel history after the drain (--failover); counted as received"),
+    ("recovered_from_queue", "acknowledged messages a connection that failed over had not received and found in its offline queue after the drain (/message/sync, --failover); counted as received"),
+    ("history_only", "acknowledged messages a connection that lost a server dead by the end had not received, not in its queue, found in channel history: RECVs the killed node took along (RELIABILITY.md); not counted lost"),
     ("server_cpu_seconds", "user + system CPU seconds of the server during the measured window"),
     ("deliveries_per_server_cpu_sec", "deliveries / server_cpu_seconds"),
     ("timeline", "per 1-second slot of the measured window: [sends, deliveries]"),
 ];
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// This run's id, in every payload of 32 bytes or more (`recover.rs`).
+fn run_id() -> u64 {
+    static RUN: OnceLock<u64> = OnceLock::new();
+    *RUN.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        nanos ^ u64::from(std::process::id()).rotate_left(32)
+    })
+}
 
 /// The poll token of a worker's pacing timer (connections use their index).
 const TIMER: Token = Token(usize::MAX);
@@ -363,7 +377,10 @@ pub fn run_mixed(args: &MixedArgs) -> io::Result<()> {
 }
 
 pub(crate) fn http_post(addr: SocketAddr, path: &str, body: &str) -> io::Result<String> {
-    let mut s = std::net::TcpStream::connect(addr)?;
+    // Bounded: a stopped or vanished API must fail the call, not hang the tool.
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
         "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -461,9 +478,9 @@ fn run(
         })
         .collect();
     let recovered = if args.failover {
-        recover::recover(args, &plans, &mut t.received)?
+        recover::recover(args, &plans, &mut t.received, run_id())?
     } else {
-        0
+        recover::Recovered::default()
     };
     let receivers: Vec<crate::ledger::Receiver<'_>> = t
         .received
@@ -508,13 +525,14 @@ fn run(
         reordered: t.reordered,
         unanswered: t.unanswered,
         failovers: t.failovers,
-        recovered,
+        recovered_from_queue: recovered.queued,
+        history_only: recovered.history_only,
         server_cpu_seconds: server_cpu,
         deliveries_per_server_cpu_sec: server_cpu.map(|c| t.deliveries as f64 / c.max(1e-9)),
         timeline: t.timeline.clone(),
     };
     println!(
-        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} unanswered={} failovers={} recovered={} server_cpu={:.2}s{}",
+        "{} [{}] conns={} encrypt={} sends/s={:.0} deliveries/s={:.0} sendack p50={}us p99={}us delivery p50={}us p99={}us refused={} lost={} dup={} reordered={} unanswered={} failovers={} queued={} history_only={} server_cpu={:.2}s{}",
         report.scenario,
         report.transport,
         report.connections,
@@ -531,7 +549,8 @@ fn run(
         report.reordered,
         report.unanswered,
         report.failovers,
-        report.recovered,
+        report.recovered_from_queue,
+        report.history_only,
         report.server_cpu_seconds.unwrap_or(f64::NAN),
         report.client_send_lag.map_or(String::new(), |l| format!(
             " client lag p50={}us p99={}us",

@@ -1,38 +1,64 @@
-//! After a failover (`--failover`): what a connection may have missed while it had no
-//! server, read back from its channels' history, as the SDKs do after a reconnect
-//! (`/channel/messagesync`).
+//! After a failover (`--failover`): what a connection that logged in again missed, read
+//! back as the server's contract says it must be found, so a loss is still a loss.
 //!
-//! A node killed with -9 takes along the RECVs its devices had not acknowledged (their
-//! queue entries lived in its memory: RELIABILITY.md), and a cluster node that lost commit
-//! batches closes its clients so they resync. History holds every stored message, so after
-//! the drain each receiver that logged in again reads the history of the channels it is
-//! owed messages in, and each message it had not received is recorded as recovered
-//! (`Seen::recover`): neither a duplicate nor a reorder. A receiver that never lost its
-//! server reads nothing: what it misses is lost. History is read once per channel and
-//! login, page by page from seq 1 (runs with failovers are meant to be moderate).
+//! - **The offline queue** (`/message/sync`, then `/message/syncack`): a message the server
+//!   could not deliver to a device (it left, or its node resynced it) must be there. Each
+//!   one found that had not arrived is recorded (`Seen::recover`, neither a duplicate nor
+//!   a reorder) and counted as recovered from the queue.
+//! - **History** (`/channel/messagesync`), only for a connection that lost a server that
+//!   is dead by the end: RECVs a node killed with -9 had written and its devices had not
+//!   acknowledged have their queue places in its memory, lost with it (RELIABILITY.md, as
+//!   on a single node); such messages are counted apart (`history_only`), never as
+//!   received. A connection whose server still lives gets nothing from history: what it
+//!   missed and is not queued is lost.
+//!
+//! Payloads carry the run's id (from 32 bytes), so a message of an earlier run with the
+//! same uids never counts. History is read once per channel and login, page by page.
 
 use super::{http_post, ImArgs, Plan};
 use crate::ledger::Seen;
 use base64::Engine as _;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 /// Messages per history page asked for (the server's cap).
 const PAGE: u32 = 10_000;
 
-/// What the receivers in `received` that logged in again recovered from history (module
-/// docs): the number of messages recorded.
+/// Queue entries per sync asked for (the server's cap).
+const SYNC: u32 = 1_000;
+
+/// What [`recover`] found.
+#[derive(Debug, Default)]
+pub(super) struct Recovered {
+    /// Missed live, found in the offline queue.
+    pub queued: u64,
+    /// Missed live, not queued, found in history: RECVs a killed node took along.
+    pub history_only: u64,
+}
+
+/// One receiver after the run: (plan index, what it got, the servers it lost).
+pub(super) type Received = (usize, HashMap<usize, Seen>, Vec<usize>);
+
+/// Reads back what the receivers in `received` that lost their server missed (module
+/// docs). `run` is this run's id, in every payload of 32 bytes or more.
 pub(super) fn recover(
     args: &ImArgs,
     plans: &[Plan],
-    received: &mut [(usize, HashMap<usize, Seen>, bool)],
-) -> io::Result<u64> {
+    received: &mut [Received],
+    run: u64,
+) -> io::Result<Recovered> {
     let apis: Vec<SocketAddr> = if args.http_servers.is_empty() {
         vec![args.http]
     } else {
         args.http_servers.clone()
     };
+    let dead: Vec<bool> = args
+        .servers
+        .iter()
+        .map(|a| TcpStream::connect_timeout(a, Duration::from_secs(1)).is_err())
+        .collect();
     // Who sends where: (target, channel type) → the senders' (uid, index).
     let mut senders: HashMap<(&str, u8), Vec<(&str, usize)>> = HashMap::new();
     for p in plans {
@@ -44,51 +70,93 @@ pub(super) fn recover(
         }
     }
     let mut groups: HashMap<&str, Vec<(usize, u64)>> = HashMap::new();
-    let mut recovered = 0;
-    for (global, seen, reconnected) in received.iter_mut() {
-        let Some(p) = plans.get(*global).filter(|_| *reconnected) else {
+    let mut found = Recovered::default();
+    for (global, seen, lost) in received.iter_mut() {
+        let Some(p) = plans.get(*global).filter(|_| !lost.is_empty()) else {
             continue;
         };
-        // Person: one channel per sender writing to this uid, named by the sender.
-        for &(from, index) in senders
+        let person = senders
             .get(&(p.uid.as_str(), 1))
-            .map_or(&[][..], Vec::as_slice)
-        {
-            for (sender, counter) in history(&apis, &p.uid, from, 1)? {
-                if sender == index && seen.entry(sender).or_default().recover(counter) {
-                    recovered += 1;
-                }
+            .map_or(&[][..], Vec::as_slice);
+        let group = p.member_of.as_deref();
+        let in_group = group
+            .and_then(|g| senders.get(&(g, 2)))
+            .map_or(&[][..], Vec::as_slice);
+        let owed: Vec<usize> = person
+            .iter()
+            .chain(in_group.iter().filter(|(uid, _)| *uid != p.uid))
+            .map(|&(_, index)| index)
+            .collect();
+        let mut record = |(sender, counter): (usize, u64)| {
+            owed.contains(&sender) && seen.entry(sender).or_default().recover(counter)
+        };
+        for m in queue(&apis, &p.uid, run)? {
+            found.queued += u64::from(record(m));
+        }
+        if !lost.iter().any(|&s| dead.get(s).copied().unwrap_or(false)) {
+            continue;
+        }
+        for &(from, _) in person {
+            for m in history(&apis, &p.uid, from, 1, run)? {
+                found.history_only += u64::from(record(m));
             }
         }
-        // Group: the group's history, read once, less this member's own messages.
-        if let Some(group) = p.member_of.as_deref() {
-            let owed: Vec<usize> = senders
-                .get(&(group, 2))
-                .map_or(&[][..], Vec::as_slice)
-                .iter()
-                .filter(|(uid, _)| *uid != p.uid)
-                .map(|&(_, index)| index)
-                .collect();
+        if let Some(group) = group {
             if !groups.contains_key(group) {
-                groups.insert(group, history(&apis, &p.uid, group, 2)?);
+                groups.insert(group, history(&apis, &p.uid, group, 2, run)?);
             }
-            for &(sender, counter) in groups.get(group).map_or(&[][..], Vec::as_slice) {
-                if owed.contains(&sender) && seen.entry(sender).or_default().recover(counter) {
-                    recovered += 1;
-                }
+            for &m in groups.get(group).map_or(&[][..], Vec::as_slice) {
+                found.history_only += u64::from(record(m));
             }
         }
     }
-    Ok(recovered)
+    Ok(found)
 }
 
-/// Every message of a channel as `login_uid` reads it: (sender index, counter) of each
-/// payload the load tool wrote.
+/// (sender index, counter) of a payload the load tool wrote in run `run`.
+fn ours(m: &serde_json::Value, run: u64) -> Option<(usize, u64)> {
+    let payload = m["payload"].as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .ok()?;
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    if bytes.len() >= 32 && word(24)? != run {
+        return None;
+    }
+    Some((word(8)? as usize, word(16)?))
+}
+
+/// The whole of `uid`'s offline queue, acknowledged page by page as a client does.
+fn queue(apis: &[SocketAddr], uid: &str, run: u64) -> io::Result<Vec<(usize, u64)>> {
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        let body = serde_json::json!({"uid": uid, "message_seq": 0, "limit": SYNC});
+        let text = post_any(apis, "/message/sync", &body.to_string())?;
+        let page: serde_json::Value = serde_json::from_str(&text).map_err(io::Error::other)?;
+        let entries = page.as_array().map_or(&[][..], Vec::as_slice);
+        let Some(last) = entries
+            .iter()
+            .filter_map(|m| m["message_seq"].as_u64())
+            .max()
+        else {
+            break;
+        };
+        out.extend(entries.iter().filter_map(|m| ours(m, run)));
+        let ack = serde_json::json!({"uid": uid, "last_message_seq": last});
+        post_any(apis, "/message/syncack", &ack.to_string())?;
+    }
+    Ok(out)
+}
+
+/// Every message of a channel as `login_uid` reads it (payloads of run `run`).
 fn history(
     apis: &[SocketAddr],
     login_uid: &str,
     channel_id: &str,
     channel_type: u8,
+    run: u64,
 ) -> io::Result<Vec<(usize, u64)>> {
     let mut out = Vec::new();
     let mut start = 1u64;
@@ -106,16 +174,7 @@ fn history(
         let page: serde_json::Value = serde_json::from_str(&text).map_err(io::Error::other)?;
         let messages = page["messages"].as_array().map_or(&[][..], Vec::as_slice);
         for m in messages {
-            let payload = m["payload"].as_str().unwrap_or_default();
-            let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(payload) else {
-                continue;
-            };
-            if bytes.len() >= 24 {
-                let word = |at: usize| {
-                    u64::from_be_bytes(bytes[at..at + 8].try_into().unwrap_or_default())
-                };
-                out.push((word(8) as usize, word(16)));
-            }
+            out.extend(ours(m, run));
             start = start.max(m["message_seq"].as_u64().unwrap_or(0) + 1);
         }
         if page["more"].as_u64() != Some(1) || messages.is_empty() {

@@ -31,6 +31,10 @@ struct Conn {
     server: usize,
     /// Times it logged in again on another server (`--failover`).
     reconnects: u32,
+    /// The servers it lost, in order (`recover.rs`).
+    lost_on: Vec<usize>,
+    /// Counted in the run's logins (its first CONNACK, wherever it came from).
+    counted: bool,
     /// Paced mode: when the next SEND is due.
     next_send_at: Instant,
     next_counter: u64,
@@ -79,9 +83,9 @@ pub(super) struct WorkerResult {
     pub(super) refused: u64,
     /// (sender, counter) of each SEND the server acknowledged, whenever in the run.
     pub(super) acked: Vec<(usize, u64)>,
-    /// (plan index, what it received, whether it ever logged in again elsewhere) of every
-    /// connection, after the drain.
-    pub(super) received: Vec<(usize, HashMap<usize, crate::ledger::Seen>, bool)>,
+    /// (plan index, what it received, the servers it lost) of every connection, after
+    /// the drain.
+    pub(super) received: Vec<super::recover::Received>,
     /// Logins again after a connection was lost (`--failover`).
     pub(super) failovers: u64,
     pub(super) duplicated: u64,
@@ -181,6 +185,8 @@ pub(super) fn worker(
             in_flight: VecDeque::new(),
             server,
             reconnects: 0,
+            lost_on: Vec::new(),
+            counted: false,
             next_send_at: start,
             next_counter: 1,
             client_seq: 1,
@@ -190,6 +196,8 @@ pub(super) fn worker(
         conns.push(c);
     }
     let mut r = WorkerResult::new();
+    // Servers that refused a failover's connect lately (`fail_over`).
+    let mut refused: HashMap<usize, Instant> = HashMap::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 256 << 10];
     let mut started: Option<Instant> = None;
@@ -282,7 +290,7 @@ pub(super) fn worker(
                 }
             }
             if lost {
-                fail_over(c, &poll, args, event.token(), tls.as_ref())?;
+                fail_over(c, &poll, args, event.token(), tls.as_ref(), &mut refused)?;
             }
         }
         if paced && started.is_some() && !draining {
@@ -306,7 +314,7 @@ pub(super) fn worker(
     r.unanswered = conns.iter().map(|c| c.in_flight.len() as u64).sum();
     r.received = conns
         .into_iter()
-        .map(|c| (c.global, c.seen, c.reconnects > 0))
+        .map(|c| (c.global, c.seen, c.lost_on))
         .collect();
     Ok(r)
 }
@@ -345,9 +353,11 @@ fn handle_input(
                     );
                 }
                 c.logged_in = true;
-                if c.reconnects == 0 {
+                if !c.counted {
+                    c.counted = true;
                     logged_in.fetch_add(1, Ordering::AcqRel);
-                } else {
+                }
+                if c.reconnects > 0 {
                     r.failovers += 1;
                     resend(c)?;
                 }
@@ -451,6 +461,9 @@ fn top_up(
         plain[0..8].copy_from_slice(&nanos_since_epoch(stamp).to_be_bytes());
         plain[8..16].copy_from_slice(&(sender as u64).to_be_bytes());
         plain[16..24].copy_from_slice(&c.next_counter.to_be_bytes());
+        if plain.len() >= 32 {
+            plain[24..32].copy_from_slice(&run_id().to_be_bytes());
+        }
         let plain = Bytes::from(plain);
         send_packet(c, &target, channel_type, c.client_seq, &plain)?;
         c.in_flight.push_back(InFlight {
@@ -535,36 +548,57 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 
 /// `c` lost its server (`--failover`): it logs in on the next one that takes the
 /// connection, trying each in turn for [`FAILOVER_LIMIT`]; its SENDs in flight go again
-/// once it is in ([`resend`]). The connects block this worker meanwhile (a refused one
-/// on loopback returns at once).
+/// once it is in ([`resend`]). The connects block this worker meanwhile (a refused one on
+/// loopback returns at once; a silent one after 5 s); a server that refused within the
+/// last [`REFUSED_FOR`] is skipped (`refused`, per worker), and the worker sleeps only when
+/// every server refused.
 fn fail_over(
     c: &mut Conn,
     poll: &Poll,
     args: &ImArgs,
     token: Token,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    refused: &mut HashMap<usize, Instant>,
 ) -> io::Result<()> {
     let _ = poll.registry().deregister(c.stream.socket());
+    c.lost_on.push(c.server);
+    let n = args.servers.len().max(1);
     let deadline = Instant::now() + FAILOVER_LIMIT;
     loop {
-        c.server = (c.server + 1) % args.servers.len().max(1);
-        match dial(args, poll, c.server, c.global, token, tls) {
-            Ok(stream) => {
-                c.stream = stream;
-                match login(c, args) {
-                    Ok(()) => break,
-                    Err(e) if Instant::now() >= deadline => return Err(e),
-                    Err(_) => {}
+        for _ in 0..n {
+            c.server = (c.server + 1) % n;
+            if refused
+                .get(&c.server)
+                .is_some_and(|at| at.elapsed() < REFUSED_FOR)
+            {
+                continue;
+            }
+            match dial(args, poll, c.server, c.global, token, tls) {
+                Ok(stream) => {
+                    c.stream = stream;
+                    if login(c, args).is_ok() {
+                        c.reconnects += 1;
+                        return Ok(());
+                    }
+                }
+                Err(_) => {
+                    refused.insert(c.server, Instant::now());
                 }
             }
-            Err(e) if Instant::now() >= deadline => return Err(e),
-            Err(_) => {}
         }
+        if Instant::now() >= deadline {
+            return Err(io::Error::other(format!(
+                "{}: no server took the connection within {FAILOVER_LIMIT:?}",
+                c.plan.uid
+            )));
+        }
+        refused.clear(); // every one refused: try them all again after a pause
         std::thread::sleep(Duration::from_millis(100));
     }
-    c.reconnects += 1;
-    Ok(())
 }
+
+/// A server that refused a connection is not tried again for this long.
+const REFUSED_FOR: Duration = Duration::from_secs(2);
 
 /// After a failover's CONNACK: the SENDs that had no SENDACK go again under their own
 /// numbers, so a server that stored one answers from its dedupe window (same id and seq)

@@ -128,6 +128,8 @@ pub fn watch(
             let mut client: Option<postgres::Client> = None;
             let mut led = false;
             let mut failed_reads = 0;
+            // Leading, with the inherited records still to read (`cluster/inherit.rs`).
+            let mut unread = false;
             let mut next = Instant::now();
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(50));
@@ -169,12 +171,24 @@ pub fn watch(
                                     client = None;
                                     continue;
                                 }
-                                Err(e) => log::error!(
-                                    "cluster: leading without the previous leaders' pledges \
-                                     ({e}); they stay stored for the next leader"
-                                ),
+                                Err(e) => {
+                                    log::error!(
+                                        "cluster: leading before the previous leaders' pledges \
+                                         could be read ({e}); trying on"
+                                    );
+                                    unread = true;
+                                }
                             }
                             log::info!("cluster: this node (node {node}) leads");
+                        }
+                        if led && now == node && unread {
+                            if let Ok(rows) = inherited(c, node, incarnation) {
+                                unread = false;
+                                seen.inherited
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .extend(rows);
+                            }
                         }
                         led = now == node;
                         let now = u32::try_from(now).unwrap_or(NONE);
