@@ -28,7 +28,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   if [ -n "${nats_pid:-}" ]; then kill "$nats_pid" 2>/dev/null || true; fi
-  bash scripts/pg-test-server.sh stop "$RUYI_TEST_PG_DIR"
+  if [ -n "${KEEP_PG:-}" ]; then echo "PostgreSQL kept: $RUYI_TEST_PG ($RUYI_TEST_PG_DIR)" >&2; else bash scripts/pg-test-server.sh stop "$RUYI_TEST_PG_DIR"; fi
 }
 trap cleanup EXIT
 # A free port is a guess: try a few, each until the server answers.

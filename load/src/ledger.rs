@@ -111,6 +111,10 @@ pub fn lost(
             let seen = r.seen.get(&s.index);
             for &counter in acked.get(&s.index).map_or(&[][..], Vec::as_slice) {
                 if !seen.is_some_and(|seen| seen.has(counter)) {
+                    if lost < 10 {
+                        // The first few, to look for in the server's logs and storage.
+                        log::warn!("lost: message {counter} of {} to {}", s.uid, r.uid);
+                    }
                     lost += 1;
                 }
             }

@@ -11,7 +11,8 @@
 //!   [`MARK_GRACE`] later (this catches the *last* batches before a quiet spell, or NATS
 //!   coming back after an outage);
 //! - batches from a new leader (or a new incarnation): the old one's last batches may be
-//!   lost with it, and nothing can tell.
+//!   lost with it, and nothing can tell. The node that takes the lead resyncs its own
+//!   clients for the same reason.
 //!
 //! Each closes every client of this node without DISCONNECT, so each reconnects and syncs
 //! what it missed (CLUSTER.md invariant 4).
@@ -178,6 +179,10 @@ pub fn run(
             let leads = cluster.leads();
             if leads && !led {
                 took_the_lead(&shared, &reader);
+                // This node followed the previous leader too, and may have missed its last
+                // batches as any follower: its clients resync as theirs do (module docs),
+                // and find in their queues what it inherits (`inherit.rs`).
+                resync(&shared, relay);
                 let rows = cluster.leader.take_inherited();
                 if let Some(spare) = spare.take() {
                     super::inherit::take_over(&shared, spare, rows);

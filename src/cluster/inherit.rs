@@ -12,9 +12,10 @@
 //! # How
 //! - **Durable.** Each commit that reserves such seqs writes, in its own transaction, one
 //!   [`PledgeRecord`] row in `cluster_pledges`: per message, the batch that carries it,
-//!   the node, and the recipients (`Lead::pledge_write`). The leader deletes its own rows
-//!   once no pledge of theirs is left in its memory and they are `PLEDGE_KEEP_SECS` old
-//!   (a margin for the requeues it wrote itself to commit).
+//!   the node and the incarnation of it counted on, and the recipients
+//!   (`Lead::pledge_write`). The leader deletes its own rows once no pledge of theirs is
+//!   left in its memory or was written by it within `pledges::WRITTEN_MARGIN` (its
+//!   requeues may not have committed), and they are `PLEDGE_KEEP_SECS` old.
 //! - **Reports.** Every node keeps, from the heartbeats, what each node said it handled of
 //!   each recent leader's batches, and whether it lost any since its first report of that
 //!   leader ([`Reports`]). A (node, incarnation) names one process for good: a clean stop
@@ -23,7 +24,8 @@
 //!   before it says it leads (`storage/postgres/leader.rs`: the takeover waited for the
 //!   predecessor's last commit, so all of them are there). On a thread of its own, once
 //!   it has heard a few heartbeats, it writes each pledged message to each recipient's
-//!   queue unless its node reported that batch handled with none lost (a node that
+//!   queue unless that node, in the incarnation counted on, reported that batch handled
+//!   with none lost (a node that
 //!   handled a batch took it over: what its devices missed it requeued itself). The
 //!   requeues go at the end of the queue, as any requeue of a message an earlier leader
 //!   planned (`lead.rs`), so newer messages may be ahead of them. Each record is deleted in

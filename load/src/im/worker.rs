@@ -400,7 +400,20 @@ fn handle_input(
                         u64::from_be_bytes(payload[16..24].try_into().unwrap_or_default());
                     match c.seen.entry(sender).or_default().record(counter) {
                         crate::ledger::Arrival::New => {}
-                        crate::ledger::Arrival::Duplicate => r.duplicated += 1,
+                        crate::ledger::Arrival::Duplicate => {
+                            if r.duplicated < 10 {
+                                // The first few, to look for in the server's logs.
+                                log::warn!(
+                                    "duplicate: {} got message {counter} of sender {sender} again \
+                                     (id {}, seq {}, after {} failovers)",
+                                    c.plan.uid,
+                                    recv.message_id,
+                                    recv.message_seq,
+                                    c.reconnects
+                                );
+                            }
+                            r.duplicated += 1;
+                        }
                         crate::ledger::Arrival::Reordered => r.reordered += 1,
                     }
                     if let Some(from) = window {
