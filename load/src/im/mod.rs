@@ -478,7 +478,7 @@ fn run(
         })
         .collect();
     let recovered = if args.failover {
-        recover::recover(args, &plans, &mut t.received, run_id())?
+        recover::recover(args, &plans, &mut t.received, &acked, run_id())?
     } else {
         recover::Recovered::default()
     };

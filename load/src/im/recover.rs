@@ -12,8 +12,11 @@
 //!   received. A connection whose server still lives gets nothing from history: what it
 //!   missed and is not queued is lost.
 //!
-//! Payloads carry the run's id (from 32 bytes), so a message of an earlier run with the
-//! same uids never counts. History is read once per channel and login, page by page.
+//! The queues are read again every half second while anything acknowledged is still
+//! missing, for at most [`SETTLE`]: a requeue from another node travels through that
+//! node's spool to whoever leads, resent every second. Payloads carry the run's id (from
+//! 32 bytes), so a message of an earlier run with the same uids never counts. History is
+//! read once per channel and login, page by page.
 
 use super::{http_post, ImArgs, Plan};
 use crate::ledger::Seen;
@@ -21,7 +24,7 @@ use base64::Engine as _;
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Messages per history page asked for (the server's cap).
 const PAGE: u32 = 10_000;
@@ -42,11 +45,13 @@ pub(super) struct Recovered {
 pub(super) type Received = (usize, HashMap<usize, Seen>, Vec<usize>);
 
 /// Reads back what the receivers in `received` that lost their server missed (module
-/// docs). `run` is this run's id, in every payload of 32 bytes or more.
+/// docs). `acked` holds each sender's acknowledged counters; `run` is this run's id, in
+/// every payload of 32 bytes or more.
 pub(super) fn recover(
     args: &ImArgs,
     plans: &[Plan],
     received: &mut [Received],
+    acked: &HashMap<usize, Vec<u64>>,
     run: u64,
 ) -> io::Result<Recovered> {
     let apis: Vec<SocketAddr> = if args.http_servers.is_empty() {
@@ -69,12 +74,7 @@ pub(super) fn recover(
                 .push((p.uid.as_str(), index));
         }
     }
-    let mut groups: HashMap<&str, Vec<(usize, u64)>> = HashMap::new();
-    let mut found = Recovered::default();
-    for (global, seen, lost) in received.iter_mut() {
-        let Some(p) = plans.get(*global).filter(|_| !lost.is_empty()) else {
-            continue;
-        };
+    let owed_of = |p: &Plan| -> Vec<usize> {
         let person = senders
             .get(&(p.uid.as_str(), 1))
             .map_or(&[][..], Vec::as_slice);
@@ -82,26 +82,74 @@ pub(super) fn recover(
         let in_group = group
             .and_then(|g| senders.get(&(g, 2)))
             .map_or(&[][..], Vec::as_slice);
-        let owed: Vec<usize> = person
+        person
             .iter()
             .chain(in_group.iter().filter(|(uid, _)| *uid != p.uid))
             .map(|&(_, index)| index)
-            .collect();
-        let mut record = |(sender, counter): (usize, u64)| {
-            owed.contains(&sender) && seen.entry(sender).or_default().recover(counter)
-        };
-        for m in queue(&apis, &p.uid, run)? {
-            found.queued += u64::from(record(m));
+            .collect()
+    };
+    let missing = |owed: &[usize], seen: &HashMap<usize, Seen>| {
+        owed.iter().any(|s| {
+            acked.get(s).is_some_and(|counters| {
+                counters
+                    .iter()
+                    .any(|&c| !seen.get(s).is_some_and(|x| x.has(c)))
+            })
+        })
+    };
+    let mut found = Recovered::default();
+    // The queues, read again while something is missing: a requeue from another node goes
+    // through that node's spool to whoever leads, resent every second (`cluster/relay.rs`).
+    let settle = Instant::now() + SETTLE;
+    let mut pending: Vec<usize> = (0..received.len())
+        .filter(|&i| !received[i].2.is_empty())
+        .collect();
+    loop {
+        let mut still = Vec::new();
+        for i in pending {
+            let (global, seen, _) = &mut received[i];
+            let Some(p) = plans.get(*global) else {
+                continue;
+            };
+            let owed = owed_of(p);
+            for (sender, counter) in queue(&apis, &p.uid, run)? {
+                if owed.contains(&sender) && seen.entry(sender).or_default().recover(counter) {
+                    found.queued += 1;
+                }
+            }
+            if missing(&owed, seen) {
+                still.push(i);
+            }
         }
+        pending = still;
+        if pending.is_empty() || Instant::now() >= settle {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // History, only for what a dead node may have taken along.
+    let mut groups: HashMap<&str, Vec<(usize, u64)>> = HashMap::new();
+    for i in pending {
+        let (global, seen, lost) = &mut received[i];
+        let Some(p) = plans.get(*global) else {
+            continue;
+        };
         if !lost.iter().any(|&s| dead.get(s).copied().unwrap_or(false)) {
             continue;
         }
-        for &(from, _) in person {
+        let owed = owed_of(p);
+        let mut record = |(sender, counter): (usize, u64)| {
+            owed.contains(&sender) && seen.entry(sender).or_default().recover(counter)
+        };
+        for &(from, _) in senders
+            .get(&(p.uid.as_str(), 1))
+            .map_or(&[][..], Vec::as_slice)
+        {
             for m in history(&apis, &p.uid, from, 1, run)? {
                 found.history_only += u64::from(record(m));
             }
         }
-        if let Some(group) = group {
+        if let Some(group) = p.member_of.as_deref() {
             if !groups.contains_key(group) {
                 groups.insert(group, history(&apis, &p.uid, group, 2, run)?);
             }
@@ -112,6 +160,9 @@ pub(super) fn recover(
     }
     Ok(found)
 }
+
+/// How long the queues are read again while something is still missing.
+const SETTLE: Duration = Duration::from_secs(15);
 
 /// (sender index, counter) of a payload the load tool wrote in run `run`.
 fn ours(m: &serde_json::Value, run: u64) -> Option<(usize, u64)> {
