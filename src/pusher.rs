@@ -106,12 +106,10 @@ impl Pusher {
     fn push_commit(&mut self, committed: Vec<Committed>) {
         // The leader tells every node first: their deliveries and its own then start
         // together.
-        let prepared = self.prepared.take();
-        if let (Some(cluster), false) = (self.shared.cluster.get(), self.relaying) {
-            match prepared {
-                Some(prepared) => cluster.lead.publish(&self.shared, prepared),
-                None => cluster.lead.publish_commit(&self.shared, &committed),
-            }
+        // Built before the COMMIT (`Outlet::before_commit`, called for every commit); none
+        // on a relaying pusher or a single node.
+        if let (Some(cluster), Some(prepared)) = (self.shared.cluster.get(), self.prepared.take()) {
+            cluster.lead.publish(&self.shared, prepared);
         }
         for c in committed {
             self.route(c);

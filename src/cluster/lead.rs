@@ -210,14 +210,6 @@ impl Lead {
         );
     }
 
-    /// Tells every node what one commit holds (module docs): [`Lead::build`], then
-    /// [`Lead::publish`].
-    pub fn publish_commit(&self, shared: &Shared, committed: &[Committed]) {
-        let committed: Vec<&Committed> = committed.iter().collect();
-        let prepared = self.build(&committed);
-        self.publish(shared, prepared);
-    }
-
     /// One commit's delivery batches and, per batch, the seqs they reserve for devices on
     /// other nodes (`pledges.rs`). Built on the writer's thread before the commit's
     /// `COMMIT`, so its pledge record goes in the same transaction ([`Lead::pledge_write`]).

@@ -15,6 +15,7 @@ pub mod conn;
 pub mod leader;
 pub mod lease;
 pub mod pending;
+mod pledges;
 pub mod schema;
 pub mod tx;
 

@@ -8,9 +8,7 @@ use super::pending::Pending;
 use super::ConnInfo;
 use crate::message::{ChannelKey, Message};
 use crate::storage::admin::AdminWrite;
-use crate::storage::tx::{
-    Batch, PledgeWrite, RecentMessage, Result, WriteStore, WriteTx, PLEDGE_KEEP_SECS,
-};
+use crate::storage::tx::{Batch, PledgeWrite, RecentMessage, Result, WriteStore, WriteTx};
 use crate::storage::DbError;
 use postgres::types::ToSql;
 use postgres::{Client, Row, Statement, Transaction};
@@ -279,27 +277,8 @@ impl WriteTx for PgTx<'_, '_> {
         super::admin::apply(self, write)
     }
 
-    fn cluster_pledges(&self, w: &PledgeWrite) -> Result<()> {
-        if let Some((record, last)) = &w.record {
-            let last = i64::try_from(*last).unwrap_or(i64::MAX);
-            self.execute(
-                "INSERT INTO cluster_pledges (node_id, incarnation, last_batch, body)
-                 VALUES ($1, $2, $3, $4)",
-                &[&w.node, &w.incarnation, &last, record],
-            )?;
-        }
-        if let Some(below) = w.prune_below {
-            let below = i64::try_from(below).unwrap_or(i64::MAX);
-            self.execute(
-                "DELETE FROM cluster_pledges WHERE node_id = $1 AND incarnation = $2
-                     AND last_batch < $3 AND written_at < now() - make_interval(secs => $4)",
-                &[&w.node, &w.incarnation, &below, &PLEDGE_KEEP_SECS],
-            )?;
-        }
-        if let Some(id) = w.forget {
-            self.execute("DELETE FROM cluster_pledges WHERE id = $1", &[&id])?;
-        }
-        Ok(())
+    fn cluster_pledges(&self, write: &PledgeWrite) -> Result<()> {
+        super::pledges::write(self, write)
     }
 }
 
