@@ -151,8 +151,11 @@ fn login(shared: &SharedRef, reader: &Reader, req: &AuthRequest) -> AuthOutcome 
     // In a cluster, logins on different nodes are ordered by a number from the store, so
     // a login kicks the same device on another node only when it is the newer one.
     let epoch = match shared.cluster.get() {
-        Some(_) => match reader.next_login_epoch() {
-            Ok(e) => e,
+        Some(cluster) => match reader.next_login_epoch() {
+            Ok(e) => {
+                cluster.devices.saw_epoch(e);
+                e
+            }
             Err(e) => {
                 log::error!("login epoch for {}: {e}", c.uid);
                 return refuse(reason::SYSTEM_ERROR);

@@ -26,6 +26,11 @@
 //! the bus and no node can tell, as when a leader is killed between a commit and its
 //! publication. `tests/cluster_chat.rs` proves with it that a successor writes what
 //! the dead leader reserved (`cluster/inherit.rs`). Read once.
+//!
+//! `RUYI_FAILPOINT_SLOW_BATCHES=<ms>` makes a cluster follower handle each commit batch
+//! that many milliseconds late, as a busy relay thread would: `tests/cluster_chat.rs`
+//! proves with it that a device that moved here after the leader pushed it a message is
+//! not pushed it again (`cluster/devices.rs`). Read once.
 
 use std::sync::OnceLock;
 
@@ -86,6 +91,17 @@ fn muted_after() -> Option<u64> {
 /// True when commit batch `number` must not be published (module docs).
 pub fn batch_muted(number: u64) -> bool {
     muted_after().is_some_and(|after| number > after)
+}
+
+/// How late a follower handles each commit batch (module docs); zero unless set.
+pub fn batch_delay() -> std::time::Duration {
+    static DELAY: OnceLock<std::time::Duration> = OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("RUYI_FAILPOINT_SLOW_BATCHES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis)
+    })
 }
 
 /// The commit batches a leader's heartbeat counts, of the `published` it numbered.

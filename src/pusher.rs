@@ -269,7 +269,12 @@ impl Outlet for Pusher {
         committed: &[&Committed],
     ) -> Option<crate::storage::tx::PledgeWrite> {
         let cluster = self.shared.cluster.get().filter(|_| !self.relaying)?;
-        let prepared = cluster.lead.build(committed);
+        // Read before the COMMIT, so before any push of these messages (`devices.rs`).
+        let epoch = cluster
+            .devices
+            .newest_epoch()
+            .max(cluster.leader.epoch_floor());
+        let prepared = cluster.lead.build(committed, epoch);
         let write = cluster
             .lead
             .pledge_write(&prepared, &|node| cluster.members.incarnation_of(node));

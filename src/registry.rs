@@ -200,6 +200,17 @@ impl Registry {
         devices.len()
     }
 
+    /// The user's connections that logged in with an epoch up to `epoch`: those a
+    /// cluster batch stamped `epoch` is pushed to (`cluster/devices.rs`).
+    pub fn conns_logged_in_by(&self, uid: &str, epoch: i64, out: &mut Vec<ConnId>) {
+        let shard = self.shards[shard_of(uid)]
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(devices) = shard.get(uid) {
+            out.extend(devices.iter().filter(|d| d.epoch <= epoch).map(|d| d.conn));
+        }
+    }
+
     /// True when the user has a connection other than `except` that was logged in before
     /// the message with `push_no` was pushed (module invariants): that device was one of
     /// the message's receivers, so it holds the message or will queue it when it goes.

@@ -19,8 +19,23 @@
 //!   when it is seen again under a new incarnation, or live again). A node that dies after
 //!   the plan is a device that died holding the message, as on a single node's crash:
 //!   the message is in channel history; the reservation is not written.
+//!
+//! # A device that logged in after the plan is not pushed to
+//! A node delivers a batch to its own devices when the batch arrives, which may be after
+//! one of them moved: a device pushed the message on the leader (or on another node), then
+//! closed and logged in here before this node handled the batch, would get it twice. On a
+//! single node the registry's push clock keeps a login after the push from it; across
+//! nodes the login epochs do (`presence.rs`: a number from a PostgreSQL sequence, taken at
+//! every login). Every node keeps the newest epoch it has seen ([`RemoteDevices::newest_epoch`]:
+//! its own logins and every login notice); the leader stamps each batch with it before the
+//! commit (`wire::CommitBatch::login_epoch`), and a node pushes the batch only to devices
+//! whose epoch is not above the stamp. A device above it logged in after the commit began,
+//! after every push of the message anywhere: it gets the message as a device that logged
+//! in after a push on one node does, from its queue (the leader reserved or stored a seq
+//! there for the user, and the devices it counted on write a miss there).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::RwLock;
 
 /// Shards of the map, so channel workers reading it and the bus thread writing it rarely
@@ -34,12 +49,15 @@ type Shard = RwLock<HashMap<String, Vec<(u16, u32)>>>;
 #[derive(Debug)]
 pub struct RemoteDevices {
     shards: Vec<Shard>,
+    /// The newest login epoch seen here (module docs).
+    newest_epoch: AtomicI64,
 }
 
 impl Default for RemoteDevices {
     fn default() -> Self {
         RemoteDevices {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            newest_epoch: AtomicI64::new(0),
         }
     }
 }
@@ -52,6 +70,18 @@ fn shard_of(uid: &str) -> usize {
 impl RemoteDevices {
     fn shard(&self, uid: &str) -> &Shard {
         &self.shards[shard_of(uid)]
+    }
+
+    /// A login with `epoch` happened somewhere (here, or a notice from another node), or
+    /// the sequence stood at `epoch` when this node took the lead: every login up to it
+    /// came before what this node plans from now on.
+    pub fn saw_epoch(&self, epoch: i64) {
+        self.newest_epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// The newest login epoch seen here (module docs).
+    pub fn newest_epoch(&self) -> i64 {
+        self.newest_epoch.load(Ordering::Acquire)
     }
 
     /// A device of `uid` logged in on `node`.

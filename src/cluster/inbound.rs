@@ -225,6 +225,10 @@ fn handle(
             }
         }
         Inbound::Commit(batch) => {
+            let late = crate::fault::batch_delay();
+            if !late.is_zero() {
+                std::thread::sleep(late);
+            }
             let lost = relay.lost.swap(false, Relaxed);
             if stream.batch(batch.leader, batch.incarnation, batch.number) || lost {
                 resync(shared, relay);
@@ -324,6 +328,7 @@ fn deliver(
     pusher: &mut crate::pusher::Pusher,
 ) {
     use crate::storage::append::Outlet;
+    let login_epoch = batch.login_epoch;
     let mut committed = Vec::with_capacity(batch.messages.len());
     let mut conns: Vec<ConnId> = Vec::new();
     for d in batch.messages {
@@ -338,7 +343,10 @@ fn deliver(
         let mut targets = Vec::new();
         for (index, uid) in recipients.iter().enumerate() {
             conns.clear();
-            shared.registry.conns_of(uid, &mut conns);
+            // Not a device that logged in after the commit began (`devices.rs`).
+            shared
+                .registry
+                .conns_logged_in_by(uid, login_epoch, &mut conns);
             targets.extend(
                 conns
                     .iter()

@@ -213,8 +213,11 @@ impl Lead {
     /// One commit's delivery batches and, per batch, the seqs they reserve for devices on
     /// other nodes (`pledges.rs`). Built on the writer's thread before the commit's
     /// `COMMIT`, so its pledge record goes in the same transaction ([`Lead::pledge_write`]).
-    pub fn build(&self, committed: &[&Committed]) -> Prepared {
-        let mut prepared = Prepared::default();
+    pub fn build(&self, committed: &[&Committed], login_epoch: i64) -> Prepared {
+        let mut prepared = Prepared {
+            login_epoch,
+            ..Prepared::default()
+        };
         let (mut batch, mut pledged, mut bytes) = (Vec::new(), Vec::new(), 0);
         for c in committed {
             if c.duplicate || c.outcome.reason != reason::SUCCESS {
@@ -296,17 +299,25 @@ impl Lead {
 
     /// Publishes the batches of a committed [`Lead::build`], in order.
     pub fn publish(&self, shared: &Shared, prepared: Prepared) {
+        let login_epoch = prepared.login_epoch;
         for (messages, pledged) in prepared.batches {
-            self.publish_batch(shared, messages, pledged);
+            self.publish_batch(shared, messages, pledged, login_epoch);
         }
     }
 
-    fn publish_batch(&self, shared: &Shared, messages: Vec<WireDelivery>, pledged: Pledged) {
+    fn publish_batch(
+        &self,
+        shared: &Shared,
+        messages: Vec<WireDelivery>,
+        pledged: Pledged,
+        login_epoch: i64,
+    ) {
         let number = self.number.fetch_add(1, Relaxed) + 1;
         let batch = CommitBatch {
             leader: self.me,
             incarnation: self.incarnation,
             number,
+            login_epoch,
             messages,
         };
         let sent = if crate::fault::batch_muted(number) {
@@ -341,6 +352,8 @@ impl Lead {
 #[derive(Debug, Default)]
 pub struct Prepared {
     batches: Vec<(Vec<WireDelivery>, Pledged)>,
+    /// See [`CommitBatch::login_epoch`].
+    login_epoch: i64,
 }
 
 /// The seqs one batch reserves, with the node each is for.

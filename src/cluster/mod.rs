@@ -235,6 +235,9 @@ impl Cluster {
                 format!("{name}.devices"),
                 on(shared, |_, c, change: presence::Change| match change {
                     presence::Change::Login(login) => {
+                        // Before the map counts it: a plan that counts the device is
+                        // stamped with an epoch at least its own (`devices.rs`).
+                        c.devices.saw_epoch(login.epoch);
                         c.devices.login(login.node, &login.uid);
                         c.relay.hand_over(relay::Inbound::Login(login));
                     }

@@ -214,6 +214,9 @@ pub struct CommitBatch {
     pub incarnation: i64,
     /// 1, 2, 3… per incarnation: a node that sees a number skipped lost a batch.
     pub number: u64,
+    /// The newest login epoch the leader had seen before the commit: a device that logged
+    /// in with a later one is not pushed this batch (`devices.rs`).
+    pub login_epoch: i64,
     pub messages: Vec<WireDelivery>,
 }
 

@@ -79,6 +79,26 @@ impl Conn {
     }
 }
 
+/// `RUYI_LOAD_TRACE=1`: every connection's events on standard error, one line each
+/// (login, lost server, SEND, SENDACK, RECV), to follow one message through a failover.
+fn tracing() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("RUYI_LOAD_TRACE").is_some_and(|v| v == "1"))
+}
+
+/// One trace line (see [`tracing`]): wall-clock microseconds, uid, server, then `what`.
+fn trace(c: &Conn, what: std::fmt::Arguments<'_>) {
+    if tracing() {
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        eprintln!(
+            "T {us} {} s{} r{} {what}",
+            c.plan.uid, c.server, c.reconnects
+        );
+    }
+}
+
 /// What one worker counted; the run's totals are the same shape, summed.
 pub(super) struct WorkerResult {
     pub(super) sends: u64,
@@ -235,7 +255,12 @@ pub(super) fn worker(
             // the input has been quiet a while, or at the limit.
             if now >= until {
                 let answered = conns.iter().all(|c| c.in_flight.is_empty());
-                if (answered && now >= last_input + DRAIN_QUIET) || now >= until + DRAIN_LIMIT {
+                let limit = if args.failover {
+                    FAILOVER_DRAIN_LIMIT
+                } else {
+                    DRAIN_LIMIT
+                };
+                if (answered && now >= last_input + DRAIN_QUIET) || now >= until + limit {
                     break;
                 }
             }
@@ -293,6 +318,7 @@ pub(super) fn worker(
                 }
             }
             if lost {
+                trace(c, format_args!("LOST"));
                 fail_over(c, &poll, args, event.token(), tls.as_ref(), &mut refused)?;
             }
         }
@@ -366,6 +392,13 @@ fn handle_input(
                 }
             }
             Packet::Sendack(ack) => {
+                trace(
+                    c,
+                    format_args!(
+                        "SENDACK cs{} {} id{} seq{}",
+                        ack.client_seq, ack.reason_code, ack.message_id, ack.message_seq
+                    ),
+                );
                 let sent = c
                     .in_flight
                     .iter()
@@ -401,6 +434,13 @@ fn handle_input(
                         u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default()) as usize;
                     let counter =
                         u64::from_be_bytes(payload[16..24].try_into().unwrap_or_default());
+                    trace(
+                        c,
+                        format_args!(
+                            "RECV {sender}/{counter} id{} seq{}",
+                            recv.message_id, recv.message_seq
+                        ),
+                    );
                     match c.seen.entry(sender).or_default().record(counter) {
                         crate::ledger::Arrival::New => {}
                         crate::ledger::Arrival::Duplicate => {
@@ -556,6 +596,7 @@ fn login(c: &mut Conn, args: &ImArgs) -> io::Result<()> {
         },
     });
     c.queue(&connect)?;
+    trace(c, format_args!("LOGIN"));
     flush(c)
 }
 
@@ -568,6 +609,7 @@ fn send_packet(
     plain: &[u8],
 ) -> io::Result<()> {
     let client_msg_no = format!("{}-{}", c.plan.uid, client_seq);
+    trace(c, format_args!("SEND cs{client_seq}"));
     let (payload, msg_key) = match &c.cipher {
         Some(cipher) => {
             let wire = cipher.encrypt_b64(plain);

@@ -23,7 +23,7 @@
 //! lead has lost its lease: it stops, as a node whose lease was taken does (`lease.rs`).
 
 use super::conn::ConnInfo;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,10 @@ pub struct Leader {
     /// The other leaders' pledge records, as (id, body), read when this node took
     /// the lead and not yet taken (`cluster/inherit.rs`).
     inherited: std::sync::Mutex<Vec<(i64, Vec<u8>)>>,
+    /// The login epoch sequence when this node took the lead, set before it is named
+    /// leader: every login up to it came before this node's first commit
+    /// (`cluster/devices.rs`).
+    epoch_floor: AtomicI64,
 }
 
 impl Leader {
@@ -56,21 +60,33 @@ impl Leader {
     pub fn take_inherited(&self) -> Vec<(i64, Vec<u8>)> {
         std::mem::take(&mut *self.inherited.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    /// See [`Leader::epoch_floor`]'s field; 0 until this node leads.
+    pub fn epoch_floor(&self) -> i64 {
+        self.epoch_floor.load(Ordering::Acquire)
+    }
 }
 
+/// Pledge records as (id, body).
+type Records = Vec<(i64, Vec<u8>)>;
+
 /// Every other leader's pledge records (`cluster/inherit.rs`); incarnations count per
-/// node id, so a leader is its (node, incarnation).
+/// node id, so a leader is its (node, incarnation). With them, where the login epoch
+/// sequence stands ([`Leader::epoch_floor`]).
 fn inherited(
     client: &mut postgres::Client,
     node: i64,
     incarnation: i64,
-) -> Result<Vec<(i64, Vec<u8>)>, postgres::Error> {
+) -> Result<(Records, i64), postgres::Error> {
     let rows = client.query(
         "SELECT id, body FROM cluster_pledges
          WHERE NOT (node_id = $1 AND incarnation = $2) ORDER BY id",
         &[&node, &incarnation],
     )?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let epoch: i64 = client
+        .query_one("SELECT last_value FROM login_epoch", &[])?
+        .get(0);
+    Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), epoch))
 }
 
 /// Takes the lead if it is free, and returns who leads: one statement that inserts the
@@ -120,6 +136,7 @@ pub fn watch(
     let leader = Arc::new(Leader {
         node: AtomicU32::new(NONE),
         inherited: std::sync::Mutex::default(),
+        epoch_floor: AtomicI64::new(0),
     });
     let (info, seen) = (info.clone(), Arc::clone(&leader));
     std::thread::Builder::new()
@@ -160,8 +177,10 @@ pub fn watch(
                             // Before anyone here learns it leads: the takeover waited for
                             // the predecessor's last commit, so its records are all there.
                             match inherited(c, node, incarnation) {
-                                Ok(rows) => {
-                                    *seen.inherited.lock().unwrap_or_else(|p| p.into_inner()) = rows
+                                Ok((rows, epoch)) => {
+                                    *seen.inherited.lock().unwrap_or_else(|p| p.into_inner()) =
+                                        rows;
+                                    seen.epoch_floor.store(epoch, Ordering::Release);
                                 }
                                 // The next look tries again, for a few seconds: meanwhile
                                 // the cluster has no leader it knows of (sends get 15).
@@ -182,7 +201,7 @@ pub fn watch(
                             log::info!("cluster: this node (node {node}) leads");
                         }
                         if led && now == node && unread {
-                            if let Ok(rows) = inherited(c, node, incarnation) {
+                            if let Ok((rows, _)) = inherited(c, node, incarnation) {
                                 unread = false;
                                 seen.inherited
                                     .lock()
