@@ -31,6 +31,10 @@
 //! that many milliseconds late, as a busy relay thread would: `tests/cluster_chat.rs`
 //! proves with it that a device that moved here after the leader pushed it a message is
 //! not pushed it again (`cluster/devices.rs`). Read once.
+//!
+//! `RUYI_FAILPOINT_MUTE_LOGIN_NOTICES=1` makes a cluster node publish none of its login
+//! notices, as if each were lost on the bus: `tests/cluster_moves.rs` proves with it that
+//! the leader's stamp still comes to cover such a device (`cluster/devices.rs`). Read once.
 
 use std::sync::OnceLock;
 
@@ -102,6 +106,13 @@ pub fn batch_delay() -> std::time::Duration {
             .and_then(|v| v.parse().ok())
             .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis)
     })
+}
+
+/// True when login notices must not be published (module docs).
+pub fn login_notices_muted() -> bool {
+    static MUTED: OnceLock<bool> = OnceLock::new();
+    *MUTED
+        .get_or_init(|| std::env::var("RUYI_FAILPOINT_MUTE_LOGIN_NOTICES").is_ok_and(|v| v == "1"))
 }
 
 /// The commit batches a leader's heartbeat counts, of the `published` it numbered.

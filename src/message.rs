@@ -267,6 +267,10 @@ pub struct Committed {
     pub slots: Vec<QueueSlot>,
     /// The registry's push clock for this message (`registry` module invariants).
     pub push_no: u64,
+    /// A cluster follower pushes a batch only to devices that logged in with an epoch up
+    /// to this (`cluster/devices.rs`); a device above it was not pushed, so it holds
+    /// nothing for another device that goes. `i64::MAX` everywhere else.
+    pub login_epoch: i64,
     /// See [`Planned::queued`].
     pub queued: bool,
     /// See [`Planned::webhook_offline`].
@@ -289,6 +293,7 @@ impl Committed {
             recipients: Arc::from(Vec::new()),
             slots: Vec::new(),
             push_no: 0,
+            login_epoch: i64::MAX,
             queued: false,
             webhook_offline: Vec::new(),
             reply,
@@ -313,6 +318,8 @@ pub struct Delivery {
     pub slots: Vec<QueueSlot>,
     /// See [`Committed::push_no`].
     pub push_no: u64,
+    /// See [`Committed::login_epoch`].
+    pub login_epoch: i64,
     /// See [`Planned::queued`].
     pub queued: bool,
 }

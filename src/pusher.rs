@@ -188,6 +188,7 @@ impl Pusher {
             recipients: c.recipients,
             slots: c.slots,
             push_no: c.push_no,
+            login_epoch: c.login_epoch,
             queued: c.queued,
         });
         // A piece's weight stays at most that of `TARGETS_PER_DELIVER` small RECVs

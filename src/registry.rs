@@ -212,16 +212,24 @@ impl Registry {
     }
 
     /// True when the user has a connection other than `except` that was logged in before
-    /// the message with `push_no` was pushed (module invariants): that device was one of
-    /// the message's receivers, so it holds the message or will queue it when it goes.
-    pub fn has_older_device(&self, uid: &str, except: ConnId, push_no: u64) -> bool {
+    /// the message with `push_no` was pushed (module invariants), with an epoch up to
+    /// `login_epoch` (a cluster follower pushes no device above it: `cluster/devices.rs`):
+    /// that device was one of the message's receivers, so it holds the message or will
+    /// queue it when it goes.
+    pub fn has_older_device(
+        &self,
+        uid: &str,
+        except: ConnId,
+        push_no: u64,
+        login_epoch: i64,
+    ) -> bool {
         let shard = self.shards[shard_of(uid)]
             .read()
             .unwrap_or_else(|e| e.into_inner());
         shard.get(uid).is_some_and(|devices| {
             devices
                 .iter()
-                .any(|d| d.conn != except && d.login_no < push_no)
+                .any(|d| d.conn != except && d.login_no < push_no && d.epoch <= login_epoch)
         })
     }
 
@@ -330,9 +338,42 @@ mod tests {
         let push_no = r.clock.tick();
         r.add("u", dev(2, 1, 0, "b"));
         let (a, b) = (ConnId::new(0, 1, 1), ConnId::new(0, 2, 1));
-        assert!(r.has_older_device("u", b, push_no), "a was there");
-        assert!(!r.has_older_device("u", a, push_no), "b came later");
-        assert!(!r.has_older_device("nobody", a, push_no));
+        assert!(r.has_older_device("u", b, push_no, i64::MAX), "a was there");
+        assert!(
+            !r.has_older_device("u", a, push_no, i64::MAX),
+            "b came later"
+        );
+        assert!(!r.has_older_device("nobody", a, push_no, i64::MAX));
+    }
+
+    #[test]
+    fn a_device_above_a_batch_stamp_does_not_count_as_holding_it() {
+        // A cluster follower pushed a batch stamped 5 only to devices of epoch 5 or less.
+        let r = Registry::default();
+        r.add(
+            "u",
+            Device {
+                epoch: 5,
+                ..dev(1, 1, 0, "phone")
+            },
+        );
+        r.add(
+            "u",
+            Device {
+                epoch: 9,
+                ..dev(2, 2, 0, "pc")
+            },
+        );
+        let push_no = r.clock.tick();
+        let (phone, pc) = (ConnId::new(0, 1, 1), ConnId::new(0, 2, 1));
+        let mut pushed = Vec::new();
+        r.conns_logged_in_by("u", 5, &mut pushed);
+        assert_eq!(pushed, vec![phone]);
+        assert!(
+            !r.has_older_device("u", phone, push_no, 5),
+            "the pc was not pushed it: the phone's miss must be queued"
+        );
+        assert!(r.has_older_device("u", pc, push_no, 5), "the phone was");
     }
 
     #[test]

@@ -27,12 +27,16 @@
 //! single node the registry's push clock keeps a login after the push from it; across
 //! nodes the login epochs do (`presence.rs`: a number from a PostgreSQL sequence, taken at
 //! every login). Every node keeps the newest epoch it has seen ([`RemoteDevices::newest_epoch`]:
-//! its own logins and every login notice); the leader stamps each batch with it before the
-//! commit (`wire::CommitBatch::login_epoch`), and a node pushes the batch only to devices
-//! whose epoch is not above the stamp. A device above it logged in after the commit began,
-//! after every push of the message anywhere: it gets the message as a device that logged
-//! in after a push on one node does, from its queue (the leader reserved or stored a seq
-//! there for the user, and the devices it counted on write a miss there).
+//! its own logins and every login notice), and the leader also reads where the sequence
+//! stands at each look at the lead (every 500 ms: `Leader::epoch_floor`, so a device whose
+//! notice was late or lost waits at most that long); the leader stamps each batch with the
+//! larger before the commit (`wire::CommitBatch::login_epoch`), and a node pushes the batch
+//! only to devices whose epoch is not above the stamp. A device above it logged in after
+//! the stamp was read: it gets the message as a device that logged in after a push on one
+//! node does, from its queue (the leader reserved or stored a seq there for the user, and
+//! the devices it counted on write a miss there). Since it was not pushed the message, it
+//! does not count as holding it when another device of the user goes without
+//! acknowledging (`Registry::has_older_device`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -379,8 +379,18 @@ fn deliver(
                 });
             }
         }
+        // With none here, a stored entry's recipient may still have a device to push to:
+        // the pusher looks again for those (`pusher::recheck_offline`), which also reaches
+        // a device above the stamp whose login notice the leader missed.
         if targets.is_empty() {
-            continue;
+            conns.clear();
+            let stored_here = slots
+                .iter()
+                .zip(recipients.iter())
+                .any(|(s, uid)| s.stored && shared.registry.conns_of(uid, &mut conns) > 0);
+            if !stored_here {
+                continue;
+            }
         }
         let mut message: crate::message::Message = d.message.into();
         if d.by_reference {
@@ -432,6 +442,7 @@ fn deliver(
             recipients,
             slots,
             push_no,
+            login_epoch,
             queued: d.queued,
             webhook_offline: Vec::new(),
             reply: Reply::None,

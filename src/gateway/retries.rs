@@ -27,6 +27,8 @@ pub(super) struct PendingAck {
     pub(super) slot: QueueSlot,
     /// See `Delivery::push_no`.
     pub(super) push_no: u64,
+    /// See `Delivery::login_epoch`.
+    pub(super) login_epoch: i64,
     pub(super) frame: Bytes,
     pub(super) sent_at: Instant,
     pub(super) attempts: u32,
@@ -54,6 +56,7 @@ impl PendingAck {
             requeue: delivery.queued && slot.seq > 0 && !slot.stored,
             slot,
             push_no: delivery.push_no,
+            login_epoch: delivery.login_epoch,
             frame,
             sent_at: now,
             attempts: 0,
@@ -75,7 +78,12 @@ impl Gateway {
         if !p.requeue {
             return;
         }
-        if miss == Miss::Gone && self.shared.registry.has_older_device(uid, conn, p.push_no) {
+        if miss == Miss::Gone
+            && self
+                .shared
+                .registry
+                .has_older_device(uid, conn, p.push_no, p.login_epoch)
+        {
             return;
         }
         self.send_lane(LaneJob::Requeue {

@@ -61,6 +61,7 @@ pub fn store_message<T: WriteTx + ?Sized>(
         recipients,
         slots: Vec::new(),
         push_no,
+        login_epoch: i64::MAX,
         queued: queued && !message.flags.no_persist() && !command,
         webhook_offline,
         reply,

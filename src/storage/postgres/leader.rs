@@ -43,9 +43,9 @@ pub struct Leader {
     /// The other leaders' pledge records, as (id, body), read when this node took
     /// the lead and not yet taken (`cluster/inherit.rs`).
     inherited: std::sync::Mutex<Vec<(i64, Vec<u8>)>>,
-    /// The login epoch sequence when this node took the lead, set before it is named
-    /// leader: every login up to it came before this node's first commit
-    /// (`cluster/devices.rs`).
+    /// Where the login epoch sequence stood at this node's last look while leading (first
+    /// read before it is named leader): every login up to it came before any commit that
+    /// reads it (`cluster/devices.rs`).
     epoch_floor: AtomicI64,
 }
 
@@ -180,7 +180,7 @@ pub fn watch(
                                 Ok((rows, epoch)) => {
                                     *seen.inherited.lock().unwrap_or_else(|p| p.into_inner()) =
                                         rows;
-                                    seen.epoch_floor.store(epoch, Ordering::Release);
+                                    seen.epoch_floor.fetch_max(epoch, Ordering::AcqRel);
                                 }
                                 // The next look tries again, for a few seconds: meanwhile
                                 // the cluster has no leader it knows of (sends get 15).
@@ -210,6 +210,16 @@ pub fn watch(
                             }
                         }
                         led = now == node;
+                        if led {
+                            // Every look: a device whose login notice is late or lost is
+                            // pushed again within one (`cluster/devices.rs`). Every epoch
+                            // up to the value read was taken before the read, so before
+                            // any commit that uses it.
+                            if let Ok(row) = c.query_one("SELECT last_value FROM login_epoch", &[])
+                            {
+                                seen.epoch_floor.fetch_max(row.get(0), Ordering::AcqRel);
+                            }
+                        }
                         let now = u32::try_from(now).unwrap_or(NONE);
                         if seen.node.swap(now, Ordering::AcqRel) != now && !led {
                             log::info!("cluster: node {now} leads");
