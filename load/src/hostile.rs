@@ -213,6 +213,7 @@ fn healthy_args(args: &HostileArgs, phase: usize) -> ImArgs {
         ws: None,
         encrypt: true,
         jsonrpc: false,
+        peer: crate::peer::Peer::Ruyi,
         tls_ca: None,
         window: 64,
         rate: args.rate,

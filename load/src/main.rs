@@ -15,6 +15,7 @@ mod im;
 mod jsonrpc;
 mod ledger;
 mod meta;
+mod peer;
 mod procfs;
 mod report;
 mod timer;

@@ -70,6 +70,11 @@ pub struct ImArgs {
     /// Speak JSON-RPC, as the EasySDK clients do (needs `--ws`; no encryption there).
     #[arg(long, requires = "ws")]
     pub jsonrpc: bool,
+    /// Drive redis pub/sub or NATS core at `--tcp` instead of Ruyi, with the same shapes,
+    /// payload and accounting (`peer.rs`; `scripts/bench-peers.sh`).
+    #[arg(long, value_enum, default_value_t = crate::peer::Peer::Ruyi,
+          conflicts_with_all = ["encrypt", "jsonrpc", "ws", "failover", "tls_ca"])]
+    pub peer: crate::peer::Peer,
     /// Speak TLS to the server (point --tcp or --ws at its TLS listener), trusting the CA
     /// certificate in this PEM file.
     #[arg(long, value_name = "PEM")]
@@ -210,8 +215,10 @@ impl Plans {
         for g in 0..groups {
             let gid = format!("{p}-{tag}{g}");
             let uids: Vec<String> = (0..members).map(|m| format!("{gid}m{m}")).collect();
-            let body = serde_json::json!({"channel_id": gid, "channel_type": 2, "subscribers": uids, "reset": 1});
-            http_post(args.http, "/channel", &body.to_string())?;
+            if args.peer == crate::peer::Peer::Ruyi {
+                let body = serde_json::json!({"channel_id": gid, "channel_type": 2, "subscribers": uids, "reset": 1});
+                http_post(args.http, "/channel", &body.to_string())?;
+            } // A peer's members subscribe to the group's channel at login (`peer.rs`).
             for (m, uid) in uids.into_iter().enumerate() {
                 let sends = m < senders;
                 self.list.push(Plan {
@@ -504,6 +511,8 @@ fn run(
     let report = ImReport {
         scenario: scenario.to_owned(),
         transport: match (args.ws.is_some(), args.jsonrpc, args.tls_ca.is_some()) {
+            _ if args.peer == crate::peer::Peer::Redis => "redis",
+            _ if args.peer == crate::peer::Peer::Nats => "nats",
             (true, true, false) => "ws-jsonrpc",
             (true, true, true) => "wss-jsonrpc",
             (true, false, false) => "ws",

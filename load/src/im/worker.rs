@@ -26,6 +26,9 @@ struct Conn {
     logged_in: bool,
     /// Speaks JSON-RPC (`--jsonrpc`, `jsonrpc.rs`) instead of binary frames.
     jsonrpc: bool,
+    /// Speaks redis or NATS instead (`--peer`, `peer.rs`), and where it stands with it.
+    peer: crate::peer::Peer,
+    peer_state: crate::peer::PeerState,
     /// SENDs in flight, oldest first. SENDACKs mostly come back in order, but a refusal (a
     /// rate limit) is answered before the accepted SENDs ahead of it are stored, so they
     /// are matched by client_seq.
@@ -205,6 +208,8 @@ pub(super) fn worker(
             version: 5,
             logged_in: false,
             jsonrpc: args.jsonrpc,
+            peer: args.peer,
+            peer_state: crate::peer::PeerState::default(),
             in_flight: VecDeque::new(),
             server,
             reconnects: 0,
@@ -358,8 +363,10 @@ fn handle_input(
 ) -> io::Result<()> {
     c.framing.unwrap(&mut c.raw, &mut c.input)?;
     let mut consumed = 0;
-    let next = |c: &Conn, at: usize| {
-        if c.jsonrpc {
+    let next = |c: &mut Conn, at: usize| {
+        if c.peer != crate::peer::Peer::Ruyi {
+            crate::peer::next_packet(c.peer, &mut c.peer_state, &c.input[at..])
+        } else if c.jsonrpc {
             crate::jsonrpc::next_packet(&c.input[at..])
         } else {
             decode_packet(&c.input[at..], c.version, MAX_BODY_BYTES).map_err(io::Error::other)
@@ -423,17 +430,22 @@ fn handle_input(
                     Some(cipher) => Bytes::from(cipher.open_recv(&recv).map_err(io::Error::other)?),
                     None => recv.payload.clone(),
                 };
-                c.queue(&Packet::Recvack(RecvackPacket {
-                    flags: Flags(0),
-                    message_id: recv.message_id,
-                    message_seq: recv.message_seq,
-                }))?;
+                if c.peer == crate::peer::Peer::Ruyi {
+                    c.queue(&Packet::Recvack(RecvackPacket {
+                        flags: Flags(0),
+                        message_id: recv.message_id,
+                        message_seq: recv.message_seq,
+                    }))?;
+                }
                 if payload.len() >= 24 {
                     let sent_ns = u64::from_be_bytes(payload[0..8].try_into().unwrap_or_default());
                     let sender =
                         u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default()) as usize;
                     let counter =
                         u64::from_be_bytes(payload[16..24].try_into().unwrap_or_default());
+                    if c.peer != crate::peer::Peer::Ruyi && Some(sender) == c.plan.sender_index {
+                        continue; // a peer's group sender gets its own back (`peer.rs`)
+                    }
                     trace(
                         c,
                         format_args!(
@@ -582,6 +594,18 @@ fn login(c: &mut Conn, args: &ImArgs) -> io::Result<()> {
     c.logged_in = false;
     c.secret = random_secret().map_err(io::Error::other)?;
     c.framing.start(server_addr(args, c.server), &mut c.output);
+    if c.peer != crate::peer::Peer::Ruyi {
+        let group = c.plan.member_of.clone();
+        crate::peer::connect(
+            c.peer,
+            &mut c.peer_state,
+            &c.plan.uid,
+            group.as_deref(),
+            &mut c.output,
+        );
+        trace(c, format_args!("LOGIN"));
+        return flush(c);
+    }
     let connect = Packet::Connect(ConnectPacket {
         version: 5,
         device_flag: 0,
@@ -608,8 +632,19 @@ fn send_packet(
     client_seq: u32,
     plain: &[u8],
 ) -> io::Result<()> {
-    let client_msg_no = format!("{}-{}", c.plan.uid, client_seq);
     trace(c, format_args!("SEND cs{client_seq}"));
+    if c.peer != crate::peer::Peer::Ruyi {
+        crate::peer::publish(
+            c.peer,
+            &mut c.peer_state,
+            client_seq,
+            target,
+            plain,
+            &mut c.output,
+        );
+        return Ok(());
+    }
+    let client_msg_no = format!("{}-{}", c.plan.uid, client_seq);
     let (payload, msg_key) = match &c.cipher {
         Some(cipher) => {
             let wire = cipher.encrypt_b64(plain);
