@@ -191,5 +191,58 @@ fn handshake(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, fan_out_cost, handshake);
+/// The X25519 implementations side by side (issue 21 item 3): what the server's two
+/// multiplications per login cost in each, nothing else. aws-lc-rs is what the protocol
+/// crate uses (s2n-bignum's assembly); x25519-dalek is what it used before; ring is in
+/// the build through rustls (BoringSSL's fiat-crypto field arithmetic).
+fn x25519(c: &mut Criterion) {
+    use ring::agreement::{agree_ephemeral, EphemeralPrivateKey, UnparsedPublicKey, X25519};
+    let peer_secret = x25519_dalek::StaticSecret::from([9u8; 32]);
+    let peer = *x25519_dalek::PublicKey::from(&peer_secret).as_bytes();
+    let rng = ring::rand::SystemRandom::new();
+    let mut g = c.benchmark_group("x25519");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("dalek: key pair + shared secret", |b| {
+        b.iter(|| {
+            let mut bytes = [0u8; 32];
+            getrandom::getrandom(&mut bytes).expect("rng");
+            let secret = x25519_dalek::StaticSecret::from(bytes);
+            let public = x25519_dalek::PublicKey::from(&secret);
+            let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(black_box(peer)));
+            (public, *shared.as_bytes())
+        })
+    });
+    let aws_rng = aws_lc_rs::rand::SystemRandom::new();
+    g.bench_function("aws-lc-rs: key pair + shared secret", |b| {
+        use aws_lc_rs::agreement as aws;
+        b.iter(|| {
+            let secret = aws::EphemeralPrivateKey::generate(&aws::X25519, &aws_rng).expect("rng");
+            let public = secret.compute_public_key().expect("public key");
+            let shared = aws::agree_ephemeral(
+                secret,
+                aws::UnparsedPublicKey::new(&aws::X25519, black_box(&peer)),
+                aws_lc_rs::error::Unspecified,
+                |s| Ok(<[u8; 32]>::try_from(s).expect("32 bytes")),
+            )
+            .expect("valid key");
+            (public.as_ref().len(), shared)
+        })
+    });
+    g.bench_function("ring: key pair + shared secret", |b| {
+        b.iter(|| {
+            let secret = EphemeralPrivateKey::generate(&X25519, &rng).expect("rng");
+            let public = secret.compute_public_key().expect("public key");
+            let shared = agree_ephemeral(
+                secret,
+                &UnparsedPublicKey::new(&X25519, black_box(&peer)),
+                |s| <[u8; 32]>::try_from(s).expect("32 bytes"),
+            )
+            .expect("valid key");
+            (public.as_ref().len(), shared)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, fan_out_cost, handshake, x25519);
 criterion_main!(benches);

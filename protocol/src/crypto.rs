@@ -7,10 +7,10 @@
 
 use crate::error::CryptoError;
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use md5::{Digest, Md5};
-use x25519_dalek::{PublicKey, StaticSecret};
 
 type Aes128CbcEnc = cbc::Encryptor<aes::Aes128>;
 type Aes128CbcDec = cbc::Decryptor<aes::Aes128>;
@@ -73,17 +73,25 @@ pub fn random_salt() -> Result<String, CryptoError> {
         .collect())
 }
 
+/// The X25519 private key of `secret` (any 32 bytes: clamped as RFC 7748 says).
+fn private_key(secret: &[u8; 32]) -> Option<PrivateKey> {
+    PrivateKey::from_private_key(&X25519, secret).ok()
+}
+
 /// The public key of `secret`, standard base64.
 pub fn public_key_b64(secret: [u8; 32]) -> String {
-    BASE64.encode(PublicKey::from(&StaticSecret::from(secret)).as_bytes())
+    private_key(&secret)
+        .and_then(|k| k.compute_public_key().ok())
+        .map_or_else(String::new, |p| BASE64.encode(p.as_ref()))
 }
 
 /// The server side of the exchange with a fresh key pair and salt.
 ///
-/// Two X25519 multiplications (the key pair, the shared secret): about 128 µs on the
-/// machine in BENCHMARKS.md (`cargo bench -p ruyi-proto --bench codec -- login`), most of
-/// what a login with encryption costs the server. (`ring`'s X25519 measured 98 µs there:
-/// not enough to carry a second implementation.)
+/// Two X25519 multiplications (the key pair, the shared secret), most of what a login with
+/// encryption costs the server: aws-lc-rs's X25519 (s2n-bignum's assembly) does both in
+/// about 35 µs on the machine in BENCHMARKS.md, against 66 µs for ring's and 70–82 µs for
+/// x25519-dalek's, which this crate used before (`cargo bench -p ruyi-proto --bench codec
+/// -- x25519`: the three side by side).
 ///
 /// # Errors
 /// [`CryptoError::EmptyClientKey`] or [`CryptoError::BadClientKey`] for a client key that
@@ -101,11 +109,15 @@ pub fn server_handshake_with(
     secret: [u8; 32],
     salt: &str,
 ) -> Result<ServerHandshake, CryptoError> {
-    let cipher = SessionCipher::derive(secret, client_key_b64, salt)?;
+    let peer = peer_key(client_key_b64)?;
+    let key = private_key(&secret).ok_or(CryptoError::BadClientKey)?;
+    let public = key
+        .compute_public_key()
+        .map_err(|_| CryptoError::BadClientKey)?;
     Ok(ServerHandshake {
-        server_key: public_key_b64(secret),
+        server_key: BASE64.encode(public.as_ref()),
         salt: salt.to_owned(),
-        cipher,
+        cipher: SessionCipher::agree(&key, &peer, salt)?,
     })
 }
 
@@ -133,8 +145,20 @@ impl SessionCipher {
         salt: &str,
     ) -> Result<SessionCipher, CryptoError> {
         let peer = peer_key(peer_key_b64)?;
-        let shared = StaticSecret::from(our_secret).diffie_hellman(&PublicKey::from(peer));
-        SessionCipher::from_shared(shared.as_bytes(), salt)
+        let key = private_key(&our_secret).ok_or(CryptoError::BadClientKey)?;
+        SessionCipher::agree(&key, &peer, salt)
+    }
+
+    /// The cipher from our key and the peer's. A peer key of low order (the shared secret
+    /// all zeros, which anyone could compute) is refused as a bad key.
+    fn agree(key: &PrivateKey, peer: &[u8; 32], salt: &str) -> Result<SessionCipher, CryptoError> {
+        let shared: [u8; 32] = agree(
+            key,
+            UnparsedPublicKey::new(&X25519, peer),
+            CryptoError::BadClientKey,
+            |s| s.try_into().map_err(|_| CryptoError::BadClientKey),
+        )?;
+        SessionCipher::from_shared(&shared, salt)
     }
 
     /// The cipher from the X25519 shared secret: the key is the first 16 hex digits of

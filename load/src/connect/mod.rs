@@ -57,6 +57,12 @@ pub struct ConnectArgs {
     /// Log in with the key exchange, as the official SDKs do.
     #[arg(long)]
     pub encrypt: bool,
+    /// With `--encrypt`: every connection sends one client public key made before the
+    /// storm, and no session key is derived from the CONNACKs, so the client's crypto does
+    /// not share the cores with the server's. The server still does its whole work per
+    /// login (a fresh key pair and a shared secret each).
+    #[arg(long, requires = "encrypt")]
+    pub server_crypto_only: bool,
     /// Seconds to hold the connections once all are logged in.
     #[arg(long, default_value_t = 10)]
     pub hold: u64,
@@ -375,6 +381,9 @@ fn spawn_child(
     }
     if args.encrypt {
         cmd.arg("--encrypt");
+    }
+    if args.server_crypto_only {
+        cmd.arg("--server-crypto-only");
     }
     if let Some(ca) = &args.tls_ca {
         cmd.arg("--tls-ca").arg(ca);

@@ -75,6 +75,11 @@ pub(super) fn worker(
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     let mut conns: Vec<Conn> = Vec::with_capacity(mine.len());
     let mut opened = 0;
+    // `--server-crypto-only`: one client key for every login, made before the storm.
+    let fixed_key = match args.server_crypto_only {
+        true => Some(public_key_b64(random_secret().map_err(io::Error::other)?)),
+        false => None,
+    };
     let mut pending = 0usize; // opened, not yet logged in or failed
     let connect_deadline = start + Duration::from_secs(args.connect_timeout);
     let mut last_connack = start;
@@ -105,7 +110,9 @@ pub(super) fn worker(
                     let mut c = Conn::new(framing, Some(stream), scheduled);
                     c.framing.start(server, &mut c.output);
                     // The SDK's work for a login: a key pair now, the session key at CONNACK.
-                    let key = if args.encrypt {
+                    let key = if let Some(key) = &fixed_key {
+                        key.clone()
+                    } else if args.encrypt {
                         let began = Instant::now();
                         let secret = random_secret().map_err(io::Error::other)?;
                         let key = public_key_b64(secret);
