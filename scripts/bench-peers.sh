@@ -85,12 +85,18 @@ row() {
       "$bin/ruyi-load" "$@" "${load[@]}" --tcp "127.0.0.1:$tcp" --http "127.0.0.1:$http" \
         --prefix "$name" --warmup 2 --seconds "$seconds" --server-pid "$pid" \
         --json "$out/$name.$server.$i.json" >"$out/$name.$server.$i.txt" 2>&1 \
-        || { echo "FAILED: $name on $server (see $out/$name.$server.$i.txt)" >&2; stop; exit 1; }
+        || { echo "FAILED: $name on $server (see $out/$name.$server.$i.txt)" >&2
+             cp "$data/server.log" "$out/$name.$server.$i.server.log" 2>/dev/null || true
+             stop; exit 1; }
       stop
     done
   done
 }
 
+case ${ONLY:-} in
+  ""|group-1x1000|group-100x10|person-1000) ;;
+  *) echo "ONLY must be group-1x1000, group-100x10 or person-1000" >&2; exit 1 ;;
+esac
 row group-1x1000 group --groups 1 --members 1000 --senders 1 --window 32
 row group-100x10 group --groups 100 --members 10 --senders 1 --window 8
 row person-1000 person --pairs 1000 --window 8

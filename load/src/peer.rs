@@ -113,25 +113,20 @@ fn command(out: &mut BytesMut, args: &[&[u8]]) {
 }
 
 /// The next answer at the start of `input` as a packet, and the bytes it took; `None`
-/// while incomplete. Answers a Ruyi client has no packet for are skipped.
+/// while incomplete. An answer a Ruyi client has no packet for comes back as a PONG,
+/// which the workers ignore: it is consumed once, so the state it changed (a subscription
+/// confirmed) is never counted twice.
 pub fn next_packet(
     peer: Peer,
     state: &mut PeerState,
     input: &[u8],
 ) -> io::Result<Option<(Packet, usize)>> {
-    let mut at = 0;
-    loop {
-        let step = match peer {
-            Peer::Ruyi => return Err(io::Error::other("not a peer")),
-            Peer::Redis => redis_next(state, &input[at..])?,
-            Peer::Nats => nats_next(state, &input[at..])?,
-        };
-        match step {
-            None => return Ok(None),
-            Some((Some(packet), used)) => return Ok(Some((packet, at + used))),
-            Some((None, used)) => at += used,
-        }
-    }
+    let step = match peer {
+        Peer::Ruyi => return Err(io::Error::other("not a peer")),
+        Peer::Redis => redis_next(state, input)?,
+        Peer::Nats => nats_next(state, input)?,
+    };
+    Ok(step.map(|(packet, used)| (packet.unwrap_or(Packet::Pong), used)))
 }
 
 /// What one parsed answer becomes: a packet or nothing, and the bytes it took.
@@ -183,6 +178,9 @@ fn resp(input: &[u8]) -> io::Result<Option<(Resp, usize)>> {
     let Some(eol) = input.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
+    if eol == 0 {
+        return Err(io::Error::other("redis sent an empty line"));
+    }
     let (kind, head) = (input[0], &input[1..eol]);
     let number = || -> io::Result<i64> {
         std::str::from_utf8(head)
@@ -308,7 +306,9 @@ fn nats_next(state: &mut PeerState, input: &[u8]) -> io::Result<Step> {
             String::from_utf8_lossy(line)
         )));
     } else {
-        None // INFO, and the server's PING (it closes a client after two unanswered, minutes)
+        // INFO, and the server's PING: not answered, so a run must stay under the two
+        // unanswered pings (two minutes apart by default) after which NATS closes a client.
+        None
     };
     Ok(Some((packet, after)))
 }
@@ -321,7 +321,9 @@ mod tests {
         let mut out = Vec::new();
         let mut at = 0;
         while let Some((p, used)) = next_packet(peer, state, &input[at..]).unwrap() {
-            out.push(p);
+            if !matches!(p, Packet::Pong) {
+                out.push(p);
+            }
             at += used;
         }
         assert_eq!(at, input.len(), "everything parsed");
@@ -354,6 +356,33 @@ mod tests {
         assert!(next_packet(Peer::Redis, &mut state, b">3\r\n$7\r\nmess")
             .unwrap()
             .is_none());
+        assert!(next_packet(Peer::Redis, &mut state, b"\r\n").is_err());
+        // A subscription confirmed in pieces counts once.
+        let mut state = PeerState::default();
+        connect(
+            Peer::Redis,
+            &mut state,
+            "u1",
+            Some("g1"),
+            &mut BytesMut::new(),
+        );
+        let first = b">3\r\n$9\r\nsubscribe\r\n$2\r\nu1\r\n:1\r\n";
+        let (p, used) = next_packet(Peer::Redis, &mut state, first)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(p, Packet::Pong) && used == first.len());
+        let partial = b">3\r\n$9\r\nsubsc";
+        assert!(next_packet(Peer::Redis, &mut state, partial)
+            .unwrap()
+            .is_none());
+        let second = b">3\r\n$9\r\nsubscribe\r\n$2\r\ng1\r\n:2\r\n";
+        let (p, _) = next_packet(Peer::Redis, &mut state, second)
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(p, Packet::Connack(_)),
+            "CONNACK after both, not before"
+        );
     }
 
     #[test]

@@ -544,6 +544,26 @@ mod tests {
     }
 
     #[test]
+    fn client_keys_of_low_order_are_refused() {
+        // Points whose shared secret is all zeros whatever the server's key (RFC 7748
+        // §6.1): anyone could compute the session key.
+        let order8: [u8; 32] = [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
+            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
+            0x5f, 0x49, 0xb8, 0x00,
+        ];
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for low in [[0u8; 32], one, order8] {
+            assert_eq!(
+                server_handshake(&BASE64.encode(low)).unwrap_err(),
+                CryptoError::BadClientKey,
+                "{low:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_fresh_server_handshake_agrees_with_the_client_side() {
         let mut server_keys = std::collections::HashSet::new();
         for first in [1u8, 50, 200] {

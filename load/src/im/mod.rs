@@ -73,7 +73,7 @@ pub struct ImArgs {
     /// Drive redis pub/sub or NATS core at `--tcp` instead of Ruyi, with the same shapes,
     /// payload and accounting (`peer.rs`; `scripts/bench-peers.sh`).
     #[arg(long, value_enum, default_value_t = crate::peer::Peer::Ruyi,
-          conflicts_with_all = ["encrypt", "jsonrpc", "ws", "failover", "tls_ca"])]
+          conflicts_with_all = ["encrypt", "jsonrpc", "ws", "failover", "tls_ca", "servers"])]
     pub peer: crate::peer::Peer,
     /// Speak TLS to the server (point --tcp or --ws at its TLS listener), trusting the CA
     /// certificate in this PEM file.
