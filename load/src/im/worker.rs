@@ -5,7 +5,9 @@
 use super::*;
 
 mod failover;
+mod input;
 use failover::{fail_over, resend};
+use input::handle_input;
 
 struct Conn {
     stream: crate::transport::Transport,
@@ -224,6 +226,8 @@ pub(super) fn worker(
         conns.push(c);
     }
     let mut r = WorkerResult::new();
+    // Where every encrypted RECV is checked and decrypted, with no allocation per RECV.
+    let mut seal = ruyi_proto::crypto::SealScratch::default();
     // Servers that refused a failover's connect lately (`fail_over`).
     let mut refused: HashMap<usize, Instant> = HashMap::new();
     let mut events = Events::with_capacity(1024);
@@ -295,14 +299,14 @@ pub(super) fn worker(
             if event.is_readable() || event.is_read_closed() || event.is_error() {
                 match crate::wire::read_available(&mut c.stream, &mut buf, &mut c.raw) {
                     Ok(false) => {
-                        handle_input(c, args, now, window, logged_in, &mut r)?;
+                        handle_input(c, args, now, window, logged_in, &mut r, &mut seal)?;
                         if started.is_some() && !paced && !draining {
                             top_up(c, args, now, None)?;
                         }
                     }
                     Ok(true) => {
                         // The last bytes may say why (a refusing CONNACK).
-                        handle_input(c, args, now, None, logged_in, &mut r)?;
+                        handle_input(c, args, now, None, logged_in, &mut r, &mut seal)?;
                         if !args.failover {
                             return Err(io::Error::other(format!(
                                 "{} closed by the server",
@@ -351,146 +355,6 @@ pub(super) fn worker(
         .map(|c| (c.global, c.seen, c.lost_on))
         .collect();
     Ok(r)
-}
-
-fn handle_input(
-    c: &mut Conn,
-    args: &ImArgs,
-    now: Instant,
-    window: Option<Instant>,
-    logged_in: &AtomicUsize,
-    r: &mut WorkerResult,
-) -> io::Result<()> {
-    c.framing.unwrap(&mut c.raw, &mut c.input)?;
-    let mut consumed = 0;
-    let next = |c: &mut Conn, at: usize| {
-        if c.peer != crate::peer::Peer::Ruyi {
-            crate::peer::next_packet(c.peer, &mut c.peer_state, &c.input[at..])
-        } else if c.jsonrpc {
-            crate::jsonrpc::next_packet(&c.input[at..])
-        } else {
-            decode_packet(&c.input[at..], c.version, MAX_BODY_BYTES).map_err(io::Error::other)
-        }
-    };
-    while let Some((packet, used)) = next(c, consumed)? {
-        consumed += used;
-        match packet {
-            Packet::Connack(ack) => {
-                if ack.reason_code != 1 {
-                    return Err(io::Error::other(format!(
-                        "{} login refused: {}",
-                        c.plan.uid, ack.reason_code
-                    )));
-                }
-                if args.encrypt {
-                    c.cipher = Some(
-                        SessionCipher::derive(c.secret, &ack.server_key, &ack.salt)
-                            .map_err(io::Error::other)?,
-                    );
-                }
-                c.logged_in = true;
-                if !c.counted {
-                    c.counted = true;
-                    logged_in.fetch_add(1, Ordering::AcqRel);
-                }
-                if c.reconnects > 0 {
-                    r.failovers += 1;
-                    resend(c)?;
-                }
-            }
-            Packet::Sendack(ack) => {
-                trace(
-                    c,
-                    format_args!(
-                        "SENDACK cs{} {} id{} seq{}",
-                        ack.client_seq, ack.reason_code, ack.message_id, ack.message_seq
-                    ),
-                );
-                let sent = c
-                    .in_flight
-                    .iter()
-                    .position(|f| f.client_seq == ack.client_seq)
-                    .and_then(|i| c.in_flight.remove(i));
-                if ack.reason_code != 1 {
-                    r.refused += 1; // Never accepted, so never owed.
-                } else {
-                    if let (Some(sender), Some(f)) = (c.plan.sender_index, &sent) {
-                        r.acked.push((sender, f.counter));
-                    }
-                    if let (Some(from), Some(f)) = (window, &sent) {
-                        r.sends += 1;
-                        r.tick(from, now, 0);
-                        report::record(&mut r.sendack, now.saturating_duration_since(f.stamp));
-                    }
-                }
-            }
-            Packet::Recv(recv) => {
-                let payload = match &c.cipher {
-                    // Check the msgKey as the SDKs do: a bad one is a server bug.
-                    Some(cipher) => Bytes::from(cipher.open_recv(&recv).map_err(io::Error::other)?),
-                    None => recv.payload.clone(),
-                };
-                if c.peer == crate::peer::Peer::Ruyi {
-                    c.queue(&Packet::Recvack(RecvackPacket {
-                        flags: Flags(0),
-                        message_id: recv.message_id,
-                        message_seq: recv.message_seq,
-                    }))?;
-                }
-                if payload.len() >= 24 {
-                    let sent_ns = u64::from_be_bytes(payload[0..8].try_into().unwrap_or_default());
-                    let sender =
-                        u64::from_be_bytes(payload[8..16].try_into().unwrap_or_default()) as usize;
-                    let counter =
-                        u64::from_be_bytes(payload[16..24].try_into().unwrap_or_default());
-                    if c.peer != crate::peer::Peer::Ruyi && Some(sender) == c.plan.sender_index {
-                        continue; // a peer's group sender gets its own back (`peer.rs`)
-                    }
-                    trace(
-                        c,
-                        format_args!(
-                            "RECV {sender}/{counter} id{} seq{}",
-                            recv.message_id, recv.message_seq
-                        ),
-                    );
-                    match c.seen.entry(sender).or_default().record(counter) {
-                        crate::ledger::Arrival::New => {}
-                        crate::ledger::Arrival::Duplicate => {
-                            if r.duplicated < 10 {
-                                // The first few, to look for in the server's logs.
-                                log::warn!(
-                                    "duplicate: {} got message {counter} of sender {sender} again \
-                                     (id {}, seq {}, after {} failovers)",
-                                    c.plan.uid,
-                                    recv.message_id,
-                                    recv.message_seq,
-                                    c.reconnects
-                                );
-                            }
-                            r.duplicated += 1;
-                        }
-                        crate::ledger::Arrival::Reordered => r.reordered += 1,
-                    }
-                    if let Some(from) = window {
-                        r.deliveries += 1;
-                        r.tick(from, now, 1);
-                        let latency = nanos_since_epoch(now).saturating_sub(sent_ns);
-                        report::record(&mut r.delivery, Duration::from_nanos(latency));
-                    }
-                }
-            }
-            Packet::Pong => {}
-            other => {
-                return Err(io::Error::other(format!(
-                    "{}: unexpected {:?}",
-                    c.plan.uid,
-                    other.packet_type()
-                )))
-            }
-        }
-    }
-    c.input.drain(..consumed);
-    Ok(())
 }
 
 /// Starts SENDs until `window` are in flight (closed loop), or sends those that are due
