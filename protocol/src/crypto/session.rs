@@ -274,8 +274,8 @@ impl SessionCipher {
         out.truncate(n);
     }
 
-    /// Checks a RECV's msgKey and decrypts its payload; allocates (the load client and the
-    /// delivery path use [`SessionCipher::open_recv_into`]).
+    /// Checks a RECV's msgKey and decrypts its payload; allocates (the load client uses
+    /// [`SessionCipher::open_recv_into`]).
     ///
     /// # Errors
     /// As [`SessionCipher::open_recv_into`].

@@ -117,12 +117,17 @@ fn opening_in_reused_buffers_matches_sealing_and_refuses_what_was_not_sealed() {
         c.open_recv_into(&head, not_b64, &key, &mut open),
         Err(CryptoError::BadBase64)
     );
-    let unpadded = BASE64.encode([7u8; 16]);
-    let key = c.msg_key_for_recv_test(&head, unpadded.as_bytes());
-    assert_eq!(
-        c.open_recv_into(&head, unpadded.as_bytes(), &key, &mut open),
-        Err(CryptoError::BadCiphertext)
-    );
+    // Bad padding, a length that is not whole blocks, no ciphertext at all.
+    for ct in [&[7u8; 16][..], &[0u8; 17][..], &[][..]] {
+        let wire = BASE64.encode(ct);
+        let key = c.msg_key_for_recv_test(&head, wire.as_bytes());
+        assert_eq!(
+            c.open_recv_into(&head, wire.as_bytes(), &key, &mut open),
+            Err(CryptoError::BadCiphertext),
+            "{} bytes of ciphertext",
+            ct.len()
+        );
+    }
 }
 
 impl SessionCipher {
