@@ -8,7 +8,7 @@
 use clap::Args;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug, Clone)]
@@ -40,7 +40,7 @@ pub fn run(args: &IdleArgs) -> io::Result<()> {
         let offset = (i % usize::from(args.source_count.max(1))) as u8;
         let source = Ipv4Addr::new(127, 0, 0, args.source_first.wrapping_add(offset));
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-        socket.bind(&SocketAddr::new(IpAddr::V4(source), 0).into())?;
+        crate::source::bind_source(&socket, source)?;
         socket.connect_timeout(&args.addr.into(), Duration::from_secs(10))?;
         held.push(socket);
     }

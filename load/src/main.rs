@@ -18,6 +18,7 @@ mod meta;
 mod peer;
 mod procfs;
 mod report;
+mod source;
 mod timer;
 mod transport;
 mod wire;
@@ -59,7 +60,7 @@ fn connect_from(
         return std::net::TcpStream::connect_timeout(&addr, limit);
     };
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
+    crate::source::bind_source(&socket, source)?;
     socket.connect_timeout(&addr.into(), limit)?;
     Ok(socket.into())
 }

@@ -102,7 +102,7 @@ pub(super) fn worker(
             if scheduled > now && interval.is_some() {
                 break;
             }
-            let source = crate::im::source_of(global, args.sources);
+            let source = crate::source::source_of(global, args.sources);
             match open(&poll, server, Token(opened), source) {
                 Ok(stream) => {
                     let framing = Framing::new(args.ws.is_some(), global as u32);
@@ -289,7 +289,7 @@ fn open(
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
-    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    crate::source::bind_source(&socket, source)?;
     match socket.connect(&server.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

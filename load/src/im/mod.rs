@@ -30,7 +30,7 @@ use ruyi_proto::{
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -594,9 +594,4 @@ fn run(
     }
     crate::meta::write_json(args.json.as_deref(), &meta, &report)?;
     Ok(report)
-}
-
-/// The source address of connection `index`: 127.0.0.1 ..= 127.0.0.<sources> in turn.
-pub(crate) fn source_of(index: usize, sources: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(sources.max(1))) as u8)
 }

@@ -444,8 +444,12 @@ fn dial(
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> io::Result<crate::transport::Transport> {
     let addr = server_addr(args, server);
-    let socket =
-        crate::connect_registered(poll, addr, token, Some(source_of(global, args.sources)))?;
+    let socket = crate::connect_registered(
+        poll,
+        addr,
+        token,
+        Some(crate::source::source_of(global, args.sources)),
+    )?;
     crate::transport::Transport::new(socket, addr, tls)
 }
 
