@@ -14,7 +14,7 @@ use ruyi_proto::types::{channel_type, reason};
 use ruyi_proto::{ConnackPacket, ConnectPacket, CryptoError, LATEST_VERSION};
 use ruyi_reactor::ConnId;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A CONNECT waiting for a worker.
 #[derive(Debug)]
@@ -28,6 +28,9 @@ pub struct AuthRequest {
     /// The client's dialect has no encryption (JSON-RPC): no key exchange, whatever
     /// `Config::encryption` says.
     pub plain: bool,
+    /// When the loop queued it; the loop closes the connection `Config::connect_timeout`
+    /// later unless the login has answered by then.
+    pub queued: Instant,
 }
 
 /// Polling period for the stop flag while idle.
@@ -41,11 +44,33 @@ pub fn run(shared: SharedRef, rx: Receiver<AuthRequest>, reader: Reader) {
             Err(RecvTimeoutError::Timeout) if !shared.is_stopping() => continue,
             Err(_) => return,
         };
+        if req.queued.elapsed() >= shared.config.connect_timeout {
+            // Its loop has closed the connection, or is about to (the login deadline):
+            // a key exchange now would be CPU spent on nobody while later logins wait.
+            shed_login(&shared, "waited past the login deadline for an auth worker");
+            continue;
+        }
+        let delay = crate::fault::login_delay();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let outcome = login(&shared, &reader, &req);
         let _ = shared
             .loops()
             .for_conn(req.conn)
             .post(ToLoop::Authed(Box::new(outcome)));
+    }
+}
+
+/// Counts a login closed unanswered (`ruyi_logins_shed_total`) and says so in the log, at
+/// most one line per 10 s: a storm sheds thousands, and a line each would drown the log.
+pub fn shed_login(shared: &SharedRef, why: &str) {
+    let shed = shared.counters.logins_shed.fetch_add(1, Relaxed) + 1;
+    if let Some(held) = shared.shed_warnings.allow() {
+        log::warn!(
+            "login storm: a login {why}, its connection closed for the client to retry \
+             ({held} more since the last such line, {shed} in all)"
+        );
     }
 }
 

@@ -35,6 +35,11 @@
 //! `RUYI_FAILPOINT_MUTE_LOGIN_NOTICES=1` makes a cluster node publish none of its login
 //! notices, as if each were lost on the bus: `tests/cluster_moves.rs` proves with it that
 //! the leader's stamp still comes to cover such a device (`cluster/devices.rs`). Read once.
+//!
+//! `RUYI_FAILPOINT_SLOW_LOGINS=<ms>` makes an auth worker take that long over each login
+//! it answers, as workers starved of CPU in a storm would: `tests/limits.rs` proves with it
+//! that a login left waiting past its deadline is dropped without its key exchange
+//! (`auth.rs`). Read once.
 
 use std::sync::OnceLock;
 
@@ -100,12 +105,22 @@ pub fn batch_muted(number: u64) -> bool {
 /// How late a follower handles each commit batch (module docs); zero unless set.
 pub fn batch_delay() -> std::time::Duration {
     static DELAY: OnceLock<std::time::Duration> = OnceLock::new();
-    *DELAY.get_or_init(|| {
-        std::env::var("RUYI_FAILPOINT_SLOW_BATCHES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis)
-    })
+    *DELAY.get_or_init(|| millis_from_env("RUYI_FAILPOINT_SLOW_BATCHES"))
+}
+
+/// How long an auth worker takes over each login beyond its own work (module docs); zero
+/// unless set.
+pub fn login_delay() -> std::time::Duration {
+    static DELAY: OnceLock<std::time::Duration> = OnceLock::new();
+    *DELAY.get_or_init(|| millis_from_env("RUYI_FAILPOINT_SLOW_LOGINS"))
+}
+
+/// The milliseconds in environment variable `name`; zero when unset or not a number.
+fn millis_from_env(name: &str) -> std::time::Duration {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis)
 }
 
 /// True when login notices must not be published (module docs).

@@ -234,6 +234,7 @@ struct FileConfig {
     encryption: Option<bool>,
     jsonrpc: Option<bool>,
     loops: Option<usize>,
+    auth_workers: Option<usize>,
     sync_full: Option<bool>,
     webhook_url: Option<String>,
     webhook_ca_file: Option<PathBuf>,
@@ -296,6 +297,7 @@ fn load(cli: Cli) -> Result<Config, String> {
         if let Some(n) = f.loops {
             (c.loops, c.channel_workers) = (n, n);
         }
+        c.auth_workers = f.auth_workers.unwrap_or(c.auth_workers);
         c.idle_timeout = f
             .idle_timeout_secs
             .map_or(c.idle_timeout, Duration::from_secs);

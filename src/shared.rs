@@ -41,6 +41,9 @@ pub struct Counters {
     pub logins_limited: AtomicU64,
     /// Logins refused for a wrong token, a ban or a failed key exchange.
     pub logins_failed: AtomicU64,
+    /// Logins closed unanswered in a storm: the auth queue was full, or the login waited
+    /// past `connect_timeout` for a worker (`auth.rs`).
+    pub logins_shed: AtomicU64,
     /// HTTP `/message/send` calls answered with a status other than success.
     pub http_sends_failed: AtomicU64,
     /// HTTP requests refused for a missing or wrong manager token (401).
@@ -94,6 +97,8 @@ pub struct Shared {
     pub latency: Arc<crate::metrics::Latencies>,
     /// Rate of the failed-login warning (`auth.rs`).
     pub login_warnings: crate::logging::LogEvery,
+    /// Rate of the warning for logins shed in a storm (`auth.rs`).
+    pub shed_warnings: crate::logging::LogEvery,
     /// Rate of the warning for HTTP requests without the manager token (`http.rs`).
     pub http_auth_warnings: crate::logging::LogEvery,
     /// When the server started (uptime in `/varz`).

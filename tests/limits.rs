@@ -197,3 +197,61 @@ fn an_http_request_trickled_or_left_unfinished_is_cut_off_at_its_deadline() {
     let (status, _) = util::http(addr, "GET", "/health", &serde_json::Value::Null);
     assert_eq!(status, 200);
 }
+
+/// A login storm the auth workers cannot clear before the login deadline: a login that
+/// waited past it is dropped by its worker without a key exchange (CPU spent on nobody
+/// while later logins wait) and counted, its connection closed for the client to retry.
+/// Two workers, a 1 s deadline, each login held 1.5 s by the failpoint: of twelve logins at
+/// once the workers take two and find the other ten past their deadline.
+#[test]
+fn logins_left_waiting_past_their_deadline_are_shed_without_a_key_exchange() {
+    util::init();
+    let dir = util::temp_dir("login-shed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("ruyi.toml");
+    std::fs::write(&conf, "connect_timeout_secs = 1\nauth_workers = 2\n").unwrap();
+    let (tcp, http) = (util::free_addr(), util::free_addr());
+    let server = util::RuyiProcess::spawn_with_args(
+        &dir.join("data"),
+        tcp,
+        http,
+        &[("RUYI_FAILPOINT_SLOW_LOGINS", "1500")],
+        &["--config", conf.to_str().unwrap()],
+    );
+    let started = Instant::now();
+    let logins: Vec<_> = (0..12)
+        .map(|i| std::thread::spawn(move || Client::connect_is_dropped(tcp, &format!("s{i}"))))
+        .collect();
+    let dropped = logins
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|&closed| closed)
+        .count();
+    // Without the shedding, two workers at 1.5 s a login would take nine seconds to drop
+    // their queue, and no login would be counted as shed.
+    assert!(
+        dropped >= 10,
+        "{dropped} of 12 logins were closed unanswered"
+    );
+    let shed = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            let (_, metrics) = util::http_text(server.http, "/metrics");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("ruyi_logins_shed_total "))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .find(|&n| n >= 10)
+        .unwrap_or(0);
+    assert!(
+        (10..=12).contains(&shed),
+        "{shed} logins counted as shed, not the ten left waiting"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the storm took {:?} to clear",
+        started.elapsed()
+    );
+}

@@ -141,6 +141,7 @@ impl Gateway {
             peer: conn.peer_addr().ok().map(|a| a.ip()),
             // JSON-RPC carries no encryption (PROTOCOL.md §10.4).
             plain: s.rpc().is_some(),
+            queued: std::time::Instant::now(),
         };
         match self.shared.auth.try_send(request) {
             Ok(()) => {
@@ -151,7 +152,7 @@ impl Gateway {
             Err(TrySendError::Full(_)) => {
                 // A login storm beyond the auth pool's queue: shed this one; the SDK
                 // reconnects after 3 s.
-                log::warn!("auth queue full; closing conn={}", conn.id());
+                crate::auth::shed_login(&self.shared, "found the auth queue full");
                 Flow::Close
             }
             Err(TrySendError::Disconnected(_)) => Flow::Close,

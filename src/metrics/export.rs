@@ -290,6 +290,7 @@ fn counters(shared: &SharedRef, m: &mut Exposition) {
         ("ruyi_http_sends_failed_total", "HTTP /message/send calls answered with a WuKongIM status other than success (15: storage failed).", c.http_sends_failed.load(Relaxed)),
         ("ruyi_logins_failed_total", "Logins refused for a wrong token, a ban or a failed key exchange.", c.logins_failed.load(Relaxed)),
         ("ruyi_http_unauthorized_total", "HTTP requests refused without the manager token (401).", c.http_unauthorized.load(Relaxed)),
+        ("ruyi_logins_shed_total", "Logins closed unanswered in a storm: the auth queue full, or a wait past connect_timeout.", c.logins_shed.load(Relaxed)),
         ("ruyi_logins_limited_total", "Logins refused by a login rate or max_conns_per_uid (CONNACK 22).", c.logins_limited.load(Relaxed)),
         ("ruyi_prelogin_shed_total", "Connections closed because unauthenticated input passed its budget.", c.prelogin_shed.load(Relaxed)),
         ("ruyi_recv_evicted_total", "Unacknowledged RECVs that left a full retry list for the offline queue.", c.evicted_recvs.load(Relaxed)),
