@@ -80,6 +80,7 @@ for label, f in [
 ]:
     lines.append(f"| {label} | {cell(runs['calm'], f)} | {cell(runs['storm'], f)} |")
 lines.append(f"| storm logins/s | | {cell(storms, lambda s: format(s['connects_per_sec'], ',.0f'))} |")
+lines.append(f"| storm logins closed unanswered (shed) | | {cell(storms, lambda s: str(s['failed_connect']))} |")
 open(f"{out}/summary.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
