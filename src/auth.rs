@@ -28,9 +28,23 @@ pub struct AuthRequest {
     /// The client's dialect has no encryption (JSON-RPC): no key exchange, whatever
     /// `Config::encryption` says.
     pub plain: bool,
-    /// When the loop queued it; the loop closes the connection `Config::connect_timeout`
-    /// later unless the login has answered by then.
-    pub queued: Instant,
+    /// The connection's login deadline (accept + `Config::connect_timeout`): past it the
+    /// loop closes the connection unless the login has answered.
+    pub deadline: Instant,
+    /// What the decoded CONNECT holds, counted in `Shared::auth_queue_bytes` until a
+    /// worker takes it.
+    pub bytes: usize,
+}
+
+impl AuthRequest {
+    /// The heap bytes a decoded CONNECT holds: what a queued login costs in memory.
+    pub fn size_of(c: &ConnectPacket) -> usize {
+        std::mem::size_of::<AuthRequest>()
+            + c.uid.len()
+            + c.token.len()
+            + c.device_id.len()
+            + c.client_key.len()
+    }
 }
 
 /// Polling period for the stop flag while idle.
@@ -44,7 +58,13 @@ pub fn run(shared: SharedRef, rx: Receiver<AuthRequest>, reader: Reader) {
             Err(RecvTimeoutError::Timeout) if !shared.is_stopping() => continue,
             Err(_) => return,
         };
-        if req.queued.elapsed() >= shared.config.connect_timeout {
+        shared.auth_queue_bytes.fetch_sub(req.bytes, Relaxed);
+        if shared.is_stopping() {
+            // Its loop closes every client connection as it stops; a storm's queue
+            // must not hold the stop up by a login deadline.
+            return;
+        }
+        if Instant::now() >= req.deadline {
             // Its loop has closed the connection, or is about to (the login deadline):
             // a key exchange now would be CPU spent on nobody while later logins wait.
             shed_login(&shared, "waited past the login deadline for an auth worker");

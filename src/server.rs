@@ -34,9 +34,10 @@ const WRITER_QUEUE: usize = 32 << 10;
 /// Logins waiting for an auth worker; a connect storm beyond this is shed (closed, for the
 /// client to retry). Sized for a storm one login deadline long: the workers answer about
 /// 18,000 encrypted logins a second on two cores (BENCHMARKS.md), so 65,536 is what they
-/// clear in under 4 s (`connect_timeout`); a login that waits longer is dropped unanswered
-/// by the worker (`auth.rs`), so the queue never holds work nobody waits for. At 8,192, a
-/// storm of 15,000 at once shed 13–18% of its logins here.
+/// clear in under 4 s (`connect_timeout`); a login still queued at its connection's login
+/// deadline is dropped unanswered by the worker, without its key exchange (`auth.rs`). At
+/// 8,192, a storm of 15,000 at once shed 13–18% of its logins here. The bytes the queued
+/// logins hold are bounded apart (`Shared::auth_queue_bytes`).
 const AUTH_QUEUE: usize = 64 << 10;
 /// HTTP requests waiting for a worker; beyond it the loop answers 503.
 const HTTP_QUEUE: usize = 1024;
@@ -240,6 +241,7 @@ impl Server {
             ids: IdGenerator::new(config.node_id, floor),
             channels: channel_txs,
             auth: auth_tx,
+            auth_queue_bytes: std::sync::atomic::AtomicUsize::new(0),
             http: http_tx,
             writer: writer_tx,
             loops: OnceLock::new(),

@@ -69,6 +69,10 @@ pub struct Shared {
     pub channels: Vec<MailSender<ChannelJob>>,
     /// Auth workers.
     pub auth: Sender<crate::auth::AuthRequest>,
+    /// Bytes the logins waiting in `auth` hold (`AuthRequest::size_of`): at most
+    /// `Config::prelogin_budget_bytes`, past which a login is shed. The queue's length
+    /// alone would let 65,536 CONNECTs of 16 KiB each hold a gigabyte.
+    pub auth_queue_bytes: std::sync::atomic::AtomicUsize,
     /// HTTP workers.
     pub http: Sender<HttpRequest>,
     /// The storage writer.

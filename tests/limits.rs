@@ -198,27 +198,54 @@ fn an_http_request_trickled_or_left_unfinished_is_cut_off_at_its_deadline() {
     assert_eq!(status, 200);
 }
 
-/// A login storm the auth workers cannot clear before the login deadline: a login that
-/// waited past it is dropped by its worker without a key exchange (CPU spent on nobody
-/// while later logins wait) and counted, its connection closed for the client to retry.
-/// Two workers, a 1 s deadline, each login held 1.5 s by the failpoint: of twelve logins at
-/// once the workers take two and find the other ten past their deadline.
+/// The counter `name` in the server's `/metrics`, once it reaches `at_least` (5 s at most).
+fn counter_reaching(http: std::net::SocketAddr, name: &str, at_least: u64) -> u64 {
+    let mut value = 0;
+    for _ in 0..50 {
+        let (_, metrics) = util::http_text(http, "/metrics");
+        value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if value >= at_least {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    value
+}
+
+/// A real binary with `config` as its TOML file, each login held `slow_ms` by its worker.
+fn spawn_with_slow_logins(name: &str, config: &str, slow_ms: &str) -> util::RuyiProcess {
+    let dir = util::temp_dir(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("ruyi.toml");
+    std::fs::write(&conf, config).unwrap();
+    util::RuyiProcess::spawn_with_args(
+        &dir.join("data"),
+        util::free_addr(),
+        util::free_addr(),
+        &[("RUYI_FAILPOINT_SLOW_LOGINS", slow_ms)],
+        &["--config", conf.to_str().unwrap()],
+    )
+}
+
+/// A login storm the auth workers cannot clear before the login deadline: a login still
+/// queued at its connection's deadline is dropped by its worker without a key exchange
+/// (CPU spent on nobody while later logins wait) and counted, its connection closed for the
+/// client to retry. Two workers, a 1 s deadline, each login held 1.5 s by the failpoint:
+/// of twelve encrypted logins at once the workers take two and find the other ten past
+/// their deadline.
 #[test]
 fn logins_left_waiting_past_their_deadline_are_shed_without_a_key_exchange() {
     util::init();
-    let dir = util::temp_dir("login-shed");
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("ruyi.toml");
-    std::fs::write(&conf, "connect_timeout_secs = 1\nauth_workers = 2\n").unwrap();
-    let (tcp, http) = (util::free_addr(), util::free_addr());
-    let server = util::RuyiProcess::spawn_with_args(
-        &dir.join("data"),
-        tcp,
-        http,
-        &[("RUYI_FAILPOINT_SLOW_LOGINS", "1500")],
-        &["--config", conf.to_str().unwrap()],
+    let server = spawn_with_slow_logins(
+        "login-shed",
+        "connect_timeout_secs = 1\nauth_workers = 2\n",
+        "1500",
     );
-    let started = Instant::now();
+    let (tcp, started) = (server.tcp, Instant::now());
     let logins: Vec<_> = (0..12)
         .map(|i| std::thread::spawn(move || Client::connect_is_dropped(tcp, &format!("s{i}"))))
         .collect();
@@ -227,24 +254,13 @@ fn logins_left_waiting_past_their_deadline_are_shed_without_a_key_exchange() {
         .map(|t| t.join().unwrap())
         .filter(|&closed| closed)
         .count();
-    // Without the shedding, two workers at 1.5 s a login would take nine seconds to drop
-    // their queue, and no login would be counted as shed.
     assert!(
         dropped >= 10,
         "{dropped} of 12 logins were closed unanswered"
     );
-    let shed = (0..50)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            let (_, metrics) = util::http_text(server.http, "/metrics");
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix("ruyi_logins_shed_total "))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .find(|&n| n >= 10)
-        .unwrap_or(0);
+    // Without the drop, two workers at 1.5 s a login would take nine seconds over their
+    // queue, and no login would be counted as shed.
+    let shed = counter_reaching(server.http, "ruyi_logins_shed_total", 10);
     assert!(
         (10..=12).contains(&shed),
         "{shed} logins counted as shed, not the ten left waiting"
@@ -254,4 +270,43 @@ fn logins_left_waiting_past_their_deadline_are_shed_without_a_key_exchange() {
         "the storm took {:?} to clear",
         started.elapsed()
     );
+}
+
+/// The logins waiting for a worker are bounded in bytes as well as in number: CONNECTs of
+/// 15 KiB each (a large token) fill a 64 KiB budget after four, and the rest are shed at
+/// once rather than held. One worker, held 3 s by its first login.
+#[test]
+fn queued_logins_are_bounded_in_bytes() {
+    util::init();
+    let server = spawn_with_slow_logins(
+        "login-bytes",
+        "prelogin_budget_bytes = 65536\nauth_workers = 1\n",
+        "3000",
+    );
+    let tcp = server.tcp;
+    let token = "t".repeat(15 << 10);
+    let logins: Vec<_> = (0..10)
+        .map(|i| {
+            let token = token.clone();
+            // One at a time: no CONNECT waits half-read against the input budget.
+            std::thread::sleep(Duration::from_millis(30));
+            std::thread::spawn(move || {
+                Client::connect_with_token_is_dropped(tcp, &format!("b{i}"), &token)
+            })
+        })
+        .collect();
+    let shed = counter_reaching(server.http, "ruyi_logins_shed_total", 5);
+    assert!(
+        (5..=6).contains(&shed),
+        "{shed} of 10 logins of 15 KiB shed with room for four in the queue"
+    );
+    assert_eq!(
+        counter_reaching(server.http, "ruyi_prelogin_shed_total", 0),
+        0,
+        "the input budget shed a login: the test sent them too close together"
+    );
+    drop(server); // the waiting logins' connections close with it
+    for t in logins {
+        let _ = t.join();
+    }
 }

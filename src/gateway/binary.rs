@@ -135,13 +135,24 @@ impl Gateway {
             return Flow::Close;
         }
         s.uid.clone_from(&c.uid);
+        // The queue is bounded in logins and in the bytes they hold (`Shared::
+        // auth_queue_bytes`); past either, a login storm is shed: the SDK reconnects
+        // after 3 s.
+        let bytes = AuthRequest::size_of(&c);
+        let queued = &self.shared.auth_queue_bytes;
+        if queued.fetch_add(bytes, Relaxed) + bytes > self.shared.config.prelogin_budget_bytes {
+            queued.fetch_sub(bytes, Relaxed);
+            crate::auth::shed_login(&self.shared, "found the auth queue's bytes full");
+            return Flow::Close;
+        }
         let request = AuthRequest {
             conn: conn.id(),
             connect: c,
             peer: conn.peer_addr().ok().map(|a| a.ip()),
             // JSON-RPC carries no encryption (PROTOCOL.md §10.4).
             plain: s.rpc().is_some(),
-            queued: std::time::Instant::now(),
+            deadline: s.login_deadline,
+            bytes,
         };
         match self.shared.auth.try_send(request) {
             Ok(()) => {
@@ -149,13 +160,13 @@ impl Gateway {
                 conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
                 Flow::Pause
             }
-            Err(TrySendError::Full(_)) => {
-                // A login storm beyond the auth pool's queue: shed this one; the SDK
-                // reconnects after 3 s.
-                crate::auth::shed_login(&self.shared, "found the auth queue full");
+            Err(e) => {
+                queued.fetch_sub(bytes, Relaxed);
+                if matches!(e, TrySendError::Full(_)) {
+                    crate::auth::shed_login(&self.shared, "found the auth queue full");
+                }
                 Flow::Close
             }
-            Err(TrySendError::Disconnected(_)) => Flow::Close,
         }
     }
 

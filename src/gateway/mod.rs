@@ -220,8 +220,8 @@ impl Handler for Gateway {
         }
         let ws = matches!(conn.listener().index(), LISTENER_WS | LISTENER_WSS).then(Box::default);
         conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
-        self.logins
-            .push_back((conn.now() + self.shared.config.connect_timeout, conn.id()));
+        let login_deadline = conn.now() + self.shared.config.connect_timeout;
+        self.logins.push_back((login_deadline, conn.id()));
         Session::Im(Box::new(ImSession {
             phase: Phase::AwaitConnect,
             // CONNECT has the same layout in every version; decode it with the latest.
@@ -237,6 +237,7 @@ impl Handler for Gateway {
             sends: SendBucket::full(self.send_limit, self.clock_ms(conn)),
             send_kib: SendBucket::full(self.send_kib_limit, self.clock_ms(conn)),
             held: 0,
+            login_deadline,
             since: 0,
             in_msgs: 0,
             out_msgs: 0,

@@ -48,6 +48,9 @@ pub struct ImSession {
     /// Input bytes held for this connection while it is not logged in, as charged to the
     /// server-wide budget (`Config::prelogin_budget_bytes`).
     pub(super) held: usize,
+    /// Accept + `Config::connect_timeout`: past it the loop closes the connection unless it
+    /// logged in, and an auth worker drops its login unanswered (`auth.rs`).
+    pub(super) login_deadline: std::time::Instant,
     /// When it logged in, in seconds since the server started (`/connz`).
     pub(super) since: u32,
     /// SENDs taken and RECVs sent since the login (`/connz`).

@@ -208,8 +208,14 @@ impl Client {
     }
 
     /// True when the server closes a CONNECT for `uid` without answering it (PROTOCOL.md
-    /// §6.2: an invalid uid).
+    /// §6.2: an invalid uid; a login shed in a storm). The CONNECT carries a client key,
+    /// as an SDK's does, so a login that is answered costs the server its key exchange.
     pub fn connect_is_dropped(addr: SocketAddr, uid: &str) -> bool {
+        Client::connect_with_token_is_dropped(addr, uid, "t")
+    }
+
+    /// [`Client::connect_is_dropped`] with a given token (a large one, say).
+    pub fn connect_with_token_is_dropped(addr: SocketAddr, uid: &str, token: &str) -> bool {
         let stream = TcpStream::connect(addr).unwrap();
         let mut c = Client::from_stream(stream);
         c.write(&Packet::Connect(ConnectPacket {
@@ -217,9 +223,9 @@ impl Client {
             device_flag: 1,
             device_id: "dev".into(),
             uid: uid.into(),
-            token: "t".into(),
+            token: token.into(),
             client_timestamp: 1_700_000_000_000,
-            client_key: String::new(),
+            client_key: public_key_b64(random_secret().unwrap()),
         }));
         c.connack().is_none()
     }
