@@ -16,6 +16,16 @@ use ruyi_reactor::ConnId;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Logins waiting for an auth worker; a connect storm beyond this is shed (closed, for the
+/// client to retry). Sized for a storm one login deadline long: the workers answer about
+/// 18,000 encrypted logins a second on two cores (BENCHMARKS.md), so 65,536 is what they
+/// clear in under 4 s (`connect_timeout`); a login still queued at its connection's login
+/// deadline is dropped unanswered by the worker, without its key exchange ([`run`]). At
+/// 8,192, a storm of 15,000 at once shed 13–18% of its logins here. The bytes the queued
+/// logins hold are bounded apart (`Shared::auth_queue_bytes`). The loops check both before
+/// they queue, so with several loops racing it may be passed by one login per loop.
+pub const AUTH_QUEUE: usize = 64 << 10;
+
 /// A CONNECT waiting for a worker.
 #[derive(Debug)]
 pub struct AuthRequest {

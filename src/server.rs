@@ -31,14 +31,6 @@ use std::time::Duration;
 const CHANNEL_QUEUE: usize = 16 << 10;
 /// Messages waiting for the storage writer: a few group commits' worth.
 const WRITER_QUEUE: usize = 32 << 10;
-/// Logins waiting for an auth worker; a connect storm beyond this is shed (closed, for the
-/// client to retry). Sized for a storm one login deadline long: the workers answer about
-/// 18,000 encrypted logins a second on two cores (BENCHMARKS.md), so 65,536 is what they
-/// clear in under 4 s (`connect_timeout`); a login still queued at its connection's login
-/// deadline is dropped unanswered by the worker, without its key exchange (`auth.rs`). At
-/// 8,192, a storm of 15,000 at once shed 13–18% of its logins here. The bytes the queued
-/// logins hold are bounded apart (`Shared::auth_queue_bytes`).
-const AUTH_QUEUE: usize = 64 << 10;
 /// HTTP requests waiting for a worker; beyond it the loop answers 503.
 const HTTP_QUEUE: usize = 1024;
 
@@ -194,7 +186,10 @@ impl Server {
         })?;
 
         let (writer_tx, writer_rx) = mailbox::bounded(WRITER_QUEUE);
-        let (auth_tx, auth_rx) = bounded(AUTH_QUEUE);
+        // Unbounded as a channel, bounded by `auth::AUTH_QUEUE` and `Shared::auth_queue_bytes`
+        // at the one place logins are queued (`gateway/binary.rs`): a bounded channel of
+        // that length would allocate all its slots, 13 MB, on an idle server.
+        let (auth_tx, auth_rx) = crossbeam_channel::unbounded();
         let (http_tx, http_rx) = bounded(HTTP_QUEUE);
         let (channel_txs, channel_rxs): (Vec<_>, Vec<_>) = (0..config.channel_workers.max(1))
             .map(|_| mailbox::bounded(CHANNEL_QUEUE))

@@ -10,7 +10,6 @@ use crate::message::{ChannelKey, Reply};
 use crate::shared::Submit;
 use crate::storage::writer::LaneJob;
 use bytes::Bytes;
-use crossbeam_channel::TrySendError;
 use ruyi_proto::types::{channel_type, reason};
 use ruyi_proto::{
     decode_packet, person_channel_id, ConnectPacket, Flags, Packet, SendPacket, Setting,
@@ -138,6 +137,10 @@ impl Gateway {
         // The queue is bounded in logins and in the bytes they hold (`Shared::
         // auth_queue_bytes`); past either, a login storm is shed: the SDK reconnects
         // after 3 s.
+        if self.shared.auth.len() >= crate::auth::AUTH_QUEUE {
+            crate::auth::shed_login(&self.shared, "found the auth queue full");
+            return Flow::Close;
+        }
         let bytes = AuthRequest::size_of(&c);
         let queued = &self.shared.auth_queue_bytes;
         if queued.fetch_add(bytes, Relaxed) + bytes > self.shared.config.prelogin_budget_bytes {
@@ -160,11 +163,9 @@ impl Gateway {
                 conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
                 Flow::Pause
             }
-            Err(e) => {
+            Err(_) => {
+                // Every worker is gone: the server is stopping.
                 queued.fetch_sub(bytes, Relaxed);
-                if matches!(e, TrySendError::Full(_)) {
-                    crate::auth::shed_login(&self.shared, "found the auth queue full");
-                }
                 Flow::Close
             }
         }
