@@ -310,3 +310,48 @@ fn queued_logins_are_bounded_in_bytes() {
         let _ = t.join();
     }
 }
+
+/// A stop in a login storm is not held up by the queue: the workers stop taking logins
+/// when the server stops (the loops close every client connection anyway). One worker,
+/// each login held 2.5 s: ten logins queued would keep it busy for 25 s, or at least until
+/// their 4 s deadlines.
+#[test]
+fn a_stop_in_a_login_storm_does_not_wait_for_the_queue() {
+    util::init();
+    let mut server = spawn_with_slow_logins(
+        "login-stop",
+        "auth_workers = 1\nshutdown_drain_secs = 0\n",
+        "2500",
+    );
+    let tcp = server.tcp;
+    let logins: Vec<_> = (0..10)
+        .map(|i| std::thread::spawn(move || Client::connect_is_dropped(tcp, &format!("q{i}"))))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // all ten queued, one taken
+    let stopped = Instant::now();
+    // SAFETY: a signal to our own child process.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "ruyi did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The login in the worker's hands finishes (2.5 s at most); the nine behind it do not.
+    assert!(
+        stopped.elapsed() < Duration::from_millis(3500),
+        "the stop took {:?} with logins queued",
+        stopped.elapsed()
+    );
+    assert!(status.success(), "clean exit: {status:?}");
+    for t in logins {
+        let _ = t.join();
+    }
+}
