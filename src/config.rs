@@ -163,7 +163,7 @@ pub struct Config {
     /// Input bytes that connections which have not logged in may hold, over all of them;
     /// past it such connections are closed. Default 64 MiB: 4,096 half-sent logins of the
     /// largest size accepted before login (16 KiB). The decoded CONNECTs waiting for an
-    /// auth worker are held to a budget of the same size apart (`Shared::auth_queue_bytes`).
+    /// auth worker are held to a budget of the same size apart (`auth/queue.rs`).
     pub prelogin_budget_bytes: usize,
     /// Browser origins allowed to call the HTTP API (`origin.rs`), e.g.
     /// `https://admin.example.com`; `*` allows any. Default: none, so a request with an

@@ -39,7 +39,7 @@
 //! `RUYI_FAILPOINT_SLOW_LOGINS=<ms>` makes an auth worker take that long over each login
 //! it answers, as workers starved of CPU in a storm would: `tests/limits.rs` proves with it
 //! that a login left waiting past its deadline is dropped without its key exchange
-//! (`auth.rs`). Read once.
+//! (`auth/`). Read once.
 
 use std::sync::OnceLock;
 

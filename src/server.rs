@@ -186,10 +186,7 @@ impl Server {
         })?;
 
         let (writer_tx, writer_rx) = mailbox::bounded(WRITER_QUEUE);
-        // Unbounded as a channel, bounded by `auth::AUTH_QUEUE` and `Shared::auth_queue_bytes`
-        // at the one place logins are queued (`gateway/binary.rs`): a bounded channel of
-        // that length would allocate all its slots, 13 MB, on an idle server.
-        let (auth_tx, auth_rx) = crossbeam_channel::unbounded();
+        let (auth_tx, auth_rx) = crate::auth::AuthQueue::new(config.prelogin_budget_bytes);
         let (http_tx, http_rx) = bounded(HTTP_QUEUE);
         let (channel_txs, channel_rxs): (Vec<_>, Vec<_>) = (0..config.channel_workers.max(1))
             .map(|_| mailbox::bounded(CHANNEL_QUEUE))
@@ -236,7 +233,6 @@ impl Server {
             ids: IdGenerator::new(config.node_id, floor),
             channels: channel_txs,
             auth: auth_tx,
-            auth_queue_bytes: std::sync::atomic::AtomicUsize::new(0),
             http: http_tx,
             writer: writer_tx,
             loops: OnceLock::new(),

@@ -42,7 +42,7 @@ pub struct Counters {
     /// Logins refused for a wrong token, a ban or a failed key exchange.
     pub logins_failed: AtomicU64,
     /// Logins closed unanswered in a storm: the auth queue was full, or the login waited
-    /// past `connect_timeout` for a worker (`auth.rs`).
+    /// past `connect_timeout` for a worker (`auth/`).
     pub logins_shed: AtomicU64,
     /// HTTP `/message/send` calls answered with a status other than success.
     pub http_sends_failed: AtomicU64,
@@ -67,12 +67,8 @@ pub struct Shared {
     pub ids: IdGenerator,
     /// Channel workers, by [`ChannelKey::shard`].
     pub channels: Vec<MailSender<ChannelJob>>,
-    /// Auth workers.
-    pub auth: Sender<crate::auth::AuthRequest>,
-    /// Bytes the logins waiting in `auth` hold (`AuthRequest::size_of`): at most
-    /// `Config::prelogin_budget_bytes`, past which a login is shed. The queue's length
-    /// alone would let 65,536 CONNECTs of 16 KiB each hold a gigabyte.
-    pub auth_queue_bytes: std::sync::atomic::AtomicUsize,
+    /// Auth workers (`auth/queue.rs`).
+    pub auth: crate::auth::AuthQueue,
     /// HTTP workers.
     pub http: Sender<HttpRequest>,
     /// The storage writer.
@@ -99,9 +95,9 @@ pub struct Shared {
     pub queue: Arc<crate::storage::queue::QueueShared>,
     /// Latency histograms (`metrics.rs`).
     pub latency: Arc<crate::metrics::Latencies>,
-    /// Rate of the failed-login warning (`auth.rs`).
+    /// Rate of the failed-login warning (`auth/`).
     pub login_warnings: crate::logging::LogEvery,
-    /// Rate of the warning for logins shed in a storm (`auth.rs`).
+    /// Rate of the warning for logins shed in a storm (`auth/`).
     pub shed_warnings: crate::logging::LogEvery,
     /// Rate of the warning for HTTP requests without the manager token (`http.rs`).
     pub http_auth_warnings: crate::logging::LogEvery,

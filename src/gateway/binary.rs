@@ -4,7 +4,7 @@
 
 use super::session::{Flow, ImSession, Phase};
 use super::{emit_slice, Gateway};
-use crate::auth::AuthRequest;
+use crate::auth::{AuthRequest, NotQueued};
 use crate::channel::SendRequest;
 use crate::message::{ChannelKey, Reply};
 use crate::shared::Submit;
@@ -134,20 +134,6 @@ impl Gateway {
             return Flow::Close;
         }
         s.uid.clone_from(&c.uid);
-        // The queue is bounded in logins and in the bytes they hold (`Shared::
-        // auth_queue_bytes`); past either, a login storm is shed: the SDK reconnects
-        // after 3 s.
-        if self.shared.auth.len() >= crate::auth::AUTH_QUEUE {
-            crate::auth::shed_login(&self.shared, "found the auth queue full");
-            return Flow::Close;
-        }
-        let bytes = AuthRequest::size_of(&c);
-        let queued = &self.shared.auth_queue_bytes;
-        if queued.fetch_add(bytes, Relaxed) + bytes > self.shared.config.prelogin_budget_bytes {
-            queued.fetch_sub(bytes, Relaxed);
-            crate::auth::shed_login(&self.shared, "found the auth queue's bytes full");
-            return Flow::Close;
-        }
         let request = AuthRequest {
             conn: conn.id(),
             connect: c,
@@ -155,19 +141,19 @@ impl Gateway {
             // JSON-RPC carries no encryption (PROTOCOL.md §10.4).
             plain: s.rpc().is_some(),
             deadline: s.login_deadline,
-            bytes,
         };
-        match self.shared.auth.try_send(request) {
+        match self.shared.auth.push(request) {
             Ok(()) => {
                 s.phase = Phase::Authenticating;
                 conn.set_idle_timeout(Some(self.shared.config.connect_timeout));
                 Flow::Pause
             }
-            Err(_) => {
-                // Every worker is gone: the server is stopping.
-                queued.fetch_sub(bytes, Relaxed);
+            Err(NotQueued::Shed(why)) => {
+                // A login storm beyond the queue's bounds: the SDK reconnects after 3 s.
+                crate::auth::shed_login(&self.shared, why);
                 Flow::Close
             }
+            Err(NotQueued::Stopping) => Flow::Close,
         }
     }
 

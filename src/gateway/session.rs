@@ -49,7 +49,7 @@ pub struct ImSession {
     /// server-wide budget (`Config::prelogin_budget_bytes`).
     pub(super) held: usize,
     /// Accept + `Config::connect_timeout`: past it the loop closes the connection unless it
-    /// logged in, and an auth worker drops its login unanswered (`auth.rs`).
+    /// logged in, and an auth worker drops its login unanswered (`auth::run`).
     pub(super) login_deadline: std::time::Instant,
     /// When it logged in, in seconds since the server started (`/connz`).
     pub(super) since: u32,

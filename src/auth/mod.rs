@@ -11,51 +11,13 @@ use bytes::BytesMut;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use ruyi_proto::crypto::server_handshake;
 use ruyi_proto::types::{channel_type, reason};
-use ruyi_proto::{ConnackPacket, ConnectPacket, CryptoError, LATEST_VERSION};
-use ruyi_reactor::ConnId;
+use ruyi_proto::{ConnackPacket, CryptoError, LATEST_VERSION};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Logins waiting for an auth worker; a connect storm beyond this is shed (closed, for the
-/// client to retry). Sized for a storm one login deadline long: the workers answer about
-/// 18,000 encrypted logins a second on two cores (BENCHMARKS.md), so 65,536 is what they
-/// clear in under 4 s (`connect_timeout`); a login still queued at its connection's login
-/// deadline is dropped unanswered by the worker, without its key exchange ([`run`]). At
-/// 8,192, a storm of 15,000 at once shed 13–18% of its logins here. The bytes the queued
-/// logins hold are bounded apart (`Shared::auth_queue_bytes`). The loops check both before
-/// they queue, so with several loops racing it may be passed by one login per loop.
-pub const AUTH_QUEUE: usize = 64 << 10;
+mod queue;
 
-/// A CONNECT waiting for a worker.
-#[derive(Debug)]
-pub struct AuthRequest {
-    /// The connection.
-    pub conn: ConnId,
-    /// What it sent.
-    pub connect: ConnectPacket,
-    /// The peer's address, for the per-address login limit.
-    pub peer: Option<std::net::IpAddr>,
-    /// The client's dialect has no encryption (JSON-RPC): no key exchange, whatever
-    /// `Config::encryption` says.
-    pub plain: bool,
-    /// The connection's login deadline (accept + `Config::connect_timeout`): past it the
-    /// loop closes the connection unless the login has answered.
-    pub deadline: Instant,
-    /// What the decoded CONNECT holds, counted in `Shared::auth_queue_bytes` until a
-    /// worker takes it.
-    pub bytes: usize,
-}
-
-impl AuthRequest {
-    /// The heap bytes a decoded CONNECT holds: what a queued login costs in memory.
-    pub fn size_of(c: &ConnectPacket) -> usize {
-        std::mem::size_of::<AuthRequest>()
-            + c.uid.len()
-            + c.token.len()
-            + c.device_id.len()
-            + c.client_key.len()
-    }
-}
+pub use queue::{AuthQueue, AuthRequest, NotQueued};
 
 /// Polling period for the stop flag while idle.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -68,7 +30,7 @@ pub fn run(shared: SharedRef, rx: Receiver<AuthRequest>, reader: Reader) {
             Err(RecvTimeoutError::Timeout) if !shared.is_stopping() => continue,
             Err(_) => return,
         };
-        shared.auth_queue_bytes.fetch_sub(req.bytes, Relaxed);
+        shared.auth.taken(&req);
         if shared.is_stopping() {
             // Its loop closes every client connection as it stops; a storm's queue
             // must not hold the stop up by a login deadline.
