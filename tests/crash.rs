@@ -286,17 +286,9 @@ fn a_panic_on_a_pool_thread_stops_the_process_and_loses_nothing_acknowledged() {
     let kept = alice.sendack();
     assert_eq!(kept.reason_code, reason::SUCCESS);
     alice.send("bob", channel_type::PERSON, b"{}", "poison");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer panicked and the process lived on"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server
+        .exit_within(Duration::from_secs(10))
+        .expect("the writer panicked and the process lived on");
     assert_eq!(status.code(), Some(ruyi::fault::PANIC_EXIT_CODE));
     // Restarted (as a supervisor would), the acknowledged message is there; the poisoned
     // one was never acknowledged.

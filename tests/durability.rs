@@ -8,7 +8,7 @@ mod util;
 
 use ruyi_proto::types::{channel_type, reason};
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use util::*;
 
 #[test]
@@ -98,14 +98,9 @@ fn sigterm_stops_gracefully_and_keeps_everything() {
             0
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "ruyi did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = server
+        .exit_within(Duration::from_secs(15))
+        .expect("ruyi did not stop on SIGTERM");
     assert!(status.success(), "clean exit: {status:?}");
     assert!(
         alice.closed_within(Duration::from_secs(2)),

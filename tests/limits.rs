@@ -198,24 +198,6 @@ fn an_http_request_trickled_or_left_unfinished_is_cut_off_at_its_deadline() {
     assert_eq!(status, 200);
 }
 
-/// The counter `name` in the server's `/metrics`, once it reaches `at_least` (5 s at most).
-fn counter_reaching(http: std::net::SocketAddr, name: &str, at_least: u64) -> u64 {
-    let mut value = 0;
-    for _ in 0..50 {
-        let (_, metrics) = util::http_text(http, "/metrics");
-        value = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        if value >= at_least {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    value
-}
-
 /// A real binary with `config` as its TOML file, each login held `slow_ms` by its worker.
 fn spawn_with_slow_logins(name: &str, config: &str, slow_ms: &str) -> util::RuyiProcess {
     let dir = util::temp_dir(name);
@@ -260,7 +242,7 @@ fn logins_left_waiting_past_their_deadline_are_shed_without_a_key_exchange() {
     );
     // Without the drop, two workers at 1.5 s a login would take nine seconds over their
     // queue, and no login would be counted as shed.
-    let shed = counter_reaching(server.http, "ruyi_logins_shed_total", 10);
+    let shed = util::metrics::counter_reaching(server.http, "ruyi_logins_shed_total", 10);
     assert!(
         (10..=12).contains(&shed),
         "{shed} logins counted as shed, not the ten left waiting"
@@ -295,13 +277,13 @@ fn queued_logins_are_bounded_in_bytes() {
             })
         })
         .collect();
-    let shed = counter_reaching(server.http, "ruyi_logins_shed_total", 5);
+    let shed = util::metrics::counter_reaching(server.http, "ruyi_logins_shed_total", 5);
     assert!(
         (5..=6).contains(&shed),
         "{shed} of 10 logins of 15 KiB shed with room for four in the queue"
     );
     assert_eq!(
-        counter_reaching(server.http, "ruyi_prelogin_shed_total", 0),
+        util::metrics::counter_reaching(server.http, "ruyi_prelogin_shed_total", 0),
         0,
         "the input budget shed a login: the test sent them too close together"
     );
@@ -334,16 +316,9 @@ fn a_stop_in_a_login_storm_does_not_wait_for_the_queue() {
         unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
         0
     );
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(10),
-            "ruyi did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = server
+        .exit_within(Duration::from_secs(10))
+        .expect("ruyi did not stop on SIGTERM");
     // The login in the worker's hands finishes (2.5 s at most); the nine behind it do not.
     assert!(
         stopped.elapsed() < Duration::from_millis(3500),

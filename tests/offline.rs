@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use util::metrics::counter;
 use util::*;
 
 #[path = "offline/devices.rs"]
@@ -330,16 +331,6 @@ fn misses_keep_their_order_when_the_first_goes_to_the_end() {
     let list = queue(http, "bob");
     assert_eq!(list.len(), 3, "{list:?}");
     assert_channel_order_and_no_duplicates(&list);
-}
-
-/// A counter from `/metrics`.
-fn counter(http: SocketAddr, name: &str) -> u64 {
-    let (_, metrics) = http_text(http, "/metrics");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} is not exported"))
 }
 
 #[test]

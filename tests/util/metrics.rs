@@ -28,3 +28,25 @@ pub fn closed_for(http: SocketAddr, reason: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// Counter `name` (a sample without labels) in the server's `/metrics`.
+pub fn counter(http: SocketAddr, name: &str) -> u64 {
+    let (_, metrics) = http_text(http, "/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+}
+
+/// [`counter`] once it reaches `n`; what it is after 5 s otherwise.
+pub fn counter_reaching(http: SocketAddr, name: &str, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = counter(http, name);
+        if now >= n || Instant::now() > deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -98,6 +98,21 @@ impl RuyiProcess {
         s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
     }
 
+    /// The exit status once the process has ended, polled every 20 ms; `None` if it still
+    /// runs after `within`.
+    pub fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no shutdown path runs.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
