@@ -8,9 +8,15 @@ use std::time::{Duration, Instant};
 /// the loop reaps the connection, which may be a moment after its peer saw the close);
 /// what it is after 5 s otherwise.
 pub fn closed_reaching(http: SocketAddr, reason: &str, n: u64) -> u64 {
+    reaching(n, || closed_for(http, reason))
+}
+
+/// What `read` gives once it reaches `n`, polled every 20 ms; what it gives after 5 s
+/// otherwise.
+fn reaching(n: u64, read: impl Fn() -> u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let now = closed_for(http, reason);
+        let now = read();
         if now >= n || Instant::now() > deadline {
             return now;
         }
@@ -41,12 +47,5 @@ pub fn counter(http: SocketAddr, name: &str) -> u64 {
 
 /// [`counter`] once it reaches `n`; what it is after 5 s otherwise.
 pub fn counter_reaching(http: SocketAddr, name: &str, n: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = counter(http, name);
-        if now >= n || Instant::now() > deadline {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    reaching(n, || counter(http, name))
 }
